@@ -1,0 +1,216 @@
+"""``frugal compress``: the entry point the operator's Job and ``frugal up`` run.
+
+Settings come from ``--config FILE`` (JSON or YAML) or ``--config-json STRING`` (the shape of
+``CompressionConfig``, camelCase), then flags override them. User mistakes print one line to stderr
+and exit 2, leaving no artifact directory behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .config import CompressionConfig
+from .errors import CompressionError
+
+EXIT_USER_ERROR = 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="frugal compress", description="Compress a model into ONNX variants.")
+    p.add_argument("--config", type=Path, help="JSON/YAML file with a CompressionConfig")
+    p.add_argument("--config-json", help="CompressionConfig as a JSON string")
+    p.add_argument("--model", help="zoo://digits-mlp, zoo://all-minilm-l6-v2, file:///path/model.onnx")
+    p.add_argument("--format", choices=["zoo", "onnx", "torchscript", "pytorch"])
+    p.add_argument("--validation", help=".npz with held-out inputs (and labels)")
+    p.add_argument("--calibration", help=".npz with calibration inputs")
+    p.add_argument(
+        "--quantization",
+        action="append",
+        metavar="METHOD",
+        help="dynamic-int8|static-int8|fp16|int4-weight|uniform[:BITS] (repeatable)",
+    )
+    p.add_argument("--per-channel", action="store_true", help="per-channel INT8 scales")
+    p.add_argument(
+        "--pruning", action="append", metavar="METHOD[:SPARSITY]", help="magnitude|threshold|structured (repeatable)"
+    )
+    p.add_argument("--fine-tune-epochs", type=int, help="fine-tuning epochs after pruning")
+    p.add_argument("--distill", action="store_true", help="add a distilled student")
+    p.add_argument("--epochs", type=int, help="distillation epochs")
+    p.add_argument("--student-width", type=float, help="student hidden width relative to the teacher")
+    p.add_argument("--student-layers", type=int, help="encoder layers the student keeps")
+    p.add_argument("--workers", type=int, help="data-parallel distillation workers started locally")
+    p.add_argument("--metric", choices=["accuracy", "cosine"])
+    p.add_argument("--max-drop", type=float, help="largest allowed metric drop (e.g. 0.01)")
+    p.add_argument("--min-value", type=float, help="absolute floor on the metric")
+    p.add_argument("--out", type=Path, help="artifact directory to write")
+    p.add_argument("--name", help="model name used in URLs")
+    p.add_argument("--generation", type=int)
+    p.add_argument("--batch-size", type=int, help="serving batch size to time")
+    p.add_argument("--repeats", type=int, help="latency measurement rounds")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _load_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CompressionError(f"--config: cannot read {path}: {exc.strerror}") from exc
+    try:
+        loaded = json.loads(text) if path.suffix == ".json" else _yaml(text)
+    except ValueError as exc:
+        raise CompressionError(f"--config: {path} is not valid JSON/YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise CompressionError(f"--config: {path} must hold an object")
+    return loaded
+
+
+def _yaml(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc).splitlines()[0]) from exc
+
+
+def _quantization(spec: str, per_channel: bool) -> dict[str, Any]:
+    method, _, bits = spec.partition(":")
+    entry: dict[str, Any] = {"method": method, "perChannel": per_channel}
+    if bits:
+        entry["bits"] = _number(bits, int, "--quantization")
+    return entry
+
+
+def _number(text: str, kind: type[Any], flag: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError as exc:
+        raise CompressionError(f"{flag}: {text!r} is not a number") from exc
+
+
+def _pruning(spec: str, epochs: int | None) -> dict[str, Any]:
+    method, _, sparsity = spec.partition(":")
+    entry: dict[str, Any] = {"method": method}
+    if sparsity:
+        entry["sparsity"] = _number(sparsity, float, "--pruning")
+    if epochs is not None:
+        entry["fineTuneEpochs"] = epochs
+    return entry
+
+
+def merged_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The config file/JSON with the flags laid over it (camelCase keys)."""
+    raw: dict[str, Any] = _load_file(args.config) if args.config else {}
+    if args.config_json:
+        try:
+            raw.update(json.loads(args.config_json))
+        except ValueError as exc:
+            raise CompressionError(f"--config-json is not valid JSON: {exc}") from exc
+    if args.model:
+        raw["model"] = {**raw.get("model", {}), "uri": args.model}
+    if args.format:
+        raw.setdefault("model", {})["format"] = args.format
+    for key in ("validation", "calibration"):
+        if getattr(args, key):
+            raw.setdefault("data", {})[key] = getattr(args, key)
+    if args.quantization:
+        raw["quantization"] = [_quantization(s, args.per_channel) for s in args.quantization]
+    if args.pruning:
+        raw["pruning"] = [_pruning(s, args.fine_tune_epochs) for s in args.pruning]
+    _distillation_flags(args, raw)
+    budget = raw.setdefault("accuracyBudget", {})
+    for flag, key in (("metric", "metric"), ("max_drop", "maxDrop"), ("min_value", "minValue")):
+        if getattr(args, flag) is not None:
+            budget[key] = getattr(args, flag)
+    simple = {"out": "output", "name": "name", "generation": "generation", "batch_size": "servingBatchSize"}
+    for flag, key in {**simple, "repeats": "latencyRepeats"}.items():
+        if getattr(args, flag) is not None:
+            raw[key] = str(getattr(args, flag)) if flag == "out" else getattr(args, flag)
+    return raw
+
+
+def _distillation_flags(args: argparse.Namespace, raw: dict[str, Any]) -> None:
+    wanted = args.distill or args.epochs or args.student_width or args.student_layers or args.workers
+    if not wanted or (not args.distill and "distillation" not in raw and not args.epochs):
+        if args.workers and "distillation" in raw:
+            raw["distillation"]["workers"] = args.workers
+        return
+    distillation = raw.setdefault("distillation", {}) or {}
+    raw["distillation"] = distillation
+    for flag, key in (("epochs", "epochs"), ("workers", "workers")):
+        if getattr(args, flag) is not None:
+            distillation[key] = getattr(args, flag)
+    student = distillation.setdefault("student", {})
+    if args.student_width is not None:
+        student["width"] = args.student_width
+    if args.student_layers is not None:
+        student["layers"] = args.student_layers
+
+
+def config_from_args(args: argparse.Namespace) -> CompressionConfig:
+    raw = merged_settings(args)
+    if "model" not in raw:
+        raise CompressionError("no model given: pass --model URI or model.uri in --config")
+    if "output" not in raw:
+        raise CompressionError("no output directory given: pass --out DIR or output in --config")
+    try:
+        return CompressionConfig.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "config"
+        raise CompressionError(f"{where}: {error['msg']}") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        from .distributed import worker_rank
+
+        if worker_rank() > 0:
+            from .steps.distillation import run_worker
+
+            return run_worker(config)
+        result = _run(config, quiet=args.quiet)
+    except CompressionError as exc:
+        print(f"frugal compress: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if args.json:
+        print(json.dumps(result.report, indent=2))
+    else:
+        _print_table(result.report)
+    return 0
+
+
+def _run(config: CompressionConfig, quiet: bool) -> Any:
+    from .pipeline import compress
+
+    if quiet:
+        return compress(config)
+    from .progress import RichBars
+
+    with RichBars() as bars:
+        return compress(config, bars)
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    print(f"{'variant':<34} {'status':<8} {'size':>10} {'ratio':>6} {report['metric']:>9} {'b1 ms':>8} "
+          f"{'b' + str(report['servingBatchSize']) + ' ms':>8} {'speedup':>7}")
+    for row in report["variants"]:
+        metric = row["metric"]["value"] if row["metric"] else float("nan")
+        latency = row["latency"] or {}
+        print(
+            f"{row['name']:<34} {row['status']:<8} {row['sizeBytes']:>10} {row.get('sizeRatio', 0):>6.3f} "
+            f"{metric:>9.4f} {latency.get('batch1Ms', float('nan')):>8.3f} "
+            f"{latency.get('batchMs', float('nan')):>8.3f} {row.get('speedupBatch', float('nan')):>7.2f}"
+            + (f"  ({row['reason']})" if row["reason"] else "")
+            + ("  *" + ",".join(row["chosenAs"]) if row["chosenAs"] else "")
+        )

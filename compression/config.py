@@ -1,0 +1,108 @@
+"""Typed configuration of one compression run (what ``frugal compress`` and the operator pass in).
+
+Field names are camelCase on the wire (the ModelDeployment's ``spec.compression`` shape) and
+snake_case in Python; both are accepted. ``pruning`` and ``quantization`` take one object or a list:
+every entry becomes a candidate variant in the search.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+PruningMethod = Literal["magnitude", "threshold", "structured"]
+QuantizationMethod = Literal["dynamic-int8", "static-int8", "fp16", "int4-weight", "uniform"]
+Metric = Literal["accuracy", "cosine"]
+ModelFormat = Literal["zoo", "onnx", "torchscript", "pytorch"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ModelSource(_Model):
+    """Where the model comes from: ``zoo://NAME``, ``file://PATH`` or a plain path."""
+
+    uri: str = Field(min_length=1, description="zoo://digits-mlp, zoo://all-minilm-l6-v2, file:///m.onnx, ...")
+    format: ModelFormat | None = Field(default=None, description="Inferred from the URI when absent.")
+    architecture: str | None = Field(
+        default=None, description="Zoo architecture for a PyTorch state dict (e.g. digits-mlp)."
+    )
+
+
+class DataSource(_Model):
+    """Validation and calibration data as ``.npz`` files keyed by input name (plus ``labels``)."""
+
+    validation: str | None = None
+    calibration: str | None = None
+
+
+class PruningConfig(_Model):
+    method: PruningMethod = "magnitude"
+    sparsity: float = Field(default=0.5, ge=0.0, lt=1.0, description="Fraction of weights/neurons removed.")
+    fine_tune_epochs: int = Field(default=0, ge=0, le=100)
+
+
+class QuantizationConfig(_Model):
+    method: QuantizationMethod = "dynamic-int8"
+    bits: int = Field(default=8, ge=2, le=16, description="Bits for the uniform quantizer (4 for int4-weight).")
+    per_channel: bool = False
+    fallback: bool = Field(
+        default=True, description="When over budget, retry per-channel and excluding the most sensitive nodes."
+    )
+
+
+class StudentConfig(_Model):
+    width: float = Field(default=0.5, gt=0.0, le=1.0, description="Hidden width relative to the teacher.")
+    layers: int | None = Field(default=None, ge=1, description="Encoder layers kept (transformers).")
+
+
+class DistillationConfig(_Model):
+    student: StudentConfig = StudentConfig()
+    epochs: int = Field(default=20, ge=1, le=1000)
+    temperature: float = Field(default=4.0, gt=0.0)
+    alpha: float = Field(default=0.7, ge=0.0, le=1.0, description="Weight of the soft (KD) loss.")
+    learning_rate: float = Field(default=3e-3, gt=0.0)
+    batch_size: int = Field(default=64, ge=1)
+    workers: int = Field(default=1, ge=1, le=64)
+
+
+class AccuracyBudget(_Model):
+    metric: Metric | None = Field(default=None, description="accuracy (classifiers) or cosine (encoders).")
+    max_drop: float = Field(default=0.01, ge=0.0, le=1.0)
+    min_value: float | None = Field(default=None, ge=0.0, le=1.0, description="Absolute floor on the metric.")
+
+
+class CompressionConfig(_Model):
+    """Everything one compression run needs."""
+
+    model: ModelSource
+    data: DataSource = DataSource()
+    pruning: list[PruningConfig] = Field(default_factory=list)
+    quantization: list[QuantizationConfig] = Field(default_factory=list)
+    distillation: DistillationConfig | None = None
+    accuracy_budget: AccuracyBudget = AccuracyBudget()
+    output: Path
+    name: str = Field(default="model", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    generation: int = Field(default=1, ge=0)
+    serving_batch_size: int = Field(default=32, ge=1, le=4096)
+    latency_repeats: int = Field(default=5, ge=1, le=100)
+    seed: int = 0
+
+    @field_validator("pruning", "quantization", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [value] if isinstance(value, dict | BaseModel) else value
+
+    @model_validator(mode="after")
+    def _unique_steps(self) -> CompressionConfig:
+        for field in ("pruning", "quantization"):
+            entries = [s.model_dump_json() for s in getattr(self, field)]
+            if len(entries) != len(set(entries)):
+                raise ValueError(f"{field}: the same step is listed twice")
+        return self

@@ -1,0 +1,257 @@
+"""``compress(config)``: build the candidate variants, evaluate, drop over-budget ones, time the
+survivors, rank them and write the artifact directory atomically."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import artifact, plan, report
+from .config import CompressionConfig, QuantizationConfig
+from .errors import CompressionError
+from .evaluate import Evaluator, Score
+from .latency import Latency, measure
+from .progress import Progress, Silent
+from .source import SourceModel
+
+
+@dataclass
+class VariantResult:
+    """One candidate's outcome; ``reason`` says why a dropped variant was dropped."""
+
+    name: str
+    steps: tuple[str, ...]
+    file: str
+    size_bytes: int = 0
+    score: Score | None = None
+    latency: Latency | None = None
+    status: str = "kept"
+    reason: str | None = None
+    chosen_as: list[str] = field(default_factory=list)
+
+    def to_json(self, fp32: VariantResult | None = None) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "name": self.name,
+            "steps": list(self.steps),
+            "status": self.status,
+            "reason": self.reason,
+            "sizeBytes": self.size_bytes,
+            "metric": self.score.to_json() if self.score else None,
+            "latency": self.latency.to_json() if self.latency else None,
+            "chosen": bool(self.chosen_as),
+            "chosenAs": self.chosen_as,
+        }
+        if fp32 is not None and fp32.size_bytes:
+            row["sizeRatio"] = round(self.size_bytes / fp32.size_bytes, 4)
+        if fp32 is not None and fp32.latency and self.latency:
+            row["speedupBatch"] = round(fp32.latency.batch_ms / self.latency.batch_ms, 3)
+            row["speedupBatch1"] = round(fp32.latency.batch1_ms / self.latency.batch1_ms, 3)
+        return row
+
+
+@dataclass
+class CompressionResult:
+    output: Path
+    manifest: dict[str, Any]
+    report: dict[str, Any]
+    variants: list[VariantResult]
+
+    @property
+    def kept(self) -> list[VariantResult]:
+        return [v for v in self.variants if v.status == "kept"]
+
+    def variant(self, name: str) -> VariantResult:
+        return next(v for v in self.variants if v.name == name)
+
+
+def compress(config: CompressionConfig, progress: Progress | None = None) -> CompressionResult:
+    """Run the whole compression described by ``config``; raises CompressionError for user mistakes."""
+    from .sources import load_source
+
+    bar = progress or Silent()
+    source = load_source(config)
+    metric = config.accuracy_budget.metric or source.default_metric
+    if metric != source.default_metric:
+        raise CompressionError(
+            f"accuracyBudget.metric {metric!r} does not fit a {source.task} model; use {source.default_metric!r}"
+        )
+    with artifact.staging(config.output) as root:
+        variants = _build_and_score(config, source, metric, root, bar)
+        _time_survivors(config, source, variants, root, bar)
+        manifest, report_json = _write(config, source, metric, variants, root)
+    return CompressionResult(config.output, manifest, report_json, variants)
+
+
+def _variant_path(root: Path, name: str) -> Path:
+    path = root / "variants" / name / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _build_and_score(
+    config: CompressionConfig, source: SourceModel, metric: str, root: Path, bar: Progress
+) -> list[VariantResult]:
+    from .builders import build_base, quantize
+
+    candidates = plan.candidates(config)
+    bar.begin("build and evaluate", len(candidates))
+    results: list[VariantResult] = []
+    evaluator: Evaluator | None = None
+    base_files: dict[str, Path] = {}
+    for candidate in candidates:
+        path = _variant_path(root, candidate.name)
+        if candidate.quantization is None:
+            build_base(candidate.base, source, config, path)
+            base_files[candidate.name] = path
+        else:
+            made = quantize(candidate.quantization, base_files[candidate.base.name], path, source)
+            if made is None:
+                results.append(_dropped(candidate, "this quantization has nothing to quantize in the graph", root))
+                bar.advance("build and evaluate")
+                continue
+        if evaluator is None:
+            evaluator = Evaluator.from_baseline(metric, source.validation, path)
+            _check_reachable(config, evaluator)
+        results += _judge(candidate, path, evaluator, config, source, root)
+        bar.advance("build and evaluate")
+    bar.end("build and evaluate")
+    return results
+
+
+def _check_reachable(config: CompressionConfig, evaluator: Evaluator) -> None:
+    floor = config.accuracy_budget.min_value
+    if floor is not None and evaluator.baseline < floor:
+        raise CompressionError(
+            f"accuracyBudget.minValue {floor} is impossible: the FP32 model itself scores "
+            f"{evaluator.baseline:.4f}; lower minValue or improve the model"
+        )
+
+
+def _dropped(candidate: plan.Candidate, reason: str, root: Path) -> VariantResult:
+    shutil.rmtree(root / "variants" / candidate.name, ignore_errors=True)
+    return VariantResult(candidate.name, candidate.steps, "", status="dropped", reason=reason)
+
+
+def _judge(
+    candidate: plan.Candidate,
+    path: Path,
+    evaluator: Evaluator,
+    config: CompressionConfig,
+    source: SourceModel,
+    root: Path,
+) -> list[VariantResult]:
+    """Score a built variant; when it breaks the budget, drop it and try the sensitivity fallback."""
+    score = evaluator.score(path)
+    result = VariantResult(
+        candidate.name,
+        candidate.steps,
+        path.relative_to(root).as_posix(),
+        path.stat().st_size,
+        score,
+    )
+    budget = config.accuracy_budget
+    reason = plan.over_budget(score.drop, budget.max_drop, score.value, budget.min_value)
+    if reason is None or candidate.name == "fp32":
+        return [result]
+    result.status, result.reason, result.file = "dropped", reason, ""
+    shutil.rmtree(path.parent, ignore_errors=True)
+    quant = candidate.quantization
+    if quant is None or not quant.fallback or quant.method not in ("dynamic-int8", "static-int8"):
+        return [result]
+    return [result, *_fallback(candidate, quant, evaluator, config, source, root)]
+
+
+def _fallback(
+    candidate: plan.Candidate,
+    quant: QuantizationConfig,
+    evaluator: Evaluator,
+    config: CompressionConfig,
+    source: SourceModel,
+    root: Path,
+) -> list[VariantResult]:
+    from .steps.sensitivity import sensitive_fallback
+
+    base_path = root / "variants" / candidate.base.name / "model.onnx"
+    path = _variant_path(root, f"{candidate.name}-sensitive")
+    outcome = sensitive_fallback(quant, base_path, path, source, evaluator, config.accuracy_budget)
+    name = f"{candidate.name}-sensitive"
+    steps = (*candidate.steps, f"fallback:{outcome.describe()}")
+    if outcome.score is None or not outcome.fits:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        reason = "no per-channel or node-excluding fallback met the budget"
+        return [VariantResult(name, steps, "", score=outcome.score, status="dropped", reason=reason)]
+    return [VariantResult(name, steps, path.relative_to(root).as_posix(), path.stat().st_size, outcome.score)]
+
+
+def _time_survivors(
+    config: CompressionConfig, source: SourceModel, variants: list[VariantResult], root: Path, bar: Progress
+) -> None:
+    kept = [v for v in variants if v.status == "kept"]
+    bar.begin("measure latency", 1)
+    timings = measure(
+        {v.name: root / v.file for v in kept},
+        source.validation,
+        config.serving_batch_size,
+        repeats=config.latency_repeats,
+    )
+    for v in kept:
+        v.latency = timings[v.name]
+    bar.end("measure latency")
+    rows = [
+        plan.Ranked(v.name, v.size_bytes, v.latency.throughput, v.latency.batch1_ms)
+        for v in kept
+        if v.latency is not None
+    ]
+    for role, name in plan.choose(rows).items():
+        next(v for v in kept if v.name == name).chosen_as.append(role)
+
+
+def _write(
+    config: CompressionConfig, source: SourceModel, metric: str, variants: list[VariantResult], root: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    fp32 = next(v for v in variants if v.name == "fp32")
+    kept = [v for v in variants if v.status == "kept"]
+    order = plan.rank(
+        [plan.Ranked(v.name, v.size_bytes, v.latency.throughput, v.latency.batch1_ms) for v in kept if v.latency]
+    )
+    rows = [v.to_json(fp32) for v in variants]
+    report_json = {
+        "schemaVersion": artifact.SCHEMA_VERSION,
+        "model": config.name,
+        "source": source.uri,
+        "metric": metric,
+        "budget": config.accuracy_budget.model_dump(by_alias=True),
+        "servingBatchSize": config.serving_batch_size,
+        "ranking": order,
+        "chosen": {role: v.name for v in kept for role in v.chosen_as},
+        "variants": rows,
+    }
+    artifact.write_json(root / "report.json", report_json)
+    report.plot(rows, metric, root / "report.png")
+    manifest = {
+        "schemaVersion": artifact.SCHEMA_VERSION,
+        "model": config.name,
+        "generation": config.generation,
+        "source": source.uri,
+        "createdAt": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "files": artifact.file_table(root),
+        "variants": [_manifest_entry(v, source) for v in sorted(kept, key=lambda v: order.index(v.name))],
+    }
+    artifact.write_json(root / "manifest.json", manifest)
+    return manifest, report_json
+
+
+def _manifest_entry(variant: VariantResult, source: SourceModel) -> dict[str, Any]:
+    return {
+        "name": variant.name,
+        "file": variant.file,
+        "steps": list(variant.steps),
+        "inputs": [s.to_json() for s in source.inputs],
+        "outputs": [s.to_json() for s in source.outputs],
+        "sizeBytes": variant.size_bytes,
+        "metric": variant.score.to_json() if variant.score else None,
+        "latency": variant.latency.to_json() if variant.latency else None,
+    }

@@ -1,0 +1,1 @@
+"""The compression steps: pruning and distillation (torch), quantization (ONNX Runtime)."""

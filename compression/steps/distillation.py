@@ -1,0 +1,204 @@
+"""Knowledge distillation, data-parallel with ``torch.distributed`` (DDP).
+
+A narrower student learns from the teacher's temperature-softened outputs mixed with the hard
+labels (``alpha * T² * KL + (1 - alpha) * CE``); encoders learn the teacher's embeddings (cosine loss).
+Every step each rank takes its slice of the global batch, and DDP averages the gradients across
+ranks — the seed's rule ``g = mean(grad_i)`` — before the optimizer step, so N workers follow the
+same trajectory as one process on the whole batch.
+
+Ranks come from the environment (torchrun, or a Kubernetes Indexed Job's ``JOB_COMPLETION_INDEX``);
+``workers > 1`` without such an environment spawns the workers locally.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..config import CompressionConfig, DistillationConfig
+from ..device import distributed_backend, pick_device
+from ..distributed import Topology, topology
+from ..errors import CompressionError
+from ..source import SourceModel
+
+T = TypeVar("T")
+
+
+def make_student(source: SourceModel, config: DistillationConfig) -> nn.Module:
+    """A narrower MLP, or a BERT encoder keeping ``student.layers`` evenly spaced layers."""
+    assert source.module is not None
+    if source.family == "mlp":
+        from ..zoo.digits import DigitsMLP
+
+        hidden = getattr(source.module, "hidden", None)
+        if hidden is None:
+            raise CompressionError(f"distillation does not know the MLP layout of {source.uri}")
+        torch.manual_seed(0)
+        return DigitsMLP([max(4, round(h * config.student.width)) for h in hidden])
+    if source.family == "bert":
+        from .transformer import keep_layers
+
+        return keep_layers(source.module, config.student.layers or 3)
+    raise CompressionError(f"distillation does not know the architecture of {source.uri}")
+
+
+def kd_loss(
+    student_out: torch.Tensor, teacher_out: torch.Tensor, labels: torch.Tensor | None, config: DistillationConfig
+) -> torch.Tensor:
+    """Soft-target KL (scaled by T²) mixed with cross-entropy; cosine distance for embeddings."""
+    if labels is None:
+        return (1.0 - nn.functional.cosine_similarity(student_out, teacher_out, dim=-1)).mean()
+    t = config.temperature
+    soft = nn.functional.kl_div(
+        nn.functional.log_softmax(student_out / t, dim=-1),
+        nn.functional.log_softmax(teacher_out / t, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    hard = nn.functional.cross_entropy(student_out, labels)
+    return config.alpha * t * t * soft + (1.0 - config.alpha) * hard
+
+
+def shard(indices: torch.Tensor, topo: Topology) -> torch.Tensor:
+    """This rank's rows of a global batch (round-robin, so shards differ by at most one row)."""
+    return indices[topo.rank :: topo.world_size]
+
+
+class Trainer:
+    """Holds the student, teacher targets and optimizer of one rank."""
+
+    def __init__(self, source: SourceModel, config: DistillationConfig, topo: Topology, seed: int) -> None:
+        assert source.train is not None and source.module is not None
+        self.config, self.topo, self.seed = config, topo, seed
+        self.device = pick_device()
+        self.inputs = source.train.inputs
+        self.labels = source.train.labels
+        with torch.no_grad():
+            self.targets = source.module.eval()(*self.inputs)
+        self.student = make_student(source, config).to(self.device).train()
+        self.model: nn.Module = self.student
+        if topo.distributed:
+            self.model = nn.parallel.DistributedDataParallel(self.student)
+        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.learning_rate)
+
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        order = torch.randperm(len(self.targets), generator=torch.Generator().manual_seed(self.seed + epoch))
+        size = self.config.batch_size
+        return [order[s : s + size] for s in range(0, len(order), size) if len(order[s : s + size]) >= 2]
+
+    def backward(self, batch: torch.Tensor) -> float:
+        """Loss on this rank's shard of ``batch``; after it, gradients are averaged over ranks."""
+        rows = shard(batch, self.topo)
+        inputs = tuple(x[rows].to(self.device) for x in self.inputs)
+        labels = self.labels[rows].to(self.device) if self.labels is not None else None
+        self.optimizer.zero_grad()
+        loss = kd_loss(self.model(*inputs), self.targets[rows].to(self.device), labels, self.config)
+        loss.backward()
+        return float(loss.detach())
+
+    def gradients(self) -> list[torch.Tensor]:
+        return [p.grad.detach().cpu().clone() for p in self.student.parameters() if p.grad is not None]
+
+    def fit(self) -> nn.Module:
+        for epoch in range(self.config.epochs):
+            for batch in self.batches(epoch):
+                self.backward(batch)
+                self.optimizer.step()
+        return self.student.eval().cpu()
+
+
+def train_rank(topo: Topology, config: CompressionConfig, source: SourceModel | None = None) -> nn.Module:
+    """Distill on this rank (joins the process group when the topology is distributed)."""
+    from ..sources import load_source
+
+    assert config.distillation is not None
+    source = source or load_source(config)
+    torch.manual_seed(config.seed)
+    with _group(topo):
+        return Trainer(source, config.distillation, topo, config.seed).fit()
+
+
+def first_step_gradients(topo: Topology, config: CompressionConfig) -> list[torch.Tensor]:
+    """The gradient after one backward on the first global batch (averaged across ranks by DDP)."""
+    from ..sources import load_source
+
+    assert config.distillation is not None
+    with _group(topo):
+        trainer = Trainer(load_source(config), config.distillation, topo, config.seed)
+        trainer.backward(trainer.batches(0)[0])
+        return trainer.gradients()
+
+
+class _group:
+    """Join the process group for the block when the topology is distributed."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+
+    def __enter__(self) -> None:
+        if self.topo.distributed and not dist.is_initialized():
+            os.environ["MASTER_ADDR"] = self.topo.master_addr
+            os.environ["MASTER_PORT"] = str(self.topo.master_port)
+            backend = distributed_backend(pick_device())
+            dist.init_process_group(backend, rank=self.topo.rank, world_size=self.topo.world_size)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.topo.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _spawned(local_rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple[Any, ...], out: str) -> None:
+    torch.set_num_threads(1)
+    topo = Topology(local_rank, world, "127.0.0.1", port)
+    result = fn(topo, *args)
+    if local_rank == 0:
+        torch.save(result, out)
+
+
+def run_local_workers(world: int, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(topology, *args)`` in ``world`` local processes (gloo/nccl); return rank 0's result."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "rank0.pt")
+        mp.start_processes(_spawned, args=(world, free_port(), fn, args, out), nprocs=world, start_method="spawn")
+        result: T = torch.load(out, weights_only=False)
+        return result
+
+
+def distill(source: SourceModel, config: DistillationConfig, seed: int = 0, full: CompressionConfig | None = None) -> nn.Module:
+    """The distilled student: in this process, in the environment's group, or in local workers."""
+    topo = topology()
+    if topo.distributed:
+        assert full is not None
+        return train_rank(topo, full, source)
+    if config.workers > 1:
+        if full is None:
+            raise CompressionError("distillation.workers > 1 needs the whole config to start workers")
+        return run_local_workers(config.workers, train_rank, full)
+    solo = copy.copy(config)
+    return Trainer(source, solo, Topology(0, 1, "127.0.0.1", 0), seed).fit()
+
+
+def run_worker(config: CompressionConfig) -> int:
+    """A non-zero rank of an Indexed Job: train in the group, then exit (rank 0 writes the artifact)."""
+    if config.distillation is None:
+        raise CompressionError("this pod has a non-zero rank but the config has no distillation to share")
+    train_rank(topology(), config)
+    return 0

@@ -1,0 +1,33 @@
+"""Short fine-tuning after pruning: cross-entropy for classifiers, cosine to the teacher for encoders."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..device import cpu_threads
+from ..source import SourceModel
+
+
+def fine_tune(model: nn.Module, source: SourceModel, epochs: int, lr: float = 1e-3, batch: int = 32) -> nn.Module:
+    assert source.train is not None and source.module is not None
+    inputs, labels = source.train.inputs, source.train.labels
+    with torch.no_grad():
+        targets = source.module.eval()(*inputs)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    with cpu_threads(1 if source.family == "mlp" else torch.get_num_threads()):
+        for _ in range(epochs):
+            order = torch.randperm(len(targets), generator=generator)
+            for start in range(0, len(order), batch):
+                rows = order[start : start + batch]
+                out = model(*(x[rows] for x in inputs))
+                if labels is not None:
+                    loss = nn.functional.cross_entropy(out, labels[rows])
+                else:
+                    loss = (1.0 - nn.functional.cosine_similarity(out, targets[rows], dim=-1)).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    return model.eval()

@@ -1,0 +1,82 @@
+"""The `frugal` command line.
+
+Each subcommand imports its component only when it runs, so `frugal serve` works with just
+`frugal[serving]` installed and `frugal validate` needs neither torch nor ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# Subcommands owned by another component: everything after the subcommand is handed over as is.
+DELEGATED: dict[str, tuple[str, str]] = {
+    "compress": ("frugal.compression.cli", "compress a model into ONNX variants (the compression Job)"),
+    "serve": ("frugal.serving.cli", "serve an ONNX variant over the Open Inference Protocol"),
+    "operator": ("frugal.operator.controller.cli", "run the Kubernetes operator"),
+}
+
+
+def _delegate(module_name: str, argv: list[str]) -> int:
+    entry: Callable[[list[str]], int] = importlib.import_module(module_name).main
+    return int(entry(argv) or 0)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="frugal",
+        description="Cost-aware model serving: compress, profile, plan, serve and autoscale a ModelDeployment.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser(
+        "up", help="run ModelDeployment(s) end to end on this machine (no cluster needed)"
+    )
+    up.add_argument("files", nargs="+", help="YAML files holding ModelDeployments and HardwareProfiles")
+    up.add_argument(
+        "--for",
+        dest="duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="drive a local load for SECONDS, then stop and print a summary (default: serve until Ctrl-C)",
+    )
+    up.add_argument("--workdir", default=None, help="where artifacts and logs go (default: a cache directory)")
+    up.add_argument("--port", type=int, default=0, help="port of the model endpoint (default: a free port)")
+    up.add_argument("--concurrency", type=int, default=8, help="concurrent clients of the local load")
+
+    validate = commands.add_parser(
+        "validate", help="check YAML against the CRDs' schemas and rules, as the API server would"
+    )
+    validate.add_argument("files", nargs="+")
+
+    for name, (_, help_text) in DELEGATED.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in DELEGATED:
+        return _delegate(DELEGATED[args_list[0]][0], args_list[1:])
+    args = _build_parser().parse_args(args_list)
+    if args.command == "version":
+        from importlib.metadata import version
+
+        print(version("frugal"))
+        return 0
+    if args.command == "validate":
+        from frugal.operator.local.commands import validate_files
+
+        return validate_files(args.files)
+    from frugal.operator.local.commands import up
+
+    return up(args.files, duration=args.duration, workdir=args.workdir, port=args.port,
+              concurrency=args.concurrency)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

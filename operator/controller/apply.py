@@ -1,0 +1,157 @@
+"""The one layer that talks to the API server for children: server-side apply, get, list, delete.
+
+Built on the `kubernetes` client's ApiClient (imported lazily) with a fixed field manager; bodies go
+in and come out as plain dicts. 404 on get/delete is "absent", not an error. Every call is counted
+so benchmarks can report API requests per reconcile.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+FIELD_MANAGER = "frugal-operator"
+
+# (apiVersion, kind) -> (path prefix, plural, namespaced)
+RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
+    ("batch/v1", "Job"): ("/apis/batch/v1", "jobs", True),
+    ("v1", "Service"): ("/api/v1", "services", True),
+    ("v1", "Event"): ("/api/v1", "events", True),
+    ("v1", "Pod"): ("/api/v1", "pods", True),
+    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments", True),
+    ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets", True),
+    ("frugal.dev/v1alpha1", "ModelDeployment"): ("/apis/frugal.dev/v1alpha1", "modeldeployments", True),
+    ("frugal.dev/v1alpha1", "HardwareProfile"): ("/apis/frugal.dev/v1alpha1", "hardwareprofiles", False),
+    ("monitoring.coreos.com/v1", "PodMonitor"): ("/apis/monitoring.coreos.com/v1", "podmonitors", True),
+}
+SERVING_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"))
+JOB_KINDS = (("batch/v1", "Job"), ("v1", "Service"))
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"API server answered {status}: {message}")
+        self.status = status
+
+
+class Cluster:
+    """Typed-free access to the API server through one ApiClient."""
+
+    def __init__(self, api_client: Any) -> None:
+        self._api = api_client
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str | None = None) -> Cluster:
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config(config_file=kubeconfig)
+        return cls(client.ApiClient())
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply `obj` under the operator's field manager (conflicts forced)."""
+        path = self._path(
+            obj["apiVersion"], obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]
+        )
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+        return self._call("PATCH", path, query, obj, "application/apply-patch+yaml")
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        return self._call("POST", self._path(obj["apiVersion"], obj["kind"], meta.get("namespace")), body=obj)
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("GET", self._path(api_version, kind, namespace, name))
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def find(
+        self, api_version: str, kind: str, namespace: str | None, selector: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        query = [("labelSelector", ",".join(f"{k}={v}" for k, v in selector.items()))] if selector else []
+        items: list[dict[str, Any]] = self._call("GET", self._path(api_version, kind, namespace), query).get(
+            "items", []
+        )
+        return items
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        body = {"propagationPolicy": "Background"}
+        try:
+            self._call("DELETE", self._path(api_version, kind, namespace, name), body=body)
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    def delete_all(
+        self,
+        kinds: Iterable[tuple[str, str]],
+        namespace: str,
+        selector: Mapping[str, str],
+        keep: Mapping[str, str] | None = None,
+    ) -> int:
+        """Delete every object of `kinds` matching `selector`, except those whose labels match `keep`."""
+        deleted = 0
+        for api_version, kind in kinds:
+            for item in self.find(api_version, kind, namespace, selector):
+                labels = item["metadata"].get("labels") or {}
+                if keep and all(labels.get(k) == v for k, v in keep.items()):
+                    continue
+                deleted += self.delete(api_version, kind, namespace, item["metadata"]["name"])
+        return deleted
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str | None, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        path = self._path(api_version, kind, namespace, name) + "/status"
+        return self._call("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
+
+    def _path(self, api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+        prefix, plural, namespaced = RESOURCES[(api_version, kind)]
+        path = (
+            f"{prefix}/namespaces/{namespace}/{plural}" if namespaced and namespace else f"{prefix}/{plural}"
+        )
+        return f"{path}/{name}" if name else path
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        request = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        with self._lock:
+            self.requests += 1
+        response = self._api.call_api(*request)
+        data = response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiError(response.status, _message(data))
+        decoded: dict[str, Any] = json.loads(data) if data else {}
+        return decoded
+
+
+def _message(data: bytes | None) -> str:
+    try:
+        return str(json.loads(data or b"{}").get("message", data))
+    except (ValueError, AttributeError):
+        return repr(data)

@@ -1,0 +1,300 @@
+"""Pure status assessment: from what was observed to phase, conditions and a message.
+
+Reasons are constants; every False/degraded condition's message says what to fix. Condition
+``lastTransitionTime`` only moves when a condition's status changes (:func:`merge`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+COMPRESSED, PROFILED, READY, DEGRADED = "Compressed", "Profiled", "Ready", "Degraded"
+CONDITION_TYPES = (COMPRESSED, PROFILED, READY, DEGRADED)
+
+
+class Reason:
+    """Every reason a condition can carry."""
+
+    INVALID_SPEC = "InvalidSpec"
+    HARDWARE_PROFILE_MISSING = "HardwareProfileMissing"
+    MODEL_URI_UNREADABLE = "ModelURIUnreadable"
+    COMPRESSION_PENDING = "CompressionPending"
+    COMPRESSION_RUNNING = "CompressionRunning"
+    COMPRESSION_FAILED = "CompressionFailed"
+    ARTIFACTS_UNREADABLE = "ArtifactsUnreadable"
+    ARTIFACTS_READY = "ArtifactsReady"
+    WAITING_FOR_COMPRESSION = "WaitingForCompression"
+    PROFILING_RUNNING = "ProfilingRunning"
+    PROFILING_FAILED = "ProfilingFailed"
+    PROFILED = "ProfilesMeasured"
+    PROFILING_FALLBACK = "CompressionReportUsed"
+    NO_FEASIBLE_OPTION = "NoFeasibleOption"
+    WAITING_FOR_PLAN = "WaitingForPlan"
+    DEPLOYING = "Deploying"
+    SERVING = "ServingReady"
+    PREVIOUS_GENERATION_SERVING = "PreviousGenerationServing"
+    REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
+    AS_EXPECTED = "AsExpected"
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    COMPRESSING = "Compressing"
+    PROFILING = "Profiling"
+    DEPLOYING = "Deploying"
+    SERVING = "Serving"
+    FAILED = "Failed"
+
+
+class JobState(StrEnum):
+    ABSENT = "Absent"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class Job:
+    state: JobState
+    message: str = ""
+    name: str = ""
+
+
+ABSENT_JOB = Job(JobState.ABSENT)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the assessment depends on, gathered by the reconciler."""
+
+    generation: int
+    spec_error: str | None = None
+    missing_profiles: tuple[str, ...] = ()
+    model_error: str | None = None
+    compression: Job = ABSENT_JOB
+    artifacts_error: str | None = None
+    profiling: Mapping[str, Job] = field(default_factory=dict)
+    used_fallback: bool = False
+    plan_error: str | None = None
+    planned: str | None = None
+    shards_desired: tuple[int, ...] = ()
+    shards_ready: tuple[int, ...] = ()
+    previous_generation_live: int | None = None
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool | None
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Assessment:
+    phase: Phase
+    conditions: tuple[Condition, ...]
+    message: str
+
+    def condition(self, kind: str) -> Condition:
+        return next(c for c in self.conditions if c.type == kind)
+
+
+def conditions(observed: Observed) -> Assessment:
+    """Phase, the four conditions and a one-line message for `observed`."""
+    compressed = _compressed(observed)
+    profiled = _profiled(observed, compressed)
+    ready = _ready(observed, profiled)
+    degraded = _degraded((compressed, profiled, ready), observed)
+    phase = _phase(observed, compressed, profiled, ready)
+    blocking = next((c for c in (compressed, profiled, ready) if c.status is not True), ready)
+    message = ready.message if ready.status else blocking.message
+    return Assessment(phase, (compressed, profiled, ready, degraded), message)
+
+
+def _compressed(o: Observed) -> Condition:
+    if o.spec_error:
+        return Condition(COMPRESSED, False, Reason.INVALID_SPEC, o.spec_error)
+    if o.missing_profiles:
+        missing = ", ".join(o.missing_profiles)
+        return Condition(
+            COMPRESSED,
+            False,
+            Reason.HARDWARE_PROFILE_MISSING,
+            f"HardwareProfile {missing} not found: create it (kubectl apply -f <profile>.yaml) "
+            "or fix spec.serving.hardwareProfiles / spec.compression.hardwareProfile",
+        )
+    if o.model_error:
+        return Condition(COMPRESSED, False, Reason.MODEL_URI_UNREADABLE, o.model_error)
+    job = o.compression
+    if job.state is JobState.FAILED:
+        return Condition(
+            COMPRESSED,
+            False,
+            Reason.COMPRESSION_FAILED,
+            f"compression Job {job.name} failed: {job.message or 'see its pod logs'}; fix the spec "
+            "(a change starts a new generation)",
+        )
+    if job.state is JobState.ABSENT:
+        return Condition(COMPRESSED, False, Reason.COMPRESSION_PENDING, "compression Job not created yet")
+    if job.state is JobState.RUNNING:
+        return Condition(
+            COMPRESSED, False, Reason.COMPRESSION_RUNNING, f"compression Job {job.name} is running"
+        )
+    if o.artifacts_error:
+        return Condition(COMPRESSED, False, Reason.ARTIFACTS_UNREADABLE, o.artifacts_error)
+    return Condition(
+        COMPRESSED, True, Reason.ARTIFACTS_READY, f"compression Job {job.name} wrote the variants"
+    )
+
+
+def _profiled(o: Observed, compressed: Condition) -> Condition:
+    if compressed.status is not True:
+        return Condition(PROFILED, None, Reason.WAITING_FOR_COMPRESSION, "waiting for compression")
+    running = sorted(p for p, j in o.profiling.items() if j.state in (JobState.ABSENT, JobState.RUNNING))
+    if running:
+        return Condition(PROFILED, False, Reason.PROFILING_RUNNING, f"profiling on {', '.join(running)}")
+    failed = {p: j for p, j in sorted(o.profiling.items()) if j.state is JobState.FAILED}
+    if o.used_fallback:
+        return Condition(
+            PROFILED,
+            True,
+            Reason.PROFILING_FALLBACK,
+            "no profiling data on the single hardware profile: the compression report's "
+            "latency and throughput were used",
+        )
+    if failed:
+        detail = "; ".join(
+            f"{p}: Job {j.name} failed: {j.message or 'see its pod logs'}" for p, j in failed.items()
+        )
+        return Condition(
+            PROFILED,
+            False,
+            Reason.PROFILING_FAILED,
+            f"{detail}; those profiles are left out of hardware selection",
+        )
+    return Condition(
+        PROFILED,
+        True,
+        Reason.PROFILED,
+        f"variants measured on {', '.join(sorted(o.profiling)) or 'no profile'}",
+    )
+
+
+def _ready(o: Observed, profiled: Condition) -> Condition:
+    if o.plan_error:
+        return Condition(READY, False, Reason.NO_FEASIBLE_OPTION, o.plan_error)
+    if o.planned is None or not o.shards_desired:
+        if o.previous_generation_live is not None:
+            return _previous_serving(o)
+        return Condition(READY, False, Reason.WAITING_FOR_PLAN, "hardware selection waits for profiling")
+    missing = [
+        i
+        for i, (want, have) in enumerate(zip(o.shards_desired, _ready_padded(o), strict=True))
+        if have < min(want, 1)
+    ]
+    if missing:
+        if o.previous_generation_live is not None:
+            return _previous_serving(o)
+        return Condition(
+            READY,
+            False,
+            Reason.DEPLOYING,
+            f"waiting for shard(s) {', '.join(map(str, missing))} of {o.planned} to become ready",
+        )
+    return Condition(READY, True, Reason.SERVING, f"serving {o.planned}")
+
+
+def _previous_serving(o: Observed) -> Condition:
+    return Condition(
+        READY,
+        True,
+        Reason.PREVIOUS_GENERATION_SERVING,
+        f"generation {o.previous_generation_live} serves while generation {o.generation} rolls out",
+    )
+
+
+def _degraded(done: Sequence[Condition], o: Observed) -> Condition:
+    broken = [c for c in done if c.status is False and c.reason in _FAILURES]
+    if broken:
+        return Condition(DEGRADED, True, broken[0].reason, broken[0].message)
+    short = [
+        i
+        for i, (want, have) in enumerate(zip(o.shards_desired, _ready_padded(o), strict=True))
+        if 0 < have < want
+    ]
+    if short:
+        return Condition(
+            DEGRADED,
+            True,
+            Reason.REPLICAS_UNAVAILABLE,
+            f"shard(s) {', '.join(map(str, short))} run fewer ready replicas than desired",
+        )
+    return Condition(DEGRADED, False, Reason.AS_EXPECTED, "nothing is failing")
+
+
+_FAILURES = frozenset(
+    {
+        Reason.INVALID_SPEC,
+        Reason.HARDWARE_PROFILE_MISSING,
+        Reason.MODEL_URI_UNREADABLE,
+        Reason.COMPRESSION_FAILED,
+        Reason.ARTIFACTS_UNREADABLE,
+        Reason.PROFILING_FAILED,
+        Reason.NO_FEASIBLE_OPTION,
+    }
+)
+_TERMINAL = frozenset(
+    {
+        Reason.INVALID_SPEC,
+        Reason.MODEL_URI_UNREADABLE,
+        Reason.COMPRESSION_FAILED,
+        Reason.ARTIFACTS_UNREADABLE,
+        Reason.NO_FEASIBLE_OPTION,
+    }
+)
+
+
+def _phase(o: Observed, compressed: Condition, profiled: Condition, ready: Condition) -> Phase:
+    if any(c.reason in _TERMINAL for c in (compressed, profiled, ready)):
+        return Phase.FAILED
+    if compressed.reason in (Reason.HARDWARE_PROFILE_MISSING, Reason.COMPRESSION_PENDING):
+        return Phase.PENDING
+    if compressed.status is not True:
+        return Phase.COMPRESSING
+    if profiled.reason == Reason.PROFILING_RUNNING:
+        return Phase.PROFILING
+    if ready.reason == Reason.SERVING:
+        return Phase.SERVING
+    return Phase.DEPLOYING
+
+
+def _ready_padded(o: Observed) -> tuple[int, ...]:
+    return tuple(o.shards_ready) + (0,) * (len(o.shards_desired) - len(o.shards_ready))
+
+
+def merge(
+    previous: Sequence[Mapping[str, Any]], current: Sequence[Condition], generation: int, now: str
+) -> list[dict[str, Any]]:
+    """Kubernetes condition dicts; lastTransitionTime is kept while a condition's status is unchanged."""
+    before = {c.get("type"): c for c in previous}
+    merged = []
+    for condition in current:
+        status = {True: "True", False: "False", None: "Unknown"}[condition.status]
+        old = before.get(condition.type) or {}
+        merged.append(
+            {
+                "type": condition.type,
+                "status": status,
+                "reason": condition.reason,
+                "message": condition.message,
+                "observedGeneration": generation,
+                "lastTransitionTime": old.get("lastTransitionTime", now)
+                if old.get("status") == status
+                else now,
+            }
+        )
+    return merged

@@ -1,0 +1,43 @@
+"""kopf handlers: each one delegates to the reconciler in a line or two.
+
+Registered on an explicit registry by :func:`register` (nothing happens at import time). A timer
+re-reconciles every ModelDeployment periodically; events on the Jobs and Deployments the operator
+manages wake their ModelDeployment up at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from frugal.operator.controller import names
+from frugal.operator.controller.reconciler import Reconciler
+
+GROUP, VERSION, PLURAL = "frugal.dev", "v1alpha1", "modeldeployments"
+MANAGED = {"app.kubernetes.io/managed-by": names.MANAGED_BY}
+
+
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, interval: float) -> None:
+    """Register every handler of the operator on `registry`."""
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    def reconcile(body: kopf.Body, **_: Any) -> None:
+        reconciler.reconcile(body)
+
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=interval, registry=registry)
+    def resync(body: kopf.Body, **_: Any) -> None:
+        reconciler.reconcile(body)
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+    def cleanup(body: kopf.Body, **_: Any) -> None:
+        reconciler.cleanup(body)
+
+    @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
+    @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
+    def child_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+        if namespace and names.LABEL_MD in labels:
+            reconciler.reconcile_named(namespace, labels[names.LABEL_MD])

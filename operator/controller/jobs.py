@@ -1,0 +1,108 @@
+"""Desired compression and profiling Jobs (pure: spec in, manifest dict out).
+
+The compression Job runs on the pool of ``spec.compression.hardwareProfile``. Distillation with
+``workers > 1`` makes it an Indexed Job whose pods find each other through a headless Service:
+rank = the completion index, world size = workers, rendezvous at pod 0 (torchrun's variables).
+Profiling runs one Job per candidate serving profile, with that profile's image and resources.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from frugal.operator.controller import commands, names, pods
+from frugal.operator.controller.spec import HardwareProfileSpec, ModelDeploymentSpec
+from frugal.operator.controller.storage import ArtifactLocation
+
+BACKOFF_LIMIT = 2
+COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
+def desired_compression_job(
+    md: ModelDeploymentSpec, profile: HardwareProfileSpec, image: str, artifacts: ArtifactLocation
+) -> dict[str, Any]:
+    """The compression Job of the current generation."""
+    name = names.compression_job(md.owner)
+    labels = names.labels(md.owner, "compression", **{names.LABEL_PROFILE: profile.name})
+    workers = md.distillation_workers
+    env = _distributed_env(md, name, workers) if workers > 1 else []
+    container = pods.container(
+        "compress", image, commands.compress(md, artifacts.pod_path), env, profile, artifacts, read_only=False
+    )
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": dict(pods.POD_SECURITY),
+        "containers": [container],
+        "volumes": pods.volumes(artifacts),
+        **pods.scheduling(profile),
+    }
+    job_spec: dict[str, Any] = {"backoffLimit": BACKOFF_LIMIT}
+    if workers > 1:
+        pod_spec["subdomain"] = names.distillation_service(md.owner)
+        container["ports"] = [{"name": "rendezvous", "containerPort": commands.DISTRIBUTED_PORT}]
+        job_spec.update(completionMode="Indexed", completions=workers, parallelism=workers)
+    job_spec["template"] = {"metadata": {"labels": labels}, "spec": pod_spec}
+    return _job(md, name, labels, job_spec)
+
+
+def desired_distillation_service(md: ModelDeploymentSpec) -> dict[str, Any] | None:
+    """The headless Service that gives each distillation worker a DNS name (None with 1 worker)."""
+    if md.distillation_workers <= 1:
+        return None
+    name = names.distillation_service(md.owner)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": names.metadata(md.owner, name, "compression"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": _selector(names.labels(md.owner, "compression")),
+            "ports": [{"name": "rendezvous", "port": commands.DISTRIBUTED_PORT}],
+        },
+    }
+
+
+def desired_profiling_job(
+    md: ModelDeploymentSpec, profile: HardwareProfileSpec, image: str, artifacts: ArtifactLocation
+) -> dict[str, Any]:
+    """The Job that measures every surviving variant on `profile`'s hardware."""
+    name = names.profiling_job(md.owner, profile.name)
+    labels = names.labels(md.owner, "profiling", **{names.LABEL_PROFILE: profile.name})
+    command = commands.profile(artifacts.pod_path, profile.name, md, profile.execution_provider)
+    # Profiling writes one results file; the artifacts volume stays writable for it.
+    container = pods.container(
+        "profile", profile.image or image, command, [], profile, artifacts, read_only=False
+    )
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": dict(pods.POD_SECURITY),
+        "containers": [container],
+        "volumes": pods.volumes(artifacts),
+        **pods.scheduling(profile),
+    }
+    spec = {"backoffLimit": BACKOFF_LIMIT, "template": {"metadata": {"labels": labels}, "spec": pod_spec}}
+    return _job(md, name, labels, spec)
+
+
+def _job(md: ModelDeploymentSpec, name: str, labels: dict[str, str], spec: dict[str, Any]) -> dict[str, Any]:
+    metadata = names.metadata(md.owner, name, labels[names.LABEL_ROLE])
+    metadata["labels"] = labels
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
+
+
+def _distributed_env(md: ModelDeploymentSpec, job: str, workers: int) -> list[dict[str, Any]]:
+    rendezvous = f"{job}-0.{names.distillation_service(md.owner)}.{md.owner.namespace}.svc"
+    return [
+        {"name": "RANK", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
+        {"name": "WORLD_SIZE", "value": str(workers)},
+        {"name": "MASTER_ADDR", "value": rendezvous},
+        {"name": "MASTER_PORT", "value": str(commands.DISTRIBUTED_PORT)},
+    ]
+
+
+def _selector(labels: dict[str, str]) -> dict[str, str]:
+    keys = (names.LABEL_MD, names.LABEL_GENERATION, names.LABEL_ROLE)
+    return {key: labels[key] for key in keys}

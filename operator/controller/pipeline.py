@@ -1,0 +1,247 @@
+"""The pure reconcile decision: ModelDeployment + HardwareProfiles + observed state → desired objects,
+the plan and the status.
+
+Nothing here talks to the cluster or the disk: the reconciler gathers :class:`ClusterState` and the
+artifacts, calls :func:`decide`, then applies what it says. Jobs are only created when absent (their
+pod templates are immutable); serving objects are applied on every pass, which corrects drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from frugal.operator import planner
+from frugal.operator.controller import artifacts as artifact_files
+from frugal.operator.controller import jobs, serving
+from frugal.operator.controller.conditions import ABSENT_JOB, Assessment, Job, JobState, Observed, conditions
+from frugal.operator.controller.serving import Selection
+from frugal.operator.controller.spec import HardwareProfileSpec, ModelDeploymentSpec
+from frugal.operator.controller.storage import ArtifactLocation, locate
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The operator's own configuration (command-line flags)."""
+
+    image: str = "ghcr.io/frugal-dev/frugal:0.1.0"
+    storage_uri: str = "pvc://frugal-artifacts"
+    pvc_root: Path | None = None
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """What the reconciler found for the current generation."""
+
+    compression: Job = ABSENT_JOB
+    profiling: Mapping[str, Job] = field(default_factory=dict)
+    shard_replicas: Mapping[int, int] = field(default_factory=dict)
+    shard_ready: Mapping[int, int] = field(default_factory=dict)
+    live_generation: int | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    apply: tuple[dict[str, Any], ...]
+    location: ArtifactLocation | None
+    assessment: Assessment
+    status: dict[str, Any]
+    plan: planner.Plan | None = None
+    selection: Selection | None = None
+    prune_older_generations: bool = False
+
+
+def needed_profiles(md: ModelDeploymentSpec) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((md.compression_profile, *md.serving_profiles)))
+
+
+def decide(
+    md: ModelDeploymentSpec,
+    profiles: Mapping[str, HardwareProfileSpec],
+    cluster: ClusterState,
+    found: artifact_files.Artifacts | artifact_files.ArtifactError | None,
+    settings: Settings,
+) -> Decision:
+    gen = md.owner.generation
+    previous = cluster.live_generation if cluster.live_generation not in (None, gen) else None
+    missing = tuple(p for p in needed_profiles(md) if p not in profiles)
+    if missing:
+        observed = Observed(gen, missing_profiles=missing, previous_generation_live=previous)
+        return Decision((), None, conditions(observed), {})
+    location = locate(md.storage_uri or settings.storage_uri, md.owner, settings.pvc_root)
+    to_apply: list[dict[str, Any]] = []
+    if cluster.compression.state is JobState.ABSENT:
+        to_apply += _compression_objects(md, profiles, location, settings)
+    observed = Observed(gen, compression=cluster.compression, previous_generation_live=previous)
+    if cluster.compression.state is not JobState.SUCCEEDED:
+        return _decision(to_apply, location, observed, {})
+    if isinstance(found, artifact_files.ArtifactError) or found is None:
+        error = str(found) if found is not None else _unreadable(location)
+        return _decision(to_apply, location, _with(observed, artifacts_error=error), {})
+    for name in md.serving_profiles:
+        if cluster.profiling.get(name, Job(JobState.ABSENT)).state is JobState.ABSENT:
+            to_apply.append(jobs.desired_profiling_job(md, profiles[name], settings.image, location))
+    profiling = {p: cluster.profiling.get(p, Job(JobState.ABSENT)) for p in md.serving_profiles}
+    observed = _with(observed, profiling=profiling)
+    status: dict[str, Any] = {"artifacts": {"uri": location.uri, "generation": gen}}
+    if any(j.state in (JobState.ABSENT, JobState.RUNNING) for j in profiling.values()):
+        return _decision(to_apply, location, observed, status)
+    return _plan_and_serve(md, profiles, cluster, found, settings, location, to_apply, observed, status)
+
+
+def _plan_and_serve(
+    md: ModelDeploymentSpec,
+    profiles: Mapping[str, HardwareProfileSpec],
+    cluster: ClusterState,
+    found: artifact_files.Artifacts,
+    settings: Settings,
+    location: ArtifactLocation,
+    to_apply: list[dict[str, Any]],
+    observed: Observed,
+    status: dict[str, Any],
+) -> Decision:
+    try:
+        variants = artifact_files.planner_variants(found)
+        plan = planner.plan(
+            variants, [profiles[p].planner_profile() for p in md.serving_profiles], objectives(md)
+        )
+    except (artifact_files.ArtifactError, planner.PlanningError) as error:
+        return _decision(to_apply, location, _with(observed, plan_error=str(error)), status)
+    status["variants"] = variant_table(found, plan, md)
+    observed = _with(observed, used_fallback=plan.used_fallback)
+    if plan.chosen is None:
+        return _decision(to_apply, location, _with(observed, plan_error=plan.reason), status, plan)
+    chosen = plan.chosen
+    selection = Selection(chosen.variant, chosen.profile, chosen.shards)
+    profile = profiles[chosen.profile]
+    replicas = {i: cluster.shard_replicas.get(i, md.initial_replicas) for i in range(selection.shards)}
+    for index in range(selection.shards):
+        to_apply.append(
+            serving.desired_shard_deployment(
+                md, profile, settings.image, location, selection, index, replicas[index]
+            )
+        )
+        to_apply.append(serving.desired_shard_service(md, selection, index))
+        to_apply.append(serving.desired_shard_pdb(md, selection, index))
+    ready = tuple(cluster.shard_ready.get(i, 0) for i in range(selection.shards))
+    live = all(r >= 1 for r in ready)
+    if live or cluster.live_generation is None:
+        to_apply.append(serving.desired_endpoint_service(md, md.owner.generation))
+    observed = _with(
+        observed,
+        planned=f"{chosen.variant} on {chosen.profile}",
+        shards_desired=tuple(replicas.values()),
+        shards_ready=ready,
+    )
+    status.update(_serving_status(md, plan, replicas, ready))
+    return Decision(
+        tuple(to_apply), location, conditions(observed), status, plan, selection, prune_older_generations=live
+    )
+
+
+def objectives(md: ModelDeploymentSpec) -> planner.Objectives:
+    return planner.Objectives(
+        latency_p95_ms=md.latency_p95_ms,
+        max_accuracy_drop=md.max_drop,
+        price_per_kwh=float(md.price_per_kwh),
+        shard_counts=(md.shards,),
+    )
+
+
+def variant_table(
+    found: artifact_files.Artifacts, plan: planner.Plan, md: ModelDeploymentSpec
+) -> list[dict[str, Any]]:
+    """status.variants: each variant with its metric, whether it is within budget, and its rows."""
+    steps = artifact_files.variant_steps(found)
+    by_name = {str(v.get("name")): v for v in found.manifest.get("variants", [])}
+    table = []
+    for name, entry in by_name.items():
+        rows = [r for r in plan.table if r.variant == name]
+        accepted = any(r.feasible for r in rows)
+        reason = "; ".join(f"{r.profile}: {r.reason}" for r in rows)
+        table.append(
+            {
+                "name": name,
+                "steps": steps.get(name, []),
+                "sizeBytes": int(entry.get("sizeBytes", 0)),
+                "metric": entry.get("metric") or {},
+                "accepted": accepted,
+                "reason": reason[:1024],
+                "profiles": [_profile_row(r, md) for r in rows],
+            }
+        )
+    return table
+
+
+def _profile_row(row: planner.Candidate, md: ModelDeploymentSpec) -> dict[str, Any]:
+    result: dict[str, Any] = {"hardwareProfile": row.profile, "shards": row.shards}
+    if row.latency_p95_ms is not None:
+        result["latencyP95Ms"] = round(row.latency_p95_ms, 4)
+        result["meetsSlo"] = row.latency_p95_ms <= md.latency_p95_ms
+    if row.throughput_rps is not None:
+        result["throughputRps"] = round(row.throughput_rps, 3)
+    if row.cost_per_1k_requests is not None:
+        result["costPer1kRequests"] = f"{row.cost_per_1k_requests:.6g}"
+    return result
+
+
+def _serving_status(
+    md: ModelDeploymentSpec, plan: planner.Plan, replicas: Mapping[int, int], ready: tuple[int, ...]
+) -> dict[str, Any]:
+    chosen = plan.chosen
+    assert chosen is not None
+    pods = sum(replicas.values())
+    per_pod = (chosen.cost_per_hour or 0.0) / max(1, chosen.replicas * chosen.shards)
+    return {
+        "selected": {
+            "variant": chosen.variant,
+            "hardwareProfile": chosen.profile,
+            "shards": chosen.shards,
+            "reason": plan.reason[:4096],
+        },
+        "shards": [{"index": i, "replicas": replicas[i], "readyReplicas": ready[i]} for i in replicas],
+        "replicas": pods,
+        "readyReplicas": sum(ready),
+        "endpoint": serving.endpoint_url(md.owner),
+        "cost": {
+            "perHour": f"{per_pod * pods:.4f}",
+            "per1kRequests": f"{chosen.cost_per_1k_requests or 0.0:.6f}",
+            "energyPerRequestJoules": round(chosen.energy_per_request_joules or 0.0, 6),
+        },
+    }
+
+
+def _compression_objects(
+    md: ModelDeploymentSpec,
+    profiles: Mapping[str, HardwareProfileSpec],
+    location: ArtifactLocation,
+    settings: Settings,
+) -> list[dict[str, Any]]:
+    job = jobs.desired_compression_job(md, profiles[md.compression_profile], settings.image, location)
+    service = jobs.desired_distillation_service(md)
+    return [job] if service is None else [service, job]
+
+
+def _unreadable(location: ArtifactLocation) -> str:
+    return (
+        f"the operator cannot read {location.uri}: run it with --pvc-root where the claim is mounted, "
+        "or use file:// / pvc:// storage in spec.storage.uri"
+    )
+
+
+def _with(observed: Observed, **changes: Any) -> Observed:
+    from dataclasses import replace
+
+    return replace(observed, **changes)
+
+
+def _decision(
+    to_apply: list[dict[str, Any]],
+    location: ArtifactLocation | None,
+    observed: Observed,
+    status: dict[str, Any],
+    plan: planner.Plan | None = None,
+) -> Decision:
+    return Decision(tuple(to_apply), location, conditions(observed), status, plan)

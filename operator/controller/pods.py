@@ -1,0 +1,85 @@
+"""Pod-template pieces every child shares: restricted security, scheduling from a profile, volumes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from frugal.operator.controller.spec import HardwareProfileSpec
+from frugal.operator.controller.storage import ArtifactLocation
+
+NON_ROOT_UID = 65532
+SCRATCH_VOLUME = "scratch"
+SCRATCH_PATH = "/tmp"
+
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": NON_ROOT_UID,
+    "runAsGroup": NON_ROOT_UID,
+    "fsGroup": NON_ROOT_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+# A read-only root filesystem needs somewhere to write: HOME, caches and temp files go to /tmp.
+SCRATCH_ENV = [
+    {"name": "HOME", "value": SCRATCH_PATH},
+    {"name": "TMPDIR", "value": SCRATCH_PATH},
+    {"name": "FRUGAL_CACHE_DIR", "value": f"{SCRATCH_PATH}/frugal-cache"},
+]
+
+
+def scheduling(profile: HardwareProfileSpec) -> dict[str, Any]:
+    """nodeSelector and tolerations that put a pod on the profile's pool."""
+    result: dict[str, Any] = {}
+    if profile.node_selector:
+        result["nodeSelector"] = dict(profile.node_selector)
+    if profile.tolerations:
+        result["tolerations"] = [dict(t) for t in profile.tolerations]
+    return result
+
+
+def resources(profile: HardwareProfileSpec) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    if profile.requests:
+        result["requests"] = dict(profile.requests)
+    if profile.limits:
+        result["limits"] = dict(profile.limits)
+    return result
+
+
+def volumes(artifacts: ArtifactLocation) -> list[dict[str, Any]]:
+    return [*artifacts.volumes(), {"name": SCRATCH_VOLUME, "emptyDir": {}}]
+
+
+def volume_mounts(artifacts: ArtifactLocation, read_only: bool) -> list[dict[str, Any]]:
+    return [*artifacts.mount(read_only), {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH}]
+
+
+def container(
+    name: str,
+    image: str,
+    command: list[str],
+    env: list[dict[str, Any]],
+    profile: HardwareProfileSpec,
+    artifacts: ArtifactLocation,
+    read_only: bool,
+) -> dict[str, Any]:
+    """A container with the restricted security context, the profile's resources and the volumes."""
+    result: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "command": command,
+        "env": [*SCRATCH_ENV, *env],
+        "securityContext": dict(CONTAINER_SECURITY),
+        "volumeMounts": volume_mounts(artifacts, read_only),
+    }
+    if limits := resources(profile):
+        result["resources"] = limits
+    return result

@@ -1,0 +1,272 @@
+"""One reconcile pass: observe the cluster and the artifacts, decide (pure), apply, write status.
+
+Status is written only when it changed; an Event is emitted for every condition that changes status
+or reason and for every phase change. A user error (missing profile, failed Job, no feasible
+option) ends in a condition, never an exception, so kopf does not retry in a loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from frugal.operator.controller import artifacts as artifact_files
+from frugal.operator.controller import names, pipeline
+from frugal.operator.controller.apply import JOB_KINDS, SERVING_KINDS, Cluster
+from frugal.operator.controller.conditions import (
+    ABSENT_JOB,
+    Assessment,
+    Condition,
+    Job,
+    JobState,
+    Observed,
+    Reason,
+    conditions,
+    merge,
+)
+from frugal.operator.controller.events import desired_event
+from frugal.operator.controller.metrics import OperatorMetrics
+from frugal.operator.controller.spec import (
+    HardwareProfileSpec,
+    ModelDeploymentSpec,
+    SpecError,
+    owner_of,
+    parse_hardware_profile,
+    parse_model_deployment,
+)
+from frugal.operator.controller.storage import locate
+
+API_VERSION = "frugal.dev/v1alpha1"
+log = logging.getLogger(__name__)
+Emit = Callable[[str, str, str], None]  # (type: Normal|Warning, reason, message)
+WARNING_REASONS = frozenset(
+    {
+        Reason.INVALID_SPEC,
+        Reason.HARDWARE_PROFILE_MISSING,
+        Reason.MODEL_URI_UNREADABLE,
+        Reason.COMPRESSION_FAILED,
+        Reason.ARTIFACTS_UNREADABLE,
+        Reason.PROFILING_FAILED,
+        Reason.NO_FEASIBLE_OPTION,
+        Reason.REPLICAS_UNAVAILABLE,
+    }
+)
+
+
+class Reconciler:
+    def __init__(self, cluster: Cluster, settings: pipeline.Settings, metrics: OperatorMetrics | None = None):
+        self.cluster = cluster
+        self.settings = settings
+        self.metrics = metrics
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def reconcile_named(self, namespace: str, name: str) -> None:
+        body = self.cluster.get(API_VERSION, "ModelDeployment", namespace, name)
+        if body is not None and not body["metadata"].get("deletionTimestamp"):
+            self.reconcile(body)
+
+    def reconcile(self, body: Mapping[str, Any], emit: Emit | None = None) -> Assessment:
+        """Bring `body`'s children and status in line with its spec; Events go to `emit` (or the API)."""
+        emit = emit or self.poster(body)
+        owner = owner_of(body)
+        with self._lock(owner.namespace, owner.name):
+            started = time.perf_counter()
+            try:
+                return self._reconcile(body, emit)
+            except Exception:
+                if self.metrics:
+                    self.metrics.errors.labels(namespace=owner.namespace).inc()
+                raise
+            finally:
+                if self.metrics:
+                    self.metrics.duration.observe(time.perf_counter() - started)
+
+    def _reconcile(self, body: Mapping[str, Any], emit: Emit) -> Assessment:
+        try:
+            md = parse_model_deployment(body)
+        except SpecError as error:
+            assessment = conditions(Observed(owner_of(body).generation, spec_error=str(error)))
+            self._write_status(body, assessment, {}, emit)
+            return assessment
+        profiles = self._profiles(pipeline.needed_profiles(md))
+        state = self._observe(md)
+        found = self._artifacts(md, profiles, state)
+        decision = pipeline.decide(md, profiles, state, found, self.settings)
+        for obj in decision.apply:
+            self.cluster.apply(obj)
+        if decision.prune_older_generations:
+            self._prune_older_generations(md)
+        self._write_status(body, decision.assessment, decision.status, emit)
+        self._record_metrics(md, decision)
+        return decision.assessment
+
+    def poster(self, body: Mapping[str, Any]) -> Emit:
+        """An Emit that posts core/v1 Events about `body` (failures are logged, never raised)."""
+
+        def emit(kind: str, reason: str, message: str) -> None:
+            try:
+                self.cluster.create(desired_event(body, kind, reason, message))
+            except Exception as error:  # an Event that cannot be posted must not fail the reconcile
+                log.warning("could not post event %s: %s", reason, error)
+
+        return emit
+
+    def cleanup(self, body: Mapping[str, Any]) -> None:
+        """Delete every child (no garbage collector needed) and, unless retained, the artifacts."""
+        owner = owner_of(body)
+        selector = {names.LABEL_MD: owner.name, "app.kubernetes.io/managed-by": names.MANAGED_BY}
+        self.cluster.delete_all((*SERVING_KINDS, *JOB_KINDS), owner.namespace, selector)
+        try:
+            md = parse_model_deployment(body)
+        except SpecError:
+            return
+        if not md.retain_artifacts:
+            root = locate(md.storage_uri or self.settings.storage_uri, md.owner, self.settings.pvc_root)
+            if root.operator_path is not None:
+                shutil.rmtree(root.operator_path.parent, ignore_errors=True)
+        if self.metrics:
+            self.metrics.forget(owner.namespace, owner.name)
+
+    def _profiles(self, wanted: tuple[str, ...]) -> dict[str, HardwareProfileSpec]:
+        found = {}
+        for name in wanted:
+            body = self.cluster.get(API_VERSION, "HardwareProfile", None, name)
+            if body is not None:
+                found[name] = parse_hardware_profile(body)
+        return found
+
+    def _observe(self, md: ModelDeploymentSpec) -> pipeline.ClusterState:
+        ns = md.owner.namespace
+        compression = self._job(ns, names.compression_job(md.owner))
+        profiling = {p: self._job(ns, names.profiling_job(md.owner, p)) for p in md.serving_profiles}
+        selector = {
+            names.LABEL_MD: md.owner.name,
+            names.LABEL_ROLE: "serving",
+            names.LABEL_GENERATION: str(md.owner.generation),
+        }
+        replicas: dict[int, int] = {}
+        ready: dict[int, int] = {}
+        for deployment in self.cluster.find("apps/v1", "Deployment", ns, selector):
+            shard = int(deployment["metadata"]["labels"][names.LABEL_SHARD])
+            replicas[shard] = int(deployment["spec"].get("replicas", 1))
+            ready[shard] = int((deployment.get("status") or {}).get("readyReplicas", 0))
+        endpoint = self.cluster.get("v1", "Service", ns, names.endpoint_service(md.owner))
+        live = None
+        if endpoint is not None:
+            live = int(endpoint["spec"]["selector"].get(names.LABEL_GENERATION, 0)) or None
+        return pipeline.ClusterState(compression, profiling, replicas, ready, live)
+
+    def _job(self, namespace: str, name: str) -> Job:
+        job = self.cluster.get("batch/v1", "Job", namespace, name)
+        if job is None:
+            return ABSENT_JOB
+        for condition in (job.get("status") or {}).get("conditions") or []:
+            if condition.get("status") != "True":
+                continue
+            if condition.get("type") == "Complete":
+                return Job(JobState.SUCCEEDED, name=name)
+            if condition.get("type") == "Failed":
+                detail = self._termination_message(namespace, name) or condition.get("message", "")
+                return Job(
+                    JobState.FAILED, f"{condition.get('reason', 'Failed')}: {detail}".strip(": "), name
+                )
+        return Job(JobState.RUNNING, name=name)
+
+    def _termination_message(self, namespace: str, job: str) -> str:
+        for pod in self.cluster.find("v1", "Pod", namespace, {"batch.kubernetes.io/job-name": job}):
+            for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                message = ((status.get("state") or {}).get("terminated") or {}).get("message")
+                if message:
+                    return str(message).strip().splitlines()[-1][:1024]
+        return ""
+
+    def _artifacts(
+        self,
+        md: ModelDeploymentSpec,
+        profiles: Mapping[str, HardwareProfileSpec],
+        state: pipeline.ClusterState,
+    ) -> artifact_files.Artifacts | artifact_files.ArtifactError | None:
+        if state.compression.state is not JobState.SUCCEEDED or any(
+            p not in profiles for p in pipeline.needed_profiles(md)
+        ):
+            return None
+        location = locate(md.storage_uri or self.settings.storage_uri, md.owner, self.settings.pvc_root)
+        if location.operator_path is None:
+            return None
+        try:
+            return artifact_files.read(location.operator_path, md.serving_profiles)
+        except artifact_files.ArtifactError as error:
+            return error
+
+    def _prune_older_generations(self, md: ModelDeploymentSpec) -> None:
+        keep = {names.LABEL_GENERATION: str(md.owner.generation)}
+        selector = {names.LABEL_MD: md.owner.name, "app.kubernetes.io/managed-by": names.MANAGED_BY}
+        self.cluster.delete_all((*SERVING_KINDS, *JOB_KINDS), md.owner.namespace, selector, keep=keep)
+
+    def _record_metrics(self, md: ModelDeploymentSpec, decision: pipeline.Decision) -> None:
+        if self.metrics is None or decision.selection is None:
+            return
+        cost = decision.status.get("cost", {}).get("perHour")
+        shards = decision.status.get("shards", [])
+        self.metrics.observe(md.owner.namespace, md.owner.name, decision.selection, shards, cost)
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+    def _write_status(
+        self, body: Mapping[str, Any], assessment: Assessment, extra: Mapping[str, Any], emit: Emit
+    ) -> None:
+        old = dict(body.get("status") or {})
+        generation = int(body["metadata"].get("generation") or 1)
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        new = {
+            "phase": assessment.phase.value,
+            "observedGeneration": generation,
+            "message": assessment.message,
+            "conditions": merge(old.get("conditions") or [], assessment.conditions, generation, now),
+            **extra,
+        }
+        changed = {k: v for k, v in new.items() if _comparable(old.get(k), k) != _comparable(v, k)}
+        if not changed:
+            return
+        owner = owner_of(body)
+        self.cluster.patch_status(API_VERSION, "ModelDeployment", owner.namespace, owner.name, changed)
+        _emit_transitions(old, assessment, emit)
+
+
+def _comparable(value: Any, key: str) -> Any:
+    if key == "conditions" and isinstance(value, list):
+        return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in value]
+    return value
+
+
+def _emit_transitions(old: Mapping[str, Any], assessment: Assessment, emit: Emit) -> None:
+    before = {c.get("type"): c for c in old.get("conditions") or []}
+    for condition in assessment.conditions:
+        previous = before.get(condition.type) or {}
+        if previous.get("reason") != condition.reason or previous.get("status") != _status(condition):
+            kind = (
+                "Warning"
+                if condition.reason in WARNING_REASONS and condition.status is not True
+                else "Normal"
+            )
+            if condition.type == "Degraded":
+                kind = "Warning" if condition.status else "Normal"
+            emit(kind, condition.reason, f"{condition.type}={_status(condition)}: {condition.message}")
+    if old.get("phase") != assessment.phase.value:
+        emit(
+            "Normal",
+            f"Phase{assessment.phase.value}",
+            f"phase {old.get('phase') or 'None'} -> {assessment.phase.value}",
+        )
+
+
+def _status(condition: Condition) -> str:
+    return {True: "True", False: "False", None: "Unknown"}[condition.status]

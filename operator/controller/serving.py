@@ -1,0 +1,206 @@
+"""Desired serving objects (pure): per shard a Deployment, a Service and a PodDisruptionBudget, plus
+the stable endpoint Service.
+
+Names and selectors carry the generation, so a new generation's shards come up beside the old ones;
+the endpoint Service (named after the ModelDeployment) selects the front shard of whichever
+generation is live, and only moves once the new one is ready.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from frugal.operator.controller import commands, names, pods
+from frugal.operator.controller.spec import HardwareProfileSpec, ModelDeploymentSpec, Owner
+from frugal.operator.controller.storage import ArtifactLocation
+
+DRAIN_SECONDS = 5
+TERMINATION_GRACE_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the planner chose for a generation."""
+
+    variant: str
+    profile: str
+    shards: int
+
+
+def desired_serving(
+    md: ModelDeploymentSpec,
+    profile: HardwareProfileSpec,
+    image: str,
+    artifacts: ArtifactLocation,
+    selection: Selection,
+    replicas: int | None = None,
+) -> list[dict[str, Any]]:
+    """Every serving object of the current generation, shard by shard (endpoint Service excluded)."""
+    objects: list[dict[str, Any]] = []
+    for index in range(selection.shards):
+        objects.append(desired_shard_deployment(md, profile, image, artifacts, selection, index, replicas))
+        objects.append(desired_shard_service(md, selection, index))
+        objects.append(desired_shard_pdb(md, selection, index))
+    return objects
+
+
+def shard_labels(owner: Owner, selection: Selection, index: int) -> dict[str, str]:
+    return names.labels(
+        owner,
+        "serving",
+        **{
+            names.LABEL_SHARD: str(index),
+            names.LABEL_PROFILE: selection.profile,
+            names.LABEL_VARIANT: selection.variant,
+        },
+    )
+
+
+def shard_selector(owner: Owner, index: int, generation: int | None = None) -> dict[str, str]:
+    return {
+        names.LABEL_MD: owner.name,
+        names.LABEL_ROLE: "serving",
+        names.LABEL_GENERATION: str(owner.generation if generation is None else generation),
+        names.LABEL_SHARD: str(index),
+    }
+
+
+def desired_shard_deployment(
+    md: ModelDeploymentSpec,
+    profile: HardwareProfileSpec,
+    image: str,
+    artifacts: ArtifactLocation,
+    selection: Selection,
+    index: int,
+    replicas: int | None = None,
+) -> dict[str, Any]:
+    labels = shard_labels(md.owner, selection, index)
+    command = commands.serve(
+        md,
+        artifacts.pod_path,
+        selection.variant,
+        index,
+        selection.shards,
+        _next_stage_url(md.owner, index, selection.shards),
+    )
+    container = pods.container(
+        "serve",
+        profile.image or image,
+        command,
+        _serving_env(md, profile, selection, index),
+        profile,
+        artifacts,
+        read_only=True,
+    )
+    container.update(
+        ports=[{"name": "http", "containerPort": commands.SERVING_PORT, "protocol": "TCP"}],
+        readinessProbe=_probe("/v2/health/ready", period=5, failures=3),
+        livenessProbe=_probe("/v2/health/live", period=10, failures=6),
+        startupProbe=_probe("/v2/health/live", period=2, failures=90),
+        lifecycle={"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
+    )
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": dict(pods.POD_SECURITY),
+        "containers": [container],
+        "volumes": pods.volumes(artifacts),
+        **pods.scheduling(profile),
+    }
+    metadata = names.metadata(md.owner, names.shard(md.owner, index), "serving")
+    metadata["labels"] = labels
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": md.initial_replicas if replicas is None else replicas,
+            "selector": {"matchLabels": shard_selector(md.owner, index)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(commands.SERVING_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def desired_shard_service(md: ModelDeploymentSpec, selection: Selection, index: int) -> dict[str, Any]:
+    metadata = names.metadata(md.owner, names.shard(md.owner, index), "serving")
+    metadata["labels"] = shard_labels(md.owner, selection, index)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {"selector": shard_selector(md.owner, index), "ports": [_service_port()]},
+    }
+
+
+def desired_shard_pdb(md: ModelDeploymentSpec, selection: Selection, index: int) -> dict[str, Any]:
+    metadata = names.metadata(md.owner, names.shard(md.owner, index), "serving")
+    metadata["labels"] = shard_labels(md.owner, selection, index)
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata,
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": shard_selector(md.owner, index)}},
+    }
+
+
+def desired_endpoint_service(md: ModelDeploymentSpec, live_generation: int) -> dict[str, Any]:
+    """The model's stable endpoint: the front shard of the live generation."""
+    metadata = names.metadata(md.owner, names.endpoint_service(md.owner), "endpoint")
+    metadata["labels"][names.LABEL_GENERATION] = str(live_generation)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {"selector": shard_selector(md.owner, 0, live_generation), "ports": [_service_port()]},
+    }
+
+
+def endpoint_url(owner: Owner) -> str:
+    return f"http://{names.endpoint_service(owner)}.{owner.namespace}.svc:{commands.SERVING_PORT}"
+
+
+def _next_stage_url(owner: Owner, index: int, shards: int) -> str | None:
+    if index + 1 >= shards:
+        return None
+    return f"http://{names.shard(owner, index + 1)}.{owner.namespace}.svc:{commands.SERVING_PORT}"
+
+
+def _serving_env(
+    md: ModelDeploymentSpec, profile: HardwareProfileSpec, selection: Selection, index: int
+) -> list[dict[str, Any]]:
+    """Settings `frugal serve` reads from FRUGAL_<FLAG> variables (flags on the command line win)."""
+    labels = f"namespace={md.owner.namespace},hardware_profile={profile.name}"
+    values = {
+        "FRUGAL_EXECUTION_PROVIDER": profile.execution_provider,
+        "FRUGAL_IDLE_WATTS": f"{profile.idle_watts:g}",
+        "FRUGAL_MAX_WATTS": f"{profile.max_watts:g}",
+        "FRUGAL_LABELS": labels,
+        "FRUGAL_SHUTDOWN_GRACE_S": str(DRAIN_SECONDS),
+    }
+    return [{"name": key, "value": value} for key, value in values.items()]
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 2,
+    }
+
+
+def _service_port() -> dict[str, Any]:
+    return {"name": "http", "port": commands.SERVING_PORT, "targetPort": "http", "protocol": "TCP"}

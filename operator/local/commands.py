@@ -1,0 +1,165 @@
+"""`frugal validate` and `frugal up`: the user-facing local commands.
+
+`up` validates the YAML exactly as the API server would, runs the operator's pipeline on this
+machine (:mod:`frugal.operator.local.runtime`), checks the served model on held-out data, drives an
+optional local load with a live status line, and ends with a summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from frugal.operator.api import HardwareProfile, ModelDeployment, Resource, ValidationFailed, load_documents
+from frugal.operator.controller.spec import (
+    SpecError,
+    parse_hardware_profile,
+    parse_model_deployment,
+)
+from frugal.operator.local import evaluation, loadgen
+from frugal.operator.local.runtime import LocalCluster, LocalRunError, Served
+
+EXIT_INVALID = 2
+EXIT_FAILED = 1
+
+
+def validate_files(files: Sequence[str]) -> int:
+    console = Console(stderr=True)
+    try:
+        resources = _load(files)
+    except ValidationFailed as error:
+        console.print(str(error), markup=False, highlight=False)
+        return EXIT_INVALID
+    for resource in resources:
+        console.print(f"ok  {resource.kind} {resource.metadata.name}", highlight=False)
+    return 0
+
+
+def up(
+    files: Sequence[str], duration: float | None, workdir: str | None, port: int, concurrency: int
+) -> int:
+    console = Console(stderr=True)
+    try:
+        resources = _load(files)
+        deployment, profiles = _pick(resources)
+        md = parse_model_deployment(_body(deployment))
+        profile_specs = {p.metadata.name: parse_hardware_profile(_body(p)) for p in profiles}
+    except (ValidationFailed, SpecError, ValueError) as error:
+        console.print(str(error), markup=False, highlight=False)
+        return EXIT_INVALID
+    directory = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="frugal-up-"))
+    console.print(f"[bold]frugal up[/]: ModelDeployment {md.owner.name} ({md.model_uri}); work directory {directory}")
+    cluster = LocalCluster(md, profile_specs, directory, report=lambda line: console.print(f"  {line}", highlight=False))
+    started = time.monotonic()
+    try:
+        served = cluster.run()
+    except LocalRunError as error:
+        console.print(f"[red]failed[/]: {error}", highlight=False)
+        return EXIT_FAILED
+    try:
+        console.print(f"  serving {served.model_name} at {served.endpoint}/v2/models/{served.model_name} "
+                      f"(ready {time.monotonic() - started:.1f}s after start)", highlight=False)
+        return _serve_and_report(console, served, duration, concurrency)
+    finally:
+        served.stop()
+        if workdir is None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _serve_and_report(console: Console, served: Served, duration: float | None, concurrency: int) -> int:
+    check = evaluation.check_served(served)
+    console.print(f"  held-out {check.metric} of the served model: {check.value:.4f} on {check.rows} rows",
+                  highlight=False)
+    if duration is None:
+        console.print("  serving until Ctrl-C")
+        try:
+            while all(s.process.poll() is None for s in served.shards):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        return 0
+    stats = loadgen.LoadStats()
+    bodies = evaluation.request_bodies(served)
+    url = f"{served.endpoint}/v2/models/{served.model_name}/infer"
+    with Live(_status_line(served, stats), console=console, refresh_per_second=4) as live:
+        async def refresh() -> None:
+            while True:
+                live.update(_status_line(served, stats))
+                await asyncio.sleep(0.25)
+
+        async def drive() -> None:
+            ticker = asyncio.ensure_future(refresh())
+            try:
+                await loadgen.run_load(url, bodies, duration, concurrency, stats)
+            finally:
+                ticker.cancel()
+
+        asyncio.run(drive())
+        live.update(_status_line(served, stats))
+    console.print(_summary(served, check, stats))
+    _write_summary(served, check, stats)
+    return 0 if stats.ok > 0 and stats.errors == 0 else EXIT_FAILED
+
+
+def _status_line(served: Served, stats: loadgen.LoadStats) -> str:
+    selected = served.decision.status.get("selected", {})
+    return (
+        f"[bold green]Serving[/] {served.model_name}  variant={selected.get('variant')}  "
+        f"hardware={selected.get('hardwareProfile')}  shards={len(served.shards)}  replicas=1/shard  "
+        f"requests={stats.requests}  rps={stats.throughput():.0f}  p95={stats.percentile_ms(95):.2f}ms  "
+        f"errors={stats.errors + stats.requests - stats.ok}"
+    )
+
+
+def _summary(served: Served, check: evaluation.ServedCheck, stats: loadgen.LoadStats) -> Table:
+    row = evaluation.summary_row(served, check, stats)
+    table = Table(title=f"frugal up: {served.model_name}", show_header=False)
+    for key, value in row.items():
+        table.add_row(key, str(value))
+    return table
+
+
+def _write_summary(served: Served, check: evaluation.ServedCheck, stats: loadgen.LoadStats) -> None:
+    row = evaluation.summary_row(served, check, stats)
+    (served.artifacts.parent / "summary.json").write_text(json.dumps(row, indent=2))
+    print(json.dumps(row), file=sys.stdout, flush=True)
+
+
+def _load(files: Sequence[str]) -> list[Resource]:
+    resources: list[Resource] = []
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"{name}: no such file")
+        resources += load_documents(path)
+    return resources
+
+
+def _pick(resources: Sequence[Resource]) -> tuple[ModelDeployment, list[HardwareProfile]]:
+    deployments = [r for r in resources if isinstance(r, ModelDeployment)]
+    profiles = [r for r in resources if isinstance(r, HardwareProfile)]
+    if len(deployments) != 1:
+        raise ValueError(
+            f"frugal up runs one ModelDeployment at a time; the files hold {len(deployments)}"
+        )
+    return deployments[0], profiles
+
+
+def _body(resource: Resource) -> dict[str, Any]:
+    body = resource.to_dict()
+    metadata = body.setdefault("metadata", {})
+    metadata.setdefault("namespace", "default")
+    metadata.setdefault("generation", 1)
+    metadata.setdefault("uid", "local")
+    return body

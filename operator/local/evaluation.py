@@ -1,0 +1,146 @@
+"""Checks on the served model and the numbers of `frugal up`'s summary.
+
+The held-out data is the model's own (the zoo ships it; otherwise `spec.data.validation`), sent
+through the running server over the Open Inference Protocol, so the accuracy reported is the served
+model's, not the compression step's estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from frugal.operator.local.loadgen import LoadStats
+from frugal.operator.local.runtime import Served
+
+CHECK_BATCH = 64
+NUMPY_TYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}
+
+
+@dataclass(frozen=True)
+class HeldOutData:
+    inputs: Mapping[str, np.ndarray]
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        return {name: array[start:stop] for name, array in self.inputs.items()}
+
+
+@dataclass(frozen=True)
+class ServedCheck:
+    metric: str
+    value: float
+    rows: int
+
+
+def held_out(served: Served) -> HeldOutData:
+    """The held-out data of the served model's source."""
+    uri = str(served.decision_source_uri)
+    if uri.startswith("zoo://"):
+        from frugal.compression import zoo
+
+        source = zoo.load(uri.removeprefix("zoo://"))
+        return HeldOutData(dict(source.validation.inputs), source.validation.labels)
+    raise ValueError(f"no held-out data for {uri}: set spec.data.validation")
+
+
+def variant_entry(served: Served) -> dict[str, Any]:
+    manifest = json.loads((served.artifacts / "manifest.json").read_text())
+    name = served.decision.status["selected"]["variant"]
+    return next(v for v in manifest["variants"] if v["name"] == name)
+
+
+def _tensor(name: str, datatype: str, array: np.ndarray) -> dict[str, Any]:
+    dtype = NUMPY_TYPES.get(datatype, np.float32)
+    return {"name": name, "datatype": datatype, "shape": list(array.shape),
+            "data": np.asarray(array, dtype=dtype).reshape(-1).tolist()}
+
+
+def infer_body(entry: Mapping[str, Any], rows: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    return {"inputs": [_tensor(i["name"], i["datatype"], rows[i["name"]]) for i in entry["inputs"]]}
+
+
+def infer(served: Served, body: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    request = urllib.request.Request(
+        f"{served.endpoint}/v2/models/{served.model_name}/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())
+    return {o["name"]: np.asarray(o["data"], dtype=np.float64).reshape(o["shape"]) for o in answer["outputs"]}
+
+
+def check_served(served: Served) -> ServedCheck:
+    """Accuracy (classifiers) or minimum cosine to the unquantized model (encoders), through the server."""
+    data = held_out(served)
+    entry = variant_entry(served)
+    outputs = [
+        next(iter(infer(served, infer_body(entry, data.rows(start, start + CHECK_BATCH))).values()))
+        for start in range(0, len(data), CHECK_BATCH)
+    ]
+    predictions = np.concatenate(outputs)
+    if data.labels is not None:
+        accuracy = float(np.mean(predictions.argmax(axis=1) == data.labels))
+        return ServedCheck("accuracy", accuracy, len(data))
+    reference = _reference_outputs(served, data)
+    cosine = np.sum(predictions * reference, axis=1) / (
+        np.linalg.norm(predictions, axis=1) * np.linalg.norm(reference, axis=1)
+    )
+    return ServedCheck("min cosine to fp32", float(cosine.min()), len(data))
+
+
+def _reference_outputs(served: Served, data: HeldOutData) -> np.ndarray:
+    import onnxruntime
+
+    manifest = json.loads((served.artifacts / "manifest.json").read_text())
+    fp32 = next(v for v in manifest["variants"] if v["name"] == "fp32")
+    session = onnxruntime.InferenceSession(str(served.artifacts / fp32["file"]), providers=["CPUExecutionProvider"])
+    result = session.run(None, {name: np.asarray(array) for name, array in data.inputs.items()})
+    return np.asarray(result[0], dtype=np.float64)
+
+
+def request_bodies(served: Served) -> Callable[[int], Iterable[dict[str, Any]]]:
+    """Single-row requests over the held-out data, each client starting at its own offset."""
+    data = held_out(served)
+    entry = variant_entry(served)
+    bodies = [infer_body(entry, data.rows(i, i + 1)) for i in range(min(len(data), 256))]
+
+    def for_client(index: int) -> list[dict[str, Any]]:
+        offset = (index * 37) % len(bodies)
+        return bodies[offset:] + bodies[:offset]
+
+    return for_client
+
+
+def summary_row(served: Served, check: ServedCheck, stats: LoadStats) -> dict[str, Any]:
+    manifest = json.loads((served.artifacts / "manifest.json").read_text())
+    sizes = {v["name"]: int(v["sizeBytes"]) for v in manifest["variants"]}
+    selected = served.decision.status["selected"]
+    variant = selected["variant"]
+    original = sizes.get("fp32", sizes[variant])
+    return {
+        "model": served.model_name,
+        "variant": variant,
+        "hardwareProfile": selected.get("hardwareProfile"),
+        "shards": len(served.shards),
+        "sizeBytes": sizes[variant],
+        "originalSizeBytes": original,
+        "sizeRatio": round(sizes[variant] / original, 4),
+        "heldOutMetric": check.metric,
+        "heldOutValue": round(check.value, 4),
+        "heldOutRows": check.rows,
+        "requestsServed": stats.ok,
+        "requestsFailed": stats.requests - stats.ok + stats.errors,
+        "throughputRps": round(stats.throughput(), 1),
+        "latencyP50Ms": round(stats.percentile_ms(50), 3),
+        "latencyP95Ms": round(stats.percentile_ms(95), 3),
+    }

@@ -1,0 +1,246 @@
+"""`frugal up`'s engine: the operator's own decisions, carried out on this machine.
+
+The loop is the controller's: :func:`frugal.operator.controller.pipeline.decide` says which Jobs and
+Deployments should exist for the observed state; this module runs each Job's container to
+completion (a local kubelet), feeds the outcome back as the observed state, and finally starts one
+process per serving shard from the Deployments' pod templates. A pipeline that works here works with
+the same manifests in a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from frugal.operator.controller import artifacts as artifact_files
+from frugal.operator.controller import names
+from frugal.operator.controller.conditions import Job, JobState, Phase
+from frugal.operator.controller.pipeline import ClusterState, Decision, Settings, decide
+from frugal.operator.controller.spec import HardwareProfileSpec, ModelDeploymentSpec
+from frugal.operator.local import pods
+
+MAX_ROUNDS = 8
+READY_TIMEOUT_SECONDS = 120.0
+
+Report = Callable[[str], None]
+
+
+class LocalRunError(RuntimeError):
+    """The pipeline stopped; the message says at which stage and why (from the operator's conditions)."""
+
+
+@dataclass
+class Shard:
+    index: int
+    url: str
+    process: Any
+    log_path: Path
+
+
+@dataclass
+class Served:
+    """What is running once the pipeline reaches the Serving phase."""
+
+    decision: Decision
+    shards: list[Shard]
+    artifacts: Path
+    model_name: str
+    decision_source_uri: str
+
+    @property
+    def endpoint(self) -> str:
+        return self.shards[0].url
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM every shard (front first, so it stops taking requests) and wait for them."""
+        for shard in self.shards:
+            if shard.process.poll() is None:
+                shard.process.terminate()
+        for shard in self.shards:
+            try:
+                shard.process.wait(timeout=timeout)
+            except Exception:
+                shard.process.kill()
+
+
+@dataclass
+class LocalCluster:
+    """Observed state of one ModelDeployment on this machine."""
+
+    md: ModelDeploymentSpec
+    profiles: Mapping[str, HardwareProfileSpec]
+    workdir: Path
+    report: Report
+    state: ClusterState = field(default_factory=ClusterState)
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(image="local", storage_uri=f"file://{self.workdir / 'artifacts'}")
+
+    def run(self) -> Served:
+        for _ in range(MAX_ROUNDS):
+            decision = decide(self.md, self.profiles, self.state, self._artifacts(), self.settings)
+            jobs = [o for o in decision.apply if o["kind"] == "Job"]
+            if jobs:
+                for job in jobs:
+                    self._run_job(job)
+                continue
+            if decision.assessment.phase is Phase.FAILED or decision.selection is None:
+                raise LocalRunError(_explain(decision))
+            return self._serve(decision)
+        raise LocalRunError("the pipeline did not settle: " + _explain(decision))
+
+    def _artifacts(self) -> artifact_files.Artifacts | artifact_files.ArtifactError | None:
+        if self.state.compression.state is not JobState.SUCCEEDED:
+            return None
+        location = self.settings.storage_uri.removeprefix("file://")
+        directory = Path(location) / self.md.owner.namespace / self.md.owner.name / f"gen-{self.md.owner.generation}"
+        try:
+            return artifact_files.read(directory, self.md.serving_profiles)
+        except artifact_files.ArtifactError as error:
+            return error
+
+    def _run_job(self, job: Mapping[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        role = job["metadata"]["labels"][names.LABEL_ROLE]
+        self.report(f"{role}: running Job {name}")
+        started = time.monotonic()
+        outcome = run_job(job, self.md.owner.namespace, self.workdir / "logs" / f"{name}.log")
+        self.report(f"{role}: Job {name} {outcome.state.lower()} in {time.monotonic() - started:.1f}s")
+        if role == "compression":
+            self.state = dataclasses.replace(self.state, compression=outcome)
+        else:
+            profile = job["metadata"]["labels"][names.LABEL_PROFILE]
+            profiling = {**self.state.profiling, profile: outcome}
+            self.state = dataclasses.replace(self.state, profiling=profiling)
+
+    def _serve(self, decision: Decision) -> Served:
+        deployments = sorted(
+            (o for o in decision.apply if o["kind"] == "Deployment"),
+            key=lambda d: -int(d["metadata"]["labels"][names.LABEL_SHARD]),
+        )
+        urls: dict[str, str] = {}
+        shards: list[Shard] = []
+        for deployment in deployments:  # last stage first: each stage needs its successor's URL
+            shard = self._start_shard(deployment, urls)
+            urls[deployment["metadata"]["name"]] = shard.url
+            shards.insert(0, shard)
+        served = Served(decision, shards, self._artifact_dir(decision), self.md.model_name, self.md.model_uri)
+        for shard in shards:
+            try:
+                wait_ready(shard, READY_TIMEOUT_SECONDS)
+            except LocalRunError:
+                served.stop()
+                raise
+        self.state = dataclasses.replace(
+            self.state,
+            shard_replicas={s.index: 1 for s in shards},
+            shard_ready={s.index: 1 for s in shards},
+            live_generation=self.md.owner.generation,
+        )
+        return served
+
+    def _artifact_dir(self, decision: Decision) -> Path:
+        assert decision.location is not None and decision.location.operator_path is not None
+        return decision.location.operator_path
+
+    def _start_shard(self, deployment: Mapping[str, Any], urls: Mapping[str, str]) -> Shard:
+        index = int(deployment["metadata"]["labels"][names.LABEL_SHARD])
+        container = pods.only_container(deployment["spec"]["template"])
+        port = pods.free_port()
+        argv = pods.with_flag(pods.local_argv(container["command"]), "--host", "127.0.0.1")
+        argv = pods.with_flag(argv, "--port", str(port))
+        if "--next-stage" in argv:
+            argv = pods.with_flag(argv, "--next-stage", _local_url(argv[argv.index("--next-stage") + 1], urls))
+        log_path = self.workdir / "logs" / f"{deployment['metadata']['name']}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = log_path.open("ab")
+        process = pods.start(argv, pods.local_env(container, self.md.owner.namespace), log)
+        self.report(f"serving: shard {index} starting on 127.0.0.1:{port} (log {log_path})")
+        return Shard(index, f"http://127.0.0.1:{port}", process, log_path)
+
+
+def run_job(job: Mapping[str, Any], namespace: str, log_path: Path) -> Job:
+    """Run every pod a Job asks for (an Indexed Job's completions at once) and wait for them.
+
+    Each pod's output goes to `log_path`; the first pod's is also shown here as it runs.
+    """
+    spec = job["spec"]
+    container = pods.only_container(spec["template"])
+    argv = pods.local_argv(container["command"])
+    completions = int(spec.get("completions", 1)) if spec.get("completionMode") == "Indexed" else 1
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(pods.free_port())} if completions > 1 else {}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        processes = [
+            pods.start(argv, pods.local_env(container, namespace, index, rendezvous), subprocess.PIPE)
+            for index in range(completions)
+        ]
+        copiers = [
+            threading.Thread(target=_copy, args=(p.stdout, log, index == 0), daemon=True)
+            for index, p in enumerate(processes)
+        ]
+        for copier in copiers:
+            copier.start()
+        codes = [process.wait() for process in processes]
+        for copier in copiers:
+            copier.join(timeout=5)
+    name = job["metadata"]["name"]
+    if all(code == 0 for code in codes):
+        return Job(JobState.SUCCEEDED, name=name)
+    return Job(JobState.FAILED, message=_last_error(log_path), name=name)
+
+
+def _copy(source: IO[bytes] | None, log: IO[bytes], show: bool) -> None:
+    if source is None:
+        return
+    for chunk in iter(lambda: source.read1(4096), b""):  # type: ignore[attr-defined]
+        log.write(chunk)
+        if show:
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.buffer.flush()
+
+
+def wait_ready(shard: Shard, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if shard.process.poll() is not None:
+            raise LocalRunError(f"shard {shard.index} exited with {shard.process.returncode}: {_last_error(shard.log_path)}")
+        try:
+            with urllib.request.urlopen(f"{shard.url}/v2/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise LocalRunError(f"shard {shard.index} not ready after {timeout:.0f}s (log {shard.log_path})")
+
+
+def _local_url(cluster_url: str, urls: Mapping[str, str]) -> str:
+    host = cluster_url.split("://", 1)[-1].split(".", 1)[0].split(":", 1)[0]
+    if host not in urls:
+        raise LocalRunError(f"no local process serves {cluster_url}")
+    return urls[host]
+
+
+def _last_error(log_path: Path) -> str:
+    try:
+        lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(no output)"
+
+
+def _explain(decision: Decision) -> str:
+    failing = [c for c in decision.assessment.conditions if c.status is False and c.message]
+    detail = "; ".join(f"{c.type}: {c.reason}: {c.message}" for c in failing)
+    return f"phase {decision.assessment.phase}: {decision.assessment.message}" + (f" ({detail})" if detail else "")

@@ -1,0 +1,352 @@
+"""Hardware selection: choose the cheapest (variant, hardware profile, shard count) that meets the SLO.
+
+Pure and light: no Kubernetes, no I/O, no heavy imports; the operator and the local runtime both call
+:func:`plan`.
+
+Every combination of surviving variant × candidate hardware profile × allowed shard count is one
+:class:`Candidate` row. A row is rejected when its accuracy drop exceeds the budget, its p95 latency
+exceeds the SLO, it has no latency numbers, or a shard does not fit the profile's memory. Among the
+rows left the planner picks the lowest cost per request; a tie (equal to 9 significant digits) goes to
+the lower power draw, then the lower latency, then names (so the choice is deterministic).
+
+Cost per request
+----------------
+One serving *replica* of a candidate is ``S`` pods, one per shard (a request passes through every
+stage), each pod taking one node-share of the profile. With ``T`` the measured throughput of one
+replica (requests/s), ``C`` the profile's ``costPerHour`` (USD), ``Pidle``/``Pmax`` its power (W),
+``E`` the electricity price (USD/kWh) and ``L`` the expected load (requests/s)::
+
+    replicas    R = ceil(L / T)                  (R = 1 and L = T when no load is given:
+    utilisation u = L / (R · T)                   one replica running flat out)
+    power       W = R · S · (Pidle + (Pmax − Pidle) · u)                 watts
+    cost/hour   H = R · S · C + (W / 1000) · E                           USD per hour
+    cost/req      = H / (3600 · L)                                       USD per request
+    energy/req    = W / L                                                joules per request
+
+Latency and throughput come from the profiling Jobs (measured per profile, at the serving batch size,
+optionally per shard count). When a shard count has no measurement of its own it is estimated from
+the 1-shard numbers: latency grows by ``hop_latency_ms`` per extra stage and replica throughput is
+kept as measured (no pipelining gain is assumed without a measurement). With a single candidate
+profile and no profiling data at all, the compression report's own numbers are used, and the plan
+says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+Source = Literal["profiling", "estimated", "compression-report", "none"]
+
+SECONDS_PER_HOUR = 3600.0
+WATTS_PER_KILOWATT = 1000.0
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Latency and throughput of one replica of a variant on one hardware profile."""
+
+    profile: str
+    latency_p95_ms: float
+    throughput_rps: float
+    shards: int = 1
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the compression report, with whatever profiling measured for it."""
+
+    name: str
+    size_bytes: int
+    accuracy_drop: float
+    metric: str = "accuracy"
+    metric_value: float | None = None
+    measurements: tuple[Measurement, ...] = ()
+    report_latency_p95_ms: float | None = None
+    report_throughput_rps: float | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the planner needs of a HardwareProfile."""
+
+    name: str
+    cost_per_hour: float
+    idle_watts: float
+    max_watts: float
+    memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Objectives:
+    """The ModelDeployment's targets and prices."""
+
+    latency_p95_ms: float
+    max_accuracy_drop: float
+    price_per_kwh: float = 0.0
+    shard_counts: tuple[int, ...] = (1,)
+    expected_rps: float | None = None
+    hop_latency_ms: float = 1.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row of the plan's table: a (variant, profile, shards) option, priced or rejected."""
+
+    variant: str
+    profile: str
+    shards: int
+    source: Source
+    latency_p95_ms: float | None = None
+    throughput_rps: float | None = None
+    accuracy_drop: float = 0.0
+    replicas: int = 0
+    watts: float = 0.0
+    cost_per_hour: float | None = None
+    cost_per_request: float | None = None
+    energy_per_request_joules: float | None = None
+    rejections: tuple[str, ...] = ()
+    reason: str = ""
+
+    @property
+    def feasible(self) -> bool:
+        return not self.rejections
+
+    @property
+    def cost_per_1k_requests(self) -> float | None:
+        return None if self.cost_per_request is None else self.cost_per_request * 1000.0
+
+    def to_status(self) -> dict[str, Any]:
+        """The row as camelCase JSON for ``status.plan.table``."""
+        return _drop_none(
+            {
+                "variant": self.variant,
+                "hardwareProfile": self.profile,
+                "shards": self.shards,
+                "source": self.source,
+                "latencyP95Ms": _round(self.latency_p95_ms),
+                "throughputRps": _round(self.throughput_rps),
+                "accuracyDrop": _round(self.accuracy_drop),
+                "replicas": self.replicas,
+                "watts": _round(self.watts),
+                "costPerHour": _round(self.cost_per_hour),
+                "costPer1kRequests": _round(self.cost_per_1k_requests),
+                "energyPerRequestJoules": _round(self.energy_per_request_joules),
+                "feasible": self.feasible,
+                "reason": self.reason,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planner's answer: the choice (None when nothing qualifies), the full table and why."""
+
+    chosen: Candidate | None
+    table: tuple[Candidate, ...]
+    reason: str
+    used_fallback: bool = False
+    objectives: Objectives | None = field(default=None, compare=False)
+
+    def to_status(self) -> dict[str, Any]:
+        """camelCase JSON for the ModelDeployment's status (and the local runtime's report)."""
+        chosen = None if self.chosen is None else self.chosen.to_status()
+        return {
+            "selected": chosen,
+            "reason": self.reason,
+            "usedFallback": self.used_fallback,
+            "table": [row.to_status() for row in self.table],
+        }
+
+
+class PlanningError(ValueError):
+    """The planner's inputs are unusable (the message says which field to fix)."""
+
+
+def plan(variants: Sequence[Variant], profiles: Sequence[Profile], objectives: Objectives) -> Plan:
+    """Price every (variant, profile, shards) option and choose the cheapest that meets the targets."""
+    _check_inputs(variants, profiles, objectives)
+    fallback = len(profiles) == 1 and not any(v.measurements for v in variants)
+    table = tuple(
+        _evaluate(variant, profile, shards, objectives, fallback)
+        for variant in variants
+        for profile in profiles
+        for shards in sorted(set(objectives.shard_counts))
+    )
+    feasible = sorted((row for row in table if row.feasible), key=_preference)
+    if not feasible:
+        return Plan(None, table, _no_choice_reason(table, objectives), fallback, objectives)
+    chosen = replace(feasible[0], reason="chosen: " + feasible[0].reason)
+    table = tuple(chosen if _same_option(row, chosen) else row for row in table)
+    reason = _choice_reason(chosen, feasible, objectives, fallback)
+    return Plan(chosen, table, reason, fallback, objectives)
+
+
+def _check_inputs(variants: Sequence[Variant], profiles: Sequence[Profile], objectives: Objectives) -> None:
+    if not variants:
+        raise PlanningError("no variants to plan with: the compression report lists none")
+    if not profiles:
+        raise PlanningError("spec.serving.hardwareProfiles: name at least one candidate HardwareProfile")
+    if objectives.latency_p95_ms <= 0:
+        raise PlanningError("spec.serving.slo.latencyP95Ms must be greater than 0")
+    if not objectives.shard_counts or min(objectives.shard_counts) < 1:
+        raise PlanningError("spec.serving.shards: shard counts must be 1 or more")
+    if objectives.expected_rps is not None and objectives.expected_rps < 0:
+        raise PlanningError("expected load (requests per second) must not be negative")
+    for profile in profiles:
+        if profile.cost_per_hour < 0 or profile.idle_watts < 0 or profile.max_watts < profile.idle_watts:
+            raise PlanningError(
+                f"HardwareProfile {profile.name}: costPerHour and power must be >= 0 and "
+                "power.maxWatts >= power.idleWatts"
+            )
+
+
+def _evaluate(
+    variant: Variant, profile: Profile, shards: int, objectives: Objectives, fallback: bool
+) -> Candidate:
+    source, latency, throughput = _performance(variant, profile.name, shards, objectives, fallback)
+    row = Candidate(
+        variant=variant.name,
+        profile=profile.name,
+        shards=shards,
+        source=source,
+        latency_p95_ms=latency,
+        throughput_rps=throughput,
+        accuracy_drop=variant.accuracy_drop,
+    )
+    if latency is not None and throughput is not None and throughput > 0:
+        row = _priced(row, profile, objectives)
+    rejections = tuple(_rejections(row, variant, profile, objectives))
+    return replace(row, rejections=rejections, reason="; ".join(rejections) or _cost_summary(row))
+
+
+def _performance(
+    variant: Variant, profile: str, shards: int, objectives: Objectives, fallback: bool
+) -> tuple[Source, float | None, float | None]:
+    exact = [m for m in variant.measurements if m.profile == profile and m.shards == shards]
+    if exact:
+        return "profiling", exact[0].latency_p95_ms, exact[0].throughput_rps
+    single = [m for m in variant.measurements if m.profile == profile and m.shards == 1]
+    source: Source
+    throughput: float | None
+    if single:
+        source, latency, throughput = "estimated", single[0].latency_p95_ms, single[0].throughput_rps
+    elif fallback and variant.report_latency_p95_ms is not None:
+        source, latency = "compression-report", variant.report_latency_p95_ms
+        throughput = variant.report_throughput_rps
+    else:
+        return "none", None, None
+    return source, latency + (shards - 1) * objectives.hop_latency_ms, throughput
+
+
+def _priced(row: Candidate, profile: Profile, objectives: Objectives) -> Candidate:
+    throughput = row.throughput_rps or 0.0
+    load = objectives.expected_rps if objectives.expected_rps else throughput
+    replicas = max(1, math.ceil(load / throughput - 1e-9))
+    utilisation = min(1.0, load / (replicas * throughput))
+    pods = replicas * row.shards
+    watts = pods * (profile.idle_watts + (profile.max_watts - profile.idle_watts) * utilisation)
+    cost_per_hour = pods * profile.cost_per_hour + watts / WATTS_PER_KILOWATT * objectives.price_per_kwh
+    return replace(
+        row,
+        replicas=replicas,
+        watts=watts,
+        cost_per_hour=cost_per_hour,
+        cost_per_request=cost_per_hour / (SECONDS_PER_HOUR * load),
+        energy_per_request_joules=watts / load,
+    )
+
+
+def _rejections(row: Candidate, variant: Variant, profile: Profile, objectives: Objectives) -> Iterable[str]:
+    if variant.accuracy_drop > objectives.max_accuracy_drop:
+        yield (
+            f"{variant.metric} drop {variant.accuracy_drop:.4g} exceeds the budget "
+            f"{objectives.max_accuracy_drop:.4g}"
+        )
+    if row.latency_p95_ms is None:
+        yield f"no latency measured on {profile.name} (its profiling Job reported nothing for this variant)"
+    elif row.latency_p95_ms > objectives.latency_p95_ms:
+        yield f"p95 {row.latency_p95_ms:.3g} ms exceeds the SLO of {objectives.latency_p95_ms:.3g} ms"
+    elif row.throughput_rps is None or row.throughput_rps <= 0:
+        yield f"no throughput measured on {profile.name}"
+    if profile.memory_bytes is not None and variant.size_bytes / row.shards > profile.memory_bytes:
+        yield (
+            f"does not fit: {variant.size_bytes / row.shards / 1e6:.3g} MB per shard > "
+            f"{profile.memory_bytes / 1e6:.3g} MB on {profile.name}"
+        )
+
+
+def _preference(row: Candidate) -> tuple[float, float, float, str, str, int]:
+    cost = float(f"{row.cost_per_request or 0.0:.9g}")
+    return (cost, row.watts, row.latency_p95_ms or 0.0, row.variant, row.profile, row.shards)
+
+
+def _same_option(a: Candidate, b: Candidate) -> bool:
+    return (a.variant, a.profile, a.shards) == (b.variant, b.profile, b.shards)
+
+
+def _cost_summary(row: Candidate) -> str:
+    return (
+        f"${_money(row.cost_per_1k_requests)} per 1k requests, p95 {row.latency_p95_ms:.3g} ms, "
+        f"{row.replicas} replica(s) x {row.shards} shard(s), {row.watts:.3g} W"
+    )
+
+
+def _choice_reason(
+    chosen: Candidate, feasible: list[Candidate], objectives: Objectives, fallback: bool
+) -> str:
+    shards = "shard" if chosen.shards == 1 else "shards"
+    text = (
+        f"{chosen.variant} on {chosen.profile} with {chosen.shards} {shards}: lowest cost per request "
+        f"(${_money(chosen.cost_per_1k_requests)} per 1k requests) of {len(feasible)} option(s) meeting "
+        f"p95 ≤ {objectives.latency_p95_ms:.3g} ms and accuracy drop ≤ {objectives.max_accuracy_drop:.4g}"
+    )
+    if len(feasible) > 1:
+        runner_up = feasible[1]
+        text += (
+            f"; next: {runner_up.variant} on {runner_up.profile} x{runner_up.shards} at "
+            f"${_money(runner_up.cost_per_1k_requests)}"
+        )
+        if _preference(runner_up)[0] == _preference(chosen)[0]:
+            text += f" (same cost; chosen for lower power, {chosen.watts:.3g} W vs {runner_up.watts:.3g} W)"
+    if fallback:
+        text += (
+            "; latency and throughput from the compression report (one hardware profile and no "
+            "profiling data)"
+        )
+    return text
+
+
+def _no_choice_reason(table: Sequence[Candidate], objectives: Objectives) -> str:
+    within_budget = [r for r in table if r.accuracy_drop <= objectives.max_accuracy_drop]
+    if not within_budget:
+        best = min(r.accuracy_drop for r in table)
+        return (
+            f"no variant is within the accuracy budget {objectives.max_accuracy_drop:.4g} (smallest "
+            f"drop {best:.4g}): raise spec.compression.accuracyBudget.maxDrop or compress less"
+        )
+    timed = [r for r in within_budget if r.latency_p95_ms is not None]
+    if not timed:
+        return "no latency measurements for any candidate: check the profiling Jobs' output"
+    fastest = min(timed, key=lambda r: r.latency_p95_ms or 0.0)
+    if (fastest.latency_p95_ms or 0.0) > objectives.latency_p95_ms:
+        return (
+            f"no option meets the SLO of {objectives.latency_p95_ms:.3g} ms: the fastest is "
+            f"{fastest.variant} on {fastest.profile} at {fastest.latency_p95_ms:.3g} ms; raise "
+            "spec.serving.slo.latencyP95Ms or add a faster HardwareProfile"
+        )
+    return "no option is feasible: " + "; ".join(sorted({r.reason for r in within_budget}))
+
+
+def _money(value: float | None) -> str:
+    return "?" if value is None else f"{value:.4g}"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.6g}")
+
+
+def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in data.items() if value is not None}

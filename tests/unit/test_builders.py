@@ -1,0 +1,233 @@
+"""Desired-state builders: names, labels, Jobs, serving objects — pure functions of the spec."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from frugal.operator.controller import commands, jobs, names, pods, serving
+from frugal.operator.controller.serving import Selection
+from frugal.operator.controller.spec import (
+    ModelDeploymentSpec,
+    parse_hardware_profile,
+    parse_model_deployment,
+)
+from frugal.operator.controller.storage import POD_MOUNT, locate
+
+MD: dict[str, Any] = {
+    "apiVersion": "frugal.dev/v1alpha1",
+    "kind": "ModelDeployment",
+    "metadata": {"name": "digits", "namespace": "ml", "uid": "u-1", "generation": 3},
+    "spec": {
+        "model": {"uri": "zoo://digits-mlp", "format": "auto"},
+        "compression": {
+            "hardwareProfile": "gpu-t4",
+            "quantization": {"method": "dynamic-int8", "perChannel": False},
+            "accuracyBudget": {"metric": "accuracy", "maxDrop": 0.01},
+        },
+        "serving": {
+            "hardwareProfiles": ["cpu-small", "gpu-t4"],
+            "shards": 2,
+            "slo": {"latencyP95Ms": 50},
+            "batching": {"maxBatchSize": 16, "maxDelayMs": 2, "maxQueueSize": 64},
+        },
+        "autoscaling": {"minReplicas": 0, "maxReplicas": 4},
+    },
+}
+GPU = parse_hardware_profile({
+    "metadata": {"name": "gpu-t4"},
+    "spec": {
+        "accelerator": {"kind": "nvidia-gpu", "model": "T4", "count": 1, "memoryGiB": 16},
+        "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "resources": {"limits": {"nvidia.com/gpu": 1, "memory": "16Gi"}},
+        "executionProvider": "CUDAExecutionProvider",
+        "costPerHour": "0.54",
+        "power": {"idleWatts": 30, "maxWatts": 70},
+    },
+})
+IMAGE = "registry.example/frugal:test"
+
+
+def md_with(**spec_changes: Any) -> ModelDeploymentSpec:
+    body = copy.deepcopy(MD)
+    for path, value in spec_changes.items():
+        node = body["spec"]
+        keys = path.split("__")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return parse_model_deployment(body)
+
+
+SPEC = md_with()
+ARTIFACTS = locate("pvc://frugal-artifacts/store", SPEC.owner)
+
+
+@pytest.mark.parametrize(
+    ("parts", "limit", "expected_len", "hashed"),
+    [
+        (("digits", "g1", "compress"), 52, len("digits-g1-compress"), False),
+        (("x" * 60, "g12", "profile", "gpu-a100"), 52, 52, True),
+        (("y" * 70,), 63, 63, True),
+        (("Mixed_Case", "A.B"), 63, len("mixed-case-a-b"), False),
+    ],
+)
+def test_names_are_bounded_dns_labels(parts: tuple[str, ...], limit: int, expected_len: int, hashed: bool) -> None:
+    name = names.bounded(*parts, limit=limit)
+    assert len(name) == expected_len
+    assert name == names.bounded(*parts, limit=limit)  # deterministic
+    assert name[0].isalnum() and name[-1].isalnum()
+    assert all(c.islower() or c.isdigit() or c == "-" for c in name)
+    if hashed:
+        other = names.bounded(*parts[:-1], parts[-1] + "z", limit=limit)
+        assert other != name and len(other) == expected_len
+
+
+def test_generation_is_in_every_name_and_label() -> None:
+    job = jobs.desired_compression_job(SPEC, GPU, IMAGE, ARTIFACTS)
+    assert job["metadata"]["name"] == "digits-g3-compress"
+    assert job["metadata"]["labels"][names.LABEL_GENERATION] == "3"
+    gen4 = parse_model_deployment({**MD, "metadata": {**MD["metadata"], "generation": 4}})
+    assert names.shard(gen4.owner, 0) == "digits-g4-shard-0" != names.shard(SPEC.owner, 0)
+
+
+def test_compression_job_lands_on_its_pool_with_restricted_security() -> None:
+    job = jobs.desired_compression_job(SPEC, GPU, IMAGE, ARTIFACTS)
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert job["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "frugal.dev/v1alpha1", "kind": "ModelDeployment", "name": "digits", "uid": "u-1",
+        "controller": True, "blockOwnerDeletion": True,
+    }
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == jobs.BACKOFF_LIMIT
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "artifacts", "persistentVolumeClaim": {"claimName": "frugal-artifacts"}} in pod["volumes"]
+    assert "completionMode" not in job["spec"]
+    assert container["command"][:3] == ["frugal", "compress", "--config-json"]
+
+
+def test_compression_command_carries_the_spec_in_the_compression_components_shape() -> None:
+    config = json.loads(commands.compress(SPEC, "/out")[3])
+    assert config == {
+        "model": {"uri": "zoo://digits-mlp"},
+        "data": {},
+        "quantization": {"method": "dynamic-int8", "perChannel": False},
+        "accuracyBudget": {"metric": "accuracy", "maxDrop": 0.01},
+        "output": "/out",
+        "name": "digits",
+        "generation": 3,
+        "servingBatchSize": 16,
+    }
+
+
+def test_distillation_workers_make_an_indexed_job_and_a_headless_service() -> None:
+    md = md_with(compression__distillation={"workers": 3, "epochs": 2, "student": {"widthFactor": 0.25}})
+    job = jobs.desired_compression_job(md, GPU, IMAGE, ARTIFACTS)
+    service = jobs.desired_distillation_service(md)
+    assert service is not None
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"] == "digits-g3-workers"
+    assert service["spec"]["clusterIP"] == "None"
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == jobs.COMPLETION_INDEX
+    assert env["WORLD_SIZE"]["value"] == "3"
+    assert env["MASTER_ADDR"]["value"] == "digits-g3-compress-0.digits-g3-workers.ml.svc"
+    selector = service["spec"]["selector"]
+    assert all(job["spec"]["template"]["metadata"]["labels"][k] == v for k, v in selector.items())
+    config = json.loads(pod["containers"][0]["command"][3])
+    assert config["distillation"] == {"student": {"width": 0.25}, "epochs": 2, "workers": 3}
+    assert jobs.desired_distillation_service(SPEC) is None
+
+
+def test_profiling_job_uses_the_profiles_image_provider_and_pool() -> None:
+    job = jobs.desired_profiling_job(SPEC, GPU, IMAGE, ARTIFACTS)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert job["metadata"]["name"] == "digits-g3-profile-gpu-t4"
+    assert job["metadata"]["labels"][names.LABEL_PROFILE] == "gpu-t4"
+    command = container["command"]
+    assert command[command.index("--provider") + 1] == "CUDAExecutionProvider"
+    assert command[command.index("--batch-size") + 1] == "16"
+    assert command[command.index("--artifacts") + 1] == f"{POD_MOUNT}/store/ml/digits/gen-3"
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_shard_deployment(index: int) -> None:
+    selection = Selection("int8", "gpu-t4", 2)
+    deployment = serving.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, selection, index)
+    template = deployment["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    assert deployment["metadata"]["name"] == f"digits-g3-shard-{index}"
+    assert deployment["spec"]["replicas"] == 1  # minReplicas 0 starts at 1
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert all(template["metadata"]["labels"][k] == v for k, v in selector.items())
+    assert selector[names.LABEL_SHARD] == str(index) and selector[names.LABEL_GENERATION] == "3"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": serving.DRAIN_SECONDS}}
+    assert container["securityContext"] == pods.CONTAINER_SECURITY
+    assert container["volumeMounts"][0]["readOnly"] is True
+    assert template["spec"]["nodeSelector"] == dict(GPU.node_selector)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FRUGAL_EXECUTION_PROVIDER"] == "CUDAExecutionProvider"
+    assert env["FRUGAL_IDLE_WATTS"] == "30" and env["FRUGAL_MAX_WATTS"] == "70"
+    command = container["command"]
+    assert command[command.index("--variant") + 1] == "int8"
+    assert command[command.index("--shard-index") + 1] == str(index)
+    if index == 0:
+        assert command[command.index("--next-stage") + 1] == "http://digits-g3-shard-1.ml.svc:8080"
+    else:
+        assert "--next-stage" not in command
+
+
+def test_serving_set_has_deployment_service_and_pdb_per_shard() -> None:
+    objects = serving.desired_serving(SPEC, GPU, IMAGE, ARTIFACTS, Selection("int8", "gpu-t4", 2), replicas=3)
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in objects]
+    assert kinds == [
+        ("Deployment", "digits-g3-shard-0"), ("Service", "digits-g3-shard-0"),
+        ("PodDisruptionBudget", "digits-g3-shard-0"),
+        ("Deployment", "digits-g3-shard-1"), ("Service", "digits-g3-shard-1"),
+        ("PodDisruptionBudget", "digits-g3-shard-1"),
+    ]
+    assert objects[0]["spec"]["replicas"] == 3
+    assert objects[2]["spec"] == {"maxUnavailable": 1, "selector": objects[0]["spec"]["selector"]}
+    for obj in objects:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == "frugal"
+        assert labels["app.kubernetes.io/managed-by"] == "frugal-operator"
+        assert labels["app.kubernetes.io/instance"] == "digits"
+
+
+def test_endpoint_service_follows_the_live_generation() -> None:
+    service = serving.desired_endpoint_service(SPEC, live_generation=2)
+    assert service["metadata"]["name"] == "digits"
+    assert service["spec"]["selector"][names.LABEL_GENERATION] == "2"
+    assert service["spec"]["selector"][names.LABEL_SHARD] == "0"
+
+
+@pytest.mark.parametrize(
+    ("root", "uri", "pod_path", "volume_key"),
+    [
+        ("file:///srv/art", "file:///srv/art/ml/digits/gen-3", "/srv/art/ml/digits/gen-3", "hostPath"),
+        ("pvc://claim/a/b", "pvc://claim/a/b/ml/digits/gen-3", f"{POD_MOUNT}/a/b/ml/digits/gen-3",
+         "persistentVolumeClaim"),
+        ("s3://bucket/x", "s3://bucket/x/ml/digits/gen-3", "s3://bucket/x/ml/digits/gen-3", None),
+    ],
+)
+def test_artifact_locations(root: str, uri: str, pod_path: str, volume_key: str | None) -> None:
+    location = locate(root, SPEC.owner)
+    assert (location.uri, location.pod_path) == (uri, pod_path)
+    assert (volume_key is None) == (location.volume is None)
+    if volume_key:
+        assert location.volume is not None and volume_key in location.volume
