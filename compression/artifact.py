@@ -67,6 +67,10 @@ def verify(root: Path) -> list[str]:
     bad = []
     for relative, entry in manifest["files"].items():
         path = root / relative
-        if not path.is_file() or path.stat().st_size != entry["sizeBytes"] or sha256_file(path) != entry["sha256"]:
+        if (
+            not path.is_file()
+            or path.stat().st_size != entry["sizeBytes"]
+            or sha256_file(path) != entry["sha256"]
+        ):
             bad.append(relative)
     return bad

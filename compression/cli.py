@@ -37,7 +37,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--per-channel", action="store_true", help="per-channel INT8 scales")
     p.add_argument(
-        "--pruning", action="append", metavar="METHOD[:SPARSITY]", help="magnitude|threshold|structured (repeatable)"
+        "--pruning",
+        action="append",
+        metavar="METHOD[:SPARSITY]",
+        help="magnitude|threshold|structured (repeatable)",
     )
     p.add_argument("--fine-tune-epochs", type=int, help="fine-tuning epochs after pruning")
     p.add_argument("--distill", action="store_true", help="add a distilled student")
@@ -202,8 +205,10 @@ def _run(config: CompressionConfig, quiet: bool) -> Any:
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    print(f"{'variant':<34} {'status':<8} {'size':>10} {'ratio':>6} {report['metric']:>9} {'b1 ms':>8} "
-          f"{'b' + str(report['servingBatchSize']) + ' ms':>8} {'speedup':>7}")
+    print(
+        f"{'variant':<34} {'status':<8} {'size':>10} {'ratio':>6} {report['metric']:>9} {'b1 ms':>8} "
+        f"{'b' + str(report['servingBatchSize']) + ' ms':>8} {'speedup':>7}"
+    )
     for row in report["variants"]:
         metric = row["metric"]["value"] if row["metric"] else float("nan")
         latency = row["latency"] or {}
@@ -214,3 +219,7 @@ def _print_table(report: dict[str, Any]) -> None:
             + (f"  ({row['reason']})" if row["reason"] else "")
             + ("  *" + ",".join(row["chosenAs"]) if row["chosenAs"] else "")
         )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

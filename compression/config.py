@@ -26,7 +26,9 @@ class _Model(BaseModel):
 class ModelSource(_Model):
     """Where the model comes from: ``zoo://NAME``, ``file://PATH`` or a plain path."""
 
-    uri: str = Field(min_length=1, description="zoo://digits-mlp, zoo://all-minilm-l6-v2, file:///m.onnx, ...")
+    uri: str = Field(
+        min_length=1, description="zoo://digits-mlp, zoo://all-minilm-l6-v2, file:///m.onnx, ..."
+    )
     format: ModelFormat | None = Field(default=None, description="Inferred from the URI when absent.")
     architecture: str | None = Field(
         default=None, description="Zoo architecture for a PyTorch state dict (e.g. digits-mlp)."
@@ -48,10 +50,13 @@ class PruningConfig(_Model):
 
 class QuantizationConfig(_Model):
     method: QuantizationMethod = "dynamic-int8"
-    bits: int = Field(default=8, ge=2, le=16, description="Bits for the uniform quantizer (4 for int4-weight).")
+    bits: int = Field(
+        default=8, ge=2, le=16, description="Bits for the uniform quantizer (4 for int4-weight)."
+    )
     per_channel: bool = False
     fallback: bool = Field(
-        default=True, description="When over budget, retry per-channel and excluding the most sensitive nodes."
+        default=True,
+        description="When over budget, retry per-channel and excluding the most sensitive nodes.",
     )
 
 

@@ -67,7 +67,7 @@ def uniform_quantize(values: npt.ArrayLike, a: float, b: float, levels: int) -> 
     delta = (b - a) / (levels - 1)
     array = np.asarray(values, dtype=np.float64)
     indices = np.clip(np.rint((array - a) / delta), 0, levels - 1).astype(np.int64)
-    return QuantizeResult(indices=indices, values=a + indices * delta, delta=delta)
+    return QuantizeResult(indices=indices, values=(a + indices * delta).astype(np.float64), delta=delta)
 
 
 def bits_for_levels(levels: int) -> int:
@@ -97,7 +97,7 @@ def threshold_mask(tensor: torch.Tensor) -> torch.Tensor:
 def _threshold_method_class() -> type[Any]:
     from torch.nn.utils import prune
 
-    class ThresholdPruning(prune.BasePruningMethod):  # type: ignore[misc]
+    class ThresholdPruning(prune.BasePruningMethod):
         """``torch.nn.utils.prune`` method applying the mean-|w| rule."""
 
         PRUNING_TYPE = "unstructured"

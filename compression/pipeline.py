@@ -101,23 +101,39 @@ def _build_and_score(
     results: list[VariantResult] = []
     evaluator: Evaluator | None = None
     base_files: dict[str, Path] = {}
+    dropped_bases: set[str] = set()
+    work = root / ".work"
+    work.mkdir()
     for candidate in candidates:
+        if candidate.base.name in dropped_bases:
+            reason = f"its base {candidate.base.name} is already over the budget"
+            results.append(_dropped(candidate, reason, root))
+            bar.advance("build and evaluate")
+            continue
         path = _variant_path(root, candidate.name)
         if candidate.quantization is None:
-            build_base(candidate.base, source, config, path)
-            base_files[candidate.name] = path
+            base_files[candidate.name] = build_base(
+                candidate.base, source, config, work / f"{candidate.name}.onnx"
+            )
+            shutil.copyfile(base_files[candidate.name], path)
         else:
             made = quantize(candidate.quantization, base_files[candidate.base.name], path, source)
             if made is None:
-                results.append(_dropped(candidate, "this quantization has nothing to quantize in the graph", root))
+                results.append(
+                    _dropped(candidate, "this quantization has nothing to quantize in the graph", root)
+                )
                 bar.advance("build and evaluate")
                 continue
         if evaluator is None:
             evaluator = Evaluator.from_baseline(metric, source.validation, path)
             _check_reachable(config, evaluator)
-        results += _judge(candidate, path, evaluator, config, source, root)
+        base = base_files[candidate.base.name]
+        results += _judge(candidate, path, base, evaluator, config, source, root)
+        if candidate.quantization is None and results[-1].status == "dropped":
+            dropped_bases.add(candidate.name)
         bar.advance("build and evaluate")
     bar.end("build and evaluate")
+    shutil.rmtree(work)
     return results
 
 
@@ -138,6 +154,7 @@ def _dropped(candidate: plan.Candidate, reason: str, root: Path) -> VariantResul
 def _judge(
     candidate: plan.Candidate,
     path: Path,
+    base_path: Path,
     evaluator: Evaluator,
     config: CompressionConfig,
     source: SourceModel,
@@ -161,12 +178,13 @@ def _judge(
     quant = candidate.quantization
     if quant is None or not quant.fallback or quant.method not in ("dynamic-int8", "static-int8"):
         return [result]
-    return [result, *_fallback(candidate, quant, evaluator, config, source, root)]
+    return [result, *_fallback(candidate, quant, base_path, evaluator, config, source, root)]
 
 
 def _fallback(
     candidate: plan.Candidate,
     quant: QuantizationConfig,
+    base_path: Path,
     evaluator: Evaluator,
     config: CompressionConfig,
     source: SourceModel,
@@ -174,7 +192,6 @@ def _fallback(
 ) -> list[VariantResult]:
     from .steps.sensitivity import sensitive_fallback
 
-    base_path = root / "variants" / candidate.base.name / "model.onnx"
     path = _variant_path(root, f"{candidate.name}-sensitive")
     outcome = sensitive_fallback(quant, base_path, path, source, evaluator, config.accuracy_budget)
     name = f"{candidate.name}-sensitive"
@@ -215,7 +232,11 @@ def _write(
     fp32 = next(v for v in variants if v.name == "fp32")
     kept = [v for v in variants if v.status == "kept"]
     order = plan.rank(
-        [plan.Ranked(v.name, v.size_bytes, v.latency.throughput, v.latency.batch1_ms) for v in kept if v.latency]
+        [
+            plan.Ranked(v.name, v.size_bytes, v.latency.throughput, v.latency.batch1_ms)
+            for v in kept
+            if v.latency
+        ]
     )
     rows = [v.to_json(fp32) for v in variants]
     report_json = {

@@ -74,7 +74,9 @@ def candidates(config: CompressionConfig) -> list[Candidate]:
         for quant in config.quantization:
             prefix = "" if base.name == "fp32" else f"{base.name}-"
             found.append(
-                Candidate(prefix + quantization_name(quant), base, quant, (*base.steps, quantization_step(quant)))
+                Candidate(
+                    prefix + quantization_name(quant), base, quant, (*base.steps, quantization_step(quant))
+                )
             )
     return found
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 
 class Progress(Protocol):
@@ -42,7 +45,7 @@ class RichBars:
             console=Console(stderr=True),
             transient=False,
         )
-        self._tasks: dict[str, int] = {}
+        self._tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> RichBars:
         self._progress.start()
@@ -58,10 +61,10 @@ class RichBars:
 
     def advance(self, step: str, amount: int = 1) -> None:
         if step in self._tasks:
-            self._progress.advance(self._tasks[step], amount)  # type: ignore[arg-type]
+            self._progress.advance(self._tasks[step], amount)
 
     def end(self, step: str) -> None:
         if step in self._tasks:
             task = self._tasks[step]
-            total = self._progress.tasks[[t.id for t in self._progress.tasks].index(task)].total  # type: ignore[comparison-overlap]
-            self._progress.update(task, completed=total)  # type: ignore[arg-type]
+            total = next(t.total for t in self._progress.tasks if t.id == task)
+            self._progress.update(task, completed=total or 0)

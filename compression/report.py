@@ -24,7 +24,9 @@ def plot(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> Path:
             y = (row.get("metric") or {}).get("value")
             if x is None or y is None:
                 continue
-            style = {"marker": "x", "color": "0.6"} if row["status"] == "dropped" else {"marker": "o"}
+            style: dict[str, object] = (
+                {"marker": "x", "color": "0.6"} if row["status"] == "dropped" else {"marker": "o"}
+            )
             if row.get("chosen"):
                 style = {"marker": "*", "color": "tab:red", "s": 160}
             axis.scatter([x], [y], **style)

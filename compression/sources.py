@@ -15,14 +15,16 @@ import numpy as np
 
 from .config import CompressionConfig
 from .errors import CompressionError
-from .source import Arrays, HeldOut, SourceModel, TensorSpec, oip_datatype
+from .source import Arrays, HeldOut, SourceModel, Task, TensorSpec, oip_datatype
 
 
 def uri_path(uri: str, field: str) -> Path:
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         return Path(parsed.netloc + parsed.path if parsed.scheme == "file" else uri)
-    raise CompressionError(f"{field}: unsupported URI scheme {parsed.scheme!r}; use zoo://, file:// or a path")
+    raise CompressionError(
+        f"{field}: unsupported URI scheme {parsed.scheme!r}; use zoo://, file:// or a path"
+    )
 
 
 def load_source(config: CompressionConfig) -> SourceModel:
@@ -38,7 +40,9 @@ def load_source(config: CompressionConfig) -> SourceModel:
             f"model.uri {uri}: only ONNX files and zoo:// models are supported here; set model.format: onnx"
         )
     if config.pruning or config.distillation:
-        raise CompressionError("pruning and distillation need a PyTorch model; remove them for an ONNX source")
+        raise CompressionError(
+            "pruning and distillation need a PyTorch model; remove them for an ONNX source"
+        )
     return _onnx_source(uri, path, config)
 
 
@@ -51,17 +55,23 @@ def _onnx_source(uri: str, path: Path, config: CompressionConfig) -> SourceModel
     except FileNotFoundError as exc:
         raise CompressionError(f"model.uri: no such file {path}") from exc
     except Exception as exc:
-        raise CompressionError(f"model.uri: {path} is not a readable ONNX model ({type(exc).__name__})") from exc
+        raise CompressionError(
+            f"model.uri: {path} is not a readable ONNX model ({type(exc).__name__})"
+        ) from exc
     if config.data.validation is None:
-        raise CompressionError("data.validation is required for an ONNX model: give an .npz keyed by input name")
+        raise CompressionError(
+            "data.validation is required for an ONNX model: give an .npz keyed by input name"
+        )
     validation = load_npz(config.data.validation, "data.validation")
-    calibration = load_npz(config.data.calibration, "data.calibration") if config.data.calibration else validation
+    calibration = (
+        load_npz(config.data.calibration, "data.calibration") if config.data.calibration else validation
+    )
     initializers = {i.name for i in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in initializers]
     inputs = [_spec(i) for i in graph_inputs]
     for data, field in ((validation, "data.validation"), (calibration, "data.calibration")):
         check_inputs(inputs, data.inputs, field)
-    task = "classification" if validation.labels is not None else "embedding"
+    task: Task = "classification" if validation.labels is not None else "embedding"
     return SourceModel(
         uri=uri,
         task=task,

@@ -30,7 +30,7 @@ if [[ -z "$PYTHON" ]]; then
   if [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then PYTHON="$REPO_ROOT/.venv/bin/python"; else PYTHON=python3; fi
 fi
 
-export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -mod=mod"
+export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -mod=mod -buildvcs=false"
 
 log() { printf '[controlplane-binaries] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

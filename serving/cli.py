@@ -14,7 +14,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from frugal.serving.server.config import ServeConfig
 
 ENV_PREFIX = "FRUGAL_"
 
@@ -45,8 +48,12 @@ _FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--max-queue-size", int, 1024, "queued requests beyond which the server answers 429"),
     ("--request-timeout-ms", float, 30000.0, "per-request deadline (504 when passed)"),
     ("--max-body-bytes", int, 64 * 1024 * 1024, "largest request body accepted (413 beyond)"),
-    ("--execution-provider", str, "CPUExecutionProvider",
-     "CPUExecutionProvider, CUDAExecutionProvider or TensorrtExecutionProvider (falls back, logged)"),
+    (
+        "--execution-provider",
+        str,
+        "CPUExecutionProvider",
+        "CPUExecutionProvider, CUDAExecutionProvider or TensorrtExecutionProvider (falls back, logged)",
+    ),
     ("--intra-op-threads", int, None, "ONNX Runtime threads (default: the cgroup CPU limit)"),
     ("--shard-index", int, 0, "this server's stage of the model, 0-based"),
     ("--shard-count", int, 1, "number of stages the model is cut into"),
@@ -54,6 +61,7 @@ _FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--idle-watts", float, None, "hardware profile idle power, for the power estimate"),
     ("--max-watts", float, None, "hardware profile max power, for the power estimate"),
     ("--labels", parse_labels, {}, "metric labels k=v,...: namespace, hardware_profile"),
+    ("--inline-below-ms", float, 0.5, "run batches faster than this on the event loop (0: never)"),
     ("--shutdown-grace-s", float, 0.0, "seconds to keep serving, unready, after SIGTERM"),
     ("--log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]
@@ -76,13 +84,17 @@ def build_parser(environ: dict[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(argv: Sequence[str] | None, environ: dict[str, str] | None = None) -> Any:
+def parse_config(
+    argv: Sequence[str] | None, environ: dict[str, str] | None = None
+) -> tuple[ServeConfig, str]:
     """Flags + environment → `ServeConfig`; exits 2 with a message naming the problem."""
     from frugal.serving.server.config import ServeConfig
 
     parser = build_parser(dict(os.environ if environ is None else environ))
     args = parser.parse_args(argv)
-    missing = [f"--{name} (or {env_name(name)})" for name in ("artifacts", "variant") if getattr(args, name) is None]
+    missing = [
+        f"--{name} (or {env_name(name)})" for name in ("artifacts", "variant") if getattr(args, name) is None
+    ]
     if missing:
         parser.error("missing " + " and ".join(missing))
     values = {k: v for k, v in vars(args).items() if k != "log_level"}
@@ -91,6 +103,15 @@ def parse_config(argv: Sequence[str] | None, environ: dict[str, str] | None = No
     if problems:
         parser.error("; ".join(problems))
     return config, args.log_level
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (it is in frugal[serving]); the standard loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,10 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from frugal.serving.server.artifacts import ArtifactError
 
     try:
-        return asyncio.run(serve(config))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(serve(config))
     except ArtifactError as exc:
         print(f"frugal serve: cannot serve: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # e.g. an unknown execution provider, an unsplittable shard
         print(f"frugal serve: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # ONNX Runtime refusing the model file
+        print(f"frugal serve: ONNX Runtime cannot load the variant: {exc}", file=sys.stderr)
+        return 1

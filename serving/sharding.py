@@ -23,7 +23,7 @@ from frugal.serving.server.artifacts import TensorSpec
 
 CROSSING_PENALTY = 0.02  # share of total parameter bytes one extra crossing tensor is worth
 
-_ONNX_TO_OIP = {
+_ONNX_TO_OIP: dict[int, str] = {
     onnx.TensorProto.BOOL: "BOOL",
     onnx.TensorProto.UINT8: "UINT8",
     onnx.TensorProto.UINT16: "UINT16",
@@ -96,8 +96,10 @@ def _analyse(graph: onnx.GraphProto) -> _Graph:
             if name in producer:
                 last_use[name] = position
             elif name not in initializers and name not in constants:
-                raise ValueError(f"node {node.name or node.op_type} reads '{name}' before it is made; the "
-                                 "graph is not in topological order")
+                raise ValueError(
+                    f"node {node.name or node.op_type} reads '{name}' before it is made; the "
+                    "graph is not in topological order"
+                )
         node_bytes.append(weight)
         for name in node.output:
             if name:
@@ -109,9 +111,7 @@ def _analyse(graph: onnx.GraphProto) -> _Graph:
 
 def crossing(info: _Graph, cut: int) -> list[str]:
     """Tensors that cross a cut placed before node `cut`, in a stable order."""
-    return [
-        name for name, made in info.producer.items() if made < cut <= info.last_use.get(name, -2)
-    ]
+    return [name for name, made in info.producer.items() if made < cut <= info.last_use.get(name, -2)]
 
 
 def plan_cuts(model: onnx.ModelProto, count: int) -> list[int]:
@@ -200,8 +200,10 @@ def _stage(
 
 def _typed(types: dict[str, onnx.ValueInfoProto], name: str) -> onnx.ValueInfoProto:
     if name not in types or not types[name].type.HasField("tensor_type"):
-        raise ValueError(f"ONNX shape inference found no tensor type for '{name}', which crosses a cut; "
-                         "this graph cannot be sharded at that point (try another shard count)")
+        raise ValueError(
+            f"ONNX shape inference found no tensor type for '{name}', which crosses a cut; "
+            "this graph cannot be sharded at that point (try another shard count)"
+        )
     return types[name]
 
 
@@ -215,7 +217,9 @@ def specs(values: Iterable[onnx.ValueInfoProto]) -> tuple[TensorSpec, ...]:
     for value in values:
         tensor = value.type.tensor_type
         shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
-        result.append(TensorSpec(name=value.name, datatype=_ONNX_TO_OIP.get(tensor.elem_type, "FP32"), shape=shape))
+        result.append(
+            TensorSpec(name=value.name, datatype=_ONNX_TO_OIP.get(tensor.elem_type, "FP32"), shape=shape)
+        )
     return tuple(result)
 
 

@@ -52,7 +52,10 @@ def make_student(source: SourceModel, config: DistillationConfig) -> nn.Module:
 
 
 def kd_loss(
-    student_out: torch.Tensor, teacher_out: torch.Tensor, labels: torch.Tensor | None, config: DistillationConfig
+    student_out: torch.Tensor,
+    teacher_out: torch.Tensor,
+    labels: torch.Tensor | None,
+    config: DistillationConfig,
 ) -> torch.Tensor:
     """Soft-target KL (scaled by T²) mixed with cross-entropy; cosine distance for embeddings."""
     if labels is None:
@@ -163,7 +166,9 @@ def free_port() -> int:
         return port
 
 
-def _spawned(local_rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple[Any, ...], out: str) -> None:
+def _spawned(
+    local_rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple[Any, ...], out: str
+) -> None:
     torch.set_num_threads(1)
     topo = Topology(local_rank, world, "127.0.0.1", port)
     result = fn(topo, *args)
@@ -177,12 +182,16 @@ def run_local_workers(world: int, fn: Callable[..., T], *args: Any) -> T:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "rank0.pt")
-        mp.start_processes(_spawned, args=(world, free_port(), fn, args, out), nprocs=world, start_method="spawn")
+        mp.start_processes(
+            _spawned, args=(world, free_port(), fn, args, out), nprocs=world, start_method="spawn"
+        )
         result: T = torch.load(out, weights_only=False)
         return result
 
 
-def distill(source: SourceModel, config: DistillationConfig, seed: int = 0, full: CompressionConfig | None = None) -> nn.Module:
+def distill(
+    source: SourceModel, config: DistillationConfig, seed: int = 0, full: CompressionConfig | None = None
+) -> nn.Module:
     """The distilled student: in this process, in the environment's group, or in local workers."""
     topo = topology()
     if topo.distributed:

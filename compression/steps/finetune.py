@@ -9,7 +9,9 @@ from ..device import cpu_threads
 from ..source import SourceModel
 
 
-def fine_tune(model: nn.Module, source: SourceModel, epochs: int, lr: float = 1e-3, batch: int = 32) -> nn.Module:
+def fine_tune(
+    model: nn.Module, source: SourceModel, epochs: int, lr: float = 1e-3, batch: int = 32
+) -> nn.Module:
     assert source.train is not None and source.module is not None
     inputs, labels = source.train.inputs, source.train.labels
     with torch.no_grad():

@@ -9,6 +9,7 @@ attention heads of a BERT encoder, so the exported ONNX has fewer parameters and
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from torch import nn
@@ -16,8 +17,8 @@ from torch.nn.utils import prune
 
 from ..config import PruningConfig
 from ..errors import CompressionError
-from ..source import SourceModel
 from ..formulas import apply_threshold_pruning
+from ..source import SourceModel
 
 
 def _linears(model: nn.Module) -> list[nn.Linear]:
@@ -33,7 +34,9 @@ def unstructured(model: nn.Module, config: PruningConfig) -> nn.Module:
             apply_threshold_pruning(layer, "weight")
     else:
         prune.global_unstructured(
-            [(layer, "weight") for layer in layers], pruning_method=prune.L1Unstructured, amount=config.sparsity
+            [(layer, "weight") for layer in layers],
+            pruning_method=prune.L1Unstructured,
+            amount=config.sparsity,
         )
     for layer in layers:
         prune.remove(layer, "weight")
@@ -54,7 +57,9 @@ def keep_indices(scores: torch.Tensor, fraction_removed: float, minimum: int = 1
     return torch.sort(torch.topk(scores, keep).indices).values
 
 
-def slice_linear(layer: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+def slice_linear(
+    layer: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None
+) -> nn.Linear:
     """A new Linear keeping output units ``rows`` and input features ``cols``."""
     weight = layer.weight.detach()
     bias = layer.bias.detach() if layer.bias is not None else None
@@ -76,7 +81,7 @@ def structured_mlp(model: nn.Sequential, fraction: float) -> nn.Sequential:
     incoming weights), slicing the next layer's inputs to match."""
     layers = list(copy.deepcopy(model))
     linear_at = [i for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
-    for current, following in zip(linear_at, linear_at[1:], strict=False):
+    for current, following in itertools.pairwise(linear_at):
         layer = layers[current]
         assert isinstance(layer, nn.Linear)
         keep = keep_indices(layer.weight.detach().norm(dim=1), fraction)
@@ -98,7 +103,8 @@ def prune_model(source: SourceModel, config: PruningConfig) -> nn.Module:
     elif source.family == "bert":
         from .transformer import structured_bert
 
-        pruned = structured_bert(source.module, config.sparsity)
+        assert source.train is not None
+        pruned = structured_bert(source.module, config.sparsity, source.train.inputs)
     else:
         raise CompressionError(f"structured pruning does not know the architecture of {source.uri}")
     if config.fine_tune_epochs:

@@ -23,7 +23,7 @@ from ..source import Arrays, HeldOut
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Gather")
 
 
-class HeldOutReader(q.CalibrationDataReader):  # type: ignore[misc]
+class HeldOutReader(q.CalibrationDataReader):
     """Feeds calibration rows to ONNX Runtime's static calibrator in small batches."""
 
     def __init__(self, data: HeldOut, names: Sequence[str], batch: int = 16, limit: int = 256) -> None:
@@ -64,7 +64,12 @@ def _quiet() -> Iterator[None]:
 def dynamic_int8(src: Path, dst: Path, per_channel: bool = False, exclude: Sequence[str] = ()) -> Path:
     with _quiet():
         q.quantize_dynamic(
-            src, dst, weight_type=q.QuantType.QInt8, per_channel=per_channel, nodes_to_exclude=list(exclude)
+            src,
+            dst,
+            weight_type=q.QuantType.QInt8,
+            per_channel=per_channel,
+            nodes_to_exclude=list(exclude),
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     return dst
 
@@ -126,7 +131,9 @@ def uniform_kbit(src: Path, dst: Path, bits: int, exclude: Sequence[str] = ()) -
         raise ValueError("uniform quantization stores indices in 8 bits; use bits <= 8")
     model = onnx.load(str(src))
     graph = model.graph
-    users = {i for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.name not in exclude for i in n.input}
+    users = {
+        i for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.name not in exclude for i in n.input
+    }
     new_nodes = []
     for init in list(graph.initializer):
         weights = numpy_helper.to_array(init)

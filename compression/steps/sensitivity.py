@@ -33,7 +33,12 @@ def _fits(score: Score, budget: AccuracyBudget) -> bool:
 
 
 def node_sensitivity(
-    quant: QuantizationConfig, base: Path, nodes: list[str], source: SourceModel, evaluator: Evaluator, work: Path
+    quant: QuantizationConfig,
+    base: Path,
+    nodes: list[str],
+    source: SourceModel,
+    evaluator: Evaluator,
+    work: Path,
 ) -> list[tuple[str, float]]:
     """Metric drop when only that node is quantized, for each node, worst first."""
     from ..builders import quantize

@@ -95,6 +95,7 @@ def load() -> SourceModel:
         calibration=HeldOut(calibration),
         module=teacher(folder),
         train=TrainSet(
-            (torch.from_numpy(calibration["input_ids"]), torch.from_numpy(calibration["attention_mask"])), None
+            (torch.from_numpy(calibration["input_ids"]), torch.from_numpy(calibration["attention_mask"])),
+            None,
         ),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 FIELD_MANAGER = "frugal-operator"
@@ -39,20 +39,23 @@ class ApiError(RuntimeError):
 class Cluster:
     """Typed-free access to the API server through one ApiClient."""
 
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: Any, on_request: Callable[[], None] | None = None) -> None:
         self._api = api_client
         self._lock = threading.Lock()
+        self._on_request = on_request
         self.requests = 0
 
     @classmethod
-    def from_kubeconfig(cls, kubeconfig: str | None = None) -> Cluster:
+    def from_kubeconfig(
+        cls, kubeconfig: str | None = None, on_request: Callable[[], None] | None = None
+    ) -> Cluster:
         from kubernetes import client, config
 
         try:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config(config_file=kubeconfig)
-        return cls(client.ApiClient())
+        return cls(client.ApiClient(), on_request)
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply `obj` under the operator's field manager (conflicts forced)."""
@@ -110,6 +113,16 @@ class Cluster:
                 deleted += self.delete(api_version, kind, namespace, item["metadata"]["name"])
         return deleted
 
+    def has_api(self, group_version: str, plural: str) -> bool:
+        """Whether the API server serves `plural` in `group_version` (e.g. a CRD is installed)."""
+        try:
+            resources = self._call("GET", f"/apis/{group_version}").get("resources", [])
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return any(r.get("name") == plural for r in resources)
+
     def patch_status(
         self, api_version: str, kind: str, namespace: str | None, name: str, status: Mapping[str, Any]
     ) -> dict[str, Any]:
@@ -142,6 +155,8 @@ class Cluster:
         )
         with self._lock:
             self.requests += 1
+        if self._on_request is not None:
+            self._on_request()
         response = self._api.call_api(*request)
         data = response.read()
         if not 200 <= response.status <= 299:

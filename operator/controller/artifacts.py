@@ -94,10 +94,17 @@ def _measurements(profiles: Mapping[str, Mapping[str, Any]]) -> dict[str, list[M
 
 
 def _report_numbers(row: Mapping[str, Any]) -> tuple[float | None, float | None]:
-    """The compression report's latency/throughput at the serving batch size, if it has them."""
-    latency = row.get("latencyP95Ms")
-    throughput = row.get("throughputRps")
-    return (None if latency is None else float(latency), None if throughput is None else float(throughput))
+    """The compression report's latency/throughput at the serving batch size, if it has them.
+
+    The report gives the median time of one serving-size batch (``latency.batchMs``) and rows per
+    second (``latency.throughputPerS``); the median stands in for the p95 (it is all there is).
+    """
+    latency = row.get("latency") or {}
+    batch_ms = latency.get("batchMs", row.get("latencyP95Ms"))
+    throughput = latency.get("throughputPerS", row.get("throughputRps"))
+    if throughput is None and batch_ms and latency.get("batchSize"):
+        throughput = float(latency["batchSize"]) * 1000.0 / float(batch_ms)
+    return (None if batch_ms is None else float(batch_ms), None if throughput is None else float(throughput))
 
 
 def _load(path: Path, required: bool) -> dict[str, Any]:

@@ -99,7 +99,8 @@ def run(
 
     operator_metrics = metrics.OperatorMetrics()
     server = metrics.serve(operator_metrics, metrics_port, metrics_host) if metrics_port else None
-    reconciler = Reconciler(Cluster.from_kubeconfig(kubeconfig), settings, operator_metrics)
+    cluster = Cluster.from_kubeconfig(kubeconfig, on_request=operator_metrics.api_requests.inc)
+    reconciler = Reconciler(cluster, settings, operator_metrics)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, reconciler, interval)
     kopf.on.login(registry=registry)(kopf.login_via_client)

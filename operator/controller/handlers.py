@@ -22,22 +22,22 @@ MANAGED = {"app.kubernetes.io/managed-by": names.MANAGED_BY}
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, interval: float) -> None:
     """Register every handler of the operator on `registry`."""
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     def reconcile(body: kopf.Body, **_: Any) -> None:
         reconciler.reconcile(body)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=interval, registry=registry)
+    @kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=interval, registry=registry)
     def resync(body: kopf.Body, **_: Any) -> None:
         reconciler.reconcile(body)
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup", registry=registry)
     def cleanup(body: kopf.Body, **_: Any) -> None:
         reconciler.cleanup(body)
 
-    @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
-    @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
+    @kopf.on.event("batch", "v1", "jobs", id="job-changed", labels=MANAGED, registry=registry)
+    @kopf.on.event("apps", "v1", "deployments", id="deployment-changed", labels=MANAGED, registry=registry)
     def child_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
         if namespace and names.LABEL_MD in labels:
             reconciler.reconcile_named(namespace, labels[names.LABEL_MD])

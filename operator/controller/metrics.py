@@ -30,6 +30,11 @@ class OperatorMetrics:
             ["namespace"],
             registry=self.registry,
         )
+        self.api_requests = Counter(
+            "frugal_operator_api_requests_total",
+            "Requests the reconciler sent to the API server.",
+            registry=self.registry,
+        )
         self.replicas = Gauge(
             "frugal_replicas",
             "Desired serving replicas per shard.",

@@ -72,9 +72,11 @@ def decide(
         return Decision((), None, conditions(observed), {})
     location = locate(md.storage_uri or settings.storage_uri, md.owner, settings.pvc_root)
     to_apply: list[dict[str, Any]] = []
-    if cluster.compression.state is JobState.ABSENT:
+    compression = cluster.compression
+    if compression.state is JobState.ABSENT:
         to_apply += _compression_objects(md, profiles, location, settings)
-    observed = Observed(gen, compression=cluster.compression, previous_generation_live=previous)
+        compression = Job(JobState.RUNNING, name=to_apply[-1]["metadata"]["name"])
+    observed = Observed(gen, compression=compression, previous_generation_live=previous)
     if cluster.compression.state is not JobState.SUCCEEDED:
         return _decision(to_apply, location, observed, {})
     if isinstance(found, artifact_files.ArtifactError) or found is None:
@@ -207,7 +209,7 @@ def _serving_status(
         "endpoint": serving.endpoint_url(md.owner),
         "cost": {
             "perHour": f"{per_pod * pods:.4f}",
-            "per1kRequests": f"{chosen.cost_per_1k_requests or 0.0:.6f}",
+            "per1kRequests": f"{chosen.cost_per_1k_requests or 0.0:.6g}",
             "energyPerRequestJoules": round(chosen.energy_per_request_joules or 0.0, 6),
         },
     }

@@ -79,6 +79,9 @@ def container(
         "env": [*SCRATCH_ENV, *env],
         "securityContext": dict(CONTAINER_SECURITY),
         "volumeMounts": volume_mounts(artifacts, read_only),
+        # A failed run's last log lines become the pod's termination message, which the operator
+        # copies into the ModelDeployment's condition.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if limits := resources(profile):
         result["resources"] = limits

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from frugal.operator.controller import artifacts as artifact_files
-from frugal.operator.controller import names, pipeline
+from frugal.operator.controller import names, pipeline, serving
 from frugal.operator.controller.apply import JOB_KINDS, SERVING_KINDS, Cluster
 from frugal.operator.controller.conditions import (
     ABSENT_JOB,
@@ -65,27 +65,39 @@ class Reconciler:
         self.metrics = metrics
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
+        self._pod_monitors: bool | None = None
 
-    def reconcile_named(self, namespace: str, name: str) -> None:
-        body = self.cluster.get(API_VERSION, "ModelDeployment", namespace, name)
-        if body is not None and not body["metadata"].get("deletionTimestamp"):
-            self.reconcile(body)
+    def reconcile_named(self, namespace: str, name: str) -> Assessment | None:
+        """Reconcile the ModelDeployment `namespace/name` (read fresh under its lock)."""
+        with self._lock(namespace, name):
+            body = self.cluster.get(API_VERSION, "ModelDeployment", namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return None
+            return self._timed(body, self.poster(body))
 
-    def reconcile(self, body: Mapping[str, Any], emit: Emit | None = None) -> Assessment:
-        """Bring `body`'s children and status in line with its spec; Events go to `emit` (or the API)."""
-        emit = emit or self.poster(body)
+    def reconcile(self, body: Mapping[str, Any], emit: Emit | None = None) -> Assessment | None:
+        """Bring `body`'s children and status in line with its spec; Events go to `emit` (or the API).
+
+        Handlers run concurrently (timer, child events, spec changes): each pass takes the object's
+        lock and re-reads it, so status comparisons and Events never work from a stale copy.
+        """
         owner = owner_of(body)
+        if emit is None:
+            return self.reconcile_named(owner.namespace, owner.name)
         with self._lock(owner.namespace, owner.name):
-            started = time.perf_counter()
-            try:
-                return self._reconcile(body, emit)
-            except Exception:
-                if self.metrics:
-                    self.metrics.errors.labels(namespace=owner.namespace).inc()
-                raise
-            finally:
-                if self.metrics:
-                    self.metrics.duration.observe(time.perf_counter() - started)
+            return self._timed(body, emit)
+
+    def _timed(self, body: Mapping[str, Any], emit: Emit) -> Assessment:
+        started = time.perf_counter()
+        try:
+            return self._reconcile(body, emit)
+        except Exception:
+            if self.metrics:
+                self.metrics.errors.labels(namespace=owner_of(body).namespace).inc()
+            raise
+        finally:
+            if self.metrics:
+                self.metrics.duration.observe(time.perf_counter() - started)
 
     def _reconcile(self, body: Mapping[str, Any], emit: Emit) -> Assessment:
         try:
@@ -100,6 +112,8 @@ class Reconciler:
         decision = pipeline.decide(md, profiles, state, found, self.settings)
         for obj in decision.apply:
             self.cluster.apply(obj)
+        if decision.selection is not None and self._has_pod_monitors():
+            self.cluster.apply(serving.desired_pod_monitor(md))
         if decision.prune_older_generations:
             self._prune_older_generations(md)
         self._write_status(body, decision.assessment, decision.status, emit)
@@ -215,6 +229,12 @@ class Reconciler:
         cost = decision.status.get("cost", {}).get("perHour")
         shards = decision.status.get("shards", [])
         self.metrics.observe(md.owner.namespace, md.owner.name, decision.selection, shards, cost)
+
+    def _has_pod_monitors(self) -> bool:
+        """Whether the Prometheus Operator's CRDs exist (checked once per operator run)."""
+        if self._pod_monitors is None:
+            self._pod_monitors = self.cluster.has_api("monitoring.coreos.com/v1", "podmonitors")
+        return self._pod_monitors
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:

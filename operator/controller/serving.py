@@ -204,3 +204,17 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 
 def _service_port() -> dict[str, Any]:
     return {"name": "http", "port": commands.SERVING_PORT, "targetPort": "http", "protocol": "TCP"}
+
+
+def desired_pod_monitor(md: ModelDeploymentSpec) -> dict[str, Any]:
+    """A Prometheus Operator PodMonitor scraping every serving pod of the ModelDeployment."""
+    metadata = names.metadata(md.owner, names.bounded(md.owner.name, "serving"), "serving")
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": metadata,
+        "spec": {
+            "selector": {"matchLabels": {names.LABEL_MD: md.owner.name, names.LABEL_ROLE: "serving"}},
+            "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+        },
+    }

@@ -9,12 +9,12 @@ stop routing here), then it closes, in-flight requests finish, and the process e
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -35,13 +35,15 @@ REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        status=status, body=json.dumps({"error": message}).encode(), content_type="application/json",
+        status=status,
+        body=orjson.dumps({"error": message}),
+        content_type="application/json",
         headers=headers,
     )
 
 
 def ok(doc: dict[str, Any]) -> web.Response:
-    return web.Response(body=json.dumps(doc).encode(), content_type="application/json")
+    return web.Response(body=orjson.dumps(doc), content_type="application/json")
 
 
 def _service(request: web.Request) -> ModelService:
@@ -69,8 +71,11 @@ async def live(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     is_ready = _service(request).ready
-    return web.Response(status=200 if is_ready else 503, body=json.dumps({"ready": is_ready}).encode(),
-                        content_type="application/json")
+    return web.Response(
+        status=200 if is_ready else 503,
+        body=orjson.dumps({"ready": is_ready}),
+        content_type="application/json",
+    )
 
 
 async def model_metadata(request: web.Request) -> web.Response:
@@ -84,9 +89,11 @@ async def model_ready(request: web.Request) -> web.Response:
     service = _model_or_404(request)
     if isinstance(service, web.Response):
         return service
-    return web.Response(status=200 if service.ready else 503,
-                        body=json.dumps({"name": service.name, "ready": service.ready}).encode(),
-                        content_type="application/json")
+    return web.Response(
+        status=200 if service.ready else 503,
+        body=orjson.dumps({"name": service.name, "ready": service.ready}),
+        content_type="application/json",
+    )
 
 
 async def infer(request: web.Request) -> web.Response:
@@ -161,7 +168,6 @@ async def serve(config: ServeConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loaded = await loop.run_in_executor(None, load_model, config)
-    loaded.model.warm_up((1, min(config.max_batch_size, 8)) if loaded.model.batchable() else (1,))
     registry = CollectorRegistry(auto_describe=True)
     service = ModelService(config, loaded, registry)
     runner = web.AppRunner(build_app(service, registry), handle_signals=False, access_log=None)
@@ -172,7 +178,12 @@ async def serve(config: ServeConfig) -> int:
     port = _bound_port(runner, config.port)
     log.info(
         "serving model '%s' variant '%s' (shard %d/%d) on http://%s:%d",
-        service.name, loaded.variant.name, config.shard_index, config.shard_count, config.host, port,
+        service.name,
+        loaded.variant.name,
+        config.shard_index,
+        config.shard_count,
+        config.host,
+        port,
     )
     print(f"frugal serve: ready on http://{config.host}:{port}", flush=True)
     await stop.wait()

@@ -94,7 +94,7 @@ Forwarder = Callable[[Tensors], Awaitable[Tensors]]
 
 
 class Batcher:
-    """Feeds `run` (blocking; executed in a worker thread) with merged batches.
+    """Feeds `run` (blocking; executed in a worker thread, or inline when it is very fast) with batches.
 
     `forward`, when given, is awaited on each batch's local outputs after the runtime is released
     (a pipeline stage calling the next one), so the next batch computes while this one travels.
@@ -109,8 +109,14 @@ class Batcher:
         max_queue_size: int,
         observer: BatchObserver,
         forward: Forwarder | None = None,
+        inline_below_s: float = 0.0,
+        expected_run_s: float = 1.0,
     ) -> None:
         self._run = run
+        # Batches expected to run faster than this execute on the event loop itself: for a tiny model
+        # the hand-off to a worker thread and back costs more than the model.
+        self._inline_below_s = inline_below_s
+        self._typical_run_s = expected_run_s
         self._forward = forward
         self._max_batch = max(1, max_batch_size)
         self._max_delay = max(0.0, max_delay_s)
@@ -203,8 +209,14 @@ class Batcher:
                 try:
                     merged, sizes = merge([m.inputs for m in members])
                     started = time.perf_counter()
-                    outputs: Tensors | BaseException = await loop.run_in_executor(self._pool, self._run, merged)
-                    self._observer.on_batch(len(members), sum(sizes), time.perf_counter() - started)
+                    outputs: Tensors | BaseException
+                    if self._typical_run_s < self._inline_below_s:
+                        outputs = self._run(merged)  # cheaper than two thread hops
+                    else:
+                        outputs = await loop.run_in_executor(self._pool, self._run, merged)
+                    elapsed = time.perf_counter() - started
+                    self._typical_run_s += 0.2 * (elapsed - self._typical_run_s)
+                    self._observer.on_batch(len(members), sum(sizes), elapsed)
                 except Exception as exc:
                     outputs, sizes = exc, []
                 results.append((members, sizes, outputs))
@@ -212,7 +224,9 @@ class Batcher:
             self._runtime_free.release()
         await asyncio.gather(*(self._answer(members, sizes, outputs) for members, sizes, outputs in results))
 
-    async def _answer(self, members: list[_Pending], sizes: list[int], outputs: Tensors | BaseException) -> None:
+    async def _answer(
+        self, members: list[_Pending], sizes: list[int], outputs: Tensors | BaseException
+    ) -> None:
         try:
             if isinstance(outputs, BaseException):
                 raise outputs

@@ -8,7 +8,6 @@ names the offending field; nothing here raises anything else for user input.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -85,8 +85,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 def parse_json_object(text: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:  # also invalid UTF-8 and nesting deeper than 1024
         raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ProtocolError(f"{what} must be a JSON object, got {type(value).__name__}")
@@ -171,7 +171,7 @@ def _decode_tensor(raw: Any, where: str, binary: bytes, offset: int) -> tuple[st
         raise ProtocolError(f"{where}.name must be a non-empty string")
     where = f"input '{name}'"
     datatype = raw.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise ProtocolError(f"{where}: unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
     shape = _shape(raw.get("shape"), where)
     count = math.prod(shape)
@@ -334,8 +334,10 @@ def encode_tensor(name: str, array: np.ndarray, binary: bool) -> tuple[dict[str,
         return tensor, chunk
     if datatype == "BYTES":
         tensor["data"] = [_text(item) for item in array.ravel()]
+    elif array.dtype.kind == "f" and array.dtype.itemsize == 2:
+        tensor["data"] = array.ravel().astype(np.float32)  # orjson has no float16
     else:
-        tensor["data"] = array.ravel().tolist()
+        tensor["data"] = np.ascontiguousarray(array.ravel())  # serialized by orjson directly
     return tensor, None
 
 
@@ -355,7 +357,7 @@ def _to_binary(array: np.ndarray, datatype: str) -> bytes:
 
 
 def _assemble(doc: dict[str, Any], chunks: list[bytes]) -> tuple[bytes, dict[str, str]]:
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return header, {"Content-Type": "application/json"}
     return b"".join([header, *chunks]), {

@@ -27,6 +27,7 @@ class ServeConfig:
     max_watts: float | None = None
     labels: dict[str, str] = field(default_factory=dict)
     shutdown_grace_s: float = 0.0
+    inline_below_ms: float = 0.5
     power_interval_s: float = 1.0
 
     def problems(self) -> list[str]:

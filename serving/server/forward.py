@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiohttp
 
-from frugal.serving.server.codec import HEADER_LENGTH, ProtocolError, decode_response, encode_request
 from frugal.serving.server.batching import Tensors
+from frugal.serving.server.codec import HEADER_LENGTH, ProtocolError, decode_response, encode_request
 
 log = logging.getLogger("frugal.serving")
 
@@ -38,9 +37,11 @@ class NextStage:
                     problem = f"HTTP {response.status}: {payload[:300].decode(errors='replace')}"
                     if response.status < 500 and response.status != 429:
                         break  # the request itself is wrong; another try would fail the same way
-            except (aiohttp.ClientError, asyncio.TimeoutError, ProtocolError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ProtocolError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
-            log.warning("next stage %s failed (attempt %d/%d): %s", self.url, attempt, self._attempts, problem)
+            log.warning(
+                "next stage %s failed (attempt %d/%d): %s", self.url, attempt, self._attempts, problem
+            )
         raise NextStageError(f"next stage {self.url} failed: {problem}")
 
     async def close(self) -> None:

@@ -33,13 +33,18 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
         ).labels(**base)
         self._requests = Counter(
-            "frugal_requests", "Inference requests answered, by HTTP status code.", [*names, "code"],
+            "frugal_requests",
+            "Inference requests answered, by HTTP status code.",
+            [*names, "code"],
             registry=registry,
         )
         self._by_code: dict[int, Counter] = {}
         self.batch_size = Histogram(
-            "frugal_batch_size", "Requests merged into one runtime execution.", names,
-            registry=registry, buckets=BATCH_BUCKETS,
+            "frugal_batch_size",
+            "Requests merged into one runtime execution.",
+            names,
+            registry=registry,
+            buckets=BATCH_BUCKETS,
         ).labels(**base)
         self.queue_depth = Gauge(
             "frugal_queue_depth", "Requests waiting in the batch queue.", names, registry=registry
@@ -51,7 +56,9 @@ class ServerMetrics:
             "frugal_model_size_bytes", "Size of the served model file(s).", names, registry=registry
         ).labels(**base)
         self._power = Gauge(
-            "frugal_power_watts", "Power drawn, measured (nvml) or estimated.", [*names, "source"],
+            "frugal_power_watts",
+            "Power drawn, measured (nvml) or estimated.",
+            [*names, "source"],
             registry=registry,
         )
         self._energy = Counter(

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import statistics
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,9 +126,17 @@ class OnnxModel:
         """Whether requests can be stacked on dim 0: every input and output has a dynamic first dim."""
         return all(spec.shape and spec.shape[0] == -1 for spec in (*self.inputs, *self.outputs))
 
-    def warm_up(self, batch_sizes: Sequence[int] = (1,)) -> None:
+    def warm_up(self, batch_sizes: Sequence[int] = (1,), repeats: int = 5) -> float:
+        """Run each batch size a few times; returns the median seconds of the largest one."""
+        timings: list[float] = []
         for batch in batch_sizes:
-            self.run({spec.name: example_tensor(spec, batch) for spec in self.inputs})
+            feeds = {spec.name: example_tensor(spec, batch) for spec in self.inputs}
+            timings = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                self.run(feeds)
+                timings.append(time.perf_counter() - started)
+        return statistics.median(timings) if timings else 0.0
 
 
 def example_tensor(spec: TensorSpec, batch: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from frugal.serving.server import artifacts, runtime
 from frugal.serving.server.artifacts import Manifest, TensorSpec, Variant
 from frugal.serving.server.batching import Batcher, Tensors
-from frugal.serving.server.codec import InferRequest
+from frugal.serving.server.codec import InferRequest, ProtocolError
 from frugal.serving.server.config import ServeConfig
 from frugal.serving.server.forward import NextStage
 from frugal.serving.server.metrics import MetricLabels, ServerMetrics
@@ -31,6 +31,7 @@ class LoadedModel:
     inputs: tuple[TensorSpec, ...]  # what clients send to this server
     outputs: tuple[TensorSpec, ...]  # what clients get back (the whole model's outputs)
     size_bytes: int
+    warm_run_s: float = 1.0  # median seconds of a warm-up run at the largest warm-up batch
 
 
 def load_model(config: ServeConfig) -> LoadedModel:
@@ -43,13 +44,18 @@ def load_model(config: ServeConfig) -> LoadedModel:
     if choice.fallback:
         log.warning("%s", choice.fallback)
     threads = config.intra_op_threads or runtime.read_cpu_limit()
-    source: str | bytes = str(path)
-    if config.shard_count > 1:
-        from frugal.serving import sharding
+    try:
+        source: str | bytes = str(path)
+        if config.shard_count > 1:
+            from frugal.serving import sharding
 
-        stage = sharding.load_stage(path, config.shard_index, config.shard_count)
-        source = stage.model.SerializeToString()
-    model = runtime.OnnxModel(source, choice.providers, threads)
+            stage = sharding.load_stage(path, config.shard_index, config.shard_count)
+            source = stage.model.SerializeToString()
+        model = runtime.OnnxModel(source, choice.providers, threads)
+    except ValueError:
+        raise  # our own messages (e.g. more shards than nodes)
+    except Exception as exc:  # ONNX Runtime's and onnx's load errors have no common base class
+        raise artifacts.ArtifactError(f"cannot load {path} as an ONNX model: {exc}") from None
     if model.active_providers[0] != choice.providers[0]:
         log.warning(
             "ONNX Runtime could not start %s (active: %s); serving on the fallback",
@@ -60,7 +66,9 @@ def load_model(config: ServeConfig) -> LoadedModel:
     outputs = model.outputs
     if config.shard_count > 1:
         outputs = sharding.whole_model_outputs(path)
-    return LoadedModel(manifest, variant, model, model.inputs, outputs, size)
+    batches = (1, min(config.max_batch_size, 8)) if model.batchable() else (1,)
+    warm = model.warm_up(batches)
+    return LoadedModel(manifest, variant, model, model.inputs, outputs, size, warm)
 
 
 def _basenames(manifest: Manifest, variant: Variant) -> list[str]:
@@ -89,7 +97,9 @@ class ModelService:
         self.metrics.model_size.set(loaded.size_bytes)
         self.busy = BusyClock()
         self.next_stage = (
-            NextStage(config.next_stage, self.name, config.request_timeout_ms / 1000) if config.next_stage else None
+            NextStage(config.next_stage, self.name, config.request_timeout_ms / 1000)
+            if config.next_stage
+            else None
         )
         batchable = loaded.model.batchable()
         if not batchable:
@@ -101,6 +111,8 @@ class ModelService:
             max_queue_size=config.max_queue_size,
             observer=self,
             forward=self.next_stage,
+            inline_below_s=config.inline_below_ms / 1000,
+            expected_run_s=loaded.warm_run_s,
         )
         self.power: PowerSource | None = self._power_source()
         self.ready = False
@@ -140,7 +152,9 @@ class ModelService:
 
     async def infer(self, request: InferRequest) -> Tensors:
         check_request(request, self.loaded.inputs, self.loaded.outputs)
-        return await self.batcher.submit(request.inputs, self.config.request_timeout_ms / 1000)
+        return await self.batcher.submit(
+            request.inputs, request_timeout_s(request, self.config.request_timeout_ms)
+        )
 
     async def close(self) -> None:
         self.ready = False
@@ -165,6 +179,16 @@ class ModelService:
                 "execution_provider": self.loaded.model.active_providers[0],
             },
         }
+
+
+def request_timeout_s(request: InferRequest, default_ms: float) -> float:
+    """The server's deadline, shortened by a request's Triton-style `timeout` parameter (microseconds)."""
+    asked = request.parameters.get("timeout")
+    if asked is None:
+        return default_ms / 1000
+    if not isinstance(asked, int) or isinstance(asked, bool) or asked <= 0:
+        raise ProtocolError("parameters.timeout must be a positive integer (microseconds)")
+    return min(default_ms / 1000, asked / 1_000_000)
 
 
 def _spec(spec: TensorSpec) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Nothing here is a stand-in: the models run in ONNX Runtime, the server is the re
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -35,13 +36,18 @@ def mlp(sizes: Sequence[int] = (64, 128, 64, 10), seed: int = 0, name: str = "di
     rng = np.random.default_rng(seed)
     nodes, initializers = [], []
     current = "input"
-    for layer, (width_in, width_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for layer, (width_in, width_out) in enumerate(itertools.pairwise(sizes)):
         weight = (rng.standard_normal((width_in, width_out)) / np.sqrt(width_in)).astype(np.float32)
         bias = (rng.standard_normal(width_out) * 0.1).astype(np.float32)
-        initializers += [numpy_helper.from_array(weight, f"w{layer}"), numpy_helper.from_array(bias, f"b{layer}")]
+        initializers += [
+            numpy_helper.from_array(weight, f"w{layer}"),
+            numpy_helper.from_array(bias, f"b{layer}"),
+        ]
         last = layer == len(sizes) - 2
         nodes.append(helper.make_node("MatMul", [current, f"w{layer}"], [f"mm{layer}"]))
-        nodes.append(helper.make_node("Add", [f"mm{layer}", f"b{layer}"], ["logits" if last else f"pre{layer}"]))
+        nodes.append(
+            helper.make_node("Add", [f"mm{layer}", f"b{layer}"], ["logits" if last else f"pre{layer}"])
+        )
         if not last:
             nodes.append(helper.make_node("Relu", [f"pre{layer}"], [f"h{layer}"]))
             current = f"h{layer}"
@@ -143,7 +149,8 @@ def write_artifacts(directory: Path, model_name: str, variants: Mapping[str, onn
 
 def _spec(value: onnx.ValueInfoProto) -> dict[str, Any]:
     tensor = value.type.tensor_type
-    datatype = {TensorProto.FLOAT: "FP32", TensorProto.INT64: "INT64"}[tensor.elem_type]
+    datatypes: dict[int, str] = {TensorProto.FLOAT: "FP32", TensorProto.INT64: "INT64"}
+    datatype = datatypes[tensor.elem_type]
     shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
     return {"name": value.name, "datatype": datatype, "shape": shape}
 
@@ -169,8 +176,22 @@ class Server:
 
 
 def serve_command(artifacts: Path, variant: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "frugal.serving.server", "--artifacts", str(artifacts), "--variant", variant,
-            "--host", "127.0.0.1", "--port", "0", "--intra-op-threads", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "frugal.serving.server",
+        "--artifacts",
+        str(artifacts),
+        "--variant",
+        variant,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--intra-op-threads",
+        "1",
+        *extra,
+    ]
 
 
 @contextmanager
@@ -187,7 +208,8 @@ def running_server(
     )
     log: list[str] = []
     assert process.stderr is not None and process.stdout is not None
-    threading.Thread(target=lambda: log.extend(iter(process.stderr.readline, "")), daemon=True).start()
+    stderr = process.stderr
+    threading.Thread(target=lambda: log.extend(iter(stderr.readline, "")), daemon=True).start()
     url = _wait_ready(process, timeout, log)
     server = Server(process, url, log)
     try:
@@ -250,14 +272,22 @@ def http(method: str, url: str, body: bytes | None = None, headers: Mapping[str,
 def infer_json(url: str, model: str, inputs: Mapping[str, np.ndarray], **extra: Any) -> Reply:
     doc = {
         "inputs": [
-            {"name": name, "datatype": "FP32" if a.dtype == np.float32 else "INT64", "shape": list(a.shape),
-             "data": a.ravel().tolist()}
+            {
+                "name": name,
+                "datatype": "FP32" if a.dtype == np.float32 else "INT64",
+                "shape": list(a.shape),
+                "data": a.ravel().tolist(),
+            }
             for name, a in inputs.items()
         ],
         **extra,
     }
-    return http("POST", f"{url}/v2/models/{model}/infer", json.dumps(doc).encode(),
-                {"Content-Type": "application/json"})
+    return http(
+        "POST",
+        f"{url}/v2/models/{model}/infer",
+        json.dumps(doc).encode(),
+        {"Content-Type": "application/json"},
+    )
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -310,8 +340,13 @@ def minilm_onnx() -> Path:
     dynamic = {0: "batch", 1: "seq"}
     temporary = target.with_suffix(f".tmp{os.getpid()}")
     torch.onnx.export(
-        LastHidden(), (ids, torch.ones_like(ids)), str(temporary), input_names=["input_ids", "attention_mask"],
-        output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+        LastHidden(),
+        (ids, torch.ones_like(ids)),
+        str(temporary),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["last_hidden_state"],
+        opset_version=17,
+        dynamo=False,
         dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic, "last_hidden_state": dynamic},
     )
     temporary.replace(target)
@@ -329,3 +364,40 @@ def minilm_int8_onnx() -> Path:
     quantize_dynamic(str(minilm_onnx()), str(temporary), weight_type=QuantType.QInt8)
     temporary.replace(target)
     return target
+
+
+# ------------------------------------------------------------------------------------ kserve client
+
+KSERVE_VERSION = "0.21.0"
+
+
+def kserve_python() -> Path:
+    """A Python with KServe's SDK, in its own cached venv.
+
+    kserve pulls in ~70 packages (grpcio-tools, pandas, fastapi, ...) and pins protobuf below the
+    version the main environment uses, so it lives beside it, built once from PyPI and then reused.
+    """
+    import fcntl
+
+    venv = cache_dir() / f"kserve-{KSERVE_VERSION}-venv"
+    python = venv / "bin" / "python"
+    with (cache_dir() / "kserve-venv.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (venv / ".complete").exists():
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            subprocess.run(
+                [
+                    str(python),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    f"kserve=={KSERVE_VERSION}",
+                    "onnxruntime",
+                    "numpy",
+                ],
+                check=True,
+                timeout=900,
+            )
+            (venv / ".complete").touch()
+    return python

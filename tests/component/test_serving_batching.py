@@ -8,27 +8,38 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_support import Reply, Server, http, infer_json, metric_value, running_server, slow_model, write_artifacts
+from serving_support import (
+    Reply,
+    Server,
+    http,
+    infer_json,
+    metric_value,
+    running_server,
+    slow_model,
+    write_artifacts,
+)
 
 MODEL = "slow"
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_artifacts(tmp_path_factory.mktemp("slow"), MODEL, {"fp32": slow_model(iterations=4000, width=512)})
+    return write_artifacts(
+        tmp_path_factory.mktemp("slow"), MODEL, {"fp32": slow_model(iterations=4000, width=512)}
+    )
 
 
 def rows(seed: int, n: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 4), dtype=np.float32)
 
 
-def fire(url: str, count: int, pool: ThreadPoolExecutor) -> list[tuple[np.ndarray, object]]:
-    jobs = []
+def fire(url: str, count: int, pool: ThreadPoolExecutor) -> list[tuple[np.ndarray, Future[Reply]]]:
+    jobs: list[tuple[np.ndarray, Future[Reply]]] = []
     for i in range(count):
         x = rows(i)
         jobs.append((x, pool.submit(infer_json, url, MODEL, {"input": x})))
@@ -49,7 +60,7 @@ def server(artifacts: Path) -> Iterator[Server]:
 def test_concurrent_requests_are_merged_into_batches(server: Server) -> None:
     with ThreadPoolExecutor(16) as pool:
         jobs = fire(server.url, 16, pool)
-        replies = [(x, job.result()) for x, job in jobs]  # type: ignore[attr-defined]
+        replies = [(x, job.result()) for x, job in jobs]
     for x, reply in replies:
         assert reply.status == 200
         np.testing.assert_allclose(output_of(reply), x, rtol=1e-6)  # each request got its own rows back
@@ -61,9 +72,11 @@ def test_concurrent_requests_are_merged_into_batches(server: Server) -> None:
 
 
 def test_a_full_queue_answers_429_with_retry_after(artifacts: Path) -> None:
-    with running_server(artifacts, "fp32", "--max-batch-size", "1", "--max-queue-size", "2") as srv, \
-            ThreadPoolExecutor(10) as pool:
-        replies = [job.result() for _, job in fire(srv.url, 10, pool)]  # type: ignore[attr-defined]
+    with (
+        running_server(artifacts, "fp32", "--max-batch-size", "1", "--max-queue-size", "2") as srv,
+        ThreadPoolExecutor(10) as pool,
+    ):
+        replies = [job.result() for _, job in fire(srv.url, 10, pool)]
         text = http("GET", f"{srv.url}/metrics").body.decode()
     refused = [r for r in replies if r.status == 429]
     assert refused and all(r.headers.get("Retry-After") == "1" for r in refused)
@@ -79,9 +92,18 @@ def test_a_request_past_its_deadline_gets_504(artifacts: Path) -> None:
     assert reply.status == 504 and "deadline of 20 ms" in reply.json()["error"]
 
 
+def test_a_request_can_shorten_its_own_deadline(server: Server) -> None:
+    reply = infer_json(server.url, MODEL, {"input": rows(1)}, parameters={"timeout": 15_000})
+    assert reply.status == 504 and "deadline of 15 ms" in reply.json()["error"]
+    bad = infer_json(server.url, MODEL, {"input": rows(1)}, parameters={"timeout": "soon"})
+    assert bad.status == 400 and "parameters.timeout" in bad.json()["error"]
+
+
 def test_sigterm_under_load_finishes_every_accepted_request(artifacts: Path) -> None:
-    with running_server(artifacts, "fp32", "--max-batch-size", "4", "--shutdown-grace-s", "1") as srv, \
-            ThreadPoolExecutor(24) as pool:
+    with (
+        running_server(artifacts, "fp32", "--max-batch-size", "4", "--shutdown-grace-s", "1") as srv,
+        ThreadPoolExecutor(24) as pool,
+    ):
         jobs = fire(srv.url, 12, pool)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # wait until all 12 are inside the server
@@ -93,7 +115,7 @@ def test_sigterm_under_load_finishes_every_accepted_request(artifacts: Path) -> 
         time.sleep(0.2)
         assert http("GET", f"{srv.url}/v2/health/ready").status == 503  # unready, still listening
         late = fire(srv.url, 4, pool)  # arrive during the grace period: still served
-        replies = [(x, job.result()) for x, job in [*jobs, *late]]  # type: ignore[attr-defined]
+        replies = [(x, job.result()) for x, job in [*jobs, *late]]
         assert srv.process.wait(60) == 0
     for x, reply in replies:
         assert reply.status == 200, reply.body

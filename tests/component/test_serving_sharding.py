@@ -7,6 +7,7 @@ offline package, cached), `frugal serve` subprocesses on 127.0.0.1.
 
 from __future__ import annotations
 
+import itertools
 import socket
 from pathlib import Path
 
@@ -37,11 +38,12 @@ def test_mlp_stages_chain_to_the_whole_model(count: int) -> None:
     model = mlp((64, 128, 64, 32, 10))
     stages = sharding.split_model(model, count)
     assert len(stages) == count and all(s.param_bytes > 0 for s in stages)
-    for before, after in zip(stages, stages[1:], strict=False):
+    for before, after in itertools.pairwise(stages):
         assert before.outputs == after.inputs  # one stage feeds the next, by name
     x = np.random.default_rng(0).random((5, 64), dtype=np.float32)
-    np.testing.assert_allclose(run_chain(stages, {"input": x})["logits"], run(model, {"input": x})["logits"],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        run_chain(stages, {"input": x})["logits"], run(model, {"input": x})["logits"], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_cuts_balance_parameter_bytes_where_one_tensor_crosses() -> None:
@@ -82,9 +84,13 @@ def test_a_chain_of_servers_answers_like_one_server(tmp_path: Path) -> None:
     model = mlp((64, 128, 64, 10))
     artifacts = write_artifacts(tmp_path, "digits", {"fp32": model})
     x = np.random.default_rng(4).random((3, 64), dtype=np.float32)
-    with running_server(artifacts, "fp32", "--shard-index", "1", "--shard-count", "2") as tail, \
-            running_server(artifacts, "fp32", "--shard-index", "0", "--shard-count", "2", "--next-stage",
-                           tail.url) as front, running_server(artifacts, "fp32") as whole:
+    with (
+        running_server(artifacts, "fp32", "--shard-index", "1", "--shard-count", "2") as tail,
+        running_server(
+            artifacts, "fp32", "--shard-index", "0", "--shard-count", "2", "--next-stage", tail.url
+        ) as front,
+        running_server(artifacts, "fp32") as whole,
+    ):
         sharded_reply = infer_json(front.url, "digits", {"input": x}, id="s1")
         whole_reply = infer_json(whole.url, "digits", {"input": x}, id="s1")
         front_meta = http("GET", f"{front.url}/v2/models/digits").json()
@@ -92,14 +98,18 @@ def test_a_chain_of_servers_answers_like_one_server(tmp_path: Path) -> None:
     assert sharded_reply.status == 200, sharded_reply.body
     sharded, unsharded = sharded_reply.json(), whole_reply.json()
     assert sharded["outputs"][0]["name"] == "logits" and sharded["id"] == "s1"
-    np.testing.assert_allclose(sharded["outputs"][0]["data"], unsharded["outputs"][0]["data"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        sharded["outputs"][0]["data"], unsharded["outputs"][0]["data"], rtol=1e-5, atol=1e-6
+    )
     assert (front_meta["inputs"], front_meta["outputs"]) == (whole_meta["inputs"], whole_meta["outputs"])
 
 
 def test_a_dead_next_stage_is_a_clear_503(tmp_path: Path) -> None:
     artifacts = write_artifacts(tmp_path, "digits", {"fp32": mlp()})
     dead = f"http://127.0.0.1:{free_port()}"
-    with running_server(artifacts, "fp32", "--shard-index", "0", "--shard-count", "2", "--next-stage", dead) as front:
+    with running_server(
+        artifacts, "fp32", "--shard-index", "0", "--shard-count", "2", "--next-stage", dead
+    ) as front:
         reply = infer_json(front.url, "digits", {"input": np.zeros((1, 64), np.float32)})
         assert http("GET", f"{front.url}/v2/health/live").status == 200
     assert reply.status == 503 and reply.headers.get("Retry-After") == "1"

@@ -13,7 +13,8 @@ this tier never skips.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Generator, Iterator
 
 import pytest
 from controlplane_harness import CRD_DIR, ControlPlane, ensure_binaries
@@ -41,18 +42,23 @@ def crds_installed(cluster: ControlPlane) -> ControlPlane:
 
 @pytest.fixture
 def namespace(cluster: ControlPlane, request: pytest.FixtureRequest) -> str:
-    """A fresh namespace per test (named after the test)."""
-    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    """A fresh namespace per test (named after the test, unique per test id)."""
+    slug = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
+    name = f"t-{slug[:40].strip('-')}-{digest}"
     cluster.kubectl("create", "namespace", name)
     return name
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    plane = getattr(item, "funcargs", {}).get("cluster") or getattr(item, "funcargs", {}).get("crds_installed")
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """On a failure, attach the tail of every server's log to the report."""
+    report = yield
+    funcargs = getattr(item, "funcargs", {})
+    plane = funcargs.get("cluster") or funcargs.get("crds_installed")
     if report.failed and isinstance(plane, ControlPlane):
         for name in plane.servers:
             report.sections.append((f"{name} log (last 40 lines)", plane.log_tail(name, 40)))
-
+    return report

@@ -114,7 +114,11 @@ def start_server(name: str, argv: Sequence[str | Path], workdir: Path) -> Server
     log_path = workdir / f"{name}.log"
     log_file = log_path.open("ab")
     proc = subprocess.Popen(
-        [str(a) for a in argv], stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
+        [str(a) for a in argv],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=workdir,
     )
     return ServerProcess(name, proc, log_path, log_file)
 
@@ -233,7 +237,7 @@ class ControlPlane:
     def _start_etcd(self) -> None:
         client, peer = free_port(), free_port()
         data = self.workdir / "etcd-data"
-        argv = [
+        argv: list[str | Path] = [
             self.binaries.etcd, "--name=frugal-test", f"--data-dir={data}", "--unsafe-no-fsync",
             f"--listen-client-urls=http://127.0.0.1:{client}", f"--advertise-client-urls=http://127.0.0.1:{client}",
             f"--listen-peer-urls=http://127.0.0.1:{peer}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
@@ -250,7 +254,7 @@ class ControlPlane:
         tokens.write_text(
             f'{ADMIN_TOKEN},admin,admin-uid,"system:masters"\n{DEVELOPER_TOKEN},{DEVELOPER_USER},developer-uid\n'
         )
-        argv = [
+        argv: list[str | Path] = [
             self.binaries.kube_apiserver,
             f"--etcd-servers={self.etcd_url}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.apiserver_port}",
@@ -268,7 +272,7 @@ class ControlPlane:
 
     def _start_controller_manager(self) -> None:
         assert self.binaries.kube_controller_manager is not None
-        argv = [
+        argv: list[str | Path] = [
             self.binaries.kube_controller_manager,
             f"--kubeconfig={self.kubeconfig}", "--secure-port=0", "--leader-elect=false",
             "--controllers=garbage-collector-controller,namespace-controller,deployment-controller,"
@@ -324,10 +328,14 @@ class ControlPlane:
             raise CommandFailed(proc)
         return proc
 
-    def kubectl(self, *args: str | Path, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str | Path, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return self.run([self.binaries.kubectl, *args], check=check, input=input)
 
-    def helm(self, *args: str | Path, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def helm(
+        self, *args: str | Path, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return self.run([self.binaries.helm, *args], check=check, input=input)
 
     def api_client(self) -> Any:
@@ -337,7 +345,9 @@ class ControlPlane:
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
 
-def _http_get(url: str, context: ssl.SSLContext | None = None, headers: Mapping[str, str] | None = None) -> bytes:
+def _http_get(
+    url: str, context: ssl.SSLContext | None = None, headers: Mapping[str, str] | None = None
+) -> bytes:
     request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
         with urllib.request.urlopen(request, timeout=5, context=context) as response:

@@ -128,7 +128,9 @@ def test_status_is_a_subresource(crds_installed: ControlPlane, namespace: str) -
     md = _minimal_model_deployment("subresource")
     md["status"] = {"phase": "Serving"}
     created = json.loads(
-        crds_installed.kubectl("create", "-n", namespace, "-o", "json", "-f", "-", input=json.dumps(md)).stdout
+        crds_installed.kubectl(
+            "create", "-n", namespace, "-o", "json", "-f", "-", input=json.dumps(md)
+        ).stdout
     )
     assert created.get("status") in (None, {}), created.get("status")
     assert created["metadata"]["generation"] == 1
@@ -142,4 +144,3 @@ def test_unknown_fields_are_rejected(crds_installed: ControlPlane, namespace: st
     )
     assert proc.returncode != 0
     assert "spec.serving.slos" in proc.stderr
-

@@ -30,9 +30,14 @@ def test_example_applies_cleanly(crds_installed: ControlPlane, namespace: str, p
     # Strict validation above rejects unknown fields; the real apply must then store every document.
     kubectl("apply", "--validate=strict", "-n", namespace, "-f", path)
     for doc in documents(path):
-        plural = {"ModelDeployment": "modeldeployments.frugal.dev", "HardwareProfile": "hardwareprofiles.frugal.dev"}
+        plural = {
+            "ModelDeployment": "modeldeployments.frugal.dev",
+            "HardwareProfile": "hardwareprofiles.frugal.dev",
+        }
         resource = plural.get(doc["kind"], doc["kind"])
-        scope = ["-n", doc["metadata"].get("namespace", namespace)] if doc["kind"] != "HardwareProfile" else []
+        scope = (
+            ["-n", doc["metadata"].get("namespace", namespace)] if doc["kind"] != "HardwareProfile" else []
+        )
         stored = json.loads(kubectl("get", resource, doc["metadata"]["name"], *scope, "-o", "json").stdout)
         assert _contains(stored["spec"], doc["spec"]), (
             f"{path.name}: the server changed {doc['metadata']['name']}'s spec beyond adding defaults"
@@ -42,9 +47,13 @@ def test_example_applies_cleanly(crds_installed: ControlPlane, namespace: str, p
 def _contains(stored: Any, written: Any) -> bool:
     """Everything written is still there (the server only adds defaults, never drops or changes)."""
     if isinstance(written, dict):
-        return isinstance(stored, dict) and all(k in stored and _contains(stored[k], v) for k, v in written.items())
+        return isinstance(stored, dict) and all(
+            k in stored and _contains(stored[k], v) for k, v in written.items()
+        )
     if isinstance(written, list):
-        return isinstance(stored, list) and len(stored) == len(written) and all(map(_contains, stored, written))
+        return (
+            isinstance(stored, list) and len(stored) == len(written) and all(map(_contains, stored, written))
+        )
     if isinstance(written, float | int) and not isinstance(written, bool):
         return stored == written
     return bool(stored == written)

@@ -33,9 +33,9 @@ def test_rendered_chart_is_accepted_by_the_server(crds_installed: ControlPlane, 
 
 
 def test_values_schema_rejects_a_typo(cluster: ControlPlane) -> None:
-    proc = cluster.helm("template", RELEASE, CHART_DIR, "--set", "replicaCuont=2", check=False)
+    proc = cluster.helm("template", RELEASE, CHART_DIR, "--set", "operator.logLevl=DEBUG", check=False)
     assert proc.returncode != 0
-    assert "replicaCuont" in proc.stderr, proc.stderr
+    assert "logLevl" in proc.stderr, proc.stderr
 
 
 def _deployment(cluster: ControlPlane, namespace: str) -> dict[str, Any]:
@@ -45,6 +45,11 @@ def _deployment(cluster: ControlPlane, namespace: str) -> dict[str, Any]:
     items = json.loads(names)["items"]
     assert len(items) == 1, [i["metadata"]["name"] for i in items]
     return dict(items[0])
+
+
+def _env(cluster: ControlPlane, namespace: str) -> dict[str, str]:
+    container = _deployment(cluster, namespace)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
 
 
 def test_install_upgrade_uninstall(crds_installed: ControlPlane, namespace: str) -> None:
@@ -63,13 +68,16 @@ def test_install_upgrade_uninstall(crds_installed: ControlPlane, namespace: str)
         can = kubectl("auth", "can-i", verb, resource, "--as", subject, "-n", namespace, check=False)
         assert can.stdout.strip() == "yes", (verb, resource, can.stdout, can.stderr)
 
-    helm("upgrade", RELEASE, CHART_DIR, "--namespace", namespace, "--set", "replicaCount=2")
-    assert _deployment(crds_installed, namespace)["spec"]["replicas"] == 2
+    assert _env(crds_installed, namespace)["FRUGAL_LOG_LEVEL"] == "INFO"
+    helm("upgrade", RELEASE, CHART_DIR, "--namespace", namespace, "--set", "operator.logLevel=DEBUG")
+    assert _env(crds_installed, namespace)["FRUGAL_LOG_LEVEL"] == "DEBUG"
     history = json.loads(helm("history", RELEASE, "--namespace", namespace, "-o", "json").stdout)
     assert [h["revision"] for h in history] == [1, 2]
 
     helm("uninstall", RELEASE, "--namespace", namespace)
-    left = kubectl("get", "deployment", "-n", namespace, "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name")
+    left = kubectl(
+        "get", "deployment", "-n", namespace, "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name"
+    )
     assert left.stdout.strip() == ""
     # CRDs outlive the release: deleting them would delete every user's ModelDeployments.
     kubectl("get", "crd", "modeldeployments.frugal.dev")

@@ -37,18 +37,20 @@ MD: dict[str, Any] = {
         "autoscaling": {"minReplicas": 0, "maxReplicas": 4},
     },
 }
-GPU = parse_hardware_profile({
-    "metadata": {"name": "gpu-t4"},
-    "spec": {
-        "accelerator": {"kind": "nvidia-gpu", "model": "T4", "count": 1, "memoryGiB": 16},
-        "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"},
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        "resources": {"limits": {"nvidia.com/gpu": 1, "memory": "16Gi"}},
-        "executionProvider": "CUDAExecutionProvider",
-        "costPerHour": "0.54",
-        "power": {"idleWatts": 30, "maxWatts": 70},
-    },
-})
+GPU = parse_hardware_profile(
+    {
+        "metadata": {"name": "gpu-t4"},
+        "spec": {
+            "accelerator": {"kind": "nvidia-gpu", "model": "T4", "count": 1, "memoryGiB": 16},
+            "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "resources": {"limits": {"nvidia.com/gpu": 1, "memory": "16Gi"}},
+            "executionProvider": "CUDAExecutionProvider",
+            "costPerHour": "0.54",
+            "power": {"idleWatts": 30, "maxWatts": 70},
+        },
+    }
+)
 IMAGE = "registry.example/frugal:test"
 
 
@@ -76,7 +78,9 @@ ARTIFACTS = locate("pvc://frugal-artifacts/store", SPEC.owner)
         (("Mixed_Case", "A.B"), 63, len("mixed-case-a-b"), False),
     ],
 )
-def test_names_are_bounded_dns_labels(parts: tuple[str, ...], limit: int, expected_len: int, hashed: bool) -> None:
+def test_names_are_bounded_dns_labels(
+    parts: tuple[str, ...], limit: int, expected_len: int, hashed: bool
+) -> None:
     name = names.bounded(*parts, limit=limit)
     assert len(name) == expected_len
     assert name == names.bounded(*parts, limit=limit)  # deterministic
@@ -100,8 +104,12 @@ def test_compression_job_lands_on_its_pool_with_restricted_security() -> None:
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert job["metadata"]["ownerReferences"][0] == {
-        "apiVersion": "frugal.dev/v1alpha1", "kind": "ModelDeployment", "name": "digits", "uid": "u-1",
-        "controller": True, "blockOwnerDeletion": True,
+        "apiVersion": "frugal.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "name": "digits",
+        "uid": "u-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
     }
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
@@ -195,9 +203,11 @@ def test_serving_set_has_deployment_service_and_pdb_per_shard() -> None:
     objects = serving.desired_serving(SPEC, GPU, IMAGE, ARTIFACTS, Selection("int8", "gpu-t4", 2), replicas=3)
     kinds = [(o["kind"], o["metadata"]["name"]) for o in objects]
     assert kinds == [
-        ("Deployment", "digits-g3-shard-0"), ("Service", "digits-g3-shard-0"),
+        ("Deployment", "digits-g3-shard-0"),
+        ("Service", "digits-g3-shard-0"),
         ("PodDisruptionBudget", "digits-g3-shard-0"),
-        ("Deployment", "digits-g3-shard-1"), ("Service", "digits-g3-shard-1"),
+        ("Deployment", "digits-g3-shard-1"),
+        ("Service", "digits-g3-shard-1"),
         ("PodDisruptionBudget", "digits-g3-shard-1"),
     ]
     assert objects[0]["spec"]["replicas"] == 3
@@ -220,8 +230,12 @@ def test_endpoint_service_follows_the_live_generation() -> None:
     ("root", "uri", "pod_path", "volume_key"),
     [
         ("file:///srv/art", "file:///srv/art/ml/digits/gen-3", "/srv/art/ml/digits/gen-3", "hostPath"),
-        ("pvc://claim/a/b", "pvc://claim/a/b/ml/digits/gen-3", f"{POD_MOUNT}/a/b/ml/digits/gen-3",
-         "persistentVolumeClaim"),
+        (
+            "pvc://claim/a/b",
+            "pvc://claim/a/b/ml/digits/gen-3",
+            f"{POD_MOUNT}/a/b/ml/digits/gen-3",
+            "persistentVolumeClaim",
+        ),
         ("s3://bucket/x", "s3://bucket/x/ml/digits/gen-3", "s3://bucket/x/ml/digits/gen-3", None),
     ],
 )
@@ -231,3 +245,12 @@ def test_artifact_locations(root: str, uri: str, pod_path: str, volume_key: str 
     assert (volume_key is None) == (location.volume is None)
     if volume_key:
         assert location.volume is not None and volume_key in location.volume
+
+
+def test_pod_monitor_scrapes_every_serving_pod_of_the_model() -> None:
+    monitor = serving.desired_pod_monitor(SPEC)
+    deployment = serving.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, Selection("int8", "gpu-t4", 2), 1)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels[k] == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    assert monitor["metadata"]["ownerReferences"][0]["uid"] == "u-1"

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import pytest
+
 from frugal.operator.planner import (
     Measurement,
     Objectives,

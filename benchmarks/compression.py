@@ -1,0 +1,89 @@
+"""Compression benchmark: every variant of the digits MLP and all-MiniLM-L6-v2, measured in one run.
+
+Prints variant, size, size ratio, metric (accuracy or min cosine to FP32), median latency at batch 1
+and batch 32 (variants interleaved, repeated), and speedup against FP32 from the same run.
+
+    .venv/bin/python -m benchmarks.compression [--repeats 7] [--only digits|minilm] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from frugal.compression.config import CompressionConfig
+from frugal.compression.pipeline import compress
+
+DIGITS: dict[str, Any] = {
+    "model": {"uri": "zoo://digits-mlp"},
+    "pruning": [
+        {"method": "magnitude", "sparsity": 0.5},
+        {"method": "structured", "sparsity": 0.5, "fineTuneEpochs": 5},
+    ],
+    "quantization": [
+        {"method": "dynamic-int8"},
+        {"method": "static-int8"},
+        {"method": "fp16"},
+        {"method": "uniform", "bits": 4},
+    ],
+    "distillation": {"student": {"width": 0.5}, "epochs": 20},
+    "accuracyBudget": {"maxDrop": 0.01},
+    "name": "digits",
+}
+MINILM: dict[str, Any] = {
+    "model": {"uri": "zoo://all-minilm-l6-v2"},
+    "pruning": [{"method": "structured", "sparsity": 0.25}],
+    "quantization": [
+        {"method": "dynamic-int8"},
+        {"method": "dynamic-int8", "perChannel": True},
+        {"method": "fp16"},
+        {"method": "int4-weight"},
+    ],
+    "accuracyBudget": {"maxDrop": 0.02},
+    "name": "minilm",
+}
+
+
+def table(title: str, report: dict[str, Any]) -> str:
+    lines = [
+        f"## {title} (metric: {report['metric']}, budget maxDrop {report['budget']['maxDrop']})",
+        "",
+        "| variant | status | size (KB) | size ratio | metric | b1 ms | b32 ms | speedup b32 | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in report["variants"]:
+        metric = f"{row['metric']['value']:.4f}" if row["metric"] else "-"
+        lat = row["latency"] or {}
+        b1 = f"{lat['batch1Ms']:.3f}" if lat else "-"
+        bb = f"{lat['batchMs']:.3f}" if lat else "-"
+        speed = f"{row['speedupBatch']:.2f}x" if "speedupBatch" in row else "-"
+        note = row["reason"] or ",".join(row["chosenAs"])
+        lines.append(
+            f"| {row['name']} | {row['status']} | {row['sizeBytes'] / 1024:.1f} | {row.get('sizeRatio', 0):.3f} "
+            f"| {metric} | {b1} | {bb} | {speed} | {note} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--only", choices=["digits", "minilm"])
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="frugal-bench-"))
+    for key, settings in (("digits", DIGITS), ("minilm", MINILM)):
+        if args.only and args.only != key:
+            continue
+        config = CompressionConfig.model_validate(
+            {**settings, "output": str(out / key), "latencyRepeats": args.repeats, "servingBatchSize": 32}
+        )
+        result = compress(config)
+        print(table(key, result.report), flush=True)
+        print()
+
+
+if __name__ == "__main__":
+    main()

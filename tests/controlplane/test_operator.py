@@ -1,0 +1,441 @@
+"""The operator against the real API server: examples → Jobs → profiling → serving, and what goes wrong.
+
+The operator runs as its own process (`python -m frugal.operator.controller.cli`) on the test's
+kubeconfig. No kubelet exists, so the test plays its part: it runs the command of each created pod
+template on this machine as written (only the image is not used; a server's port and listen address
+are set to a free loopback port), then records the outcome in the object's status through the
+status subresource, as a kubelet and the Job controller would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from controlplane_harness import EXAMPLES_DIR, REPO_ROOT, ControlPlane, free_port
+
+VENV_BIN = Path(sys.executable).parent
+WAIT_S = 90.0
+
+
+class Operator:
+    """The operator as a subprocess; restartable."""
+
+    def __init__(self, cluster: ControlPlane, storage: Path, log: Path) -> None:
+        self.cluster, self.storage, self.log = cluster, storage, log
+        self.metrics_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [
+            sys.executable, "-m", "frugal.operator.controller.cli", "--kubeconfig", str(self.cluster.kubeconfig),
+            "--storage-uri", f"file://{self.storage}", "--metrics-port", str(self.metrics_port),
+            "--metrics-host", "127.0.0.1", "--interval", "1", "--image", "frugal:test",
+        ]  # fmt: skip
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=self.cluster.env, cwd=REPO_ROOT
+            )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def operator(crds_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    work = tmp_path_factory.mktemp("operator")
+    running = Operator(crds_installed, work / "artifacts", work / "operator.log")
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+# -- playing kubelet and Job controller ---------------------------------------------------------------
+
+
+def kubectl_json(cluster: ControlPlane, *args: str) -> Any:
+    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+
+
+def get(cluster: ControlPlane, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    proc = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def wait_for(what: str, check: Callable[[], Any], operator: Operator, timeout_s: float = WAIT_S) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; operator log:\n{operator.tail()}")
+
+
+def wait_object(
+    cluster: ControlPlane, operator: Operator, kind: str, namespace: str, name: str
+) -> dict[str, Any]:
+    found: dict[str, Any] = wait_for(f"{kind} {name}", lambda: get(cluster, kind, namespace, name), operator)
+    return found
+
+
+def status_of(cluster: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    md = get(cluster, "modeldeployment", namespace, name) or {}
+    status: dict[str, Any] = md.get("status") or {}
+    return status
+
+
+def condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
+
+
+def pod_env(container: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, str]:
+    """The container's env as a process sees it: values as written, fieldRefs from `fields`."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        else:
+            env[entry["name"]] = fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+def run_job_command(job: Mapping[str, Any], workdir: Path) -> subprocess.CompletedProcess[str]:
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    fields = {"metadata.namespace": job["metadata"]["namespace"]}
+    return subprocess.run(container["command"], env=pod_env(container, fields), cwd=workdir, capture_output=True,
+                          text=True, timeout=300, check=False)  # fmt: skip
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def finish_job(cluster: ControlPlane, job: Mapping[str, Any], succeeded: bool, message: str = "") -> None:
+    """Record the Job's outcome in its status, as the Job controller does (retried: it races with us)."""
+    meta = job["metadata"]
+    for attempt in range(5):
+        current = get(cluster, "job", meta["namespace"], meta["name"]) or job
+        patch = {
+            "status": job_outcome((current.get("status") or {}).get("startTime") or now(), succeeded, message)
+        }
+        proc = cluster.kubectl("patch", "job", meta["name"], "-n", meta["namespace"], "--subresource=status",
+                               "--type=merge", "-p", json.dumps(patch), check=attempt == 4)  # fmt: skip
+        if proc.returncode == 0:
+            return
+        time.sleep(0.5)
+
+
+def job_outcome(start: str, succeeded: bool, message: str) -> dict[str, Any]:
+    if succeeded:
+        return {
+            "startTime": start, "completionTime": now(), "active": 0, "ready": 0, "succeeded": 1,
+            "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "message": ""},
+                {"type": "Complete", "status": "True", "reason": "CompletionsReached", "message": ""},
+            ],
+        }  # fmt: skip
+    return {
+        "startTime": start, "active": 0, "ready": 0, "failed": 1,
+        "conditions": [
+            {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "message": message},
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": message},
+        ],
+    }  # fmt: skip
+
+
+def run_and_finish(
+    cluster: ControlPlane, job: Mapping[str, Any], workdir: Path
+) -> subprocess.CompletedProcess[str]:
+    proc = run_job_command(job, workdir)
+    output = (proc.stderr or proc.stdout or "").strip().splitlines()
+    finish_job(cluster, job, proc.returncode == 0, output[-1] if output else f"exit code {proc.returncode}")
+    return proc
+
+
+def mark_ready(cluster: ControlPlane, deployment: Mapping[str, Any]) -> None:
+    """Make the Deployment's pods Ready (the kubelet's job); without pods, set the Deployment's status."""
+    meta, spec = deployment["metadata"], deployment["spec"]
+    selector = ",".join(f"{k}={v}" for k, v in spec["selector"]["matchLabels"].items())
+    pods = kubectl_json(cluster, "get", "pods", "-n", meta["namespace"], "-l", selector)["items"]
+    ready = [{"type": t, "status": "True", "lastTransitionTime": now()}
+             for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]  # fmt: skip
+    for pod in pods:
+        patch = {"status": {"phase": "Running", "conditions": ready}}
+        cluster.kubectl("patch", "pod", pod["metadata"]["name"], "-n", meta["namespace"], "--subresource=status",
+                        "--type=merge", "-p", json.dumps(patch))  # fmt: skip
+    if not pods:
+        replicas = spec["replicas"]
+        patch = {"status": {"replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
+                            "updatedReplicas": replicas, "observedGeneration": meta["generation"]}}  # fmt: skip
+        cluster.kubectl("patch", "deployment", meta["name"], "-n", meta["namespace"], "--subresource=status",
+                        "--type=merge", "-p", json.dumps(patch))  # fmt: skip
+
+
+def serve_from_template(deployment: Mapping[str, Any], workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the pod template's server command with its env, on a free loopback port."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    command = list(container["command"])
+    port = free_port()
+    command[command.index("--port") + 1] = str(port)
+    command[command.index("--host") + 1] = "127.0.0.1"
+    env = pod_env(container, {"metadata.namespace": deployment["metadata"]["namespace"]})
+    proc = subprocess.Popen(command, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return proc, port
+
+
+def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as error:
+        return error.code, None
+    except (urllib.error.URLError, ConnectionError):
+        return 0, None
+
+
+def events_for(cluster: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = kubectl_json(
+        cluster, "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
+    )["items"]
+    return items
+
+
+def create_namespace(cluster: ControlPlane, name: str) -> str:
+    cluster.kubectl("create", "namespace", name)
+    return name
+
+
+# -- the journey of the digits example -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """examples/digits.yaml applied and driven to Serving (one full pipeline run for the module)."""
+    cluster, ns = operator.cluster, create_namespace(operator.cluster, "op-journey")
+    work = tmp_path_factory.mktemp("pods")
+    cluster.kubectl("apply", "-n", ns, "-f", EXAMPLES_DIR / "digits.yaml")
+
+    compress = wait_object(cluster, operator, "job", ns, "digits-g1-compress")
+    proc = run_and_finish(cluster, compress, work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    profile = wait_object(cluster, operator, "job", ns, "digits-g1-profile-local-cpu")
+    proc = run_and_finish(cluster, profile, work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    deployment = wait_object(cluster, operator, "deployment", ns, "digits-g1-shard-0")
+    server, port = serve_from_template(deployment, work)
+    try:
+        ready = wait_for("the server to be ready", lambda: http("GET", f"http://127.0.0.1:{port}/v2/health/ready")[0] == 200,
+                         operator)  # fmt: skip
+        inference = http("POST", f"http://127.0.0.1:{port}/v2/models/digits/infer", {
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}],
+        })  # fmt: skip
+        metadata = http("GET", f"http://127.0.0.1:{port}/v2/models/digits")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    mark_ready(cluster, deployment)
+    wait_for("phase Serving", lambda: status_of(cluster, ns, "digits").get("phase") == "Serving", operator)
+    return {"namespace": ns, "deployment": deployment, "ready": ready, "inference": inference, "metadata": metadata,
+            "compress": compress, "work": work}  # fmt: skip
+
+
+def test_digits_example_is_compressed_profiled_planned_and_served(
+    served: dict[str, Any], operator: Operator
+) -> None:
+    cluster, ns = operator.cluster, served["namespace"]
+    code, body = served["inference"]
+    assert code == 200, body
+    assert body["outputs"][0]["shape"] == [1, 10]
+    assert served["metadata"][0] == 200
+    status = status_of(cluster, ns, "digits")
+    assert status["selected"]["hardwareProfile"] == "local-cpu"
+    assert status["selected"]["variant"] in {v["name"] for v in status["variants"]}
+    assert condition(status, "Compressed")["status"] == "True"
+    assert condition(status, "Profiled")["reason"] == "ProfilesMeasured"
+    assert condition(status, "Ready")["reason"] == "ServingReady"
+    assert condition(status, "Degraded")["status"] == "False"
+    assert status["observedGeneration"] == 1 and status["replicas"] == 1
+    assert float(status["cost"]["perHour"]) > 0
+    table = cluster.kubectl("get", "md", "digits", "-n", ns).stdout
+    assert "Serving" in table and "local-cpu" in table and status["selected"]["variant"] in table
+    reasons = {e["reason"] for e in events_for(cluster, ns, "digits")}
+    assert {"CompressionRunning", "ArtifactsReady", "ServingReady", "PhaseServing"} <= reasons
+
+
+def test_children_carry_owner_references_labels_and_the_endpoint(
+    served: dict[str, Any], operator: Operator
+) -> None:
+    cluster, ns = operator.cluster, served["namespace"]
+    md_uid = kubectl_json(cluster, "get", "md", "digits", "-n", ns)["metadata"]["uid"]
+    for kind, name in (("job", "digits-g1-compress"), ("deployment", "digits-g1-shard-0"),
+                       ("service", "digits-g1-shard-0"), ("poddisruptionbudget", "digits-g1-shard-0"),
+                       ("service", "digits")):  # fmt: skip
+        obj = kubectl_json(cluster, "get", kind, name, "-n", ns, "--show-managed-fields")
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == md_uid
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "frugal-operator"
+        managers = {m["manager"] for m in obj["metadata"]["managedFields"] if m.get("operation") == "Apply"}
+        assert managers == {"frugal-operator"}, (kind, name, managers)
+    endpoint = get(cluster, "service", ns, "digits")
+    assert endpoint is not None and endpoint["spec"]["selector"]["frugal.dev/generation"] == "1"
+
+
+def test_operator_metrics_are_exposed(served: dict[str, Any], operator: Operator) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert "frugal_operator_reconcile_duration_seconds_count" in text
+    assert (
+        f'frugal_replicas{{hardware_profile="local-cpu",model="digits",namespace="{served["namespace"]}"'
+        in text
+    )
+    assert "frugal_cost_per_hour_usd{" in text
+
+
+def test_spec_change_rolls_out_a_new_generation_beside_the_old(
+    served: dict[str, Any], operator: Operator
+) -> None:
+    cluster, ns = operator.cluster, served["namespace"]
+    cluster.kubectl("patch", "md", "digits", "-n", ns, "--type=merge", "-p",
+                    json.dumps({"spec": {"serving": {"slo": {"latencyP95Ms": 40}}}}))  # fmt: skip
+    wait_object(cluster, operator, "job", ns, "digits-g2-compress")
+    status = wait_for("generation 2 observed", lambda: (s := status_of(cluster, ns, "digits"))
+                      .get("observedGeneration") == 2 and s, operator)  # fmt: skip
+    assert status["phase"] == "Compressing"
+    assert condition(status, "Ready")["reason"] == "PreviousGenerationServing"
+    assert get(cluster, "deployment", ns, "digits-g1-shard-0") is not None
+    endpoint = get(cluster, "service", ns, "digits")
+    assert endpoint is not None and endpoint["spec"]["selector"]["frugal.dev/generation"] == "1"
+
+
+def test_restart_mid_pipeline_resumes_without_duplicates(served: dict[str, Any], operator: Operator) -> None:
+    cluster, ns = operator.cluster, served["namespace"]
+    wait_object(cluster, operator, "job", ns, "digits-g2-compress")
+    operator.stop()
+    operator.start()
+    job = wait_object(cluster, operator, "job", ns, "digits-g2-compress")
+    finish_job(cluster, job, succeeded=False, message="frugal compress: error: simulated node loss")
+    status = wait_for("the failure after restart", lambda: (s := status_of(cluster, ns, "digits"))
+                      .get("phase") == "Failed" and s, operator)  # fmt: skip
+    assert "simulated node loss" in condition(status, "Compressed")["message"]
+    jobs = kubectl_json(cluster, "get", "jobs", "-n", ns, "-l", "frugal.dev/model-deployment=digits")["items"]
+    names = sorted(j["metadata"]["name"] for j in jobs)
+    assert names == ["digits-g1-compress", "digits-g1-profile-local-cpu", "digits-g2-compress"]
+    assert condition(status, "Ready")["reason"] == "PreviousGenerationServing"
+
+
+def test_deletion_cleans_up_every_child(served: dict[str, Any], operator: Operator) -> None:
+    cluster, ns = operator.cluster, served["namespace"]
+    finalizers = kubectl_json(cluster, "get", "md", "digits", "-n", ns)["metadata"].get("finalizers", [])
+    assert finalizers, "the operator holds a finalizer so that it can clean up"
+    cluster.kubectl("delete", "md", "digits", "-n", ns, "--wait=false")
+    wait_for("the ModelDeployment to be gone", lambda: get(cluster, "md", ns, "digits") is None, operator)
+    selector = "frugal.dev/model-deployment=digits"
+    for kind in ("jobs", "deployments", "services", "poddisruptionbudgets"):
+        left = kubectl_json(cluster, "get", kind, "-n", ns, "-l", selector)["items"]
+        assert left == [], f"{kind} left behind: {[i['metadata']['name'] for i in left]}"
+    artifacts = operator.storage / ns / "digits" / "gen-1" / "manifest.json"
+    assert artifacts.is_file()  # retainArtifacts defaults to true
+
+
+# -- what goes wrong -------------------------------------------------------------------------------------
+
+
+MD_TEMPLATE = """
+apiVersion: frugal.dev/v1alpha1
+kind: ModelDeployment
+metadata: {{name: {name}}}
+spec:
+  model: {{uri: "{uri}"}}
+  serving: {{hardwareProfiles: [{profile}], slo: {{latencyP95Ms: 50}}}}
+  storage: {{retainArtifacts: false}}
+"""
+PROFILE_TEMPLATE = """
+apiVersion: frugal.dev/v1alpha1
+kind: HardwareProfile
+metadata: {{name: {name}}}
+spec:
+  accelerator: {{kind: cpu, model: x86-64, count: 1}}
+  costPerHour: "0.05"
+  power: {{idleWatts: 5, maxWatts: 15}}
+"""
+
+
+def test_missing_hardware_profile_is_a_condition_until_it_is_created(operator: Operator) -> None:
+    cluster = operator.cluster
+    ns = create_namespace(cluster, "op-missing-profile")
+    cluster.kubectl("apply", "-n", ns, "-f", "-",
+                    input=MD_TEMPLATE.format(name="lost", uri="zoo://digits-mlp", profile="not-yet"))  # fmt: skip
+    status = wait_for("HardwareProfileMissing", lambda: (s := status_of(cluster, ns, "lost"))
+                      .get("phase") == "Pending" and s, operator)  # fmt: skip
+    compressed = condition(status, "Compressed")
+    assert compressed["reason"] == "HardwareProfileMissing" and "not-yet" in compressed["message"]
+    assert condition(status, "Degraded")["status"] == "True"
+    warnings = [e for e in events_for(cluster, ns, "lost") if e["reason"] == "HardwareProfileMissing"]
+    assert warnings and warnings[0]["type"] == "Warning"
+    assert kubectl_json(cluster, "get", "jobs", "-n", ns)["items"] == []
+
+    cluster.kubectl("apply", "-f", "-", input=PROFILE_TEMPLATE.format(name="not-yet"))
+    wait_object(cluster, operator, "job", ns, "lost-g1-compress")
+    status = wait_for("Compressing", lambda: (s := status_of(cluster, ns, "lost"))
+                      .get("phase") == "Compressing" and s, operator)  # fmt: skip
+    assert condition(status, "Degraded")["status"] == "False"
+
+
+def test_unreadable_model_fails_the_job_and_says_what_to_fix(operator: Operator, tmp_path: Path) -> None:
+    cluster = operator.cluster
+    ns = create_namespace(cluster, "op-bad-model")
+    cluster.kubectl("apply", "-f", "-", input=PROFILE_TEMPLATE.format(name="bad-model-cpu"))
+    cluster.kubectl("apply", "-n", ns, "-f", "-",
+                    input=MD_TEMPLATE.format(name="nomodel", uri="zoo://no-such-model", profile="bad-model-cpu"))  # fmt: skip
+    job = wait_object(cluster, operator, "job", ns, "nomodel-g1-compress")
+    proc = run_and_finish(cluster, job, tmp_path)
+    assert proc.returncode != 0 and "no-such-model" in proc.stderr
+    status = wait_for("phase Failed", lambda: (s := status_of(cluster, ns, "nomodel"))
+                      .get("phase") == "Failed" and s, operator)  # fmt: skip
+    compressed = condition(status, "Compressed")
+    assert compressed["reason"] == "CompressionFailed"
+    assert "no-such-model" in compressed["message"]
+    failed = [e for e in events_for(cluster, ns, "nomodel") if e["reason"] == "CompressionFailed"]
+    assert failed and failed[0]["type"] == "Warning"
+    time.sleep(3)  # several resync intervals: still one Job, no crash loop
+    assert [j["metadata"]["name"] for j in kubectl_json(cluster, "get", "jobs", "-n", ns)["items"]] == [
+        "nomodel-g1-compress"
+    ]
+    assert operator.proc is not None and operator.proc.poll() is None
+
+    # retainArtifacts: false — the finalizer removes the artifacts (no garbage collector touches files).
+    leftover = operator.storage / ns / "nomodel" / "gen-1" / "partial.onnx"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"x")
+    cluster.kubectl("delete", "md", "nomodel", "-n", ns, "--wait=false")
+    wait_for("the ModelDeployment to be gone", lambda: get(cluster, "md", ns, "nomodel") is None, operator)
+    assert not (operator.storage / ns / "nomodel").exists()

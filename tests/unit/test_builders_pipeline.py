@@ -1,0 +1,186 @@
+"""The pure reconcile decision: which objects to apply, the plan and the status, step by step."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from frugal.operator.controller import artifacts as artifact_files
+from frugal.operator.controller.conditions import Job, JobState, Phase, Reason
+from frugal.operator.controller.pipeline import ClusterState, Settings, decide
+from frugal.operator.controller.spec import parse_hardware_profile, parse_model_deployment
+
+BODY: dict[str, Any] = {
+    "apiVersion": "frugal.dev/v1alpha1",
+    "kind": "ModelDeployment",
+    "metadata": {"name": "digits", "namespace": "ml", "uid": "u", "generation": 1},
+    "spec": {
+        "model": {"uri": "zoo://digits-mlp"},
+        "serving": {"hardwareProfiles": ["cpu", "gpu"], "slo": {"latencyP95Ms": 20}},
+    },
+}
+
+
+def profile(name: str, cost: str, watts: float) -> Any:
+    return parse_hardware_profile(
+        {
+            "metadata": {"name": name},
+            "spec": {"costPerHour": cost, "power": {"idleWatts": 1, "maxWatts": watts}},
+        }
+    )
+
+
+PROFILES = {"cpu": profile("cpu", "0.10", 20), "gpu": profile("gpu", "0.50", 70)}
+MD = parse_model_deployment(BODY)
+SETTINGS = Settings(image="img", storage_uri="file:///store")
+DONE = Job(JobState.SUCCEEDED, name="x")
+MANIFEST = {
+    "variants": [
+        {
+            "name": "fp32",
+            "sizeBytes": 4000,
+            "steps": [],
+            "metric": {"name": "accuracy", "value": 0.97, "drop": 0.0},
+        },
+        {
+            "name": "int8",
+            "sizeBytes": 1000,
+            "steps": ["quantization:dynamic-int8"],
+            "metric": {"name": "accuracy", "value": 0.968, "drop": 0.002},
+        },
+    ]
+}
+PROFILED = artifact_files.Artifacts(
+    MANIFEST,
+    {},
+    {
+        "cpu": {
+            "variants": [
+                {"name": "fp32", "latencyP95Ms": 30, "throughputRps": 500},
+                {"name": "int8", "latencyP95Ms": 15, "throughputRps": 900},
+            ]
+        },
+        "gpu": {
+            "variants": [
+                {"name": "fp32", "latencyP95Ms": 3, "throughputRps": 1500},
+                {"name": "int8", "latencyP95Ms": 3, "throughputRps": 1560},
+            ]
+        },
+    },
+)
+
+
+def kinds(decision: Any) -> list[tuple[str, str]]:
+    return [(o["kind"], o["metadata"]["name"]) for o in decision.apply]
+
+
+def test_missing_profile_applies_nothing() -> None:
+    decision = decide(MD, {"cpu": PROFILES["cpu"]}, ClusterState(), None, SETTINGS)
+    assert decision.apply == ()
+    assert decision.assessment.condition("Compressed").reason == Reason.HARDWARE_PROFILE_MISSING
+    assert "gpu" in decision.assessment.message
+
+
+def test_first_pass_creates_the_compression_job_once() -> None:
+    first = decide(MD, PROFILES, ClusterState(), None, SETTINGS)
+    assert kinds(first) == [("Job", "digits-g1-compress")]
+    assert first.assessment.phase is Phase.COMPRESSING
+    assert first.assessment.condition("Compressed").reason == Reason.COMPRESSION_RUNNING
+    running = decide(MD, PROFILES, ClusterState(compression=Job(JobState.RUNNING, name="j")), None, SETTINGS)
+    assert running.apply == () and running.assessment.phase is Phase.COMPRESSING
+
+
+def test_after_compression_one_profiling_job_per_candidate() -> None:
+    decision = decide(
+        MD, PROFILES, ClusterState(compression=DONE), artifact_files.Artifacts(MANIFEST, {}, {}), SETTINGS
+    )
+    assert kinds(decision) == [("Job", "digits-g1-profile-cpu"), ("Job", "digits-g1-profile-gpu")]
+    assert decision.assessment.phase is Phase.PROFILING
+    assert decision.status["artifacts"] == {"uri": "file:///store/ml/digits/gen-1", "generation": 1}
+
+
+def test_unreadable_artifacts_become_a_condition() -> None:
+    error = artifact_files.ArtifactError("/store/ml/digits/gen-1/manifest.json is missing")
+    decision = decide(MD, PROFILES, ClusterState(compression=DONE), error, SETTINGS)
+    assert decision.assessment.phase is Phase.FAILED
+    assert decision.assessment.condition("Compressed").reason == Reason.ARTIFACTS_UNREADABLE
+
+
+def test_profiled_plans_and_deploys_the_cheapest_option() -> None:
+    state = ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE})
+    decision = decide(MD, PROFILES, state, PROFILED, SETTINGS)
+    assert decision.selection is not None
+    assert (decision.selection.variant, decision.selection.profile) == ("int8", "cpu")
+    assert kinds(decision) == [
+        ("Deployment", "digits-g1-shard-0"),
+        ("Service", "digits-g1-shard-0"),
+        ("PodDisruptionBudget", "digits-g1-shard-0"),
+        ("Service", "digits"),
+    ]
+    assert decision.assessment.phase is Phase.DEPLOYING
+    status = decision.status
+    assert status["selected"]["variant"] == "int8" and status["selected"]["hardwareProfile"] == "cpu"
+    fp32 = next(v for v in status["variants"] if v["name"] == "fp32")
+    assert next(p for p in fp32["profiles"] if p["hardwareProfile"] == "cpu")["meetsSlo"] is False
+    assert status["shards"] == [{"index": 0, "replicas": 1, "readyReplicas": 0}]
+    assert float(status["cost"]["perHour"]) > 0.10
+
+
+def test_ready_shards_make_it_serving_and_prune_the_old_generation() -> None:
+    state = ClusterState(
+        compression=DONE,
+        profiling={"cpu": DONE, "gpu": DONE},
+        shard_replicas={0: 2},
+        shard_ready={0: 2},
+        live_generation=None,
+    )
+    decision = decide(MD, PROFILES, state, PROFILED, SETTINGS)
+    assert decision.assessment.phase is Phase.SERVING and decision.prune_older_generations
+    deployment = decision.apply[0]
+    assert deployment["spec"]["replicas"] == 2  # the replicas found are kept (the autoscaler's seam)
+
+
+def test_new_generation_keeps_the_old_endpoint_until_ready() -> None:
+    body = copy.deepcopy(BODY)
+    body["metadata"]["generation"] = 2
+    md = parse_model_deployment(body)
+    state = ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE}, live_generation=1)
+    decision = decide(md, PROFILES, state, PROFILED, SETTINGS)
+    assert ("Service", "digits") not in kinds(decision)
+    assert not decision.prune_older_generations
+    assert decision.assessment.condition("Ready").reason == Reason.PREVIOUS_GENERATION_SERVING
+
+
+def test_nothing_feasible_fails_with_the_planners_reason() -> None:
+    body = copy.deepcopy(BODY)
+    body["spec"]["serving"]["slo"] = {"latencyP95Ms": 1}
+    state = ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE})
+    decision = decide(parse_model_deployment(body), PROFILES, state, PROFILED, SETTINGS)
+    assert decision.assessment.phase is Phase.FAILED
+    assert "latencyP95Ms" in decision.assessment.condition("Ready").message
+    assert not [o for o in decision.apply if o["kind"] == "Deployment"]
+
+
+def test_single_profile_with_failed_profiling_falls_back_to_the_report() -> None:
+    body = copy.deepcopy(BODY)
+    body["spec"]["serving"]["hardwareProfiles"] = ["cpu"]
+    report = {
+        "variants": [
+            {"name": "fp32", "latency": {"batch1Ms": 1, "batchMs": 5, "batchSize": 32, "throughputPerS": 6400}},
+            {"name": "int8", "latency": {"batch1Ms": 1, "batchMs": 4, "batchSize": 32}},
+        ]
+    }
+    found = artifact_files.Artifacts(MANIFEST, report, {})
+    state = ClusterState(compression=DONE, profiling={"cpu": Job(JobState.FAILED, "oom", "p")})
+    decision = decide(parse_model_deployment(body), PROFILES, state, found, SETTINGS)
+    assert decision.plan is not None and decision.plan.used_fallback
+    assert decision.assessment.condition("Profiled").reason == Reason.PROFILING_FALLBACK
+    assert "compression report" in decision.status["selected"]["reason"]
+
+
+def test_report_numbers_are_read_from_the_compression_reports_latency() -> None:
+    report = {"variants": [{"name": "int8", "latency": {"batchMs": 4, "batchSize": 32}}]}
+    variants = artifact_files.planner_variants(artifact_files.Artifacts(MANIFEST, report, {}))
+    int8 = next(v for v in variants if v.name == "int8")
+    assert (int8.report_latency_p95_ms, int8.report_throughput_rps) == (4.0, 8000.0)
+    assert int8.accuracy_drop == 0.002 and int8.size_bytes == 1000

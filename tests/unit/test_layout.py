@@ -1,0 +1,58 @@
+"""The package layout keeps its promises: no shadowed stdlib, lazy CLI, one console script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_the_operator_folder_never_shadows_the_standard_library() -> None:
+    result = run_python(
+        "import operator, frugal.operator, frugal.serving, frugal.compression; "
+        "operator.itemgetter; import collections; print(operator.__file__)"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "lib/python" in result.stdout
+
+
+def test_component_folders_are_namespace_portions() -> None:
+    for folder in ("operator", "serving", "compression"):
+        assert not (ROOT / folder / "__init__.py").exists(), f"{folder}/__init__.py would shadow or break the mapping"
+        assert (ROOT / folder / "py.typed").exists()
+
+
+def test_the_cli_imports_no_heavy_component_until_a_subcommand_runs() -> None:
+    result = run_python(
+        "import sys, frugal.operator.cli as cli; "
+        "heavy = [m for m in ('torch', 'onnxruntime', 'kopf', 'kubernetes', 'frugal.compression.cli') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_console_script_lists_every_subcommand() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "frugal.operator.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    for command in ("up", "validate", "compress", "serve", "operator"):
+        assert command in result.stdout
+
+
+def test_serve_help_needs_neither_torch_nor_the_operator() -> None:
+    result = run_python(
+        "import sys\n"
+        "from frugal.operator.cli import main\n"
+        "try:\n    main(['serve', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('torch', 'kopf', 'frugal.compression.cli') if m in sys.modules])"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("[]")
