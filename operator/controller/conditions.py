@@ -37,6 +37,7 @@ class Reason:
     SERVING = "ServingReady"
     PREVIOUS_GENERATION_SERVING = "PreviousGenerationServing"
     REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
+    APPLY_REJECTED = "ApplyRejected"
     AS_EXPECTED = "AsExpected"
 
 
@@ -83,6 +84,7 @@ class Observed:
     shards_desired: tuple[int, ...] = ()
     shards_ready: tuple[int, ...] = ()
     previous_generation_live: int | None = None
+    apply_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,8 @@ def _previous_serving(o: Observed) -> Condition:
 
 def _degraded(done: Sequence[Condition], o: Observed) -> Condition:
     broken = [c for c in done if c.status is False and c.reason in _FAILURES]
+    if o.apply_error:
+        return Condition(DEGRADED, True, Reason.APPLY_REJECTED, o.apply_error)
     if broken:
         return Condition(DEGRADED, True, broken[0].reason, broken[0].message)
     short = [

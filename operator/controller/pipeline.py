@@ -51,6 +51,7 @@ class Decision:
     plan: planner.Plan | None = None
     selection: Selection | None = None
     prune_older_generations: bool = False
+    observed: Observed | None = None
 
 
 def needed_profiles(md: ModelDeploymentSpec) -> tuple[str, ...]:
@@ -69,7 +70,7 @@ def decide(
     missing = tuple(p for p in needed_profiles(md) if p not in profiles)
     if missing:
         observed = Observed(gen, missing_profiles=missing, previous_generation_live=previous)
-        return Decision((), None, conditions(observed), {})
+        return Decision((), None, conditions(observed), {}, observed=observed)
     location = locate(md.storage_uri or settings.storage_uri, md.owner, settings.pvc_root)
     to_apply: list[dict[str, Any]] = []
     compression = cluster.compression
@@ -138,9 +139,7 @@ def _plan_and_serve(
         shards_ready=ready,
     )
     status.update(_serving_status(md, plan, replicas, ready))
-    return Decision(
-        tuple(to_apply), location, conditions(observed), status, plan, selection, prune_older_generations=live
-    )
+    return Decision(tuple(to_apply), location, conditions(observed), status, plan, selection, live, observed)
 
 
 def objectives(md: ModelDeploymentSpec) -> planner.Objectives:
@@ -246,4 +245,4 @@ def _decision(
     status: dict[str, Any],
     plan: planner.Plan | None = None,
 ) -> Decision:
-    return Decision(tuple(to_apply), location, conditions(observed), status, plan)
+    return Decision(tuple(to_apply), location, conditions(observed), status, plan, observed=observed)

@@ -7,17 +7,18 @@ option) ends in a condition, never an exception, so kopf does not retry in a loo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from frugal.operator.controller import artifacts as artifact_files
 from frugal.operator.controller import names, pipeline, serving
-from frugal.operator.controller.apply import JOB_KINDS, SERVING_KINDS, Cluster
+from frugal.operator.controller.apply import JOB_KINDS, SERVING_KINDS, ApiError, Cluster
 from frugal.operator.controller.conditions import (
     ABSENT_JOB,
     Assessment,
@@ -110,15 +111,31 @@ class Reconciler:
         state = self._observe(md)
         found = self._artifacts(md, profiles, state)
         decision = pipeline.decide(md, profiles, state, found, self.settings)
-        for obj in decision.apply:
-            self.cluster.apply(obj)
+        rejected = self._apply_all(decision.apply)
         if decision.selection is not None and self._has_pod_monitors():
             self.cluster.apply(serving.desired_pod_monitor(md))
-        if decision.prune_older_generations:
+        assessment = decision.assessment
+        if rejected and decision.observed is not None:
+            assessment = conditions(dataclasses.replace(decision.observed, apply_error=rejected))
+        elif decision.prune_older_generations:
             self._prune_older_generations(md)
-        self._write_status(body, decision.assessment, decision.status, emit)
+        self._write_status(body, assessment, decision.status, emit)
         self._record_metrics(md, decision)
         return decision.assessment
+
+    def _apply_all(self, objects: Sequence[Mapping[str, Any]]) -> str | None:
+        """Apply every object; an object the API server refuses (4xx) becomes a message, not a crash loop."""
+        rejected = []
+        for obj in objects:
+            try:
+                self.cluster.apply(obj)
+            except ApiError as error:
+                if error.status not in (400, 403, 422):
+                    raise
+                rejected.append(f"{obj['kind']} {obj['metadata']['name']}: {error}")
+        if not rejected:
+            return None
+        return "the API server refused " + "; ".join(rejected) + ": check the HardwareProfile and the spec"
 
     def poster(self, body: Mapping[str, Any]) -> Emit:
         """An Emit that posts core/v1 Events about `body` (failures are logged, never raised)."""

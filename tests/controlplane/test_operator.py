@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from controlplane_harness import EXAMPLES_DIR, REPO_ROOT, ControlPlane, free_port
 
 VENV_BIN = Path(sys.executable).parent
@@ -194,15 +195,20 @@ def mark_ready(cluster: ControlPlane, deployment: Mapping[str, Any]) -> None:
                         "--type=merge", "-p", json.dumps(patch))  # fmt: skip
 
 
-def serve_from_template(deployment: Mapping[str, Any], workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def serve_from_template(
+    deployment: Mapping[str, Any], workdir: Path, next_stage: str | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     """Start the pod template's server command with its env, on a free loopback port."""
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     command = list(container["command"])
     port = free_port()
     command[command.index("--port") + 1] = str(port)
     command[command.index("--host") + 1] = "127.0.0.1"
+    if next_stage is not None:
+        command[command.index("--next-stage") + 1] = next_stage
     env = pod_env(container, {"metadata.namespace": deployment["metadata"]["namespace"]})
-    proc = subprocess.Popen(command, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with (workdir / f"serve-{port}.log").open("wb") as log:  # a file, so a chatty server never blocks
+        proc = subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
     return proc, port
 
 
@@ -364,6 +370,58 @@ def test_deletion_cleans_up_every_child(served: dict[str, Any], operator: Operat
         assert left == [], f"{kind} left behind: {[i['metadata']['name'] for i in left]}"
     artifacts = operator.storage / ns / "digits" / "gen-1" / "manifest.json"
     assert artifacts.is_file()  # retainArtifacts defaults to true
+
+
+def test_sharded_example_serves_through_both_stages(operator: Operator, tmp_path: Path) -> None:
+    """examples/digits-sharded.yaml: two shard Deployments whose commands chain into one OIP endpoint."""
+    cluster = operator.cluster
+    ns = create_namespace(cluster, "op-sharded")
+    profiles = [
+        d
+        for d in yaml.safe_load_all((EXAMPLES_DIR / "digits.yaml").read_text())
+        if d["kind"] == "HardwareProfile"
+    ]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(profiles))
+    cluster.kubectl("apply", "-n", ns, "-f", EXAMPLES_DIR / "digits-sharded.yaml")
+    for job in ("digits-sharded-g1-compress", "digits-sharded-g1-profile-local-cpu"):
+        proc = run_and_finish(cluster, wait_object(cluster, operator, "job", ns, job), tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    back = wait_object(cluster, operator, "deployment", ns, "digits-sharded-g1-shard-1")
+    front = wait_object(cluster, operator, "deployment", ns, "digits-sharded-g1-shard-0")
+    front_command = front["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert (
+        front_command[front_command.index("--next-stage") + 1]
+        == f"http://digits-sharded-g1-shard-1.{ns}.svc:8080"
+    )
+    servers = []
+    try:
+        back_server, back_port = serve_from_template(back, tmp_path)
+        servers.append(back_server)
+        # No cluster DNS here: the next stage's Service name is swapped for its loopback address.
+        front_server, front_port = serve_from_template(
+            front, tmp_path, next_stage=f"http://127.0.0.1:{back_port}"
+        )
+        servers.append(front_server)
+        url = f"http://127.0.0.1:{front_port}"
+        wait_for(
+            "the front stage to be ready", lambda: http("GET", f"{url}/v2/health/ready")[0] == 200, operator
+        )
+        code, body = http("POST", f"{url}/v2/models/digits/infer", {
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 64], "data": [0.5] * 128}],
+        })  # fmt: skip
+    finally:
+        for server in servers:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+    assert code == 200, body
+    assert body["outputs"][0]["shape"] == [2, 10]
+    mark_ready(cluster, back)
+    mark_ready(cluster, front)
+    status = wait_for("phase Serving", lambda: (s := status_of(cluster, ns, "digits-sharded")).get("phase") == "Serving" and s, operator)  # fmt: skip
+    assert status["selected"]["shards"] == 2
+    assert [s["index"] for s in status["shards"]] == [0, 1] and status["replicas"] == 2
+    for index in (0, 1):
+        assert get(cluster, "poddisruptionbudget", ns, f"digits-sharded-g1-shard-{index}") is not None
 
 
 # -- what goes wrong -------------------------------------------------------------------------------------

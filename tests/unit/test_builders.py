@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -249,8 +251,21 @@ def test_artifact_locations(root: str, uri: str, pod_path: str, volume_key: str 
 
 def test_pod_monitor_scrapes_every_serving_pod_of_the_model() -> None:
     monitor = serving.desired_pod_monitor(SPEC)
-    deployment = serving.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, Selection("int8", "gpu-t4", 2), 1)
+    deployment = serving.desired_shard_deployment(
+        SPEC, GPU, IMAGE, ARTIFACTS, Selection("int8", "gpu-t4", 2), 1
+    )
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert all(pod_labels[k] == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
     assert monitor["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+
+def test_decisions_import_no_cluster_client() -> None:
+    """The planner, builders and pipeline stay light: the local runtime imports them without kopf."""
+    code = (
+        "import sys, frugal.operator.planner, frugal.operator.controller.pipeline, "
+        "frugal.operator.controller.conditions; "
+        "print(sorted(m for m in ('kopf', 'kubernetes', 'torch', 'onnxruntime') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -166,7 +166,10 @@ def test_single_profile_with_failed_profiling_falls_back_to_the_report() -> None
     body["spec"]["serving"]["hardwareProfiles"] = ["cpu"]
     report = {
         "variants": [
-            {"name": "fp32", "latency": {"batch1Ms": 1, "batchMs": 5, "batchSize": 32, "throughputPerS": 6400}},
+            {
+                "name": "fp32",
+                "latency": {"batch1Ms": 1, "batchMs": 5, "batchSize": 32, "throughputPerS": 6400},
+            },
             {"name": "int8", "latency": {"batch1Ms": 1, "batchMs": 4, "batchSize": 32}},
         ]
     }

@@ -168,6 +168,21 @@ CASES = [
         {READY: Reason.SERVING, DEGRADED: Reason.REPLICAS_UNAVAILABLE},
     ),
     Case(
+        "the API server refused an object",
+        Observed(
+            1,
+            compression=DONE,
+            profiling=PROFILED_OK,
+            planned="int8 on cpu",
+            shards_desired=(1,),
+            shards_ready=(1,),
+            apply_error="the API server refused Deployment d: bad quantity",
+        ),
+        Phase.SERVING,
+        {DEGRADED: Reason.APPLY_REJECTED},
+        "bad quantity",
+    ),
+    Case(
         "new generation compressing while the old one serves",
         Observed(2, compression=Job(JobState.RUNNING), previous_generation_live=1),
         Phase.COMPRESSING,
