@@ -362,6 +362,23 @@ async def open_loop(url: str, body: bytes, rate: float, seconds: float) -> list[
     return latencies
 
 
+def sequential_p50(url: str, body: bytes, count: int) -> float:
+    """Median ms of back-to-back requests on one keep-alive connection (a lean client: low load)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port)
+    latencies = []
+    for _ in range(count):
+        start = time.perf_counter()
+        connection.request("POST", parts.path, body, {"Content-Type": "application/json"})
+        connection.getresponse().read()
+        latencies.append((time.perf_counter() - start) * 1000)
+    connection.close()
+    return statistics.median(latencies)
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -374,6 +391,7 @@ class Row:
     p50: float
     p99: float
     cpu_ms: float
+    sequential_p50: float = float("nan")
     note: str = ""
 
 
@@ -391,6 +409,7 @@ def measure(
     if batches1[1] > batches0[1]:
         server.mean_batch = (batches1[0] - batches0[0]) / (batches1[1] - batches0[1])
     latencies = asyncio.run(open_loop(server.url, body, workload.rate, args.duration))
+    sequential = sequential_p50(server.url, body, 300 if workload.name == "digits" else 50)
     note = f"{errors} errors" if errors else ""
     return Row(
         workload.name,
@@ -399,6 +418,7 @@ def measure(
         percentile(latencies, 50),
         percentile(latencies, 99),
         cpu / max(done, 1) * 1000,
+        sequential,
         note,
     )
 
@@ -442,7 +462,17 @@ def main() -> int:
         rows.append(
             Row(workload.name, f"raw ORT, batch {batch}", raw_batch, float("nan"), float("nan"), float("nan"))
         )
-        rows.append(Row(workload.name, "raw ORT, batch 1", raw_one, raw_single, float("nan"), float("nan")))
+        rows.append(
+            Row(
+                workload.name,
+                "raw ORT, batch 1",
+                raw_one,
+                float("nan"),
+                float("nan"),
+                float("nan"),
+                raw_single,
+            )
+        )
         if args.kserve_python:
             peer = start_kserve(workload, args.port + 10, args.threads, args.kserve_python)
             try:
@@ -456,7 +486,7 @@ def main() -> int:
                         float("nan"),
                         float("nan"),
                         float("nan"),
-                        f"failed: {exc}",
+                        note=f"failed: {exc}",
                     )
                 )
             finally:
@@ -467,9 +497,10 @@ def main() -> int:
 
 def print_table(rows: list[Row]) -> None:
     print(
-        "| model | server | req/s at saturation | vs raw (server batch) | vs peer | p50 ms | p99 ms | CPU ms/req |"
+        "| model | server | req/s at saturation | vs raw (server batch) | vs peer | p50 ms at fixed rate "
+        "| p99 ms at fixed rate | p50 ms one client | CPU ms/req |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         raw = next(
             (
@@ -490,7 +521,8 @@ def print_table(rows: list[Row]) -> None:
 
         print(
             f"| {row.model} | {row.server} | {row.throughput:.0f} | {vs_raw} | {vs_peer} | {fmt(row.p50)} | "
-            f"{fmt(row.p99)} | {fmt(row.cpu_ms, 3)} |{(' ' + row.note) if row.note else ''}"
+            f"{fmt(row.p99)} | {fmt(row.sequential_p50, 3)} | {fmt(row.cpu_ms, 3)} |"
+            f"{(' ' + row.note) if row.note else ''}"
         )
 
 
