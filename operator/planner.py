@@ -6,7 +6,10 @@ Pure and light: no Kubernetes, no I/O, no heavy imports; the operator and the lo
 Every combination of surviving variant × candidate hardware profile × allowed shard count is one
 :class:`Candidate` row. A row is rejected when its accuracy drop exceeds the budget, its p95 latency
 exceeds the SLO, it has no latency numbers, or a shard does not fit the profile's memory. Among the
-rows left the planner picks the lowest cost per request; a tie (equal to 9 significant digits) goes to
+rows left the planner picks the lowest cost per request. Costs within ``Objectives.cost_tolerance`` of
+the cheapest (the operator uses 10%, about the run-to-run spread of measured throughput) count as
+equal: among them the lower power draw wins, then the smaller model. An exact tie (equal to 9
+significant digits) with no tolerance goes to
 the lower power draw, then the lower latency, then names (so the choice is deterministic).
 
 Cost per request
@@ -89,6 +92,9 @@ class Objectives:
     shard_counts: tuple[int, ...] = (1,)
     expected_rps: float | None = None
     hop_latency_ms: float = 1.0
+    # Options whose cost per request is within this fraction of the cheapest are treated as equal:
+    # measured throughput varies by about this much run to run, so the cheaper one may be noise.
+    cost_tolerance: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ class Candidate:
     latency_p95_ms: float | None = None
     throughput_rps: float | None = None
     accuracy_drop: float = 0.0
+    size_bytes: int = 0
     replicas: int = 0
     watts: float = 0.0
     cost_per_hour: float | None = None
@@ -175,7 +182,7 @@ def plan(variants: Sequence[Variant], profiles: Sequence[Profile], objectives: O
         for profile in profiles
         for shards in sorted(set(objectives.shard_counts))
     )
-    feasible = sorted((row for row in table if row.feasible), key=_preference)
+    feasible = _within_tolerance_first(sorted((row for row in table if row.feasible), key=_preference), objectives)
     if not feasible:
         return Plan(None, table, _no_choice_reason(table, objectives), fallback, objectives)
     chosen = replace(feasible[0], reason="chosen: " + feasible[0].reason)
@@ -215,6 +222,7 @@ def _evaluate(
         latency_p95_ms=latency,
         throughput_rps=throughput,
         accuracy_drop=variant.accuracy_drop,
+        size_bytes=variant.size_bytes,
     )
     if latency is not None and throughput is not None and throughput > 0:
         row = _priced(row, profile, objectives)
@@ -283,6 +291,22 @@ def _preference(row: Candidate) -> tuple[float, float, float, str, str, int]:
     return (cost, row.watts, row.latency_p95_ms or 0.0, row.variant, row.profile, row.shards)
 
 
+def _within_tolerance_first(feasible: list[Candidate], objectives: Objectives) -> list[Candidate]:
+    """Options priced within the tolerance of the cheapest count as equal: lower power, then the
+    smaller model (less memory, faster start) goes first among them."""
+    if not feasible or objectives.cost_tolerance <= 0:
+        return feasible
+    limit = (feasible[0].cost_per_request or 0.0) * (1.0 + objectives.cost_tolerance)
+    near = [row for row in feasible if (row.cost_per_request or 0.0) <= limit]
+    rest = feasible[len(near) :]
+    return sorted(near, key=_near_tie_preference) + rest
+
+
+def _near_tie_preference(row: Candidate) -> tuple[float, int, float, float, str, str, int]:
+    watts = float(f"{row.watts:.3g}")
+    return (watts, row.size_bytes, *_preference(row)[:1], row.latency_p95_ms or 0.0, row.variant, row.profile, row.shards)
+
+
 def _same_option(a: Candidate, b: Candidate) -> bool:
     return (a.variant, a.profile, a.shards) == (b.variant, b.profile, b.shards)
 
@@ -298,8 +322,14 @@ def _choice_reason(
     chosen: Candidate, feasible: list[Candidate], objectives: Objectives, fallback: bool
 ) -> str:
     shards = "shard" if chosen.shards == 1 else "shards"
+    cheapest = min(row.cost_per_request or 0.0 for row in feasible)
+    rank = (
+        "lowest cost per request"
+        if (chosen.cost_per_request or 0.0) <= cheapest
+        else f"cost per request within {objectives.cost_tolerance:.0%} of the lowest"
+    )
     text = (
-        f"{chosen.variant} on {chosen.profile} with {chosen.shards} {shards}: lowest cost per request "
+        f"{chosen.variant} on {chosen.profile} with {chosen.shards} {shards}: {rank} "
         f"(${_money(chosen.cost_per_1k_requests)} per 1k requests) of {len(feasible)} option(s) meeting "
         f"p95 ≤ {objectives.latency_p95_ms:.3g} ms and accuracy drop ≤ {objectives.max_accuracy_drop:.4g}"
     )
@@ -311,12 +341,23 @@ def _choice_reason(
         )
         if _preference(runner_up)[0] == _preference(chosen)[0]:
             text += f" (same cost; chosen for lower power, {chosen.watts:.3g} W vs {runner_up.watts:.3g} W)"
+        elif (chosen.cost_per_request or 0.0) > (runner_up.cost_per_request or 0.0):
+            text += (
+                f" (within {objectives.cost_tolerance:.0%} of each other, below what measurements can tell "
+                f"apart; chosen for {_tie_breaker(chosen, runner_up)})"
+            )
     if fallback:
         text += (
             "; latency and throughput from the compression report (one hardware profile and no "
             "profiling data)"
         )
     return text
+
+
+def _tie_breaker(chosen: Candidate, other: Candidate) -> str:
+    if float(f"{chosen.watts:.3g}") < float(f"{other.watts:.3g}"):
+        return f"lower power, {chosen.watts:.3g} W vs {other.watts:.3g} W"
+    return f"the smaller model, {chosen.size_bytes} vs {other.size_bytes} bytes"
 
 
 def _no_choice_reason(table: Sequence[Candidate], objectives: Objectives) -> str:

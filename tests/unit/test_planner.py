@@ -214,3 +214,21 @@ def test_status_is_plain_json() -> None:
     assert status["selected"]["hardwareProfile"] == "gpu-t4"
     assert {row["feasible"] for row in status["table"]} == {True}
     assert all(isinstance(row["costPer1kRequests"], float) for row in status["table"])
+
+
+def test_costs_within_the_tolerance_count_as_equal_and_the_smaller_model_wins() -> None:
+    big = variant("fp32", 0.0, Measurement("cpu-small", 10, 1050), size=200_000)
+    small = variant("int8", 0.0, Measurement("cpu-small", 10, 1000), size=50_000)
+    strict = plan([big, small], [CPU], Objectives(50, 0.01, 0.15))
+    tolerant = plan([big, small], [CPU], Objectives(50, 0.01, 0.15, cost_tolerance=0.10))
+    assert strict.chosen is not None and strict.chosen.variant == "fp32"
+    assert tolerant.chosen is not None and tolerant.chosen.variant == "int8"
+    assert "smaller model" in tolerant.reason and "within 10%" in tolerant.reason
+
+
+def test_a_real_saving_beyond_the_tolerance_still_wins() -> None:
+    big = variant("fp32", 0.0, Measurement("cpu-small", 10, 2000), size=200_000)
+    small = variant("int8", 0.0, Measurement("cpu-small", 10, 1000), size=50_000)
+    result = plan([big, small], [CPU], Objectives(50, 0.01, 0.15, cost_tolerance=0.10))
+    assert result.chosen is not None and result.chosen.variant == "fp32"
+    assert "lowest cost per request" in result.reason
