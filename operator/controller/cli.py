@@ -1,9 +1,11 @@
 """`frugal operator`: run the operator against the cluster of the current kubeconfig (or in-cluster).
 
-    frugal operator [--namespace NS ...] [--image IMAGE] [--storage-uri URI] [--pvc-root DIR]
-                    [--metrics-port 8080] [--interval 10] [--kubeconfig FILE]
+    frugal operator [--namespace NS ...] [--workload-image IMAGE] [--storage-uri URI] [--pvc-root DIR]
+                    [--metrics-port 8000] [--health-port 8080] [--interval 10] [--kubeconfig FILE]
 
-Exit codes: 0 after a clean stop, 2 for bad flags.
+Every flag has an environment variable (the Helm chart sets them); a flag given on the command line
+wins over its variable, and an empty variable counts as unset. Exit codes: 0 after a clean stop,
+2 for a bad flag or variable.
 """
 
 from __future__ import annotations
@@ -12,84 +14,197 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from frugal.operator.controller.pipeline import Settings
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_METRICS_PORT = 8000
+DEFAULT_HEALTH_PORT = 8080
+HEALTH_PATH = "/healthz"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything `frugal operator` runs with, after flags and environment are merged."""
+
+    settings: Settings = field(default_factory=Settings)
+    namespaces: tuple[str, ...] = ()
+    metrics_port: int = DEFAULT_METRICS_PORT
+    metrics_host: str = "0.0.0.0"
+    health_port: int = DEFAULT_HEALTH_PORT
+    interval: float = 10.0
+    kubeconfig: str | None = None
+    log_level: str = "INFO"
+
+    @property
+    def liveness_endpoint(self) -> str | None:
+        """kopf's liveness URL (`/healthz` on the health port), or None when the port is 0."""
+        if not self.health_port:
+            return None
+        host = f"[{self.metrics_host}]" if ":" in self.metrics_host else self.metrics_host
+        return f"http://{host}:{self.health_port}{HEALTH_PATH}"
+
+
+class OptionError(ValueError):
+    """A flag or environment variable with a value the operator cannot use."""
+
+
+# argparse dest -> the environment variable it defaults from (the names the Helm chart sets).
+ENVIRONMENT = {
+    "namespace": "FRUGAL_NAMESPACES",
+    "workload_image": "FRUGAL_WORKLOAD_IMAGE",
+    "storage_uri": "FRUGAL_STORAGE_URI",
+    "pvc_root": "FRUGAL_PVC_ROOT",
+    "metrics_port": "FRUGAL_METRICS_PORT",
+    "metrics_host": "FRUGAL_METRICS_HOST",
+    "health_port": "FRUGAL_HEALTH_PORT",
+    "interval": "FRUGAL_INTERVAL",
+    "log_level": "FRUGAL_LOG_LEVEL",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = Settings()
+    """Flags only: every default is None so `resolve` can tell 'not given' from 'given'."""
+    defaults = Options()
     parser = argparse.ArgumentParser(
-        prog="frugal operator", description="Run the frugal Kubernetes operator."
+        prog="frugal operator",
+        description="Run the frugal Kubernetes operator. Each flag defaults from the environment "
+        "variable named in brackets; a flag on the command line wins.",
     )
+
+    def option(*flags: str, dest: str, metavar: str, help: str, default: object = None, **kw: Any) -> None:
+        variable = ENVIRONMENT[dest] + (", a comma list" if dest == "namespace" else "")
+        shown = "" if default is None else f"; default {default}"
+        parser.add_argument(*flags, dest=dest, metavar=metavar, help=f"{help} [{variable}{shown}]", **kw)
+
+    option("--namespace", "-n", dest="namespace", metavar="NS", action="append",
+           help="watch only this namespace (repeatable, or a comma list); none: all namespaces")  # fmt: skip
+    option("--workload-image", "--image", dest="workload_image", metavar="IMAGE", default=defaults.settings.image,
+           help="image of the compression and profiling Jobs, and of serving pods whose "
+           "HardwareProfile names none")  # fmt: skip
+    option("--storage-uri", dest="storage_uri", metavar="URI", default=defaults.settings.storage_uri,
+           help="artifact store for ModelDeployments without spec.storage.uri (file://, pvc://, s3://...)")  # fmt: skip
+    option("--pvc-root", dest="pvc_root", metavar="DIR",
+           help="directory where this process sees pvc://<claim>/<path> as DIR/<claim>/<path>; "
+           "without it the operator cannot read pvc:// artifacts")  # fmt: skip
+    option("--metrics-port", dest="metrics_port", metavar="PORT", default=defaults.metrics_port,
+           help="port of the Prometheus /metrics endpoint (0: none)")  # fmt: skip
+    option("--metrics-host", dest="metrics_host", metavar="HOST", default=defaults.metrics_host,
+           help="address the metrics and health endpoints listen on")  # fmt: skip
+    option("--health-port", dest="health_port", metavar="PORT", default=defaults.health_port,
+           help=f"port of the liveness endpoint GET {HEALTH_PATH} (0: none)")  # fmt: skip
+    option("--interval", dest="interval", metavar="SECONDS", default=defaults.interval,
+           help="seconds between periodic re-reconciles of every ModelDeployment")  # fmt: skip
+    option("--log-level", dest="log_level", metavar="LEVEL", default=defaults.log_level,
+           help=", ".join(LOG_LEVELS))  # fmt: skip
     parser.add_argument(
-        "--namespace",
-        "-n",
-        action="append",
-        default=[],
-        help="watch only this namespace (repeatable; default: all namespaces)",
+        "--kubeconfig",
+        metavar="FILE",
+        help="kubeconfig file [default: in-cluster config, then KUBECONFIG, then ~/.kube/config]",
     )
-    parser.add_argument(
-        "--image",
-        default=os.environ.get("FRUGAL_IMAGE", defaults.image),
-        help="image of the compression Jobs, and of serving pods whose profile names none [FRUGAL_IMAGE]",
-    )
-    parser.add_argument(
-        "--storage-uri",
-        default=os.environ.get("FRUGAL_STORAGE_URI", defaults.storage_uri),
-        help="artifact store for ModelDeployments without spec.storage.uri [FRUGAL_STORAGE_URI]",
-    )
-    parser.add_argument(
-        "--pvc-root",
-        type=Path,
-        default=os.environ.get("FRUGAL_PVC_ROOT"),
-        help="where this process sees pvc://<claim>/... as <dir>/<claim>/... [FRUGAL_PVC_ROOT]",
-    )
-    parser.add_argument(
-        "--metrics-port", type=int, default=8080, help="port of /metrics (0: no metrics server)"
-    )
-    parser.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics server listens on")
-    parser.add_argument("--interval", type=float, default=10.0, help="seconds between periodic re-reconciles")
-    parser.add_argument(
-        "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then KUBECONFIG)"
-    )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
 
+def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
+    """Merge parsed flags with `environ` (flags win); raise OptionError naming the flag or variable."""
+    defaults = Options()
+    raw = {dest: _pick(args, environ, dest) for dest in ENVIRONMENT}
+    image = _value(raw["workload_image"], str, defaults.settings.image)
+    storage_uri = _value(raw["storage_uri"], str, defaults.settings.storage_uri)
+    pvc_root = _value(raw["pvc_root"], Path, None)
+    return Options(
+        settings=Settings(image=image, storage_uri=storage_uri, pvc_root=pvc_root),
+        namespaces=_value(raw["namespace"], _namespaces, ()),
+        metrics_port=_value(raw["metrics_port"], _port, defaults.metrics_port),
+        metrics_host=_value(raw["metrics_host"], str, defaults.metrics_host),
+        health_port=_value(raw["health_port"], _port, defaults.health_port),
+        interval=_value(raw["interval"], _positive, defaults.interval),
+        kubeconfig=args.kubeconfig,
+        log_level=_value(raw["log_level"], _log_level, defaults.log_level),
+    )
+
+
+Raw = tuple[str, Any] | None  # (where the value came from, the value) or None when neither was given
+
+
+def _pick(args: argparse.Namespace, environ: Mapping[str, str], dest: str) -> Raw:
+    given = getattr(args, dest)
+    if given is not None:
+        flag = "--" + dest.replace("_", "-")
+        return (flag, ",".join(given) if isinstance(given, list) else given)
+    variable = ENVIRONMENT[dest]
+    if environ.get(variable, "").strip():
+        return (variable, environ[variable])
+    return None
+
+
+def _value(raw: Raw, convert: Callable[[str], T], default: T) -> T:
+    if raw is None:
+        return default
+    source, text = raw
+    try:
+        return convert(text)
+    except ValueError as error:
+        raise OptionError(f"{source}={text!r}: {error}") from None
+
+
+def _namespaces(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise ValueError("name at least one namespace, or leave it unset to watch all namespaces")
+    return names
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError("not a port number: use 1-65535, or 0 to turn the endpoint off") from None
+    if not 0 <= port <= 65535:
+        raise ValueError("out of range: use 1-65535, or 0 to turn the endpoint off")
+    return port
+
+
+def _positive(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError("not a number of seconds") from None
+    if not seconds > 0:
+        raise ValueError("must be greater than 0 seconds")
+    return seconds
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.interval <= 0:
-        print("frugal operator: --interval must be greater than 0", file=sys.stderr)
+    parser = build_parser()
+    try:
+        options = resolve(parser.parse_args(argv), os.environ)
+    except OptionError as error:
+        print(f"frugal operator: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, options.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig
-    settings = Settings(image=args.image, storage_uri=args.storage_uri, pvc_root=args.pvc_root)
-    run(
-        settings,
-        namespaces=args.namespace,
-        metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host,
-        interval=args.interval,
-        kubeconfig=args.kubeconfig,
-    )
+    if options.kubeconfig:
+        os.environ["KUBECONFIG"] = options.kubeconfig
+    run(options)
     return 0
 
 
-def run(
-    settings: Settings,
-    namespaces: Sequence[str] = (),
-    metrics_port: int = 8080,
-    metrics_host: str = "0.0.0.0",
-    interval: float = 10.0,
-    kubeconfig: str | None = None,
-) -> None:
+def run(options: Options) -> None:
     """Run the operator until interrupted (blocking)."""
     import kopf
 
@@ -98,15 +213,25 @@ def run(
     from frugal.operator.controller.reconciler import Reconciler
 
     operator_metrics = metrics.OperatorMetrics()
-    server = metrics.serve(operator_metrics, metrics_port, metrics_host) if metrics_port else None
-    cluster = Cluster.from_kubeconfig(kubeconfig, on_request=operator_metrics.api_requests.inc)
-    reconciler = Reconciler(cluster, settings, operator_metrics)
+    server = (
+        metrics.serve(operator_metrics, options.metrics_port, options.metrics_host)
+        if options.metrics_port
+        else None
+    )
+    cluster = Cluster.from_kubeconfig(options.kubeconfig, on_request=operator_metrics.api_requests.inc)
+    reconciler = Reconciler(cluster, options.settings, operator_metrics)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, reconciler, interval)
+    handlers.register(registry, reconciler, options.interval)
     kopf.on.login(registry=registry)(kopf.login_via_client)
     kopf.on.startup(registry=registry)(_configure)
     try:
-        kopf.run(registry=registry, standalone=True, namespaces=list(namespaces), clusterwide=not namespaces)
+        kopf.run(
+            registry=registry,
+            standalone=True,
+            namespaces=list(options.namespaces),
+            clusterwide=not options.namespaces,
+            liveness_endpoint=options.liveness_endpoint,
+        )
     finally:
         if server is not None:
             server.shutdown()

@@ -232,8 +232,9 @@ def _compression_objects(
 
 def _unreadable(location: ArtifactLocation) -> str:
     return (
-        f"the operator cannot read {location.uri}: run it with --pvc-root where the claim is mounted, "
-        "or use file:// / pvc:// storage in spec.storage.uri"
+        f"the operator cannot read {location.uri}: run it with --pvc-root (FRUGAL_PVC_ROOT) where the "
+        "claim is mounted (the Helm chart mounts artifacts.claimName), or use file:// or pvc:// storage "
+        "in spec.storage.uri"
     )
 
 

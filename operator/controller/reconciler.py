@@ -245,7 +245,7 @@ class Reconciler:
             return
         cost = decision.status.get("cost", {}).get("perHour")
         shards = decision.status.get("shards", [])
-        self.metrics.observe(md.owner.namespace, md.owner.name, decision.selection, shards, cost)
+        self.metrics.observe(md, decision.selection, shards, cost)
 
     def _has_pod_monitors(self) -> bool:
         """Whether the Prometheus Operator's CRDs exist (checked once per operator run)."""

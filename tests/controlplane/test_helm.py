@@ -52,6 +52,74 @@ def _env(cluster: ControlPlane, namespace: str) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in container.get("env", [])}
 
 
+# What the operator's identity must be allowed, verb by verb: (group, resource, subresource, verbs).
+# Children are written with server-side apply (PATCH that creates), so they need patch and create.
+OPERATOR_ACCESS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("frugal.dev", "modeldeployments", "", ("get", "list", "watch", "patch")),  # reconciler get; kopf
+    ("frugal.dev", "modeldeployments", "status", ("patch",)),  # Cluster.patch_status; kopf progress
+    ("frugal.dev", "modeldeployments", "finalizers", ("update",)),  # blockOwnerDeletion on children
+    ("frugal.dev", "hardwareprofiles", "", ("get", "list", "watch")),
+    ("batch", "jobs", "", ("get", "list", "watch", "create", "patch", "delete")),
+    ("apps", "deployments", "", ("get", "list", "watch", "create", "patch", "delete")),
+    ("", "services", "", ("get", "list", "watch", "create", "patch", "delete")),
+    ("policy", "poddisruptionbudgets", "", ("get", "list", "watch", "create", "patch", "delete")),
+    ("", "pods", "", ("list",)),  # a failed Job's termination message
+    ("", "events", "", ("create", "patch")),
+    ("monitoring.coreos.com", "podmonitors", "", ("get", "list", "create", "patch")),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "", ("list", "watch")),  # kopf's scanning
+    ("", "namespaces", "", ("list", "watch")),  # kopf, when it watches some namespaces
+)
+# ... and what it must not be: least privilege is part of the chart's contract.
+OPERATOR_DENIED = (
+    ("", "secrets", "", ("get", "list")),
+    ("frugal.dev", "modeldeployments", "", ("delete", "create")),
+    ("frugal.dev", "hardwareprofiles", "", ("patch",)),
+    ("", "pods", "", ("create", "delete")),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "", ("create", "patch")),
+)
+
+
+def _allowed(
+    cluster: ControlPlane,
+    user: str,
+    namespace: str,
+    access: tuple[tuple[str, str, str, tuple[str, ...]], ...],
+) -> dict[str, bool]:
+    """Ask the API server's authorizer (SubjectAccessReview) about every (verb, resource) at once."""
+    keys, reviews = [], []
+    for group, resource, subresource, verbs in access:
+        for verb in verbs:
+            keys.append(f"{verb} {resource}{'/' + subresource if subresource else ''}.{group or 'core'}")
+            attributes = {"group": group, "resource": resource, "subresource": subresource, "verb": verb,
+                          "namespace": namespace}  # fmt: skip
+            reviews.append({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                            "spec": {"user": user, "resourceAttributes": attributes}})  # fmt: skip
+    body = json.dumps({"apiVersion": "v1", "kind": "List", "items": reviews})
+    out = cluster.kubectl("create", "-f", "-", "-o", "json", input=body).stdout
+    answers = [review["status"].get("allowed", False) for review in _json_stream(out)]
+    assert len(answers) == len(keys)
+    return dict(zip(keys, answers, strict=True))
+
+
+def _json_stream(text: str) -> list[dict[str, Any]]:
+    """kubectl prints one JSON document per created object, one after the other."""
+    decoder, docs, at = json.JSONDecoder(), [], 0
+    while text[at:].strip():
+        doc, at = decoder.raw_decode(text, len(text) - len(text[at:].lstrip()))
+        docs.append(doc)
+    return docs
+
+
+def test_rbac_covers_every_kind_the_operator_talks_to() -> None:
+    from frugal.operator.controller.apply import RESOURCES
+
+    granted = {(group, resource) for group, resource, _, _ in OPERATOR_ACCESS}
+    used = {
+        (api_version.rpartition("/")[0], plural) for (api_version, _), (_, plural, _) in RESOURCES.items()
+    }
+    assert used <= granted, used - granted
+
+
 def test_install_upgrade_uninstall(crds_installed: ControlPlane, namespace: str) -> None:
     helm, kubectl = crds_installed.helm, crds_installed.kubectl
     helm("install", RELEASE, CHART_DIR, "--namespace", namespace)
@@ -61,14 +129,27 @@ def test_install_upgrade_uninstall(crds_installed: ControlPlane, namespace: str)
     account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
     kubectl("get", "serviceaccount", account, "-n", namespace)
 
-    # The operator's identity may do its job: watch ModelDeployments and write their status.
+    # The operator's identity may do exactly its job, in any namespace (it is cluster-wide).
     subject = f"system:serviceaccount:{namespace}:{account}"
-    for verb, resource in (("watch", "modeldeployments.frugal.dev"), ("patch", "modeldeployments.frugal.dev/status"),
-                           ("list", "hardwareprofiles.frugal.dev"), ("create", "deployments.apps")):  # fmt: skip
-        can = kubectl("auth", "can-i", verb, resource, "--as", subject, "-n", namespace, check=False)
-        assert can.stdout.strip() == "yes", (verb, resource, can.stdout, can.stderr)
+    for where in (namespace, "some-user-namespace"):
+        allowed = _allowed(crds_installed, subject, where, OPERATOR_ACCESS)
+        assert [key for key, ok in allowed.items() if not ok] == [], where
+    denied = _allowed(crds_installed, subject, namespace, OPERATOR_DENIED)
+    assert [key for key, ok in denied.items() if ok] == []
 
-    assert _env(crds_installed, namespace)["FRUGAL_LOG_LEVEL"] == "INFO"
+    # The operator pod reads the artifacts claim where FRUGAL_PVC_ROOT says: <root>/<claim>.
+    env = _env(crds_installed, namespace)
+    pod = deployment["spec"]["template"]["spec"]
+    claim = kubectl_json(crds_installed, "get", "pvc", "frugal-artifacts", "-n", namespace)
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert env["FRUGAL_STORAGE_URI"] == "pvc://frugal-artifacts/"
+    volume = next(v["name"] for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName")
+                  == "frugal-artifacts")  # fmt: skip
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts[volume] == f"{env['FRUGAL_PVC_ROOT']}/frugal-artifacts"
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+    assert env["FRUGAL_LOG_LEVEL"] == "INFO"
     helm("upgrade", RELEASE, CHART_DIR, "--namespace", namespace, "--set", "operator.logLevel=DEBUG")
     assert _env(crds_installed, namespace)["FRUGAL_LOG_LEVEL"] == "DEBUG"
     history = json.loads(helm("history", RELEASE, "--namespace", namespace, "-o", "json").stdout)
@@ -81,3 +162,31 @@ def test_install_upgrade_uninstall(crds_installed: ControlPlane, namespace: str)
     assert left.stdout.strip() == ""
     # CRDs outlive the release: deleting them would delete every user's ModelDeployments.
     kubectl("get", "crd", "modeldeployments.frugal.dev")
+    # So does the artifacts claim (helm.sh/resource-policy: keep), and a reinstall adopts it.
+    kubectl("get", "pvc", "frugal-artifacts", "-n", namespace)
+    helm("install", RELEASE, CHART_DIR, "--namespace", namespace)
+
+
+def kubectl_json(cluster: ControlPlane, *args: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+    return found
+
+
+def test_operator_env_names_only_flags_the_operator_reads(cluster: ControlPlane, namespace: str) -> None:
+    """Every FRUGAL_* variable the chart sets is one `frugal operator` reads (its --help names it)."""
+    from frugal.operator.controller.cli import ENVIRONMENT, build_parser
+
+    docs = rendered(cluster, namespace, "--set", "operator.watchNamespaces={a,b}")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    frugal = {name for name in env if name.startswith("FRUGAL_")}
+    assert frugal <= set(ENVIRONMENT.values()), frugal - set(ENVIRONMENT.values())
+    assert all(name in build_parser().format_help() for name in frugal)
+    assert env["FRUGAL_NAMESPACES"] == "a,b"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (
+        str(ports["metrics"]) == env["FRUGAL_METRICS_PORT"]
+        and str(ports["health"]) == env["FRUGAL_HEALTH_PORT"]
+    )
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}

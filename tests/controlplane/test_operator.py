@@ -36,13 +36,15 @@ class Operator:
     def __init__(self, cluster: ControlPlane, storage: Path, log: Path) -> None:
         self.cluster, self.storage, self.log = cluster, storage, log
         self.metrics_port = free_port()
+        self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         argv = [
             sys.executable, "-m", "frugal.operator.controller.cli", "--kubeconfig", str(self.cluster.kubeconfig),
             "--storage-uri", f"file://{self.storage}", "--metrics-port", str(self.metrics_port),
-            "--metrics-host", "127.0.0.1", "--interval", "1", "--image", "frugal:test",
+            "--metrics-host", "127.0.0.1", "--health-port", str(self.health_port), "--interval", "1",
+            "--image", "frugal:test",
         ]  # fmt: skip
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -319,11 +321,12 @@ def test_operator_metrics_are_exposed(served: dict[str, Any], operator: Operator
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
     assert "frugal_operator_reconcile_duration_seconds_count" in text
-    assert (
-        f'frugal_replicas{{hardware_profile="local-cpu",model="digits",namespace="{served["namespace"]}"'
-        in text
-    )
-    assert "frugal_cost_per_hour_usd{" in text
+    per_model = f'model="digits",model_deployment="digits",namespace="{served["namespace"]}"'
+    assert f'frugal_replicas{{hardware_profile="local-cpu",{per_model},shard="0"' in text
+    assert f"frugal_cost_per_hour_usd{{{per_model}}}" in text
+    assert f"frugal_slo_latency_p95_seconds{{{per_model}}} 0.05" in text
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=10) as response:
+        assert response.status == 200  # kopf's liveness endpoint, what the chart's probe reads
 
 
 def test_spec_change_rolls_out_a_new_generation_beside_the_old(

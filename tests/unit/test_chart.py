@@ -10,6 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "frugal"
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
@@ -36,11 +37,19 @@ def test_a_typo_or_bad_value_fails_the_schema(values: dict[str, Any]) -> None:
 
 
 def test_every_value_is_documented_by_a_comment() -> None:
+    """Each leaf value sits under a comment block whose first line starts with `# --` (helm-docs)."""
     lines = (CHART / "values.yaml").read_text().splitlines()
     leaves = [i for i, line in enumerate(lines) if re.match(r"\s*[A-Za-z]+: \S", line)]
     assert len(leaves) > 20
-    undocumented = [lines[i] for i in leaves if not lines[i - 1].strip().startswith("# --")]
+    undocumented = [lines[i] for i in leaves if not _comment_block(lines, i).startswith("# --")]
     assert undocumented == []
+
+
+def _comment_block(lines: list[str], leaf: int) -> str:
+    start = leaf
+    while start > 0 and lines[start - 1].strip().startswith("#"):
+        start -= 1
+    return lines[start].strip() if start < leaf else ""
 
 
 def test_the_dashboard_queries_only_frugal_metrics() -> None:
@@ -49,5 +58,67 @@ def test_the_dashboard_queries_only_frugal_metrics() -> None:
     titles = {panel["title"] for panel in dashboard["panels"]}
     assert {"Latency p95 vs SLO", "Requests per second", "Replicas", "Power", "Cost per hour"} <= titles
     for expression in expressions:
-        names = set(re.findall(r"\b([a-z_]+)\{", expression)) - {"by"}
+        names = set(re.findall(r"\b([a-z][a-z0-9_]*)\{", expression)) - {"by"}
         assert names and all(name.startswith("frugal_") for name in names), expression
+
+
+def test_the_dashboard_queries_only_metrics_that_frugal_exports() -> None:
+    """Every series the dashboard reads is exported by the serving pods or by the operator."""
+    dashboard = json.loads((CHART / "dashboards" / "frugal.json").read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    queries += [
+        variable["definition"] for variable in dashboard["templating"]["list"] if "definition" in variable
+    ]
+    queried = {name for query in queries for name in re.findall(r"\b(frugal_[a-z0-9_]+)", query)}
+    exported = _sample_names(_serving_registry()) | _sample_names(_operator_registry())
+    assert queried and queried <= exported, queried - exported
+
+
+def test_every_label_the_dashboard_filters_or_groups_by_is_on_the_series() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "frugal.json").read_text())
+    labels = _labels_by_sample(_serving_registry()) | _labels_by_sample(_operator_registry())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            query = target["expr"]
+            grouped = {g.strip() for by in re.findall(r"by \(([^)]*)\)", query) for g in by.split(",")}
+            for name, selector in re.findall(r"\b(frugal_[a-z0-9_]+)\{([^}]*)\}", query):
+                used = grouped | set(re.findall(r"([a-z_]+)=~?", selector))
+                assert used - {"le"} <= labels[name], (panel["title"], name, used - labels[name])
+
+
+def _serving_registry() -> CollectorRegistry:
+    from frugal.serving.server.metrics import MetricLabels, ServerMetrics
+
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry, MetricLabels(model="digits", variant="fp32", namespace="ml"))
+    metrics.count(200)
+    metrics.power("estimate", 30.0, 1.0)
+    return registry
+
+
+def _operator_registry() -> CollectorRegistry:
+    from frugal.operator.controller.metrics import OperatorMetrics
+    from frugal.operator.controller.serving import Selection
+    from frugal.operator.controller.spec import parse_model_deployment
+
+    metrics = OperatorMetrics()
+    md = parse_model_deployment(
+        {
+            "metadata": {"name": "digits", "namespace": "ml"},
+            "spec": {"serving": {"hardwareProfiles": ["cpu"]}},
+        }
+    )
+    metrics.observe(md, Selection("fp32", "cpu", 1), [{"index": 0, "replicas": 2}], "0.5")
+    return metrics.registry
+
+
+def _sample_names(registry: CollectorRegistry) -> set[str]:
+    return {sample.name for family in registry.collect() for sample in family.samples}
+
+
+def _labels_by_sample(registry: CollectorRegistry) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            found.setdefault(sample.name, set()).update(sample.labels)
+    return found

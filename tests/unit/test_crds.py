@@ -9,6 +9,7 @@ from typing import Any
 
 import celpy
 import pytest
+
 from frugal.operator.api import crd, crd_text, kinds, schema
 from frugal.operator.api.cel import parse_field_path
 from frugal.operator.api.structural import child_schema

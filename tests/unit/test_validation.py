@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from frugal.operator.api import (
     HardwareProfile,
     ModelDeployment,

@@ -51,3 +51,28 @@ app.kubernetes.io/part-of: frugal
 {{- define "frugal.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{/* The operator's default artifact storage: operator.storageUri, or the chart's claim. */}}
+{{- define "frugal.storageUri" -}}
+{{- default (printf "pvc://%s/" .Values.artifacts.claimName) .Values.operator.storageUri }}
+{{- end }}
+
+{{/*
+"true" when the default storage is a PVC, which the operator pod then mounts so it can read the
+artifacts it plans from. Fails when it names a claim other than artifacts.claimName.
+*/}}
+{{- define "frugal.mountsClaim" -}}
+{{- $uri := include "frugal.storageUri" . }}
+{{- if hasPrefix "pvc://" $uri }}
+{{- $claim := regexReplaceAll "^pvc://([^/]*).*$" $uri "${1}" }}
+{{- if ne $claim .Values.artifacts.claimName }}
+{{- fail (printf "operator.storageUri %q names the claim %q, but the operator mounts only artifacts.claimName %q: set artifacts.claimName to %q (and artifacts.create=false if that claim exists already)" $uri $claim .Values.artifacts.claimName $claim) }}
+{{- end }}
+{{- true }}
+{{- end }}
+{{- end }}
+
+{{/* Where the operator pod sees the claim: <pvcRoot>/<claimName>. */}}
+{{- define "frugal.claimMountPath" -}}
+{{- printf "%s/%s" .Values.artifacts.pvcRoot .Values.artifacts.claimName }}
+{{- end }}

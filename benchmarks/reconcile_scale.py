@@ -1,6 +1,6 @@
 """Operator at scale: N ModelDeployments applied at once against a real API server.
 
-    .venv/bin/python benchmarks/operator.py [--count 200] [--interval 10]
+    .venv/bin/python benchmarks/reconcile_scale.py [--count 200] [--interval 10]
 
 Starts etcd + kube-apiserver (+ kube-controller-manager) with the control-plane tier's harness,
 applies the CRDs, one HardwareProfile and N ModelDeployments in one `kubectl apply`, runs the
@@ -12,19 +12,12 @@ stable phase (Compressing: its compression Job exists and nobody runs it), API r
 # ruff: noqa: E402
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as `python benchmarks/operator.py`, this folder comes first on sys.path and this file would
-# shadow the standard library's `operator` module: drop the folder before anything imports it.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import argparse
 import json
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -99,6 +92,8 @@ def main() -> int:
                 str(port),
                 "--metrics-host",
                 "127.0.0.1",
+                "--health-port",
+                "0",
                 "--interval",
                 str(args.interval),
                 "--log-level",

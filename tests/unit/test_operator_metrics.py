@@ -1,0 +1,74 @@
+"""The operator's own metrics: the series a Grafana user reads per served model, and their lifecycle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from frugal.operator.controller.metrics import OperatorMetrics
+from frugal.operator.controller.serving import Selection
+from frugal.operator.controller.spec import ModelDeploymentSpec, parse_model_deployment
+
+SELECTION = Selection(variant="int8-dynamic", profile="cpu-small", shards=2)
+SHARDS = [{"index": 0, "replicas": 3}, {"index": 1, "replicas": 2}]
+
+
+def model_deployment(name: str, model: str | None = None, slo_ms: float = 50) -> ModelDeploymentSpec:
+    spec: dict[str, Any] = {
+        "model": {"uri": "zoo://digits-mlp", **({"name": model} if model else {})},
+        "serving": {"hardwareProfiles": ["cpu-small"], "slo": {"latencyP95Ms": slo_ms}},
+    }
+    return parse_model_deployment(
+        {"metadata": {"name": name, "namespace": "ml", "generation": 1}, "spec": spec}
+    )
+
+
+def value(metrics: OperatorMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def series(metrics: OperatorMetrics, name: str) -> list[dict[str, str]]:
+    return [s.labels for family in metrics.registry.collect() for s in family.samples if s.name == name]
+
+
+def test_the_slo_is_exported_in_seconds_beside_cost_and_replicas() -> None:
+    metrics = OperatorMetrics()
+    metrics.observe(model_deployment("digits", slo_ms=40), SELECTION, SHARDS, "1.2500")
+    per_model = {"namespace": "ml", "model": "digits", "model_deployment": "digits"}
+    assert value(metrics, "frugal_slo_latency_p95_seconds", **per_model) == 0.04
+    assert value(metrics, "frugal_cost_per_hour_usd", **per_model) == 1.25
+    shard = {**per_model, "variant": "int8-dynamic", "hardware_profile": "cpu-small"}
+    assert value(metrics, "frugal_replicas", **shard, shard="0") == 3
+    assert value(metrics, "frugal_replicas", **shard, shard="1") == 2
+
+
+def test_model_is_the_served_name_the_serving_pods_export() -> None:
+    metrics = OperatorMetrics()
+    metrics.observe(model_deployment("digits-sharded", model="digits"), SELECTION, SHARDS, None)
+    assert {s["model"] for s in series(metrics, "frugal_replicas")} == {"digits"}
+    assert series(metrics, "frugal_slo_latency_p95_seconds")[0]["model_deployment"] == "digits-sharded"
+    assert series(metrics, "frugal_cost_per_hour_usd") == []  # no cost known yet: no series
+
+
+def test_two_deployments_of_one_model_keep_their_own_series() -> None:
+    metrics = OperatorMetrics()
+    metrics.observe(model_deployment("digits", slo_ms=50), SELECTION, SHARDS, "1")
+    metrics.observe(model_deployment("digits-sharded", model="digits", slo_ms=80), SELECTION, SHARDS, "2")
+    metrics.forget("ml", "digits")
+    assert [s["model_deployment"] for s in series(metrics, "frugal_slo_latency_p95_seconds")] == [
+        "digits-sharded"
+    ]
+    assert value(metrics, "frugal_cost_per_hour_usd", namespace="ml", model="digits",
+                 model_deployment="digits-sharded") == 2  # fmt: skip
+    assert {s["model_deployment"] for s in series(metrics, "frugal_replicas")} == {"digits-sharded"}
+
+
+def test_a_new_observation_replaces_shards_that_went_away_and_forget_clears_all() -> None:
+    metrics = OperatorMetrics()
+    md = model_deployment("digits")
+    metrics.observe(md, SELECTION, SHARDS, "1")
+    metrics.observe(md, Selection("fp32", "gpu-t4", 1), [{"index": 0, "replicas": 1}], "3")
+    assert [(s["shard"], s["variant"]) for s in series(metrics, "frugal_replicas")] == [("0", "fp32")]
+    metrics.forget("ml", "digits")
+    metrics.forget("ml", "digits")  # twice is harmless (delete handler retried)
+    for name in ("frugal_replicas", "frugal_cost_per_hour_usd", "frugal_slo_latency_p95_seconds"):
+        assert series(metrics, name) == [], name
