@@ -447,52 +447,61 @@ def main() -> int:
     parser.add_argument("--seq", type=int, default=32, help="MiniLM tokens per request")
     parser.add_argument("--kserve-python", help="python of a venv with kserve installed (the peer)")
     parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per model; the table shows medians")
     args = parser.parse_args()
     rows: list[Row] = []
     for workload in workloads(args.models.split(","), args.seq):
-        frugal = start_frugal(workload, args.port, args.threads, args.max_batch_size)
-        try:
-            rows.append(measure(frugal, workload, "frugal", args))
-            batch = max(1, round(frugal.mean_batch))
-            rows.append(measure(frugal, workload, "frugal, binary outputs", args, binary_output=True))
-        finally:
-            frugal.stop()
-        raw_batch, raw_single = raw_throughput(workload, batch, args.threads, args.duration / 2)
-        raw_one, _ = raw_throughput(workload, 1, args.threads, args.duration / 2)
-        rows.append(
-            Row(workload.name, f"raw ORT, batch {batch}", raw_batch, float("nan"), float("nan"), float("nan"))
-        )
-        rows.append(
-            Row(
-                workload.name,
-                "raw ORT, batch 1",
-                raw_one,
-                float("nan"),
-                float("nan"),
-                float("nan"),
-                raw_single,
-            )
-        )
-        if args.kserve_python:
-            peer = start_kserve(workload, args.port + 10, args.threads, args.kserve_python)
-            try:
-                rows.append(measure(peer, workload, "kserve ModelServer", args))
-            except Exception as exc:  # report the peer's failure in the table instead of losing the run
-                rows.append(
-                    Row(
-                        workload.name,
-                        "kserve ModelServer",
-                        0.0,
-                        float("nan"),
-                        float("nan"),
-                        float("nan"),
-                        note=f"failed: {exc}",
-                    )
-                )
-            finally:
-                peer.stop()
+        runs = [run_once(workload, args) for _ in range(args.repeat)]
+        rows += [median_row([run[i] for run in runs]) for i in range(len(runs[0]))]
+    print(
+        f"{args.repeat} run(s) of {args.duration:.0f} s phases, {args.concurrency} clients, "
+        f"{args.threads} intra-op thread(s), max batch {args.max_batch_size}"
+    )
     print_table(rows)
     return 0
+
+
+def run_once(workload: Workload, args: argparse.Namespace) -> list[Row]:
+    rows = []
+    frugal = start_frugal(workload, args.port, args.threads, args.max_batch_size)
+    try:
+        rows.append(measure(frugal, workload, "frugal", args))
+        batch = max(1, round(frugal.mean_batch))
+        rows.append(measure(frugal, workload, "frugal, binary outputs", args, binary_output=True))
+    finally:
+        frugal.stop()
+    nan = float("nan")
+    raw_batch, _ = raw_throughput(workload, batch, args.threads, args.duration)
+    raw_one, raw_single = raw_throughput(workload, 1, args.threads, args.duration / 2)
+    rows.append(
+        Row(workload.name, "raw ORT, server's batch", raw_batch, nan, nan, nan, note=f"batch {batch}")
+    )
+    rows.append(Row(workload.name, "raw ORT, batch 1", raw_one, nan, nan, nan, raw_single))
+    if args.kserve_python:
+        peer = start_kserve(workload, args.port + 10, args.threads, args.kserve_python)
+        try:
+            rows.append(measure(peer, workload, "kserve ModelServer", args))
+        except Exception as exc:  # report the peer's failure in the table instead of losing the run
+            rows.append(Row(workload.name, "kserve ModelServer", 0.0, nan, nan, nan, note=f"failed: {exc}"))
+        finally:
+            peer.stop()
+    return rows
+
+
+def median_row(rows: list[Row]) -> Row:
+    def middle(values: list[float]) -> float:
+        return float(np.median(values))
+
+    return Row(
+        rows[0].model,
+        rows[0].server,
+        middle([r.throughput for r in rows]),
+        middle([r.p50 for r in rows]),
+        middle([r.p99 for r in rows]),
+        middle([r.cpu_ms for r in rows]),
+        middle([r.sequential_p50 for r in rows]),
+        ", ".join(sorted({r.note for r in rows if r.note})),
+    )
 
 
 def print_table(rows: list[Row]) -> None:
@@ -503,13 +512,7 @@ def print_table(rows: list[Row]) -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         raw = next(
-            (
-                r
-                for r in rows
-                if r.model == row.model
-                and r.server.startswith("raw ORT, batch")
-                and not r.server.endswith(" 1")
-            ),
+            (r for r in rows if r.model == row.model and r.server == "raw ORT, server's batch"),
             None,
         ) or next(r for r in rows if r.model == row.model and r.server.startswith("raw"))
         peer = next((r for r in rows if r.model == row.model and "kserve" in r.server), None)

@@ -73,6 +73,9 @@ class DistillationConfig(_Model):
     learning_rate: float = Field(default=3e-3, gt=0.0)
     batch_size: int = Field(default=64, ge=1)
     workers: int = Field(default=1, ge=1, le=64)
+    max_samples: int | None = Field(
+        default=None, ge=2, description="Train on at most this many rows of the training data."
+    )
 
 
 class AccuracyBudget(_Model):

@@ -45,9 +45,12 @@ def make_student(source: SourceModel, config: DistillationConfig) -> nn.Module:
         torch.manual_seed(0)
         return DigitsMLP([max(4, round(h * config.student.width)) for h in hidden])
     if source.family == "bert":
-        from .transformer import keep_layers
+        from .transformer import choose_layers, keep_layers
 
-        return keep_layers(source.module, config.student.layers or 3)
+        assert source.train is not None
+        count = config.student.layers or 3
+        sample = tuple(x[:128] for x in source.train.inputs)
+        return keep_layers(source.module, count, choose_layers(source.module, count, sample))
     raise CompressionError(f"distillation does not know the architecture of {source.uri}")
 
 
@@ -71,6 +74,16 @@ def kd_loss(
     return config.alpha * t * t * soft + (1.0 - config.alpha) * hard
 
 
+def _teacher_outputs(teacher: nn.Module, inputs: tuple[torch.Tensor, ...], tokens: bool) -> torch.Tensor:
+    if tokens:
+        from .transformer import encode
+
+        return encode(teacher, inputs)
+    with torch.no_grad():
+        out: torch.Tensor = teacher.eval()(*inputs)
+        return out
+
+
 def shard(indices: torch.Tensor, topo: Topology) -> torch.Tensor:
     """This rank's rows of a global batch (round-robin, so shards differ by at most one row)."""
     return indices[topo.rank :: topo.world_size]
@@ -83,11 +96,14 @@ class Trainer:
         assert source.train is not None and source.module is not None
         self.config, self.topo, self.seed = config, topo, seed
         self.device = pick_device()
-        self.inputs = source.train.inputs
-        self.labels = source.train.labels
-        with torch.no_grad():
-            self.targets = source.module.eval()(*self.inputs)
-        self.student = make_student(source, config).to(self.device).train()
+        rows = slice(0, config.max_samples)
+        self.inputs = tuple(x[rows] for x in source.train.inputs)
+        self.labels = source.train.labels[rows] if source.train.labels is not None else None
+        self.tokens = source.family == "bert"
+        self.targets = _teacher_outputs(source.module, self.inputs, self.tokens)
+        # Encoders learn to reproduce the teacher exactly, so dropout stays off (eval mode).
+        student = make_student(source, config).to(self.device)
+        self.student = student.eval() if self.tokens else student.train()
         self.model: nn.Module = self.student
         if topo.distributed:
             self.model = nn.parallel.DistributedDataParallel(self.student)
@@ -101,7 +117,12 @@ class Trainer:
     def backward(self, batch: torch.Tensor) -> float:
         """Loss on this rank's shard of ``batch``; after it, gradients are averaged over ranks."""
         rows = shard(batch, self.topo)
-        inputs = tuple(x[rows].to(self.device) for x in self.inputs)
+        inputs = tuple(x[rows] for x in self.inputs)
+        if self.tokens:
+            from .transformer import trim_padding
+
+            inputs = trim_padding(*inputs)
+        inputs = tuple(x.to(self.device) for x in inputs)
         labels = self.labels[rows].to(self.device) if self.labels is not None else None
         self.optimizer.zero_grad()
         loss = kd_loss(self.model(*inputs), self.targets[rows].to(self.device), labels, self.config)

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..device import cpu_threads
 from ..source import SourceModel
+from .transformer import encode, trim_padding
 
 
 def fine_tune(
@@ -14,17 +15,23 @@ def fine_tune(
 ) -> nn.Module:
     assert source.train is not None and source.module is not None
     inputs, labels = source.train.inputs, source.train.labels
-    with torch.no_grad():
-        targets = source.module.eval()(*inputs)
+    tokens = source.family == "bert"
+    if tokens:
+        targets = encode(source.module, inputs)
+    else:
+        with torch.no_grad():
+            targets = source.module.eval()(*inputs)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(0)
-    model.train()
+    # Encoders recover towards the teacher's exact embeddings: dropout stays off for them.
+    model.eval() if tokens else model.train()
     with cpu_threads(1 if source.family == "mlp" else torch.get_num_threads()):
         for _ in range(epochs):
             order = torch.randperm(len(targets), generator=generator)
             for start in range(0, len(order), batch):
                 rows = order[start : start + batch]
-                out = model(*(x[rows] for x in inputs))
+                batch_inputs = tuple(x[rows] for x in inputs)
+                out = model(*(trim_padding(*batch_inputs) if tokens else batch_inputs))
                 if labels is not None:
                     loss = nn.functional.cross_entropy(out, labels[rows])
                 else:

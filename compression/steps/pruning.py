@@ -104,7 +104,10 @@ def prune_model(source: SourceModel, config: PruningConfig) -> nn.Module:
         from .transformer import structured_bert
 
         assert source.train is not None
-        pruned = structured_bert(source.module, config.sparsity, source.train.inputs)
+        from .transformer import trim_padding
+
+        ids, mask = (x[:256] for x in source.train.inputs)
+        pruned = structured_bert(source.module, config.sparsity, trim_padding(ids, mask))
     else:
         raise CompressionError(f"structured pruning does not know the architecture of {source.uri}")
     if config.fine_tune_epochs:

@@ -1,4 +1,4 @@
-"""Structure removal for BERT-style encoders: FFN neurons and whole layers.
+"""Structure removal for BERT-style encoders: FFN neurons and whole layers (chosen by measurement).
 
 FFN neurons are ranked by how much they contribute on calibration text (mean |activation| times the
 norm of their output weights); the lowest are cut from ``intermediate.dense`` (rows) and
@@ -59,13 +59,47 @@ def structured_bert(
     return pruned
 
 
-def keep_layers(model: nn.Module, count: int) -> nn.Module:
-    """A copy keeping ``count`` evenly spaced encoder layers (the distillation student)."""
+def keep_layers(model: nn.Module, count: int, chosen: list[int] | None = None) -> nn.Module:
+    """A copy keeping the encoder layers ``chosen`` (default: ``count`` evenly spaced ones)."""
     student = copy.deepcopy(model)
     layers = _encoder_layers(student)
     total = len(layers)
     count = max(1, min(count, total))
-    chosen = sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)})
+    if chosen is None:
+        chosen = sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)})
     student.bert.encoder.layer = nn.ModuleList([layers[i] for i in chosen])  # type: ignore[union-attr]
     student.bert.config.num_hidden_layers = len(chosen)  # type: ignore[union-attr]
     return student
+
+
+def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the padding columns no row of the batch uses (right-padded token inputs)."""
+    length = max(1, int(attention_mask.sum(dim=1).max()))
+    return input_ids[:, :length], attention_mask[:, :length]
+
+
+def encode(model: nn.Module, inputs: tuple[torch.Tensor, ...], batch: int = 64) -> torch.Tensor:
+    """``model``'s outputs on token inputs, in batches with the padding trimmed (no gradients)."""
+    ids, mask = inputs
+    with torch.no_grad():
+        return torch.cat(
+            [model.eval()(*trim_padding(ids[s : s + batch], mask[s : s + batch])) for s in range(0, len(ids), batch)]
+        )
+
+
+def worst_cosine(outputs: torch.Tensor, reference: torch.Tensor) -> float:
+    return float(nn.functional.cosine_similarity(outputs, reference, dim=-1).min())
+
+
+def choose_layers(model: nn.Module, count: int, sample: tuple[torch.Tensor, ...]) -> list[int]:
+    """Greedily drop the layer whose removal keeps the minimum cosine to ``model`` highest on
+    ``sample`` (training text), until ``count`` layers remain."""
+    reference = encode(model, sample)
+    chosen = list(range(len(_encoder_layers(model))))
+    while len(chosen) > max(1, count):
+        trials = []
+        for drop in chosen:
+            rest = [i for i in chosen if i != drop]
+            trials.append((worst_cosine(encode(keep_layers(model, len(rest), rest), sample), reference), rest))
+        chosen = max(trials, key=lambda trial: trial[0])[1]
+    return chosen

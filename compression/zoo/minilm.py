@@ -3,7 +3,8 @@
 Tokenization happens outside the graph; the graph takes ``input_ids`` and ``attention_mask`` (INT64,
 ``[batch, seq]``) and returns the mean-pooled, L2-normalised embedding (``[batch, 384]``).
 Held-out data is the sentence set shipped beside this module (odd lines held out, even lines for
-calibration and fine-tuning).
+calibration). Distillation and fine-tuning never see that set: they train on prose harvested from the
+standard library's docstrings (``corpus``).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import torch
 from torch import nn
 
 from ..errors import CompressionError
+from . import corpus
 from ..source import HeldOut, SourceModel, TensorSpec, TrainSet
 
 NAME = "all-minilm-l6-v2"
 MAX_TOKENS = 128
+TRAINING_SENTENCES = 2000
 
 
 class SentenceEncoder(nn.Module):
@@ -85,6 +88,7 @@ def load() -> SourceModel:
     folder = model_dir()
     texts = sentences()
     held_out, calibration = tokenize(texts[1::2], folder), tokenize(texts[0::2], folder)
+    train = tokenize(corpus.training_sentences(TRAINING_SENTENCES), folder)
     return SourceModel(
         uri=f"zoo://{NAME}",
         task="embedding",
@@ -95,7 +99,7 @@ def load() -> SourceModel:
         calibration=HeldOut(calibration),
         module=teacher(folder),
         train=TrainSet(
-            (torch.from_numpy(calibration["input_ids"]), torch.from_numpy(calibration["attention_mask"])),
+            (torch.from_numpy(train["input_ids"]), torch.from_numpy(train["attention_mask"])),
             None,
         ),
     )

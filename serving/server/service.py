@@ -67,7 +67,11 @@ def load_model(config: ServeConfig) -> LoadedModel:
     if config.shard_count > 1:
         outputs = sharding.whole_model_outputs(path)
     batches = (1, min(config.max_batch_size, 8)) if model.batchable() else (1,)
-    warm = model.warm_up(batches)
+    try:
+        warm = model.warm_up(batches)
+    except Exception as exc:  # zeros are not valid input for every graph (e.g. shape tensors of a stage)
+        log.warning("warm-up with synthetic zeros failed, the first requests warm the session: %s", exc)
+        warm = 1.0
     return LoadedModel(manifest, variant, model, model.inputs, outputs, size, warm)
 
 

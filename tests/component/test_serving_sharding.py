@@ -15,7 +15,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from serving_support import http, infer_json, minilm_onnx, mlp, running_server, write_artifacts
+from serving_support import (
+    http,
+    infer_json,
+    minilm_int8_onnx,
+    minilm_onnx,
+    mlp,
+    running_server,
+    write_artifacts,
+)
 
 from frugal.serving import sharding
 
@@ -114,3 +122,26 @@ def test_a_dead_next_stage_is_a_clear_503(tmp_path: Path) -> None:
         assert http("GET", f"{front.url}/v2/health/live").status == 200
     assert reply.status == 503 and reply.headers.get("Retry-After") == "1"
     assert f"next stage {dead}/v2/models/digits/infer failed" in reply.json()["error"]
+
+
+def test_minilm_int8_served_in_two_shards_matches_the_whole_model(tmp_path: Path) -> None:
+    model = onnx.load(str(minilm_int8_onnx()))
+    artifacts = write_artifacts(tmp_path, "minilm", {"int8-dynamic": model})
+    path = str(artifacts / "variants/int8-dynamic/model.onnx")
+    rng = np.random.default_rng(1)
+    feeds = {
+        "input_ids": rng.integers(1000, 20000, (2, 10)),
+        "attention_mask": np.ones((2, 10), dtype=np.int64),
+    }
+    whole = run(path, feeds)["last_hidden_state"]
+    with (
+        running_server(artifacts, "int8-dynamic", "--shard-index", "1", "--shard-count", "2") as tail,
+        running_server(
+            artifacts, "int8-dynamic", "--shard-index", "0", "--shard-count", "2", "--next-stage", tail.url
+        ) as front,
+    ):
+        reply = infer_json(front.url, "minilm", feeds)
+    assert reply.status == 200, reply.body
+    [output] = reply.json()["outputs"]
+    assert output["name"] == "last_hidden_state" and output["shape"] == [2, 10, 384]
+    np.testing.assert_allclose(np.array(output["data"]).reshape(2, 10, 384), whole, rtol=1e-4, atol=1e-4)
