@@ -29,14 +29,7 @@ def desired_compression_job(
     container = pods.container(
         "compress", image, commands.compress(md, artifacts.pod_path), env, profile, artifacts, read_only=False
     )
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "securityContext": dict(pods.POD_SECURITY),
-        "containers": [container],
-        "volumes": pods.volumes(artifacts),
-        **pods.scheduling(profile),
-    }
+    pod_spec = _pod_spec(container, profile, artifacts)
     job_spec: dict[str, Any] = {"backoffLimit": BACKOFF_LIMIT}
     if workers > 1:
         pod_spec["subdomain"] = names.distillation_service(md.owner)
@@ -75,7 +68,14 @@ def desired_profiling_job(
     container = pods.container(
         "profile", profile.image or image, command, [], profile, artifacts, read_only=False
     )
-    pod_spec: dict[str, Any] = {
+    pod_spec = _pod_spec(container, profile, artifacts)
+    spec = {"backoffLimit": BACKOFF_LIMIT, "template": {"metadata": {"labels": labels}, "spec": pod_spec}}
+    return _job(md, name, labels, spec)
+
+
+def _pod_spec(container: dict[str, Any], profile: HardwareProfileSpec, artifacts: ArtifactLocation) -> dict[str, Any]:
+    """A run-to-completion pod on `profile`'s pool with the restricted security context."""
+    return {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "securityContext": dict(pods.POD_SECURITY),
@@ -83,8 +83,6 @@ def desired_profiling_job(
         "volumes": pods.volumes(artifacts),
         **pods.scheduling(profile),
     }
-    spec = {"backoffLimit": BACKOFF_LIMIT, "template": {"metadata": {"labels": labels}, "spec": pod_spec}}
-    return _job(md, name, labels, spec)
 
 
 def _job(md: ModelDeploymentSpec, name: str, labels: dict[str, str], spec: dict[str, Any]) -> dict[str, Any]:
