@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from rich.table import Table
 
 from frugal.operator.api import HardwareProfile, ModelDeployment, Resource, ValidationFailed, load_documents
 from frugal.operator.controller.spec import (
+    HardwareProfileSpec,
+    ModelDeploymentSpec,
     SpecError,
     parse_hardware_profile,
     parse_model_deployment,
@@ -55,11 +57,15 @@ def up(
         deployment, profiles = _pick(resources)
         md = parse_model_deployment(_body(deployment))
         profile_specs = {p.metadata.name: parse_hardware_profile(_body(p)) for p in profiles}
+        _check_profiles_defined(md, profile_specs, files)
     except (ValidationFailed, SpecError, ValueError) as error:
         console.print(str(error), markup=False, highlight=False)
         return EXIT_INVALID
     directory = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="frugal-up-"))
     console.print(f"[bold]frugal up[/]: ModelDeployment {md.owner.name} ({md.model_uri}); work directory {directory}")
+    if len(profile_specs) > 1:
+        console.print("  note: this machine stands in for every HardwareProfile; profiling measures it, "
+                      "not the named accelerators", highlight=False)
     cluster = LocalCluster(md, profile_specs, directory, report=lambda line: console.print(f"  {line}", highlight=False))
     started = time.monotonic()
     try:
@@ -107,6 +113,7 @@ def _serve_and_report(console: Console, served: Served, duration: float | None, 
 
         asyncio.run(drive())
         live.update(_status_line(served, stats))
+    console.print()
     console.print(_summary(served, check, stats))
     _write_summary(served, check, stats)
     return 0 if stats.ok > 0 and stats.errors == 0 else EXIT_FAILED
@@ -154,6 +161,18 @@ def _pick(resources: Sequence[Resource]) -> tuple[ModelDeployment, list[Hardware
             f"frugal up runs one ModelDeployment at a time; the files hold {len(deployments)}"
         )
     return deployments[0], profiles
+
+
+def _check_profiles_defined(
+    md: ModelDeploymentSpec, profiles: Mapping[str, HardwareProfileSpec], files: Sequence[str]
+) -> None:
+    wanted = dict.fromkeys((md.compression_profile, *md.serving_profiles))
+    missing = [name for name in wanted if name not in profiles]
+    if missing:
+        raise ValueError(
+            f"HardwareProfile {', '.join(missing)} is not defined in {', '.join(files)}: add the file that "
+            "defines it to the command, e.g. frugal up <deployment>.yaml examples/hardwareprofiles.yaml"
+        )
 
 
 def _body(resource: Resource) -> dict[str, Any]:

@@ -75,3 +75,24 @@ def test_up_rejects_an_invalid_resource_naming_the_field(tmp_path: Path) -> None
 def test_validate_accepts_every_example() -> None:
     result = frugal("validate", *sorted(str(p) for p in (ROOT / "examples").glob("*.yaml")))
     assert result.returncode == 0, result.stderr
+
+
+def test_up_serves_a_two_stage_pipeline_that_answers_like_the_whole_model(tmp_path: Path) -> None:
+    result = frugal("up", "examples/digits-sharded.yaml", "--for", "2", "--workdir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = summary_of(result)
+    assert summary["shards"] == 2
+    assert float(summary["heldOutValue"]) >= 0.95  # type: ignore[arg-type]
+    assert int(summary["requestsServed"]) > 0  # type: ignore[call-overload]
+    assert summary["requestsFailed"] == 0
+    logs = sorted(p.name for p in (tmp_path / "logs").glob("*shard-*.log"))
+    assert logs == ["digits-sharded-g1-shard-0.log", "digits-sharded-g1-shard-1.log"]
+
+
+def test_up_names_a_missing_hardware_profile(tmp_path: Path) -> None:
+    text = (ROOT / "examples" / "digits.yaml").read_text().split("\n---\n")[0]
+    lonely = tmp_path / "lonely.yaml"
+    lonely.write_text(text)
+    result = frugal("up", str(lonely), "--for", "1")
+    assert result.returncode == 2
+    assert "HardwareProfile local-cpu is not defined" in result.stderr
