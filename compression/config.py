@@ -58,6 +58,9 @@ class QuantizationConfig(_Model):
         default=True,
         description="When over budget, retry per-channel and excluding the most sensitive nodes.",
     )
+    fallback_margin: float = Field(
+        default=0.0, ge=0.0, le=0.5, description="Headroom the fallback keeps inside the accuracy budget."
+    )
 
 
 class StudentConfig(_Model):
@@ -98,6 +101,12 @@ class CompressionConfig(_Model):
     generation: int = Field(default=1, ge=0)
     serving_batch_size: int = Field(default=32, ge=1, le=4096)
     latency_repeats: int = Field(default=5, ge=1, le=100)
+    latency_threads: int = Field(
+        default=1,
+        ge=0,
+        le=256,
+        description="Intra-op threads per timed session (0 = ONNX Runtime's default).",
+    )
     seed: int = 0
 
     @field_validator("pruning", "quantization", mode="before")

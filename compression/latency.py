@@ -21,6 +21,8 @@ class Latency:
     batch1_ms: float
     batch_ms: float
     batch_size: int
+    batch_spread: float = 0.0
+    threads: int = 0
 
     @property
     def throughput(self) -> float:
@@ -33,6 +35,8 @@ class Latency:
             "batchMs": round(self.batch_ms, 4),
             "batchSize": self.batch_size,
             "throughputPerS": round(self.throughput, 1),
+            "batchSpread": round(self.batch_spread, 4),
+            "threads": self.threads,
         }
 
 
@@ -48,12 +52,30 @@ def _calls_for(sess: ort.InferenceSession, feed: Arrays, budget_ms: float) -> in
     return max(1, min(200, int(budget_ms / once)))
 
 
+def spread(samples: list[float]) -> float:
+    """(max - min) / median of repeated timings: how far apart the rounds were (0 = identical)."""
+    middle = statistics.median(samples)
+    return (max(samples) - min(samples)) / middle if middle > 0 else 0.0
+
+
 def measure(
-    paths: Mapping[str, Path], data: HeldOut, batch_size: int, repeats: int = 5, budget_ms: float = 40.0
+    paths: Mapping[str, Path],
+    data: HeldOut,
+    batch_size: int,
+    repeats: int = 5,
+    budget_ms: float = 40.0,
+    threads: int = 1,
 ) -> dict[str, Latency]:
-    """Median latency of every variant; each round visits every variant before the next round."""
-    sessions = {name: session(path) for name, path in paths.items()}
+    """Median latency of every variant; each round visits every variant before the next round.
+
+    Every session gets the same intra-op thread count (``threads``; 0 = ONNX Runtime's default) and
+    one warm-up call per batch size before timing starts.
+    """
+    sessions = {name: session(path, threads) for name, path in paths.items()}
     feeds = {1: data.rows(1), batch_size: data.rows(batch_size)}
+    for sess in sessions.values():
+        for feed in feeds.values():
+            sess.run(None, feed)
     calls = {(n, b): _calls_for(s, feeds[b], budget_ms) for n, s in sessions.items() for b in feeds}
     samples: dict[tuple[str, int], list[float]] = {key: [] for key in calls}
     for _ in range(repeats):
@@ -62,7 +84,11 @@ def measure(
                 samples[(name, batch)].append(_time_call(sess, feed, calls[(name, batch)]))
     return {
         name: Latency(
-            statistics.median(samples[(name, 1)]), statistics.median(samples[(name, batch_size)]), batch_size
+            statistics.median(samples[(name, 1)]),
+            statistics.median(samples[(name, batch_size)]),
+            batch_size,
+            spread(samples[(name, batch_size)]),
+            threads,
         )
         for name in sessions
     }

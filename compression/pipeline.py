@@ -213,6 +213,7 @@ def _time_survivors(
         source.validation,
         config.serving_batch_size,
         repeats=config.latency_repeats,
+        threads=config.latency_threads,
     )
     for v in kept:
         v.latency = timings[v.name]

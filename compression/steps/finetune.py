@@ -24,7 +24,10 @@ def fine_tune(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(0)
     # Encoders recover towards the teacher's exact embeddings: dropout stays off for them.
-    model.eval() if tokens else model.train()
+    if tokens:
+        model.eval()
+    else:
+        model.train()
     with cpu_threads(1 if source.family == "mlp" else torch.get_num_threads()):
         for _ in range(epochs):
             order = torch.randperm(len(targets), generator=generator)

@@ -113,5 +113,6 @@ def prune_model(source: SourceModel, config: PruningConfig) -> nn.Module:
     if config.fine_tune_epochs:
         from .finetune import fine_tune
 
-        pruned = fine_tune(pruned, source, config.fine_tune_epochs)
+        lr = 1e-4 if source.family == "bert" else 1e-3  # pretrained encoders need a gentle step
+        pruned = fine_tune(pruned, source, config.fine_tune_epochs, lr=lr)
     return pruned

@@ -83,7 +83,10 @@ def encode(model: nn.Module, inputs: tuple[torch.Tensor, ...], batch: int = 64) 
     ids, mask = inputs
     with torch.no_grad():
         return torch.cat(
-            [model.eval()(*trim_padding(ids[s : s + batch], mask[s : s + batch])) for s in range(0, len(ids), batch)]
+            [
+                model.eval()(*trim_padding(ids[s : s + batch], mask[s : s + batch]))
+                for s in range(0, len(ids), batch)
+            ]
         )
 
 
@@ -100,6 +103,8 @@ def choose_layers(model: nn.Module, count: int, sample: tuple[torch.Tensor, ...]
         trials = []
         for drop in chosen:
             rest = [i for i in chosen if i != drop]
-            trials.append((worst_cosine(encode(keep_layers(model, len(rest), rest), sample), reference), rest))
+            trials.append(
+                (worst_cosine(encode(keep_layers(model, len(rest), rest), sample), reference), rest)
+            )
         chosen = max(trials, key=lambda trial: trial[0])[1]
     return chosen

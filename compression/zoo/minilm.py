@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ..errors import CompressionError
-from . import corpus
 from ..source import HeldOut, SourceModel, TensorSpec, TrainSet
+from . import corpus
 
 NAME = "all-minilm-l6-v2"
 MAX_TOKENS = 128
