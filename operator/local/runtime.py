@@ -26,6 +26,7 @@ from frugal.operator.controller import names
 from frugal.operator.controller.conditions import Job, JobState, Phase
 from frugal.operator.controller.pipeline import ClusterState, Decision, Settings, decide
 from frugal.operator.controller.spec import HardwareProfileSpec, ModelDeploymentSpec
+from frugal.operator.controller.storage import locate
 from frugal.operator.local import pods
 
 MAX_ROUNDS = 8
@@ -102,8 +103,8 @@ class LocalCluster:
     def _artifacts(self) -> artifact_files.Artifacts | artifact_files.ArtifactError | None:
         if self.state.compression.state is not JobState.SUCCEEDED:
             return None
-        location = self.settings.storage_uri.removeprefix("file://")
-        directory = Path(location) / self.md.owner.namespace / self.md.owner.name / f"gen-{self.md.owner.generation}"
+        directory = locate(self.settings.storage_uri, self.md.owner).operator_path
+        assert directory is not None  # file:// storage is always readable here
         try:
             return artifact_files.read(directory, self.md.serving_profiles)
         except artifact_files.ArtifactError as error:
