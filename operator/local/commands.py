@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,8 @@ def up(
 
 
 def _serve_and_report(console: Console, served: Served, duration: float | None, concurrency: int) -> int:
-    check = evaluation.check_served(served)
+    model = evaluation.ServedModel.load(served)
+    check = evaluation.check_served(model)
     console.print(f"  held-out {check.metric} of the served model: {check.value:.4f} on {check.rows} rows",
                   highlight=False)
     if duration is None:
@@ -96,51 +98,40 @@ def _serve_and_report(console: Console, served: Served, duration: float | None, 
             pass
         return 0
     stats = loadgen.LoadStats()
-    bodies = evaluation.request_bodies(served)
     url = f"{served.endpoint}/v2/models/{served.model_name}/infer"
-    with Live(_status_line(served, stats), console=console, refresh_per_second=4) as live:
-        async def refresh() -> None:
-            while True:
-                live.update(_status_line(served, stats))
-                await asyncio.sleep(0.25)
-
-        async def drive() -> None:
-            ticker = asyncio.ensure_future(refresh())
-            try:
-                await loadgen.run_load(url, bodies, duration, concurrency, stats)
-            finally:
-                ticker.cancel()
-
-        asyncio.run(drive())
-        live.update(_status_line(served, stats))
+    with Live(_StatusLine(served, stats), console=console, refresh_per_second=4):
+        asyncio.run(loadgen.run_load(url, evaluation.request_bodies(model), duration, concurrency, stats))
+    row = evaluation.summary_row(model, check, stats)
     console.print()
-    console.print(_summary(served, check, stats))
-    _write_summary(served, check, stats)
+    console.print(_summary_table(served.model_name, row))
+    (served.artifacts.parent / "summary.json").write_text(json.dumps(row, indent=2))
+    print(json.dumps(row), file=sys.stdout, flush=True)
     return 0 if stats.ok > 0 and stats.errors == 0 else EXIT_FAILED
 
 
-def _status_line(served: Served, stats: loadgen.LoadStats) -> str:
-    selected = served.decision.status.get("selected", {})
-    return (
-        f"[bold green]Serving[/] {served.model_name}  variant={selected.get('variant')}  "
-        f"hardware={selected.get('hardwareProfile')}  shards={len(served.shards)}  replicas=1/shard  "
-        f"requests={stats.requests}  rps={stats.throughput():.0f}  p95={stats.percentile_ms(95):.2f}ms  "
-        f"errors={stats.errors + stats.requests - stats.ok}"
-    )
+@dataclass(frozen=True)
+class _StatusLine:
+    """Rendered afresh on every refresh of the live display."""
+
+    served: Served
+    stats: loadgen.LoadStats
+
+    def __rich__(self) -> str:
+        selected = self.served.decision.status.get("selected", {})
+        stats = self.stats
+        return (
+            f"[bold green]Serving[/] {self.served.model_name}  variant={selected.get('variant')}  "
+            f"hardware={selected.get('hardwareProfile')}  shards={len(self.served.shards)}  replicas=1/shard  "
+            f"requests={stats.requests}  rps={stats.throughput():.0f}  p95={stats.percentile_ms(95):.2f}ms  "
+            f"errors={stats.errors + stats.requests - stats.ok}"
+        )
 
 
-def _summary(served: Served, check: evaluation.ServedCheck, stats: loadgen.LoadStats) -> Table:
-    row = evaluation.summary_row(served, check, stats)
-    table = Table(title=f"frugal up: {served.model_name}", show_header=False)
+def _summary_table(model_name: str, row: Mapping[str, Any]) -> Table:
+    table = Table(title=f"frugal up: {model_name}", show_header=False)
     for key, value in row.items():
         table.add_row(key, str(value))
     return table
-
-
-def _write_summary(served: Served, check: evaluation.ServedCheck, stats: loadgen.LoadStats) -> None:
-    row = evaluation.summary_row(served, check, stats)
-    (served.artifacts.parent / "summary.json").write_text(json.dumps(row, indent=2))
-    print(json.dumps(row), file=sys.stdout, flush=True)
 
 
 def _load(files: Sequence[str]) -> list[Resource]:

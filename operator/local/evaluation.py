@@ -11,6 +11,7 @@ import json
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,21 +42,35 @@ class ServedCheck:
     rows: int
 
 
-def held_out(served: Served) -> HeldOutData:
-    """The held-out data of the served model's source."""
-    uri = str(served.decision_source_uri)
+@dataclass(frozen=True)
+class ServedModel:
+    """What the checks need of the running model, read once: its manifest entry and held-out data."""
+
+    served: Served
+    manifest: Mapping[str, Any]
+    entry: Mapping[str, Any]
+    data: HeldOutData
+
+    @classmethod
+    def load(cls, served: Served) -> ServedModel:
+        manifest = json.loads((served.artifacts / "manifest.json").read_text())
+        name = served.decision.status["selected"]["variant"]
+        entry = next(v for v in manifest["variants"] if v["name"] == name)
+        return cls(served, manifest, entry, held_out(served.decision_source_uri))
+
+    def variant_file(self, name: str) -> Path:
+        entry = next(v for v in self.manifest["variants"] if v["name"] == name)
+        return self.served.artifacts / entry["file"]
+
+
+def held_out(uri: str) -> HeldOutData:
+    """The held-out data of the model at `uri`."""
     if uri.startswith("zoo://"):
         from frugal.compression import zoo
 
         source = zoo.load(uri.removeprefix("zoo://"))
         return HeldOutData(dict(source.validation.inputs), source.validation.labels)
     raise ValueError(f"no held-out data for {uri}: set spec.data.validation")
-
-
-def variant_entry(served: Served) -> dict[str, Any]:
-    manifest = json.loads((served.artifacts / "manifest.json").read_text())
-    name = served.decision.status["selected"]["variant"]
-    return next(v for v in manifest["variants"] if v["name"] == name)
 
 
 def _tensor(name: str, datatype: str, array: np.ndarray) -> dict[str, Any]:
@@ -79,40 +94,35 @@ def infer(served: Served, body: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {o["name"]: np.asarray(o["data"], dtype=np.float64).reshape(o["shape"]) for o in answer["outputs"]}
 
 
-def check_served(served: Served) -> ServedCheck:
+def check_served(model: ServedModel) -> ServedCheck:
     """Accuracy (classifiers) or minimum cosine to the unquantized model (encoders), through the server."""
-    data = held_out(served)
-    entry = variant_entry(served)
+    data = model.data
     outputs = [
-        next(iter(infer(served, infer_body(entry, data.rows(start, start + CHECK_BATCH))).values()))
+        next(iter(infer(model.served, infer_body(model.entry, data.rows(start, start + CHECK_BATCH))).values()))
         for start in range(0, len(data), CHECK_BATCH)
     ]
     predictions = np.concatenate(outputs)
     if data.labels is not None:
         accuracy = float(np.mean(predictions.argmax(axis=1) == data.labels))
         return ServedCheck("accuracy", accuracy, len(data))
-    reference = _reference_outputs(served, data)
+    reference = _reference_outputs(model)
     cosine = np.sum(predictions * reference, axis=1) / (
         np.linalg.norm(predictions, axis=1) * np.linalg.norm(reference, axis=1)
     )
     return ServedCheck("min cosine to fp32", float(cosine.min()), len(data))
 
 
-def _reference_outputs(served: Served, data: HeldOutData) -> np.ndarray:
+def _reference_outputs(model: ServedModel) -> np.ndarray:
     import onnxruntime
 
-    manifest = json.loads((served.artifacts / "manifest.json").read_text())
-    fp32 = next(v for v in manifest["variants"] if v["name"] == "fp32")
-    session = onnxruntime.InferenceSession(str(served.artifacts / fp32["file"]), providers=["CPUExecutionProvider"])
-    result = session.run(None, {name: np.asarray(array) for name, array in data.inputs.items()})
+    session = onnxruntime.InferenceSession(str(model.variant_file("fp32")), providers=["CPUExecutionProvider"])
+    result = session.run(None, {name: np.asarray(array) for name, array in model.data.inputs.items()})
     return np.asarray(result[0], dtype=np.float64)
 
 
-def request_bodies(served: Served) -> Callable[[int], Iterable[dict[str, Any]]]:
+def request_bodies(model: ServedModel) -> Callable[[int], Iterable[dict[str, Any]]]:
     """Single-row requests over the held-out data, each client starting at its own offset."""
-    data = held_out(served)
-    entry = variant_entry(served)
-    bodies = [infer_body(entry, data.rows(i, i + 1)) for i in range(min(len(data), 256))]
+    bodies = [infer_body(model.entry, model.data.rows(i, i + 1)) for i in range(min(len(model.data), 256))]
 
     def for_client(index: int) -> list[dict[str, Any]]:
         offset = (index * 37) % len(bodies)
@@ -121,9 +131,9 @@ def request_bodies(served: Served) -> Callable[[int], Iterable[dict[str, Any]]]:
     return for_client
 
 
-def summary_row(served: Served, check: ServedCheck, stats: LoadStats) -> dict[str, Any]:
-    manifest = json.loads((served.artifacts / "manifest.json").read_text())
-    sizes = {v["name"]: int(v["sizeBytes"]) for v in manifest["variants"]}
+def summary_row(model: ServedModel, check: ServedCheck, stats: LoadStats) -> dict[str, Any]:
+    served = model.served
+    sizes = {v["name"]: int(v["sizeBytes"]) for v in model.manifest["variants"]}
     selected = served.decision.status["selected"]
     variant = selected["variant"]
     original = sizes.get("fp32", sizes[variant])
