@@ -45,6 +45,6 @@ def quantize(
         return q.static_int8(src, dst, source.calibration, quant.per_channel, exclude)
     if quant.method == "fp16":
         return q.fp16(src, dst)
-    if quant.method == "int4-weight":
-        return q.int4_weight_only(src, dst)
+    if quant.method in ("int4-weight", "int8-weight"):
+        return q.weight_only(src, dst, bits=4 if quant.method == "int4-weight" else 8)
     return q.uniform_kbit(src, dst, quant.bits, exclude)

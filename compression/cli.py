@@ -27,13 +27,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config-json", help="CompressionConfig as a JSON string")
     p.add_argument("--model", help="zoo://digits-mlp, zoo://all-minilm-l6-v2, file:///path/model.onnx")
     p.add_argument("--format", choices=["zoo", "onnx", "torchscript", "pytorch"])
+    p.add_argument(
+        "--architecture",
+        choices=["digits-mlp", "all-minilm-l6-v2"],
+        help="zoo architecture of a PyTorch state dict (--format pytorch)",
+    )
     p.add_argument("--validation", help=".npz with held-out inputs (and labels)")
     p.add_argument("--calibration", help=".npz with calibration inputs")
     p.add_argument(
         "--quantization",
         action="append",
         metavar="METHOD",
-        help="dynamic-int8|static-int8|fp16|int4-weight|uniform[:BITS] (repeatable)",
+        help="dynamic-int8|static-int8|fp16|int8-weight|int4-weight|uniform[:BITS] (repeatable)",
     )
     p.add_argument("--per-channel", action="store_true", help="per-channel INT8 scales")
     p.add_argument(
@@ -121,6 +126,8 @@ def merged_settings(args: argparse.Namespace) -> dict[str, Any]:
         raw["model"] = {**raw.get("model", {}), "uri": args.model}
     if args.format:
         raw.setdefault("model", {})["format"] = args.format
+    if args.architecture:
+        raw.setdefault("model", {})["architecture"] = args.architecture
     for key in ("validation", "calibration"):
         if getattr(args, key):
             raw.setdefault("data", {})[key] = getattr(args, key)

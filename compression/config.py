@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 PruningMethod = Literal["magnitude", "threshold", "structured"]
-QuantizationMethod = Literal["dynamic-int8", "static-int8", "fp16", "int4-weight", "uniform"]
+QuantizationMethod = Literal["dynamic-int8", "static-int8", "fp16", "int8-weight", "int4-weight", "uniform"]
 Metric = Literal["accuracy", "cosine"]
 ModelFormat = Literal["zoo", "onnx", "torchscript", "pytorch"]
 
@@ -24,14 +24,22 @@ class _Model(BaseModel):
 
 
 class ModelSource(_Model):
-    """Where the model comes from: ``zoo://NAME``, ``file://PATH`` or a plain path."""
+    """Where the model comes from: ``zoo://NAME``, ``file://PATH`` or a plain path.
+
+    A file is an ONNX model, a TorchScript archive (both need ``data.validation``), or a PyTorch
+    ``state_dict`` of a zoo ``architecture`` (its widths and encoder layers may be fewer than the zoo's).
+    """
 
     uri: str = Field(
         min_length=1, description="zoo://digits-mlp, zoo://all-minilm-l6-v2, file:///m.onnx, ..."
     )
-    format: ModelFormat | None = Field(default=None, description="Inferred from the URI when absent.")
+    format: ModelFormat | None = Field(
+        default=None,
+        description="When absent: from the extension (.onnx; .pt/.pth pytorch; .ts/.torchscript torchscript).",
+    )
     architecture: str | None = Field(
-        default=None, description="Zoo architecture for a PyTorch state dict (e.g. digits-mlp)."
+        default=None,
+        description="Zoo architecture a PyTorch state dict fills (digits-mlp, all-minilm-l6-v2); format pytorch only.",
     )
 
 
@@ -50,9 +58,7 @@ class PruningConfig(_Model):
 
 class QuantizationConfig(_Model):
     method: QuantizationMethod = "dynamic-int8"
-    bits: int = Field(
-        default=8, ge=2, le=16, description="Bits for the uniform quantizer (4 for int4-weight)."
-    )
+    bits: int = Field(default=8, ge=2, le=16, description="Bits for the uniform quantizer.")
     per_channel: bool = False
     fallback: bool = Field(
         default=True,

@@ -41,6 +41,7 @@ def quantization_name(config: QuantizationConfig) -> str:
         "dynamic-int8": "int8-dynamic",
         "static-int8": "int8-static",
         "fp16": "fp16",
+        "int8-weight": "int8-weight",
         "int4-weight": "int4-weight",
         "uniform": f"uniform-{config.bits}bit",
     }

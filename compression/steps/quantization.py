@@ -105,19 +105,47 @@ def fp16(src: Path, dst: Path) -> Path:
     return dst
 
 
-def int4_weight_only(src: Path, dst: Path, block_size: int = 32) -> Path | None:
-    """4-bit blockwise weights for MatMul (``MatMulNBits``); None when the graph has no MatMul weights."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+def weight_only(src: Path, dst: Path, bits: int, block_size: int | None = None) -> Path | None:
+    """Weight-only quantization: activations stay FP32, so the error is only the weights' rounding.
 
+    MatMul weights become ``bits``-bit blocks (``MatMulNBits``, symmetric, one scale per block of
+    ``block_size`` input rows); embedding tables (``Gather`` on an initializer) become INT8 through
+    ONNX Runtime's dynamic quantizer, which for a ``Gather`` is weight-only too. None when the graph
+    has no MatMul weights.
+    """
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    block_size = block_size or (32 if bits == 4 else 128)
     model = onnx.load(str(src))
-    before = sum(n.op_type == "MatMul" for n in model.graph.node)
-    quantizer = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True)
+    algo = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, bits=bits)
+    quantizer = MatMulNBitsQuantizer(model, algo_config=algo)
     with _quiet():
         quantizer.process()
     result = quantizer.model.model
-    if before == 0 or not any(n.op_type == "MatMulNBits" for n in result.graph.node):
+    if not any(n.op_type == "MatMulNBits" for n in result.graph.node):
         return None
-    onnx.save(result, str(dst))
+    initializers = {i.name for i in result.graph.initializer}
+    tables = [n.name for n in result.graph.node if n.op_type == "Gather" and n.input[0] in initializers]
+    if not tables:
+        onnx.save(result, str(dst))
+        return dst
+    staged = dst.with_name(dst.stem + ".matmul.onnx")
+    onnx.save(result, str(staged))
+    try:
+        with _quiet():
+            q.quantize_dynamic(
+                staged,
+                dst,
+                weight_type=q.QuantType.QInt8,
+                op_types_to_quantize=["Gather"],
+                nodes_to_quantize=tables,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+    finally:
+        staged.unlink(missing_ok=True)
     return dst
 
 

@@ -47,6 +47,7 @@ class TensorSpec(ApiModel):
 class ModelSource(ApiModel):
     uri: str
     format: Literal["auto", "onnx", "torchscript", "pytorch"]
+    architecture: Literal["digits-mlp", "all-minilm-l6-v2"] | None = None
     name: str | None = None
     inputs: tuple[TensorSpec, ...] | None = None
     outputs: tuple[TensorSpec, ...] | None = None
@@ -69,7 +70,7 @@ class Pruning(ApiModel):
 
 
 class Quantization(ApiModel):
-    method: Literal["dynamic-int8", "static-int8", "fp16", "uniform"]
+    method: Literal["dynamic-int8", "static-int8", "int8-weight", "int4-weight", "fp16", "uniform"]
     bits: int | None = None
     per_channel: bool
 

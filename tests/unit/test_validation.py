@@ -182,6 +182,17 @@ def test_scale_to_zero_is_accepted_with_min_replicas_zero() -> None:
     assert check(minimal_md(autoscaling={"minReplicas": 0, "scaleToZeroAfterSeconds": 60})).ok
 
 
+def test_a_state_dict_of_a_zoo_architecture_needs_no_data_of_its_own() -> None:
+    model = {"uri": "file:///models/student.pt", "format": "pytorch", "architecture": "all-minilm-l6-v2"}
+    assert check(minimal_md(model=model, compression={"quantization": {"method": "static-int8"}})).ok
+    assert error_paths(minimal_md(model={"uri": "file:///models/student.pt"})) == {"spec.data.validation"}
+
+
+def test_weight_only_quantization_methods_are_accepted() -> None:
+    for method in ("int8-weight", "int4-weight"):
+        assert check(minimal_md(compression={"quantization": {"method": method}})).ok
+
+
 def test_quantities_may_be_integers_or_strings() -> None:
     resources = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"nvidia.com/gpu": 1}}
     document = minimal_hwp(
