@@ -24,7 +24,13 @@ def compression_config(md: ModelDeploymentSpec, output: str) -> dict[str, Any]:
     model = spec.get("model") or {}
     data = spec.get("data") or {}
     config: dict[str, Any] = {
-        "model": _drop_none({"uri": md.model_uri, "format": _format(model.get("format"))}),
+        "model": _drop_none(
+            {
+                "uri": md.model_uri,
+                "format": _format(model.get("format")),
+                "architecture": model.get("architecture"),
+            }
+        ),
         "data": _drop_none(
             {
                 "validation": (data.get("validation") or {}).get("uri"),

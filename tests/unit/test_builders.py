@@ -140,6 +140,15 @@ def test_compression_command_carries_the_spec_in_the_compression_components_shap
     }
 
 
+def test_a_state_dict_source_carries_its_architecture_to_the_compression_job() -> None:
+    md = md_with(
+        model={"uri": "pvc://models/student.pt", "format": "pytorch", "architecture": "all-minilm-l6-v2"}
+    )
+    config = json.loads(commands.compress(md, "/out")[3])
+    assert config["model"]["format"] == "pytorch"
+    assert config["model"]["architecture"] == "all-minilm-l6-v2"
+
+
 def test_distillation_workers_make_an_indexed_job_and_a_headless_service() -> None:
     md = md_with(compression__distillation={"workers": 3, "epochs": 2, "student": {"widthFactor": 0.25}})
     job = jobs.desired_compression_job(md, GPU, IMAGE, ARTIFACTS)
