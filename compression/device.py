@@ -9,10 +9,11 @@ from collections.abc import Iterator
 import torch
 
 
-def pick_device() -> torch.device:
-    """The best device this process can use (same code on every node pool)."""
+def pick_device(local_rank: int = 0) -> torch.device:
+    """The best device this process can use (same code on every node pool); ranks on one node take
+    the node's GPUs in turn."""
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     if importlib.util.find_spec("torch_xla") is not None:
         import torch_xla.core.xla_model as xm  # pragma: no cover - only on TPU pools
 
@@ -20,8 +21,11 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def distributed_backend(device: torch.device) -> str:
-    """nccl for CUDA, xla for TPU, gloo otherwise."""
+def distributed_backend(device: torch.device, ranks_on_node: int = 1) -> str:
+    """nccl for CUDA, xla for TPU, gloo otherwise, and gloo when ranks on this node would share a
+    GPU (nccl refuses two ranks on one device; gloo reduces CUDA tensors too)."""
+    if device.type == "cuda" and ranks_on_node > torch.cuda.device_count():
+        return "gloo"
     return {"cuda": "nccl", "xla": "xla"}.get(device.type, "gloo")
 
 

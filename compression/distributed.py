@@ -1,8 +1,8 @@
 """Rank and world size from the environment, the way torchrun or a Kubernetes Indexed Job gives them.
 
-torchrun sets ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``. An Indexed Job gives each pod
-``JOB_COMPLETION_INDEX``; the operator adds ``WORLD_SIZE`` and ``MASTER_ADDR`` (the index-0 pod's
-stable hostname), so the index is the rank.
+torchrun sets ``RANK``/``WORLD_SIZE``/``LOCAL_WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``. An
+Indexed Job gives each pod ``JOB_COMPLETION_INDEX``; the operator adds ``WORLD_SIZE`` and
+``MASTER_ADDR`` (the index-0 pod's stable hostname), so the index is the rank, one rank per pod.
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ class Topology:
     world_size: int
     master_addr: str
     master_port: int
+    ranks_on_node: int = 1
+
+    @property
+    def local_rank(self) -> int:
+        return self.rank % self.ranks_on_node
 
     @property
     def distributed(self) -> bool:
@@ -33,6 +38,7 @@ def topology(env: Mapping[str, str] | None = None) -> Topology:
         world_size=int(env.get("WORLD_SIZE", "1")),
         master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
         master_port=int(env.get("MASTER_PORT", "29500")),
+        ranks_on_node=max(1, int(env.get("LOCAL_WORLD_SIZE", "1"))),
     )
 
 

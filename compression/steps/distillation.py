@@ -75,12 +75,13 @@ def kd_loss(
 
 
 def _teacher_outputs(teacher: nn.Module, inputs: tuple[torch.Tensor, ...], tokens: bool) -> torch.Tensor:
+    device = next(teacher.parameters()).device
     if tokens:
         from .transformer import encode
 
-        return encode(teacher, inputs)
+        return encode(teacher, inputs, device=device)
     with torch.no_grad():
-        out: torch.Tensor = teacher.eval()(*inputs)
+        out: torch.Tensor = teacher.eval()(*(x.to(device) for x in inputs))
         return out
 
 
@@ -95,19 +96,25 @@ class Trainer:
     def __init__(self, source: SourceModel, config: DistillationConfig, topo: Topology, seed: int) -> None:
         assert source.train is not None and source.module is not None
         self.config, self.topo, self.seed = config, topo, seed
-        self.device = pick_device()
+        self.device = pick_device(topo.local_rank)
         rows = slice(0, config.max_samples)
         self.inputs = tuple(x[rows] for x in source.train.inputs)
         self.labels = source.train.labels[rows] if source.train.labels is not None else None
         self.tokens = source.family == "bert"
-        self.targets = _teacher_outputs(source.module, self.inputs, self.tokens)
-        # Encoders learn to reproduce the teacher exactly, so dropout stays off (eval mode).
+        teacher = copy.deepcopy(source.module).to(self.device)
+        self.targets = _teacher_outputs(teacher, self.inputs, self.tokens).cpu()
+        del teacher
+        # Encoders learn to reproduce the teacher exactly, so dropout stays off (eval mode). Their
+        # vocabulary table stays the teacher's: a few thousand sentences touch a fraction of its rows.
         student = make_student(source, config).to(self.device)
+        if self.tokens:
+            student.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # type: ignore[union-attr]
         self.student = student.eval() if self.tokens else student.train()
         self.model: nn.Module = self.student
         if topo.distributed:
             self.model = nn.parallel.DistributedDataParallel(self.student)
-        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.learning_rate)
+        trained = [p for p in self.student.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trained, lr=config.learning_rate)
 
     def batches(self, epoch: int) -> list[torch.Tensor]:
         order = torch.randperm(len(self.targets), generator=torch.Generator().manual_seed(self.seed + epoch))
@@ -172,7 +179,10 @@ class _group:
         if self.topo.distributed and not dist.is_initialized():
             os.environ["MASTER_ADDR"] = self.topo.master_addr
             os.environ["MASTER_PORT"] = str(self.topo.master_port)
-            backend = distributed_backend(pick_device())
+            device = pick_device(self.topo.local_rank)
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            backend = distributed_backend(device, self.topo.ranks_on_node)
             dist.init_process_group(backend, rank=self.topo.rank, world_size=self.topo.world_size)
 
     def __exit__(self, *exc: object) -> None:
@@ -191,7 +201,7 @@ def _spawned(
     local_rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple[Any, ...], out: str
 ) -> None:
     torch.set_num_threads(1)
-    topo = Topology(local_rank, world, "127.0.0.1", port)
+    topo = Topology(local_rank, world, "127.0.0.1", port, ranks_on_node=world)
     result = fn(topo, *args)
     if local_rank == 0:
         torch.save(result, out)

@@ -1,11 +1,14 @@
-"""Short fine-tuning after pruning: cross-entropy for classifiers, cosine to the teacher for encoders."""
+"""Short fine-tuning after pruning: cross-entropy for classifiers, cosine to the teacher for encoders.
+
+Runs where distillation runs: CUDA when present, else CPU; the returned model is on the CPU.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..device import cpu_threads
+from ..device import cpu_threads, pick_device
 from ..source import SourceModel
 from .transformer import encode, trim_padding
 
@@ -21,6 +24,8 @@ def fine_tune(
     else:
         with torch.no_grad():
             targets = source.module.eval()(*inputs)
+    device = pick_device()
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(0)
     # Encoders recover towards the teacher's exact embeddings: dropout stays off for them.
@@ -34,12 +39,14 @@ def fine_tune(
             for start in range(0, len(order), batch):
                 rows = order[start : start + batch]
                 batch_inputs = tuple(x[rows] for x in inputs)
-                out = model(*(trim_padding(*batch_inputs) if tokens else batch_inputs))
+                batch_inputs = trim_padding(*batch_inputs) if tokens else batch_inputs
+                out = model(*(x.to(device) for x in batch_inputs))
                 if labels is not None:
-                    loss = nn.functional.cross_entropy(out, labels[rows])
+                    loss = nn.functional.cross_entropy(out, labels[rows].to(device))
                 else:
-                    loss = (1.0 - nn.functional.cosine_similarity(out, targets[rows], dim=-1)).mean()
+                    expected = targets[rows].to(device)
+                    loss = (1.0 - nn.functional.cosine_similarity(out, expected, dim=-1)).mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-    return model.eval()
+    return model.eval().cpu()

@@ -78,13 +78,19 @@ def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple
     return input_ids[:, :length], attention_mask[:, :length]
 
 
-def encode(model: nn.Module, inputs: tuple[torch.Tensor, ...], batch: int = 64) -> torch.Tensor:
-    """``model``'s outputs on token inputs, in batches with the padding trimmed (no gradients)."""
+def encode(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], batch: int = 64, device: torch.device | None = None
+) -> torch.Tensor:
+    """``model``'s outputs on token inputs (on CPU), in batches with the padding trimmed (no gradients);
+    the batches run on ``device`` (the model's own)."""
     ids, mask = inputs
+    device = device or torch.device("cpu")
     with torch.no_grad():
         return torch.cat(
             [
-                model.eval()(*trim_padding(ids[s : s + batch], mask[s : s + batch]))
+                model.eval()(
+                    *(x.to(device) for x in trim_padding(ids[s : s + batch], mask[s : s + batch]))
+                ).cpu()
                 for s in range(0, len(ids), batch)
             ]
         )

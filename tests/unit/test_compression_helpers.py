@@ -91,3 +91,24 @@ def test_smallest_fitting_count_is_found_by_doubling_then_bisecting(
 
     assert smallest_fitting(limit, fits_at) == expected
     assert len(tried) <= 2 * limit.bit_length() + 1
+
+
+def test_ranks_sharing_a_gpu_reduce_with_gloo_and_one_rank_per_gpu_with_nccl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from frugal.compression.device import distributed_backend
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cuda = torch.device("cuda", 0)
+    assert distributed_backend(cuda, ranks_on_node=1) == "nccl"
+    assert distributed_backend(cuda, ranks_on_node=2) == "gloo"
+    assert distributed_backend(torch.device("cpu"), ranks_on_node=1) == "gloo"
+
+
+def test_torchrun_local_world_size_gives_each_rank_its_place_on_the_node() -> None:
+    from frugal.compression.distributed import topology
+
+    found = topology({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"})
+    assert (found.ranks_on_node, found.local_rank) == (4, 1)
+    pod = topology({"JOB_COMPLETION_INDEX": "3", "WORLD_SIZE": "4"})
+    assert (pod.ranks_on_node, pod.local_rank) == (1, 0)
