@@ -32,8 +32,8 @@ def parser() -> argparse.ArgumentParser:
         choices=["digits-mlp", "all-minilm-l6-v2"],
         help="zoo architecture of a PyTorch state dict (--format pytorch)",
     )
-    p.add_argument("--validation", help=".npz with held-out inputs (and labels)")
-    p.add_argument("--calibration", help=".npz with calibration inputs")
+    p.add_argument("--validation", help=".npz or .parquet with held-out inputs (and labels)")
+    p.add_argument("--calibration", help=".npz or .parquet with calibration inputs")
     p.add_argument(
         "--quantization",
         action="append",

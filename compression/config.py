@@ -44,7 +44,7 @@ class ModelSource(_Model):
 
 
 class DataSource(_Model):
-    """Validation and calibration data as ``.npz`` files keyed by input name (plus ``labels``)."""
+    """Validation and calibration data as ``.npz`` or ``.parquet`` files keyed by input name (plus ``labels``)."""
 
     validation: str | None = None
     calibration: str | None = None

@@ -2,7 +2,7 @@
 
 ``zoo://NAME`` brings its own data. A file (``file://`` or a plain path) is one of:
 
-- ``onnx``: an ONNX model; ``data.validation`` is an ``.npz`` whose arrays are named after the
+- ``onnx``: an ONNX model; ``data.validation`` is an ``.npz`` (or ``.parquet``) whose arrays are named after the
   model's inputs (plus ``labels`` for classifiers).
 - ``torchscript``: a ``torch.jit`` archive; the validation ``.npz`` also defines its inputs (array
   names in file order, dynamic batch, other dimensions as in the data); its one output is ``output``.
@@ -334,17 +334,17 @@ def _with_user_data(source: SourceModel, config: CompressionConfig) -> SourceMod
     """The zoo's held-out data, replaced by ``data.validation``/``data.calibration`` when given."""
     validation, calibration = source.validation, source.calibration
     if config.data.validation:
-        validation = load_npz(config.data.validation, "data.validation")
+        validation = load_data(config.data.validation, "data.validation")
         check_inputs(source.inputs, validation.inputs, "data.validation")
         if source.task == "classification" and validation.labels is None:
             raise CompressionError("data.validation: a classifier's held-out data needs a 'labels' array")
     if config.data.calibration:
-        calibration = load_npz(config.data.calibration, "data.calibration")
+        calibration = load_data(config.data.calibration, "data.calibration")
         check_inputs(source.inputs, calibration.inputs, "data.calibration")
     return dataclasses.replace(source, validation=validation, calibration=calibration)
 
 
-# --- .npz data ----------------------------------------------------------------------------------
+# --- .npz / .parquet data ----------------------------------------------------------------------------------
 
 
 def _held_out(config: CompressionConfig, what: str) -> tuple[HeldOut, HeldOut]:
@@ -352,9 +352,9 @@ def _held_out(config: CompressionConfig, what: str) -> tuple[HeldOut, HeldOut]:
         raise CompressionError(
             f"data.validation is required for {what}: give an .npz keyed by input name (plus labels)"
         )
-    validation = load_npz(config.data.validation, "data.validation")
+    validation = load_data(config.data.validation, "data.validation")
     calibration = (
-        load_npz(config.data.calibration, "data.calibration") if config.data.calibration else validation
+        load_data(config.data.calibration, "data.calibration") if config.data.calibration else validation
     )
     return validation, calibration
 
@@ -372,13 +372,11 @@ def _datatype(array: np.ndarray, name: str, field: str) -> str:
         ) from None
 
 
-def load_npz(uri: str, field: str) -> HeldOut:
+def load_data(uri: str, field: str) -> HeldOut:
+    """Held-out or calibration rows from an ``.npz`` (one array per input) or a ``.parquet`` file
+    (one column per input, each row a scalar or a nested list); ``labels`` holds class labels."""
     path = uri_path(uri, field)
-    try:
-        with np.load(path, allow_pickle=False) as handle:
-            arrays: Arrays = {k: handle[k] for k in handle.files}
-    except (OSError, ValueError) as exc:
-        raise CompressionError(f"{field}: cannot read {path} as .npz ({exc})") from exc
+    arrays = _read_parquet(path, field) if path.suffix.lower() == ".parquet" else _read_npz(path, field)
     labels = arrays.pop("labels", None)
     if not arrays:
         raise CompressionError(f"{field}: {path} holds no input arrays")
@@ -388,6 +386,42 @@ def load_npz(uri: str, field: str) -> HeldOut:
     if len(lengths) != 1:
         raise CompressionError(f"{field}: arrays in {path} have different numbers of rows {sorted(lengths)}")
     return HeldOut(arrays, labels.astype(np.int64) if labels is not None else None)
+
+
+def _read_npz(path: Path, field: str) -> Arrays:
+    try:
+        with np.load(path, allow_pickle=False) as handle:
+            return {k: handle[k] for k in handle.files}
+    except (OSError, ValueError) as exc:
+        raise CompressionError(f"{field}: cannot read {path} as .npz or .parquet ({exc})") from exc
+
+
+def _read_parquet(path: Path, field: str) -> Arrays:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+    except ImportError as exc:
+        raise CompressionError(
+            f"{field}: reading .parquet needs pyarrow; install frugal[compression]"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise CompressionError(f"{field}: cannot read {path} as .parquet ({exc})") from exc
+    arrays: Arrays = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if column.null_count:
+            raise CompressionError(f"{field}: column {name!r} of {path} has missing values")
+        leaf = column.type
+        while pa.types.is_list(leaf) or pa.types.is_large_list(leaf) or pa.types.is_fixed_size_list(leaf):
+            leaf = leaf.value_type
+        try:
+            arrays[name] = np.asarray(column.to_pylist(), dtype=leaf.to_pandas_dtype())
+        except (ValueError, TypeError, NotImplementedError) as exc:
+            raise CompressionError(
+                f"{field}: column {name!r} of {path} is not numeric rows of one shape ({type(exc).__name__})"
+            ) from exc
+    return arrays
 
 
 def check_inputs(specs: list[TensorSpec], arrays: Arrays, field: str) -> None:

@@ -226,3 +226,61 @@ def test_unreadable_or_wrong_kind_of_state_dict(tmp_path: Path, digits_ts: Path)
     assert_refused(torchscript, "model.uri", "model.format: torchscript")
     absent = make_config(tmp_path / "absent.pt", tmp_path, model={"architecture": "digits-mlp"})
     assert_refused(absent, "model.uri: no such file")
+
+
+# --- .parquet data --------------------------------------------------------------------------------
+
+
+def write_parquet(path: Path, columns: dict[str, Any]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def test_parquet_validation_data_scores_like_the_same_rows_in_npz(
+    tmp_path: Path, zoo_digits: SourceModel, digits_ts: Path, digits_npz: Path
+) -> None:
+    import pyarrow as pa
+
+    rows = zoo_digits.validation.inputs["input"]
+    assert zoo_digits.validation.labels is not None
+    parquet = write_parquet(
+        tmp_path / "validation.parquet",
+        {"input": pa.array(list(rows), type=pa.list_(pa.float32())), "labels": zoo_digits.validation.labels},
+    )
+    scores = {}
+    for name, data in (("npz", digits_npz), ("parquet", parquet)):
+        config = make_config(
+            digits_ts,
+            tmp_path / name,
+            data={"validation": str(data)},
+            quantization={"method": "dynamic-int8"},
+        )
+        source = load_source(config)
+        assert source.inputs[0].datatype == "FP32" and source.inputs[0].shape == (-1, 64)
+        result = compress(config)
+        scores[name] = {v.name: v.score.value for v in result.variants if v.score is not None}
+    assert scores["parquet"] == scores["npz"] and "int8-dynamic" in scores["parquet"]
+
+
+def test_parquet_with_ragged_rows_or_missing_values_names_the_column(tmp_path: Path, digits_ts: Path) -> None:
+    import pyarrow as pa
+
+    ragged = write_parquet(
+        tmp_path / "ragged.parquet",
+        {"input": pa.array([[0.0] * 64, [0.0] * 63], type=pa.list_(pa.float32()))},
+    )
+    config = make_config(digits_ts, tmp_path, data={"validation": str(ragged)})
+    assert_refused(config, "data.validation", "'input'", "one shape")
+    holes = write_parquet(
+        tmp_path / "holes.parquet", {"input": pa.array([[0.0] * 64, None], type=pa.list_(pa.float32()))}
+    )
+    assert_refused(
+        make_config(digits_ts, tmp_path, data={"validation": str(holes)}), "'input'", "missing values"
+    )
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really")
+    assert_refused(
+        make_config(digits_ts, tmp_path, data={"validation": str(tmp_path / "junk.parquet")}), "cannot read"
+    )
