@@ -6,7 +6,12 @@ session), the range of the batch-32 rounds ((max - min) / median) and speedup ag
 same run.
 
     .venv/bin/python -m benchmarks.compression [--repeats 7] [--threads 1]
-        [--only digits|minilm|minilm-structure] [--out DIR]
+        [--only digits|minilm|minilm-structure|students] [--out DIR] [--students DIR]
+
+``--students DIR`` adds a table for MiniLM students trained elsewhere (``benchmarks/distill_minilm.py``
+on a GPU): every ``*.pt`` state dict in DIR is loaded as ``model.format: pytorch`` with
+``model.architecture: all-minilm-l6-v2``, exported, scored against the teacher's FP32 export on the
+held-out sentences and timed in the same interleaved rounds as the teacher.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ MINILM: dict[str, Any] = {
     "quantization": [
         {"method": "dynamic-int8", "fallbackMargin": 0.003},
         {"method": "dynamic-int8", "perChannel": True},
+        {"method": "int8-weight"},
         {"method": "fp16"},
         {"method": "int4-weight"},
     ],
@@ -87,13 +93,59 @@ def table(title: str, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def students_table(folder: Path, out: Path, repeats: int, threads: int) -> str:
+    from frugal.compression.evaluate import Evaluator
+    from frugal.compression.export import export_onnx
+    from frugal.compression.latency import measure
+    from frugal.compression.sources import load_source
+    from frugal.compression.zoo import minilm
+
+    teacher = minilm.load()
+    assert teacher.module is not None
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "fp32": export_onnx(
+            teacher.module, teacher.validation, teacher.inputs, teacher.outputs, out / "fp32.onnx"
+        )
+    }
+    for state in sorted(folder.glob("*.pt")):
+        model = {"uri": str(state), "format": "pytorch", "architecture": minilm.NAME}
+        source = load_source(CompressionConfig.model_validate({"model": model, "output": str(out)}))
+        assert source.module is not None
+        layers = len(source.module.bert.encoder.layer)  # type: ignore[union-attr, arg-type]
+        ffn = source.module.bert.encoder.layer[0].intermediate.dense.out_features  # type: ignore[union-attr, index]
+        name = f"{state.stem} ({layers} layers, FFN {ffn})"
+        paths[name] = export_onnx(
+            source.module, source.validation, source.inputs, source.outputs, out / f"{state.stem}.onnx"
+        )
+    evaluator = Evaluator.from_baseline("cosine", teacher.validation, paths["fp32"])
+    timings = measure(paths, teacher.validation, 32, repeats=repeats, threads=threads)
+    base = timings["fp32"].throughput
+    lines = [
+        "## students trained elsewhere (metric: min cosine to the teacher's FP32 embeddings)",
+        "",
+        "| variant | size (KB) | min cosine | b1 ms | b32 ms | b32 range | speedup b32 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, path in paths.items():
+        lat = timings[name]
+        lines.append(
+            f"| {name} | {path.stat().st_size / 1024:.1f} | {evaluator.score(path).value:.4f} | {lat.batch1_ms:.3f} "
+            f"| {lat.batch_ms:.3f} | {lat.batch_spread * 100:.0f}% | {lat.throughput / base:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--only", choices=sorted(RUNS))
+    parser.add_argument("--only", choices=[*sorted(RUNS), "students"])
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per timed session")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--students", type=Path, help="folder of MiniLM student state dicts (*.pt)")
     args = parser.parse_args()
+    if args.only == "students" and not args.students:
+        parser.error("--only students needs --students DIR")
     out = args.out or Path(tempfile.mkdtemp(prefix="frugal-bench-"))
     for key, settings in RUNS.items():
         if args.only and args.only != key:
@@ -110,6 +162,8 @@ def main() -> None:
         result = compress(config)
         print(table(key, result.report), flush=True)
         print()
+    if args.students:
+        print(students_table(args.students, out / "students", args.repeats, args.threads), flush=True)
 
 
 if __name__ == "__main__":
