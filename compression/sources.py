@@ -16,6 +16,7 @@ validation data. Every mistake is a CompressionError that names the field to cha
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -28,7 +29,7 @@ import numpy as np
 from . import zoo
 from .config import CompressionConfig
 from .errors import CompressionError
-from .source import Arrays, HeldOut, SourceModel, Task, TensorSpec, oip_datatype
+from .source import Arrays, HeldOut, SourceModel, Task, TensorSpec, cache_dir, oip_datatype
 
 if TYPE_CHECKING:
     import torch
@@ -49,12 +50,48 @@ _BERT_FFN = re.compile(r"bert\.encoder\.layer\.\d+\.(intermediate|output)\.dense
 
 
 def uri_path(uri: str, field: str) -> Path:
+    """A local file for ``uri``: ``file://`` or a plain path as is; ``pvc://claim/path`` under
+    ``$FRUGAL_PVC_ROOT`` (where the operator's compression Job mounts the claims it names); any other
+    scheme (s3://, gs://, az://, https://, ...) fetched through fsspec."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         return Path(parsed.netloc + parsed.path if parsed.scheme == "file" else uri)
-    raise CompressionError(
-        f"{field}: unsupported URI scheme {parsed.scheme!r}; use zoo://, file:// or a path"
-    )
+    if parsed.scheme == "pvc":
+        root = os.environ.get("FRUGAL_PVC_ROOT")
+        if not root:
+            raise CompressionError(
+                f"{field}: {uri} is on a PersistentVolumeClaim; mount the claim and set FRUGAL_PVC_ROOT "
+                "to the directory that holds it (the operator's compression Job does both)"
+            )
+        return Path(root) / parsed.netloc / parsed.path.lstrip("/")
+    return fetch(uri, field)
+
+
+def fetch(uri: str, field: str) -> Path:
+    """Copy a remote file to the cache (atomically, every run: the remote may have changed)."""
+    import hashlib
+
+    import fsspec
+
+    scheme = urlparse(uri).scheme
+    try:
+        fs, remote = fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as exc:
+        raise CompressionError(
+            f"{field}: cannot read {scheme}:// URIs here ({exc}); install the fsspec backend for "
+            f"{scheme} (s3fs, gcsfs, adlfs) or use file://, pvc:// or zoo://"
+        ) from exc
+    folder = cache_dir() / "fetched" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    local = folder / (Path(urlparse(uri).path).name or "download")
+    partial = local.with_name(local.name + ".part")
+    try:
+        fs.get_file(remote, str(partial))
+    except Exception as exc:  # each backend raises its own errors (FileNotFoundError, ClientError, ...)
+        partial.unlink(missing_ok=True)
+        raise CompressionError(f"{field}: cannot fetch {uri} ({type(exc).__name__}: {exc})") from exc
+    partial.replace(local)
+    return local
 
 
 def load_source(config: CompressionConfig) -> SourceModel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,84 @@ def test_parquet_with_ragged_rows_or_missing_values_names_the_column(tmp_path: P
     assert_refused(
         make_config(digits_ts, tmp_path, data={"validation": str(tmp_path / "junk.parquet")}), "cannot read"
     )
+
+
+# --- URIs: pvc:// under FRUGAL_PVC_ROOT, anything else through fsspec -----------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_files(tmp_path_factory: pytest.TempPathFactory, zoo_digits: SourceModel, digits_npz: Path) -> Path:
+    """A folder holding models/digits.onnx and data/validation.npz."""
+    from frugal.compression.export import export_onnx
+
+    root = tmp_path_factory.mktemp("served")
+    assert zoo_digits.module is not None
+    export_onnx(
+        zoo_digits.module,
+        zoo_digits.validation,
+        zoo_digits.inputs,
+        zoo_digits.outputs,
+        root / "models" / "digits.onnx",
+    )
+    (root / "data").mkdir()
+    (root / "data" / "validation.npz").write_bytes(digits_npz.read_bytes())
+    return root
+
+
+@pytest.fixture(scope="module")
+def http_root(digits_files: Path) -> Iterator[str]:
+    """A real HTTP server on loopback serving ``digits_files``."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(digits_files))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_model_and_data_over_http_are_fetched_and_compressed(
+    tmp_path: Path, http_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRUGAL_CACHE_DIR", str(tmp_path / "cache"))
+    config = make_config(
+        f"{http_root}/models/digits.onnx",
+        tmp_path,
+        data={"validation": f"{http_root}/data/validation.npz"},
+        quantization={"method": "dynamic-int8"},
+    )
+    result = compress(config)
+    assert result.variant("fp32").score is not None and result.variant("fp32").score.value > 0.95
+    assert result.variant("int8-dynamic").status == "kept"
+    missing = make_config(
+        f"{http_root}/models/nope.onnx", tmp_path, data={"validation": f"{http_root}/x.npz"}
+    )
+    assert_refused(missing, "model.uri", "cannot fetch", "nope.onnx")
+    assert not list((tmp_path / "cache").rglob("*.part"))
+
+
+def test_pvc_uris_resolve_under_the_mounted_claims(
+    tmp_path: Path, digits_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make_config(
+        "pvc://models/digits.onnx", tmp_path, data={"validation": "pvc://data/validation.npz"}
+    )
+    monkeypatch.delenv("FRUGAL_PVC_ROOT", raising=False)
+    assert_refused(config, "model.uri", "FRUGAL_PVC_ROOT")
+    monkeypatch.setenv("FRUGAL_PVC_ROOT", str(digits_files))
+    source = load_source(config)
+    assert source.onnx_path == digits_files / "models" / "digits.onnx"
+    assert len(source.validation) == len(digits.load().validation)
+
+
+def test_a_scheme_without_a_backend_names_the_field_and_the_backend() -> None:
+    config = CompressionConfig.model_validate(
+        {"model": {"uri": "nosuchstore://bucket/m.onnx"}, "data": {"validation": "x.npz"}, "output": "/tmp/x"}
+    )
+    assert_refused(config, "model.uri", "nosuchstore://", "fsspec backend")
