@@ -48,6 +48,12 @@ class DataSource(_Model):
 
     validation: str | None = None
     calibration: str | None = None
+    validation_max_samples: int | None = Field(
+        default=None, ge=1, description="Use the first N validation rows only (all when absent)."
+    )
+    calibration_max_samples: int | None = Field(
+        default=None, ge=1, description="Use the first N calibration rows only (all when absent)."
+    )
 
 
 class PruningConfig(_Model):

@@ -60,6 +60,13 @@ class HeldOut:
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
 
+    def head(self, count: int | None) -> HeldOut:
+        """The first ``count`` rows (all when ``count`` is None or larger)."""
+        if count is None or count >= len(self):
+            return self
+        labels = None if self.labels is None else self.labels[:count]
+        return HeldOut({name: array[:count] for name, array in self.inputs.items()}, labels)
+
     def rows(self, count: int) -> Arrays:
         """The first ``count`` rows, repeating the data when it is shorter."""
         total = len(self)

@@ -371,12 +371,16 @@ def _with_user_data(source: SourceModel, config: CompressionConfig) -> SourceMod
     """The zoo's held-out data, replaced by ``data.validation``/``data.calibration`` when given."""
     validation, calibration = source.validation, source.calibration
     if config.data.validation:
-        validation = load_data(config.data.validation, "data.validation")
+        validation = load_data(config.data.validation, "data.validation").head(
+            config.data.validation_max_samples
+        )
         check_inputs(source.inputs, validation.inputs, "data.validation")
         if source.task == "classification" and validation.labels is None:
             raise CompressionError("data.validation: a classifier's held-out data needs a 'labels' array")
     if config.data.calibration:
-        calibration = load_data(config.data.calibration, "data.calibration")
+        calibration = load_data(config.data.calibration, "data.calibration").head(
+            config.data.calibration_max_samples
+        )
         check_inputs(source.inputs, calibration.inputs, "data.calibration")
     return dataclasses.replace(source, validation=validation, calibration=calibration)
 
@@ -389,9 +393,11 @@ def _held_out(config: CompressionConfig, what: str) -> tuple[HeldOut, HeldOut]:
         raise CompressionError(
             f"data.validation is required for {what}: give an .npz keyed by input name (plus labels)"
         )
-    validation = load_data(config.data.validation, "data.validation")
+    validation = load_data(config.data.validation, "data.validation").head(config.data.validation_max_samples)
     calibration = (
-        load_data(config.data.calibration, "data.calibration") if config.data.calibration else validation
+        load_data(config.data.calibration, "data.calibration").head(config.data.calibration_max_samples)
+        if config.data.calibration
+        else validation
     )
     return validation, calibration
 
@@ -411,7 +417,14 @@ def _datatype(array: np.ndarray, name: str, field: str) -> str:
 
 def load_data(uri: str, field: str) -> HeldOut:
     """Held-out or calibration rows from an ``.npz`` (one array per input) or a ``.parquet`` file
-    (one column per input, each row a scalar or a nested list); ``labels`` holds class labels."""
+    (one column per input, each row a scalar or a nested list); ``labels`` holds class labels.
+    ``zoo://NAME`` is that zoo model's own held-out (or, for calibration, calibration) data."""
+    if uri.startswith("zoo://"):
+        name = uri.removeprefix("zoo://")
+        if name not in zoo.NAMES:
+            raise CompressionError(f"{field}: no zoo data named {name!r}; known: {', '.join(zoo.NAMES)}")
+        source = zoo.load(name)
+        return source.calibration if field.endswith("calibration") else source.validation
     path = uri_path(uri, field)
     arrays = _read_parquet(path, field) if path.suffix.lower() == ".parquet" else _read_npz(path, field)
     labels = arrays.pop("labels", None)

@@ -35,6 +35,8 @@ def compression_config(md: ModelDeploymentSpec, output: str) -> dict[str, Any]:
             {
                 "validation": (data.get("validation") or {}).get("uri"),
                 "calibration": (data.get("calibration") or {}).get("uri"),
+                "validationMaxSamples": (data.get("validation") or {}).get("maxSamples"),
+                "calibrationMaxSamples": (data.get("calibration") or {}).get("maxSamples"),
             }
         ),
         "accuracyBudget": {"metric": md.metric, "maxDrop": md.max_drop},

@@ -366,3 +366,24 @@ def test_a_scheme_without_a_backend_names_the_field_and_the_backend() -> None:
         {"model": {"uri": "nosuchstore://bucket/m.onnx"}, "data": {"validation": "x.npz"}, "output": "/tmp/x"}
     )
     assert_refused(config, "model.uri", "nosuchstore://", "fsspec backend")
+
+
+def test_max_samples_keeps_the_first_rows_and_zoo_data_can_be_named(tmp_path: Path, digits_ts: Path) -> None:
+    config = make_config(
+        digits_ts,
+        tmp_path,
+        data={
+            "validation": "zoo://digits-mlp",
+            "validationMaxSamples": 100,
+            "calibrationMaxSamples": 7,
+            "calibration": "zoo://digits-mlp",
+        },
+    )
+    source = load_source(config)
+    zoo_data = digits.load()
+    assert len(source.validation) == 100 and len(source.calibration) == 7
+    assert np.array_equal(source.validation.inputs["input"], zoo_data.validation.inputs["input"][:100])
+    assert not np.array_equal(source.calibration.inputs["input"], zoo_data.validation.inputs["input"][:7])
+    assert_refused(
+        make_config(digits_ts, tmp_path, data={"validation": "zoo://nope"}), "data.validation", "digits-mlp"
+    )
