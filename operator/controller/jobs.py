@@ -4,13 +4,15 @@ The compression Job runs on the pool of ``spec.compression.hardwareProfile``. Di
 ``workers > 1`` makes it an Indexed Job whose pods find each other through a headless Service:
 rank = the completion index, world size = workers, rendezvous at pod 0 (torchrun's variables).
 Profiling runs one Job per candidate serving profile, with that profile's image and resources.
+The claims that pvc:// model and data URIs name are mounted read-only in the compression pod
+(every worker: they share the template) and ``FRUGAL_PVC_ROOT`` says where.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from frugal.operator.controller import commands, names, pods
+from frugal.operator.controller import commands, names, pods, storage
 from frugal.operator.controller.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.controller.storage import ArtifactLocation
 
@@ -25,11 +27,15 @@ def desired_compression_job(
     name = names.compression_job(md.owner)
     labels = names.labels(md.owner, "compression", **{names.LABEL_PROFILE: profile.name})
     workers = md.distillation_workers
-    env = _distributed_env(md, name, workers) if workers > 1 else []
+    claims = storage.claims_named(_input_uris(md))
+    env = _claims_env(claims) + (_distributed_env(md, name, workers) if workers > 1 else [])
     container = pods.container(
         "compress", image, commands.compress(md, artifacts.pod_path), env, profile, artifacts, read_only=False
     )
     pod_spec = _pod_spec(container, profile, artifacts)
+    volumes, mounts = storage.claim_mounts(claims, artifacts)
+    pod_spec["volumes"] += volumes
+    container["volumeMounts"] += mounts
     job_spec: dict[str, Any] = {"backoffLimit": BACKOFF_LIMIT}
     if workers > 1:
         pod_spec["subdomain"] = names.distillation_service(md.owner)
@@ -73,7 +79,9 @@ def desired_profiling_job(
     return _job(md, name, labels, spec)
 
 
-def _pod_spec(container: dict[str, Any], profile: HardwareProfileSpec, artifacts: ArtifactLocation) -> dict[str, Any]:
+def _pod_spec(
+    container: dict[str, Any], profile: HardwareProfileSpec, artifacts: ArtifactLocation
+) -> dict[str, Any]:
     """A run-to-completion pod on `profile`'s pool with the restricted security context."""
     return {
         "restartPolicy": "Never",
@@ -89,6 +97,17 @@ def _job(md: ModelDeploymentSpec, name: str, labels: dict[str, str], spec: dict[
     metadata = names.metadata(md.owner, name, labels[names.LABEL_ROLE])
     metadata["labels"] = labels
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
+
+
+def _input_uris(md: ModelDeploymentSpec) -> list[str]:
+    """spec.model.uri, spec.data.validation.uri and spec.data.calibration.uri (those set)."""
+    data = (md.body.get("spec") or {}).get("data") or {}
+    uris = [md.model_uri, *((data.get(part) or {}).get("uri") for part in ("validation", "calibration"))]
+    return [str(uri) for uri in uris if uri]
+
+
+def _claims_env(claims: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{"name": storage.PVC_ROOT_ENV, "value": storage.CLAIMS_MOUNT}] if claims else []
 
 
 def _distributed_env(md: ModelDeploymentSpec, job: str, workers: int) -> list[dict[str, Any]]:

@@ -7,20 +7,29 @@
 - an object-store URI (``s3://``, ``gs://``, ...) — passed to the pods as is (fsspec reads it).
 
 Each ModelDeployment generation gets ``<root>/<namespace>/<name>/gen-<N>``.
+
+Inputs (``spec.model.uri``, ``spec.data.*.uri``) on ``pvc://claim/path`` are read by the compression
+Job from the claim mounted read-only at ``<CLAIMS_MOUNT>/<claim>``, with ``FRUGAL_PVC_ROOT`` set to
+:data:`CLAIMS_MOUNT` (the compression component reads ``$FRUGAL_PVC_ROOT/<claim>/<path>``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from frugal.operator.controller import names
 from frugal.operator.controller.spec import Owner
 
 POD_MOUNT = "/var/lib/frugal/artifacts"
 VOLUME_NAME = "artifacts"
+CLAIMS_MOUNT = "/var/lib/frugal/claims"
+PVC_ROOT_ENV = "FRUGAL_PVC_ROOT"
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,56 @@ class ArtifactLocation:
     def volumes(self) -> list[dict[str, Any]]:
         return [] if self.volume is None else [self.volume]
 
+    @property
+    def claim(self) -> str | None:
+        """The PersistentVolumeClaim that holds the artifacts, if any."""
+        if self.volume is None or "persistentVolumeClaim" not in self.volume:
+            return None
+        return str(self.volume["persistentVolumeClaim"]["claimName"])
+
+
+def split_pvc(uri: str) -> tuple[str, str] | None:
+    """``pvc://claim/sub/path`` as ``("claim", "sub/path")``; None for any other scheme."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "pvc":
+        return None
+    return parsed.netloc, parsed.path.strip("/")
+
+
+def claims_named(uris: Iterable[str]) -> tuple[str, ...]:
+    """The distinct claims that the pvc:// URIs among `uris` name, sorted (other schemes name none)."""
+    return tuple(sorted({pvc[0] for uri in uris if (pvc := split_pvc(uri)) is not None and pvc[0]}))
+
+
+def claim_volume_name(claim: str) -> str:
+    """``input-<claim>`` when that is a DNS-1123 label of at most 63 characters; otherwise its
+    sanitized first 54 characters, ``-`` and 8 hex digits of the claim's sha256 (distinct claims
+    whose sanitized names meet, such as ``a.b`` and ``a-b``, still get distinct volumes)."""
+    plain = f"input-{claim}"
+    if names.bounded(plain) == plain:
+        return plain
+    keep = names.DNS_LABEL_MAX - 9
+    digest = hashlib.sha256(claim.encode()).hexdigest()[:8]
+    return f"{names.bounded(plain[:keep], limit=keep)}-{digest}"
+
+
+def claim_mounts(
+    claims: Iterable[str], artifacts: ArtifactLocation
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and read-only mounts that show each claim at ``<CLAIMS_MOUNT>/<claim>``.
+
+    The artifacts claim is mounted again from the artifacts volume rather than from a second volume:
+    a pod with two volumes of one claim can hang in ContainerCreating (kubernetes#132921).
+    """
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for claim in claims:
+        name = VOLUME_NAME if claim == artifacts.claim else claim_volume_name(claim)
+        if name != VOLUME_NAME:
+            volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": name, "mountPath": posixpath.join(CLAIMS_MOUNT, claim), "readOnly": True})
+    return volumes, mounts
+
 
 def locate(root_uri: str, owner: Owner, pvc_root: Path | None = None) -> ArtifactLocation:
     """The artifact directory of `owner`'s current generation under `root_uri`."""
@@ -56,8 +115,8 @@ def locate(root_uri: str, owner: Owner, pvc_root: Path | None = None) -> Artifac
         path = posixpath.join(root, suffix)
         volume = {"name": VOLUME_NAME, "hostPath": {"path": root, "type": "DirectoryOrCreate"}}
         return ArtifactLocation(f"file://{path}", path, volume, Path(path))
-    if parsed.scheme == "pvc":
-        claim, sub = parsed.netloc, parsed.path.strip("/")
+    if (pvc := split_pvc(root_uri)) is not None:
+        claim, sub = pvc
         pod_path = posixpath.join(POD_MOUNT, sub, suffix)
         volume = {"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": claim}}
         operator_path = None if pvc_root is None else pvc_root / claim / sub / suffix

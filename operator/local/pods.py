@@ -15,6 +15,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from frugal.operator.controller.storage import PVC_ROOT_ENV
+
 PROGRAMS: dict[str, list[str]] = {
     "frugal": [sys.executable, "-m", "frugal.operator.cli"],
     "python": [sys.executable],
@@ -49,9 +51,14 @@ def with_flag(argv: Sequence[str], flag: str, value: str) -> list[str]:
 def local_env(
     container: Mapping[str, Any], namespace: str, completion_index: int = 0, overrides: Mapping[str, str] = {}
 ) -> dict[str, str]:
-    """This process's environment plus the container's env, downward-API fields resolved."""
+    """This process's environment plus the container's env, downward-API fields resolved.
+
+    Where claims are mounted is a fact of the pod's filesystem: a ``FRUGAL_PVC_ROOT`` this process
+    already has (where the claims are on this machine) wins over the container's."""
     env = dict(os.environ)
     for entry in container.get("env", []):
+        if entry["name"] == PVC_ROOT_ENV and PVC_ROOT_ENV in os.environ:
+            continue
         env[entry["name"]] = _env_value(entry, namespace, completion_index)
     env.update(overrides)
     return env

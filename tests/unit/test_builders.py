@@ -17,7 +17,7 @@ from frugal.operator.controller.spec import (
     parse_hardware_profile,
     parse_model_deployment,
 )
-from frugal.operator.controller.storage import POD_MOUNT, locate
+from frugal.operator.controller.storage import CLAIMS_MOUNT, POD_MOUNT, claim_volume_name, locate
 
 MD: dict[str, Any] = {
     "apiVersion": "frugal.dev/v1alpha1",
@@ -149,6 +149,22 @@ def test_a_state_dict_source_carries_its_architecture_to_the_compression_job() -
     assert config["model"]["architecture"] == "all-minilm-l6-v2"
 
 
+def test_data_max_samples_reach_the_compression_component() -> None:
+    md = md_with(
+        model={"uri": "file:///models/digits.onnx"},
+        data={
+            "validation": {"uri": "file:///d/v.npz", "maxSamples": 500},
+            "calibration": {"uri": "file:///d/c.npz"},
+        },
+    )
+    data = json.loads(commands.compress(md, "/out")[3])["data"]
+    assert data == {
+        "validation": "file:///d/v.npz",
+        "validationMaxSamples": 500,
+        "calibration": "file:///d/c.npz",
+    }
+
+
 def test_distillation_workers_make_an_indexed_job_and_a_headless_service() -> None:
     md = md_with(compression__distillation={"workers": 3, "epochs": 2, "student": {"widthFactor": 0.25}})
     job = jobs.desired_compression_job(md, GPU, IMAGE, ARTIFACTS)
@@ -168,6 +184,123 @@ def test_distillation_workers_make_an_indexed_job_and_a_headless_service() -> No
     config = json.loads(pod["containers"][0]["command"][3])
     assert config["distillation"] == {"student": {"width": 0.25}, "epochs": 2, "workers": 3}
     assert jobs.desired_distillation_service(SPEC) is None
+
+
+def claims_of(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
+    """The pod's claim volumes by claim, the container's mounts by path, and its env by name."""
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    volumes = {
+        v["persistentVolumeClaim"]["claimName"]: v
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v and v["name"] != "artifacts"
+    }
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    return volumes, mounts, env
+
+
+PVC_MODEL = {"uri": "pvc://models/minilm/student.pt", "format": "pytorch", "architecture": "all-minilm-l6-v2"}
+
+
+def test_compression_job_mounts_the_claims_its_inputs_name_read_only() -> None:
+    md = md_with(model=PVC_MODEL, data={"validation": {"uri": "pvc://datasets/val.npz"}})
+    volumes, mounts, env = claims_of(jobs.desired_compression_job(md, GPU, IMAGE, ARTIFACTS))
+    assert set(volumes) == {"models", "datasets"}
+    for claim in ("models", "datasets"):
+        volume = volumes[claim]
+        assert volume == {
+            "name": f"input-{claim}",
+            "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+        }
+        assert mounts[f"{CLAIMS_MOUNT}/{claim}"] == {
+            "name": volume["name"],
+            "mountPath": f"{CLAIMS_MOUNT}/{claim}",
+            "readOnly": True,
+        }
+    # The compression component reads pvc://models/minilm/student.pt as $FRUGAL_PVC_ROOT/models/minilm/...
+    assert env["FRUGAL_PVC_ROOT"] == CLAIMS_MOUNT == "/var/lib/frugal/claims"
+
+
+def test_a_claim_named_twice_is_one_volume() -> None:
+    md = md_with(
+        model=PVC_MODEL,
+        data={
+            "validation": {"uri": "pvc://models/val.npz"},
+            "calibration": {"uri": "pvc://models/cal/x.npz"},
+        },
+    )
+    job = jobs.desired_compression_job(md, GPU, IMAGE, ARTIFACTS)
+    volumes, mounts, _ = claims_of(job)
+    assert list(volumes) == ["models"]
+    names_in_pod = [v["name"] for v in job["spec"]["template"]["spec"]["volumes"]]
+    assert len(names_in_pod) == len(set(names_in_pod))
+    assert [p for p in mounts if p.startswith(CLAIMS_MOUNT)] == [f"{CLAIMS_MOUNT}/models"]
+
+
+def test_inputs_on_the_artifacts_claim_reuse_the_artifacts_volume() -> None:
+    """Two volumes of one claim in a pod can keep it from starting: mount the artifacts volume again."""
+    md = md_with(model={**PVC_MODEL, "uri": "pvc://frugal-artifacts/models/student.pt"})
+    job = jobs.desired_compression_job(md, GPU, IMAGE, ARTIFACTS)
+    pod = job["spec"]["template"]["spec"]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == ["frugal-artifacts"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts[f"{CLAIMS_MOUNT}/frugal-artifacts"] == {
+        "name": "artifacts",
+        "mountPath": f"{CLAIMS_MOUNT}/frugal-artifacts",
+        "readOnly": True,
+    }
+    assert mounts[f"{POD_MOUNT}"]["readOnly"] is False  # compression still writes its artifacts
+
+
+def test_inputs_off_claims_add_no_volume_and_no_pvc_root() -> None:
+    md = md_with(model={"uri": "zoo://digits-mlp"}, data={"validation": {"uri": "s3://bucket/val.npz"}})
+    job = jobs.desired_compression_job(md, GPU, IMAGE, ARTIFACTS)
+    baseline = jobs.desired_compression_job(SPEC, GPU, IMAGE, ARTIFACTS)
+    pod, base_pod = job["spec"]["template"]["spec"], baseline["spec"]["template"]["spec"]
+    assert pod["volumes"] == base_pod["volumes"]
+    assert pod["containers"][0]["volumeMounts"] == base_pod["containers"][0]["volumeMounts"]
+    assert "FRUGAL_PVC_ROOT" not in {e["name"] for e in pod["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize(
+    "claim",
+    ["c" * 63, "c" * 253, "models.v2.example", "a-" * 40 + "z", "trailing-"],
+)
+def test_claim_volume_names_are_bounded_dns_labels(claim: str) -> None:
+    name = claim_volume_name(claim)
+    assert len(name) <= names.DNS_LABEL_MAX
+    assert name[0].isalnum() and name[-1].isalnum()
+    assert all(c.islower() or c.isdigit() or c == "-" for c in name)
+    assert name.startswith("input-") and name == claim_volume_name(claim)
+
+
+def test_claims_that_sanitize_alike_get_distinct_volumes() -> None:
+    assert claim_volume_name("a.b") != claim_volume_name("a-b") == "input-a-b"
+    assert claim_volume_name("c" * 57) == "input-" + "c" * 57  # exactly 63: kept as is
+    long_a, long_b = "x" * 100 + "a", "x" * 100 + "b"
+    assert claim_volume_name(long_a) != claim_volume_name(long_b)
+
+
+def test_a_long_claim_gets_a_valid_volume_in_every_distillation_worker() -> None:
+    claim = "team-" + "very-long-claim-name-" * 10 + "x"
+    md = md_with(
+        model={**PVC_MODEL, "uri": f"pvc://{claim}/student.pt"},
+        compression__distillation={"workers": 3, "epochs": 1, "student": {"widthFactor": 0.5}},
+    )
+    job = jobs.desired_compression_job(md, GPU, IMAGE, ARTIFACTS)
+    assert job["spec"]["completionMode"] == "Indexed"  # one template: every worker gets the same mounts
+    volumes, mounts, env = claims_of(job)
+    volume = volumes[claim]
+    assert len(volume["name"]) <= names.DNS_LABEL_MAX and volume["name"] == claim_volume_name(claim)
+    assert volume["persistentVolumeClaim"]["readOnly"] is True
+    assert mounts[f"{CLAIMS_MOUNT}/{claim}"] == {
+        "name": volume["name"],
+        "mountPath": f"{CLAIMS_MOUNT}/{claim}",
+        "readOnly": True,
+    }
+    assert env["FRUGAL_PVC_ROOT"] == CLAIMS_MOUNT and env["WORLD_SIZE"] == "3"
 
 
 def test_profiling_job_uses_the_profiles_image_provider_and_pool() -> None:
