@@ -14,6 +14,7 @@ this tier never skips.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Generator, Iterator
 
 import pytest
@@ -37,6 +38,13 @@ def crds_installed(cluster: ControlPlane) -> ControlPlane:
     """The repository's CRDs applied and Established."""
     cluster.kubectl("apply", "-f", CRD_DIR)
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", CRD_DIR)
+    # Established does not mean published: the API server adds a CRD's schema to its OpenAPI
+    # document (what kubectl explain reads) a little later, later still on a busy machine.
+    deadline = time.monotonic() + 60
+    for kind in ("modeldeployments", "hardwareprofiles"):
+        while cluster.kubectl("explain", kind, check=False).returncode != 0:
+            assert time.monotonic() < deadline, f"the API server never published the OpenAPI schema of {kind}"
+            time.sleep(0.5)
     return cluster
 
 
