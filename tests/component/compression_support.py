@@ -19,3 +19,15 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
         timeout=600,
         check=False,
     )
+
+
+def assert_user_error(out: Path, *args: str, mentions: str) -> None:
+    """``frugal compress ARGS --out OUT`` refuses with one line mentioning ``mentions``, exit 2, and
+    leaves neither the artifact nor a staging directory."""
+    proc = run_cli(*args, "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("frugal compress: error:"), proc.stderr
+    assert mentions in lines[0]
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]

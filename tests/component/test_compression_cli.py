@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from compression_support import run_cli
+from compression_support import assert_user_error, run_cli
 
 from frugal.compression import artifact
 from frugal.compression.formulas import apply_threshold_pruning
@@ -29,16 +29,6 @@ def digits_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
         source.outputs,
         tmp_path_factory.mktemp("m") / "m.onnx",
     )
-
-
-def assert_user_error(out: Path, *args: str, mentions: str) -> None:
-    proc = run_cli(*args, "--out", str(out))
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("frugal compress: error:"), proc.stderr
-    assert mentions in lines[0]
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
 
 
 def test_unknown_zoo_model(tmp_path: Path) -> None:

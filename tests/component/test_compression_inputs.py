@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from compression_support import run_cli
+from compression_support import assert_user_error
 
 from frugal.compression.builders import build_base
 from frugal.compression.config import CompressionConfig
@@ -63,16 +63,6 @@ def assert_refused(config: CompressionConfig, *mentions: str) -> None:
         assert mention in message
 
 
-def assert_cli_refuses(out: Path, *args: str, mentions: str) -> None:
-    proc = run_cli(*args, "--out", str(out))
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("frugal compress: error:"), proc.stderr
-    assert mentions in lines[0]
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
-
-
 def digits_state(zoo_digits: SourceModel) -> dict[str, torch.Tensor]:
     assert zoo_digits.module is not None
     return dict(zoo_digits.module.state_dict())
@@ -116,7 +106,7 @@ def test_torchscript_with_pruning_exits_2_from_the_cli(
     tmp_path: Path, digits_ts: Path, digits_npz: Path
 ) -> None:
     args = ("--model", str(digits_ts), "--validation", str(digits_npz), "--pruning", "structured")
-    assert_cli_refuses(tmp_path / "a", *args, mentions="pruning:")
+    assert_user_error(tmp_path / "a", *args, mentions="pruning:")
 
 
 def test_torchscript_data_that_does_not_fit_names_the_data(tmp_path: Path, digits_ts: Path) -> None:
@@ -194,7 +184,7 @@ def test_unknown_or_missing_architecture_lists_the_known_ones(tmp_path: Path) ->
 def test_unknown_architecture_exits_2_from_the_cli(tmp_path: Path) -> None:
     settings = json.dumps({"model": {"architecture": "resnet50"}})
     args = ("--model", str(tmp_path / "m.pt"), "--config-json", settings)
-    assert_cli_refuses(tmp_path / "a", *args, mentions="model.architecture 'resnet50' is unknown")
+    assert_user_error(tmp_path / "a", *args, mentions="model.architecture 'resnet50' is unknown")
 
 
 def test_state_dict_with_an_unexpected_key(tmp_path: Path, zoo_digits: SourceModel) -> None:
