@@ -82,6 +82,22 @@ def test_minilm_stages_match_the_whole_model(count: int) -> None:
     assert max(sizes) < 2.5 * min(sizes), sizes  # the embedding table is one big block; still balanced-ish
 
 
+def test_weight_only_int8_minilm_stages_match_the_whole_model(tmp_path: Path) -> None:
+    """MatMulNBits and the INT8 embedding table cut like any other initializers."""
+    from frugal.compression.steps.quantization import weight_only
+
+    path = weight_only(minilm_onnx(), tmp_path / "int8-weight.onnx", bits=8)
+    assert path is not None
+    feeds = {
+        "input_ids": np.array([[101, 2023, 2003, 1037, 6251, 102]]),
+        "attention_mask": np.ones((1, 6), np.int64),
+    }
+    whole = run(str(path), feeds)["last_hidden_state"]
+    for count in (2, 3):
+        chained = run_chain(sharding.split_model(onnx.load(str(path)), count), feeds)["last_hidden_state"]
+        np.testing.assert_allclose(chained, whole, rtol=1e-4, atol=1e-4)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
