@@ -47,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="METHOD[:SPARSITY]",
         help="magnitude|threshold|structured (repeatable)",
     )
+    p.add_argument(
+        "--attention-heads", type=float, help="structured pruning of encoders: fraction of heads removed"
+    )
     p.add_argument("--fine-tune-epochs", type=int, help="fine-tuning epochs after pruning")
     p.add_argument("--distill", action="store_true", help="add a distilled student")
     p.add_argument("--epochs", type=int, help="distillation epochs")
@@ -104,13 +107,15 @@ def _number(text: str, kind: type[Any], flag: str) -> Any:
         raise CompressionError(f"{flag}: {text!r} is not a number") from exc
 
 
-def _pruning(spec: str, epochs: int | None) -> dict[str, Any]:
+def _pruning(spec: str, epochs: int | None, heads: float | None = None) -> dict[str, Any]:
     method, _, sparsity = spec.partition(":")
     entry: dict[str, Any] = {"method": method}
     if sparsity:
         entry["sparsity"] = _number(sparsity, float, "--pruning")
     if epochs is not None:
         entry["fineTuneEpochs"] = epochs
+    if heads is not None and method == "structured":
+        entry["attentionHeads"] = heads
     return entry
 
 
@@ -134,7 +139,7 @@ def merged_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.quantization:
         raw["quantization"] = [_quantization(s, args.per_channel) for s in args.quantization]
     if args.pruning:
-        raw["pruning"] = [_pruning(s, args.fine_tune_epochs) for s in args.pruning]
+        raw["pruning"] = [_pruning(s, args.fine_tune_epochs, args.attention_heads) for s in args.pruning]
     _distillation_flags(args, raw)
     budget = raw.setdefault("accuracyBudget", {})
     for flag, key in (("metric", "metric"), ("max_drop", "maxDrop"), ("min_value", "minValue")):

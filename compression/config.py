@@ -59,7 +59,19 @@ class DataSource(_Model):
 class PruningConfig(_Model):
     method: PruningMethod = "magnitude"
     sparsity: float = Field(default=0.5, ge=0.0, lt=1.0, description="Fraction of weights/neurons removed.")
+    attention_heads: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Structured, encoders: fraction of each layer's heads removed.",
+    )
     fine_tune_epochs: int = Field(default=0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _heads_need_structure(self) -> PruningConfig:
+        if self.attention_heads and self.method != "structured":
+            raise ValueError("attentionHeads applies only to method structured")
+        return self
 
 
 class QuantizationConfig(_Model):

@@ -33,7 +33,13 @@ class Candidate:
 def pruning_name(config: PruningConfig) -> str:
     if config.method == "threshold":
         return "pruned-threshold"
-    return f"pruned-{config.method}-{round(config.sparsity * 100)}"
+    heads = f"-heads-{round(config.attention_heads * 100)}" if config.attention_heads else ""
+    return f"pruned-{config.method}-{round(config.sparsity * 100)}{heads}"
+
+
+def pruning_step(config: PruningConfig) -> str:
+    heads = f":heads={config.attention_heads:g}" if config.attention_heads else ""
+    return f"pruning:{config.method}:{config.sparsity:g}{heads}"
 
 
 def quantization_name(config: QuantizationConfig) -> str:
@@ -58,9 +64,7 @@ def quantization_step(config: QuantizationConfig) -> str:
 def bases(config: CompressionConfig) -> list[Base]:
     found = [Base("fp32", ())]
     for pruning in config.pruning:
-        found.append(
-            Base(pruning_name(pruning), (f"pruning:{pruning.method}:{pruning.sparsity:g}",), pruning=pruning)
-        )
+        found.append(Base(pruning_name(pruning), (pruning_step(pruning),), pruning=pruning))
     if config.distillation is not None:
         found.append(Base("student", ("distillation",), distilled=True))
     return found

@@ -46,7 +46,9 @@ SUFFIX_FORMATS = {
 }
 _DIGITS_LINEAR = re.compile(r"(\d+)\.weight")
 _ENCODER_LAYER = re.compile(r"bert\.encoder\.layer\.(\d+)\.")
-_BERT_FFN = re.compile(r"bert\.encoder\.layer\.\d+\.(intermediate|output)\.dense")
+_BERT_RESIZABLE = re.compile(
+    r"bert\.encoder\.layer\.\d+\.(intermediate\.dense|output\.dense|attention\.self\.(query|key|value)|attention\.output\.dense)"
+)
 
 
 def uri_path(uri: str, field: str) -> Path:
@@ -312,19 +314,20 @@ def _minilm_module(teacher: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.
     total = len(teacher.bert.encoder.layer)  # type: ignore[union-attr, arg-type]
     count = min(len(indices) or total, total)
     module = keep_layers(teacher, count, list(range(count)))
-    resized = _resize_ffn(module, state)
+    resized = _resize_linears(module, state)
     load_weights(module, state, "all-minilm-l6-v2", keep_missing=True, resized=resized)
     return module.eval()
 
 
-def _resize_ffn(module: nn.Module, state: Mapping[str, torch.Tensor]) -> set[str]:
-    """Replace FFN Linear layers whose weight in ``state`` has another shape (structured pruning)."""
+def _resize_linears(module: nn.Module, state: Mapping[str, torch.Tensor]) -> set[str]:
+    """Replace FFN and attention Linear layers whose weight in ``state`` has another shape (structured
+    pruning of neurons or heads; the attention forward takes its head count from the shapes)."""
     from torch import nn
 
     resized = set()
     for name, layer in list(module.named_modules()):
         weight = state.get(f"{name}.weight")
-        if not isinstance(layer, nn.Linear) or not _BERT_FFN.fullmatch(name) or weight is None:
+        if not isinstance(layer, nn.Linear) or not _BERT_RESIZABLE.fullmatch(name) or weight is None:
             continue
         if weight.ndim == 2 and weight.shape != layer.weight.shape:
             parent, _, attribute = name.rpartition(".")

@@ -97,6 +97,8 @@ def prune_model(source: SourceModel, config: PruningConfig) -> nn.Module:
     assert source.module is not None
     if config.method != "structured":
         return unstructured(source.module, config)
+    if config.attention_heads and source.family != "bert":
+        raise CompressionError(f"pruning.attentionHeads: {source.uri} has no attention heads; remove it")
     if source.family == "mlp":
         assert isinstance(source.module, nn.Sequential)
         pruned: nn.Module = structured_mlp(source.module, config.sparsity)
@@ -107,7 +109,9 @@ def prune_model(source: SourceModel, config: PruningConfig) -> nn.Module:
         from .transformer import trim_padding
 
         ids, mask = (x[:256] for x in source.train.inputs)
-        pruned = structured_bert(source.module, config.sparsity, trim_padding(ids, mask))
+        pruned = structured_bert(
+            source.module, config.sparsity, trim_padding(ids, mask), config.attention_heads
+        )
     else:
         raise CompressionError(f"structured pruning does not know the architecture of {source.uri}")
     if config.fine_tune_epochs:

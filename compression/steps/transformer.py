@@ -1,8 +1,11 @@
-"""Structure removal for BERT-style encoders: FFN neurons and whole layers (chosen by measurement).
+"""Structure removal for BERT-style encoders: FFN neurons, attention heads and whole layers.
 
 FFN neurons are ranked by how much they contribute on calibration text (mean |activation| times the
 norm of their output weights); the lowest are cut from ``intermediate.dense`` (rows) and
-``output.dense`` (columns), so the exported matrices are really smaller.
+``output.dense`` (columns), so the exported matrices are really smaller. Attention heads are ranked
+the same way (mean |context| of the head times the norm of its slice of ``attention.output.dense``)
+and removed from query/key/value (rows) and the output projection (columns); the attention forward
+infers the head count from the shapes. Layers are chosen by measured cosine.
 """
 
 from __future__ import annotations
@@ -42,20 +45,72 @@ def ffn_importance(model: nn.Module, sample: tuple[torch.Tensor, ...]) -> list[t
     return [stats[i] * layer.output.dense.weight.detach().norm(dim=0) for i, layer in enumerate(layers)]
 
 
+def _head_size(layer: Any) -> int:
+    return int(layer.attention.self.attention_head_size)
+
+
+def head_importance(model: nn.Module, sample: tuple[torch.Tensor, ...] | None = None) -> list[torch.Tensor]:
+    """Per layer, each head's mean |context| on ``sample`` (1 without one) times the norm of its
+    columns in the attention output projection."""
+    layers = _encoder_layers(model)
+    contexts: list[torch.Tensor | None] = [None] * len(layers)
+    if sample is not None:
+        mask = sample[1].unsqueeze(-1).float()
+
+        def hook(index: int) -> Any:
+            def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
+                context = output[0] if isinstance(output, tuple) else output
+                contexts[index] = (context.abs() * mask).sum(dim=(0, 1)) / mask.sum()
+
+            return record
+
+        handles = [layer.attention.self.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+        try:
+            with torch.no_grad():
+                model.eval()(*sample)
+        finally:
+            for handle in handles:
+                handle.remove()
+    scores = []
+    for layer, context in zip(layers, contexts, strict=True):
+        size = _head_size(layer)
+        weight = layer.attention.output.dense.weight.detach()
+        per_column = weight.norm(dim=0) * (context if context is not None else 1.0)
+        scores.append(per_column.reshape(-1, size).sum(dim=1))
+    return scores
+
+
+def remove_heads(layer: Any, keep_heads: torch.Tensor) -> None:
+    """Keep only the heads ``keep_heads`` of ``layer``'s self-attention (sliced in place)."""
+    size = _head_size(layer)
+    rows = (keep_heads.unsqueeze(1) * size + torch.arange(size)).reshape(-1)
+    attention = layer.attention.self
+    for name in ("query", "key", "value"):
+        setattr(attention, name, slice_linear(getattr(attention, name), rows=rows))
+    layer.attention.output.dense = slice_linear(layer.attention.output.dense, cols=rows)
+    attention.num_attention_heads = len(keep_heads)
+    attention.all_head_size = len(keep_heads) * size
+
+
 def structured_bert(
-    model: nn.Module, fraction: float, sample: tuple[torch.Tensor, ...] | None = None
+    model: nn.Module, fraction: float, sample: tuple[torch.Tensor, ...] | None = None, heads: float = 0.0
 ) -> nn.Module:
-    """Remove ``fraction`` of every layer's FFN neurons (weight-norm ranking when no sample is given)."""
+    """Remove ``fraction`` of every layer's FFN neurons and ``heads`` of its attention heads
+    (weight-norm ranking when no sample is given)."""
     pruned = copy.deepcopy(model).eval()
     layers = _encoder_layers(pruned)
-    if sample is not None:
-        scores = ffn_importance(pruned, sample)
-    else:
-        scores = [layer.intermediate.dense.weight.detach().norm(dim=1) for layer in layers]
-    for layer, score in zip(layers, scores, strict=True):
-        keep = keep_indices(score, fraction)
-        layer.intermediate.dense = slice_linear(layer.intermediate.dense, rows=keep)
-        layer.output.dense = slice_linear(layer.output.dense, cols=keep)
+    if fraction > 0:
+        if sample is not None:
+            scores = ffn_importance(pruned, sample)
+        else:
+            scores = [layer.intermediate.dense.weight.detach().norm(dim=1) for layer in layers]
+        for layer, score in zip(layers, scores, strict=True):
+            keep = keep_indices(score, fraction)
+            layer.intermediate.dense = slice_linear(layer.intermediate.dense, rows=keep)
+            layer.output.dense = slice_linear(layer.output.dense, cols=keep)
+    if heads > 0:
+        for layer, score in zip(layers, head_importance(pruned, sample), strict=True):
+            remove_heads(layer, keep_indices(score, heads))
     return pruned
 
 

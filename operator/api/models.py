@@ -67,6 +67,7 @@ class Pruning(ApiModel):
     method: Literal["magnitude", "threshold", "structured"]
     sparsity: float
     threshold_scale: float
+    attention_heads: float | None = None
 
 
 class Quantization(ApiModel):

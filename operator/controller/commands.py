@@ -46,7 +46,13 @@ def compression_config(md: ModelDeploymentSpec, output: str) -> dict[str, Any]:
         "servingBatchSize": md.max_batch_size,
     }
     if pruning := compression.get("pruning"):
-        config["pruning"] = _drop_none({"method": pruning.get("method"), "sparsity": pruning.get("sparsity")})
+        config["pruning"] = _drop_none(
+            {
+                "method": pruning.get("method"),
+                "sparsity": pruning.get("sparsity"),
+                "attentionHeads": pruning.get("attentionHeads"),
+            }
+        )
     if quantization := compression.get("quantization"):
         config["quantization"] = _drop_none(
             {

@@ -57,3 +57,34 @@ def test_distilled_student_has_fewer_layers_and_moves_towards_the_teacher(tmp_pa
         eager = trained(*(torch.from_numpy(feed[name]) for name in ("input_ids", "attention_mask")))
     assert exported.shape == (2, 384)
     assert float(torch.nn.functional.cosine_similarity(exported, eager, dim=-1).min()) > 0.9999
+
+
+def test_attention_heads_are_removed_for_real_and_a_state_dict_of_them_loads(tmp_path: Path) -> None:
+    from frugal.compression.config import CompressionConfig
+    from frugal.compression.sources import load_source
+    from frugal.compression.steps.transformer import structured_bert, trim_padding
+
+    source: SourceModel = minilm.load()
+    assert source.module is not None and source.train is not None
+    sample = trim_padding(*(x[:64] for x in source.train.inputs))
+    pruned = structured_bert(source.module, 0.0, sample, heads=0.25)
+    attention = pruned.bert.encoder.layer[0].attention  # type: ignore[union-attr, index]
+    assert attention.self.query.weight.shape == (288, 384) and attention.output.dense.weight.shape == (
+        384,
+        288,
+    )
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in source.module.parameters())
+
+    path = export_onnx(pruned, source.validation, source.inputs, source.outputs, tmp_path / "heads.onnx")
+    feed = minilm.tokenize(["A quiet morning by the lake.", "Servers need patches."])
+    exported = torch.from_numpy(
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    )
+    rows = tuple(torch.from_numpy(feed[name]) for name in ("input_ids", "attention_mask"))
+    assert float(torch.nn.functional.cosine_similarity(exported, encode(pruned, rows), dim=-1).min()) > 0.9999
+
+    torch.save(pruned.state_dict(), tmp_path / "heads.pt")
+    model = {"uri": str(tmp_path / "heads.pt"), "format": "pytorch", "architecture": "all-minilm-l6-v2"}
+    loaded = load_source(CompressionConfig.model_validate({"model": model, "output": str(tmp_path / "out")}))
+    assert loaded.module is not None
+    assert torch.allclose(encode(loaded.module, rows), encode(pruned, rows), atol=1e-5)

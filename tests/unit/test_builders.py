@@ -149,6 +149,12 @@ def test_a_state_dict_source_carries_its_architecture_to_the_compression_job() -
     assert config["model"]["architecture"] == "all-minilm-l6-v2"
 
 
+def test_head_pruning_reaches_the_compression_component() -> None:
+    md = md_with(compression__pruning={"method": "structured", "sparsity": 0.3, "attentionHeads": 0.25})
+    pruning = json.loads(commands.compress(md, "/out")[3])["pruning"]
+    assert pruning == {"method": "structured", "sparsity": 0.3, "attentionHeads": 0.25}
+
+
 def test_data_max_samples_reach_the_compression_component() -> None:
     md = md_with(
         model={"uri": "file:///models/digits.onnx"},

@@ -80,3 +80,17 @@ def test_choose_and_rank() -> None:
     assert plan.choose(rows) == {"smallest": "int8", "fastest": "pruned", "lowestLatency": "pruned"}
     assert plan.rank(rows) == ["pruned", "int8", "fp32"]
     assert plan.choose([]) == {}
+
+
+def test_head_pruning_is_named_and_only_structured() -> None:
+    import pydantic
+
+    from frugal.compression.config import PruningConfig
+    from frugal.compression.plan import pruning_name, pruning_step
+
+    heads = PruningConfig.model_validate({"method": "structured", "sparsity": 0.0, "attentionHeads": 0.25})
+    assert pruning_name(heads) == "pruned-structured-0-heads-25"
+    assert pruning_step(heads) == "pruning:structured:0:heads=0.25"
+    assert pruning_name(PruningConfig(method="structured", sparsity=0.5)) == "pruned-structured-50"
+    with pytest.raises(pydantic.ValidationError, match="attentionHeads applies only to method structured"):
+        PruningConfig.model_validate({"method": "magnitude", "attentionHeads": 0.25})
