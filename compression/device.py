@@ -21,12 +21,12 @@ def pick_device(local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def distributed_backend(device: torch.device, ranks_on_node: int = 1) -> str:
+def distributed_backend(device_type: str, ranks_on_node: int = 1, gpus_on_node: int = 1) -> str:
     """nccl for CUDA, xla for TPU, gloo otherwise, and gloo when ranks on this node would share a
     GPU (nccl refuses two ranks on one device; gloo reduces CUDA tensors too)."""
-    if device.type == "cuda" and ranks_on_node > torch.cuda.device_count():
+    if device_type == "cuda" and ranks_on_node > gpus_on_node:
         return "gloo"
-    return {"cuda": "nccl", "xla": "xla"}.get(device.type, "gloo")
+    return {"cuda": "nccl", "xla": "xla"}.get(device_type, "gloo")
 
 
 @contextlib.contextmanager

@@ -28,7 +28,8 @@ def main() -> None:
     assert torch.cuda.is_available(), "no CUDA device visible"
     print("torch", torch.__version__, "|", torch.cuda.get_device_name(0), "| GPUs", torch.cuda.device_count())
     print("pick_device:", pick_device(), "rank 1 ->", pick_device(1))
-    print("backend, 1 rank per GPU:", distributed_backend(pick_device(), 1), "| 2 ranks on 1 GPU:", distributed_backend(pick_device(), 2))
+    gpus = torch.cuda.device_count()
+    print("backend, 1 rank per GPU:", distributed_backend("cuda", 1, gpus), f"| {gpus + 1} ranks on {gpus} GPU(s):", distributed_backend("cuda", gpus + 1, gpus))
     print("onnxruntime", onnxruntime.__version__, onnxruntime.get_available_providers())
 
     meter = open_nvml()

@@ -182,7 +182,8 @@ class _group:
             device = pick_device(self.topo.local_rank)
             if device.type == "cuda":
                 torch.cuda.set_device(device)
-            backend = distributed_backend(device, self.topo.ranks_on_node)
+            gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+            backend = distributed_backend(device.type, self.topo.ranks_on_node, gpus)
             dist.init_process_group(backend, rank=self.topo.rank, world_size=self.topo.world_size)
 
     def __exit__(self, *exc: object) -> None:

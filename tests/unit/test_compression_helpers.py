@@ -93,16 +93,13 @@ def test_smallest_fitting_count_is_found_by_doubling_then_bisecting(
     assert len(tried) <= 2 * limit.bit_length() + 1
 
 
-def test_ranks_sharing_a_gpu_reduce_with_gloo_and_one_rank_per_gpu_with_nccl(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_ranks_sharing_a_gpu_reduce_with_gloo_and_one_rank_per_gpu_with_nccl() -> None:
     from frugal.compression.device import distributed_backend
 
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    cuda = torch.device("cuda", 0)
-    assert distributed_backend(cuda, ranks_on_node=1) == "nccl"
-    assert distributed_backend(cuda, ranks_on_node=2) == "gloo"
-    assert distributed_backend(torch.device("cpu"), ranks_on_node=1) == "gloo"
+    assert distributed_backend("cuda", ranks_on_node=1, gpus_on_node=1) == "nccl"
+    assert distributed_backend("cuda", ranks_on_node=2, gpus_on_node=1) == "gloo"
+    assert distributed_backend("cuda", ranks_on_node=8, gpus_on_node=8) == "nccl"
+    assert distributed_backend("cpu", ranks_on_node=1, gpus_on_node=0) == "gloo"
 
 
 def test_torchrun_local_world_size_gives_each_rank_its_place_on_the_node() -> None:
