@@ -23,26 +23,39 @@ def _encoder_layers(model: nn.Module) -> Any:
     return model.bert.encoder.layer  # type: ignore[union-attr]
 
 
-def ffn_importance(model: nn.Module, sample: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    """Per layer, each FFN neuron's mean |activation| on ``sample`` times its output-weight norm."""
-    layers = _encoder_layers(model)
-    stats: list[torch.Tensor] = [torch.zeros(0)] * len(layers)
+def mean_abs_outputs(
+    model: nn.Module, modules: list[nn.Module], sample: tuple[torch.Tensor, ...]
+) -> list[torch.Tensor]:
+    """For each of ``modules``, the mean |output| per feature over the real (unmasked) tokens of one
+    forward pass of ``model`` on token inputs ``sample``."""
+    stats: list[torch.Tensor] = [torch.zeros(0)] * len(modules)
     mask = sample[1].unsqueeze(-1).float()
 
     def hook(index: int) -> Any:
-        def record(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            stats[index] = (output.abs() * mask).sum(dim=(0, 1)) / mask.sum()
+        def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            value = output[0] if isinstance(output, tuple) else output
+            stats[index] = (value.abs() * mask).sum(dim=(0, 1)) / mask.sum()
 
         return record
 
-    handles = [layer.intermediate.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    handles = [module.register_forward_hook(hook(i)) for i, module in enumerate(modules)]
     try:
         with torch.no_grad():
             model.eval()(*sample)
     finally:
         for handle in handles:
             handle.remove()
-    return [stats[i] * layer.output.dense.weight.detach().norm(dim=0) for i, layer in enumerate(layers)]
+    return stats
+
+
+def ffn_importance(model: nn.Module, sample: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """Per layer, each FFN neuron's mean |activation| on ``sample`` times its output-weight norm."""
+    layers = _encoder_layers(model)
+    activations = mean_abs_outputs(model, [layer.intermediate for layer in layers], sample)
+    return [
+        a * layer.output.dense.weight.detach().norm(dim=0)
+        for a, layer in zip(activations, layers, strict=True)
+    ]
 
 
 def _head_size(layer: Any) -> int:
@@ -53,30 +66,13 @@ def head_importance(model: nn.Module, sample: tuple[torch.Tensor, ...] | None = 
     """Per layer, each head's mean |context| on ``sample`` (1 without one) times the norm of its
     columns in the attention output projection."""
     layers = _encoder_layers(model)
-    contexts: list[torch.Tensor | None] = [None] * len(layers)
+    contexts: list[torch.Tensor | float] = [1.0] * len(layers)
     if sample is not None:
-        mask = sample[1].unsqueeze(-1).float()
-
-        def hook(index: int) -> Any:
-            def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
-                context = output[0] if isinstance(output, tuple) else output
-                contexts[index] = (context.abs() * mask).sum(dim=(0, 1)) / mask.sum()
-
-            return record
-
-        handles = [layer.attention.self.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
-        try:
-            with torch.no_grad():
-                model.eval()(*sample)
-        finally:
-            for handle in handles:
-                handle.remove()
+        contexts = list(mean_abs_outputs(model, [layer.attention.self for layer in layers], sample))
     scores = []
     for layer, context in zip(layers, contexts, strict=True):
-        size = _head_size(layer)
-        weight = layer.attention.output.dense.weight.detach()
-        per_column = weight.norm(dim=0) * (context if context is not None else 1.0)
-        scores.append(per_column.reshape(-1, size).sum(dim=1))
+        per_column = layer.attention.output.dense.weight.detach().norm(dim=0) * context
+        scores.append(per_column.reshape(-1, _head_size(layer)).sum(dim=1))
     return scores
 
 
