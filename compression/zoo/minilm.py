@@ -103,3 +103,40 @@ def load() -> SourceModel:
             None,
         ),
     )
+
+
+def export_token_encoder(path: Path) -> Path:
+    """The BERT body alone as ONNX (what serving benchmarks and sharding tests load): inputs
+    ``input_ids``/``attention_mask`` INT64 ``[batch, seq]``, output ``last_hidden_state`` FP32
+    ``[batch, seq, 384]``, both axes dynamic. Written atomically."""
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(str(model_dir()), local_files_only=True).eval()
+
+    class LastHidden(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden: torch.Tensor = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
+            return hidden
+
+    ids = torch.randint(0, 1000, (2, 16))
+    dynamic = {0: "batch", 1: "seq"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".tmp{os.getpid()}")
+    torch.onnx.export(
+        LastHidden(),
+        (ids, torch.ones_like(ids)),
+        str(temporary),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["last_hidden_state"],
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic, "last_hidden_state": dynamic},
+    )
+    temporary.replace(path)
+    return path

