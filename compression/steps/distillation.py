@@ -101,9 +101,9 @@ class Trainer:
         self.inputs = tuple(x[rows] for x in source.train.inputs)
         self.labels = source.train.labels[rows] if source.train.labels is not None else None
         self.tokens = source.family == "bert"
-        teacher = copy.deepcopy(source.module).to(self.device)
+        # .to() moves a module in place: the source's teacher is copied only when it has to move.
+        teacher = source.module if self.device.type == "cpu" else copy.deepcopy(source.module).to(self.device)
         self.targets = _teacher_outputs(teacher, self.inputs, self.tokens).cpu()
-        del teacher
         # Encoders learn to reproduce the teacher exactly, so dropout stays off (eval mode). Their
         # vocabulary table stays the teacher's: a few thousand sentences touch a fraction of its rows.
         student = make_student(source, config).to(self.device)

@@ -132,20 +132,15 @@ def weight_only(src: Path, dst: Path, bits: int, block_size: int | None = None) 
     if not tables:
         onnx.save(result, str(dst))
         return dst
-    staged = dst.with_name(dst.stem + ".matmul.onnx")
-    onnx.save(result, str(staged))
-    try:
-        with _quiet():
-            q.quantize_dynamic(
-                staged,
-                dst,
-                weight_type=q.QuantType.QInt8,
-                op_types_to_quantize=["Gather"],
-                nodes_to_quantize=tables,
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-    finally:
-        staged.unlink(missing_ok=True)
+    with _quiet():
+        q.quantize_dynamic(
+            result,
+            dst,
+            weight_type=q.QuantType.QInt8,
+            op_types_to_quantize=["Gather"],
+            nodes_to_quantize=tables,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     return dst
 
 

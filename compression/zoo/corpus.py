@@ -91,12 +91,12 @@ def harvest() -> list[str]:
 
 
 def fortune_entries(text: str) -> Iterator[str]:
-    """The entries of a fortune file (separated by ``%`` lines), attribution lines dropped."""
+    """The entries of a fortune file (separated by ``%`` lines), attribution lines dropped and
+    whitespace collapsed."""
     for entry in re.split(r"^%$", text, flags=re.MULTILINE):
-        lines = [line for line in entry.splitlines() if not line.strip().startswith("--")]
-        text = "\n".join(lines).strip()
-        if text:
-            yield text
+        words = " ".join(line for line in entry.splitlines() if not line.strip().startswith("--")).split()
+        if words:
+            yield " ".join(words)
 
 
 def harvest_everyday() -> list[str]:
@@ -111,7 +111,7 @@ def harvest_everyday() -> list[str]:
     )
     texts = (f.read_bytes().decode("utf-8", errors="replace") for f in files)
     entries = (entry for text in texts for entry in fortune_entries(text))
-    return pick(sentences_of(" ".join(e.split()) for e in entries), sys.maxsize)
+    return pick(sentences_of(entries), sys.maxsize)
 
 
 def interleave(*sources: list[str]) -> list[str]:
