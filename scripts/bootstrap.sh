@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# Create the project's virtual environment (.venv) and install frugal with the given extras.
-# Usage: scripts/bootstrap.sh [EXTRAS]   (default: all; the test command uses dev)
+# Create the project's virtual environment (.venv) and install frugal with exactly the versions in
+# requirements/<EXTRAS>.txt, the lock the test suite last passed on (hash-checked).
+# Usage: scripts/bootstrap.sh [all|dev]   (default: all; the test command uses dev)
+# To move to newer versions, run scripts/upgrade-deps.sh: it rewrites the locks and runs the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-all}"
 VENV="${FRUGAL_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
+LOCK="requirements/$EXTRAS.txt"
+[[ -f "$LOCK" ]] || { echo "bootstrap: no lock $LOCK; use 'all' or 'dev'" >&2; exit 2; }
 if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating $VENV with $($PYTHON --version)" >&2
   "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --upgrade pip
 fi
-echo "bootstrap: installing frugal[$EXTRAS] (the first time brings torch: a few GB)" >&2
-# Strict editable mode lets type checkers follow the frugal.* -> folder mapping (see setup.py).
-"$VENV/bin/pip" install --quiet --progress-bar off -e ".[$EXTRAS]" --config-settings editable_mode=strict
+stamp="$VENV/.frugal-lock-$EXTRAS.sha256"
+digest="$(sha256sum "$LOCK" setup.py pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]]; then
+  echo "bootstrap: $VENV already matches $LOCK" >&2
+  exit 0
+fi
+echo "bootstrap: installing $LOCK (the first time brings torch: a few GB)" >&2
+"$VENV/bin/python" -m pip install --quiet --progress-bar off --require-hashes -r "$LOCK"
+# frugal itself, built with the locked setuptools. Strict editable mode lets type checkers follow the
+# frugal.* -> folder mapping (see setup.py); scripts/dev-install.sh re-links it after adding modules.
+"$VENV/bin/python" -m pip install --quiet --progress-bar off --no-deps --no-build-isolation \
+  -e . --config-settings editable_mode=strict
+echo "$digest" >"$stamp"

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Refresh the locks in requirements/ to the newest versions the registry serves today, reinstall
+# .venv from them and run the whole test suite. Upgrading is this one deliberate step; everything
+# else (bootstrap, the test command, CI) installs exactly what the locks say.
+#   scripts/upgrade-deps.sh                 # newest of everything, then scripts/test.sh
+#   scripts/upgrade-deps.sh --no-test       # only rewrite the locks
+#   UPGRADE_PACKAGES="torch transformers" scripts/upgrade-deps.sh   # move only these, keep the rest
+# The locks are for CPython 3.11 on x86_64 Linux (manylinux_2_28), the platform CI and the
+# developers run; pyproject.toml keeps the ranges people installing frugal as a library get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN_TESTS=1
+[[ "${1:-}" == "--no-test" ]] && RUN_TESTS=0
+LOCK_PYTHON="3.11"
+LOCK_PLATFORM="x86_64-manylinux_2_28"
+
+scripts/bootstrap.sh dev   # the current lock, which brings uv
+UV="${FRUGAL_VENV:-.venv}/bin/uv"
+upgrade=(--upgrade)
+if [[ -n "${UPGRADE_PACKAGES:-}" ]]; then
+  upgrade=()
+  for package in $UPGRADE_PACKAGES; do upgrade+=(--upgrade-package "$package"); done
+fi
+compile() {  # compile OUT INPUT... [-- uv options]
+  local out="$1"; shift
+  "$UV" pip compile --quiet --generate-hashes --python-version "$LOCK_PYTHON" \
+    --python-platform "$LOCK_PLATFORM" --custom-compile-command "scripts/upgrade-deps.sh" \
+    "${upgrade[@]}" -o "$out" "$@"
+}
+compile requirements/dev.txt pyproject.toml requirements/build.in --extra dev
+# 'all' is the same resolution without the dev tools: constrained by the dev lock, never newer.
+compile requirements/all.txt pyproject.toml requirements/build.in --extra all --constraint requirements/dev.txt
+compile requirements/kserve-client.txt requirements/kserve-client.in
+git --no-pager diff --stat -- requirements/ || true
+
+if [[ "$RUN_TESTS" == 1 ]]; then
+  scripts/test.sh
+fi
