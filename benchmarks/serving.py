@@ -83,14 +83,14 @@ def digits_int8() -> Path:
 
 def minilm_int8() -> Path:
     """all-MiniLM-L6-v2 from the offline package, exported with torch, dynamic INT8."""
-    target = CACHE / "minilm-l6-v2-int8.onnx"
+    target = CACHE / "minilm-l6-v2-int8-v2.onnx"
     if target.exists():
         return target
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from frugal.compression.zoo.minilm import export_token_encoder
 
-    fp32 = export_token_encoder(CACHE / "minilm-l6-v2-fp32.onnx")
+    fp32 = export_token_encoder(CACHE / "minilm-l6-v2-fp32-v2.onnx")
     quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8)
     return target
 

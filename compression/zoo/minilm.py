@@ -26,6 +26,7 @@ from . import corpus
 NAME = "all-minilm-l6-v2"
 MAX_TOKENS = 128
 TRAINING_SENTENCES = 2000
+TOKEN_INPUTS = (TensorSpec("input_ids", "INT64", (-1, -1)), TensorSpec("attention_mask", "INT64", (-1, -1)))
 
 
 class SentenceEncoder(nn.Module):
@@ -93,7 +94,7 @@ def load() -> SourceModel:
         uri=f"zoo://{NAME}",
         task="embedding",
         family="bert",
-        inputs=[TensorSpec("input_ids", "INT64", (-1, -1)), TensorSpec("attention_mask", "INT64", (-1, -1))],
+        inputs=list(TOKEN_INPUTS),
         outputs=[TensorSpec("embedding", "FP32", (-1, 384))],
         validation=HeldOut(held_out),
         calibration=HeldOut(calibration),
@@ -105,38 +106,34 @@ def load() -> SourceModel:
     )
 
 
+class _LastHidden(nn.Module):
+    """The BERT body's last hidden state, one tensor (what ``export_token_encoder`` writes)."""
+
+    def __init__(self, bert: nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden: torch.Tensor = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return hidden
+
+
 def export_token_encoder(path: Path) -> Path:
     """The BERT body alone as ONNX (what serving benchmarks and sharding tests load): inputs
     ``input_ids``/``attention_mask`` INT64 ``[batch, seq]``, output ``last_hidden_state`` FP32
-    ``[batch, seq, 384]``, both axes dynamic. Written atomically."""
-    from transformers import AutoModel
+    ``[batch, seq, 384]``, both axes dynamic. Exported like every compressed variant (traced on padded
+    held-out rows, then checked against the PyTorch model); written atomically."""
+    from ..export import export_onnx
 
-    encoder = AutoModel.from_pretrained(str(model_dir()), local_files_only=True).eval()
-
-    class LastHidden(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden: torch.Tensor = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask
-            ).last_hidden_state
-            return hidden
-
-    ids = torch.randint(0, 1000, (2, 16))
-    dynamic = {0: "batch", 1: "seq"}
-    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = model_dir()
+    held_out = HeldOut(tokenize(sentences()[1::2], folder))
     temporary = path.with_suffix(f".tmp{os.getpid()}")
-    torch.onnx.export(
-        LastHidden(),
-        (ids, torch.ones_like(ids)),
-        str(temporary),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["last_hidden_state"],
-        opset_version=17,
-        dynamo=False,
-        dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic, "last_hidden_state": dynamic},
+    export_onnx(
+        _LastHidden(teacher(folder).bert),
+        held_out,
+        list(TOKEN_INPUTS),
+        [TensorSpec("last_hidden_state", "FP32", (-1, -1, 384))],
+        temporary,
     )
     temporary.replace(path)
     return path

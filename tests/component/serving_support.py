@@ -319,7 +319,7 @@ def minilm_onnx() -> Path:
 
     Inputs input_ids/attention_mask INT64 [batch, seq]; output last_hidden_state FP32 [batch, seq, 384].
     """
-    target = cache_dir() / "minilm-l6-v2-fp32-v1.onnx"
+    target = cache_dir() / "minilm-l6-v2-fp32-v2.onnx"
     if target.exists():
         return target
     from frugal.compression.zoo.minilm import export_token_encoder
@@ -329,7 +329,7 @@ def minilm_onnx() -> Path:
 
 def minilm_int8_onnx() -> Path:
     """The MiniLM export quantized with ONNX Runtime's dynamic INT8, cached."""
-    target = cache_dir() / "minilm-l6-v2-int8-v1.onnx"
+    target = cache_dir() / "minilm-l6-v2-int8-v2.onnx"
     if target.exists():
         return target
     from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -68,6 +68,27 @@ def test_too_many_shards_is_a_clear_error() -> None:
         sharding.split_model(mlp((64, 32, 10)), 9)
 
 
+def test_minilm_export_answers_like_pytorch_on_padded_batches() -> None:
+    """The exported token encoder is exported from an unpadded [2, 16] sample; it must still answer a
+    padded batch of another size and length like transformers' model (a tracer that bakes the
+    sample's mask branch or an index sign into the graph fails here)."""
+    import torch
+    from transformers import AutoModel
+
+    from frugal.compression.zoo import minilm
+
+    feeds = minilm.tokenize(
+        ["A short one.", "x", "A much longer sentence, with many more tokens than the others have in them."]
+    )
+    assert feeds["attention_mask"].shape[0] == 3 and feeds["attention_mask"].shape[1] != 16
+    assert (feeds["attention_mask"] == 0).any(), "the batch must be padded"
+    model = AutoModel.from_pretrained(str(minilm.model_dir()), local_files_only=True).eval()
+    with torch.no_grad():
+        expected = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
+    exported = run(str(minilm_onnx()), feeds)["last_hidden_state"]
+    np.testing.assert_allclose(exported, expected, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("count", [2, 3])
 def test_minilm_stages_match_the_whole_model(count: int) -> None:
     path = str(minilm_onnx())
