@@ -342,36 +342,26 @@ def minilm_int8_onnx() -> Path:
 
 # ------------------------------------------------------------------------------------ kserve client
 
-KSERVE_VERSION = "0.21.0"
+KSERVE_LOCK = Path(__file__).resolve().parents[2] / "requirements" / "kserve-client.txt"
 
 
 def kserve_python() -> Path:
-    """A Python with KServe's SDK, in its own cached venv.
+    """A Python with KServe's SDK, in its own cached venv, installed from its lock.
 
     kserve pulls in ~70 packages (grpcio-tools, pandas, fastapi, ...) and pins protobuf below the
-    version the main environment uses, so it lives beside it, built once from PyPI and then reused.
+    version the main environment uses, so it lives beside it, built once per lock and then reused.
     """
     import fcntl
+    import hashlib
 
-    venv = cache_dir() / f"kserve-{KSERVE_VERSION}-venv"
+    digest = hashlib.sha256(KSERVE_LOCK.read_bytes()).hexdigest()[:12]
+    venv = cache_dir() / f"kserve-client-{digest}-venv"
     python = venv / "bin" / "python"
     with (cache_dir() / "kserve-venv.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (venv / ".complete").exists():
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-            subprocess.run(
-                [
-                    str(python),
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    f"kserve=={KSERVE_VERSION}",
-                    "onnxruntime",
-                    "numpy",
-                ],
-                check=True,
-                timeout=900,
-            )
+            install = [str(python), "-m", "pip", "install", "--quiet", "--require-hashes", "-r", str(KSERVE_LOCK)]
+            subprocess.run(install, check=True, timeout=900)
             (venv / ".complete").touch()
     return python
