@@ -10,6 +10,12 @@ VENV="${FRUGAL_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 LOCK="requirements/$EXTRAS.txt"
 [[ -f "$LOCK" ]] || { echo "bootstrap: no lock $LOCK; use 'all' or 'dev'" >&2; exit 2; }
+platform="$("$PYTHON" -c 'import platform, sys; print(f"{sys.implementation.name}{sys.version_info[0]}.{sys.version_info[1]}-{platform.system()}-{platform.machine()}")' 2>/dev/null || echo "not runnable")"
+if [[ "$platform" != "cpython3.11-Linux-x86_64" ]]; then
+  echo "bootstrap: the locks in requirements/ are for CPython 3.11 on x86_64 Linux, and $PYTHON is $platform;" \
+       "set PYTHON=python3.11, or install the ranges in pyproject.toml with pip install -e '.[$EXTRAS]'" >&2
+  exit 2
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating $VENV with $($PYTHON --version)" >&2
   "$PYTHON" -m venv "$VENV"
