@@ -19,6 +19,9 @@ class Topology:
     master_addr: str
     master_port: int
     ranks_on_node: int = 1
+    # Ranks spawned on one machine meet through a file instead of rank 0's TCP store: no port to
+    # pick and release (another socket can take it in between), no store that dies with rank 0.
+    rendezvous_file: str | None = None
 
     @property
     def local_rank(self) -> int:

@@ -13,8 +13,8 @@ Ranks come from the environment (torchrun, or a Kubernetes Indexed Job's ``JOB_C
 from __future__ import annotations
 
 import copy
+import gc
 import os
-import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -144,7 +144,14 @@ class Trainer:
             for batch in self.batches(epoch):
                 self.backward(batch)
                 self.optimizer.step()
+        self.release_group()
         return self.student.eval().cpu()
+
+    def release_group(self) -> None:
+        """Drop the DDP wrapper, whose reducer holds the process group: the group must be freed
+        by ``destroy_process_group``, not later by whatever collects the wrapper (at interpreter
+        exit, gloo's worker threads can then abort the process)."""
+        self.model = self.student
 
 
 def train_rank(topo: Topology, config: CompressionConfig, source: SourceModel | None = None) -> nn.Module:
@@ -166,7 +173,9 @@ def first_step_gradients(topo: Topology, config: CompressionConfig) -> list[torc
     with _group(topo):
         trainer = Trainer(load_source(config), config.distillation, topo, config.seed)
         trainer.backward(trainer.batches(0)[0])
-        return trainer.gradients()
+        gradients = trainer.gradients()
+        trainer.release_group()
+        return gradients
 
 
 class _group:
@@ -177,32 +186,34 @@ class _group:
 
     def __enter__(self) -> None:
         if self.topo.distributed and not dist.is_initialized():
-            os.environ["MASTER_ADDR"] = self.topo.master_addr
-            os.environ["MASTER_PORT"] = str(self.topo.master_port)
+            init_method = None
+            if self.topo.rendezvous_file is not None:
+                init_method = f"file://{self.topo.rendezvous_file}"
+            else:
+                os.environ["MASTER_ADDR"] = self.topo.master_addr
+                os.environ["MASTER_PORT"] = str(self.topo.master_port)
             device = pick_device(self.topo.local_rank)
             if device.type == "cuda":
                 torch.cuda.set_device(device)
             gpus = torch.cuda.device_count() if device.type == "cuda" else 0
             backend = distributed_backend(device.type, self.topo.ranks_on_node, gpus)
-            dist.init_process_group(backend, rank=self.topo.rank, world_size=self.topo.world_size)
+            dist.init_process_group(
+                backend, init_method=init_method, rank=self.topo.rank, world_size=self.topo.world_size
+            )
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if self.topo.distributed and dist.is_initialized():
+            gc.collect()  # wrappers that hold the group and sit in reference cycles go now
+            if exc_type is None:
+                dist.barrier()  # no rank closes its connections while another still reduces
             dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _spawned(
-    local_rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple[Any, ...], out: str
+    local_rank: int, world: int, rendezvous: str, fn: Callable[..., Any], args: tuple[Any, ...], out: str
 ) -> None:
     torch.set_num_threads(1)
-    topo = Topology(local_rank, world, "127.0.0.1", port, ranks_on_node=world)
+    topo = Topology(local_rank, world, "127.0.0.1", 0, ranks_on_node=world, rendezvous_file=rendezvous)
     result = fn(topo, *args)
     if local_rank == 0:
         torch.save(result, out)
@@ -213,9 +224,9 @@ def run_local_workers(world: int, fn: Callable[..., T], *args: Any) -> T:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp) / "rank0.pt")
+        out, rendezvous = str(Path(tmp) / "rank0.pt"), str(Path(tmp) / "rendezvous")
         mp.start_processes(
-            _spawned, args=(world, free_port(), fn, args, out), nprocs=world, start_method="spawn"
+            _spawned, args=(world, rendezvous, fn, args, out), nprocs=world, start_method="spawn"
         )
         result: T = torch.load(out, weights_only=False)
         return result
