@@ -50,13 +50,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--attention-heads", type=float, help="structured pruning of encoders: fraction of heads removed"
     )
+    p.add_argument(
+        "--threshold-scale",
+        type=float,
+        help="threshold pruning: zero |w| below this times the layer's mean |w| (default 1)",
+    )
     p.add_argument("--fine-tune-epochs", type=int, help="fine-tuning epochs after pruning")
     p.add_argument("--distill", action="store_true", help="add a distilled student")
     p.add_argument("--epochs", type=int, help="distillation epochs")
     p.add_argument("--student-width", type=float, help="student hidden width relative to the teacher")
     p.add_argument("--student-layers", type=int, help="encoder layers the student keeps")
+    p.add_argument(
+        "--student-depth",
+        type=float,
+        help="fraction of the teacher's hidden/encoder layers the student keeps",
+    )
     p.add_argument("--workers", type=int, help="data-parallel distillation workers started locally")
-    p.add_argument("--metric", choices=["accuracy", "cosine"])
+    p.add_argument("--metric", choices=["accuracy", "f1", "cosine"])
     p.add_argument("--max-drop", type=float, help="largest allowed metric drop (e.g. 0.01)")
     p.add_argument("--min-value", type=float, help="absolute floor on the metric")
     p.add_argument("--out", type=Path, help="artifact directory to write")
@@ -107,7 +117,9 @@ def _number(text: str, kind: type[Any], flag: str) -> Any:
         raise CompressionError(f"{flag}: {text!r} is not a number") from exc
 
 
-def _pruning(spec: str, epochs: int | None, heads: float | None = None) -> dict[str, Any]:
+def _pruning(
+    spec: str, epochs: int | None, heads: float | None = None, scale: float | None = None
+) -> dict[str, Any]:
     method, _, sparsity = spec.partition(":")
     entry: dict[str, Any] = {"method": method}
     if sparsity:
@@ -116,6 +128,8 @@ def _pruning(spec: str, epochs: int | None, heads: float | None = None) -> dict[
         entry["fineTuneEpochs"] = epochs
     if heads is not None and method == "structured":
         entry["attentionHeads"] = heads
+    if scale is not None and method == "threshold":
+        entry["thresholdScale"] = scale
     return entry
 
 
@@ -139,7 +153,10 @@ def merged_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.quantization:
         raw["quantization"] = [_quantization(s, args.per_channel) for s in args.quantization]
     if args.pruning:
-        raw["pruning"] = [_pruning(s, args.fine_tune_epochs, args.attention_heads) for s in args.pruning]
+        raw["pruning"] = [
+            _pruning(s, args.fine_tune_epochs, args.attention_heads, args.threshold_scale)
+            for s in args.pruning
+        ]
     _distillation_flags(args, raw)
     budget = raw.setdefault("accuracyBudget", {})
     for flag, key in (("metric", "metric"), ("max_drop", "maxDrop"), ("min_value", "minValue")):
@@ -153,7 +170,8 @@ def merged_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _distillation_flags(args: argparse.Namespace, raw: dict[str, Any]) -> None:
-    wanted = args.distill or args.epochs or args.student_width or args.student_layers or args.workers
+    student_flags = (args.student_width, args.student_layers, args.student_depth)
+    wanted = args.distill or args.epochs or any(f is not None for f in student_flags) or args.workers
     if not wanted or (not args.distill and "distillation" not in raw and not args.epochs):
         if args.workers and "distillation" in raw:
             raw["distillation"]["workers"] = args.workers
@@ -166,8 +184,15 @@ def _distillation_flags(args: argparse.Namespace, raw: dict[str, Any]) -> None:
     student = distillation.setdefault("student", {})
     if args.student_width is not None:
         student["width"] = args.student_width
+    # --student-layers and --student-depth both set the depth: a flag replaces the file's other one.
     if args.student_layers is not None:
+        for key in ("depthFactor", "depth_factor"):
+            student.pop(key, None)
         student["layers"] = args.student_layers
+    if args.student_depth is not None:
+        if args.student_layers is None:
+            student.pop("layers", None)
+        student["depthFactor"] = args.student_depth
 
 
 def config_from_args(args: argparse.Namespace) -> CompressionConfig:

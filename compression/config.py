@@ -15,7 +15,7 @@ from pydantic.alias_generators import to_camel
 
 PruningMethod = Literal["magnitude", "threshold", "structured"]
 QuantizationMethod = Literal["dynamic-int8", "static-int8", "fp16", "int8-weight", "int4-weight", "uniform"]
-Metric = Literal["accuracy", "cosine"]
+Metric = Literal["accuracy", "f1", "cosine"]
 ModelFormat = Literal["zoo", "onnx", "torchscript", "pytorch"]
 
 
@@ -65,12 +65,25 @@ class PruningConfig(_Model):
         lt=1.0,
         description="Structured, encoders: fraction of each layer's heads removed.",
     )
+    threshold_scale: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=100.0,
+        description="Threshold: weights with |w| below thresholdScale × the layer's mean |w| are zeroed.",
+    )
     fine_tune_epochs: int = Field(default=0, ge=0, le=100)
 
     @model_validator(mode="after")
     def _heads_need_structure(self) -> PruningConfig:
         if self.attention_heads and self.method != "structured":
             raise ValueError("attentionHeads applies only to method structured")
+        return self
+
+    @model_validator(mode="after")
+    def _scale_needs_threshold(self) -> PruningConfig:
+        # The operator always sends the CRD default (1.0), so only another value is a mistake.
+        if self.threshold_scale != 1.0 and self.method != "threshold":
+            raise ValueError("thresholdScale applies only to method threshold")
         return self
 
 
@@ -90,6 +103,21 @@ class QuantizationConfig(_Model):
 class StudentConfig(_Model):
     width: float = Field(default=0.5, gt=0.0, le=1.0, description="Hidden width relative to the teacher.")
     layers: int | None = Field(default=None, ge=1, description="Encoder layers kept (transformers).")
+    depth_factor: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "Fraction of the teacher's hidden (MLP) or encoder layers kept, at least one. Without it"
+            " (and without layers) an MLP student keeps every hidden layer, an encoder student half."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_depth(self) -> StudentConfig:
+        if self.layers is not None and self.depth_factor is not None:
+            raise ValueError("student.layers and student.depthFactor both set the depth; set one of them")
+        return self
 
 
 class DistillationConfig(_Model):
@@ -106,7 +134,9 @@ class DistillationConfig(_Model):
 
 
 class AccuracyBudget(_Model):
-    metric: Metric | None = Field(default=None, description="accuracy (classifiers) or cosine (encoders).")
+    metric: Metric | None = Field(
+        default=None, description="accuracy or f1 (macro F1) for classifiers, cosine for encoders."
+    )
     max_drop: float = Field(default=0.01, ge=0.0, le=1.0)
     min_value: float | None = Field(default=None, ge=0.0, le=1.0, description="Absolute floor on the metric.")
 

@@ -1,7 +1,8 @@
 """Run an ONNX file with ONNX Runtime on held-out data and score it.
 
-Classifiers are scored by accuracy against the labels; encoders by the minimum cosine similarity of
-their outputs to the FP32 model's outputs on the same inputs (``drop = 1 - min cosine``).
+Classifiers are scored by accuracy or macro F1 of their argmax predictions against the labels;
+encoders by the minimum cosine similarity of their outputs to the FP32 model's outputs on the same
+inputs (``drop = 1 - min cosine``).
 """
 
 from __future__ import annotations
@@ -71,6 +72,18 @@ def accuracy(outputs: npt.NDArray[np.float32], labels: npt.NDArray[np.int64]) ->
     return float((outputs.argmax(axis=1) == labels).mean())
 
 
+def macro_f1(outputs: npt.NDArray[np.float32], labels: npt.NDArray[np.int64]) -> float:
+    """Macro F1 of the argmax predictions over the classes in the labels or the predictions (a class
+    never predicted, or never right, scores 0, without a warning)."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels, outputs.argmax(axis=1), average="macro", zero_division=0))
+
+
+LABEL_METRICS = {"accuracy": accuracy, "f1": macro_f1}
+"""Metrics scored against the validation labels, by name."""
+
+
 def min_cosine(outputs: npt.NDArray[np.float32], reference: npt.NDArray[np.float32]) -> float:
     """The worst row's cosine similarity between two output matrices."""
     a = outputs.reshape(len(outputs), -1).astype(np.float64)
@@ -91,15 +104,15 @@ class Evaluator:
     @classmethod
     def from_baseline(cls, metric: str, data: HeldOut, fp32_path: Path) -> Evaluator:
         reference = run_batched(session(fp32_path), data)
-        if metric == "accuracy":
+        if metric in LABEL_METRICS:
             if data.labels is None:
-                raise CompressionError("accuracyBudget.metric accuracy needs labels in the validation data")
-            return cls(metric, data, reference, accuracy(reference, data.labels))
+                raise CompressionError(f"accuracyBudget.metric {metric} needs labels in the validation data")
+            return cls(metric, data, reference, LABEL_METRICS[metric](reference, data.labels))
         return cls(metric, data, reference, 1.0)
 
     def score(self, path: Path) -> Score:
         outputs = run_batched(session(path), self.data)
-        if self.metric == "accuracy":
+        if self.metric in LABEL_METRICS:
             assert self.data.labels is not None
-            return Score("accuracy", accuracy(outputs, self.data.labels), self.baseline)
+            return Score(self.metric, LABEL_METRICS[self.metric](outputs, self.data.labels), self.baseline)
         return Score("cosine", min_cosine(outputs, self.reference), self.baseline)

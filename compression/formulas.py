@@ -1,6 +1,7 @@
 """The seed document's formulas, implemented correctly, as pure functions.
 
-- Threshold pruning: ``threshold = mean(|w|)``; every weight with ``|w| < threshold`` becomes 0.
+- Threshold pruning: ``threshold = scale * mean(|w|)`` (the seed's rule is ``scale = 1``); every
+  weight with ``|w| < threshold`` becomes 0.
 - Uniform quantization over ``[a, b]`` with ``L`` levels: ``delta = (b - a) / (L - 1)``, index
   ``round((w - a) / delta)`` (clipped to ``[0, L-1]``), value ``a + index * delta``.
 - Gradient averaging: ``g = mean(grad_i)``; SGD step ``theta - alpha * g``.
@@ -42,18 +43,20 @@ class QuantizeResult:
     delta: float
 
 
-def mean_abs_threshold(weights: npt.ArrayLike) -> float:
-    """The seed's pruning threshold: the mean absolute weight."""
+def mean_abs_threshold(weights: npt.ArrayLike, scale: float = 1.0) -> float:
+    """The pruning threshold: ``scale`` times the mean absolute weight (the seed's is ``scale = 1``)."""
+    if not scale > 0:
+        raise ValueError(f"the threshold scale must be positive, got {scale}")
     array = np.asarray(weights, dtype=np.float64)
     if array.size == 0:
         raise ValueError("threshold pruning needs at least one weight")
-    return float(np.mean(np.abs(array)))
+    return float(scale * np.mean(np.abs(array)))
 
 
-def threshold_prune(weights: npt.ArrayLike) -> PruneResult:
-    """Zero every weight whose magnitude is below the mean magnitude."""
+def threshold_prune(weights: npt.ArrayLike, scale: float = 1.0) -> PruneResult:
+    """Zero every weight whose magnitude is below ``scale`` times the mean magnitude."""
     array = np.asarray(weights, dtype=np.float64)
-    threshold = mean_abs_threshold(array)
+    threshold = mean_abs_threshold(array, scale)
     keep = np.abs(array) >= threshold
     return PruneResult(weights=np.where(keep, array, 0.0), threshold=threshold, pruned=int((~keep).sum()))
 
@@ -89,27 +92,35 @@ def sgd_step(theta: npt.ArrayLike, grads: Sequence[npt.ArrayLike], alpha: float)
     return np.asarray(theta, dtype=np.float64) - alpha * average_gradients(grads)
 
 
-def threshold_mask(tensor: torch.Tensor) -> torch.Tensor:
-    """The torch form of the threshold rule: 1 where ``|w| >= mean(|w|)``, else 0."""
-    return (tensor.abs() >= tensor.abs().mean()).to(tensor.dtype)
+def threshold_mask(tensor: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """The torch form of the threshold rule: 1 where ``|w| >= scale * mean(|w|)``, else 0."""
+    magnitude = tensor.abs()
+    return (magnitude >= scale * magnitude.mean()).to(tensor.dtype)
 
 
 def _threshold_method_class() -> type[Any]:
     from torch.nn.utils import prune
 
     class ThresholdPruning(prune.BasePruningMethod):
-        """``torch.nn.utils.prune`` method applying the mean-|w| rule."""
+        """``torch.nn.utils.prune`` method applying the ``scale * mean(|w|)`` rule."""
 
         PRUNING_TYPE = "unstructured"
 
+        def __init__(self, scale: float = 1.0) -> None:
+            if not scale > 0:
+                raise ValueError(f"the threshold scale must be positive, got {scale}")
+            self.scale = scale
+
         def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
-            return default_mask * threshold_mask(t)
+            return default_mask * threshold_mask(t, self.scale)
 
     return ThresholdPruning
 
 
-def apply_threshold_pruning(module: torch.nn.Module, name: str = "weight") -> torch.nn.Module:
-    """Prune ``module.<name>`` with the mean-|w| rule through ``torch.nn.utils.prune``."""
+def apply_threshold_pruning(
+    module: torch.nn.Module, name: str = "weight", scale: float = 1.0
+) -> torch.nn.Module:
+    """Prune ``module.<name>`` with the ``scale * mean(|w|)`` rule through ``torch.nn.utils.prune``."""
     method = _threshold_method_class()
-    method.apply(module, name)
+    method.apply(module, name, scale=scale)
     return module

@@ -74,9 +74,10 @@ def compress(config: CompressionConfig, progress: Progress | None = None) -> Com
     bar = progress or Silent()
     source = load_source(config)
     metric = config.accuracy_budget.metric or source.default_metric
-    if metric != source.default_metric:
+    if metric not in source.metrics:
+        fitting = " or ".join(repr(m) for m in source.metrics)
         raise CompressionError(
-            f"accuracyBudget.metric {metric!r} does not fit a {source.task} model; use {source.default_metric!r}"
+            f"accuracyBudget.metric {metric!r} does not fit a {source.task} model; use {fitting}"
         )
     with artifact.staging(config.output) as root:
         variants = _build_and_score(config, source, metric, root, bar)

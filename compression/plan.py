@@ -32,14 +32,17 @@ class Candidate:
 
 def pruning_name(config: PruningConfig) -> str:
     if config.method == "threshold":
-        return "pruned-threshold"
+        # The seed's rule (scale 1) keeps its plain name; other scales in percent of the mean |w|.
+        scale = config.threshold_scale
+        return "pruned-threshold" if scale == 1.0 else f"pruned-threshold-{round(scale * 100)}"
     heads = f"-heads-{round(config.attention_heads * 100)}" if config.attention_heads else ""
     return f"pruned-{config.method}-{round(config.sparsity * 100)}{heads}"
 
 
 def pruning_step(config: PruningConfig) -> str:
     heads = f":heads={config.attention_heads:g}" if config.attention_heads else ""
-    return f"pruning:{config.method}:{config.sparsity:g}{heads}"
+    scale = f":scale={config.threshold_scale:g}" if config.threshold_scale != 1.0 else ""
+    return f"pruning:{config.method}:{config.sparsity:g}{heads}{scale}"
 
 
 def quantization_name(config: QuantizationConfig) -> str:

@@ -1,7 +1,8 @@
 """What a compression run starts from: the model, its tensors' names and shapes, and its data.
 
 A ``SourceModel`` is built by the zoo (``zoo://``) or from files (``file://`` ONNX/TorchScript with
-``.npz`` data). Held-out data decides the metric: labels → accuracy, none → cosine to the FP32 output.
+``.npz`` data). Held-out data decides the metric: labels → accuracy (or macro F1 when asked), none →
+cosine to the FP32 output.
 """
 
 from __future__ import annotations
@@ -101,6 +102,11 @@ class SourceModel:
     @property
     def default_metric(self) -> Literal["accuracy", "cosine"]:
         return "accuracy" if self.task == "classification" else "cosine"
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The accuracy-budget metrics that fit this model (the default first)."""
+        return ("accuracy", "f1") if self.task == "classification" else ("cosine",)
 
 
 def cache_dir() -> Path:

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import CompressionConfig, DistillationConfig
+from ..config import CompressionConfig, DistillationConfig, StudentConfig
 from ..device import distributed_backend, pick_device
 from ..distributed import Topology, topology
 from ..errors import CompressionError
@@ -33,8 +33,28 @@ from ..source import SourceModel
 T = TypeVar("T")
 
 
+def kept_depth(teacher_layers: int, depth_factor: float | None) -> int:
+    """Layers a student keeps of ``teacher_layers``: ``depth_factor`` of them (rounded, at least
+    one), or all of them when there is no factor."""
+    if depth_factor is None:
+        return teacher_layers
+    return max(1, round(depth_factor * teacher_layers))
+
+
+DEFAULT_ENCODER_DEPTH = 0.5
+
+
+def student_layer_count(teacher_layers: int, student: StudentConfig) -> int:
+    """Encoder layers a student keeps: ``layers`` when set, else ``depthFactor`` of the teacher's,
+    else half of them."""
+    if student.layers is not None:
+        return student.layers
+    return kept_depth(teacher_layers, student.depth_factor or DEFAULT_ENCODER_DEPTH)
+
+
 def make_student(source: SourceModel, config: DistillationConfig) -> nn.Module:
-    """A narrower MLP, or a BERT encoder keeping ``student.layers`` evenly spaced layers."""
+    """A narrower (and, with ``depthFactor``, shallower) MLP keeping its first hidden layers, or a
+    BERT encoder keeping ``student_layer_count`` of the teacher's layers."""
     assert source.module is not None
     if source.family == "mlp":
         from ..zoo.digits import DigitsMLP
@@ -42,13 +62,14 @@ def make_student(source: SourceModel, config: DistillationConfig) -> nn.Module:
         hidden = getattr(source.module, "hidden", None)
         if hidden is None:
             raise CompressionError(f"distillation does not know the MLP layout of {source.uri}")
+        kept = hidden[: kept_depth(len(hidden), config.student.depth_factor)]
         torch.manual_seed(0)
-        return DigitsMLP([max(4, round(h * config.student.width)) for h in hidden])
+        return DigitsMLP([max(4, round(h * config.student.width)) for h in kept])
     if source.family == "bert":
-        from .transformer import choose_layers, keep_layers
+        from .transformer import choose_layers, encoder_layer_count, keep_layers
 
         assert source.train is not None
-        count = config.student.layers or 3
+        count = student_layer_count(encoder_layer_count(source.module), config.student)
         sample = tuple(x[:128] for x in source.train.inputs)
         return keep_layers(source.module, count, choose_layers(source.module, count, sample))
     raise CompressionError(f"distillation does not know the architecture of {source.uri}")

@@ -26,12 +26,13 @@ def _linears(model: nn.Module) -> list[nn.Linear]:
 
 
 def unstructured(model: nn.Module, config: PruningConfig) -> nn.Module:
-    """Zero weights of every Linear layer: global L1 magnitude to ``sparsity``, or the mean-|w| rule."""
+    """Zero weights of every Linear layer: global L1 magnitude to ``sparsity``, or the threshold rule
+    (``|w| < thresholdScale * mean |w|`` of the layer)."""
     pruned = copy.deepcopy(model)
     layers = _linears(pruned)
     if config.method == "threshold":
         for layer in layers:
-            apply_threshold_pruning(layer, "weight")
+            apply_threshold_pruning(layer, "weight", scale=config.threshold_scale)
     else:
         prune.global_unstructured(
             [(layer, "weight") for layer in layers],

@@ -23,6 +23,11 @@ def _encoder_layers(model: nn.Module) -> Any:
     return model.bert.encoder.layer  # type: ignore[union-attr]
 
 
+def encoder_layer_count(model: nn.Module) -> int:
+    """How many encoder layers a BERT model has."""
+    return len(_encoder_layers(model))
+
+
 def mean_abs_outputs(
     model: nn.Module, modules: list[nn.Module], sample: tuple[torch.Tensor, ...]
 ) -> list[torch.Tensor]:
