@@ -78,7 +78,7 @@ class Quantization(ApiModel):
 
 class Student(ApiModel):
     width_factor: float
-    depth_factor: float
+    depth_factor: float | None = None
 
 
 class Distillation(ApiModel):

@@ -18,8 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 from frugal.operator.controller.pipeline import Settings
+from frugal.operator.controller.storage import STORAGE_SCHEMES
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_METRICS_PORT = 8000
@@ -88,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
            help="image of the compression and profiling Jobs, and of serving pods whose "
            "HardwareProfile names none")  # fmt: skip
     option("--storage-uri", dest="storage_uri", metavar="URI", default=defaults.settings.storage_uri,
-           help="artifact store for ModelDeployments without spec.storage.uri (file://, pvc://, s3://...)")  # fmt: skip
+           help="artifact store for ModelDeployments without spec.storage.uri (pvc://<claim>/<path> or file:///<path>)")  # fmt: skip
     option("--pvc-root", dest="pvc_root", metavar="DIR",
            help="directory where this process sees pvc://<claim>/<path> as DIR/<claim>/<path>; "
            "without it the operator cannot read pvc:// artifacts")  # fmt: skip
@@ -115,7 +117,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
     defaults = Options()
     raw = {dest: _pick(args, environ, dest) for dest in ENVIRONMENT}
     image = _value(raw["workload_image"], str, defaults.settings.image)
-    storage_uri = _value(raw["storage_uri"], str, defaults.settings.storage_uri)
+    storage_uri = _value(raw["storage_uri"], _storage_uri, defaults.settings.storage_uri)
     pvc_root = _value(raw["pvc_root"], Path, None)
     return Options(
         settings=Settings(image=image, storage_uri=storage_uri, pvc_root=pvc_root),
@@ -178,6 +180,12 @@ def _positive(text: str) -> float:
     if not seconds > 0:
         raise ValueError("must be greater than 0 seconds")
     return seconds
+
+
+def _storage_uri(text: str) -> str:
+    if urlparse(text.strip()).scheme not in STORAGE_SCHEMES:
+        raise ValueError("use pvc://<claim>/<path> or file:///<path> (object stores are not yet supported)")
+    return text.strip()
 
 
 def _log_level(text: str) -> str:

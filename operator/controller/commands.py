@@ -50,6 +50,7 @@ def compression_config(md: ModelDeploymentSpec, output: str) -> dict[str, Any]:
             {
                 "method": pruning.get("method"),
                 "sparsity": pruning.get("sparsity"),
+                "thresholdScale": pruning.get("thresholdScale"),
                 "attentionHeads": pruning.get("attentionHeads"),
             }
         )
@@ -122,7 +123,7 @@ def _distillation(distillation: Mapping[str, Any]) -> dict[str, Any]:
     student = distillation.get("student") or {}
     return _drop_none(
         {
-            "student": _drop_none({"width": student.get("widthFactor")}),
+            "student": _drop_none({"width": student.get("widthFactor"), "depthFactor": student.get("depthFactor")}),
             "epochs": distillation.get("epochs"),
             "temperature": distillation.get("temperature"),
             "alpha": distillation.get("alpha"),

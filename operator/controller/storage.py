@@ -4,7 +4,9 @@
   local runtime, the same directory on this machine;
 - ``pvc://claim/sub/dir`` — a PersistentVolumeClaim mounted in pods at :data:`POD_MOUNT`; the operator
   reads it under its own ``--pvc-root`` (the chart mounts the default claim there);
-- an object-store URI (``s3://``, ``gs://``, ...) — passed to the pods as is (fsspec reads it).
+
+Object stores are not artifact locations yet: the CRD rejects them, and :func:`locate` refuses them
+(the operator's ``--default-storage`` goes through it too).
 
 Each ModelDeployment generation gets ``<root>/<namespace>/<name>/gen-<N>``.
 
@@ -30,6 +32,7 @@ POD_MOUNT = "/var/lib/frugal/artifacts"
 VOLUME_NAME = "artifacts"
 CLAIMS_MOUNT = "/var/lib/frugal/claims"
 PVC_ROOT_ENV = "FRUGAL_PVC_ROOT"
+STORAGE_SCHEMES = ("file", "pvc")  # what spec.storage.uri's pattern in the CRD admits
 
 
 @dataclass(frozen=True)
@@ -38,27 +41,25 @@ class ArtifactLocation:
 
     uri: str
     pod_path: str
-    volume: dict[str, Any] | None
+    volume: dict[str, Any]
     operator_path: Path | None
 
     def mount(self, read_only: bool) -> list[dict[str, Any]]:
-        if self.volume is None:
-            return []
         return [{"name": VOLUME_NAME, "mountPath": self.volume_mount_path, "readOnly": read_only}]
 
     @property
     def volume_mount_path(self) -> str:
-        if self.volume is not None and "hostPath" in self.volume:
+        if "hostPath" in self.volume:
             return str(self.volume["hostPath"]["path"])
         return POD_MOUNT
 
     def volumes(self) -> list[dict[str, Any]]:
-        return [] if self.volume is None else [self.volume]
+        return [self.volume]
 
     @property
     def claim(self) -> str | None:
         """The PersistentVolumeClaim that holds the artifacts, if any."""
-        if self.volume is None or "persistentVolumeClaim" not in self.volume:
+        if "persistentVolumeClaim" not in self.volume:
             return None
         return str(self.volume["persistentVolumeClaim"]["claimName"])
 
@@ -123,5 +124,7 @@ def locate(root_uri: str, owner: Owner, pvc_root: Path | None = None) -> Artifac
         return ArtifactLocation(
             f"pvc://{claim}/{posixpath.join(sub, suffix)}", pod_path, volume, operator_path
         )
-    uri = root_uri.rstrip("/") + "/" + suffix
-    return ArtifactLocation(uri, uri, None, None)
+    raise ValueError(
+        f"artifact storage {root_uri!r} is not supported: use pvc://<claim>/<path> or file:///<path> "
+        "(object stores are not yet supported for artifacts)"
+    )

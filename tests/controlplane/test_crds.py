@@ -6,6 +6,7 @@ import json
 import re
 from typing import Any
 
+import pytest
 import yaml
 from controlplane_harness import CRD_DIR, ControlPlane
 
@@ -144,3 +145,22 @@ def test_unknown_fields_are_rejected(crds_installed: ControlPlane, namespace: st
     )
     assert proc.returncode != 0
     assert "spec.serving.slos" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("spec.compression.pruning.thresholdScale", "thresholdScale × mean |w|"),
+        ("spec.compression.distillation.student.depthFactor", "fraction of the teacher's hidden layers"),
+        ("spec.compression.accuracyBudget.metric", "the minimum, over the validation rows"),
+        ("spec.compression.accuracyBudget.metric", "f1 for classifiers (macro F1"),
+        ("spec.storage.uri", "Object stores are not yet supported for artifacts"),
+    ],
+)
+def test_explain_says_what_the_wired_fields_do(crds_installed: ControlPlane, path: str, says: str) -> None:
+    """What kubectl explain promises for these fields is what the compression Job does (see
+    test_operator's shaped compression test and the compression component's tests)."""
+    described = schema_at(crd_named("ModelDeployment"), path)["description"]
+    assert squash(says) in squash(described)
+    out = squash(crds_installed.kubectl("explain", "md." + path).stdout)
+    assert squash(described) in out

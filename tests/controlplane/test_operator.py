@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from controlplane_harness import EXAMPLES_DIR, REPO_ROOT, ControlPlane, free_port
@@ -500,3 +501,57 @@ def test_unreadable_model_fails_the_job_and_says_what_to_fix(operator: Operator,
     cluster.kubectl("delete", "md", "nomodel", "-n", ns, "--wait=false")
     wait_for("the ModelDeployment to be gone", lambda: get(cluster, "md", ns, "nomodel") is None, operator)
     assert not (operator.storage / ns / "nomodel").exists()
+
+
+# -- fields that shape compression ------------------------------------------------------------------------
+
+SHAPED_MD = """
+apiVersion: frugal.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: shaped}
+spec:
+  model: {uri: "zoo://digits-mlp"}
+  compression:
+    pruning: {method: threshold, thresholdScale: 2.0}
+    distillation: {student: {widthFactor: 0.5, depthFactor: 0.5}, epochs: 1}
+    accuracyBudget: {metric: f1, maxDrop: 1.0}
+  serving: {hardwareProfiles: [shaped-cpu], slo: {latencyP95Ms: 50}}
+  storage: {retainArtifacts: false}
+"""
+
+
+def weight_matrices(path: Path) -> list[Any]:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return [numpy_helper.to_array(t) for t in model.graph.initializer if len(t.dims) == 2]
+
+
+def test_threshold_scale_depth_factor_and_f1_shape_what_the_compression_job_builds(
+    operator: Operator, tmp_path: Path
+) -> None:
+    """Applied through the API server, run as the operator's Job: the threshold variant zeroes exactly
+    the weights below 2 x their layer's mean |w|, the student keeps half the hidden layers, and every
+    variant is scored by macro F1."""
+    cluster = operator.cluster
+    ns = create_namespace(cluster, "op-shaped")
+    cluster.kubectl("apply", "-f", "-", input=PROFILE_TEMPLATE.format(name="shaped-cpu"))
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=SHAPED_MD)
+    job = wait_object(cluster, operator, "job", ns, "shaped-g1-compress")
+    proc = run_and_finish(cluster, job, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    generation = operator.storage / ns / "shaped" / "gen-1"
+    report = json.loads((generation / "report.json").read_text())
+    assert report["metric"] == "f1"
+    assert {v["metric"]["name"] for v in report["variants"] if v["metric"]} == {"f1"}
+    manifest = json.loads((generation / "manifest.json").read_text())
+    files = {v["name"]: generation / v["file"] for v in manifest["variants"]}
+    fp32, pruned = weight_matrices(files["fp32"]), weight_matrices(files["pruned-threshold-200"])
+    assert len(fp32) == len(pruned)
+    for teacher, thresholded in zip(fp32, pruned, strict=True):
+        below = np.abs(teacher) < 2.0 * np.abs(teacher).mean()
+        assert int((thresholded == 0).sum()) == int(below.sum())
+    student = weight_matrices(files["student"])
+    assert len(student) == len(fp32) - 1  # one of the two hidden layers kept, plus the output layer

@@ -386,15 +386,17 @@ def test_endpoint_service_follows_the_live_generation() -> None:
             f"{POD_MOUNT}/a/b/ml/digits/gen-3",
             "persistentVolumeClaim",
         ),
-        ("s3://bucket/x", "s3://bucket/x/ml/digits/gen-3", "s3://bucket/x/ml/digits/gen-3", None),
     ],
 )
-def test_artifact_locations(root: str, uri: str, pod_path: str, volume_key: str | None) -> None:
+def test_artifact_locations(root: str, uri: str, pod_path: str, volume_key: str) -> None:
     location = locate(root, SPEC.owner)
     assert (location.uri, location.pod_path) == (uri, pod_path)
-    assert (volume_key is None) == (location.volume is None)
-    if volume_key:
-        assert location.volume is not None and volume_key in location.volume
+    assert volume_key in location.volume
+
+
+def test_object_stores_are_not_artifact_locations_yet() -> None:
+    with pytest.raises(ValueError, match="use pvc://<claim>/<path> or file:///<path>"):
+        locate("s3://bucket/x", SPEC.owner)
 
 
 def test_pod_monitor_scrapes_every_serving_pod_of_the_model() -> None:
@@ -417,3 +419,21 @@ def test_decisions_import_no_cluster_client() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_threshold_scale_depth_factor_and_f1_reach_the_compression_component() -> None:
+    from frugal.compression.config import CompressionConfig
+
+    md = md_with(
+        compression__pruning={"method": "threshold", "thresholdScale": 1.5},
+        compression__distillation={"student": {"widthFactor": 0.5, "depthFactor": 0.5}, "epochs": 2},
+        compression__accuracyBudget={"metric": "f1", "maxDrop": 0.02},
+    )
+    wire = json.loads(commands.compress(md, "/out")[3])
+    assert wire["pruning"]["thresholdScale"] == 1.5
+    assert wire["distillation"]["student"] == {"width": 0.5, "depthFactor": 0.5}
+    assert wire["accuracyBudget"] == {"metric": "f1", "maxDrop": 0.02}
+    config = CompressionConfig.model_validate(wire)  # what the Job's `frugal compress` parses
+    assert config.pruning[0].threshold_scale == 1.5
+    assert config.distillation is not None and config.distillation.student.depth_factor == 0.5
+    assert config.accuracy_budget.metric == "f1"

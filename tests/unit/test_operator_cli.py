@@ -61,6 +61,7 @@ def test_empty_variables_count_as_unset() -> None:
         ((), {"FRUGAL_LOG_LEVEL": "verbose"}, "FRUGAL_LOG_LEVEL='verbose': use one of DEBUG, INFO"),
         (("--interval", "0"), {}, "--interval='0': must be greater than 0"),
         (("--namespace", " , "), {}, "--namespace=' , ': name at least one namespace"),
+        ((), {"FRUGAL_STORAGE_URI": "s3://b/frugal"}, "FRUGAL_STORAGE_URI='s3://b/frugal': use pvc://<claim>/<path>"),
     ],
 )
 def test_a_bad_value_names_the_flag_or_variable(

@@ -375,7 +375,7 @@ def full_md() -> dict[str, Any]:
             "power": {"capWatts": 500.0, "pricePerKWh": "0.21", "source": "dcgm"},
             "prometheus": {"url": "http://prometheus-operated.monitoring:9090"},
         },
-        storage={"uri": "s3://bucket/frugal", "retainArtifacts": False},
+        storage={"uri": "pvc://models/frugal", "retainArtifacts": False},
     )
     document["status"] = FULL_STATUS
     return document
