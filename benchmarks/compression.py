@@ -100,7 +100,7 @@ def students_table(folder: Path, out: Path, repeats: int, threads: int) -> str:
     from frugal.compression.evaluate import Evaluator
     from frugal.compression.export import export_onnx
     from frugal.compression.latency import measure
-    from frugal.compression.sources import load_source
+    from frugal.compression.loaders import load_source
     from frugal.compression.zoo import minilm
 
     teacher = minilm.load()

@@ -83,7 +83,7 @@ def main() -> int:
             argv = [
                 sys.executable,
                 "-m",
-                "frugal.operator.controller.cli",
+                "frugal.operator.cluster.operator_command",
                 "--kubeconfig",
                 str(cluster.kubeconfig),
                 "--storage-uri",

@@ -58,7 +58,7 @@ PY
 "$py" "$checks"
 
 start=$(date +%s)
-"$py" -m frugal.compression.cli --model zoo://digits-mlp --pruning structured:0.5 --fine-tune-epochs 5 \
+"$py" -m frugal.compression.compress_command --model zoo://digits-mlp --pruning structured:0.5 --fine-tune-epochs 5 \
   --distill --epochs 20 --student-width 0.5 --workers 2 \
   --quantization dynamic-int8 --quantization fp16 --max-drop 0.01 --repeats 3 --quiet \
   --out "$out/digits"

@@ -1,6 +1,6 @@
 """`frugal up`'s engine: the operator's own decisions, carried out on this machine.
 
-The loop is the controller's: :func:`frugal.operator.controller.pipeline.decide` says which Jobs and
+The loop is the controller's: :func:`frugal.operator.decision.decide.decide` says which Jobs and
 Deployments should exist for the observed state; this module runs each Job's container to
 completion (a local kubelet), feeds the outcome back as the observed state, and finally starts one
 process per serving shard from the Deployments' pod templates. A pipeline that works here works with
@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from frugal.operator.controller import artifacts as artifact_files
-from frugal.operator.controller import names
-from frugal.operator.controller.conditions import Job, JobState, Phase
-from frugal.operator.controller.pipeline import ClusterState, Decision, Settings, decide
-from frugal.operator.controller.spec import HardwareProfileSpec, ModelDeploymentSpec
-from frugal.operator.controller.storage import locate
-from frugal.operator.local import pods
+from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
+from frugal.operator.decision import artifact_files
+from frugal.operator.decision.conditions import Job, JobState, Phase
+from frugal.operator.decision.decide import ClusterState, Decision, Settings, decide
+from frugal.operator.local import processes
+from frugal.operator.manifests import names
+from frugal.operator.manifests.storage import locate
 
 MAX_ROUNDS = 8
 READY_TIMEOUT_SECONDS = 120.0
@@ -156,16 +156,16 @@ class LocalCluster:
 
     def _start_shard(self, deployment: Mapping[str, Any], urls: Mapping[str, str]) -> Shard:
         index = int(deployment["metadata"]["labels"][names.LABEL_SHARD])
-        container = pods.only_container(deployment["spec"]["template"])
-        port = pods.free_port()
-        argv = pods.with_flag(pods.local_argv(container["command"]), "--host", "127.0.0.1")
-        argv = pods.with_flag(argv, "--port", str(port))
+        container = processes.only_container(deployment["spec"]["template"])
+        port = processes.free_port()
+        argv = processes.with_flag(processes.local_argv(container["command"]), "--host", "127.0.0.1")
+        argv = processes.with_flag(argv, "--port", str(port))
         if "--next-stage" in argv:
-            argv = pods.with_flag(argv, "--next-stage", _local_url(argv[argv.index("--next-stage") + 1], urls))
+            argv = processes.with_flag(argv, "--next-stage", _local_url(argv[argv.index("--next-stage") + 1], urls))
         log_path = self.workdir / "logs" / f"{deployment['metadata']['name']}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = log_path.open("ab")
-        process = pods.start(argv, pods.local_env(container, self.md.owner.namespace), log)
+        process = processes.start(argv, processes.local_env(container, self.md.owner.namespace), log)
         self.report(f"serving: shard {index} starting on 127.0.0.1:{port} (log {log_path})")
         return Shard(index, f"http://127.0.0.1:{port}", process, log_path)
 
@@ -176,23 +176,23 @@ def run_job(job: Mapping[str, Any], namespace: str, log_path: Path) -> Job:
     Each pod's output goes to `log_path`; the first pod's is also shown here as it runs.
     """
     spec = job["spec"]
-    container = pods.only_container(spec["template"])
-    argv = pods.local_argv(container["command"])
+    container = processes.only_container(spec["template"])
+    argv = processes.local_argv(container["command"])
     completions = int(spec.get("completions", 1)) if spec.get("completionMode") == "Indexed" else 1
-    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(pods.free_port())} if completions > 1 else {}
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(processes.free_port())} if completions > 1 else {}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        processes = [
-            pods.start(argv, pods.local_env(container, namespace, index, rendezvous), subprocess.PIPE)
+        workers = [
+            processes.start(argv, processes.local_env(container, namespace, index, rendezvous), subprocess.PIPE)
             for index in range(completions)
         ]
         copiers = [
             threading.Thread(target=_copy, args=(p.stdout, log, index == 0), daemon=True)
-            for index, p in enumerate(processes)
+            for index, p in enumerate(workers)
         ]
         for copier in copiers:
             copier.start()
-        codes = [process.wait() for process in processes]
+        codes = [worker.wait() for worker in workers]
         for copier in copiers:
             copier.join(timeout=5)
     name = job["metadata"]["name"]

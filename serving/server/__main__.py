@@ -2,6 +2,6 @@
 
 import sys
 
-from frugal.serving.cli import main
+from frugal.serving.serve_command import main
 
 sys.exit(main())

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """``frugal compress ARGS`` as a separate process, the way the operator's Job runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "frugal.compression.cli", "--quiet", *args],
+        [sys.executable, "-m", "frugal.compression.compress_command", "--quiet", *args],
         capture_output=True,
         text=True,
         cwd=cwd or ROOT,

@@ -17,7 +17,7 @@ from onnx import numpy_helper
 from pydantic import ValidationError
 from sklearn.metrics import f1_score
 
-from frugal.compression.cli import config_from_args, parser
+from frugal.compression.compress_command import config_from_args, parser
 from frugal.compression.config import CompressionConfig, DistillationConfig, PruningConfig, StudentConfig
 from frugal.compression.errors import CompressionError
 from frugal.compression.evaluate import Evaluator

@@ -18,10 +18,10 @@ from compression_support import assert_user_error
 from frugal.compression.builders import build_base
 from frugal.compression.config import CompressionConfig
 from frugal.compression.errors import CompressionError
+from frugal.compression.loaders import load_source
 from frugal.compression.pipeline import compress
 from frugal.compression.plan import Base
 from frugal.compression.source import SourceModel
-from frugal.compression.sources import load_source
 from frugal.compression.steps.pruning import structured_mlp
 from frugal.compression.zoo import digits
 

@@ -61,7 +61,7 @@ def test_distilled_student_has_fewer_layers_and_moves_towards_the_teacher(tmp_pa
 
 def test_attention_heads_are_removed_for_real_and_a_state_dict_of_them_loads(tmp_path: Path) -> None:
     from frugal.compression.config import CompressionConfig
-    from frugal.compression.sources import load_source
+    from frugal.compression.loaders import load_source
     from frugal.compression.steps.transformer import structured_bert, trim_padding
 
     source: SourceModel = minilm.load()

@@ -111,7 +111,7 @@ def _json_stream(text: str) -> list[dict[str, Any]]:
 
 
 def test_rbac_covers_every_kind_the_operator_talks_to() -> None:
-    from frugal.operator.controller.apply import RESOURCES
+    from frugal.operator.cluster.apply import RESOURCES
 
     granted = {(group, resource) for group, resource, _, _ in OPERATOR_ACCESS}
     used = {
@@ -174,7 +174,7 @@ def kubectl_json(cluster: ControlPlane, *args: str) -> dict[str, Any]:
 
 def test_operator_env_names_only_flags_the_operator_reads(cluster: ControlPlane, namespace: str) -> None:
     """Every FRUGAL_* variable the chart sets is one `frugal operator` reads (its --help names it)."""
-    from frugal.operator.controller.cli import ENVIRONMENT, build_parser
+    from frugal.operator.cluster.operator_command import ENVIRONMENT, build_parser
 
     docs = rendered(cluster, namespace, "--set", "operator.watchNamespaces={a,b}")
     deployment = next(d for d in docs if d["kind"] == "Deployment")

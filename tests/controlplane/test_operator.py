@@ -1,6 +1,6 @@
 """The operator against the real API server: examples → Jobs → profiling → serving, and what goes wrong.
 
-The operator runs as its own process (`python -m frugal.operator.controller.cli`) on the test's
+The operator runs as its own process (`python -m frugal.operator.cluster.operator_command`) on the test's
 kubeconfig. No kubelet exists, so the test plays its part: it runs the command of each created pod
 template on this machine as written (only the image is not used; a server's port and listen address
 are set to a free loopback port), then records the outcome in the object's status through the
@@ -42,7 +42,7 @@ class Operator:
 
     def start(self) -> None:
         argv = [
-            sys.executable, "-m", "frugal.operator.controller.cli", "--kubeconfig", str(self.cluster.kubeconfig),
+            sys.executable, "-m", "frugal.operator.cluster.operator_command", "--kubeconfig", str(self.cluster.kubeconfig),
             "--storage-uri", f"file://{self.storage}", "--metrics-port", str(self.metrics_port),
             "--metrics-host", "127.0.0.1", "--health-port", str(self.health_port), "--interval", "1",
             "--image", "frugal:test",

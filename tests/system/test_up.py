@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def frugal(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "frugal.operator.cli", *args],
+        [sys.executable, "-m", "frugal.operator.main", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from frugal.operator.controller import commands, jobs, names, pods, serving
-from frugal.operator.controller.serving import Selection
-from frugal.operator.controller.spec import (
+from frugal.operator.api.spec import (
     ModelDeploymentSpec,
     parse_hardware_profile,
     parse_model_deployment,
 )
-from frugal.operator.controller.storage import CLAIMS_MOUNT, POD_MOUNT, claim_volume_name, locate
+from frugal.operator.manifests import container_commands, jobs, names, pod_specs, serving_objects
+from frugal.operator.manifests.serving_objects import Selection
+from frugal.operator.manifests.storage import CLAIMS_MOUNT, POD_MOUNT, claim_volume_name, locate
 
 MD: dict[str, Any] = {
     "apiVersion": "frugal.dev/v1alpha1",
@@ -127,7 +127,7 @@ def test_compression_job_lands_on_its_pool_with_restricted_security() -> None:
 
 
 def test_compression_command_carries_the_spec_in_the_compression_components_shape() -> None:
-    config = json.loads(commands.compress(SPEC, "/out")[3])
+    config = json.loads(container_commands.compress(SPEC, "/out")[3])
     assert config == {
         "model": {"uri": "zoo://digits-mlp"},
         "data": {},
@@ -144,14 +144,14 @@ def test_a_state_dict_source_carries_its_architecture_to_the_compression_job() -
     md = md_with(
         model={"uri": "pvc://models/student.pt", "format": "pytorch", "architecture": "all-minilm-l6-v2"}
     )
-    config = json.loads(commands.compress(md, "/out")[3])
+    config = json.loads(container_commands.compress(md, "/out")[3])
     assert config["model"]["format"] == "pytorch"
     assert config["model"]["architecture"] == "all-minilm-l6-v2"
 
 
 def test_head_pruning_reaches_the_compression_component() -> None:
     md = md_with(compression__pruning={"method": "structured", "sparsity": 0.3, "attentionHeads": 0.25})
-    pruning = json.loads(commands.compress(md, "/out")[3])["pruning"]
+    pruning = json.loads(container_commands.compress(md, "/out")[3])["pruning"]
     assert pruning == {"method": "structured", "sparsity": 0.3, "attentionHeads": 0.25}
 
 
@@ -163,7 +163,7 @@ def test_data_max_samples_reach_the_compression_component() -> None:
             "calibration": {"uri": "file:///d/c.npz"},
         },
     )
-    data = json.loads(commands.compress(md, "/out")[3])["data"]
+    data = json.loads(container_commands.compress(md, "/out")[3])["data"]
     assert data == {
         "validation": "file:///d/v.npz",
         "validationMaxSamples": 500,
@@ -323,7 +323,7 @@ def test_profiling_job_uses_the_profiles_image_provider_and_pool() -> None:
 @pytest.mark.parametrize("index", [0, 1])
 def test_shard_deployment(index: int) -> None:
     selection = Selection("int8", "gpu-t4", 2)
-    deployment = serving.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, selection, index)
+    deployment = serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, selection, index)
     template = deployment["spec"]["template"]
     container = template["spec"]["containers"][0]
     assert deployment["metadata"]["name"] == f"digits-g3-shard-{index}"
@@ -333,8 +333,8 @@ def test_shard_deployment(index: int) -> None:
     assert selector[names.LABEL_SHARD] == str(index) and selector[names.LABEL_GENERATION] == "3"
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": serving.DRAIN_SECONDS}}
-    assert container["securityContext"] == pods.CONTAINER_SECURITY
+    assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": serving_objects.DRAIN_SECONDS}}
+    assert container["securityContext"] == pod_specs.CONTAINER_SECURITY
     assert container["volumeMounts"][0]["readOnly"] is True
     assert template["spec"]["nodeSelector"] == dict(GPU.node_selector)
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -350,7 +350,7 @@ def test_shard_deployment(index: int) -> None:
 
 
 def test_serving_set_has_deployment_service_and_pdb_per_shard() -> None:
-    objects = serving.desired_serving(SPEC, GPU, IMAGE, ARTIFACTS, Selection("int8", "gpu-t4", 2), replicas=3)
+    objects = serving_objects.desired_serving(SPEC, GPU, IMAGE, ARTIFACTS, Selection("int8", "gpu-t4", 2), replicas=3)
     kinds = [(o["kind"], o["metadata"]["name"]) for o in objects]
     assert kinds == [
         ("Deployment", "digits-g3-shard-0"),
@@ -370,7 +370,7 @@ def test_serving_set_has_deployment_service_and_pdb_per_shard() -> None:
 
 
 def test_endpoint_service_follows_the_live_generation() -> None:
-    service = serving.desired_endpoint_service(SPEC, live_generation=2)
+    service = serving_objects.desired_endpoint_service(SPEC, live_generation=2)
     assert service["metadata"]["name"] == "digits"
     assert service["spec"]["selector"][names.LABEL_GENERATION] == "2"
     assert service["spec"]["selector"][names.LABEL_SHARD] == "0"
@@ -400,8 +400,8 @@ def test_object_stores_are_not_artifact_locations_yet() -> None:
 
 
 def test_pod_monitor_scrapes_every_serving_pod_of_the_model() -> None:
-    monitor = serving.desired_pod_monitor(SPEC)
-    deployment = serving.desired_shard_deployment(
+    monitor = serving_objects.desired_pod_monitor(SPEC)
+    deployment = serving_objects.desired_shard_deployment(
         SPEC, GPU, IMAGE, ARTIFACTS, Selection("int8", "gpu-t4", 2), 1
     )
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -413,8 +413,8 @@ def test_pod_monitor_scrapes_every_serving_pod_of_the_model() -> None:
 def test_decisions_import_no_cluster_client() -> None:
     """The planner, builders and pipeline stay light: the local runtime imports them without kopf."""
     code = (
-        "import sys, frugal.operator.planner, frugal.operator.controller.pipeline, "
-        "frugal.operator.controller.conditions; "
+        "import sys, frugal.operator.decision.planner, frugal.operator.decision.decide, "
+        "frugal.operator.decision.conditions; "
         "print(sorted(m for m in ('kopf', 'kubernetes', 'torch', 'onnxruntime') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -429,7 +429,7 @@ def test_threshold_scale_depth_factor_and_f1_reach_the_compression_component() -
         compression__distillation={"student": {"widthFactor": 0.5, "depthFactor": 0.5}, "epochs": 2},
         compression__accuracyBudget={"metric": "f1", "maxDrop": 0.02},
     )
-    wire = json.loads(commands.compress(md, "/out")[3])
+    wire = json.loads(container_commands.compress(md, "/out")[3])
     assert wire["pruning"]["thresholdScale"] == 1.5
     assert wire["distillation"]["student"] == {"width": 0.5, "depthFactor": 0.5}
     assert wire["accuracyBudget"] == {"metric": "f1", "maxDrop": 0.02}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from frugal.operator.controller import artifacts as artifact_files
-from frugal.operator.controller.conditions import Job, JobState, Phase, Reason
-from frugal.operator.controller.pipeline import ClusterState, Settings, decide
-from frugal.operator.controller.spec import parse_hardware_profile, parse_model_deployment
+from frugal.operator.api.spec import parse_hardware_profile, parse_model_deployment
+from frugal.operator.decision import artifact_files
+from frugal.operator.decision.conditions import Job, JobState, Phase, Reason
+from frugal.operator.decision.decide import ClusterState, Settings, decide
 
 BODY: dict[str, Any] = {
     "apiVersion": "frugal.dev/v1alpha1",

@@ -97,9 +97,9 @@ def _serving_registry() -> CollectorRegistry:
 
 
 def _operator_registry() -> CollectorRegistry:
-    from frugal.operator.controller.metrics import OperatorMetrics
-    from frugal.operator.controller.serving import Selection
-    from frugal.operator.controller.spec import parse_model_deployment
+    from frugal.operator.api.spec import parse_model_deployment
+    from frugal.operator.cluster.metrics import OperatorMetrics
+    from frugal.operator.manifests.serving_objects import Selection
 
     metrics = OperatorMetrics()
     md = parse_model_deployment(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from frugal.operator.controller.conditions import (
+from frugal.operator.decision.conditions import (
     COMPRESSED,
     DEGRADED,
     PROFILED,

@@ -30,8 +30,8 @@ def test_component_folders_are_namespace_portions() -> None:
 
 def test_the_cli_imports_no_heavy_component_until_a_subcommand_runs() -> None:
     result = run_python(
-        "import sys, frugal.operator.cli as cli; "
-        "heavy = [m for m in ('torch', 'onnxruntime', 'kopf', 'kubernetes', 'frugal.compression.cli') if m in sys.modules]; "
+        "import sys, frugal.operator.main as cli; "
+        "heavy = [m for m in ('torch', 'onnxruntime', 'kopf', 'kubernetes', 'frugal.compression.compress_command') if m in sys.modules]; "
         "print(heavy)"
     )
     assert result.returncode == 0, result.stderr
@@ -40,7 +40,7 @@ def test_the_cli_imports_no_heavy_component_until_a_subcommand_runs() -> None:
 
 def test_the_console_script_lists_every_subcommand() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "frugal.operator.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "frugal.operator.main", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0
     for command in ("up", "validate", "compress", "serve", "operator"):
@@ -50,9 +50,9 @@ def test_the_console_script_lists_every_subcommand() -> None:
 def test_serve_help_needs_neither_torch_nor_the_operator() -> None:
     result = run_python(
         "import sys\n"
-        "from frugal.operator.cli import main\n"
+        "from frugal.operator.main import main\n"
         "try:\n    main(['serve', '--help'])\nexcept SystemExit:\n    pass\n"
-        "print([m for m in ('torch', 'kopf', 'frugal.compression.cli') if m in sys.modules])"
+        "print([m for m in ('torch', 'kopf', 'frugal.compression.compress_command') if m in sys.modules])"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("[]")

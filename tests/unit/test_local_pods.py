@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from frugal.operator.local.pods import local_env
+from frugal.operator.local.processes import local_env
 
 CONTAINER = {
     "env": [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from frugal.operator.controller.cli import ENVIRONMENT, OptionError, Options, build_parser, resolve
+from frugal.operator.cluster.operator_command import ENVIRONMENT, OptionError, Options, build_parser, resolve
 
 CHART_ENV = {
     "FRUGAL_NAMESPACES": "team-a, team-b",
@@ -79,7 +79,7 @@ def test_help_names_every_variable() -> None:
 
 def test_a_bad_variable_exits_2_with_one_line_and_no_traceback() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "frugal.operator.controller.cli"],
+        [sys.executable, "-m", "frugal.operator.cluster.operator_command"],
         env={"FRUGAL_HEALTH_PORT": "healthz", "PATH": ""},
         capture_output=True,
         text=True,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from frugal.operator.controller.metrics import OperatorMetrics
-from frugal.operator.controller.serving import Selection
-from frugal.operator.controller.spec import ModelDeploymentSpec, parse_model_deployment
+from frugal.operator.api.spec import ModelDeploymentSpec, parse_model_deployment
+from frugal.operator.cluster.metrics import OperatorMetrics
+from frugal.operator.manifests.serving_objects import Selection
 
 SELECTION = Selection(variant="int8-dynamic", profile="cpu-small", shards=2)
 SHARDS = [{"index": 0, "replicas": 3}, {"index": 1, "replicas": 2}]

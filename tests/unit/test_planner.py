@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from frugal.operator.planner import (
+from frugal.operator.decision.planner import (
     Measurement,
     Objectives,
     PlanningError,

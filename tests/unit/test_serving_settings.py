@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from frugal.serving.cli import parse_config, parse_labels
+from frugal.serving.serve_command import parse_config, parse_labels
 from frugal.serving.server.power import BusyClock, estimate_watts
 from frugal.serving.server.runtime import cpu_limit, provider_chain
 

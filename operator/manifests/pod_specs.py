@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from frugal.operator.controller.spec import HardwareProfileSpec
-from frugal.operator.controller.storage import ArtifactLocation
+from frugal.operator.api.spec import HardwareProfileSpec
+from frugal.operator.manifests.storage import ArtifactLocation
 
 NON_ROOT_UID = 65532
 SCRATCH_VOLUME = "scratch"

@@ -12,8 +12,8 @@ from typing import Any
 
 import kopf
 
-from frugal.operator.controller import names
-from frugal.operator.controller.reconciler import Reconciler
+from frugal.operator.cluster.reconciler import Reconciler
+from frugal.operator.manifests import names
 
 GROUP, VERSION, PLURAL = "frugal.dev", "v1alpha1", "modeldeployments"
 MANAGED = {"app.kubernetes.io/managed-by": names.MANAGED_BY}

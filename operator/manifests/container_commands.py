@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from frugal.operator.controller.spec import ModelDeploymentSpec
+from frugal.operator.api.spec import ModelDeploymentSpec
 
 SERVING_PORT = 8080
 DISTRIBUTED_PORT = 29500
@@ -75,7 +75,7 @@ def profile(artifacts: str, profile_name: str, md: ModelDeploymentSpec, provider
     return [
         "python",
         "-m",
-        "frugal.operator.profiling",
+        "frugal.serving.profiling",
         "--artifacts",
         artifacts,
         "--hardware-profile",

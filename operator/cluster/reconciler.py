@@ -16,10 +16,18 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from frugal.operator.controller import artifacts as artifact_files
-from frugal.operator.controller import names, pipeline, serving
-from frugal.operator.controller.apply import JOB_KINDS, SERVING_KINDS, ApiError, Cluster
-from frugal.operator.controller.conditions import (
+from frugal.operator.api.spec import (
+    HardwareProfileSpec,
+    ModelDeploymentSpec,
+    SpecError,
+    owner_of,
+    parse_hardware_profile,
+    parse_model_deployment,
+)
+from frugal.operator.cluster.apply import JOB_KINDS, SERVING_KINDS, ApiError, Cluster
+from frugal.operator.cluster.metrics import OperatorMetrics
+from frugal.operator.decision import artifact_files, decide
+from frugal.operator.decision.conditions import (
     ABSENT_JOB,
     Assessment,
     Condition,
@@ -30,17 +38,9 @@ from frugal.operator.controller.conditions import (
     conditions,
     merge,
 )
-from frugal.operator.controller.events import desired_event
-from frugal.operator.controller.metrics import OperatorMetrics
-from frugal.operator.controller.spec import (
-    HardwareProfileSpec,
-    ModelDeploymentSpec,
-    SpecError,
-    owner_of,
-    parse_hardware_profile,
-    parse_model_deployment,
-)
-from frugal.operator.controller.storage import locate
+from frugal.operator.manifests import names, serving_objects
+from frugal.operator.manifests.events import desired_event
+from frugal.operator.manifests.storage import locate
 
 API_VERSION = "frugal.dev/v1alpha1"
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ WARNING_REASONS = frozenset(
 
 
 class Reconciler:
-    def __init__(self, cluster: Cluster, settings: pipeline.Settings, metrics: OperatorMetrics | None = None):
+    def __init__(self, cluster: Cluster, settings: decide.Settings, metrics: OperatorMetrics | None = None):
         self.cluster = cluster
         self.settings = settings
         self.metrics = metrics
@@ -107,13 +107,13 @@ class Reconciler:
             assessment = conditions(Observed(owner_of(body).generation, spec_error=str(error)))
             self._write_status(body, assessment, {}, emit)
             return assessment
-        profiles = self._profiles(pipeline.needed_profiles(md))
+        profiles = self._profiles(decide.needed_profiles(md))
         state = self._observe(md)
         found = self._artifacts(md, profiles, state)
-        decision = pipeline.decide(md, profiles, state, found, self.settings)
+        decision = decide.decide(md, profiles, state, found, self.settings)
         rejected = self._apply_all(decision.apply)
         if decision.selection is not None and self._has_pod_monitors():
-            self.cluster.apply(serving.desired_pod_monitor(md))
+            self.cluster.apply(serving_objects.desired_pod_monitor(md))
         assessment = decision.assessment
         if rejected and decision.observed is not None:
             assessment = conditions(dataclasses.replace(decision.observed, apply_error=rejected))
@@ -172,7 +172,7 @@ class Reconciler:
                 found[name] = parse_hardware_profile(body)
         return found
 
-    def _observe(self, md: ModelDeploymentSpec) -> pipeline.ClusterState:
+    def _observe(self, md: ModelDeploymentSpec) -> decide.ClusterState:
         ns = md.owner.namespace
         compression = self._job(ns, names.compression_job(md.owner))
         profiling = {p: self._job(ns, names.profiling_job(md.owner, p)) for p in md.serving_profiles}
@@ -191,7 +191,7 @@ class Reconciler:
         live = None
         if endpoint is not None:
             live = int(endpoint["spec"]["selector"].get(names.LABEL_GENERATION, 0)) or None
-        return pipeline.ClusterState(compression, profiling, replicas, ready, live)
+        return decide.ClusterState(compression, profiling, replicas, ready, live)
 
     def _job(self, namespace: str, name: str) -> Job:
         job = self.cluster.get("batch/v1", "Job", namespace, name)
@@ -221,10 +221,10 @@ class Reconciler:
         self,
         md: ModelDeploymentSpec,
         profiles: Mapping[str, HardwareProfileSpec],
-        state: pipeline.ClusterState,
+        state: decide.ClusterState,
     ) -> artifact_files.Artifacts | artifact_files.ArtifactError | None:
         if state.compression.state is not JobState.SUCCEEDED or any(
-            p not in profiles for p in pipeline.needed_profiles(md)
+            p not in profiles for p in decide.needed_profiles(md)
         ):
             return None
         location = locate(md.storage_uri or self.settings.storage_uri, md.owner, self.settings.pvc_root)
@@ -240,7 +240,7 @@ class Reconciler:
         selector = {names.LABEL_MD: md.owner.name, "app.kubernetes.io/managed-by": names.MANAGED_BY}
         self.cluster.delete_all((*SERVING_KINDS, *JOB_KINDS), md.owner.namespace, selector, keep=keep)
 
-    def _record_metrics(self, md: ModelDeploymentSpec, decision: pipeline.Decision) -> None:
+    def _record_metrics(self, md: ModelDeploymentSpec, decision: decide.Decision) -> None:
         if self.metrics is None or decision.selection is None:
             return
         cost = decision.status.get("cost", {}).get("perHour")

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 
 # Subcommands owned by another component: everything after the subcommand is handed over as is.
 DELEGATED: dict[str, tuple[str, str]] = {
-    "compress": ("frugal.compression.cli", "compress a model into ONNX variants (the compression Job)"),
-    "serve": ("frugal.serving.cli", "serve an ONNX variant over the Open Inference Protocol"),
-    "operator": ("frugal.operator.controller.cli", "run the Kubernetes operator"),
+    "compress": ("frugal.compression.compress_command", "compress a model into ONNX variants (the compression Job)"),
+    "serve": ("frugal.serving.serve_command", "serve an ONNX variant over the Open Inference Protocol"),
+    "operator": ("frugal.operator.cluster.operator_command", "run the Kubernetes operator"),
 }
 
 
@@ -69,10 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(version("frugal"))
         return 0
     if args.command == "validate":
-        from frugal.operator.local.commands import validate_files
+        from frugal.operator.local.up_command import validate_files
 
         return validate_files(args.files)
-    from frugal.operator.local.commands import up
+    from frugal.operator.local.up_command import up
 
     return up(args.files, duration=args.duration, workdir=args.workdir, port=args.port,
               concurrency=args.concurrency)

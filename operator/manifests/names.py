@@ -11,7 +11,7 @@ import hashlib
 import re
 from typing import Any
 
-from frugal.operator.controller.spec import Owner
+from frugal.operator.api.spec import Owner
 
 DNS_LABEL_MAX = 63
 # An Indexed Job's pods get the hostname "<job>-<index>": keep room for the index.

@@ -1,7 +1,7 @@
 """Read a generation's artifacts (manifest, report, profiling results) into planner inputs.
 
 Pure parsing functions take the decoded JSON; :func:`read` does the file I/O. Profiling Jobs write
-``profiles/<hardware-profile>.json`` (see ``frugal.operator.profiling``).
+``profiles/<hardware-profile>.json`` (see ``frugal.serving.profiling``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from frugal.operator.planner import Measurement, Variant
+from frugal.operator.decision.planner import Measurement, Variant
 
 MANIFEST = "manifest.json"
 REPORT = "report.json"

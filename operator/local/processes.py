@@ -15,10 +15,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from frugal.operator.controller.storage import PVC_ROOT_ENV
+from frugal.operator.manifests.storage import PVC_ROOT_ENV
 
 PROGRAMS: dict[str, list[str]] = {
-    "frugal": [sys.executable, "-m", "frugal.operator.cli"],
+    "frugal": [sys.executable, "-m", "frugal.operator.main"],
     "python": [sys.executable],
     "python3": [sys.executable],
 }

@@ -9,8 +9,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from frugal.operator.controller.serving import Selection
-from frugal.operator.controller.spec import ModelDeploymentSpec
+from frugal.operator.api.spec import ModelDeploymentSpec
+from frugal.operator.manifests.serving_objects import Selection
 
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from frugal.operator.controller import commands, names, pods
-from frugal.operator.controller.spec import HardwareProfileSpec, ModelDeploymentSpec, Owner
-from frugal.operator.controller.storage import ArtifactLocation
+from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec, Owner
+from frugal.operator.manifests import container_commands, names, pod_specs
+from frugal.operator.manifests.storage import ArtifactLocation
 
 DRAIN_SECONDS = 5
 TERMINATION_GRACE_SECONDS = 30
@@ -76,7 +76,7 @@ def desired_shard_deployment(
     replicas: int | None = None,
 ) -> dict[str, Any]:
     labels = shard_labels(md.owner, selection, index)
-    command = commands.serve(
+    command = container_commands.serve(
         md,
         artifacts.pod_path,
         selection.variant,
@@ -84,7 +84,7 @@ def desired_shard_deployment(
         selection.shards,
         _next_stage_url(md.owner, index, selection.shards),
     )
-    container = pods.container(
+    container = pod_specs.container(
         "serve",
         profile.image or image,
         command,
@@ -94,7 +94,7 @@ def desired_shard_deployment(
         read_only=True,
     )
     container.update(
-        ports=[{"name": "http", "containerPort": commands.SERVING_PORT, "protocol": "TCP"}],
+        ports=[{"name": "http", "containerPort": container_commands.SERVING_PORT, "protocol": "TCP"}],
         readinessProbe=_probe("/v2/health/ready", period=5, failures=3),
         livenessProbe=_probe("/v2/health/live", period=10, failures=6),
         startupProbe=_probe("/v2/health/live", period=2, failures=90),
@@ -104,10 +104,10 @@ def desired_shard_deployment(
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-        "securityContext": dict(pods.POD_SECURITY),
+        "securityContext": dict(pod_specs.POD_SECURITY),
         "containers": [container],
-        "volumes": pods.volumes(artifacts),
-        **pods.scheduling(profile),
+        "volumes": pod_specs.volumes(artifacts),
+        **pod_specs.scheduling(profile),
     }
     metadata = names.metadata(md.owner, names.shard(md.owner, index), "serving")
     metadata["labels"] = labels
@@ -124,7 +124,7 @@ def desired_shard_deployment(
                     "labels": labels,
                     "annotations": {
                         "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(commands.SERVING_PORT),
+                        "prometheus.io/port": str(container_commands.SERVING_PORT),
                         "prometheus.io/path": "/metrics",
                     },
                 },
@@ -169,13 +169,13 @@ def desired_endpoint_service(md: ModelDeploymentSpec, live_generation: int) -> d
 
 
 def endpoint_url(owner: Owner) -> str:
-    return f"http://{names.endpoint_service(owner)}.{owner.namespace}.svc:{commands.SERVING_PORT}"
+    return f"http://{names.endpoint_service(owner)}.{owner.namespace}.svc:{container_commands.SERVING_PORT}"
 
 
 def _next_stage_url(owner: Owner, index: int, shards: int) -> str | None:
     if index + 1 >= shards:
         return None
-    return f"http://{names.shard(owner, index + 1)}.{owner.namespace}.svc:{commands.SERVING_PORT}"
+    return f"http://{names.shard(owner, index + 1)}.{owner.namespace}.svc:{container_commands.SERVING_PORT}"
 
 
 def _serving_env(
@@ -203,7 +203,7 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 
 
 def _service_port() -> dict[str, Any]:
-    return {"name": "http", "port": commands.SERVING_PORT, "targetPort": "http", "protocol": "TCP"}
+    return {"name": "http", "port": container_commands.SERVING_PORT, "targetPort": "http", "protocol": "TCP"}
 
 
 def desired_pod_monitor(md: ModelDeploymentSpec) -> dict[str, Any]:

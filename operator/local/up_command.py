@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.table import Table
 
 from frugal.operator.api import HardwareProfile, ModelDeployment, Resource, ValidationFailed, load_documents
-from frugal.operator.controller.spec import (
+from frugal.operator.api.spec import (
     HardwareProfileSpec,
     ModelDeploymentSpec,
     SpecError,

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from frugal.operator.controller import names
-from frugal.operator.controller.spec import Owner
+from frugal.operator.api.spec import Owner
+from frugal.operator.manifests import names
 
 POD_MOUNT = "/var/lib/frugal/artifacts"
 VOLUME_NAME = "artifacts"

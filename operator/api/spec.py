@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from frugal.operator.planner import Profile
-
 Body = Mapping[str, Any]
 
 
@@ -49,10 +47,6 @@ class HardwareProfileSpec:
     cost_per_hour: Decimal
     idle_watts: float
     max_watts: float
-
-    def planner_profile(self) -> Profile:
-        memory = None if self.memory_gib is None else int(self.memory_gib * 2**30)
-        return Profile(self.name, float(self.cost_per_hour), self.idle_watts, self.max_watts, memory)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from frugal.operator.controller.pipeline import Settings
-from frugal.operator.controller.storage import STORAGE_SCHEMES
+from frugal.operator.decision.decide import Settings
+from frugal.operator.manifests.storage import STORAGE_SCHEMES
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_METRICS_PORT = 8000
@@ -216,9 +216,9 @@ def run(options: Options) -> None:
     """Run the operator until interrupted (blocking)."""
     import kopf
 
-    from frugal.operator.controller import handlers, metrics
-    from frugal.operator.controller.apply import Cluster
-    from frugal.operator.controller.reconciler import Reconciler
+    from frugal.operator.cluster import handlers, metrics
+    from frugal.operator.cluster.apply import Cluster
+    from frugal.operator.cluster.reconciler import Reconciler
 
     operator_metrics = metrics.OperatorMetrics()
     server = (

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frugal.operator import planner
-from frugal.operator.controller import artifacts as artifact_files
-from frugal.operator.controller import jobs, serving
-from frugal.operator.controller.conditions import ABSENT_JOB, Assessment, Job, JobState, Observed, conditions
-from frugal.operator.controller.serving import Selection
-from frugal.operator.controller.spec import HardwareProfileSpec, ModelDeploymentSpec
-from frugal.operator.controller.storage import ArtifactLocation, locate
+from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
+from frugal.operator.decision import artifact_files, planner
+from frugal.operator.decision.conditions import ABSENT_JOB, Assessment, Job, JobState, Observed, conditions
+from frugal.operator.manifests import jobs, serving_objects
+from frugal.operator.manifests.serving_objects import Selection
+from frugal.operator.manifests.storage import ArtifactLocation, locate
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ def _plan_and_serve(
     try:
         variants = artifact_files.planner_variants(found)
         plan = planner.plan(
-            variants, [profiles[p].planner_profile() for p in md.serving_profiles], objectives(md)
+            variants, [planner_profile(profiles[p]) for p in md.serving_profiles], objectives(md)
         )
     except (artifact_files.ArtifactError, planner.PlanningError) as error:
         return _decision(to_apply, location, _with(observed, plan_error=str(error)), status)
@@ -126,16 +125,16 @@ def _plan_and_serve(
     replicas = {i: cluster.shard_replicas.get(i, md.initial_replicas) for i in range(selection.shards)}
     for index in range(selection.shards):
         to_apply.append(
-            serving.desired_shard_deployment(
+            serving_objects.desired_shard_deployment(
                 md, profile, settings.image, location, selection, index, replicas[index]
             )
         )
-        to_apply.append(serving.desired_shard_service(md, selection, index))
-        to_apply.append(serving.desired_shard_pdb(md, selection, index))
+        to_apply.append(serving_objects.desired_shard_service(md, selection, index))
+        to_apply.append(serving_objects.desired_shard_pdb(md, selection, index))
     ready = tuple(cluster.shard_ready.get(i, 0) for i in range(selection.shards))
     live = all(r >= 1 for r in ready)
     if live or cluster.live_generation is None:
-        to_apply.append(serving.desired_endpoint_service(md, md.owner.generation))
+        to_apply.append(serving_objects.desired_endpoint_service(md, md.owner.generation))
     observed = _with(
         observed,
         planned=f"{chosen.variant} on {chosen.profile}",
@@ -144,6 +143,14 @@ def _plan_and_serve(
     )
     status.update(_serving_status(md, plan, replicas, ready))
     return Decision(tuple(to_apply), location, conditions(observed), status, plan, selection, live, observed)
+
+
+def planner_profile(profile: HardwareProfileSpec) -> planner.Profile:
+    """What the planner needs of a HardwareProfile."""
+    memory = None if profile.memory_gib is None else int(profile.memory_gib * 2**30)
+    return planner.Profile(
+        profile.name, float(profile.cost_per_hour), profile.idle_watts, profile.max_watts, memory
+    )
 
 
 def objectives(md: ModelDeploymentSpec) -> planner.Objectives:
@@ -210,7 +217,7 @@ def _serving_status(
         "shards": [{"index": i, "replicas": replicas[i], "readyReplicas": ready[i]} for i in replicas],
         "replicas": pods,
         "readyReplicas": sum(ready),
-        "endpoint": serving.endpoint_url(md.owner),
+        "endpoint": serving_objects.endpoint_url(md.owner),
         "cost": {
             "perHour": f"{per_pod * pods:.4f}",
             "per1kRequests": f"{chosen.cost_per_1k_requests or 0.0:.6g}",

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from frugal.operator.controller import commands, names, pods, storage
-from frugal.operator.controller.spec import HardwareProfileSpec, ModelDeploymentSpec
-from frugal.operator.controller.storage import ArtifactLocation
+from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
+from frugal.operator.manifests import container_commands, names, pod_specs, storage
+from frugal.operator.manifests.storage import ArtifactLocation
 
 BACKOFF_LIMIT = 2
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
@@ -29,8 +29,8 @@ def desired_compression_job(
     workers = md.distillation_workers
     claims = storage.claims_named(_input_uris(md))
     env = _claims_env(claims) + (_distributed_env(md, name, workers) if workers > 1 else [])
-    container = pods.container(
-        "compress", image, commands.compress(md, artifacts.pod_path), env, profile, artifacts, read_only=False
+    container = pod_specs.container(
+        "compress", image, container_commands.compress(md, artifacts.pod_path), env, profile, artifacts, read_only=False
     )
     pod_spec = _pod_spec(container, profile, artifacts)
     volumes, mounts = storage.claim_mounts(claims, artifacts)
@@ -39,7 +39,7 @@ def desired_compression_job(
     job_spec: dict[str, Any] = {"backoffLimit": BACKOFF_LIMIT}
     if workers > 1:
         pod_spec["subdomain"] = names.distillation_service(md.owner)
-        container["ports"] = [{"name": "rendezvous", "containerPort": commands.DISTRIBUTED_PORT}]
+        container["ports"] = [{"name": "rendezvous", "containerPort": container_commands.DISTRIBUTED_PORT}]
         job_spec.update(completionMode="Indexed", completions=workers, parallelism=workers)
     job_spec["template"] = {"metadata": {"labels": labels}, "spec": pod_spec}
     return _job(md, name, labels, job_spec)
@@ -58,7 +58,7 @@ def desired_distillation_service(md: ModelDeploymentSpec) -> dict[str, Any] | No
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": _selector(names.labels(md.owner, "compression")),
-            "ports": [{"name": "rendezvous", "port": commands.DISTRIBUTED_PORT}],
+            "ports": [{"name": "rendezvous", "port": container_commands.DISTRIBUTED_PORT}],
         },
     }
 
@@ -69,9 +69,9 @@ def desired_profiling_job(
     """The Job that measures every surviving variant on `profile`'s hardware."""
     name = names.profiling_job(md.owner, profile.name)
     labels = names.labels(md.owner, "profiling", **{names.LABEL_PROFILE: profile.name})
-    command = commands.profile(artifacts.pod_path, profile.name, md, profile.execution_provider)
+    command = container_commands.profile(artifacts.pod_path, profile.name, md, profile.execution_provider)
     # Profiling writes one results file; the artifacts volume stays writable for it.
-    container = pods.container(
+    container = pod_specs.container(
         "profile", profile.image or image, command, [], profile, artifacts, read_only=False
     )
     pod_spec = _pod_spec(container, profile, artifacts)
@@ -86,10 +86,10 @@ def _pod_spec(
     return {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
-        "securityContext": dict(pods.POD_SECURITY),
+        "securityContext": dict(pod_specs.POD_SECURITY),
         "containers": [container],
-        "volumes": pods.volumes(artifacts),
-        **pods.scheduling(profile),
+        "volumes": pod_specs.volumes(artifacts),
+        **pod_specs.scheduling(profile),
     }
 
 
@@ -116,7 +116,7 @@ def _distributed_env(md: ModelDeploymentSpec, job: str, workers: int) -> list[di
         {"name": "RANK", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
         {"name": "WORLD_SIZE", "value": str(workers)},
         {"name": "MASTER_ADDR", "value": rendezvous},
-        {"name": "MASTER_PORT", "value": str(commands.DISTRIBUTED_PORT)},
+        {"name": "MASTER_PORT", "value": str(container_commands.DISTRIBUTED_PORT)},
     ]
 
 

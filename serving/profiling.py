@@ -1,6 +1,6 @@
 """The profiling Job's entry point: measure every variant of a generation on this pod's hardware.
 
-``python -m frugal.operator.profiling --artifacts DIR --hardware-profile NAME ...`` loads each variant
+``python -m frugal.serving.profiling --artifacts DIR --hardware-profile NAME ...`` loads each variant
 in ``DIR/manifest.json`` with ONNX Runtime on the requested execution provider, runs random inputs
 of the manifest's signature at the serving batch size, and writes ``DIR/profiles/NAME.json``
 (atomically). Only ONNX Runtime and numpy are needed, so it runs in the serving image.
