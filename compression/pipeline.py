@@ -147,13 +147,13 @@ def _check_reachable(config: CompressionConfig, evaluator: Evaluator) -> None:
         )
 
 
-def _dropped(candidate: plan.Candidate, reason: str, root: Path) -> VariantResult:
+def _dropped(candidate: plan.PlannedVariant, reason: str, root: Path) -> VariantResult:
     shutil.rmtree(root / "variants" / candidate.name, ignore_errors=True)
     return VariantResult(candidate.name, candidate.steps, "", status="dropped", reason=reason)
 
 
 def _judge(
-    candidate: plan.Candidate,
+    candidate: plan.PlannedVariant,
     path: Path,
     base_path: Path,
     evaluator: Evaluator,
@@ -183,7 +183,7 @@ def _judge(
 
 
 def _fallback(
-    candidate: plan.Candidate,
+    candidate: plan.PlannedVariant,
     quant: QuantizationConfig,
     base_path: Path,
     evaluator: Evaluator,

@@ -23,7 +23,7 @@ class Base:
 
 
 @dataclass(frozen=True)
-class Candidate:
+class PlannedVariant:
     name: str
     base: Base
     quantization: QuantizationConfig | None
@@ -73,16 +73,16 @@ def bases(config: CompressionConfig) -> list[Base]:
     return found
 
 
-def candidates(config: CompressionConfig) -> list[Candidate]:
+def candidates(config: CompressionConfig) -> list[PlannedVariant]:
     """Every base unquantized, then every (base, quantization) pair."""
-    found: list[Candidate] = []
+    found: list[PlannedVariant] = []
     for base in bases(config):
-        found.append(Candidate(base.name, base, None, base.steps))
+        found.append(PlannedVariant(base.name, base, None, base.steps))
     for base in bases(config):
         for quant in config.quantization:
             prefix = "" if base.name == "fp32" else f"{base.name}-"
             found.append(
-                Candidate(
+                PlannedVariant(
                     prefix + quantization_name(quant), base, quant, (*base.steps, quantization_step(quant))
                 )
             )

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .pruning import keep_indices, slice_linear
+from .slicing import keep_indices, slice_linear
 
 
 def _encoder_layers(model: nn.Module) -> Any:

@@ -56,3 +56,21 @@ def test_serve_help_needs_neither_torch_nor_the_operator() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("[]")
+
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    """File-level import cycles, lazy imports inside functions included (grimp is import-linter's
+    import graph; networkx, which torch brings, finds the cycles)."""
+    import grimp
+    import networkx as nx
+
+    graph = grimp.build_graph("frugal", cache_dir=None)
+    imports = nx.DiGraph()
+    for module in graph.modules:
+        for imported in graph.find_modules_directly_imported_by(module):
+            if module.startswith("frugal.") and imported.startswith("frugal."):
+                imports.add_edge(module, imported)
+    assert imports.number_of_nodes() > 50  # the whole project was found
+    cycles = [sorted(group) for group in nx.strongly_connected_components(imports) if len(group) > 1]
+    assert cycles == []
