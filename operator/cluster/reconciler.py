@@ -38,7 +38,7 @@ from frugal.operator.decision.conditions import (
     conditions,
     merge,
 )
-from frugal.operator.manifests import names, serving_objects
+from frugal.operator.manifests import names
 from frugal.operator.manifests.events import desired_event
 from frugal.operator.manifests.storage import locate
 
@@ -112,8 +112,6 @@ class Reconciler:
         found = self._artifacts(md, profiles, state)
         decision = decide.decide(md, profiles, state, found, self.settings)
         rejected = self._apply_all(decision.apply)
-        if decision.selection is not None and self._has_pod_monitors():
-            self.cluster.apply(serving_objects.desired_pod_monitor(md))
         assessment = decision.assessment
         if rejected and decision.observed is not None:
             assessment = conditions(dataclasses.replace(decision.observed, apply_error=rejected))
@@ -191,7 +189,7 @@ class Reconciler:
         live = None
         if endpoint is not None:
             live = int(endpoint["spec"]["selector"].get(names.LABEL_GENERATION, 0)) or None
-        return decide.ClusterState(compression, profiling, replicas, ready, live)
+        return decide.ClusterState(compression, profiling, replicas, ready, live, self._has_pod_monitors())
 
     def _job(self, namespace: str, name: str) -> Job:
         job = self.cluster.get("batch/v1", "Job", namespace, name)

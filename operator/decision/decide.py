@@ -39,6 +39,8 @@ class ClusterState:
     shard_replicas: Mapping[int, int] = field(default_factory=dict)
     shard_ready: Mapping[int, int] = field(default_factory=dict)
     live_generation: int | None = None
+    # The cluster serves the Prometheus Operator's PodMonitor kind, so serving pods can be scraped.
+    pod_monitors: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,17 +126,15 @@ def _plan_and_serve(
     profile = profiles[chosen.profile]
     replicas = {i: cluster.shard_replicas.get(i, md.initial_replicas) for i in range(selection.shards)}
     for index in range(selection.shards):
-        to_apply.append(
-            serving_objects.desired_shard_deployment(
-                md, profile, settings.image, location, selection, index, replicas[index]
-            )
+        to_apply += serving_objects.desired_shard(
+            md, profile, settings.image, location, selection, index, replicas[index]
         )
-        to_apply.append(serving_objects.desired_shard_service(md, selection, index))
-        to_apply.append(serving_objects.desired_shard_pdb(md, selection, index))
     ready = tuple(cluster.shard_ready.get(i, 0) for i in range(selection.shards))
     live = all(r >= 1 for r in ready)
     if live or cluster.live_generation is None:
         to_apply.append(serving_objects.desired_endpoint_service(md, md.owner.generation))
+    if cluster.pod_monitors:
+        to_apply.append(serving_objects.desired_pod_monitor(md))
     observed = _with(
         observed,
         planned=f"{chosen.variant} on {chosen.profile}",

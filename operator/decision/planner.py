@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Literal
 
 Source = Literal["profiling", "estimated", "compression-report", "none"]
 
@@ -125,27 +125,6 @@ class Candidate:
     def cost_per_1k_requests(self) -> float | None:
         return None if self.cost_per_request is None else self.cost_per_request * 1000.0
 
-    def to_status(self) -> dict[str, Any]:
-        """The row as camelCase JSON for ``status.plan.table``."""
-        return _drop_none(
-            {
-                "variant": self.variant,
-                "hardwareProfile": self.profile,
-                "shards": self.shards,
-                "source": self.source,
-                "latencyP95Ms": _round(self.latency_p95_ms),
-                "throughputRps": _round(self.throughput_rps),
-                "accuracyDrop": _round(self.accuracy_drop),
-                "replicas": self.replicas,
-                "watts": _round(self.watts),
-                "costPerHour": _round(self.cost_per_hour),
-                "costPer1kRequests": _round(self.cost_per_1k_requests),
-                "energyPerRequestJoules": _round(self.energy_per_request_joules),
-                "feasible": self.feasible,
-                "reason": self.reason,
-            }
-        )
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -156,16 +135,6 @@ class Plan:
     reason: str
     used_fallback: bool = False
     objectives: Objectives | None = field(default=None, compare=False)
-
-    def to_status(self) -> dict[str, Any]:
-        """camelCase JSON for the ModelDeployment's status (and the local runtime's report)."""
-        chosen = None if self.chosen is None else self.chosen.to_status()
-        return {
-            "selected": chosen,
-            "reason": self.reason,
-            "usedFallback": self.used_fallback,
-            "table": [row.to_status() for row in self.table],
-        }
 
 
 class PlanningError(ValueError):
@@ -384,10 +353,3 @@ def _no_choice_reason(table: Sequence[Candidate], objectives: Objectives) -> str
 def _money(value: float | None) -> str:
     return "?" if value is None else f"{value:.4g}"
 
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else float(f"{value:.6g}")
-
-
-def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in data.items() if value is not None}

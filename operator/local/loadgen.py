@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,11 +51,6 @@ class LoadStats:
     def throughput(self) -> float:
         elapsed = self.elapsed()
         return self.ok / elapsed if elapsed > 0 else 0.0
-
-
-def infer_body(inputs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """An OIP JSON request body from `[{"name", "datatype", "shape", "data"}]`."""
-    return {"inputs": list(inputs)}
 
 
 async def _client(

@@ -28,21 +28,21 @@ class Selection:
     shards: int
 
 
-def desired_serving(
+def desired_shard(
     md: ModelDeploymentSpec,
     profile: HardwareProfileSpec,
     image: str,
     artifacts: ArtifactLocation,
     selection: Selection,
-    replicas: int | None = None,
+    index: int,
+    replicas: int,
 ) -> list[dict[str, Any]]:
-    """Every serving object of the current generation, shard by shard (endpoint Service excluded)."""
-    objects: list[dict[str, Any]] = []
-    for index in range(selection.shards):
-        objects.append(desired_shard_deployment(md, profile, image, artifacts, selection, index, replicas))
-        objects.append(desired_shard_service(md, selection, index))
-        objects.append(desired_shard_pdb(md, selection, index))
-    return objects
+    """One shard of the current generation: its Deployment, Service and PodDisruptionBudget."""
+    return [
+        desired_shard_deployment(md, profile, image, artifacts, selection, index, replicas),
+        desired_shard_service(md, selection, index),
+        desired_shard_pdb(md, selection, index),
+    ]
 
 
 def shard_labels(owner: Owner, selection: Selection, index: int) -> dict[str, str]:

@@ -126,6 +126,16 @@ def test_profiled_plans_and_deploys_the_cheapest_option() -> None:
     assert float(status["cost"]["perHour"]) > 0.10
 
 
+def test_a_pod_monitor_is_wanted_once_serving_is_planned_where_the_cluster_has_the_kind() -> None:
+    monitors = ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE}, pod_monitors=True)
+    decision = decide(MD, PROFILES, monitors, PROFILED, SETTINGS)
+    assert kinds(decision)[-1] == ("PodMonitor", "digits-serving")
+    without = decide(MD, PROFILES, ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE}), PROFILED, SETTINGS)
+    assert "PodMonitor" not in {kind for kind, _ in kinds(without)}
+    not_yet = decide(MD, PROFILES, ClusterState(compression=DONE, pod_monitors=True), PROFILED, SETTINGS)
+    assert "PodMonitor" not in {kind for kind, _ in kinds(not_yet)}
+
+
 def test_ready_shards_make_it_serving_and_prune_the_old_generation() -> None:
     state = ClusterState(
         compression=DONE,

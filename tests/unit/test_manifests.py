@@ -350,7 +350,12 @@ def test_shard_deployment(index: int) -> None:
 
 
 def test_serving_set_has_deployment_service_and_pdb_per_shard() -> None:
-    objects = serving_objects.desired_serving(SPEC, GPU, IMAGE, ARTIFACTS, Selection("int8", "gpu-t4", 2), replicas=3)
+    selection = Selection("int8", "gpu-t4", 2)
+    objects = [
+        obj
+        for index in range(selection.shards)
+        for obj in serving_objects.desired_shard(SPEC, GPU, IMAGE, ARTIFACTS, selection, index, replicas=3)
+    ]
     kinds = [(o["kind"], o["metadata"]["name"]) for o in objects]
     assert kinds == [
         ("Deployment", "digits-g3-shard-0"),

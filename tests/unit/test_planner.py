@@ -208,14 +208,6 @@ def test_no_choice_names_what_to_change() -> None:
     assert "latencyP95Ms" in slo.reason and "fp32 on cpu-small at 40 ms" in slo.reason
 
 
-def test_status_is_plain_json() -> None:
-    status = plan([FP32, INT8], [CPU, GPU], Objectives(50, 0.01, 0.15)).to_status()
-    assert status["selected"]["variant"] == "int8"
-    assert status["selected"]["hardwareProfile"] == "gpu-t4"
-    assert {row["feasible"] for row in status["table"]} == {True}
-    assert all(isinstance(row["costPer1kRequests"], float) for row in status["table"])
-
-
 def test_costs_within_the_tolerance_count_as_equal_and_the_smaller_model_wins() -> None:
     big = variant("fp32", 0.0, Measurement("cpu-small", 10, 1050), size=200_000)
     small = variant("int8", 0.0, Measurement("cpu-small", 10, 1000), size=50_000)
