@@ -69,7 +69,7 @@ class CompressionResult:
 
 def compress(config: CompressionConfig, progress: Progress | None = None) -> CompressionResult:
     """Run the whole compression described by ``config``; raises CompressionError for user mistakes."""
-    from .sources import load_source
+    from .loaders import load_source
 
     bar = progress or Silent()
     source = load_source(config)

@@ -177,7 +177,7 @@ class Trainer:
 
 def train_rank(topo: Topology, config: CompressionConfig, source: SourceModel | None = None) -> nn.Module:
     """Distill on this rank (joins the process group when the topology is distributed)."""
-    from ..sources import load_source
+    from ..loaders import load_source
 
     assert config.distillation is not None
     source = source or load_source(config)
@@ -188,7 +188,7 @@ def train_rank(topo: Topology, config: CompressionConfig, source: SourceModel | 
 
 def first_step_gradients(topo: Topology, config: CompressionConfig) -> list[torch.Tensor]:
     """The gradient after one backward on the first global batch (averaged across ranks by DDP)."""
-    from ..sources import load_source
+    from ..loaders import load_source
 
     assert config.distillation is not None
     with _group(topo):
