@@ -25,15 +25,12 @@ from typing import Any
 
 import numpy as np
 
-DTYPES = {
-    "FP32": np.float32,
-    "FP16": np.float16,
-    "FP64": np.float64,
-    "INT64": np.int64,
-    "INT32": np.int32,
-    "INT8": np.int8,
-    "UINT8": np.uint8,
-    "BOOL": np.bool_,
+from frugal.serving.datatypes import OIP_TO_NUMPY
+
+# The datatypes example_inputs fills (OIP name → numpy scalar type); any other falls back to FP32.
+DTYPES: dict[str, type[np.generic]] = {
+    name: OIP_TO_NUMPY[name].type
+    for name in ("FP32", "FP16", "FP64", "INT64", "INT32", "INT8", "UINT8", "BOOL")
 }
 
 

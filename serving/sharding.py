@@ -19,25 +19,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from frugal.serving.datatypes import ONNX_TO_OIP
 from frugal.serving.server.artifacts import TensorSpec
 
 CROSSING_PENALTY = 0.02  # share of total parameter bytes one extra crossing tensor is worth
-
-_ONNX_TO_OIP: dict[int, str] = {
-    onnx.TensorProto.BOOL: "BOOL",
-    onnx.TensorProto.UINT8: "UINT8",
-    onnx.TensorProto.UINT16: "UINT16",
-    onnx.TensorProto.UINT32: "UINT32",
-    onnx.TensorProto.UINT64: "UINT64",
-    onnx.TensorProto.INT8: "INT8",
-    onnx.TensorProto.INT16: "INT16",
-    onnx.TensorProto.INT32: "INT32",
-    onnx.TensorProto.INT64: "INT64",
-    onnx.TensorProto.FLOAT16: "FP16",
-    onnx.TensorProto.FLOAT: "FP32",
-    onnx.TensorProto.DOUBLE: "FP64",
-    onnx.TensorProto.STRING: "BYTES",
-}
 
 
 @dataclass(frozen=True)
@@ -218,7 +203,7 @@ def specs(values: Iterable[onnx.ValueInfoProto]) -> tuple[TensorSpec, ...]:
         tensor = value.type.tensor_type
         shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
         result.append(
-            TensorSpec(name=value.name, datatype=_ONNX_TO_OIP.get(tensor.elem_type, "FP32"), shape=shape)
+            TensorSpec(name=value.name, datatype=ONNX_TO_OIP.get(tensor.elem_type, "FP32"), shape=shape)
         )
     return tuple(result)
 

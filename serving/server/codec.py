@@ -17,24 +17,11 @@ from typing import Any
 import numpy as np
 import orjson
 
+from frugal.serving.datatypes import OIP_TO_NUMPY, oip_of_numpy
+
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
-DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype("bool"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype("object"),
-}
-_KIND_TO_DATATYPE = {dt.newbyteorder("=") if dt.kind != "O" else dt: name for name, dt in DATATYPES.items()}
+DATATYPES: Mapping[str, np.dtype[Any]] = OIP_TO_NUMPY  # OIP name → numpy dtype (serving/datatypes.py)
 
 
 class ProtocolError(ValueError):
@@ -59,9 +46,7 @@ class InferRequest:
 
 def datatype_of(array: np.ndarray) -> str:
     """The OIP datatype name of a numpy array (strings and bytes are BYTES)."""
-    if array.dtype.kind in "OSU":
-        return "BYTES"
-    name = _KIND_TO_DATATYPE.get(array.dtype.newbyteorder("="))
+    name = oip_of_numpy(array.dtype)
     if name is None:
         raise ProtocolError(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype")
     return name

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from frugal.serving.datatypes import OIP_TO_NUMPY, ORT_TO_OIP
 from frugal.serving.server.artifacts import TensorSpec
-from frugal.serving.server.codec import DATATYPES
 
 log = logging.getLogger("frugal.serving")
 
@@ -28,22 +28,6 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 # What each requested provider brings along, best first; CPU is always the last resort.
 _CHAINS: dict[str, tuple[str, ...]] = {TENSORRT: (TENSORRT, CUDA, CPU), CUDA: (CUDA, CPU), CPU: (CPU,)}
-
-_ORT_TYPES = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
-}
 
 
 @dataclass(frozen=True)
@@ -96,7 +80,7 @@ def tensor_specs(args: Sequence[Any]) -> tuple[TensorSpec, ...]:
     return tuple(
         TensorSpec(
             name=arg.name,
-            datatype=_ORT_TYPES.get(arg.type, arg.type),
+            datatype=ORT_TO_OIP.get(arg.type, arg.type),
             shape=tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or [])),
         )
         for arg in args
@@ -144,4 +128,4 @@ def example_tensor(spec: TensorSpec, batch: int) -> np.ndarray:
     shape = [batch if i == 0 and d == -1 else (d if d >= 0 else 1) for i, d in enumerate(spec.shape)]
     if spec.datatype == "BYTES":
         return np.full(shape, "", dtype=object)
-    return np.zeros(shape, dtype=DATATYPES.get(spec.datatype, np.dtype("float32")))
+    return np.zeros(shape, dtype=OIP_TO_NUMPY.get(spec.datatype, np.dtype("float32")))

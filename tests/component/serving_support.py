@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from frugal.serving.datatypes import ONNX_TO_OIP
+
 OPSET = [helper.make_opsetid("", 17)]
 
 
@@ -149,8 +151,7 @@ def write_artifacts(directory: Path, model_name: str, variants: Mapping[str, onn
 
 def _spec(value: onnx.ValueInfoProto) -> dict[str, Any]:
     tensor = value.type.tensor_type
-    datatypes: dict[int, str] = {TensorProto.FLOAT: "FP32", TensorProto.INT64: "INT64"}
-    datatype = datatypes[tensor.elem_type]
+    datatype = ONNX_TO_OIP[tensor.elem_type]
     shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
     return {"name": value.name, "datatype": datatype, "shape": shape}
 
