@@ -1,19 +1,27 @@
 """The operator's typed view of a ModelDeployment and its HardwareProfiles.
 
-The controller reads raw bodies (what the API server returns, schema defaults applied) and turns
-them into these frozen dataclasses once; builders and the planner never index into dicts. Unknown
-or missing optional fields fall back to the CRD's documented defaults, so a body written by an older
-schema still reads.
+Built once per reconcile from the body the API server returns: the CRD's own defaults are applied
+(as the API server does, so a body stored by an older schema reads like a new one) and the result is
+validated into the pydantic resource models of `frugal.operator.api.models`. Every value comes from
+there; no default is written here. The flattened names below are what builders and the planner use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import pydantic
+
+from frugal.operator.api import models
+from frugal.operator.api.crds import API_VERSION, schema
+from frugal.operator.api.errors import join_path
+from frugal.operator.api.structural import apply_defaults
 
 Body = Mapping[str, Any]
+Typed = TypeVar("Typed", models.ModelDeployment, models.HardwareProfile)
 
 
 class SpecError(ValueError):
@@ -28,48 +36,136 @@ class Owner:
     namespace: str
     uid: str
     generation: int
-    api_version: str = "frugal.dev/v1alpha1"
+    api_version: str = API_VERSION
     kind: str = "ModelDeployment"
 
 
 @dataclass(frozen=True)
 class HardwareProfileSpec:
-    name: str
-    accelerator_kind: str
-    accelerator_count: int
-    memory_gib: float | None
-    node_selector: Mapping[str, str]
-    tolerations: tuple[Mapping[str, Any], ...]
-    requests: Mapping[str, str]
-    limits: Mapping[str, str]
-    execution_provider: str
-    image: str | None
-    cost_per_hour: Decimal
+    resource: models.HardwareProfile
     idle_watts: float
     max_watts: float
+
+    @property
+    def name(self) -> str:
+        return self.resource.metadata.name
+
+    @property
+    def accelerator_kind(self) -> str:
+        return self.resource.spec.accelerator.kind
+
+    @property
+    def accelerator_count(self) -> int:
+        return self.resource.spec.accelerator.count
+
+    @property
+    def memory_gib(self) -> float | None:
+        return self.resource.spec.accelerator.memory_gib
+
+    @property
+    def node_selector(self) -> Mapping[str, str]:
+        return self.resource.spec.node_selector
+
+    @property
+    def tolerations(self) -> tuple[dict[str, Any], ...]:
+        return tuple(t.to_dict() for t in self.resource.spec.tolerations)
+
+    @property
+    def requests(self) -> Mapping[str, str]:
+        resources = self.resource.spec.resources
+        return {} if resources is None else {k: str(v) for k, v in resources.requests.items()}
+
+    @property
+    def limits(self) -> Mapping[str, str]:
+        resources = self.resource.spec.resources
+        return {} if resources is None else {k: str(v) for k, v in resources.limits.items()}
+
+    @property
+    def execution_provider(self) -> str:
+        return self.resource.spec.execution_provider
+
+    @property
+    def image(self) -> str | None:
+        return self.resource.spec.image
+
+    @property
+    def cost_per_hour(self) -> Decimal:
+        return self.resource.spec.cost_per_hour
 
 
 @dataclass(frozen=True)
 class ModelDeploymentSpec:
     owner: Owner
-    body: Mapping[str, Any]
-    model_uri: str
-    model_name: str
-    compression_profile: str
-    distillation_workers: int
-    metric: str
-    max_drop: float
-    serving_profiles: tuple[str, ...]
-    shards: int
-    latency_p95_ms: float
-    max_batch_size: int
-    max_delay_ms: float
-    max_queue_size: int
-    min_replicas: int
-    max_replicas: int
-    price_per_kwh: Decimal
-    storage_uri: str | None
-    retain_artifacts: bool
+    resource: models.ModelDeployment
+
+    @property
+    def spec(self) -> models.ModelDeploymentSpec:
+        return self.resource.spec
+
+    @property
+    def model_uri(self) -> str:
+        return self.spec.model.uri
+
+    @property
+    def model_name(self) -> str:
+        return self.resource.model_name
+
+    @property
+    def compression_profile(self) -> str:
+        return self.spec.compression.hardware_profile or self.serving_profiles[0]
+
+    @property
+    def distillation_workers(self) -> int:
+        distillation = self.spec.compression.distillation
+        return 1 if distillation is None else distillation.workers  # no distillation: no workers to spread
+
+    @property
+    def metric(self) -> str:
+        return self.spec.compression.accuracy_budget.metric
+
+    @property
+    def max_drop(self) -> float:
+        return self.spec.compression.accuracy_budget.max_drop
+
+    @property
+    def serving_profiles(self) -> tuple[str, ...]:
+        return self.spec.serving.hardware_profiles
+
+    @property
+    def shards(self) -> int:
+        return self.spec.serving.shards
+
+    @property
+    def latency_p95_ms(self) -> float:
+        return self.spec.serving.slo.latency_p95_ms
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.spec.serving.batching.max_batch_size
+
+    @property
+    def max_delay_ms(self) -> float:
+        return self.spec.serving.batching.max_delay_ms
+
+    @property
+    def max_queue_size(self) -> int:
+        return self.spec.serving.batching.max_queue_size
+
+    @property
+    def min_replicas(self) -> int:
+        return self.spec.autoscaling.min_replicas
+
+    @property
+    def price_per_kwh(self) -> Decimal:
+        return self.spec.autoscaling.power.price_per_kwh
+
+    @property
+    def storage_uri(self) -> str | None:
+        return self.spec.storage.uri
+
+    @property
+    def retain_artifacts(self) -> bool:
+        return self.spec.storage.retain_artifacts
 
     @property
     def initial_replicas(self) -> int:
@@ -84,72 +180,36 @@ def owner_of(body: Body) -> Owner:
         namespace=str(meta.get("namespace") or "default"),
         uid=str(meta.get("uid", "")),
         generation=int(meta.get("generation") or 1),
-        api_version=str(body.get("apiVersion", "frugal.dev/v1alpha1")),
+        api_version=str(body.get("apiVersion", API_VERSION)),
     )
+
+
+def typed(body: Body, model: type[Typed]) -> Typed:
+    """The body's metadata and spec with the CRD's defaults applied, as the resource model."""
+    kind = model.model_fields["kind"].default
+    document = {"apiVersion": API_VERSION, "kind": kind, "metadata": dict(body.get("metadata") or {})}
+    document["spec"] = apply_defaults(dict(body.get("spec") or {}), schema(kind)["properties"]["spec"])
+    try:
+        return model.model_validate(document)
+    except pydantic.ValidationError as error:
+        problem = error.errors()[0]
+        where = join_path(problem["loc"])
+        raise SpecError(f"{kind} {document['metadata'].get('name', '')}: {where}: {problem['msg']}") from None
 
 
 def parse_model_deployment(body: Body) -> ModelDeploymentSpec:
     """The typed view of a ModelDeployment body."""
-    spec = body.get("spec") or {}
-    serving = spec.get("serving") or {}
-    compression = spec.get("compression") or {}
-    autoscaling = spec.get("autoscaling") or {}
-    budget = compression.get("accuracyBudget") or {}
-    batching = serving.get("batching") or {}
-    storage = spec.get("storage") or {}
-    profiles = tuple(str(p) for p in serving.get("hardwareProfiles") or ())
-    if not profiles:
+    resource = typed(body, models.ModelDeployment)
+    if not resource.spec.serving.hardware_profiles:
         raise SpecError("spec.serving.hardwareProfiles: name at least one HardwareProfile")
-    owner = owner_of(body)
-    return ModelDeploymentSpec(
-        owner=owner,
-        body=body,
-        model_uri=str((spec.get("model") or {}).get("uri", "")),
-        model_name=str((spec.get("model") or {}).get("name") or owner.name),
-        compression_profile=str(compression.get("hardwareProfile") or profiles[0]),
-        distillation_workers=int((compression.get("distillation") or {}).get("workers", 1)),
-        metric=str(budget.get("metric", "accuracy")),
-        max_drop=float(budget.get("maxDrop", 0.01)),
-        serving_profiles=profiles,
-        shards=int(serving.get("shards", 1)),
-        latency_p95_ms=float((serving.get("slo") or {}).get("latencyP95Ms", 0) or 0),
-        max_batch_size=int(batching.get("maxBatchSize", 32)),
-        max_delay_ms=float(batching.get("maxDelayMs", 2)),
-        max_queue_size=int(batching.get("maxQueueSize", 1024)),
-        min_replicas=int(autoscaling.get("minReplicas", 1)),
-        max_replicas=int(autoscaling.get("maxReplicas", 4)),
-        price_per_kwh=_decimal(
-            (autoscaling.get("power") or {}).get("pricePerKWh", "0.15"), "spec.autoscaling.power.pricePerKWh"
-        ),
-        storage_uri=storage.get("uri"),
-        retain_artifacts=bool(storage.get("retainArtifacts", True)),
-    )
+    return ModelDeploymentSpec(owner_of(body), resource)
 
 
 def parse_hardware_profile(body: Body) -> HardwareProfileSpec:
     """The typed view of a HardwareProfile body."""
-    name = str(body.get("metadata", {}).get("name", ""))
-    spec = body.get("spec") or {}
-    accelerator = spec.get("accelerator") or {}
-    resources = spec.get("resources") or {}
-    cost = _decimal(spec.get("costPerHour", "0"), f"HardwareProfile {name}: spec.costPerHour")
-    power = spec.get("power") or {}
-    idle, peak = _power(power, cost)
-    return HardwareProfileSpec(
-        name=name,
-        accelerator_kind=str(accelerator.get("kind", "cpu")),
-        accelerator_count=int(accelerator.get("count", 1)),
-        memory_gib=None if accelerator.get("memoryGiB") is None else float(accelerator["memoryGiB"]),
-        node_selector={str(k): str(v) for k, v in (spec.get("nodeSelector") or {}).items()},
-        tolerations=tuple(spec.get("tolerations") or ()),
-        requests={str(k): str(v) for k, v in (resources.get("requests") or {}).items()},
-        limits={str(k): str(v) for k, v in (resources.get("limits") or {}).items()},
-        execution_provider=str(spec.get("executionProvider", "CPUExecutionProvider")),
-        image=spec.get("image"),
-        cost_per_hour=cost,
-        idle_watts=idle,
-        max_watts=peak,
-    )
+    resource = typed(body, models.HardwareProfile)
+    idle, peak = _power(resource.spec.power, resource.spec.cost_per_hour)
+    return HardwareProfileSpec(resource, idle, peak)
 
 
 # Without power figures, a pod's share is assumed to draw this many watts per USD/hour at full load
@@ -157,15 +217,8 @@ def parse_hardware_profile(body: Body) -> HardwareProfileSpec:
 WATTS_PER_DOLLAR_HOUR = 200.0
 
 
-def _power(power: Mapping[str, Any], cost: Decimal) -> tuple[float, float]:
-    if "maxWatts" in power:
-        return float(power.get("idleWatts", 0.0)), float(power["maxWatts"])
+def _power(power: models.PowerDraw | None, cost: Decimal) -> tuple[float, float]:
+    if power is not None:
+        return power.idle_watts, power.max_watts
     peak = float(cost) * WATTS_PER_DOLLAR_HOUR
     return peak / 3, peak
-
-
-def _decimal(value: Any, field: str) -> Decimal:
-    try:
-        return Decimal(str(value))
-    except InvalidOperation:
-        raise SpecError(f'{field}: {value!r} is not a decimal number such as "0.35"') from None

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from frugal.operator.api.crds import API_VERSION
+
 FIELD_MANAGER = "frugal-operator"
 
 # (apiVersion, kind) -> (path prefix, plural, namespaced)
@@ -22,8 +24,8 @@ RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("v1", "Pod"): ("/api/v1", "pods", True),
     ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments", True),
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets", True),
-    ("frugal.dev/v1alpha1", "ModelDeployment"): ("/apis/frugal.dev/v1alpha1", "modeldeployments", True),
-    ("frugal.dev/v1alpha1", "HardwareProfile"): ("/apis/frugal.dev/v1alpha1", "hardwareprofiles", False),
+    (API_VERSION, "ModelDeployment"): (f"/apis/{API_VERSION}", "modeldeployments", True),
+    (API_VERSION, "HardwareProfile"): (f"/apis/{API_VERSION}", "hardwareprofiles", False),
     ("monitoring.coreos.com/v1", "PodMonitor"): ("/apis/monitoring.coreos.com/v1", "podmonitors", True),
 }
 SERVING_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"))

@@ -12,11 +12,12 @@ from typing import Any
 
 import kopf
 
+from frugal.operator.api.crds import GROUP, VERSION
 from frugal.operator.cluster.reconciler import Reconciler
 from frugal.operator.manifests import names
 
-GROUP, VERSION, PLURAL = "frugal.dev", "v1alpha1", "modeldeployments"
-MANAGED = {"app.kubernetes.io/managed-by": names.MANAGED_BY}
+PLURAL = "modeldeployments"
+MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, interval: float) -> None:

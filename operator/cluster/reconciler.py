@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from frugal.operator.api.crds import API_VERSION
 from frugal.operator.api.spec import (
     HardwareProfileSpec,
     ModelDeploymentSpec,
@@ -42,7 +43,6 @@ from frugal.operator.manifests import names
 from frugal.operator.manifests.events import desired_event
 from frugal.operator.manifests.storage import locate
 
-API_VERSION = "frugal.dev/v1alpha1"
 log = logging.getLogger(__name__)
 Emit = Callable[[str, str, str], None]  # (type: Normal|Warning, reason, message)
 WARNING_REASONS = frozenset(
@@ -149,16 +149,14 @@ class Reconciler:
     def cleanup(self, body: Mapping[str, Any]) -> None:
         """Delete every child (no garbage collector needed) and, unless retained, the artifacts."""
         owner = owner_of(body)
-        selector = {names.LABEL_MD: owner.name, "app.kubernetes.io/managed-by": names.MANAGED_BY}
+        selector = {names.LABEL_MD: owner.name, names.LABEL_MANAGED_BY: names.MANAGED_BY}
         self.cluster.delete_all((*SERVING_KINDS, *JOB_KINDS), owner.namespace, selector)
         try:
             md = parse_model_deployment(body)
         except SpecError:
             return
-        if not md.retain_artifacts:
-            root = locate(md.storage_uri or self.settings.storage_uri, md.owner, self.settings.pvc_root)
-            if root.operator_path is not None:
-                shutil.rmtree(root.operator_path.parent, ignore_errors=True)
+        if (artifacts := decide.artifacts_to_remove(md, self.settings)) is not None:
+            shutil.rmtree(artifacts, ignore_errors=True)
         if self.metrics:
             self.metrics.forget(owner.namespace, owner.name)
 
@@ -235,7 +233,7 @@ class Reconciler:
 
     def _prune_older_generations(self, md: ModelDeploymentSpec) -> None:
         keep = {names.LABEL_GENERATION: str(md.owner.generation)}
-        selector = {names.LABEL_MD: md.owner.name, "app.kubernetes.io/managed-by": names.MANAGED_BY}
+        selector = {names.LABEL_MD: md.owner.name, names.LABEL_MANAGED_BY: names.MANAGED_BY}
         self.cluster.delete_all((*SERVING_KINDS, *JOB_KINDS), md.owner.namespace, selector, keep=keep)
 
     def _record_metrics(self, md: ModelDeploymentSpec, decision: decide.Decision) -> None:

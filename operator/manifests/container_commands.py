@@ -8,9 +8,9 @@ config shape (camelCase on the wire), passed inline so the Job needs no ConfigMa
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
+from frugal.operator.api.models import TensorSpec
 from frugal.operator.api.spec import ModelDeploymentSpec
 
 SERVING_PORT = 8080
@@ -18,25 +18,29 @@ DISTRIBUTED_PORT = 29500
 
 
 def compression_config(md: ModelDeploymentSpec, output: str) -> dict[str, Any]:
-    """`spec.model`, `spec.data` and `spec.compression` in the compression component's shape."""
-    spec = md.body.get("spec") or {}
-    compression = spec.get("compression") or {}
-    model = spec.get("model") or {}
-    data = spec.get("data") or {}
+    """`spec.model`, `spec.data` and `spec.compression` in the compression component's shape: the
+    one mapping from the typed view to `frugal.compression.config.CompressionConfig` (camelCase)."""
+    spec = md.spec
+    compression = spec.compression
+    data = spec.data
+    validation = None if data is None else data.validation
+    calibration = None if data is None else data.calibration
     config: dict[str, Any] = {
         "model": _drop_none(
             {
                 "uri": md.model_uri,
-                "format": _format(model.get("format")),
-                "architecture": model.get("architecture"),
+                "format": None if spec.model.format == "auto" else spec.model.format,
+                "architecture": spec.model.architecture,
+                "inputs": _tensors(spec.model.inputs),
+                "outputs": _tensors(spec.model.outputs),
             }
         ),
         "data": _drop_none(
             {
-                "validation": (data.get("validation") or {}).get("uri"),
-                "calibration": (data.get("calibration") or {}).get("uri"),
-                "validationMaxSamples": (data.get("validation") or {}).get("maxSamples"),
-                "calibrationMaxSamples": (data.get("calibration") or {}).get("maxSamples"),
+                "validation": None if validation is None else validation.uri,
+                "calibration": None if calibration is None else calibration.uri,
+                "validationMaxSamples": None if validation is None else validation.max_samples,
+                "calibrationMaxSamples": None if calibration is None else calibration.max_samples,
             }
         ),
         "accuracyBudget": {"metric": md.metric, "maxDrop": md.max_drop},
@@ -45,25 +49,30 @@ def compression_config(md: ModelDeploymentSpec, output: str) -> dict[str, Any]:
         "generation": md.owner.generation,
         "servingBatchSize": md.max_batch_size,
     }
-    if pruning := compression.get("pruning"):
+    if (pruning := compression.pruning) is not None:
         config["pruning"] = _drop_none(
             {
-                "method": pruning.get("method"),
-                "sparsity": pruning.get("sparsity"),
-                "thresholdScale": pruning.get("thresholdScale"),
-                "attentionHeads": pruning.get("attentionHeads"),
+                "method": pruning.method,
+                "sparsity": pruning.sparsity,
+                "thresholdScale": pruning.threshold_scale,
+                "attentionHeads": pruning.attention_heads,
             }
         )
-    if quantization := compression.get("quantization"):
+    if (quantization := compression.quantization) is not None:
         config["quantization"] = _drop_none(
-            {
-                "method": quantization.get("method"),
-                "bits": quantization.get("bits"),
-                "perChannel": quantization.get("perChannel"),
-            }
+            {"method": quantization.method, "bits": quantization.bits, "perChannel": quantization.per_channel}
         )
-    if (distillation := compression.get("distillation")) is not None:
-        config["distillation"] = _distillation(distillation)
+    if (distillation := compression.distillation) is not None:
+        config["distillation"] = {
+            "student": _drop_none(
+                {"width": distillation.student.width_factor, "depthFactor": distillation.student.depth_factor}
+            ),
+            "epochs": distillation.epochs,
+            "temperature": distillation.temperature,
+            "alpha": distillation.alpha,
+            "learningRate": distillation.learning_rate,
+            "workers": distillation.workers,
+        }
     return config
 
 
@@ -119,22 +128,10 @@ def serve(
     return command
 
 
-def _distillation(distillation: Mapping[str, Any]) -> dict[str, Any]:
-    student = distillation.get("student") or {}
-    return _drop_none(
-        {
-            "student": _drop_none({"width": student.get("widthFactor"), "depthFactor": student.get("depthFactor")}),
-            "epochs": distillation.get("epochs"),
-            "temperature": distillation.get("temperature"),
-            "alpha": distillation.get("alpha"),
-            "learningRate": distillation.get("learningRate"),
-            "workers": distillation.get("workers"),
-        }
-    )
-
-
-def _format(value: Any) -> str | None:
-    return None if value in (None, "auto") else str(value)
+def _tensors(tensors: tuple[TensorSpec, ...] | None) -> list[dict[str, Any]] | None:
+    if tensors is None:
+        return None
+    return [_drop_none({"name": t.name, "datatype": t.datatype, "shape": t.shape}) for t in tensors]
 
 
 def _drop_none(data: dict[str, Any]) -> dict[str, Any]:

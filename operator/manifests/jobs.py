@@ -101,9 +101,9 @@ def _job(md: ModelDeploymentSpec, name: str, labels: dict[str, str], spec: dict[
 
 def _input_uris(md: ModelDeploymentSpec) -> list[str]:
     """spec.model.uri, spec.data.validation.uri and spec.data.calibration.uri (those set)."""
-    data = (md.body.get("spec") or {}).get("data") or {}
-    uris = [md.model_uri, *((data.get(part) or {}).get("uri") for part in ("validation", "calibration"))]
-    return [str(uri) for uri in uris if uri]
+    data = md.spec.data
+    sources = () if data is None else (data.validation, data.calibration)
+    return [md.model_uri, *(source.uri for source in sources if source is not None)]
 
 
 def _claims_env(claims: tuple[str, ...]) -> list[dict[str, Any]]:

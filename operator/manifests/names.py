@@ -25,6 +25,10 @@ LABEL_SHARD = "frugal.dev/shard"
 LABEL_PROFILE = "frugal.dev/hardware-profile"
 LABEL_VARIANT = "frugal.dev/variant"
 LABEL_ROLE = "app.kubernetes.io/component"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 
 _INVALID = re.compile(r"[^a-z0-9-]+")
 
@@ -67,11 +71,11 @@ def endpoint_service(owner: Owner) -> str:
 def labels(owner: Owner, component: str, **extra: str) -> dict[str, str]:
     """The app.kubernetes.io/* labels plus frugal's own selectors."""
     result = {
-        "app.kubernetes.io/name": f"frugal-{component}",
-        "app.kubernetes.io/instance": owner.name,
+        LABEL_NAME: f"frugal-{component}",
+        LABEL_INSTANCE: owner.name,
         LABEL_ROLE: component,
-        "app.kubernetes.io/part-of": PART_OF,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_PART_OF: PART_OF,
+        LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_MD: owner.name,
         LABEL_GENERATION: str(owner.generation),
     }

@@ -105,7 +105,10 @@ def _operator_registry() -> CollectorRegistry:
     md = parse_model_deployment(
         {
             "metadata": {"name": "digits", "namespace": "ml"},
-            "spec": {"serving": {"hardwareProfiles": ["cpu"]}},
+            "spec": {
+                "model": {"uri": "zoo://digits-mlp"},
+                "serving": {"hardwareProfiles": ["cpu"], "slo": {"latencyP95Ms": 50}},
+            },
         }
     )
     metrics.observe(md, Selection("fp32", "cpu", 1), [{"index": 0, "replicas": 2}], "0.5")

@@ -25,7 +25,11 @@ def profile(name: str, cost: str, watts: float) -> Any:
     return parse_hardware_profile(
         {
             "metadata": {"name": name},
-            "spec": {"costPerHour": cost, "power": {"idleWatts": 1, "maxWatts": watts}},
+            "spec": {
+                "accelerator": {"kind": "cpu", "count": 1},
+                "costPerHour": cost,
+                "power": {"idleWatts": 1, "maxWatts": watts},
+            },
         }
     )
 

@@ -152,7 +152,7 @@ def test_a_state_dict_source_carries_its_architecture_to_the_compression_job() -
 def test_head_pruning_reaches_the_compression_component() -> None:
     md = md_with(compression__pruning={"method": "structured", "sparsity": 0.3, "attentionHeads": 0.25})
     pruning = json.loads(container_commands.compress(md, "/out")[3])["pruning"]
-    assert pruning == {"method": "structured", "sparsity": 0.3, "attentionHeads": 0.25}
+    assert pruning == {"method": "structured", "sparsity": 0.3, "attentionHeads": 0.25, "thresholdScale": 1.0}
 
 
 def test_data_max_samples_reach_the_compression_component() -> None:
@@ -188,7 +188,8 @@ def test_distillation_workers_make_an_indexed_job_and_a_headless_service() -> No
     selector = service["spec"]["selector"]
     assert all(job["spec"]["template"]["metadata"]["labels"][k] == v for k, v in selector.items())
     config = json.loads(pod["containers"][0]["command"][3])
-    assert config["distillation"] == {"student": {"width": 0.25}, "epochs": 2, "workers": 3}
+    crd_defaults = {"temperature": 4.0, "alpha": 0.5, "learningRate": 0.001}  # applied as the API server does
+    assert config["distillation"] == {"student": {"width": 0.25}, "epochs": 2, "workers": 3, **crd_defaults}
     assert jobs.desired_distillation_service(SPEC) is None
 
 
