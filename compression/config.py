@@ -23,6 +23,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
+class DeclaredTensor(_Model):
+    """One tensor of the signature the user declares (``spec.model.inputs``/``outputs``)."""
+
+    name: str = Field(min_length=1)
+    datatype: str
+    shape: tuple[int, ...] | None = Field(default=None, description="-1 marks a dynamic dimension.")
+
+
 class ModelSource(_Model):
     """Where the model comes from: ``zoo://NAME``, ``file://PATH`` or a plain path.
 
@@ -41,6 +49,10 @@ class ModelSource(_Model):
         default=None,
         description="Zoo architecture a PyTorch state dict fills (digits-mlp, all-minilm-l6-v2); format pytorch only.",
     )
+    inputs: tuple[DeclaredTensor, ...] | None = Field(
+        default=None, description="The signature the model must have: checked before anything is built."
+    )
+    outputs: tuple[DeclaredTensor, ...] | None = None
 
 
 class DataSource(_Model):
@@ -122,10 +134,11 @@ class StudentConfig(_Model):
 
 class DistillationConfig(_Model):
     student: StudentConfig = StudentConfig()
-    epochs: int = Field(default=20, ge=1, le=1000)
-    temperature: float = Field(default=4.0, gt=0.0)
-    alpha: float = Field(default=0.7, ge=0.0, le=1.0, description="Weight of the soft (KD) loss.")
-    learning_rate: float = Field(default=3e-3, gt=0.0)
+    # The ModelDeployment CRD's defaults (a unit test holds them equal).
+    epochs: int = Field(default=5, ge=1, le=1000)
+    temperature: float = Field(default=4.0, gt=0.0, le=100.0)
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="Weight of the soft (KD) loss.")
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0)
     batch_size: int = Field(default=64, ge=1)
     workers: int = Field(default=1, ge=1, le=64)
     max_samples: int | None = Field(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import artifact, plan, report
-from .config import CompressionConfig, QuantizationConfig
+from .config import CompressionConfig, ModelSource, QuantizationConfig
 from .errors import CompressionError
 from .evaluate import Evaluator, Score
 from .latency import Latency, measure
@@ -73,6 +73,7 @@ def compress(config: CompressionConfig, progress: Progress | None = None) -> Com
 
     bar = progress or Silent()
     source = load_source(config)
+    check_signature(source, config.model)
     metric = config.accuracy_budget.metric or source.default_metric
     if metric not in source.metrics:
         fitting = " or ".join(repr(m) for m in source.metrics)
@@ -84,6 +85,39 @@ def compress(config: CompressionConfig, progress: Progress | None = None) -> Com
         _time_survivors(config, source, variants, root, bar)
         manifest, report_json = _write(config, source, metric, variants, root)
     return CompressionResult(config.output, manifest, report_json, variants)
+
+
+def check_signature(source: SourceModel, declared: ModelSource) -> None:
+    """Raise unless the model has every declared input and output, with the declared datatype and a
+    shape that agrees (same rank; a dimension agrees when either side is -1 or both are equal)."""
+    for role, wanted, found in (
+        ("inputs", declared.inputs, source.inputs),
+        ("outputs", declared.outputs, source.outputs),
+    ):
+        by_name = {tensor.name: tensor for tensor in found}
+        for index, tensor in enumerate(wanted or ()):
+            field = f"model.{role}[{index}]"
+            actual = by_name.get(tensor.name)
+            if actual is None:
+                names = ", ".join(sorted(by_name)) or "none"
+                raise CompressionError(
+                    f"{field}.name: the model has no {role[:-1]} {tensor.name!r} (its {role}: {names})"
+                )
+            if tensor.datatype != actual.datatype:
+                raise CompressionError(
+                    f"{field}.datatype: {tensor.name!r} is {actual.datatype} in the model, not {tensor.datatype}"
+                )
+            if tensor.shape is not None and not _shapes_agree(tensor.shape, actual.shape):
+                raise CompressionError(
+                    f"{field}.shape: {tensor.name!r} has shape {list(actual.shape)} in the model, "
+                    f"not {list(tensor.shape)} (-1 matches any size)"
+                )
+
+
+def _shapes_agree(declared: tuple[int, ...], actual: tuple[int, ...]) -> bool:
+    return len(declared) == len(actual) and all(
+        d == a or -1 in (d, a) for d, a in zip(declared, actual, strict=True)
+    )
 
 
 def _variant_path(root: Path, name: str) -> Path:

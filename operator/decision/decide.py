@@ -63,6 +63,15 @@ def needed_profiles(md: ModelDeploymentSpec) -> tuple[str, ...]:
     return tuple(dict.fromkeys((md.compression_profile, *md.serving_profiles)))
 
 
+def artifacts_to_remove(md: ModelDeploymentSpec, settings: Settings) -> Path | None:
+    """When a ModelDeployment is deleted: the directory of all its generations' artifacts, as the
+    operator sees it, unless spec.storage.retainArtifacts keeps them (or the operator cannot see it)."""
+    if md.retain_artifacts:
+        return None
+    location = locate(md.storage_uri or settings.storage_uri, md.owner, settings.pvc_root)
+    return None if location.operator_path is None else location.operator_path.parent
+
+
 def decide(
     md: ModelDeploymentSpec,
     profiles: Mapping[str, HardwareProfileSpec],

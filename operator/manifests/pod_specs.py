@@ -45,13 +45,20 @@ def scheduling(profile: HardwareProfileSpec) -> dict[str, Any]:
     return result
 
 
+# The extended resource each accelerator kind is scheduled by (device plugins register these names).
+ACCELERATOR_RESOURCES = {"nvidia-gpu": "nvidia.com/gpu", "google-tpu": "google.com/tpu"}
+
+
 def resources(profile: HardwareProfileSpec) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    if profile.requests:
-        result["requests"] = dict(profile.requests)
-    if profile.limits:
-        result["limits"] = dict(profile.limits)
-    return result
+    """The profile's requests and limits, plus `accelerator.count` of the accelerator's extended
+    resource (or CPU cores, for cpu) where the profile's own resources do not already say."""
+    requests, limits = dict(profile.requests), dict(profile.limits)
+    extended = ACCELERATOR_RESOURCES.get(profile.accelerator_kind)
+    if extended is not None:
+        limits.setdefault(extended, str(profile.accelerator_count))
+    elif profile.accelerator_kind == "cpu":
+        requests.setdefault("cpu", str(profile.accelerator_count))
+    return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
 
 
 def volumes(artifacts: ArtifactLocation) -> list[dict[str, Any]]:

@@ -18,7 +18,13 @@ from pydantic import ValidationError
 from sklearn.metrics import f1_score
 
 from frugal.compression.compress_command import config_from_args, parser
-from frugal.compression.config import CompressionConfig, DistillationConfig, PruningConfig, StudentConfig
+from frugal.compression.config import (
+    CompressionConfig,
+    DistillationConfig,
+    ModelSource,
+    PruningConfig,
+    StudentConfig,
+)
 from frugal.compression.errors import CompressionError
 from frugal.compression.evaluate import Evaluator
 from frugal.compression.pipeline import CompressionResult, compress
@@ -227,3 +233,42 @@ def test_f1_needs_labels(f1_result: CompressionResult) -> None:
         Evaluator.from_baseline(
             "f1", HeldOut({"input": x}), f1_result.output / f1_result.variant("fp32").file
         )
+
+
+# --- spec.model.inputs / outputs ----------------------------------------------------------------
+
+
+def test_a_declared_signature_is_checked_against_the_model_before_anything_is_built(tmp_path: Path) -> None:
+    from frugal.compression.loaders import load_source
+    from frugal.compression.pipeline import check_signature
+
+    source = load_source(
+        CompressionConfig.model_validate({"model": {"uri": "zoo://digits-mlp"}, "output": str(tmp_path)})
+    )
+    image = {"name": "input", "datatype": "FP32", "shape": [-1, 64]}
+
+    def declared(**tensors: Any) -> ModelSource:
+        return ModelSource.model_validate({"uri": "zoo://digits-mlp", **tensors})
+
+    check_signature(
+        source, declared(inputs=[image], outputs=[{"name": "logits", "datatype": "FP32", "shape": [4, 10]}])
+    )
+    check_signature(source, declared(inputs=[{"name": "input", "datatype": "FP32"}]))  # shape optional
+    mistakes = {
+        "model.inputs[0].name: the model has no input 'pixels' (its inputs: input)": {
+            "inputs": [{**image, "name": "pixels"}]
+        },
+        "model.inputs[0].datatype: 'input' is FP32 in the model, not FP16": {
+            "inputs": [{**image, "datatype": "FP16"}]
+        },
+        "model.outputs[0].shape: 'logits' has shape [-1, 10] in the model, not [-1, 12]": {
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 12]}]
+        },
+        "model.inputs[0].shape: 'input' has shape [-1, 64] in the model, not [64]": {
+            "inputs": [{**image, "shape": [64]}]
+        },
+    }
+    for message, tensors in mistakes.items():
+        with pytest.raises(CompressionError) as error:
+            check_signature(source, declared(**tensors))
+        assert str(error.value).startswith(message), error.value

@@ -32,7 +32,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> CompressionResult:
                 {"method": "static-int8"},
                 {"method": "uniform", "bits": 2},
             ],
-            "distillation": {"student": {"width": 0.5}, "epochs": 15},
+            "distillation": {"student": {"width": 0.5}, "epochs": 15, "alpha": 0.7, "learningRate": 3e-3},
             "accuracyBudget": {"metric": "accuracy", "maxDrop": 0.01},
             "output": str(tmp_path_factory.mktemp("art") / "digits-1"),
             "name": "digits",
