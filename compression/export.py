@@ -41,15 +41,19 @@ def _dynamic_axes(specs: list[TensorSpec]) -> dict[str, dict[int, str]]:
 
 
 def _ignore_expected_tracer_warnings() -> None:
-    """Ignore exactly the warnings tracing a transformer raises, which ``check_export`` answers:
-    the legacy exporter's deprecation notice, Python branches on traced tensors, and advanced
-    indexing that would misread negative indices. Call inside ``warnings.catch_warnings()``."""
+    """Ignore exactly the warnings tracing raises that ``check_export`` answers: the legacy
+    exporter's deprecation notice, Python branches on traced tensors, advanced indexing that would
+    misread negative indices, and a TorchScript forward without a signature. Call inside
+    ``warnings.catch_warnings()``."""
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     warnings.filterwarnings(
         "ignore", message=r".*legacy TorchScript-based ONNX export", category=DeprecationWarning
     )
     warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r"Exporting aten::index operator", category=UserWarning)
+    # A TorchScript archive's forward has no Python signature to match inputs by name; they are
+    # passed by position, in the order of the declared inputs.
+    warnings.filterwarnings("ignore", message=r"no signature found for <torch.ScriptMethod", category=UserWarning)
 
 
 def export_onnx(
