@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from frugal.serving.server.config import ServeConfig
+    from frugal.serving.server.settings import ServeConfig
 
 ENV_PREFIX = "FRUGAL_"
 
@@ -88,7 +88,7 @@ def parse_config(
     argv: Sequence[str] | None, environ: dict[str, str] | None = None
 ) -> tuple[ServeConfig, str]:
     """Flags + environment → `ServeConfig`; exits 2 with a message naming the problem."""
-    from frugal.serving.server.config import ServeConfig
+    from frugal.serving.server.settings import ServeConfig
 
     parser = build_parser(dict(os.environ if environ is None else environ))
     args = parser.parse_args(argv)

@@ -6,7 +6,7 @@ pydantic models. `check` gives the defaulted document and its errors without rai
 """
 
 from .crds import API_VERSION, GROUP, VERSION, crd, crd_text, kinds, schema
-from .errors import DocumentErrors, FieldError, ValidationFailed
+from .field_errors import DocumentErrors, FieldError, ValidationFailed
 from .loading import load_documents, parse_resource, parse_resources, parse_yaml
 from .models import (
     Condition,

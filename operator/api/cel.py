@@ -14,7 +14,7 @@ from typing import Any
 import celpy
 from celpy import celtypes
 
-from .errors import FieldError, join_path
+from .field_errors import FieldError, join_path
 from .structural import PRESERVE, Node, Path, Schema, child_schema, walk
 
 RULES = "x-kubernetes-validations"

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from .errors import DocumentErrors, FieldError, ValidationFailed
+from .field_errors import DocumentErrors, FieldError, ValidationFailed
 from .models import MODELS, Resource
 from .validation import check
 

@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 
 from . import crds
-from .errors import FieldError, join_path
+from .field_errors import FieldError, join_path
 
 Schema = dict[str, Any]
 # Errors after which the API server does not run CEL rules (their inputs are not well-typed).

@@ -17,7 +17,7 @@ import pydantic
 
 from frugal.operator.api import models
 from frugal.operator.api.crds import API_VERSION, schema
-from frugal.operator.api.errors import join_path
+from frugal.operator.api.field_errors import join_path
 from frugal.operator.api.structural import apply_defaults
 
 Body = Mapping[str, Any]

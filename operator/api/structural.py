@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import FieldError, join_path
+from .field_errors import FieldError, join_path
 
 Schema = dict[str, Any]
 Path = tuple[str | int, ...]

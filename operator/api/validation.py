@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import cel, crds, openapi, structural
-from .errors import FieldError
+from .field_errors import FieldError
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 CEL_SKIPPED = FieldError(

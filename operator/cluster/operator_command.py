@@ -216,7 +216,8 @@ def run(options: Options) -> None:
     """Run the operator until interrupted (blocking)."""
     import kopf
 
-    from frugal.operator.cluster import handlers, metrics
+    from frugal.operator.cluster import handlers
+    from frugal.operator.cluster import operator_metrics as metrics
     from frugal.operator.cluster.apply import Cluster
     from frugal.operator.cluster.reconciler import Reconciler
 

@@ -26,7 +26,7 @@ from frugal.operator.api.spec import (
     parse_model_deployment,
 )
 from frugal.operator.cluster.apply import JOB_KINDS, SERVING_KINDS, ApiError, Cluster
-from frugal.operator.cluster.metrics import OperatorMetrics
+from frugal.operator.cluster.operator_metrics import OperatorMetrics
 from frugal.operator.decision import artifact_files, decide
 from frugal.operator.decision.conditions import (
     ABSENT_JOB,

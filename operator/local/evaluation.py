@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from frugal.operator.local.kubelet import Served
 from frugal.operator.local.loadgen import LoadStats
-from frugal.operator.local.runtime import Served
 
 CHECK_BATCH = 64
 NUMPY_TYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}

@@ -1,7 +1,7 @@
 """`frugal validate` and `frugal up`: the user-facing local commands.
 
 `up` validates the YAML exactly as the API server would, runs the operator's pipeline on this
-machine (:mod:`frugal.operator.local.runtime`), checks the served model on held-out data, drives an
+machine (:mod:`frugal.operator.local.kubelet`), checks the served model on held-out data, drives an
 optional local load with a live status line, and ends with a summary.
 """
 
@@ -31,7 +31,7 @@ from frugal.operator.api.spec import (
     parse_model_deployment,
 )
 from frugal.operator.local import evaluation, loadgen
-from frugal.operator.local.runtime import LocalCluster, LocalRunError, Served
+from frugal.operator.local.kubelet import LocalCluster, LocalRunError, Served
 
 EXIT_INVALID = 2
 EXIT_FAILED = 1

@@ -20,9 +20,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from frugal.serving.server.batching import DeadlineExceeded, QueueFull, ShuttingDown
 from frugal.serving.server.codec import HEADER_LENGTH, ProtocolError, decode_request, encode_response
-from frugal.serving.server.config import ServeConfig
 from frugal.serving.server.forward import NextStageError
 from frugal.serving.server.service import ModelService, load_model
+from frugal.serving.server.settings import ServeConfig
 
 log = logging.getLogger("frugal.serving")
 

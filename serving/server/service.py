@@ -14,10 +14,10 @@ from frugal.serving.server import artifacts, runtime
 from frugal.serving.server.artifacts import Manifest, TensorSpec, Variant
 from frugal.serving.server.batching import Batcher, Tensors
 from frugal.serving.server.codec import InferRequest, ProtocolError
-from frugal.serving.server.config import ServeConfig
 from frugal.serving.server.forward import NextStage
 from frugal.serving.server.metrics import MetricLabels, ServerMetrics
 from frugal.serving.server.power import BusyClock, EstimatedPower, PowerSource, open_nvml
+from frugal.serving.server.settings import ServeConfig
 from frugal.serving.server.signature import check_request
 
 log = logging.getLogger("frugal.serving")

@@ -20,7 +20,7 @@ from test_validation import full_hwp, full_md
 
 from frugal.operator.api import crds, models
 from frugal.operator.api.spec import parse_hardware_profile, parse_model_deployment
-from frugal.operator.cluster.metrics import OperatorMetrics
+from frugal.operator.cluster.operator_metrics import OperatorMetrics
 from frugal.operator.decision import artifact_files
 from frugal.operator.decision.conditions import Job, JobState
 from frugal.operator.decision.decide import ClusterState, Settings, artifacts_to_remove, decide

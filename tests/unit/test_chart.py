@@ -98,7 +98,7 @@ def _serving_registry() -> CollectorRegistry:
 
 def _operator_registry() -> CollectorRegistry:
     from frugal.operator.api.spec import parse_model_deployment
-    from frugal.operator.cluster.metrics import OperatorMetrics
+    from frugal.operator.cluster.operator_metrics import OperatorMetrics
     from frugal.operator.manifests.serving_objects import Selection
 
     metrics = OperatorMetrics()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from frugal.operator.api.spec import ModelDeploymentSpec, parse_model_deployment
-from frugal.operator.cluster.metrics import OperatorMetrics
+from frugal.operator.cluster.operator_metrics import OperatorMetrics
 from frugal.operator.manifests.serving_objects import Selection
 
 SELECTION = Selection(variant="int8-dynamic", profile="cpu-small", shards=2)
