@@ -74,3 +74,13 @@ def test_no_module_imports_itself_through_others() -> None:
     assert imports.number_of_nodes() > 50  # the whole project was found
     cycles = [sorted(group) for group in nx.strongly_connected_components(imports) if len(group) > 1]
     assert cycles == []
+
+
+def test_no_two_modules_share_a_file_name() -> None:
+    """A file's name says what it holds: no commands.py, pods.py or cli.py in two places."""
+    names: dict[str, list[str]] = {}
+    for folder in ("operator", "serving", "compression"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.name not in ("__init__.py", "__main__.py"):
+                names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
