@@ -27,10 +27,9 @@ import numpy as np
 
 from frugal.serving.datatypes import OIP_TO_NUMPY
 
-# The datatypes example_inputs fills (OIP name → numpy scalar type); any other falls back to FP32.
+# The numeric datatypes example_inputs fills (OIP name → numpy scalar type); BYTES gets b"0".
 DTYPES: dict[str, type[np.generic]] = {
-    name: OIP_TO_NUMPY[name].type
-    for name in ("FP32", "FP16", "FP64", "INT64", "INT32", "INT8", "UINT8", "BOOL")
+    name: dtype.type for name, dtype in OIP_TO_NUMPY.items() if name != "BYTES"
 }
 
 
@@ -40,7 +39,11 @@ def example_inputs(inputs: Sequence[dict[str, Any]], batch: int, seed: int = 0) 
     result: dict[str, np.ndarray] = {}
     for spec in inputs:
         shape = [batch if d in (-1, None) else int(d) for d in spec.get("shape", [-1])]
-        dtype = DTYPES.get(str(spec.get("datatype", "FP32")), np.float32)
+        datatype = str(spec.get("datatype", "FP32"))
+        if datatype == "BYTES":
+            result[str(spec["name"])] = np.full(shape, b"0", dtype=object)
+            continue
+        dtype = DTYPES.get(datatype, np.float32)
         if np.issubdtype(dtype, np.floating):
             result[str(spec["name"])] = rng.standard_normal(shape).astype(dtype)
         else:

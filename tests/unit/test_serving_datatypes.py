@@ -67,17 +67,9 @@ def test_unknown_types_keep_their_errors_and_fallbacks() -> None:
     assert ORT_TO_OIP.get("tensor(bfloat16)", "tensor(bfloat16)") == "tensor(bfloat16)"
 
 
-def test_profiling_fills_the_same_datatypes_as_before() -> None:
-    before = {
-        "FP32": np.float32,
-        "FP16": np.float16,
-        "FP64": np.float64,
-        "INT64": np.int64,
-        "INT32": np.int32,
-        "INT8": np.int8,
-        "UINT8": np.uint8,
-        "BOOL": np.bool_,
-    }
-    assert before == profiling.DTYPES
-    inputs = profiling.example_inputs([{"name": "a", "datatype": "UINT16", "shape": [-1, 2]}], batch=3)
-    assert inputs["a"].dtype == np.float32 and inputs["a"].shape == (3, 2)
+def test_profiling_fills_every_datatype_with_its_own_type() -> None:
+    signature = [{"name": name, "datatype": name, "shape": [-1, 2]} for name in OIP_TO_NUMPY]
+    inputs = profiling.example_inputs(signature, batch=3)
+    for name, dtype in OIP_TO_NUMPY.items():
+        assert inputs[name].shape == (3, 2)
+        assert inputs[name].dtype == (np.dtype(object) if name == "BYTES" else dtype.newbyteorder("="))
