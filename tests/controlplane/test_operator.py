@@ -407,9 +407,10 @@ def test_sharded_example_serves_through_both_stages(operator: Operator, tmp_path
         )
         servers.append(front_server)
         url = f"http://127.0.0.1:{front_port}"
-        wait_for(
-            "the front stage to be ready", lambda: http("GET", f"{url}/v2/health/ready")[0] == 200, operator
-        )
+        # Each stage loads on its own; a front that is ready before the stage behind it answers 503.
+        for stage, port in (("back", back_port), ("front", front_port)):
+            ready = f"http://127.0.0.1:{port}/v2/health/ready"
+            wait_for(f"the {stage} stage to be ready", lambda ready=ready: http("GET", ready)[0] == 200, operator)
         code, body = http("POST", f"{url}/v2/models/digits/infer", {
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 64], "data": [0.5] * 128}],
         })  # fmt: skip
