@@ -9,6 +9,7 @@ fails when a listed field starts being read, so the list cannot go stale.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import typing
 from collections.abc import Iterator
@@ -46,9 +47,9 @@ PASSED_WHOLE = {
 }
 
 
-def read_fields() -> set[tuple[str, str]]:
-    """(model class, field) pairs the operator reads while it takes `full_md()` from nothing to
-    serving, on `full_hwp()`-shaped profiles."""
+@contextlib.contextmanager
+def reads_recorded() -> Iterator[set[tuple[str, str]]]:
+    """Record the (model class, field) pairs read from the typed view inside the block."""
     seen: set[tuple[str, str]] = set()
     original = models.ApiModel.__getattribute__
 
@@ -60,9 +61,16 @@ def read_fields() -> set[tuple[str, str]]:
 
     models.ApiModel.__getattribute__ = recording  # type: ignore[method-assign]
     try:
-        run_every_phase()
+        yield seen
     finally:
         models.ApiModel.__getattribute__ = original  # type: ignore[method-assign]
+
+
+def read_fields() -> set[tuple[str, str]]:
+    """(model class, field) pairs the operator reads while it takes `full_md()` from nothing to
+    serving, on `full_hwp()`-shaped profiles."""
+    with reads_recorded() as seen:
+        run_every_phase()
     return seen
 
 
@@ -197,21 +205,11 @@ def test_the_walk_sees_nested_and_array_fields() -> None:
 
 
 def test_the_recorder_notices_a_field_that_is_read() -> None:
-    body = copy.deepcopy(full_md())
-    original = models.ApiModel.__getattribute__
-    seen: set[str] = set()
-
-    def recording(self: Any, name: str) -> Any:
-        if name in type(self).model_fields:
-            seen.add(name)
-        return original(self, name)
-
-    models.ApiModel.__getattribute__ = recording  # type: ignore[method-assign]
-    try:
-        parse_model_deployment(body).resource.spec.serving.batching.max_queue_size  # noqa: B018
-    finally:
-        models.ApiModel.__getattribute__ = original  # type: ignore[method-assign]
-    assert "max_queue_size" in seen
+    md = parse_model_deployment(copy.deepcopy(full_md()))
+    with reads_recorded() as seen:
+        md.resource.spec.serving.batching.max_queue_size  # noqa: B018
+    assert ("Batching", "max_queue_size") in seen
+    assert ("Batching", "max_batch_size") not in seen
 
 
 def test_frugal_compress_defaults_are_the_crds() -> None:
