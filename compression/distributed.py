@@ -3,6 +3,7 @@
 torchrun sets ``RANK``/``WORLD_SIZE``/``LOCAL_WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``. An
 Indexed Job gives each pod ``JOB_COMPLETION_INDEX``; the operator adds ``WORLD_SIZE`` and
 ``MASTER_ADDR`` (the index-0 pod's stable hostname), so the index is the rank, one rank per pod.
+Ranks on one machine (``frugal up``) may instead meet through a file, ``FRUGAL_RENDEZVOUS_FILE``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+RENDEZVOUS_FILE_ENV = "FRUGAL_RENDEZVOUS_FILE"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ def topology(env: Mapping[str, str] | None = None) -> Topology:
         master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
         master_port=int(env.get("MASTER_PORT", "29500")),
         ranks_on_node=max(1, int(env.get("LOCAL_WORLD_SIZE", "1"))),
+        rendezvous_file=env.get(RENDEZVOUS_FILE_ENV) or None,
     )
 
 

@@ -170,16 +170,24 @@ class LocalCluster:
         return Shard(index, f"http://127.0.0.1:{port}", process, log_path)
 
 
+# The compression component's ranks meet through this file when it is set (no port to pick).
+RENDEZVOUS_FILE_ENV = "FRUGAL_RENDEZVOUS_FILE"
+
+
 def run_job(job: Mapping[str, Any], namespace: str, log_path: Path) -> Job:
     """Run every pod a Job asks for (an Indexed Job's completions at once) and wait for them.
 
-    Each pod's output goes to `log_path`; the first pod's is also shown here as it runs.
+    Each pod's output goes to `log_path`; the first pod's is also shown here as it runs. The ranks of
+    an Indexed Job meet through a file beside the log, not a port picked here and released before
+    rank 0 binds it.
     """
     spec = job["spec"]
     container = processes.only_container(spec["template"])
     argv = processes.local_argv(container["command"])
     completions = int(spec.get("completions", 1)) if spec.get("completionMode") == "Indexed" else 1
-    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(processes.free_port())} if completions > 1 else {}
+    rendezvous_file = log_path.with_suffix(".rendezvous")
+    rendezvous_file.unlink(missing_ok=True)
+    rendezvous = {RENDEZVOUS_FILE_ENV: str(rendezvous_file)} if completions > 1 else {}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         workers = [

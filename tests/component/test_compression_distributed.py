@@ -32,4 +32,6 @@ def test_rank_comes_from_an_indexed_job_or_torchrun() -> None:
     job = topology({"JOB_COMPLETION_INDEX": "3", "WORLD_SIZE": "4", "MASTER_ADDR": "compress-0.svc"})
     assert (job.rank, job.world_size, job.master_addr, job.master_port) == (3, 4, "compress-0.svc", 29500)
     assert topology({"RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": "1234"}).master_port == 1234
+    local = topology({"JOB_COMPLETION_INDEX": "1", "WORLD_SIZE": "2", "FRUGAL_RENDEZVOUS_FILE": "/tmp/r"})
+    assert (local.rank, local.rendezvous_file) == (1, "/tmp/r") and job.rendezvous_file is None
     assert worker_rank({}) == 0 and worker_rank({"RANK": "1", "WORLD_SIZE": "2"}) == 1

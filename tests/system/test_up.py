@@ -96,3 +96,19 @@ def test_up_names_a_missing_hardware_profile(tmp_path: Path) -> None:
     result = frugal("up", str(lonely), "--for", "1")
     assert result.returncode == 2
     assert "HardwareProfile local-cpu is not defined" in result.stderr
+
+
+def test_up_runs_an_indexed_distillation_job_as_two_ranks(tmp_path: Path) -> None:
+    """distillation.workers: 2 is an Indexed Job of two completions; locally they are two processes
+    that meet through a rendezvous file and average gradients, and the student is a variant."""
+    documents = (ROOT / "examples" / "digits.yaml").read_text().split("\n---\n")
+    model = documents[0].replace(
+        "    quantization:\n",
+        "    distillation:\n      student: {widthFactor: 0.5}\n      epochs: 1\n      workers: 2\n    quantization:\n",
+    )
+    assert "workers: 2" in model
+    (tmp_path / "two-ranks.yaml").write_text("\n---\n".join([model, *documents[1:]]))
+    result = frugal("up", str(tmp_path / "two-ranks.yaml"), "--for", "1", "--workdir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(next((tmp_path / "run").rglob("report.json")).read_text())
+    assert "student" in {variant["name"] for variant in report["variants"]}  # WORLD_SIZE 2 met and trained
