@@ -30,6 +30,7 @@ from frugal.operator.cluster.operator_metrics import OperatorMetrics
 from frugal.operator.decision import artifact_files, decide
 from frugal.operator.decision.conditions import (
     ABSENT_JOB,
+    FAILURE_REASONS,
     Assessment,
     Condition,
     Job,
@@ -45,18 +46,7 @@ from frugal.operator.manifests.storage import locate
 
 log = logging.getLogger(__name__)
 Emit = Callable[[str, str, str], None]  # (type: Normal|Warning, reason, message)
-WARNING_REASONS = frozenset(
-    {
-        Reason.INVALID_SPEC,
-        Reason.HARDWARE_PROFILE_MISSING,
-        Reason.MODEL_URI_UNREADABLE,
-        Reason.COMPRESSION_FAILED,
-        Reason.ARTIFACTS_UNREADABLE,
-        Reason.PROFILING_FAILED,
-        Reason.NO_FEASIBLE_OPTION,
-        Reason.REPLICAS_UNAVAILABLE,
-    }
-)
+WARNING_REASONS = FAILURE_REASONS | {Reason.REPLICAS_UNAVAILABLE}
 
 
 class Reconciler:

@@ -220,7 +220,7 @@ def _previous_serving(o: Observed) -> Condition:
 
 
 def _degraded(done: Sequence[Condition], o: Observed) -> Condition:
-    broken = [c for c in done if c.status is False and c.reason in _FAILURES]
+    broken = [c for c in done if c.status is False and c.reason in FAILURE_REASONS]
     if o.apply_error:
         return Condition(DEGRADED, True, Reason.APPLY_REJECTED, o.apply_error)
     if broken:
@@ -240,7 +240,7 @@ def _degraded(done: Sequence[Condition], o: Observed) -> Condition:
     return Condition(DEGRADED, False, Reason.AS_EXPECTED, "nothing is failing")
 
 
-_FAILURES = frozenset(
+FAILURE_REASONS = frozenset(
     {
         Reason.INVALID_SPEC,
         Reason.HARDWARE_PROFILE_MISSING,
