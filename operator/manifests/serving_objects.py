@@ -57,6 +57,13 @@ def shard_labels(owner: Owner, selection: Selection, index: int) -> dict[str, st
     )
 
 
+def shard_metadata(owner: Owner, selection: Selection, index: int) -> dict[str, Any]:
+    """Name, labels and owner reference shared by a shard's Deployment, Service and PDB."""
+    metadata = names.metadata(owner, names.shard(owner, index), "serving")
+    metadata["labels"] = shard_labels(owner, selection, index)
+    return metadata
+
+
 def shard_selector(owner: Owner, index: int, generation: int | None = None) -> dict[str, str]:
     return {
         names.LABEL_MD: owner.name,
@@ -109,8 +116,7 @@ def desired_shard_deployment(
         "volumes": pod_specs.volumes(artifacts),
         **pod_specs.scheduling(profile),
     }
-    metadata = names.metadata(md.owner, names.shard(md.owner, index), "serving")
-    metadata["labels"] = labels
+    metadata = shard_metadata(md.owner, selection, index)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -135,8 +141,7 @@ def desired_shard_deployment(
 
 
 def desired_shard_service(md: ModelDeploymentSpec, selection: Selection, index: int) -> dict[str, Any]:
-    metadata = names.metadata(md.owner, names.shard(md.owner, index), "serving")
-    metadata["labels"] = shard_labels(md.owner, selection, index)
+    metadata = shard_metadata(md.owner, selection, index)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -146,8 +151,7 @@ def desired_shard_service(md: ModelDeploymentSpec, selection: Selection, index: 
 
 
 def desired_shard_pdb(md: ModelDeploymentSpec, selection: Selection, index: int) -> dict[str, Any]:
-    metadata = names.metadata(md.owner, names.shard(md.owner, index), "serving")
-    metadata["labels"] = shard_labels(md.owner, selection, index)
+    metadata = shard_metadata(md.owner, selection, index)
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
