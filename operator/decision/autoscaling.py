@@ -1,0 +1,380 @@
+"""The autoscaling policy (pure): what each shard's replica count should be, given what the metrics say.
+
+:func:`recommend` is called once per autoscaler tick, by the operator in a cluster, by `frugal up`
+on this machine and by ``benchmarks/autoscaling.py`` on recorded traces: the same function everywhere.
+It takes one :class:`Observation` (per shard: request rate, p95 latency, queue depth, in-flight
+requests, mean batch size, watts, replicas), the :class:`Targets` from the spec and the plan, and the
+:class:`Memory` the previous tick returned; it gives a :class:`Recommendation` and the next Memory.
+
+How it decides, per shard:
+
+* **Capacity** is a replica's throughput within the SLO. It starts from the profiling Job's
+  measurement and is refined online: a shard that is the bottleneck while the SLO is breached cannot
+  serve more than it did per replica (the estimate drops to that), and a shard comfortably inside the
+  SLO serving more per replica than estimated raises it.
+* **Load**: enough replicas for the request rate at ``target_utilisation`` of capacity.
+* **Latency above the SLO** scales the bottleneck shard (the one with the longest queue per replica,
+  then the highest utilisation) at once, in proportion to the breach; a shard whose queue grows
+  scales too. Stages that are not the bottleneck keep their count: a sharded pipeline scales where it
+  is slow, not everywhere.
+* **Scale-down** follows the HPA's stabilisation: the count is the highest recommended within the
+  last ``stabilization_window_s``, and it falls by at most ``max_scale_down_fraction`` per tick.
+  Flapping input therefore never makes flapping replicas: a high tick holds the count for a window.
+* **Power cap**: when the replicas would draw more than ``cap_watts``, replicas are handed out one at
+  a time to the most loaded shard while they fit (the allocation that keeps the worst utilisation
+  lowest inside the cap), and the reason says ``PowerCapped``.
+* **Stale or missing metrics never scale down**: the counts hold, and the reason says why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class ScaleReason(StrEnum):
+    """Why a shard has the count it has; the order is the priority when shards disagree."""
+
+    METRICS_STALE = "MetricsStale"
+    POWER_CAPPED = "PowerCapped"
+    AT_MAXIMUM = "AtMaximum"
+    LATENCY_ABOVE_SLO = "LatencyAboveSLO"
+    QUEUE_GROWING = "QueueGrowing"
+    LOAD_ABOVE_CAPACITY = "LoadAboveCapacity"
+    HEADROOM = "Headroom"
+    STABILIZING = "Stabilizing"
+    STEADY = "Steady"
+
+
+REASON_PRIORITY = tuple(ScaleReason)
+SCALE_UP_REASONS = frozenset(
+    {ScaleReason.LATENCY_ABOVE_SLO, ScaleReason.QUEUE_GROWING, ScaleReason.LOAD_ABOVE_CAPACITY}
+)
+
+
+@dataclass(frozen=True)
+class ShardObservation:
+    """One shard, summed over its replicas, over the last metrics window."""
+
+    request_rate: float = 0.0
+    latency_p95_ms: float | None = None
+    queue_depth: float = 0.0
+    inflight: float = 0.0
+    mean_batch_size: float | None = None
+    watts: float | None = None
+    replicas: int = 1
+    ready: int = 1
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Every shard of one ModelDeployment, front first. ``stale`` says why the numbers cannot be used."""
+
+    shards: tuple[ShardObservation, ...]
+    stale: str | None = None
+
+    @property
+    def latency_p95_ms(self) -> float | None:
+        """End to end: the front shard's request duration includes every later stage."""
+        return self.shards[0].latency_p95_ms if self.shards else None
+
+    @property
+    def request_rate(self) -> float:
+        return self.shards[0].request_rate if self.shards else 0.0
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What the spec and the plan say: the SLO, bounds, prices and the profiled capacity."""
+
+    latency_p95_ms: float
+    capacity_rps: float
+    min_replicas: int = 1
+    max_replicas: int = 4
+    stabilization_window_s: float = 60.0
+    cap_watts: float | None = None
+    cost_per_replica_hour: float = 0.0
+    price_per_kwh: float = 0.0
+    idle_watts: float = 0.0
+    max_watts: float = 0.0
+    target_utilisation: float = 0.7
+    max_scale_down_fraction: float = 0.5
+    # A queue per ready replica above this many requests that is still growing scales the shard up.
+    queue_per_replica: float = 4.0
+
+    @property
+    def floor(self) -> int:
+        """The fewest replicas a shard runs (scale to zero is not this policy's decision)."""
+        return max(1, self.min_replicas)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What one tick hands to the next: refined capacities, recent recommendations, last queues."""
+
+    capacity_rps: tuple[float, ...] = ()
+    recommendations: tuple[tuple[float, tuple[int, ...]], ...] = ()
+    queue_depth: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    replicas: tuple[int, ...]
+    reasons: tuple[ScaleReason, ...]
+    reason: ScaleReason
+    message: str
+    cost_per_hour: float
+    watts: float
+    capacity_rps: tuple[float, ...] = field(default=())
+
+    @property
+    def total_replicas(self) -> int:
+        return sum(self.replicas)
+
+
+def recommend(
+    observation: Observation | None,
+    current: Sequence[int],
+    targets: Targets,
+    memory: Memory,
+    now: float,
+) -> tuple[Recommendation, Memory]:
+    """Desired replicas per shard for `current` counts, and the memory for the next tick."""
+    shards = len(current)
+    if observation is None or observation.stale is not None or len(observation.shards) != shards:
+        why = _stale_reason(observation, shards)
+        held = tuple(current)
+        watts = sum(_replica_watts(targets, n, 0.0, None) for n in held)
+        return (
+            Recommendation(
+                held,
+                (ScaleReason.METRICS_STALE,) * shards,
+                ScaleReason.METRICS_STALE,
+                f"holding {_counts(held)}: {why}",
+                _cost_per_hour(targets, held, watts),
+                watts,
+                memory.capacity_rps or (targets.capacity_rps,) * shards,
+            ),
+            memory,
+        )
+    capacity = refine_capacity(observation, targets, memory)
+    wanted, reasons = _wanted(observation, current, targets, capacity, memory)
+    # With no history (a new deployment, a restarted operator) the running count stands for the past
+    # window, so nothing scales down before a whole window of evidence.
+    past = memory.recommendations or ((now, tuple(current)),)
+    history = _remember(past, now, wanted, targets.stabilization_window_s)
+    replicas, reasons = _stabilise(current, wanted, reasons, history, targets)
+    replicas, reasons = _bound(current, replicas, wanted, reasons, targets)
+    replicas, capped, watts = _within_cap(observation, replicas, targets, capacity)
+    if capped:
+        reasons = tuple(ScaleReason.POWER_CAPPED if c else r for r, c in zip(reasons, capped, strict=True))
+    overall = min(reasons, key=REASON_PRIORITY.index)
+    message = _message(observation, current, replicas, overall, targets, watts)
+    next_memory = Memory(capacity, history, tuple(s.queue_depth for s in observation.shards))
+    recommendation = Recommendation(
+        replicas, reasons, overall, message, _cost_per_hour(targets, replicas, watts), watts, capacity
+    )
+    return recommendation, next_memory
+
+
+def refine_capacity(observation: Observation, targets: Targets, memory: Memory) -> tuple[float, ...]:
+    """Per-replica throughput within the SLO of each shard, corrected by what the metrics show."""
+    shards = observation.shards
+    known = (
+        memory.capacity_rps
+        if len(memory.capacity_rps) == len(shards)
+        else (targets.capacity_rps,) * len(shards)
+    )
+    latency = observation.latency_p95_ms
+    bottleneck = bottleneck_shard(observation, known)
+    refined = []
+    for index, (shard, capacity) in enumerate(zip(shards, known, strict=True)):
+        if shard.ready <= 0 or shard.request_rate <= 0 or latency is None:
+            refined.append(capacity)
+            continue
+        served = shard.request_rate / shard.ready
+        breaching_here = latency > targets.latency_p95_ms and index == bottleneck
+        if (breaching_here and served < capacity) or (
+            latency <= 0.8 * targets.latency_p95_ms and served > capacity
+        ):
+            capacity = served
+        low, high = targets.capacity_rps / 50.0, targets.capacity_rps * 50.0
+        refined.append(min(high, max(low, capacity)))
+    return tuple(refined)
+
+
+def bottleneck_shard(observation: Observation, capacity: Sequence[float]) -> int:
+    """The stage that limits the pipeline: the longest queue per replica, then the highest utilisation."""
+
+    def load(index: int) -> tuple[float, float]:
+        shard = observation.shards[index]
+        ready = max(1, shard.ready)
+        return shard.queue_depth / ready, shard.request_rate / (ready * max(capacity[index], 1e-9))
+
+    return max(range(len(observation.shards)), key=load)
+
+
+def _wanted(
+    observation: Observation,
+    current: Sequence[int],
+    targets: Targets,
+    capacity: Sequence[float],
+    memory: Memory,
+) -> tuple[tuple[int, ...], tuple[ScaleReason, ...]]:
+    """What each shard needs this tick, before stabilisation and bounds."""
+    latency = observation.latency_p95_ms
+    breach = latency is not None and latency > targets.latency_p95_ms
+    bottleneck = bottleneck_shard(observation, capacity)
+    previous_queue = memory.queue_depth if len(memory.queue_depth) == len(current) else None
+    wanted, reasons = [], []
+    for index, shard in enumerate(observation.shards):
+        now_count = current[index]
+        for_load = math.ceil(shard.request_rate / (capacity[index] * targets.target_utilisation) - 1e-9)
+        need, reason = max(targets.floor, for_load), ScaleReason.LOAD_ABOVE_CAPACITY
+        if breach and index == bottleneck:
+            assert latency is not None
+            step = max(now_count + 1, math.ceil(now_count * latency / targets.latency_p95_ms))
+            if step > need:
+                need, reason = step, ScaleReason.LATENCY_ABOVE_SLO
+        growing = previous_queue is not None and shard.queue_depth > previous_queue[index]
+        if (
+            growing
+            and shard.queue_depth > targets.queue_per_replica * max(1, shard.ready)
+            and need <= now_count
+        ):
+            need, reason = now_count + 1, ScaleReason.QUEUE_GROWING
+        if need < now_count:
+            reason = ScaleReason.HEADROOM
+        elif need == now_count and reason is ScaleReason.LOAD_ABOVE_CAPACITY:
+            reason = ScaleReason.STEADY
+        wanted.append(need)
+        reasons.append(reason)
+    return tuple(wanted), tuple(reasons)
+
+
+def _remember(
+    history: tuple[tuple[float, tuple[int, ...]], ...], now: float, wanted: tuple[int, ...], window: float
+) -> tuple[tuple[float, tuple[int, ...]], ...]:
+    kept = tuple((t, r) for t, r in history if now - t < window and len(r) == len(wanted))
+    return (*kept, (now, wanted))
+
+
+def _stabilise(
+    current: Sequence[int],
+    wanted: tuple[int, ...],
+    reasons: tuple[ScaleReason, ...],
+    history: tuple[tuple[float, tuple[int, ...]], ...],
+    targets: Targets,
+) -> tuple[tuple[int, ...], tuple[ScaleReason, ...]]:
+    """Up at once; down only to the highest count recommended within the window, in bounded steps."""
+    replicas, final = [], []
+    for index, (now_count, need, reason) in enumerate(zip(current, wanted, reasons, strict=True)):
+        if need >= now_count:
+            replicas.append(need)
+            final.append(reason)
+            continue
+        highest = max(r[index] for _, r in history)
+        step = max(1, math.floor(now_count * targets.max_scale_down_fraction))
+        target = max(need, highest, now_count - step)
+        replicas.append(min(now_count, target))
+        final.append(ScaleReason.STABILIZING if target >= now_count else ScaleReason.HEADROOM)
+    return tuple(replicas), tuple(final)
+
+
+def _bound(
+    current: Sequence[int],
+    replicas: tuple[int, ...],
+    wanted: tuple[int, ...],
+    reasons: tuple[ScaleReason, ...],
+    targets: Targets,
+) -> tuple[tuple[int, ...], tuple[ScaleReason, ...]]:
+    """Clamp to [floor, max]. A scale-up stopped by the maximum keeps its cause until the count is
+    already at the maximum; from then on the reason is AtMaximum."""
+    bounded, final = [], []
+    for now_count, count, need, reason in zip(current, replicas, wanted, reasons, strict=True):
+        count = max(targets.floor, min(targets.max_replicas, count))
+        if need > targets.max_replicas and reason in SCALE_UP_REASONS and now_count >= targets.max_replicas:
+            reason = ScaleReason.AT_MAXIMUM
+        bounded.append(count)
+        final.append(reason)
+    return tuple(bounded), tuple(final)
+
+
+def _utilisation(rate: float, replicas: int, capacity: float) -> float:
+    return 1.0 if replicas <= 0 else min(1.0, rate / (replicas * max(capacity, 1e-9)))
+
+
+def _replica_watts(targets: Targets, replicas: int, rate: float, capacity: float | None) -> float:
+    """Watts of `replicas` serving `rate`: each idles at idle_watts, the work adds up to max_watts."""
+    if replicas <= 0:
+        return 0.0
+    busy = 0.0 if capacity is None else _utilisation(rate, replicas, capacity) * replicas
+    return replicas * targets.idle_watts + busy * (targets.max_watts - targets.idle_watts)
+
+
+def _within_cap(
+    observation: Observation, replicas: tuple[int, ...], targets: Targets, capacity: Sequence[float]
+) -> tuple[tuple[int, ...], tuple[bool, ...], float]:
+    """The counts that fit `cap_watts` (replicas go to the most loaded shard first), which shards lost
+    replicas to the cap, and the predicted watts."""
+    rates = [s.request_rate for s in observation.shards]
+
+    def watts(counts: Sequence[int]) -> float:
+        return sum(_replica_watts(targets, n, r, c) for n, r, c in zip(counts, rates, capacity, strict=True))
+
+    if targets.cap_watts is None or watts(replicas) <= targets.cap_watts:
+        return replicas, (False,) * len(replicas), watts(replicas)
+    counts = [min(targets.floor, n) for n in replicas]
+    while True:
+        open_shards = [i for i, n in enumerate(counts) if n < replicas[i]]
+        if not open_shards:
+            break
+        busiest = max(open_shards, key=lambda i: rates[i] / (counts[i] * max(capacity[i], 1e-9)))
+        trial = [*counts]
+        trial[busiest] += 1
+        if watts(trial) > targets.cap_watts:
+            break
+        counts = trial
+    capped = tuple(c < n for c, n in zip(counts, replicas, strict=True))
+    return tuple(counts), capped, watts(counts)
+
+
+def _cost_per_hour(targets: Targets, replicas: Sequence[int], watts: float) -> float:
+    return sum(replicas) * targets.cost_per_replica_hour + watts / 1000.0 * targets.price_per_kwh
+
+
+def _stale_reason(observation: Observation | None, shards: int) -> str:
+    if observation is None:
+        return "no metrics were read"
+    if observation.stale is not None:
+        return observation.stale
+    return f"metrics cover {len(observation.shards)} shard(s), the deployment has {shards}"
+
+
+def _counts(replicas: Sequence[int]) -> str:
+    return "/".join(str(n) for n in replicas) + " replicas"
+
+
+def _message(
+    observation: Observation,
+    current: Sequence[int],
+    replicas: Sequence[int],
+    reason: ScaleReason,
+    targets: Targets,
+    watts: float,
+) -> str:
+    latency = observation.latency_p95_ms
+    shown = "no requests" if latency is None else f"p95 {latency:.1f} ms"
+    change = (
+        _counts(replicas)
+        if tuple(current) == tuple(replicas)
+        else f"{_counts(current)} -> {_counts(replicas)}"
+    )
+    detail = (
+        f"{observation.request_rate:.1f} req/s, {shown} (SLO {targets.latency_p95_ms:g} ms), {watts:.0f} W"
+    )
+    if reason is ScaleReason.POWER_CAPPED:
+        detail += f" (cap {targets.cap_watts:g} W)"
+    return f"{reason.value}: {change}; {detail}"

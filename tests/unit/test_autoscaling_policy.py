@@ -1,0 +1,248 @@
+"""The autoscaling policy, tick by tick: the cases the operator, `frugal up` and the benchmark rely on."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from frugal.operator.decision.autoscaling import (
+    Memory,
+    Observation,
+    ScaleReason,
+    ShardObservation,
+    Targets,
+    recommend,
+)
+from frugal.operator.decision.observations import (
+    histogram_quantile,
+    observation,
+    parse_scrape,
+    queries,
+    samples_from_prometheus,
+    samples_from_scrapes,
+)
+
+TARGETS = Targets(
+    latency_p95_ms=50.0,
+    capacity_rps=100.0,
+    min_replicas=1,
+    max_replicas=8,
+    stabilization_window_s=60.0,
+    cost_per_replica_hour=0.5,
+    price_per_kwh=0.15,
+    idle_watts=10.0,
+    max_watts=60.0,
+)
+
+
+def shard(rate: float, p95: float | None, replicas: int, queue: float = 0.0) -> ShardObservation:
+    return ShardObservation(
+        request_rate=rate, latency_p95_ms=p95, queue_depth=queue, replicas=replicas, ready=replicas
+    )
+
+
+def one(rate: float, p95: float | None, replicas: int, queue: float = 0.0) -> Observation:
+    return Observation((shard(rate, p95, replicas, queue),))
+
+
+def run(ticks: list[tuple[float, Observation]], start: tuple[int, ...], targets: Targets = TARGETS) -> list:
+    """Feed ticks (time, observation) through the policy, actuating each answer at once."""
+    current, memory, answers = start, Memory(), []
+    for now, seen in ticks:
+        adjusted = Observation(
+            tuple(
+                ShardObservation(
+                    s.request_rate,
+                    s.latency_p95_ms,
+                    s.queue_depth,
+                    s.inflight,
+                    s.mean_batch_size,
+                    s.watts,
+                    n,
+                    n,
+                )
+                for s, n in zip(seen.shards, current, strict=True)
+            ),
+            seen.stale,
+        )
+        answer, memory = recommend(adjusted, current, targets, memory, now)
+        answers.append(answer)
+        current = answer.replicas
+    return answers
+
+
+def test_load_above_capacity_scales_up_at_once_to_what_the_rate_needs() -> None:
+    answer, _ = recommend(one(350.0, 45.0, 1), (1,), TARGETS, Memory(), 0.0)
+    assert answer.replicas == (math.ceil(350 / (100 * TARGETS.target_utilisation)),)
+    assert answer.reason is ScaleReason.LOAD_ABOVE_CAPACITY
+    assert "1 replicas -> 5 replicas" in answer.message
+
+
+def test_latency_above_slo_scales_in_proportion_and_learns_the_lower_capacity() -> None:
+    answer, memory = recommend(one(60.0, 150.0, 2), (2,), TARGETS, Memory(), 0.0)
+    assert answer.reason is ScaleReason.LATENCY_ABOVE_SLO
+    assert answer.replicas == (6,)  # 2 replicas x 150 ms / 50 ms
+    assert memory.capacity_rps == (30.0,)  # it served 30 req/s per replica while breaching
+
+
+def test_a_growing_queue_adds_a_replica_even_when_the_rate_looks_served() -> None:
+    first, memory = recommend(one(120.0, 45.0, 2, queue=2.0), (2,), TARGETS, Memory(), 0.0)
+    assert first.replicas == (2,) and first.reason is ScaleReason.STEADY
+    second, _ = recommend(one(120.0, 45.0, 2, queue=20.0), (2,), TARGETS, memory, 15.0)
+    assert second.replicas == (3,) and second.reason is ScaleReason.QUEUE_GROWING
+
+
+def test_scale_down_waits_for_the_window_then_moves_in_bounded_steps() -> None:
+    busy = [(t, one(500.0, 45.0, 1)) for t in (0.0, 15.0)]
+    quiet = [(t, one(5.0, 5.0, 1)) for t in range(30, 300, 15)]
+    answers = run(busy + quiet, (1,))
+    counts = [a.replicas[0] for a in answers]
+    assert counts[0] == 8  # ceil(500 / 70) = 8
+    window_end = next(
+        i for i, (t, _) in enumerate(busy + quiet) if t >= 15.0 + TARGETS.stabilization_window_s
+    )
+    assert all(c == 8 for c in counts[:window_end])
+    assert {a.reason for a in answers[2:window_end]} == {ScaleReason.STABILIZING}
+    falling = counts[window_end:]
+    assert falling[0] == 4 and all(b >= a // 2 for a, b in itertools.pairwise(counts))
+    assert counts[-1] == 1 and answers[-1].reason in {ScaleReason.STEADY, ScaleReason.HEADROOM}
+
+
+def test_flapping_input_does_not_flap_the_replicas() -> None:
+    ticks = [(t * 15.0, one(300.0 if t % 2 == 0 else 10.0, 45.0, 1)) for t in range(12)]
+    counts = [a.replicas[0] for a in run(ticks, (1,))]
+    changes = sum(1 for a, b in itertools.pairwise(counts) if a != b)
+    assert counts[0] == 5 and changes == 0
+
+
+def test_bounds_min_and_max() -> None:
+    high, _ = recommend(one(5000.0, 400.0, 8), (8,), TARGETS, Memory(), 0.0)
+    assert high.replicas == (8,) and high.reason is ScaleReason.AT_MAXIMUM
+    bounded = Targets(**{**TARGETS.__dict__, "min_replicas": 3})
+    low, _ = recommend(one(0.0, None, 3), (3,), bounded, Memory(), 0.0)
+    assert low.replicas == (3,)
+    rising, _ = recommend(one(100.0, 400.0, 2), (2,), TARGETS, Memory(), 0.0)
+    assert (
+        rising.replicas == (8,) and rising.reason is ScaleReason.LATENCY_ABOVE_SLO
+    )  # the cause, up to the max
+    lowered = Targets(**{**TARGETS.__dict__, "max_replicas": 2})
+    above, _ = recommend(one(100.0, 10.0, 5), (5,), lowered, Memory(), 0.0)
+    assert above.replicas == (2,)
+
+
+def test_stale_metrics_hold_the_count_and_say_why() -> None:
+    stale = Observation((shard(0.0, None, 4),), stale="query request_rate failed: connection refused")
+    answer, memory = recommend(stale, (4,), TARGETS, Memory(capacity_rps=(80.0,)), 0.0)
+    assert answer.replicas == (4,) and answer.reason is ScaleReason.METRICS_STALE
+    assert "connection refused" in answer.message
+    assert memory == Memory(capacity_rps=(80.0,))
+    missing, _ = recommend(None, (2, 3), TARGETS, Memory(), 0.0)
+    assert missing.replicas == (2, 3) and missing.reasons == (ScaleReason.METRICS_STALE,) * 2
+
+
+def test_a_sharded_pipeline_scales_its_bottleneck_stage_only() -> None:
+    front = ShardObservation(request_rate=120.0, latency_p95_ms=120.0, queue_depth=0.0, replicas=2, ready=2)
+    back = ShardObservation(request_rate=120.0, latency_p95_ms=100.0, queue_depth=30.0, replicas=2, ready=2)
+    answer, _ = recommend(Observation((front, back)), (2, 2), TARGETS, Memory(), 0.0)
+    assert answer.replicas[0] == 2 and answer.replicas[1] > 2
+    assert answer.reasons == (ScaleReason.STEADY, ScaleReason.LATENCY_ABOVE_SLO)
+
+
+def test_a_power_cap_that_binds_keeps_the_best_count_inside_it() -> None:
+    capped = Targets(**{**TARGETS.__dict__, "cap_watts": 150.0})
+    uncapped, _ = recommend(one(700.0, 45.0, 2), (2,), TARGETS, Memory(), 0.0)
+    answer, _ = recommend(one(700.0, 45.0, 2), (2,), capped, Memory(), 0.0)
+    assert uncapped.replicas == (8,) and uncapped.watts > 150.0
+    # 2 replicas draw 2 x 10 W idle + 2 x 50 W busy = 120 W; a third would take 180 W.
+    assert answer.replicas == (2,) and answer.watts == pytest.approx(120.0)
+    assert answer.reason is ScaleReason.POWER_CAPPED and "cap 150 W" in answer.message
+
+
+def test_a_power_cap_goes_to_the_most_loaded_shard() -> None:
+    capped = Targets(**{**TARGETS.__dict__, "cap_watts": 200.0})
+    light = ShardObservation(request_rate=50.0, latency_p95_ms=45.0, replicas=1, ready=1)
+    heavy = ShardObservation(request_rate=50.0, latency_p95_ms=45.0, queue_depth=40.0, replicas=1, ready=1)
+    learned = Memory(capacity_rps=(100.0, 10.0))
+    answer, _ = recommend(Observation((light, heavy)), (1, 1), capped, learned, 0.0)
+    assert answer.replicas[0] == 1 and answer.replicas[1] > 1
+    assert answer.reasons[1] is ScaleReason.POWER_CAPPED and answer.watts <= 200.0
+
+
+def test_cost_and_watts_are_predicted_for_the_recommended_count() -> None:
+    answer, _ = recommend(one(140.0, 20.0, 2), (2,), TARGETS, Memory(), 0.0)
+    assert answer.replicas == (2,)
+    watts = 2 * 10.0 + (140.0 / 100.0) * 50.0
+    assert answer.watts == pytest.approx(watts)
+    assert answer.cost_per_hour == pytest.approx(2 * 0.5 + watts / 1000 * 0.15)
+
+
+def test_capacity_rises_when_a_shard_serves_more_than_estimated_well_inside_the_slo() -> None:
+    _, memory = recommend(one(180.0, 10.0, 1), (1,), TARGETS, Memory(), 0.0)
+    assert memory.capacity_rps == (180.0,)
+
+
+# -- observations: PromQL answers and scrapes ------------------------------------------------------
+
+
+def test_queries_group_every_metric_by_namespace_model_and_shard() -> None:
+    for source in ("estimate", "dcgm", "kepler"):
+        for promql in queries(source).values():
+            assert "by (namespace, model, shard" in promql
+    assert "DCGM_FI_DEV_POWER_USAGE" in queries("dcgm")["watts"]
+    assert "kepler_container_joules_total" in queries("kepler")["watts"]
+    with pytest.raises(ValueError, match="expected one of estimate, dcgm, kepler"):
+        queries("nvml")
+
+
+def test_prometheus_answers_become_one_observation_per_model() -> None:
+    def series(shard: str, value: float) -> dict:
+        return {"metric": {"namespace": "ml", "model": "digits", "shard": shard}, "value": [0, str(value)]}
+
+    samples = samples_from_prometheus(
+        {
+            "request_rate": [series("0", 12.5), series("1", 12.0)],
+            "latency_p95_seconds": [series("0", 0.04), series("1", float("nan"))],
+            "queue_depth": [series("1", 3)],
+        }
+    )
+    seen = observation("ml", "digits", (2, 1), (2, 1), samples)
+    assert seen.stale is None
+    assert seen.request_rate == 12.5 and seen.latency_p95_ms == pytest.approx(40.0)
+    assert seen.shards[1].latency_p95_ms is None and seen.shards[1].queue_depth == 3
+    unseen = observation("ml", "other", (1,), (1,), samples)
+    assert unseen.stale is not None and "ml/other shard 0" in unseen.stale
+    failed = observation("ml", "digits", (2, 1), (2, 1), {}, failed="query watts failed: timeout")
+    assert failed.stale == "query watts failed: timeout"
+
+
+def exposition(requests: int, buckets: dict[str, int], queue: int) -> str:
+    lines = ["# TYPE frugal_request_duration_seconds histogram"]
+    for le, count in buckets.items():
+        lines.append(f'frugal_request_duration_seconds_bucket{{model="m",shard="0",le="{le}"}} {count}')
+    lines += [
+        f'frugal_request_duration_seconds_count{{model="m",shard="0"}} {requests}',
+        f'frugal_request_duration_seconds_sum{{model="m",shard="0"}} {requests * 0.01}',
+        "# TYPE frugal_queue_depth gauge",
+        f'frugal_queue_depth{{model="m",shard="0"}} {queue}',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_two_scrapes_give_rate_and_p95_as_prometheus_would() -> None:
+    before = parse_scrape(exposition(100, {"0.01": 100, "0.05": 100, "+Inf": 100}, 0), at=0.0)
+    after = parse_scrape(exposition(300, {"0.01": 150, "0.05": 290, "+Inf": 300}, 7), at=10.0)
+    sample = samples_from_scrapes([(before, after)])
+    assert sample.get("request_rate") == pytest.approx(20.0)
+    # 200 new requests: rank 190 falls in (0.01, 0.05] holding 50..190 -> its upper bound.
+    assert sample.get("latency_p95_seconds") == pytest.approx(0.05)
+    assert sample.get("queue_depth") == 7
+
+
+def test_histogram_quantile_interpolates_and_handles_inf_and_empty() -> None:
+    buckets = [(0.1, 50.0), (0.2, 100.0), (math.inf, 100.0)]
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.1)
+    assert histogram_quantile(0.75, buckets) == pytest.approx(0.15)
+    assert histogram_quantile(0.95, [(0.1, 10.0), (math.inf, 100.0)]) == pytest.approx(0.1)
+    assert histogram_quantile(0.95, [(0.1, 0.0), (math.inf, 0.0)]) is None
