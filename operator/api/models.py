@@ -213,6 +213,20 @@ class Cost(ApiModel):
 class Artifacts(ApiModel):
     uri: str | None = None
     generation: int | None = None
+    pipeline_hash: str | None = None
+
+
+class Energy(ApiModel):
+    watts: float | None = None
+    joules_per_request: float | None = None
+
+
+class AutoscalingStatus(ApiModel):
+    reason: str | None = None
+    message: str | None = None
+    desired_replicas: tuple[int, ...] = ()
+    capacity_rps: tuple[float, ...] = ()
+    last_scale_time: str | None = None
 
 
 class ModelDeploymentStatus(ApiModel):
@@ -228,7 +242,10 @@ class ModelDeploymentStatus(ApiModel):
     ready_replicas: int | None = None
     endpoint: str | None = None
     latency_p95_ms: float | None = None
+    request_rate: float | None = None
     cost: Cost | None = None
+    energy: Energy | None = None
+    autoscaling: AutoscalingStatus | None = None
     kopf: dict[str, Any] | None = None
 
 

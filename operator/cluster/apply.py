@@ -15,6 +15,9 @@ from typing import Any
 from frugal.operator.api.crds import API_VERSION
 
 FIELD_MANAGER = "frugal-operator"
+# The autoscaler owns spec.replicas of serving Deployments under its own manager; the operator's applies
+# never carry the field, so the two never fight over it.
+AUTOSCALER_FIELD_MANAGER = "frugal-autoscaler"
 
 # (apiVersion, kind) -> (path prefix, plural, namespaced)
 RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
@@ -41,7 +44,7 @@ class ApiError(RuntimeError):
 class Cluster:
     """Typed-free access to the API server through one ApiClient."""
 
-    def __init__(self, api_client: Any, on_request: Callable[[], None] | None = None) -> None:
+    def __init__(self, api_client: Any, on_request: Callable[[str], None] | None = None) -> None:
         self._api = api_client
         self._lock = threading.Lock()
         self._on_request = on_request
@@ -49,7 +52,7 @@ class Cluster:
 
     @classmethod
     def from_kubeconfig(
-        cls, kubeconfig: str | None = None, on_request: Callable[[], None] | None = None
+        cls, kubeconfig: str | None = None, on_request: Callable[[str], None] | None = None
     ) -> Cluster:
         from kubernetes import client, config
 
@@ -59,12 +62,12 @@ class Cluster:
             config.load_kube_config(config_file=kubeconfig)
         return cls(client.ApiClient(), on_request)
 
-    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply `obj` under the operator's field manager (conflicts forced)."""
+    def apply(self, obj: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply `obj` under `field_manager` (conflicts forced)."""
         path = self._path(
             obj["apiVersion"], obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]
         )
-        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+        query = [("fieldManager", field_manager), ("force", "true")]
         return self._call("PATCH", path, query, obj, "application/apply-patch+yaml")
 
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,7 +161,7 @@ class Cluster:
         with self._lock:
             self.requests += 1
         if self._on_request is not None:
-            self._on_request()
+            self._on_request(method)
         response = self._api.call_api(*request)
         data = response.read()
         if not 200 <= response.status <= 299:

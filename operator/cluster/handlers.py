@@ -1,8 +1,9 @@
 """kopf handlers: each one delegates to the reconciler in a line or two.
 
-Registered on an explicit registry by :func:`register` (nothing happens at import time). A timer
-re-reconciles every ModelDeployment periodically; events on the Jobs and Deployments the operator
-manages wake their ModelDeployment up at once.
+Registered on an explicit registry by :func:`register` (nothing happens at import time). Events on
+the Jobs and Deployments the operator manages wake their ModelDeployment up at once; a timer passes
+over every ModelDeployment periodically, which costs nothing for settled ones
+(:meth:`Reconciler.resync`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, interval: 
 
     @kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=interval, registry=registry)
     def resync(body: kopf.Body, **_: Any) -> None:
-        reconciler.reconcile(body)
+        reconciler.resync(body)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup", registry=registry)
     def cleanup(body: kopf.Body, **_: Any) -> None:

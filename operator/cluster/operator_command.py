@@ -2,6 +2,7 @@
 
     frugal operator [--namespace NS ...] [--workload-image IMAGE] [--storage-uri URI] [--pvc-root DIR]
                     [--metrics-port 8000] [--health-port 8080] [--interval 10] [--kubeconfig FILE]
+                    [--prometheus-url URL] [--autoscale-interval 15]
 
 Every flag has an environment variable (the Helm chart sets them); a flag given on the command line
 wins over its variable, and an empty variable counts as unset. Exit codes: 0 after a clean stop,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,9 @@ class Options:
     metrics_host: str = "0.0.0.0"
     health_port: int = DEFAULT_HEALTH_PORT
     interval: float = 10.0
+    prometheus_url: str | None = None
+    autoscale_interval: float = 15.0
+    rate_window: str = "1m"
     kubeconfig: str | None = None
     log_level: str = "INFO"
 
@@ -66,6 +71,9 @@ ENVIRONMENT = {
     "metrics_host": "FRUGAL_METRICS_HOST",
     "health_port": "FRUGAL_HEALTH_PORT",
     "interval": "FRUGAL_INTERVAL",
+    "prometheus_url": "FRUGAL_PROMETHEUS_URL",
+    "autoscale_interval": "FRUGAL_AUTOSCALE_INTERVAL",
+    "rate_window": "FRUGAL_RATE_WINDOW",
     "log_level": "FRUGAL_LOG_LEVEL",
 }
 
@@ -101,7 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     option("--health-port", dest="health_port", metavar="PORT", default=defaults.health_port,
            help=f"port of the liveness endpoint GET {HEALTH_PATH} (0: none)")  # fmt: skip
     option("--interval", dest="interval", metavar="SECONDS", default=defaults.interval,
-           help="seconds between periodic re-reconciles of every ModelDeployment")  # fmt: skip
+           help="seconds between periodic passes over every ModelDeployment (settled ones cost nothing)")  # fmt: skip
+    option("--prometheus-url", dest="prometheus_url", metavar="URL",
+           help="Prometheus HTTP API the autoscaler reads for ModelDeployments without "
+           "spec.autoscaling.prometheus.url, e.g. http://prometheus-operated.monitoring:9090")  # fmt: skip
+    option("--autoscale-interval", dest="autoscale_interval", metavar="SECONDS", default=defaults.autoscale_interval,
+           help="seconds between autoscaler ticks (one Prometheus query per metric for all models)")  # fmt: skip
+    option("--rate-window", dest="rate_window", metavar="DURATION", default=defaults.rate_window,
+           help="range of the autoscaler's rate() and histogram_quantile() queries; at least 4 scrape intervals")  # fmt: skip
     option("--log-level", dest="log_level", metavar="LEVEL", default=defaults.log_level,
            help=", ".join(LOG_LEVELS))  # fmt: skip
     parser.add_argument(
@@ -126,6 +141,9 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
         metrics_host=_value(raw["metrics_host"], str, defaults.metrics_host),
         health_port=_value(raw["health_port"], _port, defaults.health_port),
         interval=_value(raw["interval"], _positive, defaults.interval),
+        prometheus_url=_value(raw["prometheus_url"], _http_url, None),
+        autoscale_interval=_value(raw["autoscale_interval"], _positive, defaults.autoscale_interval),
+        rate_window=_value(raw["rate_window"], _duration, defaults.rate_window),
         kubeconfig=args.kubeconfig,
         log_level=_value(raw["log_level"], _log_level, defaults.log_level),
     )
@@ -182,6 +200,19 @@ def _positive(text: str) -> float:
     return seconds
 
 
+def _duration(text: str) -> str:
+    if not re.fullmatch(r"[1-9][0-9]*(s|m|h)", text.strip()):
+        raise ValueError("use a Prometheus duration such as 30s, 1m or 5m")
+    return text.strip()
+
+
+def _http_url(text: str) -> str:
+    parsed = urlparse(text.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("use the Prometheus base URL, e.g. http://prometheus-operated.monitoring:9090")
+    return text.strip().rstrip("/")
+
+
 def _storage_uri(text: str) -> str:
     if urlparse(text.strip()).scheme not in STORAGE_SCHEMES:
         raise ValueError("use pvc://<claim>/<path> or file:///<path> (object stores are not yet supported)")
@@ -214,12 +245,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(options: Options) -> None:
     """Run the operator until interrupted (blocking)."""
+    import threading
+
     import kopf
 
     from frugal.operator.cluster import handlers
     from frugal.operator.cluster import operator_metrics as metrics
     from frugal.operator.cluster.apply import Cluster
     from frugal.operator.cluster.reconciler import Reconciler
+    from frugal.operator.cluster.scaler import Autoscaler
 
     operator_metrics = metrics.OperatorMetrics()
     server = (
@@ -227,10 +261,18 @@ def run(options: Options) -> None:
         if options.metrics_port
         else None
     )
-    cluster = Cluster.from_kubeconfig(options.kubeconfig, on_request=operator_metrics.api_requests.inc)
+    cluster = Cluster.from_kubeconfig(options.kubeconfig, on_request=operator_metrics.count_request)
     reconciler = Reconciler(cluster, options.settings, operator_metrics)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, reconciler, options.interval)
+    autoscaler = Autoscaler(
+        cluster, reconciler, options.prometheus_url, operator_metrics, options.rate_window
+    )
+    stop = threading.Event()
+    ticking = threading.Thread(
+        target=autoscaler.run, args=(options.autoscale_interval, stop), name="autoscaler", daemon=True
+    )
+    ticking.start()
     kopf.on.login(registry=registry)(kopf.login_via_client)
     kopf.on.startup(registry=registry)(_configure)
     try:
@@ -242,6 +284,8 @@ def run(options: Options) -> None:
             liveness_endpoint=options.liveness_endpoint,
         )
     finally:
+        stop.set()
+        ticking.join(timeout=10)
         if server is not None:
             server.shutdown()
 

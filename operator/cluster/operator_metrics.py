@@ -16,7 +16,8 @@ RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 
 
 class OperatorMetrics:
-    """Reconcile duration and errors; per served model: replicas per shard, cost per hour, latency SLO."""
+    """Reconcile duration, errors and API requests; per served model: replicas per shard, the latency
+    SLO and the autoscaler's decision (desired replicas, reason, cost per hour, watts, power cap)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -34,8 +35,54 @@ class OperatorMetrics:
         )
         self.api_requests = Counter(
             "frugal_operator_api_requests_total",
-            "Requests the reconciler sent to the API server.",
+            "Requests the operator sent to the API server.",
             registry=self.registry,
+        )
+        self.api_writes = Counter(
+            "frugal_operator_api_writes_total",
+            "Requests the operator sent to the API server that write (apply, patch, create, delete).",
+            registry=self.registry,
+        )
+        self.desired_replicas = Gauge(
+            "frugal_autoscaler_desired_replicas",
+            "Replicas per shard the autoscaler asked for on its last tick.",
+            ["namespace", "model", "model_deployment", "shard"],
+            registry=self.registry,
+        )
+        self.scale_reason = Gauge(
+            "frugal_autoscaler_reason",
+            "1 for the reason behind the autoscaler's last decision (an info-style gauge).",
+            ["namespace", "model", "model_deployment", "reason"],
+            registry=self.registry,
+        )
+        self.watts = Gauge(
+            "frugal_autoscaler_power_watts",
+            "Watts the serving replicas draw, measured or predicted by the autoscaler.",
+            ["namespace", "model", "model_deployment"],
+            registry=self.registry,
+        )
+        self.scale_events = Counter(
+            "frugal_autoscaler_scale_events",
+            "Replica count changes the autoscaler made, by direction and reason.",
+            ["namespace", "model_deployment", "direction", "reason"],
+            registry=self.registry,
+        )
+        self.power_capped = Gauge(
+            "frugal_autoscaler_power_capped",
+            "1 while spec.autoscaling.power.capWatts holds the replicas below what the load asks for.",
+            ["namespace", "model", "model_deployment"],
+            registry=self.registry,
+        )
+        self.prometheus_queries = Counter(
+            "frugal_autoscaler_prometheus_queries",
+            "Queries the autoscaler sent to Prometheus.",
+            registry=self.registry,
+        )
+        self.tick_duration = Histogram(
+            "frugal_autoscaler_tick_duration_seconds",
+            "Time one autoscaler tick over every ModelDeployment takes.",
+            registry=self.registry,
+            buckets=RECONCILE_BUCKETS,
         )
         self.replicas = Gauge(
             "frugal_replicas",
@@ -57,25 +104,51 @@ class OperatorMetrics:
         )
         self._series: dict[tuple[str, str], _Series] = {}
 
+    def count_request(self, method: str) -> None:
+        self.api_requests.inc()
+        if method != "GET":
+            self.api_writes.inc()
+
     def observe(
         self,
         md: ModelDeploymentSpec,
         selection: Selection,
         shards: Sequence[dict[str, Any]],
-        cost_per_hour: str | None,
     ) -> None:
         """Set `md`'s series. `model` is the served model's name, the label its serving pods export;
         `model_deployment` tells apart ModelDeployments that serve a model of the same name."""
-        self.forget(md.owner.namespace, md.owner.name)
-        series = _Series((md.owner.namespace, md.model_name, md.owner.name))
+        series = self._of(md.owner.namespace, md.model_name, md.owner.name)
+        for labels in series.replicas:
+            self.replicas.remove(*labels)
+        series.replicas = []
         for shard in shards:
             labels = (*series.model, str(shard["index"]), selection.variant, selection.profile)
             self.replicas.labels(*labels).set(shard.get("replicas", 0))
             series.replicas.append(labels)
-        if cost_per_hour is not None:
-            self.cost.labels(*series.model).set(float(cost_per_hour))
         self.slo.labels(*series.model).set(md.latency_p95_ms / 1000)
-        self._series[(md.owner.namespace, md.owner.name)] = series
+
+    def autoscaled(
+        self,
+        model: tuple[str, str, str],
+        desired: Sequence[int],
+        reason: str,
+        cost_per_hour: float,
+        watts: float,
+        power_capped: bool,
+    ) -> None:
+        """The autoscaler's last decision for `model` = (namespace, model, model_deployment)."""
+        series = self._of(*model)
+        for gauge, labels in series.autoscaled:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+        series.autoscaled = [(self.desired_replicas, (*model, str(i))) for i in range(len(desired))]
+        series.autoscaled.append((self.scale_reason, (*model, reason)))
+        for (gauge, labels), count in zip(series.autoscaled, desired, strict=False):
+            gauge.labels(*labels).set(count)
+        self.scale_reason.labels(*model, reason).set(1)
+        self.cost.labels(*model).set(cost_per_hour)
+        self.watts.labels(*model).set(watts)
+        self.power_capped.labels(*model).set(1 if power_capped else 0)
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop every series of the ModelDeployment `namespace/name`."""
@@ -84,15 +157,27 @@ class OperatorMetrics:
             return
         for labels in series.replicas:
             self.replicas.remove(*labels)
-        for gauge in (self.cost, self.slo):
+        for gauge, labels in series.autoscaled:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+        for gauge in (self.cost, self.slo, self.watts, self.power_capped):
             with contextlib.suppress(KeyError):
                 gauge.remove(*series.model)
+
+    def _of(self, namespace: str, model: str, name: str) -> _Series:
+        series = self._series.get((namespace, name))
+        if series is None or series.model != (namespace, model, name):
+            if series is not None:
+                self.forget(namespace, name)
+            series = self._series[(namespace, name)] = _Series((namespace, model, name))
+        return series
 
 
 @dataclass
 class _Series:
     model: tuple[str, str, str]  # (namespace, model, model_deployment): the per-model gauges' labels
     replicas: list[tuple[str, ...]] = field(default_factory=list)
+    autoscaled: list[tuple[Any, tuple[str, ...]]] = field(default_factory=list)
 
 
 def serve(metrics: OperatorMetrics, port: int, host: str = "0.0.0.0") -> Any:

@@ -8,6 +8,8 @@ option) ends in a condition, never an exception, so kopf does not retry in a loo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import shutil
 import threading
@@ -25,7 +27,14 @@ from frugal.operator.api.spec import (
     parse_hardware_profile,
     parse_model_deployment,
 )
-from frugal.operator.cluster.apply import JOB_KINDS, SERVING_KINDS, ApiError, Cluster
+from frugal.operator.cluster.apply import (
+    AUTOSCALER_FIELD_MANAGER,
+    FIELD_MANAGER,
+    JOB_KINDS,
+    SERVING_KINDS,
+    ApiError,
+    Cluster,
+)
 from frugal.operator.cluster.operator_metrics import OperatorMetrics
 from frugal.operator.decision import artifact_files, decide
 from frugal.operator.decision.conditions import (
@@ -47,16 +56,54 @@ from frugal.operator.manifests.storage import locate
 log = logging.getLogger(__name__)
 Emit = Callable[[str, str, str], None]  # (type: Normal|Warning, reason, message)
 WARNING_REASONS = FAILURE_REASONS | {Reason.REPLICAS_UNAVAILABLE}
+# Condition types another writer of the status owns.
+FOREIGN_CONDITIONS = frozenset({"MetricsAvailable", "PowerCapped"})
+
+
+# Settled objects are re-read and re-applied this often even when no event says anything changed.
+DRIFT_SECONDS = 600.0
+# Kinds applied on every pass, so an unchanged one can be skipped (Jobs are only built when absent).
+SKIPPABLE_KINDS = frozenset({"Deployment", "Service", "PodDisruptionBudget", "PodMonitor"})
+# Phases that wait on something the operator watches (its Jobs, its Deployments) or on nothing.
+SETTLED_PHASES = frozenset({"Compressing", "Profiling", "Deploying", "Serving", "Failed"})
 
 
 class Reconciler:
-    def __init__(self, cluster: Cluster, settings: decide.Settings, metrics: OperatorMetrics | None = None):
+    def __init__(
+        self,
+        cluster: Cluster,
+        settings: decide.Settings,
+        metrics: OperatorMetrics | None = None,
+        drift_seconds: float = DRIFT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.cluster = cluster
         self.settings = settings
         self.metrics = metrics
+        self.drift_seconds = drift_seconds
+        self._clock = clock
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self._pod_monitors: bool | None = None
+        self._applied = _AppliedObjects(drift_seconds, clock)
+        self._last_pass: dict[tuple[str, str], float] = {}
+
+    def resync(self, body: Mapping[str, Any]) -> Assessment | None:
+        """The periodic pass: a settled ModelDeployment (its status describes its spec and it waits on
+        watched children or nothing) costs no API request until `drift_seconds` have passed."""
+        owner = owner_of(body)
+        status = body.get("status") or {}
+        settled = (
+            status.get("observedGeneration") == owner.generation and status.get("phase") in SETTLED_PHASES
+        )
+        last = self._last_pass.get((owner.namespace, owner.name))
+        if settled and last is not None and self._clock() - last < self.drift_seconds:
+            return None
+        return self.reconcile(body)
+
+    def lock(self, namespace: str, name: str) -> threading.Lock:
+        """The lock every writer of `namespace/name`'s status holds (the reconciler and the autoscaler)."""
+        return self._lock(namespace, name)
 
     def reconcile_named(self, namespace: str, name: str) -> Assessment | None:
         """Reconcile the ModelDeployment `namespace/name` (read fresh under its lock)."""
@@ -79,6 +126,8 @@ class Reconciler:
             return self._timed(body, emit)
 
     def _timed(self, body: Mapping[str, Any], emit: Emit) -> Assessment:
+        owner = owner_of(body)
+        self._last_pass[(owner.namespace, owner.name)] = self._clock()
         started = time.perf_counter()
         try:
             return self._reconcile(body, emit)
@@ -97,11 +146,19 @@ class Reconciler:
             assessment = conditions(Observed(owner_of(body).generation, spec_error=str(error)))
             self._write_status(body, assessment, {}, emit)
             return assessment
+        md = decide.with_effective_generation(md, body.get("status"))
         profiles = self._profiles(decide.needed_profiles(md))
         state = self._observe(md)
         found = self._artifacts(md, profiles, state)
         decision = decide.decide(md, profiles, state, found, self.settings)
-        rejected = self._apply_all(decision.apply)
+        for deployment in (o for o in decision.apply if o["kind"] == "Deployment"):
+            if int(deployment["metadata"]["labels"][names.LABEL_SHARD]) not in state.shard_replicas:
+                self._applied.forget_object(
+                    "apps/v1", "Deployment", md.owner.namespace, deployment["metadata"]["name"]
+                )
+        rejected = self._apply_all(decision.apply) or self._apply_all(
+            decision.scale, AUTOSCALER_FIELD_MANAGER
+        )
         assessment = decision.assessment
         if rejected and decision.observed is not None:
             assessment = conditions(dataclasses.replace(decision.observed, apply_error=rejected))
@@ -111,12 +168,17 @@ class Reconciler:
         self._record_metrics(md, decision)
         return decision.assessment
 
-    def _apply_all(self, objects: Sequence[Mapping[str, Any]]) -> str | None:
-        """Apply every object; an object the API server refuses (4xx) becomes a message, not a crash loop."""
+    def _apply_all(self, objects: Sequence[Mapping[str, Any]], manager: str = FIELD_MANAGER) -> str | None:
+        """Apply every object that differs from what this operator last applied (an object is applied
+        again after `drift_seconds`, which also undoes hand edits); an object the API server refuses
+        (4xx) becomes a message, not a crash loop."""
         rejected = []
         for obj in objects:
+            if obj["kind"] in SKIPPABLE_KINDS and not self._applied.changed(obj, manager):
+                continue
             try:
-                self.cluster.apply(obj)
+                self.cluster.apply(obj, manager)
+                self._applied.remember(obj, manager)
             except ApiError as error:
                 if error.status not in (400, 403, 422):
                     raise
@@ -147,6 +209,8 @@ class Reconciler:
             return
         if (artifacts := decide.artifacts_to_remove(md, self.settings)) is not None:
             shutil.rmtree(artifacts, ignore_errors=True)
+        self._last_pass.pop((owner.namespace, owner.name), None)
+        self._applied.forget(owner.namespace, names.LABEL_MD, owner.name)
         if self.metrics:
             self.metrics.forget(owner.namespace, owner.name)
 
@@ -224,14 +288,14 @@ class Reconciler:
     def _prune_older_generations(self, md: ModelDeploymentSpec) -> None:
         keep = {names.LABEL_GENERATION: str(md.owner.generation)}
         selector = {names.LABEL_MD: md.owner.name, names.LABEL_MANAGED_BY: names.MANAGED_BY}
-        self.cluster.delete_all((*SERVING_KINDS, *JOB_KINDS), md.owner.namespace, selector, keep=keep)
+        if self.cluster.delete_all((*SERVING_KINDS, *JOB_KINDS), md.owner.namespace, selector, keep=keep):
+            self._applied.forget(md.owner.namespace, names.LABEL_MD, md.owner.name)
 
     def _record_metrics(self, md: ModelDeploymentSpec, decision: decide.Decision) -> None:
         if self.metrics is None or decision.selection is None:
             return
-        cost = decision.status.get("cost", {}).get("perHour")
         shards = decision.status.get("shards", [])
-        self.metrics.observe(md, decision.selection, shards, cost)
+        self.metrics.observe(md, decision.selection, shards)
 
     def _has_pod_monitors(self) -> bool:
         """Whether the Prometheus Operator's CRDs exist (checked once per operator run)."""
@@ -249,11 +313,15 @@ class Reconciler:
         old = dict(body.get("status") or {})
         generation = int(body["metadata"].get("generation") or 1)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        previous = old.get("conditions") or []
+        produced = {c.type for c in assessment.conditions}
         new = {
             "phase": assessment.phase.value,
             "observedGeneration": generation,
             "message": assessment.message,
-            "conditions": merge(old.get("conditions") or [], assessment.conditions, generation, now),
+            # the autoscaler's conditions (MetricsAvailable, PowerCapped) are kept as it wrote them
+            "conditions": merge(previous, assessment.conditions, generation, now)
+            + [c for c in previous if c.get("type") not in produced and c.get("type") in FOREIGN_CONDITIONS],
             **extra,
         }
         changed = {k: v for k, v in new.items() if _comparable(old.get(k), k) != _comparable(v, k)}
@@ -293,3 +361,47 @@ def _emit_transitions(old: Mapping[str, Any], assessment: Assessment, emit: Emit
 
 def _status(condition: Condition) -> str:
     return {True: "True", False: "False", None: "Unknown"}[condition.status]
+
+
+class _AppliedObjects:
+    """What this operator last applied, by object and field manager: an apply whose body is unchanged
+    is skipped (a settled ModelDeployment writes nothing) until `drift_seconds` have passed."""
+
+    def __init__(self, drift_seconds: float, clock: Callable[[], float]) -> None:
+        self._drift = drift_seconds
+        self._clock = clock
+        self._seen: dict[tuple[str, str, str, str, str], tuple[str, float, Mapping[str, str]]] = {}
+        self._guard = threading.Lock()
+
+    @staticmethod
+    def _key(obj: Mapping[str, Any], manager: str) -> tuple[str, str, str, str, str]:
+        meta = obj["metadata"]
+        return (manager, obj["apiVersion"], obj["kind"], meta.get("namespace") or "", meta["name"])
+
+    def changed(self, obj: Mapping[str, Any], manager: str) -> bool:
+        with self._guard:
+            seen = self._seen.get(self._key(obj, manager))
+        if seen is None:
+            return True
+        digest, when, _ = seen
+        return digest != _digest(obj) or self._clock() - when >= self._drift
+
+    def remember(self, obj: Mapping[str, Any], manager: str) -> None:
+        labels = obj["metadata"].get("labels") or {}
+        with self._guard:
+            self._seen[self._key(obj, manager)] = (_digest(obj), self._clock(), dict(labels))
+
+    def forget_object(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        with self._guard:
+            for key in [k for k in self._seen if k[1:] == (api_version, kind, namespace, name)]:
+                del self._seen[key]
+
+    def forget(self, namespace: str, label: str, value: str) -> None:
+        """Forget every object in `namespace` labelled `label=value` (deleted, or about to be)."""
+        with self._guard:
+            for key in [k for k, v in self._seen.items() if k[3] == namespace and v[2].get(label) == value]:
+                del self._seen[key]
+
+
+def _digest(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

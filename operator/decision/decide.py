@@ -8,8 +8,10 @@ pod templates are immutable); serving objects are applied on every pass, which c
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,8 @@ class Decision:
     selection: Selection | None = None
     prune_older_generations: bool = False
     observed: Observed | None = None
+    # Replica counts of newly created shards, applied under the autoscaler's field manager.
+    scale: tuple[dict[str, Any], ...] = ()
 
 
 # Measured throughput varies about this much between runs; cheaper by less than that is not cheaper.
@@ -61,6 +65,30 @@ COST_TOLERANCE = 0.10
 
 def needed_profiles(md: ModelDeploymentSpec) -> tuple[str, ...]:
     return tuple(dict.fromkeys((md.compression_profile, *md.serving_profiles)))
+
+
+def pipeline_hash(md: ModelDeploymentSpec) -> str:
+    """Digest of everything in the spec that shapes artifacts or serving Deployments: all but
+    spec.autoscaling, which only the autoscaler reads."""
+    spec = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"autoscaling"})
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_effective_generation(
+    md: ModelDeploymentSpec, status: Mapping[str, Any] | None
+) -> ModelDeploymentSpec:
+    """`md` with the generation its children carry: an edit that changed only spec.autoscaling keeps
+    the generation whose artifacts (status.artifacts) were built from the same pipeline, so it does
+    not compress, profile or roll out again."""
+    artifacts = (status or {}).get("artifacts") or {}
+    built_for = artifacts.get("generation")
+    if (
+        isinstance(built_for, int)
+        and 0 < built_for < md.owner.generation
+        and artifacts.get("pipelineHash") == pipeline_hash(md)
+    ):
+        return replace(md, owner=replace(md.owner, generation=built_for))
+    return md
 
 
 def artifacts_to_remove(md: ModelDeploymentSpec, settings: Settings) -> Path | None:
@@ -102,7 +130,9 @@ def decide(
             to_apply.append(jobs.desired_profiling_job(md, profiles[name], settings.image, location))
     profiling = {p: cluster.profiling.get(p, Job(JobState.ABSENT)) for p in md.serving_profiles}
     observed = _with(observed, profiling=profiling)
-    status: dict[str, Any] = {"artifacts": {"uri": location.uri, "generation": gen}}
+    status: dict[str, Any] = {
+        "artifacts": {"uri": location.uri, "generation": gen, "pipelineHash": pipeline_hash(md)}
+    }
     if any(j.state in (JobState.ABSENT, JobState.RUNNING) for j in profiling.values()):
         return _decision(to_apply, location, observed, status)
     return _plan_and_serve(md, profiles, cluster, found, settings, location, to_apply, observed, status)
@@ -135,9 +165,12 @@ def _plan_and_serve(
     profile = profiles[chosen.profile]
     replicas = {i: cluster.shard_replicas.get(i, md.initial_replicas) for i in range(selection.shards)}
     for index in range(selection.shards):
-        to_apply += serving_objects.desired_shard(
-            md, profile, settings.image, location, selection, index, replicas[index]
-        )
+        to_apply += serving_objects.desired_shard(md, profile, settings.image, location, selection, index)
+    scale = tuple(
+        serving_objects.desired_replicas(md.owner, index, replicas[index])
+        for index in range(selection.shards)
+        if index not in cluster.shard_replicas
+    )
     ready = tuple(cluster.shard_ready.get(i, 0) for i in range(selection.shards))
     live = all(r >= 1 for r in ready)
     if live or cluster.live_generation is None:
@@ -151,7 +184,9 @@ def _plan_and_serve(
         shards_ready=ready,
     )
     status.update(_serving_status(md, plan, replicas, ready))
-    return Decision(tuple(to_apply), location, conditions(observed), status, plan, selection, live, observed)
+    return Decision(
+        tuple(to_apply), location, conditions(observed), status, plan, selection, live, observed, scale
+    )
 
 
 def planner_profile(profile: HardwareProfileSpec) -> planner.Profile:
@@ -215,7 +250,6 @@ def _serving_status(
     chosen = plan.chosen
     assert chosen is not None
     pods = sum(replicas.values())
-    per_pod = (chosen.cost_per_hour or 0.0) / max(1, chosen.replicas * chosen.shards)
     return {
         "selected": {
             "variant": chosen.variant,
@@ -227,11 +261,6 @@ def _serving_status(
         "replicas": pods,
         "readyReplicas": sum(ready),
         "endpoint": serving_objects.endpoint_url(md.owner),
-        "cost": {
-            "perHour": f"{per_pod * pods:.4f}",
-            "per1kRequests": f"{chosen.cost_per_1k_requests or 0.0:.6g}",
-            "energyPerRequestJoules": round(chosen.energy_per_request_joules or 0.0, 6),
-        },
     }
 
 
@@ -255,8 +284,6 @@ def _unreadable(location: ArtifactLocation) -> str:
 
 
 def _with(observed: Observed, **changes: Any) -> Observed:
-    from dataclasses import replace
-
     return replace(observed, **changes)
 
 

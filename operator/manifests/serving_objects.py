@@ -35,11 +35,10 @@ def desired_shard(
     artifacts: ArtifactLocation,
     selection: Selection,
     index: int,
-    replicas: int,
 ) -> list[dict[str, Any]]:
     """One shard of the current generation: its Deployment, Service and PodDisruptionBudget."""
     return [
-        desired_shard_deployment(md, profile, image, artifacts, selection, index, replicas),
+        desired_shard_deployment(md, profile, image, artifacts, selection, index),
         desired_shard_service(md, selection, index),
         desired_shard_pdb(md, selection, index),
     ]
@@ -80,8 +79,9 @@ def desired_shard_deployment(
     artifacts: ArtifactLocation,
     selection: Selection,
     index: int,
-    replicas: int | None = None,
 ) -> dict[str, Any]:
+    """The shard's Deployment without spec.replicas: that field belongs to the autoscaler
+    (:func:`desired_replicas`, applied under its own field manager)."""
     labels = shard_labels(md.owner, selection, index)
     command = container_commands.serve(
         md,
@@ -122,7 +122,6 @@ def desired_shard_deployment(
         "kind": "Deployment",
         "metadata": metadata,
         "spec": {
-            "replicas": md.initial_replicas if replicas is None else replicas,
             "selector": {"matchLabels": shard_selector(md.owner, index)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
@@ -137,6 +136,16 @@ def desired_shard_deployment(
                 "spec": pod_spec,
             },
         },
+    }
+
+
+def desired_replicas(owner: Owner, index: int, replicas: int) -> dict[str, Any]:
+    """The autoscaler's whole apply to a shard's Deployment: its replica count and nothing else."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": names.shard(owner, index), "namespace": owner.namespace},
+        "spec": {"replicas": replicas},
     }
 
 
@@ -219,6 +228,7 @@ def desired_pod_monitor(md: ModelDeploymentSpec) -> dict[str, Any]:
         "metadata": metadata,
         "spec": {
             "selector": {"matchLabels": {names.LABEL_MD: md.owner.name, names.LABEL_ROLE: "serving"}},
-            "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+            # honorLabels: the servers' own namespace/model/shard labels are what the autoscaler groups by
+            "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s", "honorLabels": True}],
         },
     }

@@ -22,20 +22,13 @@ from test_validation import full_hwp, full_md
 from frugal.operator.api import crds, models
 from frugal.operator.api.spec import parse_hardware_profile, parse_model_deployment
 from frugal.operator.cluster.operator_metrics import OperatorMetrics
-from frugal.operator.decision import artifact_files
+from frugal.operator.decision import artifact_files, scaling
 from frugal.operator.decision.conditions import Job, JobState
 from frugal.operator.decision.decide import ClusterState, Settings, artifacts_to_remove, decide
 from frugal.operator.manifests import container_commands
 
 # Read by nothing yet. Each entry names what will read it.
 NOT_YET_READ = {
-    # the autoscaler (Prometheus latency, load and power)
-    "ModelDeployment.spec.autoscaling.maxReplicas",
-    "ModelDeployment.spec.autoscaling.stabilizationWindowSeconds",
-    "ModelDeployment.spec.autoscaling.power.capWatts",
-    "ModelDeployment.spec.autoscaling.power.source",
-    "ModelDeployment.spec.autoscaling.prometheus",
-    "ModelDeployment.spec.autoscaling.prometheus.url",
     # scale to zero
     "ModelDeployment.spec.autoscaling.scaleToZeroAfterSeconds",
 }
@@ -118,7 +111,9 @@ def run_every_phase() -> None:
     for state, found in states:
         decision = decide(md, profiles, state, found, settings)
         if decision.selection is not None:
-            OperatorMetrics().observe(md, decision.selection, decision.status.get("shards", []), "0.1")
+            OperatorMetrics().observe(md, decision.selection, decision.status.get("shards", []))
+            scaling.targets_for(md, profiles[decision.selection.profile], capacity_rps=100.0)
+            scaling.metrics_source(md, default_prometheus_url=None)
     container_commands.compression_config(md, "/out")
     artifacts_to_remove(md, settings)
 

@@ -111,7 +111,8 @@ def _operator_registry() -> CollectorRegistry:
             },
         }
     )
-    metrics.observe(md, Selection("fp32", "cpu", 1), [{"index": 0, "replicas": 2}], "0.5")
+    metrics.observe(md, Selection("fp32", "cpu", 1), [{"index": 0, "replicas": 2}])
+    metrics.autoscaled(("ml", "digits", "digits"), [2], "Steady", 0.5, 30.0, power_capped=False)
     return metrics.registry
 
 

@@ -8,7 +8,13 @@ from typing import Any
 from frugal.operator.api.spec import parse_hardware_profile, parse_model_deployment
 from frugal.operator.decision import artifact_files
 from frugal.operator.decision.conditions import Job, JobState, Phase, Reason
-from frugal.operator.decision.decide import ClusterState, Settings, decide
+from frugal.operator.decision.decide import (
+    ClusterState,
+    Settings,
+    decide,
+    pipeline_hash,
+    with_effective_generation,
+)
 
 BODY: dict[str, Any] = {
     "apiVersion": "frugal.dev/v1alpha1",
@@ -100,7 +106,11 @@ def test_after_compression_one_profiling_job_per_candidate() -> None:
     )
     assert kinds(decision) == [("Job", "digits-g1-profile-cpu"), ("Job", "digits-g1-profile-gpu")]
     assert decision.assessment.phase is Phase.PROFILING
-    assert decision.status["artifacts"] == {"uri": "file:///store/ml/digits/gen-1", "generation": 1}
+    assert decision.status["artifacts"] == {
+        "uri": "file:///store/ml/digits/gen-1",
+        "generation": 1,
+        "pipelineHash": pipeline_hash(MD),
+    }
 
 
 def test_unreadable_artifacts_become_a_condition() -> None:
@@ -127,14 +137,25 @@ def test_profiled_plans_and_deploys_the_cheapest_option() -> None:
     fp32 = next(v for v in status["variants"] if v["name"] == "fp32")
     assert next(p for p in fp32["profiles"] if p["hardwareProfile"] == "cpu")["meetsSlo"] is False
     assert status["shards"] == [{"index": 0, "replicas": 1, "readyReplicas": 0}]
-    assert float(status["cost"]["perHour"]) > 0.10
+    assert "cost" not in status  # the autoscaler writes the cost of what runs
+    assert "replicas" not in decision.apply[0]["spec"]  # spec.replicas belongs to the autoscaler
+    assert decision.scale == (
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "digits-g1-shard-0", "namespace": "ml"},
+            "spec": {"replicas": 1},
+        },
+    )
 
 
 def test_a_pod_monitor_is_wanted_once_serving_is_planned_where_the_cluster_has_the_kind() -> None:
     monitors = ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE}, pod_monitors=True)
     decision = decide(MD, PROFILES, monitors, PROFILED, SETTINGS)
     assert kinds(decision)[-1] == ("PodMonitor", "digits-serving")
-    without = decide(MD, PROFILES, ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE}), PROFILED, SETTINGS)
+    without = decide(
+        MD, PROFILES, ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE}), PROFILED, SETTINGS
+    )
     assert "PodMonitor" not in {kind for kind, _ in kinds(without)}
     not_yet = decide(MD, PROFILES, ClusterState(compression=DONE, pod_monitors=True), PROFILED, SETTINGS)
     assert "PodMonitor" not in {kind for kind, _ in kinds(not_yet)}
@@ -150,8 +171,8 @@ def test_ready_shards_make_it_serving_and_prune_the_old_generation() -> None:
     )
     decision = decide(MD, PROFILES, state, PROFILED, SETTINGS)
     assert decision.assessment.phase is Phase.SERVING and decision.prune_older_generations
-    deployment = decision.apply[0]
-    assert deployment["spec"]["replicas"] == 2  # the replicas found are kept (the autoscaler's seam)
+    assert decision.status["shards"] == [{"index": 0, "replicas": 2, "readyReplicas": 2}]
+    assert decision.scale == ()  # an existing shard's count is the autoscaler's, never reset here
 
 
 def test_new_generation_keeps_the_old_endpoint_until_ready() -> None:
@@ -201,3 +222,16 @@ def test_report_numbers_are_read_from_the_compression_reports_latency() -> None:
     int8 = next(v for v in variants if v.name == "int8")
     assert (int8.report_latency_p95_ms, int8.report_throughput_rps) == (4.0, 8000.0)
     assert int8.accuracy_drop == 0.002 and int8.size_bytes == 1000
+
+
+def test_an_autoscaling_only_edit_keeps_the_generation_its_artifacts_were_built_for() -> None:
+    status = {"artifacts": {"generation": 1, "pipelineHash": pipeline_hash(MD)}}
+    edited = copy.deepcopy(BODY)
+    edited["metadata"]["generation"] = 2
+    edited["spec"].setdefault("autoscaling", {})["maxReplicas"] = 9
+    kept = with_effective_generation(parse_model_deployment(edited), status)
+    assert kept.owner.generation == 1 and kept.spec.autoscaling.max_replicas == 9
+    reshaped = copy.deepcopy(edited)
+    reshaped["spec"]["serving"]["slo"] = {"latencyP95Ms": 77}
+    assert with_effective_generation(parse_model_deployment(reshaped), status).owner.generation == 2
+    assert with_effective_generation(parse_model_deployment(edited), {}).owner.generation == 2

@@ -328,7 +328,7 @@ def test_shard_deployment(index: int) -> None:
     template = deployment["spec"]["template"]
     container = template["spec"]["containers"][0]
     assert deployment["metadata"]["name"] == f"digits-g3-shard-{index}"
-    assert deployment["spec"]["replicas"] == 1  # minReplicas 0 starts at 1
+    assert "replicas" not in deployment["spec"]  # the autoscaler's field (serving_objects.desired_replicas)
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert all(template["metadata"]["labels"][k] == v for k, v in selector.items())
     assert selector[names.LABEL_SHARD] == str(index) and selector[names.LABEL_GENERATION] == "3"
@@ -355,7 +355,7 @@ def test_serving_set_has_deployment_service_and_pdb_per_shard() -> None:
     objects = [
         obj
         for index in range(selection.shards)
-        for obj in serving_objects.desired_shard(SPEC, GPU, IMAGE, ARTIFACTS, selection, index, replicas=3)
+        for obj in serving_objects.desired_shard(SPEC, GPU, IMAGE, ARTIFACTS, selection, index)
     ]
     kinds = [(o["kind"], o["metadata"]["name"]) for o in objects]
     assert kinds == [
@@ -366,7 +366,12 @@ def test_serving_set_has_deployment_service_and_pdb_per_shard() -> None:
         ("Service", "digits-g3-shard-1"),
         ("PodDisruptionBudget", "digits-g3-shard-1"),
     ]
-    assert objects[0]["spec"]["replicas"] == 3
+    assert serving_objects.desired_replicas(SPEC.owner, 1, 3) == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "digits-g3-shard-1", "namespace": "ml"},
+        "spec": {"replicas": 3},
+    }
     assert objects[2]["spec"] == {"maxUnavailable": 1, "selector": objects[0]["spec"]["selector"]}
     for obj in objects:
         labels = obj["metadata"]["labels"]

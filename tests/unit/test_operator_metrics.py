@@ -30,9 +30,14 @@ def series(metrics: OperatorMetrics, name: str) -> list[dict[str, str]]:
     return [s.labels for family in metrics.registry.collect() for s in family.samples if s.name == name]
 
 
+def autoscaled(metrics: OperatorMetrics, name: str, cost: float, reason: str = "Steady") -> None:
+    metrics.autoscaled(("ml", "digits", name), [3, 2], reason, cost, 40.0, power_capped=False)
+
+
 def test_the_slo_is_exported_in_seconds_beside_cost_and_replicas() -> None:
     metrics = OperatorMetrics()
-    metrics.observe(model_deployment("digits", slo_ms=40), SELECTION, SHARDS, "1.2500")
+    metrics.observe(model_deployment("digits", slo_ms=40), SELECTION, SHARDS)
+    autoscaled(metrics, "digits", 1.25)
     per_model = {"namespace": "ml", "model": "digits", "model_deployment": "digits"}
     assert value(metrics, "frugal_slo_latency_p95_seconds", **per_model) == 0.04
     assert value(metrics, "frugal_cost_per_hour_usd", **per_model) == 1.25
@@ -43,7 +48,7 @@ def test_the_slo_is_exported_in_seconds_beside_cost_and_replicas() -> None:
 
 def test_model_is_the_served_name_the_serving_pods_export() -> None:
     metrics = OperatorMetrics()
-    metrics.observe(model_deployment("digits-sharded", model="digits"), SELECTION, SHARDS, None)
+    metrics.observe(model_deployment("digits-sharded", model="digits"), SELECTION, SHARDS)
     assert {s["model"] for s in series(metrics, "frugal_replicas")} == {"digits"}
     assert series(metrics, "frugal_slo_latency_p95_seconds")[0]["model_deployment"] == "digits-sharded"
     assert series(metrics, "frugal_cost_per_hour_usd") == []  # no cost known yet: no series
@@ -51,8 +56,10 @@ def test_model_is_the_served_name_the_serving_pods_export() -> None:
 
 def test_two_deployments_of_one_model_keep_their_own_series() -> None:
     metrics = OperatorMetrics()
-    metrics.observe(model_deployment("digits", slo_ms=50), SELECTION, SHARDS, "1")
-    metrics.observe(model_deployment("digits-sharded", model="digits", slo_ms=80), SELECTION, SHARDS, "2")
+    metrics.observe(model_deployment("digits", slo_ms=50), SELECTION, SHARDS)
+    autoscaled(metrics, "digits", 1.0)
+    metrics.observe(model_deployment("digits-sharded", model="digits", slo_ms=80), SELECTION, SHARDS)
+    autoscaled(metrics, "digits-sharded", 2.0)
     metrics.forget("ml", "digits")
     assert [s["model_deployment"] for s in series(metrics, "frugal_slo_latency_p95_seconds")] == [
         "digits-sharded"
@@ -65,10 +72,35 @@ def test_two_deployments_of_one_model_keep_their_own_series() -> None:
 def test_a_new_observation_replaces_shards_that_went_away_and_forget_clears_all() -> None:
     metrics = OperatorMetrics()
     md = model_deployment("digits")
-    metrics.observe(md, SELECTION, SHARDS, "1")
-    metrics.observe(md, Selection("fp32", "gpu-t4", 1), [{"index": 0, "replicas": 1}], "3")
+    metrics.observe(md, SELECTION, SHARDS)
+    autoscaled(metrics, "digits", 1.0, reason="LatencyAboveSLO")
+    autoscaled(metrics, "digits", 3.0, reason="Steady")
+    assert [s["reason"] for s in series(metrics, "frugal_autoscaler_reason")] == ["Steady"]
+    metrics.observe(md, Selection("fp32", "gpu-t4", 1), [{"index": 0, "replicas": 1}])
     assert [(s["shard"], s["variant"]) for s in series(metrics, "frugal_replicas")] == [("0", "fp32")]
     metrics.forget("ml", "digits")
     metrics.forget("ml", "digits")  # twice is harmless (delete handler retried)
-    for name in ("frugal_replicas", "frugal_cost_per_hour_usd", "frugal_slo_latency_p95_seconds"):
+    for name in (
+        "frugal_replicas",
+        "frugal_cost_per_hour_usd",
+        "frugal_slo_latency_p95_seconds",
+        "frugal_autoscaler_desired_replicas",
+        "frugal_autoscaler_reason",
+        "frugal_autoscaler_power_watts",
+    ):
         assert series(metrics, name) == [], name
+
+
+def test_the_autoscaler_exports_desired_replicas_reason_watts_and_the_cap() -> None:
+    metrics = OperatorMetrics()
+    metrics.autoscaled(("ml", "digits", "digits"), [4, 1], "PowerCapped", 0.9, 120.0, power_capped=True)
+    per_model = {"namespace": "ml", "model": "digits", "model_deployment": "digits"}
+    assert value(metrics, "frugal_autoscaler_desired_replicas", **per_model, shard="0") == 4
+    assert value(metrics, "frugal_autoscaler_desired_replicas", **per_model, shard="1") == 1
+    assert value(metrics, "frugal_autoscaler_reason", **per_model, reason="PowerCapped") == 1
+    assert value(metrics, "frugal_autoscaler_power_watts", **per_model) == 120.0
+    assert value(metrics, "frugal_autoscaler_power_capped", **per_model) == 1
+    metrics.count_request("GET")
+    metrics.count_request("PATCH")
+    assert value(metrics, "frugal_operator_api_requests_total") == 2
+    assert value(metrics, "frugal_operator_api_writes_total") == 1

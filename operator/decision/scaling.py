@@ -1,0 +1,130 @@
+"""Between a ModelDeployment and the autoscaling policy: the targets from its spec, profile and plan;
+the capacity its status records; the status fields and conditions a tick writes back (all pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
+from frugal.operator.decision.autoscaling import Observation, Recommendation, ScaleReason, Targets
+from frugal.operator.decision.conditions import Condition
+
+
+def targets_for(md: ModelDeploymentSpec, profile: HardwareProfileSpec, capacity_rps: float) -> Targets:
+    """`capacity_rps`: one replica's throughput within the SLO, as profiling measured it for the plan."""
+    autoscaling = md.spec.autoscaling
+    return Targets(
+        latency_p95_ms=md.latency_p95_ms,
+        capacity_rps=capacity_rps,
+        min_replicas=md.min_replicas,
+        max_replicas=autoscaling.max_replicas,
+        stabilization_window_s=float(autoscaling.stabilization_window_seconds),
+        cap_watts=autoscaling.power.cap_watts,
+        cost_per_replica_hour=float(profile.cost_per_hour),
+        price_per_kwh=float(md.price_per_kwh),
+        idle_watts=profile.idle_watts,
+        max_watts=profile.max_watts,
+    )
+
+
+def metrics_source(md: ModelDeploymentSpec, default_prometheus_url: str | None) -> tuple[str | None, str]:
+    """(the Prometheus URL to read, the power source): spec.autoscaling's, else the operator's default."""
+    autoscaling = md.spec.autoscaling
+    url = autoscaling.prometheus.url if autoscaling.prometheus is not None else default_prometheus_url
+    return url, autoscaling.power.source
+
+
+# -- what the autoscaler reads from a ModelDeployment's status, and what it writes back -----------------
+
+METRICS_AVAILABLE = "MetricsAvailable"
+POWER_CAPPED = "PowerCapped"
+
+
+def capacity_from_status(status: Mapping[str, Any]) -> float | None:
+    """One replica's profiled throughput for the selected (variant, profile, shards), from status."""
+    selected = status.get("selected") or {}
+    for variant in status.get("variants") or []:
+        if variant.get("name") != selected.get("variant"):
+            continue
+        for row in variant.get("profiles") or []:
+            if row.get("hardwareProfile") == selected.get("hardwareProfile") and row.get("throughputRps"):
+                return float(row["throughputRps"])
+    return None
+
+
+def observed_status(
+    recommendation: Recommendation,
+    observation: Observation,
+    ready: Sequence[int],
+    targets: Targets,
+) -> dict[str, Any]:
+    """The status fields the autoscaler owns, from one tick (values rounded to what a person reads,
+    so noise in the metrics does not rewrite the status)."""
+    autoscaling: dict[str, Any] = {
+        "reason": recommendation.reason.value,
+        "message": recommendation.message[:4096],
+        "desiredReplicas": list(recommendation.replicas),
+        "capacityRps": [_significant(c, 3) for c in recommendation.capacity_rps],
+    }
+    measured = [s.watts for s in observation.shards]
+    fresh = observation.stale is None
+    watts = (
+        sum(w for w in measured if w is not None) if fresh and all(w is not None for w in measured) else None
+    )
+    if watts is None:
+        watts = recommendation.watts if fresh else _idle_watts(targets, ready)
+    per_hour = sum(ready) * targets.cost_per_replica_hour + watts / 1000.0 * targets.price_per_kwh
+    # None removes a field (the status is written as a merge patch): no stale or undefined numbers.
+    rate = observation.request_rate if fresh else None
+    per_request = watts / rate if rate else None
+    latency = observation.latency_p95_ms if fresh else None
+    return {
+        "autoscaling": autoscaling,
+        "requestRate": None if rate is None else _significant(rate, 2),
+        "latencyP95Ms": None if latency is None else _significant(latency, 2),
+        "energy": {
+            "watts": _significant(watts, 2),
+            "joulesPerRequest": None if per_request is None else _significant(per_request, 2),
+        },
+        "cost": {
+            "perHour": f"{per_hour:.4f}",
+            "per1kRequests": None if not rate else f"{per_hour / 3600.0 / rate * 1000.0:.2g}",
+            "energyPerRequestJoules": None if per_request is None else _significant(per_request, 2),
+        },
+    }
+
+
+def autoscaling_conditions(
+    recommendation: Recommendation, observation: Observation, targets: Targets
+) -> list[Condition]:
+    """MetricsAvailable and PowerCapped, in the form the reconciler's conditions take."""
+    if observation.stale is None:
+        metrics = Condition(
+            METRICS_AVAILABLE, True, "MetricsRead", "the autoscaler read every shard's metrics"
+        )
+    else:
+        metrics = Condition(
+            METRICS_AVAILABLE, False, "MetricsStale", f"replicas held: {observation.stale}"[:32768]
+        )
+    capped = ScaleReason.POWER_CAPPED in recommendation.reasons
+    if targets.cap_watts is None:
+        power = Condition(POWER_CAPPED, False, "NoPowerCap", "spec.autoscaling.power.capWatts is not set")
+    elif capped:
+        power = Condition(POWER_CAPPED, True, "PowerCapped", recommendation.message)
+    else:
+        power = Condition(
+            POWER_CAPPED,
+            False,
+            "WithinPowerCap",
+            f"{recommendation.watts:.0f} W within the cap of {targets.cap_watts:g} W",
+        )
+    return [metrics, power]
+
+
+def _idle_watts(targets: Targets, ready: Sequence[int]) -> float:
+    return sum(ready) * targets.idle_watts
+
+
+def _significant(value: float, digits: int) -> float:
+    return 0.0 if value == 0 else float(f"{value:.{digits}g}")
