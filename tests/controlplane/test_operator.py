@@ -1,69 +1,40 @@
 """The operator against the real API server: examples → Jobs → profiling → serving, and what goes wrong.
 
 The operator runs as its own process (`python -m frugal.operator.cluster.operator_command`) on the test's
-kubeconfig. No kubelet exists, so the test plays its part: it runs the command of each created pod
-template on this machine as written (only the image is not used; a server's port and listen address
-are set to a free loopback port), then records the outcome in the object's status through the
-status subresource, as a kubelet and the Job controller would.
+kubeconfig. No kubelet exists, so the test plays its part (`operator_harness`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
-from controlplane_harness import EXAMPLES_DIR, REPO_ROOT, ControlPlane, free_port
-
-VENV_BIN = Path(sys.executable).parent
-WAIT_S = 90.0
-
-
-class Operator:
-    """The operator as a subprocess; restartable."""
-
-    def __init__(self, cluster: ControlPlane, storage: Path, log: Path) -> None:
-        self.cluster, self.storage, self.log = cluster, storage, log
-        self.metrics_port = free_port()
-        self.health_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = [
-            sys.executable, "-m", "frugal.operator.cluster.operator_command", "--kubeconfig", str(self.cluster.kubeconfig),
-            "--storage-uri", f"file://{self.storage}", "--metrics-port", str(self.metrics_port),
-            "--metrics-host", "127.0.0.1", "--health-port", str(self.health_port), "--interval", "1",
-            "--image", "frugal:test",
-        ]  # fmt: skip
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env=self.cluster.env, cwd=REPO_ROOT
-            )
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+from controlplane_harness import EXAMPLES_DIR, ControlPlane
+from operator_harness import (
+    Operator,
+    condition,
+    create_namespace,
+    events_for,
+    finish_job,
+    get,
+    http,
+    kubectl_json,
+    mark_ready,
+    run_and_finish,
+    serve_from_template,
+    status_of,
+    wait_for,
+    wait_object,
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,171 +46,6 @@ def operator(crds_installed: ControlPlane, tmp_path_factory: pytest.TempPathFact
         yield running
     finally:
         running.stop()
-
-
-# -- playing kubelet and Job controller ---------------------------------------------------------------
-
-
-def kubectl_json(cluster: ControlPlane, *args: str) -> Any:
-    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
-
-
-def get(cluster: ControlPlane, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-    proc = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
-    return json.loads(proc.stdout) if proc.returncode == 0 else None
-
-
-def wait_for(what: str, check: Callable[[], Any], operator: Operator, timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; operator log:\n{operator.tail()}")
-
-
-def wait_object(
-    cluster: ControlPlane, operator: Operator, kind: str, namespace: str, name: str
-) -> dict[str, Any]:
-    found: dict[str, Any] = wait_for(f"{kind} {name}", lambda: get(cluster, kind, namespace, name), operator)
-    return found
-
-
-def status_of(cluster: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
-    md = get(cluster, "modeldeployment", namespace, name) or {}
-    status: dict[str, Any] = md.get("status") or {}
-    return status
-
-
-def condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
-
-
-def pod_env(container: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, str]:
-    """The container's env as a process sees it: values as written, fieldRefs from `fields`."""
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for entry in container.get("env", []):
-        if "value" in entry:
-            env[entry["name"]] = entry["value"]
-        else:
-            env[entry["name"]] = fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
-    return env
-
-
-def run_job_command(job: Mapping[str, Any], workdir: Path) -> subprocess.CompletedProcess[str]:
-    container = job["spec"]["template"]["spec"]["containers"][0]
-    fields = {"metadata.namespace": job["metadata"]["namespace"]}
-    return subprocess.run(container["command"], env=pod_env(container, fields), cwd=workdir, capture_output=True,
-                          text=True, timeout=300, check=False)  # fmt: skip
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def finish_job(cluster: ControlPlane, job: Mapping[str, Any], succeeded: bool, message: str = "") -> None:
-    """Record the Job's outcome in its status, as the Job controller does (retried: it races with us)."""
-    meta = job["metadata"]
-    for attempt in range(5):
-        current = get(cluster, "job", meta["namespace"], meta["name"]) or job
-        patch = {
-            "status": job_outcome((current.get("status") or {}).get("startTime") or now(), succeeded, message)
-        }
-        proc = cluster.kubectl("patch", "job", meta["name"], "-n", meta["namespace"], "--subresource=status",
-                               "--type=merge", "-p", json.dumps(patch), check=attempt == 4)  # fmt: skip
-        if proc.returncode == 0:
-            return
-        time.sleep(0.5)
-
-
-def job_outcome(start: str, succeeded: bool, message: str) -> dict[str, Any]:
-    if succeeded:
-        return {
-            "startTime": start, "completionTime": now(), "active": 0, "ready": 0, "succeeded": 1,
-            "conditions": [
-                {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "message": ""},
-                {"type": "Complete", "status": "True", "reason": "CompletionsReached", "message": ""},
-            ],
-        }  # fmt: skip
-    return {
-        "startTime": start, "active": 0, "ready": 0, "failed": 1,
-        "conditions": [
-            {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "message": message},
-            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": message},
-        ],
-    }  # fmt: skip
-
-
-def run_and_finish(
-    cluster: ControlPlane, job: Mapping[str, Any], workdir: Path
-) -> subprocess.CompletedProcess[str]:
-    proc = run_job_command(job, workdir)
-    output = (proc.stderr or proc.stdout or "").strip().splitlines()
-    finish_job(cluster, job, proc.returncode == 0, output[-1] if output else f"exit code {proc.returncode}")
-    return proc
-
-
-def mark_ready(cluster: ControlPlane, deployment: Mapping[str, Any]) -> None:
-    """Make the Deployment's pods Ready (the kubelet's job); without pods, set the Deployment's status."""
-    meta, spec = deployment["metadata"], deployment["spec"]
-    selector = ",".join(f"{k}={v}" for k, v in spec["selector"]["matchLabels"].items())
-    pods = kubectl_json(cluster, "get", "pods", "-n", meta["namespace"], "-l", selector)["items"]
-    ready = [{"type": t, "status": "True", "lastTransitionTime": now()}
-             for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]  # fmt: skip
-    for pod in pods:
-        patch = {"status": {"phase": "Running", "conditions": ready}}
-        cluster.kubectl("patch", "pod", pod["metadata"]["name"], "-n", meta["namespace"], "--subresource=status",
-                        "--type=merge", "-p", json.dumps(patch))  # fmt: skip
-    if not pods:
-        replicas = spec["replicas"]
-        patch = {"status": {"replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
-                            "updatedReplicas": replicas, "observedGeneration": meta["generation"]}}  # fmt: skip
-        cluster.kubectl("patch", "deployment", meta["name"], "-n", meta["namespace"], "--subresource=status",
-                        "--type=merge", "-p", json.dumps(patch))  # fmt: skip
-
-
-def serve_from_template(
-    deployment: Mapping[str, Any], workdir: Path, next_stage: str | None = None
-) -> tuple[subprocess.Popen[bytes], int]:
-    """Start the pod template's server command with its env, on a free loopback port."""
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    command = list(container["command"])
-    port = free_port()
-    command[command.index("--port") + 1] = str(port)
-    command[command.index("--host") + 1] = "127.0.0.1"
-    if next_stage is not None:
-        command[command.index("--next-stage") + 1] = next_stage
-    env = pod_env(container, {"metadata.namespace": deployment["metadata"]["namespace"]})
-    with (workdir / f"serve-{port}.log").open("wb") as log:  # a file, so a chatty server never blocks
-        proc = subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
-    return proc, port
-
-
-def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as error:
-        return error.code, None
-    except (urllib.error.URLError, ConnectionError):
-        return 0, None
-
-
-def events_for(cluster: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = kubectl_json(
-        cluster, "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
-    )["items"]
-    return items
-
-
-def create_namespace(cluster: ControlPlane, name: str) -> str:
-    cluster.kubectl("create", "namespace", name)
-    return name
 
 
 # -- the journey of the digits example -----------------------------------------------------------------
@@ -294,7 +100,13 @@ def test_digits_example_is_compressed_profiled_planned_and_served(
     assert condition(status, "Ready")["reason"] == "ServingReady"
     assert condition(status, "Degraded")["status"] == "False"
     assert status["observedGeneration"] == 1 and status["replicas"] == 1
-    assert float(status["cost"]["perHour"]) > 0
+    # the autoscaler's tick prices what runs; without a Prometheus it says so and holds the count
+    status = wait_for("the autoscaler's cost of the ready replica",
+                      lambda: float(((s := status_of(cluster, ns, "digits")).get("cost") or {}).get("perHour", 0)) > 0 and s,
+                      operator)  # fmt: skip
+    assert condition(status, "MetricsAvailable")["status"] == "False"
+    assert "no Prometheus to read" in condition(status, "MetricsAvailable")["message"]
+    assert status["autoscaling"]["reason"] == "MetricsStale" and status["autoscaling"]["desiredReplicas"] == [1]
     table = cluster.kubectl("get", "md", "digits", "-n", ns).stdout
     assert "Serving" in table and "local-cpu" in table and status["selected"]["variant"] in table
     reasons = {e["reason"] for e in events_for(cluster, ns, "digits")}
@@ -312,8 +124,14 @@ def test_children_carry_owner_references_labels_and_the_endpoint(
         obj = kubectl_json(cluster, "get", kind, name, "-n", ns, "--show-managed-fields")
         assert obj["metadata"]["ownerReferences"][0]["uid"] == md_uid
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "frugal-operator"
-        managers = {m["manager"] for m in obj["metadata"]["managedFields"] if m.get("operation") == "Apply"}
-        assert managers == {"frugal-operator"}, (kind, name, managers)
+        applied = [m for m in obj["metadata"]["managedFields"] if m.get("operation") == "Apply"]
+        managers = {m["manager"] for m in applied}
+        if kind == "deployment":  # spec.replicas is the autoscaler's alone
+            assert managers == {"frugal-operator", "frugal-autoscaler"}, (kind, name, managers)
+            owners = {m["manager"] for m in applied if "f:replicas" in m["fieldsV1"].get("f:spec", {})}
+            assert owners == {"frugal-autoscaler"}
+        else:
+            assert managers == {"frugal-operator"}, (kind, name, managers)
     endpoint = get(cluster, "service", ns, "digits")
     assert endpoint is not None and endpoint["spec"]["selector"]["frugal.dev/generation"] == "1"
 
@@ -410,7 +228,9 @@ def test_sharded_example_serves_through_both_stages(operator: Operator, tmp_path
         # Each stage loads on its own; a front that is ready before the stage behind it answers 503.
         for stage, port in (("back", back_port), ("front", front_port)):
             ready = f"http://127.0.0.1:{port}/v2/health/ready"
-            wait_for(f"the {stage} stage to be ready", lambda ready=ready: http("GET", ready)[0] == 200, operator)
+            wait_for(
+                f"the {stage} stage to be ready", lambda ready=ready: http("GET", ready)[0] == 200, operator
+            )
         code, body = http("POST", f"{url}/v2/models/digits/infer", {
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 64], "data": [0.5] * 128}],
         })  # fmt: skip
