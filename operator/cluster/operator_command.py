@@ -266,7 +266,7 @@ def run(options: Options) -> None:
     registry = kopf.OperatorRegistry()
     handlers.register(registry, reconciler, options.interval)
     autoscaler = Autoscaler(
-        cluster, reconciler, options.prometheus_url, operator_metrics, options.rate_window
+        cluster, reconciler, options.prometheus_url, operator_metrics, options.rate_window, options.namespaces
     )
     stop = threading.Event()
     ticking = threading.Thread(

@@ -87,9 +87,11 @@ class Autoscaler:
         default_prometheus_url: str | None = None,
         metrics: OperatorMetrics | None = None,
         rate_window: str = observations.RATE_WINDOW,
+        namespaces: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cluster = cluster
+        self.namespaces = tuple(namespaces)
         self.rate_window = rate_window
         self.reconciler = reconciler
         self.default_prometheus_url = default_prometheus_url
@@ -140,9 +142,9 @@ class Autoscaler:
     # -- what to scale ---------------------------------------------------------------------------------
 
     def _served(self) -> list[Scaled]:
-        bodies = self.cluster.find(API_VERSION, "ModelDeployment", None, {})
+        bodies = self._list(API_VERSION, "ModelDeployment", {})
         selector = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_ROLE: "serving"}
-        deployments = self.cluster.find("apps/v1", "Deployment", None, selector)
+        deployments = self._list("apps/v1", "Deployment", selector)
         profiles: dict[str, HardwareProfileSpec] = {}
         for body in self.cluster.find(API_VERSION, "HardwareProfile", None, {}):
             try:
@@ -164,6 +166,12 @@ class Autoscaler:
             if item is not None:
                 result.append(item)
         return result
+
+    def _list(self, api_version: str, kind: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Every namespace the operator watches: one list call cluster-wide, or one per namespace."""
+        if not self.namespaces:
+            return self.cluster.find(api_version, kind, None, selector)
+        return [obj for ns in self.namespaces for obj in self.cluster.find(api_version, kind, ns, selector)]
 
     def _scaled(
         self,
