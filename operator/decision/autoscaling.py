@@ -103,6 +103,14 @@ class Targets:
     max_scale_down_fraction: float = 0.5
     # A queue per ready replica above this many requests that is still growing scales the shard up.
     queue_per_replica: float = 4.0
+    # Requests in flight per replica (rate x p95) from which a slow p95 counts as contention.
+    busy_concurrency: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.latency_p95_ms > 0 or not self.capacity_rps > 0:
+            raise ValueError("autoscaling needs a latency target and a capacity greater than 0")
+        if self.max_replicas < max(1, self.min_replicas):
+            raise ValueError("max_replicas must be at least max(1, min_replicas)")
 
     @property
     def floor(self) -> int:
@@ -189,20 +197,41 @@ def refine_capacity(observation: Observation, targets: Targets, memory: Memory) 
     )
     latency = observation.latency_p95_ms
     bottleneck = bottleneck_shard(observation, known)
+    previous_queue = memory.queue_depth if len(memory.queue_depth) == len(shards) else None
     refined = []
     for index, (shard, capacity) in enumerate(zip(shards, known, strict=True)):
         if shard.ready <= 0 or shard.request_rate <= 0 or latency is None:
             refined.append(capacity)
             continue
         served = shard.request_rate / shard.ready
-        breaching_here = latency > targets.latency_p95_ms and index == bottleneck
-        if (breaching_here and served < capacity) or (
+        overloaded = (
+            latency > targets.latency_p95_ms and index == bottleneck and is_busy(shard, latency, targets)
+        ) or _queue_growing(shard, None if previous_queue is None else previous_queue[index], targets)
+        if (overloaded and served < capacity) or (
             latency <= 0.8 * targets.latency_p95_ms and served > capacity
         ):
             capacity = served
         low, high = targets.capacity_rps / 50.0, targets.capacity_rps * 50.0
         refined.append(min(high, max(low, capacity)))
     return tuple(refined)
+
+
+def is_busy(shard: ShardObservation, latency_ms: float, targets: Targets) -> bool:
+    """Whether a shard's replicas contend for work (a queue, or by Little's law more than
+    ``busy_concurrency`` requests in flight per replica): only then does a slow p95 say that more
+    replicas would help, rather than that a few requests were slow."""
+    if shard.queue_depth > 0:
+        return True
+    own = shard.latency_p95_ms if shard.latency_p95_ms is not None else latency_ms
+    return shard.request_rate / max(1, shard.ready) * own / 1000.0 >= targets.busy_concurrency
+
+
+def _queue_growing(shard: ShardObservation, previous: float | None, targets: Targets) -> bool:
+    return (
+        previous is not None
+        and shard.queue_depth > previous
+        and shard.queue_depth > targets.queue_per_replica * max(1, shard.ready)
+    )
 
 
 def bottleneck_shard(observation: Observation, capacity: Sequence[float]) -> int:
@@ -233,18 +262,13 @@ def _wanted(
         now_count = current[index]
         for_load = math.ceil(shard.request_rate / (capacity[index] * targets.target_utilisation) - 1e-9)
         need, reason = max(targets.floor, for_load), ScaleReason.LOAD_ABOVE_CAPACITY
-        if breach and index == bottleneck:
-            assert latency is not None
+        if breach and index == bottleneck and latency is not None and is_busy(shard, latency, targets):
             step = max(now_count + 1, math.ceil(now_count * latency / targets.latency_p95_ms))
-            if step > need:
+            if step >= need:
                 need, reason = step, ScaleReason.LATENCY_ABOVE_SLO
-        growing = previous_queue is not None and shard.queue_depth > previous_queue[index]
-        if (
-            growing
-            and shard.queue_depth > targets.queue_per_replica * max(1, shard.ready)
-            and need <= now_count
-        ):
-            need, reason = now_count + 1, ScaleReason.QUEUE_GROWING
+        growing = _queue_growing(shard, None if previous_queue is None else previous_queue[index], targets)
+        if growing and reason is not ScaleReason.LATENCY_ABOVE_SLO:
+            need, reason = max(need, now_count + 1), ScaleReason.QUEUE_GROWING
         if need < now_count:
             reason = ScaleReason.HEADROOM
         elif need == now_count and reason is ScaleReason.LOAD_ABOVE_CAPACITY:

@@ -193,7 +193,10 @@ def samples_from_scrapes(pairs: Iterable[tuple[Scrape, Scrape]]) -> ShardSample:
         queue += after.gauges.get("frugal_queue_depth", 0.0)
         inflight += after.gauges.get("frugal_inflight_requests", 0.0)
         old = dict(before.buckets.get("frugal_request_duration_seconds", ()))
-        for le, count in after.buckets.get("frugal_request_duration_seconds", ()):
+        new = after.buckets.get("frugal_request_duration_seconds", ())
+        if new and new[-1][1] < old.get(new[-1][0], 0.0):
+            old = {}  # the process restarted: its buckets count from zero again
+        for le, count in new:
             merged[le] = merged.get(le, 0.0) + max(0.0, count - old.get(le, 0.0))
     if not seen:
         return ShardSample()

@@ -246,3 +246,38 @@ def test_histogram_quantile_interpolates_and_handles_inf_and_empty() -> None:
     assert histogram_quantile(0.75, buckets) == pytest.approx(0.15)
     assert histogram_quantile(0.95, [(0.1, 10.0), (math.inf, 100.0)]) == pytest.approx(0.1)
     assert histogram_quantile(0.95, [(0.1, 0.0), (math.inf, 0.0)]) is None
+
+
+def test_a_slow_p95_from_a_trickle_of_requests_neither_scales_nor_cuts_the_capacity() -> None:
+    targets = Targets(latency_p95_ms=5.0, capacity_rps=4944.0, max_replicas=3)
+    trickle = Observation((ShardObservation(request_rate=6.0, latency_p95_ms=6.7, replicas=1, ready=1),))
+    answer, memory = recommend(trickle, (1,), targets, Memory(), 0.0)
+    assert answer.replicas == (1,) and memory.capacity_rps == (4944.0,)
+    busy = Observation((ShardObservation(request_rate=400.0, latency_p95_ms=9.0, replicas=1, ready=1),))
+    answer, memory = recommend(busy, (1,), targets, Memory(), 0.0)
+    assert answer.reason is ScaleReason.LATENCY_ABOVE_SLO and memory.capacity_rps == (400.0,)
+
+
+def test_a_growing_queue_teaches_the_capacity_so_the_next_tick_does_not_scale_back() -> None:
+    answers = run([(0.0, one(285.0, 4.0, 1, queue=1.0)), (2.0, one(285.0, 4.0, 1, queue=12.0))]
+                  + [(2.0 + 2 * t, one(400.0, 4.2, 1)) for t in range(1, 10)], (1,),
+                  Targets(latency_p95_ms=5.0, capacity_rps=4944.0, max_replicas=4,
+                          stabilization_window_s=10.0))  # fmt: skip
+    counts = [a.replicas[0] for a in answers]
+    assert counts[1] >= 2 and answers[1].reason is ScaleReason.QUEUE_GROWING
+    assert min(counts[1:]) >= 2  # 400 req/s after 285 overloaded one replica: no Headroom back to 1
+
+
+def test_targets_refuse_what_the_policy_cannot_work_with() -> None:
+    with pytest.raises(ValueError, match="capacity greater than 0"):
+        Targets(latency_p95_ms=5.0, capacity_rps=0.0)
+    with pytest.raises(ValueError, match="max_replicas"):
+        Targets(latency_p95_ms=5.0, capacity_rps=10.0, min_replicas=3, max_replicas=2)
+
+
+def test_a_restarted_replica_counts_its_buckets_from_zero() -> None:
+    before = parse_scrape(exposition(500, {"0.01": 400, "0.05": 500, "+Inf": 500}, 0), at=0.0)
+    after = parse_scrape(exposition(40, {"0.01": 40, "0.05": 40, "+Inf": 40}, 0), at=10.0)
+    sample = samples_from_scrapes([(before, after)])
+    assert sample.get("request_rate") == pytest.approx(4.0)
+    assert sample.get("latency_p95_seconds") == pytest.approx(0.0095)  # all 40 new ones in the first bucket
