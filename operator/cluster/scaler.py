@@ -195,17 +195,13 @@ class Autoscaler:
             return None
         replicas = tuple(int(shards[i]["spec"].get("replicas", 1)) for i in range(count))
         ready = tuple(int((shards[i].get("status") or {}).get("readyReplicas", 0)) for i in range(count))
-        autoscaling = md.spec.autoscaling
-        url = autoscaling.prometheus.url if autoscaling.prometheus else self.default_prometheus_url
-        return Scaled(
-            body,
-            md,
-            scaling.targets_for(md, profile, capacity),
-            replicas,
-            ready,
-            url,
-            autoscaling.power.source,
-        )
+        url, power_source = scaling.metrics_source(md, self.default_prometheus_url)
+        try:
+            targets = scaling.targets_for(md, profile, capacity)
+        except ValueError as error:
+            log.warning("not autoscaling %s/%s: %s", md.owner.namespace, md.owner.name, error)
+            return None
+        return Scaled(body, md, targets, replicas, ready, url, power_source)
 
     # -- metrics ---------------------------------------------------------------------------------------
 
