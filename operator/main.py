@@ -45,7 +45,29 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--workdir", default=None, help="where artifacts and logs go (default: a cache directory)")
     up.add_argument("--port", type=int, default=0, help="port of the model endpoint (default: a free port)")
-    up.add_argument("--concurrency", type=int, default=8, help="concurrent clients of the local load")
+    up.add_argument(
+        "--load",
+        choices=("steady", "ramp"),
+        default="steady",
+        help="shape of the local load: steady (closed loop, --concurrency clients) or ramp (open loop: "
+        "0 up to --rps over the first 30%% of --for, held 30%%, down over 10%%, quiet for the last 30%%)",
+    )
+    up.add_argument("--concurrency", type=int, default=8, help="concurrent clients of the steady load")
+    up.add_argument("--rps", type=float, default=None, metavar="PEAK", help="peak requests per second of the ramp")
+    up.add_argument(
+        "--scale-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="autoscaler tick: scrape the replicas, apply the scaling policy (default 5; 0: no autoscaling)",
+    )
+    up.add_argument(
+        "--stabilization-window",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="scale-down window of the local autoscaler (default: spec.autoscaling.stabilizationWindowSeconds)",
+    )
 
     validate = commands.add_parser(
         "validate", help="check YAML against the CRDs' schemas and rules, as the API server would"
@@ -72,10 +94,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from frugal.operator.local.up_command import validate_files
 
         return validate_files(args.files)
-    from frugal.operator.local.up_command import up
+    if args.load == "ramp" and (args.rps is None or args.rps <= 0 or args.duration is None):
+        print("frugal up: --load ramp needs --rps PEAK (above 0) and --for SECONDS", file=sys.stderr)
+        return 2
+    if args.scale_interval < 0 or (args.stabilization_window is not None and args.stabilization_window < 0):
+        print("frugal up: --scale-interval and --stabilization-window must be 0 or more", file=sys.stderr)
+        return 2
+    from frugal.operator.local.up_command import LoadOptions, up
 
-    return up(args.files, duration=args.duration, workdir=args.workdir, port=args.port,
-              concurrency=args.concurrency)
+    load = LoadOptions(
+        args.duration, args.load, args.concurrency, args.rps, args.scale_interval, args.stabilization_window
+    )
+    return up(args.files, workdir=args.workdir, port=args.port, load=load)
 
 
 if __name__ == "__main__":

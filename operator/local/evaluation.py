@@ -131,12 +131,21 @@ def request_bodies(model: ServedModel) -> Callable[[int], Iterable[dict[str, Any
     return for_client
 
 
-def summary_row(model: ServedModel, check: ServedCheck, stats: LoadStats) -> dict[str, Any]:
+def summary_row(
+    model: ServedModel,
+    check: ServedCheck,
+    stats: LoadStats,
+    slo_ms: float,
+    scaling: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The run's summary: what was served, how well, and (with `scaling`, the autoscaler's account)
+    replicas, replica-seconds, energy, cost and scale events."""
     served = model.served
     sizes = {v["name"]: int(v["sizeBytes"]) for v in model.manifest["variants"]}
     selected = served.decision.status["selected"]
     variant = selected["variant"]
     original = sizes.get("fp32", sizes[variant])
+    attainment = stats.within(slo_ms / 1000.0)
     return {
         "model": served.model_name,
         "variant": variant,
@@ -149,8 +158,13 @@ def summary_row(model: ServedModel, check: ServedCheck, stats: LoadStats) -> dic
         "heldOutValue": round(check.value, 4),
         "heldOutRows": check.rows,
         "requestsServed": stats.ok,
-        "requestsFailed": stats.requests - stats.ok + stats.errors,
+        "requestsFailed": stats.failed,
+        "requestsSkipped": stats.skipped,
+        "statusCounts": {str(code): count for code, count in sorted(stats.status_counts.items())},
         "throughputRps": round(stats.throughput(), 1),
         "latencyP50Ms": round(stats.percentile_ms(50), 3),
         "latencyP95Ms": round(stats.percentile_ms(95), 3),
+        "sloLatencyP95Ms": slo_ms,
+        "sloAttainment": None if attainment != attainment else round(attainment, 4),
+        **(scaling or {}),
     }

@@ -2,9 +2,10 @@
 
 The loop is the controller's: :func:`frugal.operator.decision.decide.decide` says which Jobs and
 Deployments should exist for the observed state; this module runs each Job's container to
-completion (a local kubelet), feeds the outcome back as the observed state, and finally starts one
-process per serving shard from the Deployments' pod templates. A pipeline that works here works with
-the same manifests in a cluster.
+completion (a local kubelet), feeds the outcome back as the observed state, and finally serves each
+shard from its Deployment's pod template: replica processes behind a local balancer on a stable port
+(:mod:`frugal.operator.local.replicas`), which the local autoscaler resizes. A pipeline that works
+here works with the same manifests in a cluster.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,25 +25,27 @@ from frugal.operator.decision import artifact_files
 from frugal.operator.decision.conditions import Job, JobState, Phase
 from frugal.operator.decision.decide import ClusterState, Decision, Settings, decide
 from frugal.operator.local import processes
+from frugal.operator.local.balancer import BalancerHost
+from frugal.operator.local.replicas import (
+    EXIT_TIMEOUT_SECONDS,
+    READY_TIMEOUT_SECONDS,
+    ReplicaFailed,
+    ReplicaTemplate,
+    Shard,
+    last_line,
+    start_replicas,
+)
 from frugal.operator.manifests import names
 from frugal.operator.manifests.storage import locate
 
 MAX_ROUNDS = 8
-READY_TIMEOUT_SECONDS = 120.0
+THREADS_ENV = "FRUGAL_INTRA_OP_THREADS"
 
 Report = Callable[[str], None]
 
 
 class LocalRunError(RuntimeError):
     """The pipeline stopped; the message says at which stage and why (from the operator's conditions)."""
-
-
-@dataclass
-class Shard:
-    index: int
-    url: str
-    process: Any
-    log_path: Path
 
 
 @dataclass
@@ -56,21 +57,23 @@ class Served:
     artifacts: Path
     model_name: str
     decision_source_uri: str
+    host: BalancerHost
 
     @property
     def endpoint(self) -> str:
+        """Shard 0's balancer: the address users call, whatever the replicas behind it."""
         return self.shards[0].url
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM every shard (front first, so it stops taking requests) and wait for them."""
-        for shard in self.shards:
-            if shard.process.poll() is None:
-                shard.process.terminate()
-        for shard in self.shards:
-            try:
-                shard.process.wait(timeout=timeout)
-            except Exception:
-                shard.process.kill()
+    def alive(self) -> bool:
+        return all(shard.alive() for shard in self.shards)
+
+    def stop(self) -> None:
+        """Drain every shard front first (a stage stops only when nothing upstream needs it), stop the
+        replicas, then the balancers."""
+        stopping = [thread for shard in self.shards for thread in shard.close()]
+        for thread in stopping:
+            thread.join(EXIT_TIMEOUT_SECONDS + 5)
+        self.host.close()
 
 
 @dataclass
@@ -87,7 +90,8 @@ class LocalCluster:
     def settings(self) -> Settings:
         return Settings(image="local", storage_uri=f"file://{self.workdir / 'artifacts'}")
 
-    def run(self) -> Served:
+    def run(self, port: int = 0) -> Served:
+        """Run the pipeline's Jobs, then serve; `port` is the endpoint's (0: any free port)."""
         for _ in range(MAX_ROUNDS):
             decision = decide(self.md, self.profiles, self.state, self._artifacts(), self.settings)
             jobs = [o for o in decision.apply if o["kind"] == "Job"]
@@ -97,7 +101,7 @@ class LocalCluster:
                 continue
             if decision.assessment.phase is Phase.FAILED or decision.selection is None:
                 raise LocalRunError(_explain(decision))
-            return self._serve(decision)
+            return self._serve(decision, port)
         raise LocalRunError("the pipeline did not settle: " + _explain(decision))
 
     def _artifacts(self) -> artifact_files.Artifacts | artifact_files.ArtifactError | None:
@@ -124,28 +128,32 @@ class LocalCluster:
             profiling = {**self.state.profiling, profile: outcome}
             self.state = dataclasses.replace(self.state, profiling=profiling)
 
-    def _serve(self, decision: Decision) -> Served:
+    def _serve(self, decision: Decision, port: int = 0) -> Served:
         deployments = sorted(
             (o for o in decision.apply if o["kind"] == "Deployment"),
-            key=lambda d: -int(d["metadata"]["labels"][names.LABEL_SHARD]),
+            key=lambda d: int(d["metadata"]["labels"][names.LABEL_SHARD]),
         )
-        urls: dict[str, str] = {}
-        shards: list[Shard] = []
-        for deployment in deployments:  # last stage first: each stage needs its successor's URL
-            shard = self._start_shard(deployment, urls)
-            urls[deployment["metadata"]["name"]] = shard.url
-            shards.insert(0, shard)
-        served = Served(decision, shards, self._artifact_dir(decision), self.md.model_name, self.md.model_uri)
+        host = BalancerHost()
+        # Every shard's balancer first: each stage's template needs its successor's address.
+        balancers = [host.start(d["metadata"]["name"], port if i == 0 else 0) for i, d in enumerate(deployments)]
+        urls = {d["metadata"]["name"]: b.url for d, b in zip(deployments, balancers, strict=True)}
+        shards = [
+            Shard(int(d["metadata"]["labels"][names.LABEL_SHARD]), self._template(d, urls), b, host, self.report)
+            for d, b in zip(deployments, balancers, strict=True)
+        ]
         for shard in shards:
-            try:
-                wait_ready(shard, READY_TIMEOUT_SECONDS)
-            except LocalRunError:
-                served.stop()
-                raise
+            self.report(f"serving: shard {shard.index} balancer on {shard.url}")
+        served = Served(decision, shards, self._artifact_dir(decision), self.md.model_name, self.md.model_uri, host)
+        initial = self.md.initial_replicas
+        try:
+            start_replicas(shards, [initial] * len(shards), READY_TIMEOUT_SECONDS)
+        except ReplicaFailed as error:
+            served.stop()
+            raise LocalRunError(f"serving: {error}") from error
         self.state = dataclasses.replace(
             self.state,
-            shard_replicas={s.index: 1 for s in shards},
-            shard_ready={s.index: 1 for s in shards},
+            shard_replicas={s.index: initial for s in shards},
+            shard_ready={s.index: initial for s in shards},
             live_generation=self.md.owner.generation,
         )
         return served
@@ -154,20 +162,18 @@ class LocalCluster:
         assert decision.location is not None and decision.location.operator_path is not None
         return decision.location.operator_path
 
-    def _start_shard(self, deployment: Mapping[str, Any], urls: Mapping[str, str]) -> Shard:
-        index = int(deployment["metadata"]["labels"][names.LABEL_SHARD])
+    def _template(self, deployment: Mapping[str, Any], urls: Mapping[str, str]) -> ReplicaTemplate:
+        """The Deployment's pod template as a local process: loopback host, the next stage's balancer."""
         container = processes.only_container(deployment["spec"]["template"])
-        port = processes.free_port()
         argv = processes.with_flag(processes.local_argv(container["command"]), "--host", "127.0.0.1")
-        argv = processes.with_flag(argv, "--port", str(port))
         if "--next-stage" in argv:
             argv = processes.with_flag(argv, "--next-stage", _local_url(argv[argv.index("--next-stage") + 1], urls))
-        log_path = self.workdir / "logs" / f"{deployment['metadata']['name']}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = log_path.open("ab")
-        process = processes.start(argv, processes.local_env(container, self.md.owner.namespace), log)
-        self.report(f"serving: shard {index} starting on 127.0.0.1:{port} (log {log_path})")
-        return Shard(index, f"http://127.0.0.1:{port}", process, log_path)
+        env = processes.local_env(container, self.md.owner.namespace)
+        threads = processes.cpu_limit(container)
+        if threads is not None and "--intra-op-threads" not in argv:
+            # In a pod the server reads this from its cgroup; here every replica would take the machine.
+            env.setdefault(THREADS_ENV, str(threads))
+        return ReplicaTemplate(deployment["metadata"]["name"], tuple(argv), env, self.workdir / "logs")
 
 
 # The compression component's ranks meet through this file when it is set (no port to pick).
@@ -206,7 +212,7 @@ def run_job(job: Mapping[str, Any], namespace: str, log_path: Path) -> Job:
     name = job["metadata"]["name"]
     if all(code == 0 for code in codes):
         return Job(JobState.SUCCEEDED, name=name)
-    return Job(JobState.FAILED, message=_last_error(log_path), name=name)
+    return Job(JobState.FAILED, message=last_line(log_path), name=name)
 
 
 def _copy(source: IO[bytes] | None, log: IO[bytes], show: bool) -> None:
@@ -219,34 +225,11 @@ def _copy(source: IO[bytes] | None, log: IO[bytes], show: bool) -> None:
             sys.stderr.buffer.flush()
 
 
-def wait_ready(shard: Shard, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if shard.process.poll() is not None:
-            raise LocalRunError(f"shard {shard.index} exited with {shard.process.returncode}: {_last_error(shard.log_path)}")
-        try:
-            with urllib.request.urlopen(f"{shard.url}/v2/health/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    raise LocalRunError(f"shard {shard.index} not ready after {timeout:.0f}s (log {shard.log_path})")
-
-
 def _local_url(cluster_url: str, urls: Mapping[str, str]) -> str:
     host = cluster_url.split("://", 1)[-1].split(".", 1)[0].split(":", 1)[0]
     if host not in urls:
         raise LocalRunError(f"no local process serves {cluster_url}")
     return urls[host]
-
-
-def _last_error(log_path: Path) -> str:
-    try:
-        lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "(no log)"
-    return lines[-1] if lines else "(no output)"
 
 
 def _explain(decision: Decision) -> str:

@@ -2,12 +2,14 @@
 
 `frugal up` executes the very Jobs and Deployments the operator's builders produce: the container's
 command and environment run as a local process. What only a cluster provides is translated:
-the `frugal`/`python` programs become this interpreter, downward-API values are filled in, and
-service DNS names and ports are rewritten to loopback addresses.
+the `frugal`/`python` programs become this interpreter, downward-API values are filled in, service
+DNS names and ports are rewritten to loopback addresses, and a serving container's CPU limit (which a
+pod's cgroup would make the server's thread count) is passed as its thread count.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -73,6 +75,15 @@ def _env_value(entry: Mapping[str, Any], namespace: str, completion_index: int) 
     if field == COMPLETION_INDEX_FIELD:
         return str(completion_index)
     raise ValueError(f"env {entry.get('name')}: cannot resolve {entry.get('valueFrom')} outside a cluster")
+
+
+def cpu_limit(container: Mapping[str, Any]) -> int | None:
+    """The container's CPU limit in whole CPUs (rounded up), as a cgroup would enforce it; None without one."""
+    value = str(container.get("resources", {}).get("limits", {}).get("cpu", "")).strip()
+    if not value:
+        return None
+    cores = float(value[:-1]) / 1000.0 if value.endswith("m") else float(value)
+    return max(1, math.ceil(cores - 1e-9))
 
 
 def only_container(pod_template: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 `up` validates the YAML exactly as the API server would, runs the operator's pipeline on this
 machine (:mod:`frugal.operator.local.kubelet`), checks the served model on held-out data, drives an
-optional local load with a live status line, and ends with a summary.
+optional local load (steady, or an open-loop ramp) with a live status line while the local
+autoscaler (:mod:`frugal.operator.local.autoscaler`) resizes every shard, and ends with a summary.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from frugal.operator.api.spec import (
     parse_hardware_profile,
     parse_model_deployment,
 )
-from frugal.operator.local import evaluation, loadgen
+from frugal.operator.local import autoscaler, evaluation, loadgen
 from frugal.operator.local.kubelet import LocalCluster, LocalRunError, Served
 
 EXIT_INVALID = 2
@@ -49,9 +50,19 @@ def validate_files(files: Sequence[str]) -> int:
     return 0
 
 
-def up(
-    files: Sequence[str], duration: float | None, workdir: str | None, port: int, concurrency: int
-) -> int:
+@dataclass(frozen=True)
+class LoadOptions:
+    """How `frugal up --for` drives the endpoint, and how often the autoscaler ticks (0: never)."""
+
+    duration: float | None = None
+    shape: str = "steady"
+    concurrency: int = 8
+    peak_rps: float | None = None
+    scale_interval: float = 5.0
+    stabilization_window: float | None = None  # None: the spec's stabilizationWindowSeconds
+
+
+def up(files: Sequence[str], workdir: str | None, port: int, load: LoadOptions) -> int:
     console = Console(stderr=True)
     try:
         resources = _load(files)
@@ -67,46 +78,86 @@ def up(
     if len(profile_specs) > 1:
         console.print("  note: this machine stands in for every HardwareProfile; profiling measures it, "
                       "not the named accelerators", highlight=False)
-    cluster = LocalCluster(md, profile_specs, directory, report=lambda line: console.print(f"  {line}", highlight=False))
+    report = _reporter(console)
+    cluster = LocalCluster(md, profile_specs, directory, report=report)
     started = time.monotonic()
     try:
-        served = cluster.run()
+        served = cluster.run(port)
     except LocalRunError as error:
         console.print(f"[red]failed[/]: {error}", highlight=False)
         return EXIT_FAILED
+    scaler = autoscaler.for_served(
+        served, md, profile_specs, load.scale_interval, report, load.stabilization_window
+    )
     try:
         console.print(f"  serving {served.model_name} at {served.endpoint}/v2/models/{served.model_name} "
                       f"(ready {time.monotonic() - started:.1f}s after start)", highlight=False)
-        return _serve_and_report(console, served, duration, concurrency)
+        return _serve_and_report(console, served, scaler, md, load)
     finally:
+        scaler.stop()
         served.stop()
         if workdir is None:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _serve_and_report(console: Console, served: Served, duration: float | None, concurrency: int) -> int:
+def _reporter(console: Console) -> Callable[[str], None]:
+    def report(line: str) -> None:
+        console.print(f"  {line}", highlight=False, markup=False)
+
+    return report
+
+
+def _serve_and_report(
+    console: Console, served: Served, scaler: autoscaler.LocalAutoscaler, md: ModelDeploymentSpec,
+    load: LoadOptions,
+) -> int:
     model = evaluation.ServedModel.load(served)
     check = evaluation.check_served(model)
     console.print(f"  held-out {check.metric} of the served model: {check.value:.4f} on {check.rows} rows",
                   highlight=False)
-    if duration is None:
+    targets = scaler.targets
+    if scaler.enabled:
+        console.print(
+            f"  autoscaling every {load.scale_interval:g}s: {targets.floor}..{targets.max_replicas} replicas per "
+            f"shard, SLO p95 {targets.latency_p95_ms:g} ms, profiled capacity {targets.capacity_rps:.0f} req/s "
+            f"per replica, scale-down window {targets.stabilization_window_s:g}s",
+            highlight=False,
+        )
+    scaler.start()
+    if load.duration is None:
         console.print("  serving until Ctrl-C")
         try:
-            while all(s.process.poll() is None for s in served.shards):
+            while served.alive():
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
         return 0
     stats = loadgen.LoadStats()
     url = f"{served.endpoint}/v2/models/{served.model_name}/infer"
-    with Live(_StatusLine(served, stats), console=console, refresh_per_second=4):
-        asyncio.run(loadgen.run_load(url, evaluation.request_bodies(model), duration, concurrency, stats))
-    row = evaluation.summary_row(model, check, stats)
+    bodies = evaluation.request_bodies(model)
+    ramp = None
+    if load.shape == "ramp":
+        assert load.peak_rps is not None
+        ramp = loadgen.Ramp(load.peak_rps, load.duration)
+        console.print(f"  load: open-loop ramp {ramp.describe()}", highlight=False)
+        if scaler.enabled and ramp.quiet_seconds < targets.stabilization_window_s + 2 * load.scale_interval:
+            console.print(
+                f"  note: the quiet tail ({ramp.quiet_seconds:.0f}s) is shorter than the scale-down window "
+                f"({targets.stabilization_window_s:g}s) and two ticks: replicas may not come down before the "
+                "end (a longer --for, or --stabilization-window)",
+                highlight=False,
+            )
+        job = loadgen.run_open_loop(url, bodies, ramp.rate, load.duration, stats)
+    else:
+        job = loadgen.run_load(url, bodies, load.duration, load.concurrency, stats)
+    with Live(_StatusLine(served, stats, scaler, ramp), console=console, refresh_per_second=4):
+        asyncio.run(job)
+    row = evaluation.summary_row(model, check, stats, md.latency_p95_ms, {"load": load.shape, **scaler.finish()})
     console.print()
     console.print(_summary_table(served.model_name, row))
     (served.artifacts.parent / "summary.json").write_text(json.dumps(row, indent=2))
     print(json.dumps(row), file=sys.stdout, flush=True)
-    return 0 if stats.ok > 0 and stats.errors == 0 else EXIT_FAILED
+    return 0 if stats.ok > 0 and stats.failed == 0 else EXIT_FAILED
 
 
 @dataclass(frozen=True)
@@ -115,21 +166,33 @@ class _StatusLine:
 
     served: Served
     stats: loadgen.LoadStats
+    scaler: autoscaler.LocalAutoscaler
+    ramp: loadgen.Ramp | None = None
 
     def __rich__(self) -> str:
         selected = self.served.decision.status.get("selected", {})
         stats = self.stats
+        active, starting, reason = self.scaler.status()
+        replicas = "/".join(str(n) for n in active) + (f" (+{starting} starting)" if starting else "")
+        target = f"target={self.ramp.rate(time.monotonic() - stats.started):.0f}rps  " if self.ramp else ""
+        scaled = f"  last scale={reason}" if reason else ""
         return (
             f"[bold green]Serving[/] {self.served.model_name}  variant={selected.get('variant')}  "
-            f"hardware={selected.get('hardwareProfile')}  shards={len(self.served.shards)}  replicas=1/shard  "
-            f"requests={stats.requests}  rps={stats.throughput():.0f}  p95={stats.percentile_ms(95):.2f}ms  "
-            f"errors={stats.errors + stats.requests - stats.ok}"
+            f"hardware={selected.get('hardwareProfile')}  shards={len(self.served.shards)}  replicas={replicas}  "
+            f"{target}rps={stats.recent_rps():.0f}  requests={stats.requests}  p95={stats.percentile_ms(95):.2f}ms  "
+            f"errors={stats.failed}{scaled}"
         )
 
 
 def _summary_table(model_name: str, row: Mapping[str, Any]) -> Table:
     table = Table(title=f"frugal up: {model_name}", show_header=False)
     for key, value in row.items():
+        if key == "scaleEvents":
+            value = "\n".join(
+                f"t={e['t']:.0f}s {'/'.join(map(str, e['replicas']))} {e['reason']}" for e in value
+            ) or "none"
+        elif key == "statusCounts":
+            value = ", ".join(f"{code}: {count}" for code, count in value.items()) or "none"
         table.add_row(key, str(value))
     return table
 

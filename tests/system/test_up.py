@@ -85,8 +85,8 @@ def test_up_serves_a_two_stage_pipeline_that_answers_like_the_whole_model(tmp_pa
     assert float(summary["heldOutValue"]) >= 0.95  # type: ignore[arg-type]
     assert int(summary["requestsServed"]) > 0  # type: ignore[call-overload]
     assert summary["requestsFailed"] == 0
-    logs = sorted(p.name for p in (tmp_path / "logs").glob("*shard-*.log"))
-    assert logs == ["digits-sharded-g1-shard-0.log", "digits-sharded-g1-shard-1.log"]
+    logs = sorted(p.name for p in (tmp_path / "logs").glob("*shard-*.log"))  # one per replica
+    assert logs == ["digits-sharded-g1-shard-0-0.log", "digits-sharded-g1-shard-1-0.log"]
 
 
 def test_up_names_a_missing_hardware_profile(tmp_path: Path) -> None:

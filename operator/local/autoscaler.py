@@ -1,0 +1,251 @@
+"""`frugal up`'s autoscaler: the operator's policy, fed by the replicas' own ``/metrics``.
+
+Every ``interval`` seconds, on a thread of its own, it
+
+1. scrapes each ready replica's ``/metrics`` and parses it (:func:`observations.parse_scrape`),
+   keeping the previous scrape per replica (a replica that just joined its balancer starts from an
+   empty scrape at that moment: its counters were zero then);
+2. turns the (previous, current) pairs of each shard into one sample
+   (:func:`observations.samples_from_scrapes`, Prometheus' ``rate`` and ``histogram_quantile`` over
+   the interval) and the samples into the policy's :class:`Observation`;
+3. calls :func:`autoscaling.recommend` — the very function the operator calls in a cluster — with
+   the targets of :func:`scaling.targets_for` (the spec, the chosen HardwareProfile, and the chosen
+   plan row's profiled throughput as one replica's capacity) and the Memory of the previous tick;
+4. resizes each shard to the recommended count (:meth:`Shard.scale_to`), logging every change with
+   the recommendation's reason and message.
+
+It also keeps what the summary reports: every scale event, the highest count each shard reached,
+replica-seconds per shard and the servers' energy counters (``frugal_energy_joules_total``, read at
+each scrape, before a replica stops and at the end).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
+from frugal.operator.decision import autoscaling, observations, scaling
+from frugal.operator.local.kubelet import Served
+from frugal.operator.local.replicas import Replica
+
+SCRAPE_TIMEOUT_SECONDS = 2.0
+ENERGY = "frugal_energy_joules_total"
+SECONDS_PER_HOUR = 3600.0
+JOULES_PER_KWH = 3.6e6
+
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ScaleEvent:
+    """A change of replica counts: seconds since the autoscaler started, the new counts, why."""
+
+    t: float
+    replicas: tuple[int, ...]
+    reason: str
+    reasons: tuple[str, ...]  # per shard
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "t": round(self.t, 1),
+            "replicas": list(self.replicas),
+            "reason": self.reason,
+            "reasons": list(self.reasons),
+            "message": self.message,
+        }
+
+
+@dataclass
+class _Energy:
+    """A replica's energy counter: when the run started counting (0 for later replicas) and the last read."""
+
+    baseline: float = 0.0
+    last: float = 0.0
+
+
+@dataclass
+class LocalAutoscaler:
+    served: Served
+    md: ModelDeploymentSpec
+    profile: HardwareProfileSpec
+    capacity_rps: float
+    interval: float
+    report: Report
+    clock: Callable[[], float] = time.monotonic
+    targets: autoscaling.Targets = field(init=False)
+    memory: autoscaling.Memory = field(default_factory=autoscaling.Memory)
+    last: autoscaling.Recommendation | None = None
+    events: list[ScaleEvent] = field(default_factory=list)
+    desired: list[int] = field(init=False)
+    max_replicas: list[int] = field(init=False)
+    started: float = 0.0
+    _previous: dict[str, observations.Scrape] = field(default_factory=dict, init=False, repr=False)
+    _energy: dict[str, _Energy] = field(default_factory=dict, init=False, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.targets = scaling.targets_for(self.md, self.profile, self.capacity_rps)
+        self.desired = [len(shard.active()) for shard in self.served.shards]
+        self.max_replicas = list(self.desired)
+        for shard in self.served.shards:
+            shard.on_retire = self._last_read
+
+    @property
+    def enabled(self) -> bool:
+        """Ticks at all: an interval above 0 and a capacity to scale by (the plan always has one)."""
+        return self.interval > 0 and self.capacity_rps > 0
+
+    def start(self) -> None:
+        """Count from now (replica-seconds, energy, event times) and tick, unless the interval is 0."""
+        self.started = self.clock()
+        for shard in self.served.shards:
+            for replica in shard.ready():
+                scrape = self._scrape(replica)
+                if scrape is not None:
+                    self._energy[replica.name] = _Energy(
+                        scrape.counters.get(ENERGY, 0.0), scrape.counters.get(ENERGY, 0.0)
+                    )
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, name="frugal-autoscaler", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception as error:  # a bad tick must not end serving; the next one tries again
+                self.report(f"autoscaler: tick failed: {type(error).__name__}: {error}")
+
+    def tick(self) -> autoscaling.Recommendation:
+        """One scrape, one recommendation, one actuation."""
+        shards = self.served.shards
+        for shard in shards:
+            shard.reap()
+        samples: dict[observations.Key, observations.ShardSample] = {}
+        ready_counts = []
+        for shard in shards:
+            ready = shard.ready()
+            ready_counts.append(len(ready))
+            pairs = []
+            for replica in ready:
+                scrape = self._scrape(replica)
+                if scrape is None:
+                    continue
+                assert replica.ready_at is not None
+                before = self._previous.get(replica.name) or observations.Scrape(replica.ready_at, {}, {}, {})
+                pairs.append((before, scrape))
+                self._previous[replica.name] = scrape
+            samples[self._key(shard.index)] = observations.samples_from_scrapes(pairs)
+        running = {r.name for shard in shards for r in shard.ready()}
+        self._previous = {name: scrape for name, scrape in self._previous.items() if name in running}
+        current = tuple(self.desired)
+        observed = observations.observation(
+            self.md.owner.namespace, self.md.model_name, current, ready_counts, samples
+        )
+        now = self.clock()
+        recommendation, self.memory = autoscaling.recommend(
+            observed, current, self.targets, self.memory, now - self.started
+        )
+        with self._lock:
+            self.last = recommendation
+            if recommendation.replicas != current:
+                self.desired = list(recommendation.replicas)
+                self.max_replicas = [max(a, b) for a, b in zip(self.max_replicas, self.desired, strict=True)]
+                event = ScaleEvent(
+                    now - self.started,
+                    recommendation.replicas,
+                    recommendation.reason.value,
+                    tuple(r.value for r in recommendation.reasons),
+                    recommendation.message,
+                )
+                self.events.append(event)
+                self.report(f"autoscaler: t={event.t:.0f}s {recommendation.message}")
+        for shard, count in zip(shards, self.desired, strict=True):
+            shard.scale_to(count)
+        return recommendation
+
+    def _key(self, index: int) -> observations.Key:
+        return (self.md.owner.namespace, self.md.model_name, index)
+
+    def _scrape(self, replica: Replica) -> observations.Scrape | None:
+        try:
+            with urllib.request.urlopen(f"{replica.url}/metrics", timeout=SCRAPE_TIMEOUT_SECONDS) as response:
+                text = response.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return None
+        scrape = observations.parse_scrape(text, self.clock())
+        energy = self._energy.setdefault(replica.name, _Energy())
+        energy.last = scrape.counters.get(ENERGY, energy.last)
+        return scrape
+
+    def _last_read(self, replica: Replica) -> None:
+        """Before a replica stops: read its energy counter one last time."""
+        self._scrape(replica)
+
+    # -- the summary --------------------------------------------------------------------------------
+
+    def finish(self) -> dict[str, Any]:
+        """Stop ticking, read every replica's energy, and say what the run cost."""
+        self.stop()
+        end = self.clock()
+        for shard in self.served.shards:
+            for replica in shard.ready():
+                self._scrape(replica)
+        replica_seconds = [
+            sum(r.seconds_within(self.started, end) for r in shard.replicas) for shard in self.served.shards
+        ]
+        joules = sum(max(0.0, e.last - e.baseline) for e in self._energy.values())
+        cost = sum(replica_seconds) * float(
+            self.profile.cost_per_hour
+        ) / SECONDS_PER_HOUR + joules / JOULES_PER_KWH * float(self.md.price_per_kwh)
+        return {
+            "replicaSeconds": [round(s, 1) for s in replica_seconds],
+            "maxReplicas": list(self.max_replicas),
+            "finalReplicas": list(self.desired),
+            "costUsd": round(cost, 8),
+            "energyJoules": round(joules, 1),
+            "scaleEvents": [e.as_dict() for e in self.events],
+        }
+
+    def status(self) -> tuple[tuple[int, ...], int, str | None]:
+        """(active replicas per shard, replicas starting, the last scale event's reason)."""
+        with self._lock:
+            reason = self.events[-1].reason if self.events else None
+        active = tuple(len(s.active()) for s in self.served.shards)
+        starting = sum(len(s.starting()) for s in self.served.shards)
+        return active, starting, reason
+
+
+def for_served(
+    served: Served,
+    md: ModelDeploymentSpec,
+    profiles: Mapping[str, HardwareProfileSpec],
+    interval: float,
+    report: Report,
+    stabilization_window: float | None = None,
+) -> LocalAutoscaler:
+    """The autoscaler of what `served` runs: the chosen plan row's throughput is one replica's capacity;
+    `stabilization_window` overrides the spec's (a shorter one shows a scale-down in a short run)."""
+    plan = served.decision.plan
+    assert plan is not None and plan.chosen is not None
+    chosen = plan.chosen
+    capacity = chosen.throughput_rps or 0.0
+    scaler = LocalAutoscaler(served, md, profiles[chosen.profile], capacity, interval, report)
+    if stabilization_window is not None:
+        scaler.targets = dataclasses.replace(scaler.targets, stabilization_window_s=stabilization_window)
+    return scaler
