@@ -38,6 +38,7 @@ class ScaleReason(StrEnum):
     """Why a shard has the count it has; the order is the priority when shards disagree."""
 
     METRICS_STALE = "MetricsStale"
+    WAKING = "Waking"
     POWER_CAPPED = "PowerCapped"
     AT_MAXIMUM = "AtMaximum"
     LATENCY_ABOVE_SLO = "LatencyAboveSLO"
@@ -45,6 +46,7 @@ class ScaleReason(StrEnum):
     LOAD_ABOVE_CAPACITY = "LoadAboveCapacity"
     HEADROOM = "Headroom"
     STABILIZING = "Stabilizing"
+    IDLE = "Idle"
     STEADY = "Steady"
 
 
@@ -74,6 +76,15 @@ class Observation:
 
     shards: tuple[ShardObservation, ...]
     stale: str | None = None
+    # Requests a front holds because no replica runs: the demand that wakes a model from zero.
+    held_requests: float = 0.0
+
+    @property
+    def demand(self) -> bool:
+        """Whether anything asks for this model: held requests, or work at any shard."""
+        return self.held_requests > 0 or any(
+            s.request_rate > 0 or s.inflight > 0 or s.queue_depth > 0 for s in self.shards
+        )
 
     @property
     def latency_p95_ms(self) -> float | None:
@@ -105,6 +116,9 @@ class Targets:
     queue_per_replica: float = 4.0
     # Requests in flight per replica (rate x p95) from which a slow p95 counts as contention.
     busy_concurrency: float = 0.5
+    # With min_replicas 0: every shard goes to zero after this long without demand (None: never).
+    # Only callers with a wake-up path (a front that holds requests) set it.
+    scale_to_zero_after_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.latency_p95_ms > 0 or not self.capacity_rps > 0:
@@ -125,6 +139,7 @@ class Memory:
     capacity_rps: tuple[float, ...] = ()
     recommendations: tuple[tuple[float, tuple[int, ...]], ...] = ()
     queue_depth: tuple[float, ...] = ()
+    last_demand_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +182,10 @@ def recommend(
             ),
             memory,
         )
+    if targets.scale_to_zero_after_s is not None and targets.min_replicas == 0:
+        asleep = _zero_or_wake(observation, current, targets, memory, now)
+        if asleep is not None:
+            return asleep
     capacity = refine_capacity(observation, targets, memory)
     wanted, reasons = _wanted(observation, current, targets, capacity, memory)
     # With no history (a new deployment, a restarted operator) the running count stands for the past
@@ -180,11 +199,55 @@ def recommend(
         reasons = tuple(ScaleReason.POWER_CAPPED if c else r for r, c in zip(reasons, capped, strict=True))
     overall = min(reasons, key=REASON_PRIORITY.index)
     message = _message(observation, current, replicas, overall, targets, watts)
-    next_memory = Memory(capacity, history, tuple(s.queue_depth for s in observation.shards))
+    next_memory = Memory(
+        capacity,
+        history,
+        tuple(s.queue_depth for s in observation.shards),
+        _last_demand(observation, memory, now),
+    )
     recommendation = Recommendation(
         replicas, reasons, overall, message, _cost_per_hour(targets, replicas, watts), watts, capacity
     )
     return recommendation, next_memory
+
+
+def _last_demand(observation: Observation, memory: Memory, now: float) -> float:
+    if observation.demand or memory.last_demand_at is None:
+        return now
+    return memory.last_demand_at
+
+
+def _zero_or_wake(
+    observation: Observation, current: Sequence[int], targets: Targets, memory: Memory, now: float
+) -> tuple[Recommendation, Memory] | None:
+    """Scale to zero after ``scale_to_zero_after_s`` without demand; from zero, wake every shard at
+    once on the first demand (a pipeline needs all its stages). None: the usual rules apply."""
+    shards = len(current)
+    last = _last_demand(observation, memory, now)
+    capacity = memory.capacity_rps if len(memory.capacity_rps) == shards else (targets.capacity_rps,) * shards
+    asleep = all(n == 0 for n in current)
+    if asleep and observation.demand:
+        rate = max(observation.held_requests, observation.request_rate)
+        replicas = tuple(
+            max(1, min(targets.max_replicas, math.ceil(rate / (c * targets.target_utilisation) - 1e-9)))
+            for c in capacity
+        )
+        reason, what = ScaleReason.WAKING, f"{observation.held_requests:.0f} request(s) held at zero replicas"
+    elif asleep or (not observation.demand and now - last >= (targets.scale_to_zero_after_s or 0.0)):
+        replicas = (0,) * shards
+        reason, what = ScaleReason.IDLE, f"no requests for {now - last:.0f} s"
+    else:
+        return None
+    change = _counts(replicas) if tuple(current) == replicas else f"{_counts(current)} -> {_counts(replicas)}"
+    watts = sum(_replica_watts(targets, n, 0.0, None) for n in replicas)
+    recommendation = Recommendation(
+        replicas, (reason,) * shards, reason, f"{reason.value}: {change}; {what}",
+        _cost_per_hour(targets, replicas, watts), watts, capacity,
+    )  # fmt: skip
+    # Waking clears the window: the count before sleeping says nothing about the load that wakes it.
+    history = ((now, replicas),)
+    queues = tuple(s.queue_depth for s in observation.shards)
+    return recommendation, Memory(capacity, history, queues, last)
 
 
 def refine_capacity(observation: Observation, targets: Targets, memory: Memory) -> tuple[float, ...]:

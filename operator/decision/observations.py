@@ -103,6 +103,7 @@ def observation(
     ready: Sequence[int],
     samples: Mapping[Key, ShardSample],
     failed: str | None = None,
+    held_requests: float = 0.0,
 ) -> Observation:
     """The policy's view of one ModelDeployment; stale when a query failed or a running shard is unseen."""
     shards = []
@@ -130,7 +131,7 @@ def observation(
     if stale is None and missing:
         where = ", ".join(str(i) for i in missing)
         stale = f"no request metrics for {namespace}/{model} shard {where} although replicas are ready"
-    return Observation(tuple(shards), stale)
+    return Observation(tuple(shards), stale, held_requests)
 
 
 # -- frugal up: the servers' own /metrics, two scrapes apart ------------------------------------------

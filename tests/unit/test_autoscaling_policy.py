@@ -281,3 +281,39 @@ def test_a_restarted_replica_counts_its_buckets_from_zero() -> None:
     sample = samples_from_scrapes([(before, after)])
     assert sample.get("request_rate") == pytest.approx(4.0)
     assert sample.get("latency_p95_seconds") == pytest.approx(0.0095)  # all 40 new ones in the first bucket
+
+
+SLEEPY = Targets(latency_p95_ms=50.0, capacity_rps=100.0, min_replicas=0, max_replicas=4,
+                 stabilization_window_s=30.0, scale_to_zero_after_s=60.0)  # fmt: skip
+
+
+def test_no_requests_for_the_idle_time_scales_every_shard_to_zero() -> None:
+    quiet = Observation((shard(0.0, None, 2), shard(0.0, None, 1)))
+    memory = Memory()
+    for now in (0.0, 30.0):
+        answer, memory = recommend(quiet, (2, 1), SLEEPY, memory, now)
+        assert answer.replicas != (0, 0)
+    answer, memory = recommend(quiet, (2, 1), SLEEPY, memory, 60.0)
+    assert answer.replicas == (0, 0) and answer.reason is ScaleReason.IDLE
+    assert "no requests for 60 s" in answer.message and answer.cost_per_hour == 0.0
+    asleep, _ = recommend(
+        Observation((shard(0.0, None, 0), shard(0.0, None, 0))), (0, 0), SLEEPY, memory, 90.0
+    )
+    assert asleep.replicas == (0, 0) and asleep.reason is ScaleReason.IDLE
+
+
+def test_a_held_request_wakes_every_stage_at_once() -> None:
+    held = Observation((shard(0.0, None, 0), shard(0.0, None, 0)), held_requests=3.0)
+    answer, memory = recommend(held, (0, 0), SLEEPY, Memory(last_demand_at=0.0), 500.0)
+    assert answer.replicas == (1, 1) and answer.reason is ScaleReason.WAKING
+    assert memory.last_demand_at == 500.0 and memory.recommendations == ((500.0, (1, 1)),)
+    busy_wake, _ = recommend(
+        Observation((shard(0.0, None, 0),), held_requests=250.0), (0,), SLEEPY, Memory(), 0.0
+    )
+    assert busy_wake.replicas == (4,)  # 250 held at once: as many as the burst needs, within the maximum
+
+
+def test_without_a_wake_up_path_min_zero_still_keeps_one_replica() -> None:
+    no_front = Targets(**{**SLEEPY.__dict__, "scale_to_zero_after_s": None})
+    answer, _ = recommend(one(0.0, None, 1), (1,), no_front, Memory(last_demand_at=-1e6), 0.0)
+    assert answer.replicas == (1,)
