@@ -10,10 +10,18 @@ from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision.autoscaling import Observation, Recommendation, ScaleReason, Targets
 from frugal.operator.decision.conditions import Condition
 
+# What spec.autoscaling.scaleToZeroAfterSeconds means when omitted (the CRD's description says so).
+DEFAULT_SCALE_TO_ZERO_SECONDS = 300
 
-def targets_for(md: ModelDeploymentSpec, profile: HardwareProfileSpec, capacity_rps: float) -> Targets:
-    """`capacity_rps`: one replica's throughput within the SLO, as profiling measured it for the plan."""
+
+def targets_for(
+    md: ModelDeploymentSpec, profile: HardwareProfileSpec, capacity_rps: float, wakes: bool = False
+) -> Targets:
+    """`capacity_rps`: one replica's throughput within the SLO, as profiling measured it for the plan.
+    `wakes`: the caller has a front that holds requests at zero replicas, so minReplicas 0 may scale
+    to zero after spec.autoscaling.scaleToZeroAfterSeconds."""
     autoscaling = md.spec.autoscaling
+    idle = autoscaling.scale_to_zero_after_seconds or DEFAULT_SCALE_TO_ZERO_SECONDS
     return Targets(
         latency_p95_ms=md.latency_p95_ms,
         capacity_rps=capacity_rps,
@@ -25,6 +33,7 @@ def targets_for(md: ModelDeploymentSpec, profile: HardwareProfileSpec, capacity_
         price_per_kwh=float(md.price_per_kwh),
         idle_watts=profile.idle_watts,
         max_watts=profile.max_watts,
+        scale_to_zero_after_s=float(idle) if wakes and autoscaling.min_replicas == 0 else None,
     )
 
 

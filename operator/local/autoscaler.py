@@ -94,7 +94,7 @@ class LocalAutoscaler:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.targets = scaling.targets_for(self.md, self.profile, self.capacity_rps)
+        self.targets = scaling.targets_for(self.md, self.profile, self.capacity_rps, wakes=True)
         self.desired = [len(shard.active()) for shard in self.served.shards]
         self.max_replicas = list(self.desired)
         for shard in self.served.shards:
@@ -121,11 +121,17 @@ class LocalAutoscaler:
 
     def stop(self) -> None:
         self._stop.set()
+        self.served.demand.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        """Tick every interval, and at once when a balancer holds a request at zero replicas."""
+        while True:
+            self.served.demand.wait(self.interval)
+            self.served.demand.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.tick()
             except Exception as error:  # a bad tick must not end serving; the next one tries again
@@ -155,7 +161,12 @@ class LocalAutoscaler:
         self._previous = {name: scrape for name, scrape in self._previous.items() if name in running}
         current = tuple(self.desired)
         observed = observations.observation(
-            self.md.owner.namespace, self.md.model_name, current, ready_counts, samples
+            self.md.owner.namespace,
+            self.md.model_name,
+            current,
+            ready_counts,
+            samples,
+            held_requests=self.served.held_requests(),
         )
         now = self.clock()
         recommendation, self.memory = autoscaling.recommend(
@@ -220,6 +231,7 @@ class LocalAutoscaler:
             "costUsd": round(cost, 8),
             "energyJoules": round(joules, 1),
             "scaleEvents": [e.as_dict() for e in self.events],
+            "wakeWaitsMs": [round(w * 1000.0, 1) for w in self.served.wake_waits()],
         }
 
     def status(self) -> tuple[tuple[int, ...], int, str | None]:

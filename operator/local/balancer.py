@@ -24,7 +24,7 @@ import asyncio
 import itertools
 import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -79,11 +79,28 @@ class Backend:
             self.idle.set()
 
 
-class Balancer:
-    """One shard's front: least outstanding requests over a mutable set of replica URLs."""
+@dataclass(frozen=True)
+class Hold:
+    """How a front keeps requests that arrive while no replica runs (a model waking from zero): at
+    most `max_requests` wait, each at most `deadline_s`; past either, 503 with Retry-After."""
 
-    def __init__(self, name: str) -> None:
+    max_requests: int = 256
+    deadline_s: float = 60.0
+
+
+class Balancer:
+    """One shard's front: least outstanding requests over a mutable set of replica URLs; with a
+    :class:`Hold`, requests wait for the first replica instead of being refused."""
+
+    def __init__(
+        self, name: str, hold: Hold | None = None, on_demand: Callable[[], None] | None = None
+    ) -> None:
         self.name = name
+        self.hold = hold
+        self.on_demand = on_demand
+        self.held = 0
+        self.waits: list[float] = []  # seconds each held request waited for a replica
+        self._changed: asyncio.Condition | None = None
         self._pool: dict[str, Backend] = {}
         self._turn = itertools.count()
         self._session: aiohttp.ClientSession | None = None
@@ -91,6 +108,7 @@ class Balancer:
         self.url = ""
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._changed = asyncio.Condition()
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -115,6 +133,9 @@ class Balancer:
 
     async def add(self, url: str) -> None:
         self._pool.setdefault(url, Backend(url))
+        if self._changed is not None:
+            async with self._changed:
+                self._changed.notify_all()
 
     async def remove(self, url: str, timeout: float) -> bool:
         """Route nothing more to `url`; True once its requests through here have finished."""
@@ -150,6 +171,11 @@ class Balancer:
         tried: set[str] = set()
         while True:
             backend = self._pick(tried)
+            if backend is None and not tried and self.hold is not None:
+                held = await self._wait_for_replica(self.hold)
+                if isinstance(held, web.Response):
+                    return held
+                backend = held
             if backend is None:
                 why = "its replicas refused the connection" if tried else "no replica is ready"
                 return json_error(503, f"{self.name}: {why}; retry shortly", retry=True)
@@ -165,6 +191,41 @@ class Balancer:
                 return json_error(502, f"{self.name}: replica {backend.url} failed: {exc}")
             finally:
                 backend.release()
+
+    async def _wait_for_replica(self, hold: Hold) -> Backend | web.Response:
+        """Hold the request until a replica joins, signalling demand; a 503 past the bound or deadline."""
+        if self.held >= hold.max_requests:
+            return json_error(
+                503,
+                f"{self.name}: {self.held} requests already wait for a replica; retry shortly",
+                retry=True,
+            )
+        assert self._changed is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self.held += 1
+        try:
+            if self.on_demand is not None:
+                self.on_demand()
+            async with self._changed:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self._pick(set()) is not None), hold.deadline_s
+                )
+        except TimeoutError:
+            return json_error(
+                503,
+                f"{self.name}: no replica became ready within {hold.deadline_s:g}s; retry shortly",
+                retry=True,
+            )
+        finally:
+            self.held -= 1
+        self.waits.append(loop.time() - started)
+        backend = self._pick(set())
+        return (
+            backend
+            if backend is not None
+            else json_error(503, f"{self.name}: no replica is ready", retry=True)
+        )
 
     async def _forward(
         self, request: web.Request, base: str, headers: dict[str, str], body: bytes
@@ -194,8 +255,10 @@ class BalancerHost:
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
-    def start(self, name: str, port: int = 0) -> Balancer:
-        balancer = Balancer(name)
+    def start(
+        self, name: str, port: int = 0, hold: Hold | None = None, on_demand: Callable[[], None] | None = None
+    ) -> Balancer:
+        balancer = Balancer(name, hold, on_demand)
         self.call(balancer.start("127.0.0.1", port), timeout=10)
         self.balancers.append(balancer)
         return balancer

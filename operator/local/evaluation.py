@@ -20,7 +20,13 @@ from frugal.operator.local.kubelet import Served
 from frugal.operator.local.loadgen import LoadStats
 
 CHECK_BATCH = 64
-NUMPY_TYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}
+NUMPY_TYPES = {
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "FP64": np.float64,
+    "INT64": np.int64,
+    "INT32": np.int32,
+}
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,12 @@ def held_out(uri: str) -> HeldOutData:
 
 def _tensor(name: str, datatype: str, array: np.ndarray) -> dict[str, Any]:
     dtype = NUMPY_TYPES.get(datatype, np.float32)
-    return {"name": name, "datatype": datatype, "shape": list(array.shape),
-            "data": np.asarray(array, dtype=dtype).reshape(-1).tolist()}
+    return {
+        "name": name,
+        "datatype": datatype,
+        "shape": list(array.shape),
+        "data": np.asarray(array, dtype=dtype).reshape(-1).tolist(),
+    }
 
 
 def infer_body(entry: Mapping[str, Any], rows: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -98,7 +108,9 @@ def check_served(model: ServedModel) -> ServedCheck:
     """Accuracy (classifiers) or minimum cosine to the unquantized model (encoders), through the server."""
     data = model.data
     outputs = [
-        next(iter(infer(model.served, infer_body(model.entry, data.rows(start, start + CHECK_BATCH))).values()))
+        next(
+            iter(infer(model.served, infer_body(model.entry, data.rows(start, start + CHECK_BATCH))).values())
+        )
         for start in range(0, len(data), CHECK_BATCH)
     ]
     predictions = np.concatenate(outputs)
@@ -115,7 +127,9 @@ def check_served(model: ServedModel) -> ServedCheck:
 def _reference_outputs(model: ServedModel) -> np.ndarray:
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(model.variant_file("fp32")), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(model.variant_file("fp32")), providers=["CPUExecutionProvider"]
+    )
     result = session.run(None, {name: np.asarray(array) for name, array in model.data.inputs.items()})
     return np.asarray(result[0], dtype=np.float64)
 

@@ -25,7 +25,7 @@ from frugal.operator.decision import artifact_files
 from frugal.operator.decision.conditions import Job, JobState, Phase
 from frugal.operator.decision.decide import ClusterState, Decision, Settings, decide
 from frugal.operator.local import processes
-from frugal.operator.local.balancer import BalancerHost
+from frugal.operator.local.balancer import BalancerHost, Hold
 from frugal.operator.local.replicas import (
     EXIT_TIMEOUT_SECONDS,
     READY_TIMEOUT_SECONDS,
@@ -58,6 +58,8 @@ class Served:
     model_name: str
     decision_source_uri: str
     host: BalancerHost
+    # Set by a balancer holding a request while its shard has no replica (the autoscaler wakes on it).
+    demand: threading.Event = field(default_factory=threading.Event)
 
     @property
     def endpoint(self) -> str:
@@ -65,7 +67,15 @@ class Served:
         return self.shards[0].url
 
     def alive(self) -> bool:
-        return all(shard.alive() for shard in self.shards)
+        """No replica died on its own (a shard scaled to zero has none to die)."""
+        return all(shard.alive() or not shard.active() for shard in self.shards)
+
+    def held_requests(self) -> int:
+        return sum(shard.balancer.held for shard in self.shards)
+
+    def wake_waits(self) -> list[float]:
+        """Seconds each request held at zero replicas waited for the first replica."""
+        return [wait for shard in self.shards[:1] for wait in shard.balancer.waits]
 
     def stop(self) -> None:
         """Drain every shard front first (a stage stops only when nothing upstream needs it), stop the
@@ -134,16 +144,32 @@ class LocalCluster:
             key=lambda d: int(d["metadata"]["labels"][names.LABEL_SHARD]),
         )
         host = BalancerHost()
+        demand = threading.Event()
+        # With minReplicas 0 a shard may have no replica: its balancer holds requests until one is ready.
+        hold = Hold(max_requests=self.md.max_queue_size) if self.md.min_replicas == 0 else None
         # Every shard's balancer first: each stage's template needs its successor's address.
-        balancers = [host.start(d["metadata"]["name"], port if i == 0 else 0) for i, d in enumerate(deployments)]
+        balancers = [
+            host.start(d["metadata"]["name"], port if i == 0 else 0, hold, demand.set)
+            for i, d in enumerate(deployments)
+        ]
         urls = {d["metadata"]["name"]: b.url for d, b in zip(deployments, balancers, strict=True)}
         shards = [
-            Shard(int(d["metadata"]["labels"][names.LABEL_SHARD]), self._template(d, urls), b, host, self.report)
+            Shard(
+                int(d["metadata"]["labels"][names.LABEL_SHARD]), self._template(d, urls), b, host, self.report
+            )
             for d, b in zip(deployments, balancers, strict=True)
         ]
         for shard in shards:
             self.report(f"serving: shard {shard.index} balancer on {shard.url}")
-        served = Served(decision, shards, self._artifact_dir(decision), self.md.model_name, self.md.model_uri, host)
+        served = Served(
+            decision,
+            shards,
+            self._artifact_dir(decision),
+            self.md.model_name,
+            self.md.model_uri,
+            host,
+            demand,
+        )
         initial = self.md.initial_replicas
         try:
             start_replicas(shards, [initial] * len(shards), READY_TIMEOUT_SECONDS)
@@ -167,7 +193,9 @@ class LocalCluster:
         container = processes.only_container(deployment["spec"]["template"])
         argv = processes.with_flag(processes.local_argv(container["command"]), "--host", "127.0.0.1")
         if "--next-stage" in argv:
-            argv = processes.with_flag(argv, "--next-stage", _local_url(argv[argv.index("--next-stage") + 1], urls))
+            argv = processes.with_flag(
+                argv, "--next-stage", _local_url(argv[argv.index("--next-stage") + 1], urls)
+            )
         env = processes.local_env(container, self.md.owner.namespace)
         threads = processes.cpu_limit(container)
         if threads is not None and "--intra-op-threads" not in argv:
@@ -197,7 +225,9 @@ def run_job(job: Mapping[str, Any], namespace: str, log_path: Path) -> Job:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         workers = [
-            processes.start(argv, processes.local_env(container, namespace, index, rendezvous), subprocess.PIPE)
+            processes.start(
+                argv, processes.local_env(container, namespace, index, rendezvous), subprocess.PIPE
+            )
             for index in range(completions)
         ]
         copiers = [
@@ -235,4 +265,6 @@ def _local_url(cluster_url: str, urls: Mapping[str, str]) -> str:
 def _explain(decision: Decision) -> str:
     failing = [c for c in decision.assessment.conditions if c.status is False and c.message]
     detail = "; ".join(f"{c.type}: {c.reason}: {c.message}" for c in failing)
-    return f"phase {decision.assessment.phase}: {decision.assessment.message}" + (f" ({detail})" if detail else "")
+    return f"phase {decision.assessment.phase}: {decision.assessment.message}" + (
+        f" ({detail})" if detail else ""
+    )

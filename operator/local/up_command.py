@@ -74,10 +74,15 @@ def up(files: Sequence[str], workdir: str | None, port: int, load: LoadOptions) 
         console.print(str(error), markup=False, highlight=False)
         return EXIT_INVALID
     directory = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="frugal-up-"))
-    console.print(f"[bold]frugal up[/]: ModelDeployment {md.owner.name} ({md.model_uri}); work directory {directory}")
+    console.print(
+        f"[bold]frugal up[/]: ModelDeployment {md.owner.name} ({md.model_uri}); work directory {directory}"
+    )
     if len(profile_specs) > 1:
-        console.print("  note: this machine stands in for every HardwareProfile; profiling measures it, "
-                      "not the named accelerators", highlight=False)
+        console.print(
+            "  note: this machine stands in for every HardwareProfile; profiling measures it, "
+            "not the named accelerators",
+            highlight=False,
+        )
     report = _reporter(console)
     cluster = LocalCluster(md, profile_specs, directory, report=report)
     started = time.monotonic()
@@ -90,8 +95,11 @@ def up(files: Sequence[str], workdir: str | None, port: int, load: LoadOptions) 
         served, md, profile_specs, load.scale_interval, report, load.stabilization_window
     )
     try:
-        console.print(f"  serving {served.model_name} at {served.endpoint}/v2/models/{served.model_name} "
-                      f"(ready {time.monotonic() - started:.1f}s after start)", highlight=False)
+        console.print(
+            f"  serving {served.model_name} at {served.endpoint}/v2/models/{served.model_name} "
+            f"(ready {time.monotonic() - started:.1f}s after start)",
+            highlight=False,
+        )
         return _serve_and_report(console, served, scaler, md, load)
     finally:
         scaler.stop()
@@ -108,13 +116,18 @@ def _reporter(console: Console) -> Callable[[str], None]:
 
 
 def _serve_and_report(
-    console: Console, served: Served, scaler: autoscaler.LocalAutoscaler, md: ModelDeploymentSpec,
+    console: Console,
+    served: Served,
+    scaler: autoscaler.LocalAutoscaler,
+    md: ModelDeploymentSpec,
     load: LoadOptions,
 ) -> int:
     model = evaluation.ServedModel.load(served)
     check = evaluation.check_served(model)
-    console.print(f"  held-out {check.metric} of the served model: {check.value:.4f} on {check.rows} rows",
-                  highlight=False)
+    console.print(
+        f"  held-out {check.metric} of the served model: {check.value:.4f} on {check.rows} rows",
+        highlight=False,
+    )
     targets = scaler.targets
     if scaler.enabled:
         console.print(
@@ -152,7 +165,9 @@ def _serve_and_report(
         job = loadgen.run_load(url, bodies, load.duration, load.concurrency, stats)
     with Live(_StatusLine(served, stats, scaler, ramp), console=console, refresh_per_second=4):
         asyncio.run(job)
-    row = evaluation.summary_row(model, check, stats, md.latency_p95_ms, {"load": load.shape, **scaler.finish()})
+    row = evaluation.summary_row(
+        model, check, stats, md.latency_p95_ms, {"load": load.shape, **scaler.finish()}
+    )
     console.print()
     console.print(_summary_table(served.model_name, row))
     (served.artifacts.parent / "summary.json").write_text(json.dumps(row, indent=2))
@@ -188,9 +203,10 @@ def _summary_table(model_name: str, row: Mapping[str, Any]) -> Table:
     table = Table(title=f"frugal up: {model_name}", show_header=False)
     for key, value in row.items():
         if key == "scaleEvents":
-            value = "\n".join(
-                f"t={e['t']:.0f}s {'/'.join(map(str, e['replicas']))} {e['reason']}" for e in value
-            ) or "none"
+            value = (
+                "\n".join(f"t={e['t']:.0f}s {'/'.join(map(str, e['replicas']))} {e['reason']}" for e in value)
+                or "none"
+            )
         elif key == "statusCounts":
             value = ", ".join(f"{code}: {count}" for code, count in value.items()) or "none"
         table.add_row(key, str(value))
@@ -211,9 +227,7 @@ def _pick(resources: Sequence[Resource]) -> tuple[ModelDeployment, list[Hardware
     deployments = [r for r in resources if isinstance(r, ModelDeployment)]
     profiles = [r for r in resources if isinstance(r, HardwareProfile)]
     if len(deployments) != 1:
-        raise ValueError(
-            f"frugal up runs one ModelDeployment at a time; the files hold {len(deployments)}"
-        )
+        raise ValueError(f"frugal up runs one ModelDeployment at a time; the files hold {len(deployments)}")
     return deployments[0], profiles
 
 

@@ -28,10 +28,7 @@ from frugal.operator.decision.decide import ClusterState, Settings, artifacts_to
 from frugal.operator.manifests import container_commands
 
 # Read by nothing yet. Each entry names what will read it.
-NOT_YET_READ = {
-    # scale to zero
-    "ModelDeployment.spec.autoscaling.scaleToZeroAfterSeconds",
-}
+NOT_YET_READ: set[str] = set()
 # Kubernetes objects handed to pods whole: their own fields are Kubernetes', not ours to read.
 PASSED_WHOLE = {
     "HardwareProfile.spec.tolerations",
