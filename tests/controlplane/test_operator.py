@@ -148,6 +148,29 @@ def test_operator_metrics_are_exposed(served: dict[str, Any], operator: Operator
         assert response.status == 200  # kopf's liveness endpoint, what the chart's probe reads
 
 
+def operator_counter(operator: Operator, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    line = next(line for line in text.splitlines() if line.startswith(name + " "))
+    return float(line.split()[1])
+
+
+def test_a_settled_model_deployment_costs_no_api_request(served: dict[str, Any], operator: Operator) -> None:
+    """Serving, nothing changing: the 1 s periodic pass and the 1 s autoscaler tick read and write
+    nothing per ModelDeployment (the tick's three lists are all it costs)."""
+    cluster, ns = operator.cluster, served["namespace"]
+    wait_for("the autoscaler's status", lambda: status_of(cluster, ns, "digits").get("autoscaling"), operator)
+    time.sleep(3)  # whatever the last change set off has settled
+    writes = operator_counter(operator, "frugal_operator_api_writes_total")
+    requests = operator_counter(operator, "frugal_operator_api_requests_total")
+    reconciles = operator_counter(operator, "frugal_operator_reconcile_duration_seconds_count")
+    time.sleep(5)
+    assert operator_counter(operator, "frugal_operator_api_writes_total") == writes
+    assert operator_counter(operator, "frugal_operator_reconcile_duration_seconds_count") == reconciles
+    ticks_requests = operator_counter(operator, "frugal_operator_api_requests_total") - requests
+    assert ticks_requests <= 3 * 7, ticks_requests  # at most 3 lists per tick, about 5 ticks
+
+
 def test_spec_change_rolls_out_a_new_generation_beside_the_old(
     served: dict[str, Any], operator: Operator
 ) -> None:
