@@ -9,14 +9,23 @@ requests, mean batch size, watts, replicas), the :class:`Targets` from the spec 
 How it decides, per shard:
 
 * **Capacity** is a replica's throughput within the SLO. It starts from the profiling Job's
-  measurement and is refined online: a shard that is the bottleneck while the SLO is breached cannot
-  serve more than it did per replica (the estimate drops to that), and a shard comfortably inside the
-  SLO serving more per replica than estimated raises it.
+  measurement and is refined online, but only from a *steady* shard — one whose ready count has not
+  changed for ``metrics_window_s``, the window its rates are computed over: otherwise the rate per
+  ready replica mixes counts and lags a spike, and the estimate would collapse. A steady shard that
+  is the bottleneck while the SLO is breached (or whose queue grows) cannot serve more than it did
+  per replica (the estimate drops to that); a steady shard comfortably inside the SLO serving more
+  per replica than estimated raises it; and a steady shard at its utilisation target with a p95
+  under ``probe_below`` of the SLO and no queue *probes*: the estimate rises by ``probe_step`` once per window, so
+  a profiled number that is too low (profiling measures the runtime, not HTTP) does not cost
+  replicas forever. A probe that overshoots ends in a breach or a growing queue, which lowers the
+  estimate to what a replica served then and makes the estimate that led there a ceiling.
 * **Load**: enough replicas for the request rate at ``target_utilisation`` of capacity.
 * **Latency above the SLO** scales the bottleneck shard (the one with the longest queue per replica,
-  then the highest utilisation) at once, in proportion to the breach; a shard whose queue grows
-  scales too. Stages that are not the bottleneck keep their count: a sharded pipeline scales where it
-  is slow, not everywhere.
+  then the highest utilisation) at once, in proportion to the breach — once: while the replicas it
+  asked for are starting or have not yet served a whole window, the windowed p95 still shows the
+  breach they answer, and stepping again would compound. A shard whose queue grows scales too, by
+  the replicas that the queue's growth per second needs. Stages that are not the bottleneck keep
+  their count: a sharded pipeline scales where it is slow, not everywhere.
 * **Scale-down** follows the HPA's stabilisation: the count is the highest recommended within the
   last ``stabilization_window_s``, and it falls by at most ``max_scale_down_fraction`` per tick.
   Flapping input therefore never makes flapping replicas: a high tick holds the count for a window.
@@ -116,6 +125,12 @@ class Targets:
     queue_per_replica: float = 4.0
     # Requests in flight per replica (rate x p95) from which a slow p95 counts as contention.
     busy_concurrency: float = 0.5
+    # The window the observation's rates and p95 are computed over (the operator's rate window).
+    metrics_window_s: float = 60.0
+    # How much a steady shard comfortably inside the SLO raises its capacity estimate per window.
+    probe_step: float = 0.2
+    # ... only while its p95 is below this share of the SLO (latency rises well before the knee).
+    probe_below: float = 0.25
     # With min_replicas 0: every shard goes to zero after this long without demand (None: never).
     # Only callers with a wake-up path (a front that holds requests) set it.
     scale_to_zero_after_s: float | None = None
@@ -140,6 +155,13 @@ class Memory:
     recommendations: tuple[tuple[float, tuple[int, ...]], ...] = ()
     queue_depth: tuple[float, ...] = ()
     last_demand_at: float | None = None
+    # Per shard: the ready count last seen, since when it has not changed, and when the tick was.
+    ready: tuple[int, ...] = ()
+    steady_since: tuple[float, ...] = ()
+    probed_at: tuple[float, ...] = ()
+    at: float | None = None
+    # Per shard: what a replica served the last time it was overloaded; probes stop below it.
+    ceiling_rps: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -186,8 +208,10 @@ def recommend(
         asleep = _zero_or_wake(observation, current, targets, memory, now)
         if asleep is not None:
             return asleep
-    capacity = refine_capacity(observation, targets, memory)
-    wanted, reasons = _wanted(observation, current, targets, capacity, memory)
+    since = steady_since(observation, memory, now, targets)
+    steady = tuple(now - t >= targets.metrics_window_s for t in since)
+    capacity, probed, ceiling = refine_capacity(observation, targets, memory, steady, now)
+    wanted, reasons = _wanted(observation, current, targets, capacity, memory, steady, now)
     # With no history (a new deployment, a restarted operator) the running count stands for the past
     # window, so nothing scales down before a whole window of evidence.
     past = memory.recommendations or ((now, tuple(current)),)
@@ -204,6 +228,11 @@ def recommend(
         history,
         tuple(s.queue_depth for s in observation.shards),
         _last_demand(observation, memory, now),
+        tuple(s.ready for s in observation.shards),
+        since,
+        probed,
+        now,
+        ceiling,
     )
     recommendation = Recommendation(
         replicas, reasons, overall, message, _cost_per_hour(targets, replicas, watts), watts, capacity
@@ -250,33 +279,75 @@ def _zero_or_wake(
     return recommendation, Memory(capacity, history, queues, last)
 
 
-def refine_capacity(observation: Observation, targets: Targets, memory: Memory) -> tuple[float, ...]:
-    """Per-replica throughput within the SLO of each shard, corrected by what the metrics show."""
+def steady_since(observation: Observation, memory: Memory, now: float, targets: Targets) -> tuple[float, ...]:
+    """Per shard, since when its ready count has not changed. With no history (a new deployment, a
+    restarted operator) the running count stands for the past window, as it does for scale-down."""
+    shards = observation.shards
+    if len(memory.ready) != len(shards) or len(memory.steady_since) != len(shards):
+        return (now - targets.metrics_window_s,) * len(shards)
+    return tuple(
+        since if shard.ready == before else now
+        for shard, before, since in zip(shards, memory.ready, memory.steady_since, strict=True)
+    )
+
+
+def refine_capacity(
+    observation: Observation,
+    targets: Targets,
+    memory: Memory,
+    steady: Sequence[bool] | None = None,
+    now: float = 0.0,
+) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """Per-replica throughput within the SLO of each shard, corrected by what the metrics of steady
+    shards show; when each shard last probed upwards; and the rate per replica probes stay below."""
     shards = observation.shards
     known = (
         memory.capacity_rps
         if len(memory.capacity_rps) == len(shards)
         else (targets.capacity_rps,) * len(shards)
     )
+    steady = tuple(steady) if steady is not None else (True,) * len(shards)
+    # A probe needs a whole observed window at the target, never an assumed history: none before it.
+    probed = memory.probed_at if len(memory.probed_at) == len(shards) else (now,) * len(shards)
+    ceilings = memory.ceiling_rps if len(memory.ceiling_rps) == len(shards) else (math.inf,) * len(shards)
     latency = observation.latency_p95_ms
     bottleneck = bottleneck_shard(observation, known)
     previous_queue = memory.queue_depth if len(memory.queue_depth) == len(shards) else None
-    refined = []
+    refined, probes, tops = [], [], []
     for index, (shard, capacity) in enumerate(zip(shards, known, strict=True)):
-        if shard.ready <= 0 or shard.request_rate <= 0 or latency is None:
+        last_probe, ceiling = probed[index], ceilings[index]
+        if not steady[index] or shard.ready <= 0 or shard.request_rate <= 0 or latency is None:
             refined.append(capacity)
+            probes.append(last_probe)
+            tops.append(ceiling)
             continue
         served = shard.request_rate / shard.ready
-        overloaded = (
+        growing = _queue_growing(shard, None if previous_queue is None else previous_queue[index], targets)
+        breaching = (
             latency > targets.latency_p95_ms and index == bottleneck and is_busy(shard, latency, targets)
-        ) or _queue_growing(shard, None if previous_queue is None else previous_queue[index], targets)
-        if (overloaded and served < capacity) or (
-            latency <= 0.8 * targets.latency_p95_ms and served > capacity
-        ):
+        )
+        overloaded = breaching or growing
+        if overloaded and served < capacity:
+            # The estimate that led here was too high: later probes stay below it.
+            capacity, ceiling = served, min(ceiling, capacity)
+        elif latency <= 0.8 * targets.latency_p95_ms and served > capacity:
             capacity = served
+        elif (
+            not overloaded
+            and latency <= targets.probe_below * targets.latency_p95_ms
+            and shard.queue_depth <= long_queue(shard, targets)
+            # at its utilisation target (within rounding), not holding a surplus the window keeps
+            and served >= 0.9 * targets.target_utilisation * capacity
+            and now - last_probe >= targets.metrics_window_s
+            and capacity < ceiling
+        ):
+            capacity = min(ceiling, capacity * (1.0 + targets.probe_step))
+            last_probe = now
         low, high = targets.capacity_rps / 50.0, targets.capacity_rps * 50.0
         refined.append(min(high, max(low, capacity)))
-    return tuple(refined)
+        probes.append(last_probe)
+        tops.append(ceiling)
+    return tuple(refined), tuple(probes), tuple(tops)
 
 
 def is_busy(shard: ShardObservation, latency_ms: float, targets: Targets) -> bool:
@@ -289,11 +360,18 @@ def is_busy(shard: ShardObservation, latency_ms: float, targets: Targets) -> boo
     return shard.request_rate / max(1, shard.ready) * own / 1000.0 >= targets.busy_concurrency
 
 
+def long_queue(shard: ShardObservation, targets: Targets) -> float:
+    """The queue beyond which a shard is behind: ``queue_per_replica`` per ready replica, or two
+    batches each where the server batches (a batch forming and one waiting is how batching works)."""
+    per_replica = max(targets.queue_per_replica, 2.0 * (shard.mean_batch_size or 0.0))
+    return per_replica * max(1, shard.ready)
+
+
 def _queue_growing(shard: ShardObservation, previous: float | None, targets: Targets) -> bool:
     return (
         previous is not None
         and shard.queue_depth > previous
-        and shard.queue_depth > targets.queue_per_replica * max(1, shard.ready)
+        and shard.queue_depth > long_queue(shard, targets)
     )
 
 
@@ -314,24 +392,39 @@ def _wanted(
     targets: Targets,
     capacity: Sequence[float],
     memory: Memory,
+    steady: Sequence[bool] | None = None,
+    now: float = 0.0,
 ) -> tuple[tuple[int, ...], tuple[ScaleReason, ...]]:
     """What each shard needs this tick, before stabilisation and bounds."""
     latency = observation.latency_p95_ms
     breach = latency is not None and latency > targets.latency_p95_ms
     bottleneck = bottleneck_shard(observation, capacity)
     previous_queue = memory.queue_depth if len(memory.queue_depth) == len(current) else None
+    steady = tuple(steady) if steady is not None else (True,) * len(current)
+    elapsed = now - memory.at if memory.at is not None and now > memory.at else None
     wanted, reasons = [], []
     for index, shard in enumerate(observation.shards):
         now_count = current[index]
         for_load = math.ceil(shard.request_rate / (capacity[index] * targets.target_utilisation) - 1e-9)
         need, reason = max(targets.floor, for_load), ScaleReason.LOAD_ABOVE_CAPACITY
-        if breach and index == bottleneck and latency is not None and is_busy(shard, latency, targets):
+        # A breach steps once: replicas asked for and not yet ready a whole window answer it already.
+        settled = steady[index] and shard.ready >= now_count
+        if (
+            breach
+            and settled
+            and index == bottleneck
+            and latency is not None
+            and is_busy(shard, latency, targets)
+        ):
             step = max(now_count + 1, math.ceil(now_count * latency / targets.latency_p95_ms))
             if step >= need:
                 need, reason = step, ScaleReason.LATENCY_ABOVE_SLO
-        growing = _queue_growing(shard, None if previous_queue is None else previous_queue[index], targets)
-        if growing and reason is not ScaleReason.LATENCY_ABOVE_SLO:
-            need, reason = max(need, now_count + 1), ScaleReason.QUEUE_GROWING
+        before = None if previous_queue is None else previous_queue[index]
+        if _queue_growing(shard, before, targets) and reason is not ScaleReason.LATENCY_ABOVE_SLO:
+            # The queue's growth per second is demand the replicas do not serve: add what carries it.
+            growth = (shard.queue_depth - (before or 0.0)) / elapsed if elapsed else 0.0
+            extra = max(1, math.ceil(growth / (capacity[index] * targets.target_utilisation) - 1e-9))
+            need, reason = max(need, now_count + extra), ScaleReason.QUEUE_GROWING
         if need < now_count:
             reason = ScaleReason.HEADROOM
         elif need == now_count and reason is ScaleReason.LOAD_ABOVE_CAPACITY:

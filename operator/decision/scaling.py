@@ -15,11 +15,16 @@ DEFAULT_SCALE_TO_ZERO_SECONDS = 300
 
 
 def targets_for(
-    md: ModelDeploymentSpec, profile: HardwareProfileSpec, capacity_rps: float, wakes: bool = False
+    md: ModelDeploymentSpec,
+    profile: HardwareProfileSpec,
+    capacity_rps: float,
+    wakes: bool = False,
+    metrics_window_s: float = 60.0,
 ) -> Targets:
     """`capacity_rps`: one replica's throughput within the SLO, as profiling measured it for the plan.
     `wakes`: the caller has a front that holds requests at zero replicas, so minReplicas 0 may scale
-    to zero after spec.autoscaling.scaleToZeroAfterSeconds."""
+    to zero after spec.autoscaling.scaleToZeroAfterSeconds. `metrics_window_s`: the window the
+    caller's rates are computed over (the Prometheus rate window; two scrapes apart locally)."""
     autoscaling = md.spec.autoscaling
     idle = autoscaling.scale_to_zero_after_seconds or DEFAULT_SCALE_TO_ZERO_SECONDS
     return Targets(
@@ -34,7 +39,16 @@ def targets_for(
         idle_watts=profile.idle_watts,
         max_watts=profile.max_watts,
         scale_to_zero_after_s=float(idle) if wakes and autoscaling.min_replicas == 0 else None,
+        metrics_window_s=metrics_window_s,
     )
+
+
+def duration_seconds(text: str) -> float:
+    """A Prometheus duration of one unit (30s, 1m, 2h) in seconds."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+        raise ValueError(f"{text!r} is not a duration such as 30s, 1m or 2h")
+    return float(text[:-1]) * units[text[-1]]
 
 
 def metrics_source(md: ModelDeploymentSpec, default_prometheus_url: str | None) -> tuple[str | None, str]:

@@ -94,7 +94,10 @@ class LocalAutoscaler:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.targets = scaling.targets_for(self.md, self.profile, self.capacity_rps, wakes=True)
+        # Rates come from two scrapes one interval apart: that interval is the metrics window.
+        self.targets = scaling.targets_for(
+            self.md, self.profile, self.capacity_rps, wakes=True, metrics_window_s=max(self.interval, 1.0)
+        )
         self.desired = [len(shard.active()) for shard in self.served.shards]
         self.max_replicas = list(self.desired)
         for shard in self.served.shards:

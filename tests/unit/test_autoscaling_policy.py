@@ -317,3 +317,56 @@ def test_without_a_wake_up_path_min_zero_still_keeps_one_replica() -> None:
     no_front = Targets(**{**SLEEPY.__dict__, "scale_to_zero_after_s": None})
     answer, _ = recommend(one(0.0, None, 1), (1,), no_front, Memory(last_demand_at=-1e6), 0.0)
     assert answer.replicas == (1,)
+
+
+def test_a_shard_whose_ready_count_just_changed_does_not_teach_the_capacity() -> None:
+    # One replica, steady for a window; then two, and the windowed rate still mixes both counts.
+    _, memory = recommend(one(60.0, 20.0, 1), (1,), TARGETS, Memory(), 0.0)
+    assert memory.capacity_rps == (100.0,)
+    joined = Observation((ShardObservation(request_rate=90.0, latency_p95_ms=150.0, queue_depth=9.0,
+                                           replicas=2, ready=2),))  # fmt: skip
+    answer, memory = recommend(joined, (2,), TARGETS, memory, 15.0)
+    assert memory.capacity_rps == (100.0,)  # not 45: the rate per ready replica is not one yet
+    assert answer.reason is not ScaleReason.LATENCY_ABOVE_SLO  # the breach predates the new replica
+    later, memory = recommend(joined, (2,), TARGETS, memory, 15.0 + TARGETS.metrics_window_s)
+    assert memory.capacity_rps == (45.0,) and later.reason is ScaleReason.LATENCY_ABOVE_SLO
+
+
+def test_a_breach_steps_once_while_the_replicas_it_asked_for_start() -> None:
+    breach = one(150.0, 150.0, 2, queue=10.0)
+    answer, memory = recommend(breach, (2,), TARGETS, Memory(), 0.0)
+    assert answer.replicas == (6,) and answer.reason is ScaleReason.LATENCY_ABOVE_SLO
+    # The next tick still sees the breach in its window, with the new replicas not ready yet.
+    starting = Observation((ShardObservation(request_rate=150.0, latency_p95_ms=150.0, queue_depth=10.0,
+                                             replicas=6, ready=2),))  # fmt: skip
+    again, _ = recommend(starting, (6,), TARGETS, memory, 15.0)
+    assert again.replicas == (6,)
+
+
+def test_a_growing_queue_adds_what_its_growth_per_second_needs() -> None:
+    _, memory = recommend(one(100.0, 45.0, 2, queue=5.0), (2,), TARGETS, Memory(), 0.0)
+    answer, _ = recommend(one(100.0, 45.0, 2, queue=5.0 + 15 * 140.0), (2,), TARGETS, memory, 15.0)
+    # Behind, each replica answers 50 req/s (the new estimate); 140 req/s more arrive than are
+    # answered: four more replicas at 70% of 50 req/s each.
+    assert memory.capacity_rps == (100.0,) and answer.capacity_rps == (50.0,)
+    assert answer.reason is ScaleReason.QUEUE_GROWING and answer.replicas == (2 + math.ceil(140 / 35),)
+
+
+def test_a_capacity_estimate_that_is_too_low_rises_by_probing_and_stops_below_an_overshoot() -> None:
+    low = Targets(latency_p95_ms=50.0, capacity_rps=100.0, max_replicas=80, stabilization_window_s=60.0)
+    current, memory, capacities = (50,), Memory(), []
+    for tick in range(40):  # 3500 req/s, each replica really does 250 within the SLO, p95 5 ms
+        now = tick * 15.0
+        answer, memory = recommend(one(3500.0, 5.0, current[0]), current, low, memory, now)
+        current = answer.replicas
+        capacities.append(memory.capacity_rps[0])
+    assert capacities[0] == 100.0 and capacities[-1] > 150.0  # learnt upwards, a window at a time
+    assert all(b / a <= 1.0 + low.probe_step + 1e-9 for a, b in itertools.pairwise(capacities))
+    assert current[0] < 40  # fewer replicas than the profiled number asks for (3500 / 70)
+    # An overshoot (breach at the bottleneck) lowers it to what a replica served, and caps the probes.
+    over = Observation((ShardObservation(request_rate=3500.0, latency_p95_ms=120.0, queue_depth=40.0,
+                                         replicas=current[0], ready=current[0]),))  # fmt: skip
+    for tick in range(6):  # held for a window (the new count not actuated), so the shard is steady
+        _, memory = recommend(over, current, low, memory, 40 * 15.0 + tick * 15.0)
+    ceiling = memory.ceiling_rps[0]
+    assert memory.capacity_rps[0] == pytest.approx(3500.0 / current[0]) and ceiling == capacities[-1]
