@@ -13,8 +13,15 @@ from collections.abc import Callable, Sequence
 
 # Subcommands owned by another component: everything after the subcommand is handed over as is.
 DELEGATED: dict[str, tuple[str, str]] = {
-    "compress": ("frugal.compression.compress_command", "compress a model into ONNX variants (the compression Job)"),
+    "compress": (
+        "frugal.compression.compress_command",
+        "compress a model into ONNX variants (the compression Job)",
+    ),
     "serve": ("frugal.serving.serve_command", "serve an ONNX variant over the Open Inference Protocol"),
+    "front": (
+        "frugal.serving.front",
+        "hold requests for a model scaled to zero and forward them once it wakes",
+    ),
     "operator": ("frugal.operator.cluster.operator_command", "run the Kubernetes operator"),
 }
 
@@ -43,7 +50,9 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="drive a local load for SECONDS, then stop and print a summary (default: serve until Ctrl-C)",
     )
-    up.add_argument("--workdir", default=None, help="where artifacts and logs go (default: a cache directory)")
+    up.add_argument(
+        "--workdir", default=None, help="where artifacts and logs go (default: a cache directory)"
+    )
     up.add_argument("--port", type=int, default=0, help="port of the model endpoint (default: a free port)")
     up.add_argument(
         "--load",
@@ -53,7 +62,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "0 up to --rps over the first 30%% of --for, held 30%%, down over 10%%, quiet for the last 30%%)",
     )
     up.add_argument("--concurrency", type=int, default=8, help="concurrent clients of the steady load")
-    up.add_argument("--rps", type=float, default=None, metavar="PEAK", help="peak requests per second of the ramp")
+    up.add_argument(
+        "--rps", type=float, default=None, metavar="PEAK", help="peak requests per second of the ramp"
+    )
     up.add_argument(
         "--scale-interval",
         type=float,

@@ -49,7 +49,7 @@ from frugal.operator.decision.conditions import (
     conditions,
     merge,
 )
-from frugal.operator.manifests import names
+from frugal.operator.manifests import names, serving_objects
 from frugal.operator.manifests.events import desired_event
 from frugal.operator.manifests.storage import locate
 
@@ -152,13 +152,17 @@ class Reconciler:
         found = self._artifacts(md, profiles, state)
         decision = decide.decide(md, profiles, state, found, self.settings)
         for deployment in (o for o in decision.apply if o["kind"] == "Deployment"):
-            if int(deployment["metadata"]["labels"][names.LABEL_SHARD]) not in state.shard_replicas:
+            shard = deployment["metadata"]["labels"].get(names.LABEL_SHARD)
+            if shard is not None and int(shard) not in state.shard_replicas:
                 self._applied.forget_object(
                     "apps/v1", "Deployment", md.owner.namespace, deployment["metadata"]["name"]
                 )
         rejected = self._apply_all(decision.apply) or self._apply_all(
             decision.scale, AUTOSCALER_FIELD_MANAGER
         )
+        for api_version, kind, name in decision.delete:
+            self.cluster.delete(api_version, kind, md.owner.namespace, name)
+            self._applied.forget_object(api_version, kind, md.owner.namespace, name)
         assessment = decision.assessment
         if rejected and decision.observed is not None:
             assessment = conditions(dataclasses.replace(decision.observed, apply_error=rejected))
@@ -226,22 +230,36 @@ class Reconciler:
         ns = md.owner.namespace
         compression = self._job(ns, names.compression_job(md.owner))
         profiling = {p: self._job(ns, names.profiling_job(md.owner, p)) for p in md.serving_profiles}
-        selector = {
-            names.LABEL_MD: md.owner.name,
-            names.LABEL_ROLE: "serving",
-            names.LABEL_GENERATION: str(md.owner.generation),
-        }
         replicas: dict[int, int] = {}
         ready: dict[int, int] = {}
-        for deployment in self.cluster.find("apps/v1", "Deployment", ns, selector):
-            shard = int(deployment["metadata"]["labels"][names.LABEL_SHARD])
-            replicas[shard] = int(deployment["spec"].get("replicas", 1))
-            ready[shard] = int((deployment.get("status") or {}).get("readyReplicas", 0))
-        endpoint = self.cluster.get("v1", "Service", ns, names.endpoint_service(md.owner))
-        live = None
-        if endpoint is not None:
-            live = int(endpoint["spec"]["selector"].get(names.LABEL_GENERATION, 0)) or None
-        return decide.ClusterState(compression, profiling, replicas, ready, live, self._has_pod_monitors())
+        front = False
+        # One list of the ModelDeployment's Deployments: the current generation's shards, and its front.
+        for deployment in self.cluster.find("apps/v1", "Deployment", ns, {names.LABEL_MD: md.owner.name}):
+            labels = deployment["metadata"].get("labels") or {}
+            if labels.get(names.LABEL_ROLE) == "front":
+                front = True
+            elif labels.get(names.LABEL_ROLE) == "serving" and labels.get(names.LABEL_GENERATION) == str(
+                md.owner.generation
+            ):
+                shard = int(labels[names.LABEL_SHARD])
+                replicas[shard] = int(deployment["spec"].get("replicas", 1))
+                ready[shard] = int((deployment.get("status") or {}).get("readyReplicas", 0))
+        live = self._live_generation(md)
+        return decide.ClusterState(
+            compression, profiling, replicas, ready, live, self._has_pod_monitors(), front_exists=front
+        )
+
+    def _live_generation(self, md: ModelDeploymentSpec) -> int | None:
+        """The generation the clients reach: the selector of the front's upstream, else the endpoint's."""
+        ns = md.owner.namespace
+        service = None
+        if serving_objects.has_front(md):
+            service = self.cluster.get("v1", "Service", ns, names.live_service(md.owner))
+        if service is None:
+            service = self.cluster.get("v1", "Service", ns, names.endpoint_service(md.owner))
+        if service is None:
+            return None
+        return int(service["spec"]["selector"].get(names.LABEL_GENERATION, 0)) or None
 
     def _job(self, namespace: str, name: str) -> Job:
         job = self.cluster.get("batch/v1", "Job", namespace, name)

@@ -99,6 +99,8 @@ class Autoscaler:
         self._clock = clock
         self._servers: dict[str, Prometheus] = {}
         self._state: dict[tuple[str, str], _Remembered] = {}
+        # Requests the fronts hold, per (Prometheus URL, power source), from the last read.
+        self._held: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
 
     def run(self, interval: float, stop: threading.Event) -> None:
         """Tick every `interval` seconds until `stop` is set; a failed tick is logged and retried."""
@@ -128,6 +130,7 @@ class Autoscaler:
                 item.ready,
                 samples.get(key, {}),
                 failed,
+                self._held.get(key, {}).get((item.md.owner.namespace, item.md.model_name), 0.0),
             )
             state = self._state.setdefault(item.key, _Remembered())
             recommendation, state.memory = recommend(seen, item.replicas, item.targets, state.memory, now)
@@ -197,7 +200,14 @@ class Autoscaler:
         ready = tuple(int((shards[i].get("status") or {}).get("readyReplicas", 0)) for i in range(count))
         url, power_source = scaling.metrics_source(md, self.default_prometheus_url)
         try:
-            targets = scaling.targets_for(md, profile, capacity)
+            # A model with minReplicas 0 is called through its front, which holds requests at zero.
+            targets = scaling.targets_for(
+                md,
+                profile,
+                capacity,
+                wakes=serving_objects.has_front(md),
+                metrics_window_s=scaling.duration_seconds(self.rate_window),
+            )
         except ValueError as error:
             log.warning("not autoscaling %s/%s: %s", md.owner.namespace, md.owner.name, error)
             return None
@@ -215,13 +225,15 @@ class Autoscaler:
         failures: dict[tuple[str, str], str] = {}
         wanted = sorted({(item.prometheus_url or "", item.power_source) for item in scaled})
         common: dict[str, dict[str, list[dict[str, Any]]] | str] = {}
+        self._held = {}
         for url, source in wanted:
             if not url:
                 failures[(url, source)] = NO_PROMETHEUS
                 continue
             promql = observations.queries(source, self.rate_window)
             if url not in common:
-                common[url] = self._query_all(url, {k: v for k, v in promql.items() if k != "watts"})
+                shared = {k: v for k, v in promql.items() if k != "watts"}
+                common[url] = self._query_all(url, {**shared, **observations.front_queries(self.rate_window)})
             answers = common[url]
             if isinstance(answers, str):
                 failures[(url, source)] = answers
@@ -230,7 +242,10 @@ class Autoscaler:
             if isinstance(watts, str):
                 failures[(url, source)] = watts
                 continue
-            samples[(url, source)] = observations.samples_from_prometheus({**answers, **watts})
+            served = {k: v for k, v in answers.items() if k != "held_requests"}
+            samples[(url, source)] = observations.samples_from_prometheus({**served, **watts})
+            held = observations.held_from_prometheus(answers.get("held_requests", []))
+            self._held[(url, source)] = held
         return samples, failures
 
     def _query_all(self, url: str, promql: Mapping[str, str]) -> dict[str, list[dict[str, Any]]] | str:

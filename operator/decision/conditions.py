@@ -207,6 +207,10 @@ def _ready(o: Observed, profiled: Condition) -> Condition:
             Reason.DEPLOYING,
             f"waiting for shard(s) {', '.join(map(str, missing))} of {o.planned} to become ready",
         )
+    if all(want == 0 for want in o.shards_desired):
+        return Condition(
+            READY, True, Reason.SERVING, f"serving {o.planned}, scaled to zero: the next request wakes it"
+        )
     return Condition(READY, True, Reason.SERVING, f"serving {o.planned}")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision import artifact_files, planner
 from frugal.operator.decision.conditions import ABSENT_JOB, Assessment, Job, JobState, Observed, conditions
-from frugal.operator.manifests import jobs, serving_objects
+from frugal.operator.manifests import jobs, names, serving_objects
 from frugal.operator.manifests.serving_objects import Selection
 from frugal.operator.manifests.storage import ArtifactLocation, locate
 
@@ -43,6 +43,8 @@ class ClusterState:
     live_generation: int | None = None
     # The cluster serves the Prometheus Operator's PodMonitor kind, so serving pods can be scraped.
     pod_monitors: bool = False
+    # The ModelDeployment's front Deployment exists (it had minReplicas 0 at some point).
+    front_exists: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Decision:
     observed: Observed | None = None
     # Replica counts of newly created shards, applied under the autoscaler's field manager.
     scale: tuple[dict[str, Any], ...] = ()
+    # (apiVersion, kind, name) of children that should no longer exist, in the ModelDeployment's namespace.
+    delete: tuple[tuple[str, str, str], ...] = ()
 
 
 # Measured throughput varies about this much between runs; cheaper by less than that is not cheaper.
@@ -173,8 +177,24 @@ def _plan_and_serve(
     )
     ready = tuple(cluster.shard_ready.get(i, 0) for i in range(selection.shards))
     live = all(r >= 1 for r in ready)
-    if live or cluster.live_generation is None:
-        to_apply.append(serving_objects.desired_endpoint_service(md, md.owner.generation))
+    live_generation = md.owner.generation if live or cluster.live_generation is None else None
+    delete: tuple[tuple[str, str, str], ...] = ()
+    if serving_objects.has_front(md):
+        # The front's upstream moves like the endpoint did; the endpoint itself always selects the front.
+        if live_generation is not None:
+            to_apply.append(serving_objects.desired_live_service(md, live_generation))
+        to_apply.append(serving_objects.desired_front(md, settings.image))
+        to_apply.append(
+            serving_objects.desired_endpoint_service(md, cluster.live_generation or md.owner.generation)
+        )
+    else:
+        if live_generation is not None:
+            to_apply.append(serving_objects.desired_endpoint_service(md, live_generation))
+        if cluster.front_exists:
+            delete = (
+                ("apps/v1", "Deployment", names.front(md.owner)),
+                ("v1", "Service", names.live_service(md.owner)),
+            )
     if cluster.pod_monitors:
         to_apply.append(serving_objects.desired_pod_monitor(md))
     observed = _with(
@@ -185,7 +205,16 @@ def _plan_and_serve(
     )
     status.update(_serving_status(md, plan, replicas, ready))
     return Decision(
-        tuple(to_apply), location, conditions(observed), status, plan, selection, live, observed, scale
+        tuple(to_apply),
+        location,
+        conditions(observed),
+        status,
+        plan,
+        selection,
+        live,
+        observed,
+        scale,
+        delete,
     )
 
 

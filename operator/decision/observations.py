@@ -64,6 +64,25 @@ def queries(power_source: str = "estimate", window: str = RATE_WINDOW) -> dict[s
     }
 
 
+def front_queries(window: str = RATE_WINDOW) -> dict[str, str]:
+    """What the fronts of models at zero hold, by (namespace, model): the most held within the window,
+    so a request held and answered between two scrapes still counts as demand."""
+    return {
+        "held_requests": f"sum by (namespace, model) (max_over_time(frugal_front_held_requests[{window}]))"
+    }
+
+
+def held_from_prometheus(result: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], float]:
+    """The held-requests answer as {(namespace, model): requests}."""
+    held: dict[tuple[str, str], float] = {}
+    for series in result:
+        labels = series.get("metric") or {}
+        if "namespace" in labels and "model" in labels:
+            value = float(series["value"][1])
+            held[(str(labels["namespace"]), str(labels["model"]))] = 0.0 if math.isnan(value) else value
+    return held
+
+
 @dataclass
 class ShardSample:
     """The metrics of one (namespace, model, shard), summed over its replicas; None where absent."""

@@ -31,26 +31,12 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from frugal.serving.front import HOP_BY_HOP, Hold
+
 log = logging.getLogger("frugal.up")
 
 T = TypeVar("T")
 
-# Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those aiohttp sets.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
 MAX_BODY_BYTES = 256 * 1024 * 1024
 BACKEND_TIMEOUT = aiohttp.ClientTimeout(total=300, sock_connect=5)
 
@@ -77,15 +63,6 @@ class Backend:
         self.outstanding -= 1
         if self.outstanding <= 0:
             self.idle.set()
-
-
-@dataclass(frozen=True)
-class Hold:
-    """How a front keeps requests that arrive while no replica runs (a model waking from zero): at
-    most `max_requests` wait, each at most `deadline_s`; past either, 503 with Retry-After."""
-
-    max_requests: int = 256
-    deadline_s: float = 60.0
 
 
 class Balancer:

@@ -128,6 +128,28 @@ def serve(
     return command
 
 
+def front(md: ModelDeploymentSpec, upstream: str, hold_deadline_s: float) -> list[str]:
+    """The always-on front of a model that scales to zero (`frugal front`)."""
+    return [
+        "frugal",
+        "front",
+        "--upstream",
+        upstream,
+        "--model-name",
+        md.model_name,
+        "--namespace",
+        md.owner.namespace,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(SERVING_PORT),
+        "--hold-max-requests",
+        str(md.max_queue_size),
+        "--hold-deadline-s",
+        f"{hold_deadline_s:g}",
+    ]
+
+
 def _tensors(tensors: tuple[TensorSpec, ...] | None) -> list[dict[str, Any]] | None:
     if tensors is None:
         return None

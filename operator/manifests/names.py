@@ -68,6 +68,16 @@ def endpoint_service(owner: Owner) -> str:
     return bounded(owner.name)
 
 
+def front(owner: Owner) -> str:
+    """The always-on front of a model that may scale to zero (its Deployment); not per generation."""
+    return bounded(owner.name, "front")
+
+
+def live_service(owner: Owner) -> str:
+    """Behind a front: the Service of the live generation's first shard, which the front forwards to."""
+    return bounded(owner.name, "live")
+
+
 def labels(owner: Owner, component: str, **extra: str) -> dict[str, str]:
     """The app.kubernetes.io/* labels plus frugal's own selectors."""
     result = {

@@ -1,9 +1,12 @@
 """Desired serving objects (pure): per shard a Deployment, a Service and a PodDisruptionBudget, plus
-the stable endpoint Service.
+the stable endpoint Service, and for a model that may scale to zero its always-on front.
 
 Names and selectors carry the generation, so a new generation's shards come up beside the old ones;
 the endpoint Service (named after the ModelDeployment) selects the front shard of whichever
-generation is live, and only moves once the new one is ready.
+generation is live, and only moves once the new one is ready. With ``minReplicas: 0`` the endpoint
+Service selects the front (`frugal front`, one Deployment per ModelDeployment, not per generation)
+instead, and the live generation's first shard is behind ``<name>-live``, which the front forwards
+to and which moves between generations as the endpoint would.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from frugal.operator.manifests.storage import ArtifactLocation
 
 DRAIN_SECONDS = 5
 TERMINATION_GRACE_SECONDS = 30
+# How long the front holds a request for a model waking from zero: a pod start plus a model load.
+HOLD_DEADLINE_SECONDS = 60
+FRONT_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
 
 
 @dataclass(frozen=True)
@@ -169,15 +175,91 @@ def desired_shard_pdb(md: ModelDeploymentSpec, selection: Selection, index: int)
     }
 
 
+def has_front(md: ModelDeploymentSpec) -> bool:
+    """Whether the model may scale to zero, and so is called through its front."""
+    return md.min_replicas == 0
+
+
 def desired_endpoint_service(md: ModelDeploymentSpec, live_generation: int) -> dict[str, Any]:
-    """The model's stable endpoint: the front shard of the live generation."""
+    """The model's stable endpoint: the front shard of the live generation, or the front."""
     metadata = names.metadata(md.owner, names.endpoint_service(md.owner), "endpoint")
+    selector = front_selector(md.owner) if has_front(md) else shard_selector(md.owner, 0, live_generation)
+    if not has_front(md):
+        metadata["labels"][names.LABEL_GENERATION] = str(live_generation)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {"selector": selector, "ports": [_service_port()]},
+    }
+
+
+def desired_live_service(md: ModelDeploymentSpec, live_generation: int) -> dict[str, Any]:
+    """Behind the front: the live generation's first shard (moves once a new generation is ready)."""
+    metadata = names.metadata(md.owner, names.live_service(md.owner), "endpoint")
     metadata["labels"][names.LABEL_GENERATION] = str(live_generation)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata,
         "spec": {"selector": shard_selector(md.owner, 0, live_generation), "ports": [_service_port()]},
+    }
+
+
+def front_selector(owner: Owner) -> dict[str, str]:
+    return {names.LABEL_MD: owner.name, names.LABEL_ROLE: "front"}
+
+
+def desired_front(md: ModelDeploymentSpec, image: str) -> dict[str, Any]:
+    """The always-on front of a model that may scale to zero: it holds requests while no replica
+    runs (its held-requests gauge wakes the model) and forwards them to ``<name>-live``. One replica,
+    owned by the operator's apply (the autoscaler never scales it); its template does not change
+    between generations, so a rollout does not restart it."""
+    upstream = (
+        f"http://{names.live_service(md.owner)}.{md.owner.namespace}.svc:{container_commands.SERVING_PORT}"
+    )
+    metadata = names.metadata(md.owner, names.front(md.owner), "front")
+    template_labels = {k: v for k, v in metadata["labels"].items() if k != names.LABEL_GENERATION}
+    container = {
+        "name": "front",
+        "image": image,
+        "command": container_commands.front(md, upstream, HOLD_DEADLINE_SECONDS),
+        "env": list(pod_specs.SCRATCH_ENV),
+        "securityContext": dict(pod_specs.CONTAINER_SECURITY),
+        "volumeMounts": [{"name": pod_specs.SCRATCH_VOLUME, "mountPath": pod_specs.SCRATCH_PATH}],
+        "resources": FRONT_RESOURCES,
+        "ports": [{"name": "http", "containerPort": container_commands.SERVING_PORT, "protocol": "TCP"}],
+        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=6),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": front_selector(md.owner)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": template_labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(container_commands.SERVING_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    # Held requests may wait HOLD_DEADLINE_SECONDS: let them finish on shutdown.
+                    "terminationGracePeriodSeconds": HOLD_DEADLINE_SECONDS + DRAIN_SECONDS,
+                    "securityContext": dict(pod_specs.POD_SECURITY),
+                    "containers": [container],
+                    "volumes": [{"name": pod_specs.SCRATCH_VOLUME, "emptyDir": {}}],
+                },
+            },
+        },
     }
 
 
@@ -220,15 +302,22 @@ def _service_port() -> dict[str, Any]:
 
 
 def desired_pod_monitor(md: ModelDeploymentSpec) -> dict[str, Any]:
-    """A Prometheus Operator PodMonitor scraping every serving pod of the ModelDeployment."""
+    """A Prometheus Operator PodMonitor scraping every serving pod of the ModelDeployment, and its front."""
     metadata = names.metadata(md.owner, names.bounded(md.owner.name, "serving"), "serving")
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
         "metadata": metadata,
         "spec": {
-            "selector": {"matchLabels": {names.LABEL_MD: md.owner.name, names.LABEL_ROLE: "serving"}},
+            "selector": {
+                "matchLabels": {names.LABEL_MD: md.owner.name},
+                "matchExpressions": [
+                    {"key": names.LABEL_ROLE, "operator": "In", "values": ["serving", "front"]}
+                ],
+            },
             # honorLabels: the servers' own namespace/model/shard labels are what the autoscaler groups by
-            "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s", "honorLabels": True}],
+            "podMetricsEndpoints": [
+                {"port": "http", "path": "/metrics", "interval": "15s", "honorLabels": True}
+            ],
         },
     }

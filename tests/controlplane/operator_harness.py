@@ -188,12 +188,12 @@ def mark_ready(cluster: ControlPlane, deployment: Mapping[str, Any]) -> None:
 
 
 def serve_from_template(
-    deployment: Mapping[str, Any], workdir: Path, next_stage: str | None = None
+    deployment: Mapping[str, Any], workdir: Path, next_stage: str | None = None, port: int | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start the pod template's server command with its env, on a free loopback port."""
+    """Start the pod template's server command with its env, on a loopback port (a free one by default)."""
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     command = list(container["command"])
-    port = free_port()
+    port = free_port() if port is None else port
     command[command.index("--port") + 1] = str(port)
     command[command.index("--host") + 1] = "127.0.0.1"
     if next_stage is not None:

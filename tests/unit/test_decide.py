@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 from frugal.operator.api.spec import parse_hardware_profile, parse_model_deployment
@@ -235,3 +236,71 @@ def test_an_autoscaling_only_edit_keeps_the_generation_its_artifacts_were_built_
     reshaped["spec"]["serving"]["slo"] = {"latencyP95Ms": 77}
     assert with_effective_generation(parse_model_deployment(reshaped), status).owner.generation == 2
     assert with_effective_generation(parse_model_deployment(edited), {}).owner.generation == 2
+
+
+def scale_to_zero_md(generation: int = 1) -> Any:
+    body = copy.deepcopy(BODY)
+    body["metadata"]["generation"] = generation
+    body["spec"]["autoscaling"] = {"minReplicas": 0, "scaleToZeroAfterSeconds": 60}
+    return parse_model_deployment(body)
+
+
+def test_minreplicas_0_puts_a_front_before_the_model_and_the_endpoint_selects_it() -> None:
+    state = ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE})
+    decision = decide(scale_to_zero_md(), PROFILES, state, PROFILED, SETTINGS)
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in decision.apply}
+    assert kinds(decision)[-3:] == [
+        ("Service", "digits-live"),
+        ("Deployment", "digits-front"),
+        ("Service", "digits"),
+    ]
+    endpoint, live = by_name[("Service", "digits")], by_name[("Service", "digits-live")]
+    front = by_name[("Deployment", "digits-front")]
+    assert endpoint["spec"]["selector"] == front["spec"]["selector"]["matchLabels"]
+    assert front["spec"]["template"]["metadata"]["labels"].items() >= endpoint["spec"]["selector"].items()
+    assert live["spec"]["selector"]["frugal.dev/generation"] == "1"
+    assert live["spec"]["selector"]["frugal.dev/shard"] == "0"
+    command = front["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:2] == ["frugal", "front"]
+    assert command[command.index("--upstream") + 1] == "http://digits-live.ml.svc:8080"
+    assert command[command.index("--model-name") + 1] == MD.model_name
+    assert front["spec"]["replicas"] == 1  # the front is never scaled: it is what wakes the model
+    assert (
+        "frugal.dev/generation" not in front["spec"]["template"]["metadata"]["labels"]
+    )  # no restart per rollout
+    # the first shard starts with one replica (there is nothing to wake yet), then the autoscaler decides
+    assert decision.scale[0]["spec"]["replicas"] == 1
+
+
+def test_a_scaled_to_zero_model_still_serves_and_keeps_its_live_generation() -> None:
+    state = ClusterState(
+        compression=DONE, profiling={"cpu": DONE, "gpu": DONE}, shard_replicas={0: 0}, shard_ready={0: 0},
+        live_generation=1, front_exists=True,
+    )  # fmt: skip
+    decision = decide(scale_to_zero_md(), PROFILES, state, PROFILED, SETTINGS)
+    assert decision.assessment.condition("Ready").status is True
+    assert decision.assessment.phase is Phase.SERVING
+    assert ("Deployment", "digits-front") in kinds(decision) and decision.delete == ()
+
+
+def test_a_new_generation_of_a_fronted_model_moves_the_live_service_only_once_ready() -> None:
+    state = ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE}, live_generation=1,
+                         front_exists=True)  # fmt: skip
+    rolling = decide(scale_to_zero_md(2), PROFILES, state, PROFILED, SETTINGS)
+    assert ("Service", "digits-live") not in kinds(rolling) and not rolling.prune_older_generations
+    ready = dataclasses.replace(state, shard_replicas={0: 1}, shard_ready={0: 1})
+    done = decide(scale_to_zero_md(2), PROFILES, ready, PROFILED, SETTINGS)
+    live = next(o for o in done.apply if o["metadata"]["name"] == "digits-live")
+    assert live["spec"]["selector"]["frugal.dev/generation"] == "2" and done.prune_older_generations
+
+
+def test_raising_minreplicas_from_0_removes_the_front_and_points_the_endpoint_at_the_model() -> None:
+    state = ClusterState(
+        compression=DONE, profiling={"cpu": DONE, "gpu": DONE}, shard_replicas={0: 1}, shard_ready={0: 1},
+        live_generation=1, front_exists=True,
+    )  # fmt: skip
+    decision = decide(MD, PROFILES, state, PROFILED, SETTINGS)
+    assert decision.delete == (("apps/v1", "Deployment", "digits-front"), ("v1", "Service", "digits-live"))
+    endpoint = next(o for o in decision.apply if o["metadata"]["name"] == "digits")
+    assert endpoint["spec"]["selector"]["frugal.dev/shard"] == "0"
+    assert ("Deployment", "digits-front") not in kinds(decision)

@@ -381,10 +381,33 @@ def test_serving_set_has_deployment_service_and_pdb_per_shard() -> None:
 
 
 def test_endpoint_service_follows_the_live_generation() -> None:
-    service = serving_objects.desired_endpoint_service(SPEC, live_generation=2)
+    always_on = md_with(autoscaling__minReplicas=1)
+    service = serving_objects.desired_endpoint_service(always_on, live_generation=2)
     assert service["metadata"]["name"] == "digits"
     assert service["spec"]["selector"][names.LABEL_GENERATION] == "2"
     assert service["spec"]["selector"][names.LABEL_SHARD] == "0"
+
+
+def test_a_model_that_may_scale_to_zero_is_reached_through_its_front() -> None:
+    assert SPEC.min_replicas == 0
+    endpoint = serving_objects.desired_endpoint_service(SPEC, live_generation=2)
+    assert endpoint["spec"]["selector"] == serving_objects.front_selector(SPEC.owner)
+    live = serving_objects.desired_live_service(SPEC, live_generation=2)
+    assert live["metadata"]["name"] == "digits-live"
+    assert live["spec"]["selector"][names.LABEL_GENERATION] == "2"
+    front = serving_objects.desired_front(SPEC, "img:1")
+    pod = front["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    command = container["command"]
+    assert command[command.index("--hold-max-requests") + 1] == str(SPEC.max_queue_size)
+    assert float(command[command.index("--hold-deadline-s") + 1]) == serving_objects.HOLD_DEADLINE_SECONDS
+    # held requests may take the whole deadline: the grace period lets them finish on shutdown
+    assert pod["terminationGracePeriodSeconds"] > serving_objects.HOLD_DEADLINE_SECONDS
+    monitor = serving_objects.desired_pod_monitor(SPEC)
+    roles = monitor["spec"]["selector"]["matchExpressions"][0]["values"]
+    assert set(roles) == {"serving", "front"}
 
 
 @pytest.mark.parametrize(

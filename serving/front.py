@@ -1,0 +1,284 @@
+"""`frugal front`: the always-on front of a model that may scale to zero (the cluster's activator).
+
+A ModelDeployment with ``minReplicas: 0`` is called through its endpoint Service, which selects this
+front; the front forwards every request, as it came, to the live generation's first shard (the
+``--upstream`` Service) and returns the answer as it is. When the upstream refuses the connection —
+a Service with no ready endpoint does exactly that — the request is *held*: it waits, and the front
+retries the connection every ``--retry-interval-ms`` until a replica answers. Meanwhile the gauge
+``frugal_front_held_requests`` counts what waits; the operator's autoscaler reads it through
+Prometheus and wakes the model. Clients see a slow first answer, never a refusal.
+
+Bounds, so nothing hangs: at most ``--hold-max-requests`` requests wait at once and each waits at
+most ``--hold-deadline-s``; past either the answer is 503 with ``Retry-After`` and a JSON ``error``.
+A request whose connection fails after it reached a replica is not retried (it may have run): 502.
+The front never runs a model and never imports ONNX Runtime; ``/v2/health/live`` and
+``/v2/health/ready`` are its own (ready: it accepts requests, holding them if it must).
+
+One front serves one model; it is small enough to run one replica per ModelDeployment (one shared
+activator for every model would save those pods, at the price of a single point of failure for
+every model and a routing table the operator must keep in step; see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger("frugal.front")
+
+# Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those aiohttp sets.
+HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+        "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length",
+    }
+)  # fmt: skip
+HOLD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """How a front keeps requests that arrive while no replica runs (a model waking from zero): at
+    most `max_requests` wait, each at most `deadline_s`; past either, 503 with Retry-After."""
+
+    max_requests: int = 256
+    deadline_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_requests < 1 or not self.deadline_s > 0:
+            raise ValueError("a hold needs max_requests >= 1 and deadline_s > 0")
+
+
+def json_error(status: int, message: str, retry_after_s: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+class FrontMetrics:
+    """The front's series, on a registry of its own; labelled like the serving series it fronts."""
+
+    def __init__(self, registry: CollectorRegistry, model: str, labels: dict[str, str]) -> None:
+        names = ("namespace", "model")
+        values = (labels.get("namespace", ""), model)
+        self.held = Gauge(
+            "frugal_front_held_requests", "Requests waiting for a replica of a model at zero",
+            names, registry=registry,
+        ).labels(*values)  # fmt: skip
+        self.hold_duration = Histogram(
+            "frugal_front_hold_duration_seconds", "How long held requests waited for a replica",
+            names, buckets=HOLD_BUCKETS, registry=registry,
+        ).labels(*values)  # fmt: skip
+        self._requests = Counter(
+            "frugal_front_requests", "Requests through the front, by the HTTP status answered",
+            [*names, "code"], registry=registry,
+        )  # fmt: skip
+        self._values = values
+
+    def answered(self, status: int) -> None:
+        self._requests.labels(*self._values, str(status)).inc()
+
+
+class Front:
+    """Forward to one upstream URL; hold while it refuses connections."""
+
+    def __init__(
+        self,
+        upstream: str,
+        hold: Hold,
+        metrics: FrontMetrics,
+        registry: CollectorRegistry,
+        retry_interval_s: float = 0.1,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        upstream_timeout_s: float = 300.0,
+    ) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.hold = hold
+        self.metrics = metrics
+        self.registry = registry
+        self.retry_interval_s = retry_interval_s
+        self.max_body_bytes = max_body_bytes
+        self.timeout = aiohttp.ClientTimeout(total=upstream_timeout_s, sock_connect=2)
+        self.held = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body_bytes)
+        app.router.add_get("/v2/health/live", self._healthy)
+        app.router.add_get("/v2/health/ready", self._healthy)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.on_startup.append(self._open)
+        app.on_cleanup.append(self._close)
+        return app
+
+    async def _open(self, _: web.Application) -> None:
+        # auto_decompress off: bodies pass through byte for byte, with their Content-Encoding.
+        self._session = aiohttp.ClientSession(
+            timeout=self.timeout, auto_decompress=False, connector=aiohttp.TCPConnector(limit=0)
+        )
+
+    async def _close(self, _: web.Application) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _healthy(self, _: web.Request) -> web.Response:
+        return web.json_response({"live": True, "ready": True})
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            response = await self._proxy(request)
+        except web.HTTPException as exc:  # e.g. a body over the limit
+            response = json_error(exc.status, exc.reason or "bad request")
+        except Exception as exc:  # never let one request take the front down
+            log.exception("front: request failed")
+            response = json_error(502, f"front: {type(exc).__name__}: {exc}")
+        self.metrics.answered(response.status)
+        return response
+
+    async def _proxy(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        holding = False
+        try:
+            while True:
+                try:
+                    return await self._forward(request, headers, body)
+                except aiohttp.ClientConnectorError as exc:  # the request never reached a replica
+                    waited = loop.time() - started
+                    if not holding:
+                        if self.held >= self.hold.max_requests:
+                            return json_error(
+                                503,
+                                f"front: {self.held} requests already wait for a replica; retry shortly",
+                                1,
+                            )
+                        holding = True
+                        self.held += 1
+                        self.metrics.held.inc()
+                    if waited >= self.hold.deadline_s:
+                        return json_error(
+                            503,
+                            f"front: no replica answered within {self.hold.deadline_s:g}s ({exc.os_error}); "
+                            "retry shortly",
+                            max(1, round(self.hold.deadline_s / 4)),
+                        )
+                    await asyncio.sleep(min(self.retry_interval_s, self.hold.deadline_s - waited))
+        except TimeoutError:
+            return json_error(504, f"front: {self.upstream} did not answer in time")
+        except aiohttp.ClientError as exc:
+            return json_error(502, f"front: {self.upstream} failed: {exc}")
+        finally:
+            if holding:
+                self.held -= 1
+                self.metrics.held.dec()
+                self.metrics.hold_duration.observe(loop.time() - started)
+
+    async def _forward(self, request: web.Request, headers: dict[str, str], body: bytes) -> web.Response:
+        assert self._session is not None
+        async with self._session.request(
+            request.method,
+            self.upstream + request.rel_url.raw_path_qs,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+        ) as answer:
+            payload = await answer.read()
+            kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+            return web.Response(status=answer.status, body=payload, headers=kept)
+
+
+# -- the command ---------------------------------------------------------------------------------------
+
+ENV_PREFIX = "FRUGAL_FRONT_"
+
+
+def build_parser(environ: dict[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="frugal front",
+        description="Hold requests for a model scaled to zero until a replica answers, then forward them.",
+        epilog=f"Every flag may be set by its environment variable, e.g. {ENV_PREFIX}UPSTREAM.",
+    )
+
+    def flag(name: str, kind: type, default: object, text: str) -> None:
+        variable = ENV_PREFIX + name.lstrip("-").replace("-", "_").upper()
+        if variable in environ and environ[variable] != "":
+            default = environ[variable]
+        parser.add_argument(name, type=kind, default=default, help=f"{text} (env {variable})")
+
+    flag(
+        "--upstream",
+        str,
+        None,
+        "base URL of the model's first shard, e.g. http://md-live.ns.svc:8080 (required)",
+    )
+    flag("--model-name", str, None, "the served model's name, for the metrics' model label (required)")
+    flag("--namespace", str, "", "the metrics' namespace label")
+    flag("--host", str, "127.0.0.1", "address to listen on (0.0.0.0 in a pod)")
+    flag("--port", int, 8080, "port to listen on (0: any free port, printed when ready)")
+    flag("--hold-max-requests", int, 256, "requests that may wait for a replica at once (503 beyond)")
+    flag("--hold-deadline-s", float, 60.0, "longest a request waits for a replica (503 past it)")
+    flag("--retry-interval-ms", float, 100.0, "pause between connection attempts while holding")
+    flag("--max-body-bytes", int, 64 * 1024 * 1024, "largest request body accepted (413 beyond)")
+    flag("--log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(dict(os.environ))
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    for required in ("upstream", "model_name"):
+        if not getattr(args, required):
+            parser.error(f"--{required.replace('_', '-')} is required")
+    try:
+        hold = Hold(args.hold_max_requests, args.hold_deadline_s)
+    except ValueError as error:
+        parser.error(f"--hold-max-requests/--hold-deadline-s: {error}")
+    if args.retry_interval_ms <= 0:
+        parser.error("--retry-interval-ms must be above 0")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    registry = CollectorRegistry()
+    metrics = FrontMetrics(registry, args.model_name, {"namespace": args.namespace})
+    front = Front(
+        args.upstream, hold, metrics, registry, args.retry_interval_ms / 1000.0, args.max_body_bytes
+    )
+    asyncio.run(_serve(front, args.host, args.port))
+    return 0
+
+
+async def _serve(front: Front, host: str, port: int) -> None:
+    runner = web.AppRunner(front.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = next(a for a in runner.addresses if isinstance(a, tuple))
+    print(f"frugal front: forwarding to {front.upstream} on http://{host}:{bound[1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()  # finishes the requests in flight, held ones included, up to aiohttp's grace
+
+
+if __name__ == "__main__":
+    sys.exit(main())
