@@ -19,12 +19,20 @@ stage), each pod taking one node-share of the profile. With ``T`` the measured t
 replica (requests/s), ``C`` the profile's ``costPerHour`` (USD), ``Pidle``/``Pmax`` its power (W),
 ``E`` the electricity price (USD/kWh) and ``L`` the expected load (requests/s)::
 
-    replicas    R = ceil(L / T)                  (R = 1 and L = T when no load is given:
-    utilisation u = L / (R · T)                   one replica running flat out)
+    replicas    R = ceil(L / T)                  (R = 1 and L = T when no load is given, or
+    utilisation u = L / (R · T)                   a load of 0: one replica running flat out)
     power       W = R · S · (Pidle + (Pmax − Pidle) · u)                 watts
     cost/hour   H = R · S · C + (W / 1000) · E                           USD per hour
     cost/req      = H / (3600 · L)                                       USD per request
     energy/req    = W / L                                                joules per request
+
+At a given load every option is priced with the replicas *it* needs, so a slow cheap profile and a
+fast dear one compare as they would serve that load: at a few requests per second one small replica
+wins, at hundreds the profile whose replica carries more per dollar does. :func:`price` prices one
+given option the same way (the one running, say, to compare it with the cheapest at the observed
+load: :mod:`frugal.operator.decision.replanning`). Whether an option is feasible does not depend on
+the load: rows are rejected by accuracy, latency and memory, and a load that would need more replicas
+than ``spec.autoscaling.maxReplicas`` is priced like any other.
 
 Latency and throughput come from the profiling Jobs (measured per profile, at the serving batch size,
 optionally per shard count). When a shard count has no measurement of its own it is estimated from
@@ -136,6 +144,12 @@ class Plan:
     used_fallback: bool = False
     objectives: Objectives | None = field(default=None, compare=False)
 
+    def option(self, variant: str, profile: str, shards: int) -> Candidate | None:
+        """The table's row for one (variant, profile, shards), None when the plan did not price it."""
+        return next(
+            (r for r in self.table if (r.variant, r.profile, r.shards) == (variant, profile, shards)), None
+        )
+
 
 class PlanningError(ValueError):
     """The planner's inputs are unusable (the message says which field to fix)."""
@@ -158,6 +172,21 @@ def plan(variants: Sequence[Variant], profiles: Sequence[Profile], objectives: O
     table = tuple(chosen if _same_option(row, chosen) else row for row in table)
     reason = _choice_reason(chosen, feasible, objectives, fallback)
     return Plan(chosen, table, reason, fallback, objectives)
+
+
+def price(
+    variant: Variant,
+    profile: Profile,
+    shards: int,
+    objectives: Objectives,
+    fallback: bool = False,
+) -> Candidate:
+    """One (variant, profile, shards) option priced at ``objectives.expected_rps``, with its rejections:
+    the row :func:`plan` puts in its table for it (without the "chosen" mark), whether or not
+    ``shards`` is among ``objectives.shard_counts``. ``fallback``: use the compression report's numbers
+    when the variant has no measurements (what :func:`plan` does with one profile and no profiling)."""
+    _check_inputs([variant], [profile], replace(objectives, shard_counts=(shards,)))
+    return _evaluate(variant, profile, shards, objectives, fallback)
 
 
 def _check_inputs(variants: Sequence[Variant], profiles: Sequence[Profile], objectives: Objectives) -> None:
