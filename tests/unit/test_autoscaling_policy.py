@@ -370,3 +370,27 @@ def test_a_capacity_estimate_that_is_too_low_rises_by_probing_and_stops_below_an
         _, memory = recommend(over, current, low, memory, 40 * 15.0 + tick * 15.0)
     ceiling = memory.ceiling_rps[0]
     assert memory.capacity_rps[0] == pytest.approx(3500.0 / current[0]) and ceiling == capacities[-1]
+
+
+def test_what_the_fronts_hold_is_read_per_model_and_wakes_a_model_at_zero() -> None:
+    from frugal.operator.decision.observations import front_queries, held_from_prometheus
+
+    promql = front_queries("30s")["held_requests"]
+    assert "max_over_time(frugal_front_held_requests[30s])" in promql and "by (namespace, model)" in promql
+    held = held_from_prometheus(
+        [
+            {"metric": {"namespace": "ml", "model": "digits"}, "value": [0, "2"]},
+            {"metric": {"namespace": "ml", "model": "other"}, "value": [0, "NaN"]},
+            {"metric": {"model": "no-namespace"}, "value": [0, "5"]},
+        ]
+    )
+    assert held == {("ml", "digits"): 2.0, ("ml", "other"): 0.0}
+    # At zero replicas no shard has series, and that is not stale: only held requests say "demand".
+    asleep = observation("ml", "digits", (0,), (0,), {}, held_requests=held[("ml", "digits")])
+    assert asleep.stale is None and asleep.demand
+    targets = Targets(latency_p95_ms=50.0, capacity_rps=100.0, min_replicas=0, scale_to_zero_after_s=60.0)
+    answer, _ = recommend(asleep, (0,), targets, Memory(), 0.0)
+    assert answer.replicas == (1,) and answer.reason is ScaleReason.WAKING
+    quiet = observation("ml", "other", (0,), (0,), {}, held_requests=held[("ml", "other")])
+    answer, _ = recommend(quiet, (0,), targets, Memory(), 0.0)
+    assert answer.replicas == (0,) and answer.reason is ScaleReason.IDLE
