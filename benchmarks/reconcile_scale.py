@@ -1,12 +1,29 @@
 """Operator at scale: N ModelDeployments applied at once against a real API server.
 
     .venv/bin/python benchmarks/reconcile_scale.py [--count 200] [--interval 10]
+    .venv/bin/python benchmarks/reconcile_scale.py --serving --count 1000 [--autoscale-interval 5] [--ticks 4]
+                                                   [--drift]
 
 Starts etcd + kube-apiserver (+ kube-controller-manager) with the control-plane tier's harness,
 applies the CRDs, one HardwareProfile and N ModelDeployments in one `kubectl apply`, runs the
 operator as its own process, and prints: the time until every ModelDeployment reached its first
 stable phase (Compressing: its compression Job exists and nobody runs it), API requests per reconcile
 (from the operator's own metrics), and the operator's peak resident memory.
+
+With ``--serving`` a real Prometheus runs too (the Prometheus tier's harness; no targets) and the
+operator gets ``--prometheus-url`` and ``--autoscale-interval``. The benchmark then plays the Job
+controller and the kubelet, as the control-plane tests do, to bring all N to phase Serving: the
+compression and profiling Jobs of ``md-0000`` run for real (their commands, on this machine); every
+other ModelDeployment gets a hard-linked copy of that generation's artifact directory where its own
+Jobs would have written it (``<storage>/bench/<name>/gen-1``), then its compression Job and its
+profiling Job are marked Complete and its serving Deployment ready, through the status subresource
+(batched in threads). No kube-controller-manager runs in this mode, so nothing else writes those
+statuses, and no server process runs: Prometheus has no series for the models, so the autoscaler
+holds every count with MetricsAvailable=False. Once the first ticks have written that, a steady state
+is measured over ``--ticks`` autoscaler ticks: API requests and writes per second (the operator's
+counters, and the API server's own count over all clients), Prometheus queries per tick and per
+second, and the mean tick duration. ``--drift`` adds one whole drift period (600 s): the one pass in
+which every settled ModelDeployment is read and its children applied again, to undo hand edits.
 """
 
 # ruff: noqa: E402
@@ -14,18 +31,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "controlplane"))
 
+import controlplane_harness
 from controlplane_harness import CRD_DIR, ControlPlane, ensure_binaries, free_port
 
 PROFILE = """apiVersion: frugal.dev/v1alpha1
@@ -45,6 +68,32 @@ spec:
   compression: {{quantization: {{method: dynamic-int8}}}}
   serving: {{hardwareProfiles: [bench-cpu], slo: {{latencyP95Ms: 50}}}}
 """
+NAMESPACE = "bench"
+FIRST = "md-0000"  # the ModelDeployment whose Jobs run for real in --serving mode
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
+WRITES_TARGET = 5.0  # API writes per second, steady state
+
+
+# The tier's API server hands out Service IPs from a /24 (254): 1,000 served ModelDeployments need two
+# ClusterIP Services each (the shard's and the endpoint's).
+SERVICE_RANGE = "--service-cluster-ip-range=10.96.0.0/16"
+
+
+class BenchControlPlane(ControlPlane):
+    """The control-plane tier's cluster with a Service IP range that holds thousands of Services."""
+
+    def _start_apiserver(self) -> None:
+        original = controlplane_harness.start_server
+
+        def wider(name: str, argv: list[Any], workdir: Path) -> controlplane_harness.ServerProcess:
+            argv = [SERVICE_RANGE if str(a).startswith("--service-cluster-ip-range=") else a for a in argv]
+            return original(name, argv, workdir)
+
+        controlplane_harness.start_server = wider
+        try:
+            super()._start_apiserver()
+        finally:
+            controlplane_harness.start_server = original
 
 
 def metric(text: str, name: str) -> float:
@@ -64,16 +113,328 @@ def phases(cluster: ControlPlane) -> list[str]:
     return [(i.get("status") or {}).get("phase", "") for i in items]
 
 
+def scrape(port: int) -> str:
+    return str(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+
+
+# -- playing the Job controller and the kubelet (--serving) -------------------------------------------
+
+
+def job_finished(job: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
+
+
+def deployment_ready(deployment: Mapping[str, Any]) -> bool:
+    status = deployment.get("status") or {}
+    replicas = int(deployment["spec"].get("replicas", 1))
+    return (
+        status.get("observedGeneration") == deployment["metadata"].get("generation")
+        and status.get("readyReplicas") == replicas
+        and status.get("availableReplicas") == replicas
+    )
+
+
+def ready_status(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    """What the deployment controller writes once every replica is ready (no pods exist here)."""
+    replicas = int(deployment["spec"].get("replicas", 1))
+    return {
+        "replicas": replicas,
+        "readyReplicas": replicas,
+        "availableReplicas": replicas,
+        "updatedReplicas": replicas,
+        "observedGeneration": deployment["metadata"]["generation"],
+    }
+
+
+class PlayedControllers:
+    """The Job controller and the kubelet, for N ModelDeployments, through the status subresource."""
+
+    def __init__(self, cluster: ControlPlane, storage: Path, workdir: Path, threads: int = 8) -> None:
+        from frugal.operator.cluster.apply import Cluster
+        from frugal.operator.manifests import names
+
+        self.api = Cluster(cluster.api_client())
+        self.names = names
+        self.storage, self.workdir = storage, workdir
+        self.pool = ThreadPoolExecutor(threads)
+        self.patched = 0
+
+    def children(self, api_version: str, kind: str, role: str) -> list[dict[str, Any]]:
+        selector = {self.names.LABEL_MANAGED_BY: self.names.MANAGED_BY, self.names.LABEL_ROLE: role}
+        return self.api.find(api_version, kind, NAMESPACE, selector)
+
+    def owner(self, obj: Mapping[str, Any]) -> str:
+        return str(obj["metadata"]["labels"][self.names.LABEL_MD])
+
+    def run_for_real(self, role: str, deadline: float) -> float:
+        """Wait for FIRST's `role` Job, run its command as a pod would, record the outcome."""
+        from operator_harness import job_outcome, now, run_job_command
+
+        while True:
+            jobs = [j for j in self.children("batch/v1", "Job", role) if self.owner(j) == FIRST]
+            if jobs:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {role} Job for {FIRST}")
+            time.sleep(0.5)
+        job = jobs[0]
+        started = time.monotonic()
+        proc = run_job_command(job, self.workdir)
+        took = time.monotonic() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"{job['metadata']['name']} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        self._patch_status("batch/v1", "Job", job["metadata"]["name"], job_outcome(now(), True, ""))
+        return took
+
+    def copy_artifacts(self, count: int) -> None:
+        """FIRST's generation-1 artifacts, hard-linked where every other one's Jobs would write them."""
+        source = self.storage / NAMESPACE / FIRST / "gen-1"
+        for index in range(1, count):
+            target = self.storage / NAMESPACE / f"md-{index:04d}" / "gen-1"
+            shutil.rmtree(target, ignore_errors=True)  # a compression Job that never ran left it empty
+            shutil.copytree(source, target, copy_function=os.link)
+
+    def step(self) -> tuple[int, int]:
+        """Complete every unfinished Job and ready every unready serving Deployment (one pass);
+        returns (Jobs, Deployments) patched."""
+        from operator_harness import job_outcome, now
+
+        jobs = [
+            j
+            for role in ("compression", "profiling")
+            for j in self.children("batch/v1", "Job", role)
+            if not job_finished(j)
+        ]
+        deployments = [
+            d for d in self.children("apps/v1", "Deployment", "serving") if not deployment_ready(d)
+        ]
+        calls: list[tuple[str, str, str, dict[str, Any]]] = [
+            ("batch/v1", "Job", j["metadata"]["name"], job_outcome(now(), True, "")) for j in jobs
+        ]
+        calls += [("apps/v1", "Deployment", d["metadata"]["name"], ready_status(d)) for d in deployments]
+        list(self.pool.map(lambda c: self._patch_status(c[0], c[1], c[2], c[3], check=False), calls))
+        return len(jobs), len(deployments)
+
+    def _patch_status(
+        self, api_version: str, kind: str, name: str, status: Mapping[str, Any], check: bool = True
+    ) -> None:
+        from frugal.operator.cluster.apply import ApiError
+
+        try:
+            self.api.patch_status(api_version, kind, NAMESPACE, name, status)
+            self.patched += 1
+        except ApiError:
+            if check:
+                raise  # otherwise the next pass tries again
+
+    def phases(self) -> dict[str, str]:
+        from frugal.operator.api.crds import API_VERSION
+
+        return {
+            md["metadata"]["name"]: (md.get("status") or {}).get("phase", "")
+            for md in self.api.find(API_VERSION, "ModelDeployment", NAMESPACE, {})
+        }
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def bring_to_serving(played: PlayedControllers, count: int, timeout: float) -> dict[str, float]:
+    started = time.monotonic()
+    deadline = started + timeout
+    compress_s = played.run_for_real("compression", deadline)
+    profile_s = played.run_for_real("profiling", deadline)
+    played.copy_artifacts(count)
+    others = time.monotonic()
+    while True:
+        current = played.phases()
+        if len(current) == count and all(p == "Serving" for p in current.values()):
+            break
+        if time.monotonic() > deadline:
+            tally: dict[str, int] = {}
+            for phase in current.values():
+                tally[phase or "(none)"] = tally.get(phase or "(none)", 0) + 1
+            raise TimeoutError(f"not all Serving after {timeout:.0f} s: {tally}")
+        played.step()
+        time.sleep(1.0)
+    done = time.monotonic()
+    return {
+        "compress": compress_s,
+        "profile": profile_s,
+        "others": done - others,
+        "total": done - started,
+    }
+
+
+# -- steady state (--serving) ---------------------------------------------------------------------------
+
+
+def apiserver_requests(cluster: ControlPlane) -> tuple[float, float, float]:
+    """The API server's own count of resource requests from every client (its lease renewals left
+    out): (all, writes, when: the middle of the request that read them)."""
+    asked = time.monotonic()
+    text = cluster.kubectl("get", "--raw", "/metrics").stdout
+    when = (asked + time.monotonic()) / 2
+    total = writes = 0.0
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line[: line.rindex("}")]))
+        if not labels.get("resource") or labels["resource"] == "leases":
+            continue
+        value = float(line.rsplit(" ", 1)[1])
+        total += value
+        if labels.get("verb") in WRITE_VERBS:
+            writes += value
+    return total, writes, when
+
+
+def next_tick(port: int, after: float, deadline: float) -> tuple[str, float]:
+    """Poll the operator's metrics until an autoscaler tick beyond `after` has finished."""
+    while True:
+        text = scrape(port)
+        if metric(text, "frugal_autoscaler_tick_duration_seconds_count") > after:
+            return text, time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no autoscaler tick finished after tick {after:.0f}")
+        time.sleep(0.2)
+
+
+def ticks_over(text: str, interval: float) -> tuple[float, float] | None:
+    """(ticks longer than `interval`, all ticks) so far, when `interval` is a bucket bound."""
+    bucket = metric(text, f'frugal_autoscaler_tick_duration_seconds_bucket{{le="{interval:.1f}"}}')
+    count = metric(text, "frugal_autoscaler_tick_duration_seconds_count")
+    if not re.search(rf'le="{interval:.1f}"', text):
+        return None
+    return count - bucket, count
+
+
+def settle(port: int, interval: float, timeout: float) -> tuple[float, bool]:
+    """Wait until one whole tick passes without an API write or a reconcile (the first ticks write
+    MetricsAvailable for every model; kopf may still work through a backlog of child events); returns
+    (seconds waited, whether they stopped)."""
+    quiet = ("frugal_operator_api_writes_total", "frugal_operator_reconcile_duration_seconds_count")
+    started = time.monotonic()
+    deadline = started + timeout
+    text, _ = next_tick(port, metric(scrape(port), "frugal_autoscaler_tick_duration_seconds_count"), deadline)
+    while time.monotonic() < deadline:
+        ticks = metric(text, "frugal_autoscaler_tick_duration_seconds_count")
+        before = [metric(text, name) for name in quiet]
+        text, _ = next_tick(port, ticks, deadline + 4 * interval)
+        if [metric(text, name) for name in quiet] == before:
+            return time.monotonic() - started, True
+    return time.monotonic() - started, False
+
+
+def steady_state(cluster: ControlPlane, port: int, ticks: int, interval: float) -> dict[str, float]:
+    """Counters over `ticks` whole autoscaler ticks, from the end of one tick to the end of another."""
+    deadline = time.monotonic() + (ticks + 4) * interval * 10
+    first, t0 = next_tick(
+        port, metric(scrape(port), "frugal_autoscaler_tick_duration_seconds_count"), deadline
+    )
+    server0 = apiserver_requests(cluster)
+    start_count = metric(first, "frugal_autoscaler_tick_duration_seconds_count")
+    last, t1 = next_tick(port, start_count + ticks - 1, deadline)
+    server1 = apiserver_requests(cluster)
+    window = t1 - t0
+
+    def delta(name: str) -> float:
+        return metric(last, name) - metric(first, name)
+
+    done = delta("frugal_autoscaler_tick_duration_seconds_count")
+    queries = delta("frugal_autoscaler_prometheus_queries_total")
+    return {
+        "window": window,
+        "ticks": done,
+        "requests": delta("frugal_operator_api_requests_total") / window,
+        "writes": delta("frugal_operator_api_writes_total") / window,
+        "queries_per_tick": queries / max(done, 1),
+        "queries": queries / window,
+        "tick_ms": 1000 * delta("frugal_autoscaler_tick_duration_seconds_sum") / max(done, 1),
+        "reconciles": delta("frugal_operator_reconcile_duration_seconds_count"),
+        "server_requests": (server1[0] - server0[0]) / (server1[2] - server0[2]),
+        "server_writes": (server1[1] - server0[1]) / (server1[2] - server0[2]),
+    }
+
+
+def drift_period(port: int, seconds: float) -> dict[str, float]:
+    """Counters over `seconds` (one drift period and more: every settled ModelDeployment gets its one
+    full reconcile, which re-applies its children), sampled at every tick for the busiest tick."""
+    deadline = time.monotonic() + seconds * 2
+    text, t0 = next_tick(
+        port, metric(scrape(port), "frugal_autoscaler_tick_duration_seconds_count"), deadline
+    )
+    first, previous, busiest = (text, t0), (text, t0), 0.0
+    while previous[1] - t0 < seconds:
+        count = metric(previous[0], "frugal_autoscaler_tick_duration_seconds_count")
+        current = next_tick(port, count, deadline)
+        writes = metric(current[0], "frugal_operator_api_writes_total")
+        writes -= metric(previous[0], "frugal_operator_api_writes_total")
+        busiest = max(busiest, writes / (current[1] - previous[1]))
+        previous = current
+    window = previous[1] - t0
+
+    def delta(name: str) -> float:
+        return metric(previous[0], name) - metric(first[0], name)
+
+    return {
+        "window": window,
+        "requests": delta("frugal_operator_api_requests_total") / window,
+        "writes": delta("frugal_operator_api_writes_total") / window,
+        "busiest_writes": busiest,
+        "reconciles": delta("frugal_operator_reconcile_duration_seconds_count"),
+        "ticks": delta("frugal_autoscaler_tick_duration_seconds_count"),
+    }
+
+
+def metrics_unavailable(played: PlayedControllers) -> int:
+    """How many ModelDeployments carry MetricsAvailable=False."""
+    from frugal.operator.api.crds import API_VERSION
+
+    count = 0
+    for md in played.api.find(API_VERSION, "ModelDeployment", NAMESPACE, {}):
+        for condition in (md.get("status") or {}).get("conditions") or []:
+            if condition.get("type") == "MetricsAvailable" and condition.get("status") == "False":
+                count += 1
+    return count
+
+
+def log_problems(log: Path, limit: int = 20) -> list[str]:
+    lines = log.read_text(errors="replace").splitlines()
+    return [line for line in lines if re.search(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback", line)][:limit]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--interval", type=float, default=10.0, help="the operator's resync interval")
-    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--timeout", type=float, default=600.0, help="per stage")
+    parser.add_argument(
+        "--serving", action="store_true", help="bring all N to Serving and measure the steady state"
+    )
+    parser.add_argument("--autoscale-interval", type=float, default=5.0, help="with --serving")
+    parser.add_argument("--ticks", type=int, default=4, help="autoscaler ticks in the steady-state window")
+    parser.add_argument(
+        "--drift",
+        action="store_true",
+        help="with --serving: also measure one whole drift period (the reconciler's DRIFT_SECONDS, 600 s, "
+        "and two resyncs), in which every settled ModelDeployment is reconciled and re-applied once",
+    )
+    parser.add_argument("--scrape-interval", type=float, default=5.0, help="Prometheus' (with --serving)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="frugal-bench-") as tmp:
-        cluster = ControlPlane(ensure_binaries(), Path(tmp) / "cp")
+        # --serving plays the Job and deployment controllers itself: nothing else may write the statuses.
+        cluster = BenchControlPlane(
+            ensure_binaries(), Path(tmp) / "cp", with_controller_manager=not args.serving
+        )
         cluster.start()
         operator: subprocess.Popen[bytes] | None = None
+        prometheus: Any = None
+        played: PlayedControllers | None = None
+        log_path = Path(tmp) / "operator.log"
         try:
             cluster.kubectl("apply", "-f", CRD_DIR)
             cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", CRD_DIR)
@@ -99,7 +460,18 @@ def main() -> int:
                 "--log-level",
                 "WARNING",
             ]
-            log = (Path(tmp) / "operator.log").open("wb")
+            if args.serving:
+                from prometheus_harness import Prometheus
+
+                prometheus = Prometheus(Path(tmp) / "prometheus", interval_s=args.scrape_interval)
+                prometheus.start()
+                argv += [
+                    "--prometheus-url",
+                    prometheus.url,
+                    "--autoscale-interval",
+                    str(args.autoscale_interval),
+                ]
+            log = log_path.open("wb")
             operator = subprocess.Popen(argv, env=cluster.env, stdout=log, stderr=subprocess.STDOUT)
             time.sleep(3)  # the operator is watching before the burst arrives
             started = time.monotonic()
@@ -117,7 +489,7 @@ def main() -> int:
                 return 1
             stable = time.monotonic() - started
             time.sleep(args.interval * 2)  # a few resyncs of settled objects, counted too
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            text = scrape(port)
             reconciles = metric(text, "frugal_operator_reconcile_duration_seconds_count")
             requests = metric(text, "frugal_operator_api_requests_total")
             duration = metric(text, "frugal_operator_reconcile_duration_seconds_sum")
@@ -127,12 +499,84 @@ def main() -> int:
             print(f"reconciles (incl. {args.interval:g}s resyncs)      {reconciles:.0f}")
             print(f"API requests per reconcile           {requests / max(reconciles, 1):.1f}")
             print(f"mean reconcile duration              {1000 * duration / max(reconciles, 1):.1f} ms")
-            print(f"operator peak RSS                    {peak_rss_mib(operator.pid):.0f} MiB")
+            print(f"operator peak RSS                    {peak_rss_mib(operator.pid):.0f} MiB", flush=True)
+            if not args.serving:
+                return 0
+
+            played = PlayedControllers(cluster, Path(tmp) / "artifacts", Path(tmp))
+            took = bring_to_serving(played, args.count, args.timeout)
+            waited, quiet = settle(port, args.autoscale_interval, args.timeout)
+            unavailable = metrics_unavailable(played)
+            steady = steady_state(cluster, port, args.ticks, args.autoscale_interval)
+            over = ticks_over(scrape(port), args.autoscale_interval)
+            every = f"every {args.autoscale_interval:g} s"
+            print(
+                f"{FIRST} compression + profiling (real)  {took['compress']:.1f} s + {took['profile']:.1f} s"
+            )
+            print(f"then all {args.count} Serving               {took['others']:.1f} s (Job/kubelet played)")
+            print(
+                f"MetricsAvailable=False               {unavailable}/{args.count} (no series in Prometheus)"
+            )
+            print(
+                f"writes and reconciles stopped after  {waited:.1f} s" + ("" if quiet else " (did NOT stop)")
+            )
+            print(
+                f"steady state: window                 {steady['window']:.1f} s, {steady['ticks']:.0f} ticks {every}"
+            )
+            print(f"steady state: API requests/s         {steady['requests']:.2f}")
+            print(f"steady state: API writes/s           {steady['writes']:.2f} (target < {WRITES_TARGET:g})")
+            print(
+                f"steady state: Prometheus queries per tick  {steady['queries_per_tick']:.1f} (target: constant)"
+            )
+            print(f"steady state: Prometheus queries/s   {steady['queries']:.2f}")
+            print(f"steady state: autoscaler tick duration  {steady['tick_ms']:.0f} ms mean ({every})")
+            print(f"steady state: reconciles in window   {steady['reconciles']:.0f}")
+            print(
+                f"steady state: API server, all clients  {steady['server_requests']:.2f} requests/s, "
+                f"{steady['server_writes']:.2f} writes/s"
+            )
+            if over is not None:
+                print(f"ticks longer than the interval       {over[0]:.0f} of {over[1]:.0f} (whole run)")
+            sys.stdout.flush()
+            if args.drift:
+                from frugal.operator.cluster.reconciler import DRIFT_SECONDS
+
+                drift = drift_period(port, DRIFT_SECONDS + 2 * args.interval + args.autoscale_interval)
+                print(
+                    f"drift period: window                 {drift['window']:.0f} s, {drift['ticks']:.0f} ticks"
+                )
+                print(f"drift period: reconciles             {drift['reconciles']:.0f}")
+                print(f"drift period: API requests/s         {drift['requests']:.2f} (mean)")
+                print(
+                    f"drift period: API writes/s           {drift['writes']:.2f} (mean; target < {WRITES_TARGET:g})"
+                )
+                print(f"drift period: API writes/s, busiest tick  {drift['busiest_writes']:.2f}")
+                if (over := ticks_over(scrape(port), args.autoscale_interval)) is not None:
+                    print(f"ticks longer than the interval       {over[0]:.0f} of {over[1]:.0f} (whole run)")
+            print(f"operator peak RSS ({args.count} Serving)     {peak_rss_mib(operator.pid):.0f} MiB")
+            problems = log_problems(log_path)
+            print(
+                f"operator log: warnings/errors        {len(problems)}"
+                + (" (first ones below)" if problems else "")
+            )
+            for line in problems:
+                print(f"  {line}")
         finally:
-            if operator is not None:
-                operator.send_signal(signal.SIGINT)
-                operator.wait(30)
-            cluster.stop()
+            if played is not None:
+                played.close()
+            try:
+                if operator is not None:
+                    operator.send_signal(signal.SIGINT)
+                    try:
+                        operator.wait(30)
+                    except subprocess.TimeoutExpired:
+                        print("the operator did not stop within 30 s of SIGINT: killed", file=sys.stderr)
+                        operator.kill()
+                        operator.wait()
+            finally:
+                if prometheus is not None:
+                    prometheus.stop()
+                cluster.stop()
     return 0
 
 
