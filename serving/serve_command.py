@@ -37,6 +37,11 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
+def optional_path(text: str) -> Path | None:
+    """A path, or None for an empty value (an env var set to "" turns the setting off)."""
+    return Path(text) if text.strip() else None
+
+
 _FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--artifacts", Path, None, "artifact directory holding manifest.json (required)"),
     ("--variant", str, None, "variant name from the manifest, e.g. int8-dynamic (required)"),
@@ -63,6 +68,13 @@ _FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--labels", parse_labels, {}, "metric labels k=v,...: namespace, hardware_profile"),
     ("--inline-below-ms", float, 0.5, "run batches faster than this on the event loop (0: never)"),
     ("--shutdown-grace-s", float, 0.0, "seconds to keep serving, unready, after SIGTERM"),
+    (
+        "--verify-cache-dir",
+        optional_path,
+        None,
+        "writable directory remembering files already checked against the manifest, so an unchanged "
+        "file is not hashed again on the next start (default: none, hash every start)",
+    ),
     ("--log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
@@ -121,9 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from frugal.serving.server import artifacts
     from frugal.serving.server.app import serve
     from frugal.serving.server.artifacts import ArtifactError
 
+    artifacts.use_verify_cache(config.verify_cache_dir)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(serve(config))

@@ -35,7 +35,7 @@ from frugal.operator.local.replicas import (
     last_line,
     start_replicas,
 )
-from frugal.operator.manifests import names
+from frugal.operator.manifests import names, pod_specs
 from frugal.operator.manifests.storage import locate
 
 MAX_ROUNDS = 8
@@ -139,8 +139,13 @@ class LocalCluster:
             self.state = dataclasses.replace(self.state, profiling=profiling)
 
     def _serve(self, decision: Decision, port: int = 0) -> Served:
+        # Shards only: here the first shard's balancer is the front (it holds requests at zero).
         deployments = sorted(
-            (o for o in decision.apply if o["kind"] == "Deployment"),
+            (
+                o
+                for o in decision.apply
+                if o["kind"] == "Deployment" and o["metadata"]["labels"].get(names.LABEL_ROLE) == "serving"
+            ),
             key=lambda d: int(d["metadata"]["labels"][names.LABEL_SHARD]),
         )
         host = BalancerHost()
@@ -197,6 +202,10 @@ class LocalCluster:
                 argv, "--next-stage", _local_url(argv[argv.index("--next-stage") + 1], urls)
             )
         env = processes.local_env(container, self.md.owner.namespace)
+        # The pod's emptyDir: here one folder of the run, shared by every replica, so a replica
+        # started after the first trusts the files the first one hashed.
+        if pod_specs.VERIFY_CACHE_ENV in env:
+            env[pod_specs.VERIFY_CACHE_ENV] = str(self.workdir / "verify-cache")
         threads = processes.cpu_limit(container)
         if threads is not None and "--intra-op-threads" not in argv:
             # In a pod the server reads this from its cgroup; here every replica would take the machine.

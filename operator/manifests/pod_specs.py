@@ -34,6 +34,14 @@ SCRATCH_ENV = [
     {"name": "FRUGAL_CACHE_DIR", "value": f"{SCRATCH_PATH}/frugal-cache"},
 ]
 
+# Serving pods: `frugal serve` records files it has checked against the manifest here, so a restarted
+# container trusts them by their stat tuple instead of hashing them again (`--verify-cache-dir`). An
+# emptyDir lives as long as the pod: container restarts keep it, a new pod starts empty and hashes once.
+VERIFY_CACHE_VOLUME = "verify-cache"
+VERIFY_CACHE_PATH = "/var/cache/frugal/verify"
+VERIFY_CACHE_ENV = "FRUGAL_VERIFY_CACHE_DIR"
+VERIFY_CACHE_SIZE_LIMIT = "8Mi"  # the file holds at most 512 entries of a path and six numbers each
+
 
 def scheduling(profile: HardwareProfileSpec) -> dict[str, Any]:
     """nodeSelector and tolerations that put a pod on the profile's pool."""
@@ -67,6 +75,14 @@ def volumes(artifacts: ArtifactLocation) -> list[dict[str, Any]]:
 
 def volume_mounts(artifacts: ArtifactLocation, read_only: bool) -> list[dict[str, Any]]:
     return [*artifacts.mount(read_only), {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH}]
+
+
+def verify_cache_volume() -> dict[str, Any]:
+    return {"name": VERIFY_CACHE_VOLUME, "emptyDir": {"sizeLimit": VERIFY_CACHE_SIZE_LIMIT}}
+
+
+def verify_cache_mount() -> dict[str, Any]:
+    return {"name": VERIFY_CACHE_VOLUME, "mountPath": VERIFY_CACHE_PATH}
 
 
 def container(

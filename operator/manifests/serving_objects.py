@@ -113,13 +113,14 @@ def desired_shard_deployment(
         startupProbe=_probe("/v2/health/live", period=2, failures=90),
         lifecycle={"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
     )
+    container["volumeMounts"].append(pod_specs.verify_cache_mount())
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": dict(pod_specs.POD_SECURITY),
         "containers": [container],
-        "volumes": pod_specs.volumes(artifacts),
+        "volumes": [*pod_specs.volumes(artifacts), pod_specs.verify_cache_volume()],
         **pod_specs.scheduling(profile),
     }
     metadata = shard_metadata(md.owner, selection, index)
@@ -284,6 +285,7 @@ def _serving_env(
         "FRUGAL_MAX_WATTS": f"{profile.max_watts:g}",
         "FRUGAL_LABELS": labels,
         "FRUGAL_SHUTDOWN_GRACE_S": str(DRAIN_SECONDS),
+        pod_specs.VERIFY_CACHE_ENV: pod_specs.VERIFY_CACHE_PATH,
     }
     return [{"name": key, "value": value} for key, value in values.items()]
 

@@ -29,6 +29,7 @@ class ServeConfig:
     shutdown_grace_s: float = 0.0
     inline_below_ms: float = 0.5
     power_interval_s: float = 1.0
+    verify_cache_dir: Path | None = None  # where verified files' stat tuples are kept (None: hash every start)
 
     def problems(self) -> list[str]:
         """Everything wrong with the combination of settings, each saying what to change."""

@@ -350,6 +350,7 @@ def test_a_file_that_is_not_onnx_is_refused_with_a_message(tmp_path: Path) -> No
     model_file.write_bytes(b"not a model")
     manifest = json.loads((directory / "manifest.json").read_text())
     manifest["files"]["variants/fp32/model.onnx"]["sha256"] = hashlib.sha256(b"not a model").hexdigest()
+    manifest["files"]["variants/fp32/model.onnx"]["sizeBytes"] = len(b"not a model")
     (directory / "manifest.json").write_text(json.dumps(manifest))
     done = subprocess.run(serve_command(directory, "fp32"), capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "cannot load" in done.stderr and "as an ONNX model" in done.stderr

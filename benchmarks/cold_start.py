@@ -1,0 +1,398 @@
+"""Cold-start benchmark: time to the first answer of a replica waking from zero, with `frugal serve`'s
+verify cache cold (every file hashed against the manifest) and warm (unchanged files trusted).
+
+A wake from zero is measured from spawning the operator's serve command (``container_commands.serve``,
+as the serving Deployment runs it, on localhost) until the first Open Inference Protocol infer request
+through shard 0 returns 200. Whole models run one ``frugal serve``; two shards run two, started at the
+same moment, shard 0 with ``--next-stage`` pointing at shard 1. Each server gets its own verify cache
+directory (as each pod has its own emptyDir): "cold" is an empty directory, "warm" the same directory
+again after the cold start filled it — a container restart in a pod.
+
+The request is the example's first two held-out inputs in one request (two rows, MiniLM's padded
+to the longer sentence). Two rows, not one: MiniLM cut in two stages forwards shape tensors of
+length 2 (``Shape`` outputs) beside the activations, and stage 1's request check refuses inputs whose
+dim 0 disagree, so through two shards only a batch of exactly 2 is answered today.
+
+The breakdown is what the servers expose: spawn → ready (every shard has printed
+``frugal serve: ready on ...``, which follows verification, the ONNX Runtime session and warm-up),
+ready → first answer (the first infer, sent the moment the last shard is ready), and the time the
+servers spent verifying (their ``verified variant ...`` log line; for two shards the slower one). The
+sha256 of the variant's files is also timed on its own with hashlib. Artifacts come from the example's
+compression Job (``frugal compress`` with the operator's config for ``examples/<model>.yaml``, cached
+under ``~/.cache/frugal/benchmarks/autoscaling/<model>``, shared with ``benchmarks/autoscaling.py``);
+the variant is the one the planner chose there (its stored measurement), or ``--variant``.
+
+Before the timed wakes of each row one start is made and discarded (it pulls the Python libraries
+into the page cache), and cold and warm alternate which goes first. Each server is pinned to one CPU
+(a 1-CPU pod: the server derives one intra-op thread from its affinity as it would from a cgroup
+limit); the two shards get different CPUs where there are two.
+The artifact files are in the page cache in every run unless ``--evict-page-cache`` drops them
+(``posix_fadvise(DONTNEED)``) before each start, as on a node that has not read them yet.
+
+    python benchmarks/cold_start.py                          # digits + MiniLM, 1 and 2 shards, 5 repeats
+    python benchmarks/cold_start.py --model minilm --shards 2 --repeat 3 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import autoscaling  # the examples, their cached compression and the machine description
+
+from frugal.operator.api.spec import ModelDeploymentSpec
+from frugal.operator.manifests import container_commands
+from frugal.serving.server import artifacts
+
+READY = re.compile(r"ready on (http://[\d.]+:\d+)")
+VERIFIED = re.compile(
+    r"verified variant '[^']+': (\d+) file\(s\), (\d+) bytes in ([\d.]+) ms; (\d+) hashed in ([\d.]+) ms, "
+    r"(\d+) trusted"
+)
+TIMEOUT_S = 180.0
+
+
+@dataclass
+class Start:
+    """One wake from zero."""
+
+    model: str
+    shards: int
+    cache: str  # "cold" or "warm"
+    ready_s: float  # spawn → every shard ready
+    first_answer_s: float  # spawn → the first infer answered 200
+    attempts: int  # infer requests sent until one answered 200
+    verify_s: float  # the slowest shard's verification (its log line)
+    hash_s: float  # of which hashing
+    hashed: int  # files hashed, all shards
+    trusted: int  # files trusted from the verify cache, all shards
+
+    @property
+    def ready_to_answer_s(self) -> float:
+        return self.first_answer_s - self.ready_s
+
+
+def _local(argv: Sequence[str]) -> list[str]:
+    """A container command run on this machine: this venv's `frugal` and `python`."""
+    head = {"frugal": str(Path(sys.executable).with_name("frugal")), "python": sys.executable}
+    return [head.get(argv[0], argv[0]), *argv[1:]]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_cpus(shards: int) -> list[int | None]:
+    """One CPU per server, leaving the first to this process where there are enough."""
+    if shutil.which("taskset") is None:
+        return [None] * shards
+    cpus = sorted(os.sched_getaffinity(0))
+    return [cpus[(1 + i) % len(cpus)] for i in range(shards)]
+
+
+def serve_commands(
+    md: ModelDeploymentSpec, directory: Path, variant: str, shards: int, caches: Sequence[Path]
+) -> list[list[str]]:
+    """The operator's serve command for each shard, on loopback ports, with its verify cache."""
+    ports = [_free_port() for _ in range(shards)]
+    commands = []
+    for index, (cpu, cache) in enumerate(zip(server_cpus(shards), caches, strict=True)):
+        following = f"http://127.0.0.1:{ports[index + 1]}" if index + 1 < shards else None
+        argv = _local(container_commands.serve(md, str(directory), variant, index, shards, following))
+        argv[argv.index("--host") + 1] = "127.0.0.1"
+        argv[argv.index("--port") + 1] = str(ports[index])
+        argv += ["--verify-cache-dir", str(cache)]
+        commands.append(argv if cpu is None else ["taskset", "-c", str(cpu), *argv])
+    return commands
+
+
+class Process:
+    """A started server: when it said it was ready, and its log."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.popen = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL
+        )
+        self.ready_at: float | None = None
+        self.url: str | None = None
+        self.ready = threading.Event()
+        self.log: list[str] = []
+        threading.Thread(target=self._stdout, daemon=True).start()
+        self._stderr = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr.start()
+
+    def _stdout(self) -> None:
+        assert self.popen.stdout is not None
+        for line in iter(self.popen.stdout.readline, ""):
+            match = READY.search(line)
+            if match and self.ready_at is None:
+                self.ready_at = time.perf_counter()
+                self.url = match.group(1)
+                self.ready.set()
+        self.ready.set()  # exited
+
+    def _read_stderr(self) -> None:
+        assert self.popen.stderr is not None
+        self.log.extend(iter(self.popen.stderr.readline, ""))
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(30)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        self._stderr.join(10)
+
+    def verification(self) -> tuple[float, float, int, int]:
+        """(verify seconds, hash seconds, files hashed, files trusted) from the server's log line."""
+        match = VERIFIED.search("".join(self.log))
+        if match is None:
+            raise RuntimeError(f"no verification line in the server's log:\n{''.join(self.log)[-3000:]}")
+        ms = 1e-3
+        return float(match.group(3)) * ms, float(match.group(5)) * ms, int(match.group(4)), int(match.group(6))
+
+
+def _post(url: str, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return int(reply.status), reply.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+    except OSError:
+        return 0, b""
+
+
+def two_rows(bodies: Sequence[bytes]) -> bytes:
+    """The example's first two held-out requests as one request of two rows (see the module doc)."""
+    first, second = (json.loads(b) for b in bodies[:2])
+    for a, b in zip(first["inputs"], second["inputs"], strict=True):
+        a["shape"][0] += b["shape"][0]
+        a["data"] += b["data"]
+    return json.dumps(first).encode()
+
+
+def evict(files: Sequence[Path]) -> None:
+    """Drop the files' pages from the page cache (clean pages; no root needed)."""
+    for path in files:
+        with path.open("rb") as handle:
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def wake(
+    model: str,
+    md: ModelDeploymentSpec,
+    directory: Path,
+    variant: str,
+    shards: int,
+    caches: Sequence[Path],
+    body: bytes,
+    label: str = "primer",
+) -> Start:
+    """Spawn every shard at once; time until all are ready and until an infer through shard 0 answers."""
+    env = {k: v for k, v in os.environ.items() if k != "FRUGAL_VERIFY_CACHE_DIR"}
+    commands = serve_commands(md, directory, variant, shards, caches)
+    begin = time.perf_counter()
+    processes = [Process(argv, env) for argv in commands]
+    try:
+        deadline = begin + TIMEOUT_S
+        for process in processes:
+            if not process.ready.wait(max(0.0, deadline - time.perf_counter())) or process.ready_at is None:
+                raise RuntimeError(
+                    f"frugal serve did not become ready (exit {process.popen.poll()}):\n"
+                    f"{''.join(process.log)[-3000:]}"
+                )
+        ready_at = max(p.ready_at for p in processes if p.ready_at is not None)
+        url = f"{processes[0].url}/v2/models/{md.model_name}/infer"
+        attempts = 0
+        while True:
+            attempts += 1
+            status, reply = _post(url, body)
+            if status == 200:
+                break
+            if status not in (0, 503) or time.perf_counter() > deadline:  # 503: the next stage not up yet
+                raise RuntimeError(f"{url} answered {status} (attempt {attempts}): {reply[:500]!r}")
+            time.sleep(0.005)
+        answered = time.perf_counter()
+    finally:
+        for process in processes:
+            process.stop()
+    checks = [p.verification() for p in processes]
+    slowest = max(checks)
+    return Start(
+        model=model,
+        shards=shards,
+        cache=label,
+        ready_s=ready_at - begin,
+        first_answer_s=answered - begin,
+        attempts=attempts,
+        verify_s=slowest[0],
+        hash_s=slowest[1],
+        hashed=sum(c[2] for c in checks),
+        trusted=sum(c[3] for c in checks),
+    )
+
+
+def hash_seconds(files: Sequence[Path], repeat: int) -> list[float]:
+    """sha256 of the variant's files with hashlib, 1 MiB reads (what the server does), page cache warm."""
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        for path in files:
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+            digest.hexdigest()
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def chosen_variant(model: str, directory: Path, override: str | None) -> str:
+    if override:
+        return override
+    stored = autoscaling.MEASUREMENTS / f"autoscaling-{model}.json"
+    if stored.is_file():
+        return str(json.loads(stored.read_text())["variant"])
+    md, hp = autoscaling.load_example(model)
+    return str(autoscaling.profile_and_plan(md, hp, directory)["variant"])
+
+
+def run_model(model: str, shard_counts: Sequence[int], repeat: int, variant: str | None, drop: bool) -> dict[str, Any]:
+    md, _ = autoscaling.load_example(model)
+    directory = autoscaling.CACHE / model
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    autoscaling.compress(md, directory)
+    name = chosen_variant(model, directory, variant)
+    manifest = artifacts.load_manifest(directory)
+    files = [directory / f for f in artifacts.variant_files(manifest, manifest.variant(name))]
+    size = sum(f.stat().st_size for f in files)
+    body = two_rows(autoscaling.EXAMPLES[model].request_bodies())
+    hashing = hash_seconds(files, max(repeat, 3))
+    starts: list[Start] = []
+    for shards in shard_counts:
+        with tempfile.TemporaryDirectory(prefix="frugal-verify-") as scratch:
+            kept = [Path(scratch) / f"warm-{i}" for i in range(shards)]  # filled by the first cold start
+            wake(model, md, directory, name, shards, [Path(scratch) / f"primer-{i}" for i in range(shards)], body)
+            for trial in range(repeat):
+                fresh = [Path(scratch) / f"cold-{trial}-{i}" for i in range(shards)]
+                # Alternate which comes first so that neither pays for the other's position.
+                order = [("cold", kept if trial == 0 else fresh), ("warm", kept)]
+                for label, caches in order if trial % 2 == 0 else order[::-1]:
+                    if drop:
+                        evict(files)
+                    start = wake(model, md, directory, name, shards, caches, body, label)
+                    starts.append(start)
+                    print(
+                        f"  {model} shards={shards} {label} #{trial + 1}: ready {start.ready_s:.3f} s, "
+                        f"first answer {start.first_answer_s:.3f} s (verify {start.verify_s * 1000:.1f} ms, "
+                        f"{start.hashed} hashed, {start.trusted} trusted)",
+                        file=sys.stderr,
+                    )
+    return {
+        "model": model,
+        "variant": name,
+        "files": [str(f.relative_to(directory)) for f in files],
+        "size_bytes": size,
+        "hash_seconds": hashing,
+        "starts": [asdict(s) | {"ready_to_answer_s": s.ready_to_answer_s} for s in starts],
+    }
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | variant (MB) | shards | verify cache | spawn → ready s | ready → first answer ms "
+        "| spawn → first answer s | verifying in the server ms | files hashed / trusted |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for result in results:
+        groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for start in result["starts"]:
+            groups.setdefault((start["shards"], start["cache"]), []).append(start)
+        for (shards, cache), rows in groups.items():
+            lines.append(
+                f"| {result['model']} | {result['variant']} ({result['size_bytes'] / 1e6:.2f}) | {shards} "
+                f"| {cache} | {_median(rows, 'ready_s'):.3f} | {_median(rows, 'ready_to_answer_s') * 1000:.1f} "
+                f"| {_median(rows, 'first_answer_s'):.3f} | {_median(rows, 'verify_s') * 1000:.1f} "
+                f"| {rows[0]['hashed']} / {rows[0]['trusted']} |"
+            )
+    return "\n".join(lines)
+
+
+def hashing_lines(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for result in results:
+        seconds = statistics.median(result["hash_seconds"])
+        rate = result["size_bytes"] / seconds / 1e6 if seconds else float("inf")
+        lines.append(
+            f"- {result['model']} `{result['variant']}`: sha256 of {len(result['files'])} file(s), "
+            f"{result['size_bytes'] / 1e6:.2f} MB, with hashlib: {seconds * 1000:.2f} ms ({rate:.0f} MB/s)"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("digits", "minilm"), nargs="+", default=["digits", "minilm"])
+    parser.add_argument("--shards", type=int, nargs="+", default=[1, 2], help="shard counts to wake")
+    parser.add_argument("--repeat", type=int, default=5, help="wakes per row (medians are printed)")
+    parser.add_argument("--variant", help="serve this variant instead of the planner's choice")
+    parser.add_argument(
+        "--evict-page-cache", action="store_true", help="drop the variant's files from the page cache first"
+    )
+    parser.add_argument("--json", action="store_true", help="print every start as JSON, not the table")
+    args = parser.parse_args()
+    before = autoscaling.machine()
+    results = [
+        run_model(model, args.shards, args.repeat, args.variant, args.evict_page_cache) for model in args.model
+    ]
+    after = [round(x, 2) for x in os.getloadavg()]
+    command = "python benchmarks/cold_start.py " + " ".join(sys.argv[1:])
+    if args.json:
+        print(json.dumps({"command": command, "machine": before, "loadavg_after": after, "results": results}, indent=1))
+        return 0
+    print(f"```\n{command.strip()}\n```\n")
+    print(
+        f"Machine: {before['nproc']} CPUs ({before['cpu']}), Python {before['python']}, ONNX Runtime "
+        f"{before['onnxruntime']}; load average {before['loadavg']} before, {after} after. Medians of "
+        f"{args.repeat} wakes per row; page cache {'evicted' if args.evict_page_cache else 'warm'}.\n"
+    )
+    print(table(results))
+    print()
+    print(hashing_lines(results))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
