@@ -27,7 +27,10 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]]; then
   exit 0
 fi
 echo "bootstrap: installing $LOCK (the first time brings torch: a few GB)" >&2
-"$VENV/bin/python" -m pip install --quiet --progress-bar off --require-hashes -r "$LOCK"
+# --no-deps: the lock names every package, so nothing is resolved again (a fresh venv's bundled pip
+# would re-resolve extras such as fsspec[http] to the newest release, outside the lock, and fail).
+"$VENV/bin/python" -m pip install --quiet --progress-bar off --no-deps --require-hashes -r "$LOCK"
+"$VENV/bin/python" -m pip check
 # frugal itself, built with the locked setuptools. Strict editable mode lets type checkers follow the
 # frugal.* -> folder mapping (see setup.py); scripts/dev-install.sh re-links it after adding modules.
 "$VENV/bin/python" -m pip install --quiet --progress-bar off --no-deps --no-build-isolation \

@@ -362,7 +362,10 @@ def kserve_python() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (venv / ".complete").exists():
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-            install = [str(python), "-m", "pip", "install", "--quiet", "--require-hashes", "-r", str(KSERVE_LOCK)]
+            # --no-deps: the lock names every package; resolving again with the venv's bundled pip
+            # (23.x) re-resolves extras such as uvicorn[standard] to the newest release and fails.
+            install = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--require-hashes",
+                       "-r", str(KSERVE_LOCK)]  # fmt: skip
             subprocess.run(install, check=True, timeout=900)
             (venv / ".complete").touch()
     return python
