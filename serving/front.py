@@ -193,16 +193,20 @@ class Front:
 
     async def _forward(self, request: web.Request, headers: dict[str, str], body: bytes) -> web.Response:
         assert self._session is not None
-        async with self._session.request(
-            request.method,
-            self.upstream + request.rel_url.raw_path_qs,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-        ) as answer:
-            payload = await answer.read()
-            kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
-            return web.Response(status=answer.status, body=payload, headers=kept)
+        return await forward(self._session, request, self.upstream, headers, body)
+
+
+async def forward(
+    session: aiohttp.ClientSession, request: web.Request, base: str, headers: dict[str, str], body: bytes
+) -> web.Response:
+    """`request` sent on to `base` with the same method, path, query, end-to-end headers and body;
+    the answer as it came, less the hop-by-hop headers."""
+    async with session.request(
+        request.method, base + request.rel_url.raw_path_qs, headers=headers, data=body, allow_redirects=False
+    ) as answer:
+        payload = await answer.read()
+        kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+        return web.Response(status=answer.status, body=payload, headers=kept)
 
 
 # -- the command ---------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
-from frugal.serving.front import HOP_BY_HOP, Hold
+from frugal.serving.front import HOP_BY_HOP, Hold, forward
 
 log = logging.getLogger("frugal.up")
 
@@ -208,16 +208,7 @@ class Balancer:
         self, request: web.Request, base: str, headers: dict[str, str], body: bytes
     ) -> web.Response:
         assert self._session is not None
-        async with self._session.request(
-            request.method,
-            base + request.rel_url.raw_path_qs,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-        ) as answer:
-            payload = await answer.read()
-            kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
-            return web.Response(status=answer.status, body=payload, headers=kept)
+        return await forward(self._session, request, base, headers, body)
 
 
 class BalancerHost:
