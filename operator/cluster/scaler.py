@@ -99,6 +99,7 @@ class Autoscaler:
         self._clock = clock
         self._servers: dict[str, Prometheus] = {}
         self._state: dict[tuple[str, str], _Remembered] = {}
+        self._profiles: dict[str, HardwareProfileSpec] = {}
         # Requests the fronts hold, per (Prometheus URL, power source), from the last read.
         self._held: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
 
@@ -154,6 +155,7 @@ class Autoscaler:
                 profiles[body["metadata"]["name"]] = parse_hardware_profile(body)
             except SpecError:
                 continue
+        self._profiles = profiles
         by_generation: dict[tuple[str, str, str], dict[int, Mapping[str, Any]]] = {}
         for deployment in deployments:
             labels = deployment["metadata"].get("labels") or {}
@@ -287,6 +289,10 @@ class Autoscaler:
 
     def _report(self, item: Scaled, seen: Observation, recommendation: Recommendation, now: float) -> None:
         status = scaling.observed_status(recommendation, seen, item.ready, item.targets)
+        current = item.body.get("status") or {}
+        rate = seen.request_rate if seen.stale is None else None
+        plan = scaling.plan_at_load(item.md, current, self._profiles, rate)
+        status["planAtLoad"] = scaling.plan_at_load_status(plan, current)
         conditions = scaling.autoscaling_conditions(recommendation, seen, item.targets)
         if self.metrics:
             model = (item.md.owner.namespace, item.md.model_name, item.md.owner.name)

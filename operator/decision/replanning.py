@@ -259,7 +259,7 @@ def plan_table_rows(plan_at_load: planner.Plan, running: Choice | None = None) -
         if row.energy_per_request_joules is not None:
             result["joulesPerRequest"] = _significant(row.energy_per_request_joules)
         result["feasible"] = row.feasible
-        result["rejections"] = list(row.rejections)
+        result["rejections"] = [reason[:512] for reason in row.rejections[:8]]
         result["chosen"] = option == chosen
         result["running"] = option == running
         rows.append(result)

@@ -3,10 +3,12 @@ the capacity its status records; the status fields and conditions a tick writes 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
+from frugal.operator.decision import decide, planner, replanning
 from frugal.operator.decision.autoscaling import Observation, Recommendation, ScaleReason, Targets
 from frugal.operator.decision.conditions import Condition
 
@@ -74,6 +76,71 @@ def capacity_from_status(status: Mapping[str, Any]) -> float | None:
             if row.get("hardwareProfile") == selected.get("hardwareProfile") and row.get("throughputRps"):
                 return float(row["throughputRps"])
     return None
+
+
+def plan_at_load(
+    md: ModelDeploymentSpec,
+    status: Mapping[str, Any],
+    profiles: Mapping[str, HardwareProfileSpec],
+    rate_rps: float | None,
+) -> planner.Plan | None:
+    """Hardware selection again at the observed request rate, from the variants and measurements that
+    status.variants records (rows the plan took from the compression report count as measured).
+    None without a load, variants or candidate profiles to price."""
+    if rate_rps is None or not rate_rps > 0:
+        return None
+    variants = []
+    for entry in status.get("variants") or []:
+        metric = entry.get("metric") or {}
+        rows = tuple(
+            planner.Measurement(
+                str(row["hardwareProfile"]),
+                float(row["latencyP95Ms"]),
+                float(row["throughputRps"]),
+                int(row.get("shards") or 1),
+            )
+            for row in entry.get("profiles") or []
+            if row.get("latencyP95Ms") is not None and row.get("throughputRps")
+        )
+        variants.append(
+            planner.Variant(
+                str(entry.get("name", "")),
+                int(entry.get("sizeBytes") or 0),
+                max(0.0, float(metric.get("drop") or 0.0)),
+                str(metric.get("name", "accuracy")),
+                None if metric.get("value") is None else float(metric["value"]),
+                rows,
+            )
+        )
+    candidates = [decide.planner_profile(profiles[name]) for name in md.serving_profiles if name in profiles]
+    if not variants or not candidates:
+        return None
+    objectives = dataclasses.replace(decide.objectives(md), expected_rps=rate_rps)
+    try:
+        return planner.plan(variants, candidates, objectives)
+    except planner.PlanningError:
+        return None
+
+
+def plan_at_load_status(plan: planner.Plan | None, status: Mapping[str, Any]) -> dict[str, Any] | None:
+    """status.planAtLoad: every option priced at the observed rate, the running one marked (None
+    removes the field when there is no load to price at)."""
+    if plan is None or plan.objectives is None or plan.objectives.expected_rps is None:
+        return None
+    selected = status.get("selected") or {}
+    running = replanning.Choice(
+        str(selected.get("variant", "")),
+        str(selected.get("hardwareProfile", "")),
+        int(selected.get("shards") or 1),
+    )
+    cheapest = plan.chosen
+    return {
+        "loadRps": _significant(plan.objectives.expected_rps, 3),
+        "cheapest": None
+        if cheapest is None
+        else {"variant": cheapest.variant, "hardwareProfile": cheapest.profile, "shards": cheapest.shards},
+        "options": replanning.plan_table_rows(plan, running),
+    }
 
 
 def observed_status(

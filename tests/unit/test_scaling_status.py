@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from frugal.operator.decision.autoscaling import Memory, Observation, ShardObservation, Targets, recommend
@@ -58,3 +60,43 @@ def test_a_binding_cap_is_a_true_power_capped_condition() -> None:
     answer, _ = recommend(seen, (1,), capped, Memory(), 0.0)
     _, power = autoscaling_conditions(answer, seen, capped)
     assert power.status is True and power.reason == "PowerCapped" and "cap 100 W" in power.message
+
+
+def test_the_plan_at_the_observed_load_prices_every_option_from_status_and_marks_the_running_one() -> None:
+    from frugal.operator.api.spec import parse_hardware_profile, parse_model_deployment
+    from frugal.operator.decision.scaling import plan_at_load, plan_at_load_status
+
+    def hwp(name: str, cost: str, idle: float, peak: float) -> Any:
+        return parse_hardware_profile({"metadata": {"name": name}, "spec": {
+            "accelerator": {"kind": "cpu", "count": 1}, "costPerHour": cost,
+            "power": {"idleWatts": idle, "maxWatts": peak}}})  # fmt: skip
+
+    # cheap to rent but power-hungry under load, against dearer and frugal: the load decides
+    profiles = {"small": hwp("small", "0.10", 1, 1000), "big": hwp("big", "0.12", 20, 21)}
+    md = parse_model_deployment({
+        "apiVersion": "frugal.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "digits", "namespace": "ml", "uid": "u", "generation": 1},
+        "spec": {"model": {"uri": "zoo://digits-mlp"},
+                 "serving": {"hardwareProfiles": ["small", "big"], "slo": {"latencyP95Ms": 20}},
+                 "autoscaling": {"power": {"pricePerKWh": "1.0"}}}})  # fmt: skip
+    measured = [
+        {"hardwareProfile": p, "shards": 1, "latencyP95Ms": 5.0, "throughputRps": 1000.0} for p in profiles
+    ]
+    status = {
+        "selected": {"variant": "int8", "hardwareProfile": "big", "shards": 1},
+        "variants": [{"name": "int8", "sizeBytes": 1000, "metric": {"name": "accuracy", "drop": 0.0},
+                      "profiles": measured}],
+    }  # fmt: skip
+    assert (
+        plan_at_load(md, status, profiles, None) is None and plan_at_load(md, status, profiles, 0.0) is None
+    )
+
+    def cheapest(rate: float) -> str:
+        table = plan_at_load_status(plan_at_load(md, status, profiles, rate), status)
+        assert table is not None and table["loadRps"] == pytest.approx(rate)
+        assert [r["running"] for r in table["options"]].count(True) == 1
+        return str(table["cheapest"]["hardwareProfile"])
+
+    # per hour at utilisation u = rate / 1000: small 0.10 + (1 + 999 u) / 1000, big 0.12 + (20 + u) / 1000
+    assert cheapest(5.0) == "small"  # 0.106 against 0.140
+    assert cheapest(500.0) == "big"  # 0.600 against 0.140
