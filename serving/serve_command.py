@@ -133,11 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from frugal.serving.server import artifacts
     from frugal.serving.server.app import serve
     from frugal.serving.server.artifacts import ArtifactError
 
-    artifacts.use_verify_cache(config.verify_cache_dir)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(serve(config))

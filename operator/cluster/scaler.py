@@ -289,10 +289,6 @@ class Autoscaler:
 
     def _report(self, item: Scaled, seen: Observation, recommendation: Recommendation, now: float) -> None:
         status = scaling.observed_status(recommendation, seen, item.ready, item.targets)
-        current = item.body.get("status") or {}
-        rate = seen.request_rate if seen.stale is None else None
-        plan = scaling.plan_at_load(item.md, current, self._profiles, rate)
-        status["planAtLoad"] = scaling.plan_at_load_status(plan, current)
         conditions = scaling.autoscaling_conditions(recommendation, seen, item.targets)
         if self.metrics:
             model = (item.md.owner.namespace, item.md.model_name, item.md.owner.name)
@@ -321,7 +317,13 @@ class Autoscaler:
             return
         if recommendation.replicas != item.replicas:
             status["autoscaling"]["lastScaleTime"] = _timestamp()
-        if self._write_status(item, status, conditions):
+        # Priced only for a write (it follows the observed rate, which the numbers above compare).
+        current = item.body.get("status") or {}
+        rate = seen.request_rate if seen.stale is None else None
+        plan = scaling.plan_at_load(item.md, current, self._profiles, rate)
+        if self._write_status(
+            item, {**status, "planAtLoad": scaling.plan_at_load_status(plan, current)}, conditions
+        ):
             state.written = {"decisive": decisive, "status": status}
             state.written_at = now
 

@@ -254,10 +254,10 @@ def plan_table_rows(plan_at_load: planner.Plan, running: Choice | None = None) -
             result["throughputRps"] = round(row.throughput_rps, 3)
         if row.cost_per_1k_requests is not None:
             result["replicas"] = row.replicas
-            result["watts"] = _significant(row.watts)
+            result["watts"] = significant(row.watts)
             result["costPer1kRequests"] = f"{row.cost_per_1k_requests:.3g}"
         if row.energy_per_request_joules is not None:
-            result["joulesPerRequest"] = _significant(row.energy_per_request_joules)
+            result["joulesPerRequest"] = significant(row.energy_per_request_joules)
         result["feasible"] = row.feasible
         result["rejections"] = [reason[:512] for reason in row.rejections[:8]]
         result["chosen"] = option == chosen
@@ -299,5 +299,6 @@ def _money(value: float | None) -> str:
     return "?" if value is None else f"{value:.4g}"
 
 
-def _significant(value: float, digits: int = 3) -> float:
+def significant(value: float, digits: int = 3) -> float:
+    """`value` to `digits` significant figures, what a status shows, so noise does not rewrite it."""
     return 0.0 if value == 0 else float(f"{value:.{digits}g}")

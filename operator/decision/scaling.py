@@ -11,6 +11,7 @@ from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision import decide, planner, replanning
 from frugal.operator.decision.autoscaling import Observation, Recommendation, ScaleReason, Targets
 from frugal.operator.decision.conditions import Condition
+from frugal.operator.decision.replanning import significant
 
 # What spec.autoscaling.scaleToZeroAfterSeconds means when omitted (the CRD's description says so).
 DEFAULT_SCALE_TO_ZERO_SECONDS = 300
@@ -135,7 +136,7 @@ def plan_at_load_status(plan: planner.Plan | None, status: Mapping[str, Any]) ->
     )
     cheapest = plan.chosen
     return {
-        "loadRps": _significant(plan.objectives.expected_rps, 3),
+        "loadRps": significant(plan.objectives.expected_rps, 3),
         "cheapest": None
         if cheapest is None
         else {"variant": cheapest.variant, "hardwareProfile": cheapest.profile, "shards": cheapest.shards},
@@ -155,7 +156,7 @@ def observed_status(
         "reason": recommendation.reason.value,
         "message": recommendation.message[:4096],
         "desiredReplicas": list(recommendation.replicas),
-        "capacityRps": [_significant(c, 3) for c in recommendation.capacity_rps],
+        "capacityRps": [significant(c, 3) for c in recommendation.capacity_rps],
     }
     measured = [s.watts for s in observation.shards]
     fresh = observation.stale is None
@@ -171,16 +172,16 @@ def observed_status(
     latency = observation.latency_p95_ms if fresh else None
     return {
         "autoscaling": autoscaling,
-        "requestRate": None if rate is None else _significant(rate, 2),
-        "latencyP95Ms": None if latency is None else _significant(latency, 2),
+        "requestRate": None if rate is None else significant(rate, 2),
+        "latencyP95Ms": None if latency is None else significant(latency, 2),
         "energy": {
-            "watts": _significant(watts, 2),
-            "joulesPerRequest": None if per_request is None else _significant(per_request, 2),
+            "watts": significant(watts, 2),
+            "joulesPerRequest": None if per_request is None else significant(per_request, 2),
         },
         "cost": {
             "perHour": f"{per_hour:.4f}",
             "per1kRequests": None if not rate else f"{per_hour / 3600.0 / rate * 1000.0:.2g}",
-            "energyPerRequestJoules": None if per_request is None else _significant(per_request, 2),
+            "energyPerRequestJoules": None if per_request is None else significant(per_request, 2),
         },
     }
 
@@ -215,6 +216,3 @@ def autoscaling_conditions(
 def _idle_watts(targets: Targets, ready: Sequence[int]) -> float:
     return sum(ready) * targets.idle_watts
 
-
-def _significant(value: float, digits: int) -> float:
-    return 0.0 if value == 0 else float(f"{value:.{digits}g}")

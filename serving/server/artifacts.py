@@ -275,15 +275,6 @@ def _write_atomically(target: Path, data: bytes) -> None:
         raise
 
 
-_default_cache_dir: Path | None = None
-
-
-def use_verify_cache(directory: Path | None) -> None:
-    """Set the process's verify cache directory (`frugal serve --verify-cache-dir`); None turns it off."""
-    global _default_cache_dir
-    _default_cache_dir = directory
-
-
 # ------------------------------------------------------------------------------------ verification
 
 
@@ -335,11 +326,13 @@ def check_variant(
     variant: Variant,
     cache_dir: Path | None = None,
     racy_window_s: float = RACY_WINDOW_S,
+    now_ns: int | None = None,
 ) -> Verification:
     """Check every file of the variant against the manifest's size and sha256 (raises ArtifactError),
-    trusting files the verify cache in `cache_dir` vouches for; records the files it hashed there."""
+    trusting files the verify cache in `cache_dir` vouches for; records the files it hashed there.
+    `now_ns`: the wall clock the racy window is measured from (default: the time of the check)."""
     started = time.perf_counter()
-    wall_ns = time.time_ns()
+    wall_ns = time.time_ns() if now_ns is None else now_ns
     root = directory.resolve()
     cache = VerifyCache(cache_dir) if cache_dir is not None else None
     entries = cache.read() if cache is not None else {}
@@ -386,9 +379,9 @@ def check_variant(
     return Verification(root / variant.file, tuple(checks), time.perf_counter() - started, cache_dir)
 
 
-def verify_variant(directory: Path, manifest: Manifest, variant: Variant) -> Path:
-    """Check every file of the variant against the manifest, with the process's verify cache
-    (:func:`use_verify_cache`; none unless set), and log how; returns the ONNX file's path."""
-    result = check_variant(directory, manifest, variant, _default_cache_dir)
+def verify_variant(directory: Path, manifest: Manifest, variant: Variant, cache_dir: Path | None = None) -> Path:
+    """Check every file of the variant against the manifest, with the verify cache in `cache_dir`
+    (`frugal serve --verify-cache-dir`; none: hash every file), and log how; returns the ONNX file."""
+    result = check_variant(directory, manifest, variant, cache_dir)
     log.info("%s", result.summary(variant.name))
     return result.path

@@ -38,7 +38,7 @@ def load_model(config: ServeConfig) -> LoadedModel:
     """Verify the variant against the manifest and open an ONNX Runtime session for this server's stage."""
     manifest = artifacts.load_manifest(config.artifacts)
     variant = manifest.variant(config.variant)
-    path = artifacts.verify_variant(config.artifacts, manifest, variant)
+    path = artifacts.verify_variant(config.artifacts, manifest, variant, config.verify_cache_dir)
     size = sum(path.parent.joinpath(f).stat().st_size for f in _basenames(manifest, variant))
     choice = runtime.provider_chain(config.execution_provider, runtime.ort.get_available_providers())
     if choice.fallback:

@@ -17,12 +17,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from controlplane_harness import REPO_ROOT, ControlPlane, free_port
+from prometheus_harness import Prometheus
 
 VENV_BIN = Path(sys.executable).parent
 WAIT_S = 90.0
@@ -229,3 +231,20 @@ def events_for(cluster: ControlPlane, namespace: str, name: str) -> list[dict[st
 def create_namespace(cluster: ControlPlane, name: str) -> str:
     cluster.kubectl("create", "namespace", name)
     return name
+
+
+@contextmanager
+def autoscaled_namespace(
+    cluster: ControlPlane, work: Path, namespace: str, operator_args: Sequence[str]
+) -> Iterator[tuple[Operator, Prometheus, str]]:
+    """A Prometheus scraping every second, the operator reading it (`operator_args`: its autoscaler
+    flags), and a namespace to apply into; all stopped afterwards."""
+    prometheus = Prometheus(work / "prometheus", interval_s=1.0)
+    prometheus.start()
+    operator = Operator(cluster, work / "artifacts", work / "operator.log", operator_args)
+    try:
+        operator.start()
+        yield operator, prometheus, create_namespace(cluster, namespace)
+    finally:
+        operator.stop()
+        prometheus.stop()

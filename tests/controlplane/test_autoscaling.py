@@ -24,8 +24,8 @@ import yaml
 from controlplane_harness import EXAMPLES_DIR, ControlPlane
 from operator_harness import (
     Operator,
+    autoscaled_namespace,
     condition,
-    create_namespace,
     events_for,
     get,
     http,
@@ -146,20 +146,14 @@ class Load:
 @pytest.fixture(scope="module")
 def live(crds_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("autoscaling")
-    prometheus = Prometheus(work / "prometheus", interval_s=1.0)
-    prometheus.start()
-    operator = Operator(crds_installed, work / "artifacts", work / "operator.log",
-                        ["--autoscale-interval", "2", "--rate-window", "10s"])  # fmt: skip
-    operator.start()
-    namespace = create_namespace(crds_installed, "autoscaling")
-    kubelet = PlayedKubelet(crds_installed, prometheus, namespace, work)
-    try:
-        yield {"operator": operator, "prometheus": prometheus, "kubelet": kubelet, "namespace": namespace,
-               "work": work}  # fmt: skip
-    finally:
-        kubelet.stop()
-        operator.stop()
-        prometheus.stop()
+    args = ["--autoscale-interval", "2", "--rate-window", "10s"]
+    with autoscaled_namespace(crds_installed, work, "autoscaling", args) as (operator, prometheus, namespace):
+        kubelet = PlayedKubelet(crds_installed, prometheus, namespace, work)
+        try:
+            yield {"operator": operator, "prometheus": prometheus, "kubelet": kubelet, "namespace": namespace,
+                   "work": work}  # fmt: skip
+        finally:
+            kubelet.stop()
 
 
 def p95_shown(cluster: ControlPlane, ns: str) -> str | None:

@@ -23,8 +23,8 @@ import yaml
 from controlplane_harness import EXAMPLES_DIR, ControlPlane, free_port
 from operator_harness import (
     Operator,
+    autoscaled_namespace,
     condition,
-    create_namespace,
     events_for,
     get,
     http,
@@ -134,20 +134,18 @@ class PlayedKubelet:
 @pytest.fixture(scope="module")
 def live(crds_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("scale-to-zero")
-    prometheus = Prometheus(work / "prometheus", interval_s=1.0)
-    prometheus.start()
-    operator = Operator(crds_installed, work / "artifacts", work / "operator.log",
-                        ["--autoscale-interval", "1", "--rate-window", "10s"])  # fmt: skip
-    operator.start()
-    namespace = create_namespace(crds_installed, "scale-to-zero")
-    kubelet = PlayedKubelet(crds_installed, prometheus, namespace, work)
-    try:
-        yield {"operator": operator, "prometheus": prometheus, "kubelet": kubelet, "namespace": namespace,
-               "work": work}  # fmt: skip
-    finally:
-        kubelet.stop()
-        operator.stop()
-        prometheus.stop()
+    args = ["--autoscale-interval", "1", "--rate-window", "10s"]
+    with autoscaled_namespace(crds_installed, work, "scale-to-zero", args) as (
+        operator,
+        prometheus,
+        namespace,
+    ):
+        kubelet = PlayedKubelet(crds_installed, prometheus, namespace, work)
+        try:
+            yield {"operator": operator, "prometheus": prometheus, "kubelet": kubelet, "namespace": namespace,
+                   "work": work}  # fmt: skip
+        finally:
+            kubelet.stop()
 
 
 def test_idle_goes_to_zero_and_a_request_to_the_front_wakes_it_and_is_answered(live: dict[str, Any]) -> None:

@@ -26,12 +26,13 @@ from frugal.serving.server.artifacts import (
     parse_manifest,
 )
 
-WINDOW_S = 0.05  # the racy window these tests use, so that they need not wait RACY_WINDOW_S
+# The checks below happen, as far as the racy window is concerned, this long after the files were
+# written (the check's clock is given, not waited for), so their files may be recorded.
+LATER_NS = int(2 * RACY_WINDOW_S * 1e9)
 
 
-def write_variant(root: Path, payloads: dict[str, bytes], *, settle: bool = True) -> Manifest:
-    """variants/v/<name> files and a manifest listing their sha256 and size; `settle` waits out the
-    racy window so that the files may be recorded."""
+def write_variant(root: Path, payloads: dict[str, bytes]) -> Manifest:
+    """variants/v/<name> files and a manifest listing their sha256 and size."""
     files = {}
     for name, payload in payloads.items():
         path = root / "variants" / "v" / name
@@ -46,13 +47,11 @@ def write_variant(root: Path, payloads: dict[str, bytes], *, settle: bool = True
         "variants": [{"name": "v", "file": f"variants/v/{first}"}],
     }
     (root / "manifest.json").write_text(json.dumps(doc))
-    if settle:
-        time.sleep(WINDOW_S * 2)
     return parse_manifest(json.dumps(doc))
 
 
 def check(root: Path, manifest: Manifest, cache: Path | None) -> Verification:
-    return check_variant(root, manifest, manifest.variant("v"), cache, racy_window_s=WINDOW_S)
+    return check_variant(root, manifest, manifest.variant("v"), cache, now_ns=time.time_ns() + LATER_NS)
 
 
 def test_a_second_check_trusts_unchanged_files_from_the_cache(tmp_path: Path) -> None:
@@ -94,7 +93,6 @@ def test_a_file_touched_but_unchanged_is_hashed_again_and_accepted(tmp_path: Pat
     check(root, manifest, cache)
     model = root / "variants/v/model.onnx"
     os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns - 1_000_000_000))
-    time.sleep(WINDOW_S * 2)
     assert check(root, manifest, cache).hashed == 1
     assert check(root, manifest, cache).from_cache == 1  # recorded again with its new stat tuple
 
@@ -156,8 +154,8 @@ def test_a_forged_entry_for_another_sha256_does_not_vouch(tmp_path: Path) -> Non
 def test_files_changed_just_before_the_check_are_not_recorded(tmp_path: Path) -> None:
     """A file modified in the same timestamp tick as it is hashed could change again unseen."""
     root, cache = tmp_path / "a", tmp_path / "cache"
-    manifest = write_variant(root, {"model.onnx": b"a" * 64}, settle=False)
-    fresh = check_variant(root, manifest, manifest.variant("v"), cache, racy_window_s=RACY_WINDOW_S)
+    manifest = write_variant(root, {"model.onnx": b"a" * 64})
+    fresh = check_variant(root, manifest, manifest.variant("v"), cache, now_ns=time.time_ns())
     assert fresh.hashed == 1
     assert not (cache / VERIFY_CACHE_FILE).exists()
 
