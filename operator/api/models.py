@@ -130,6 +130,11 @@ class Prometheus(ApiModel):
     url: str
 
 
+class Replanning(ApiModel):
+    enabled: bool
+    window_seconds: int
+
+
 class Autoscaling(ApiModel):
     min_replicas: int
     max_replicas: int
@@ -137,6 +142,7 @@ class Autoscaling(ApiModel):
     stabilization_window_seconds: int
     power: PowerBudget
     prometheus: Prometheus | None = None
+    replanning: Replanning
 
 
 class Storage(ApiModel):

@@ -38,6 +38,8 @@ class Owner:
     generation: int
     api_version: str = API_VERSION
     kind: str = "ModelDeployment"
+    # Serving revision within the generation: a re-planning rollover moves to the next one.
+    revision: int = 0
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,12 @@ class OperatorMetrics:
             ["namespace", "model_deployment", "direction", "reason"],
             registry=self.registry,
         )
+        self.rollovers = Counter(
+            "frugal_autoscaler_rollovers",
+            "Re-planning rollovers to another (variant, hardware profile, shards) at the observed load.",
+            ["namespace", "model_deployment", "reason"],
+            registry=self.registry,
+        )
         self.power_capped = Gauge(
             "frugal_autoscaler_power_capped",
             "1 while spec.autoscaling.power.capWatts holds the replicas below what the load asks for.",

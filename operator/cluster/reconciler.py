@@ -147,10 +147,12 @@ class Reconciler:
             self._write_status(body, assessment, {}, emit)
             return assessment
         md = decide.with_effective_generation(md, body.get("status"))
+        rollover = decide.rollover_from_status(md, body.get("status"))
+        md = decide.with_revision(md, rollover)
         profiles = self._profiles(decide.needed_profiles(md))
         state = self._observe(md)
         found = self._artifacts(md, profiles, state)
-        decision = decide.decide(md, profiles, state, found, self.settings)
+        decision = decide.decide(md, profiles, state, found, self.settings, rollover)
         for deployment in (o for o in decision.apply if o["kind"] == "Deployment"):
             shard = deployment["metadata"]["labels"].get(names.LABEL_SHARD)
             if shard is not None and int(shard) not in state.shard_replicas:
@@ -166,8 +168,8 @@ class Reconciler:
         assessment = decision.assessment
         if rejected and decision.observed is not None:
             assessment = conditions(dataclasses.replace(decision.observed, apply_error=rejected))
-        elif decision.prune_older_generations:
-            self._prune_older_generations(md)
+        elif decision.prune_superseded:
+            self._prune_superseded(md)
         self._write_status(body, assessment, decision.status, emit)
         self._record_metrics(md, decision)
         return decision.assessment
@@ -233,24 +235,35 @@ class Reconciler:
         replicas: dict[int, int] = {}
         ready: dict[int, int] = {}
         front = False
-        # One list of the ModelDeployment's Deployments: the current generation's shards, and its front.
+        # One list of the ModelDeployment's Deployments: the current revision's shards, and its front.
+        current = {
+            names.LABEL_ROLE: "serving",
+            names.LABEL_GENERATION: str(md.owner.generation),
+            names.LABEL_REVISION: str(md.owner.revision),
+        }
         for deployment in self.cluster.find("apps/v1", "Deployment", ns, {names.LABEL_MD: md.owner.name}):
             labels = deployment["metadata"].get("labels") or {}
             if labels.get(names.LABEL_ROLE) == "front":
                 front = True
-            elif labels.get(names.LABEL_ROLE) == "serving" and labels.get(names.LABEL_GENERATION) == str(
-                md.owner.generation
-            ):
+            elif all(labels.get(key) == value for key, value in current.items()):
                 shard = int(labels[names.LABEL_SHARD])
                 replicas[shard] = int(deployment["spec"].get("replicas", 1))
                 ready[shard] = int((deployment.get("status") or {}).get("readyReplicas", 0))
-        live = self._live_generation(md)
+        live = self._live(md)
         return decide.ClusterState(
-            compression, profiling, replicas, ready, live, self._has_pod_monitors(), front_exists=front
+            compression,
+            profiling,
+            replicas,
+            ready,
+            None if live is None else live.generation,
+            0 if live is None else live.revision,
+            self._has_pod_monitors(),
+            front_exists=front,
         )
 
-    def _live_generation(self, md: ModelDeploymentSpec) -> int | None:
-        """The generation the clients reach: the selector of the front's upstream, else the endpoint's."""
+    def _live(self, md: ModelDeploymentSpec) -> serving_objects.Live | None:
+        """The (generation, revision) clients reach: the selector of the front's upstream, else the
+        endpoint's."""
         ns = md.owner.namespace
         service = None
         if serving_objects.has_front(md):
@@ -259,7 +272,11 @@ class Reconciler:
             service = self.cluster.get("v1", "Service", ns, names.endpoint_service(md.owner))
         if service is None:
             return None
-        return int(service["spec"]["selector"].get(names.LABEL_GENERATION, 0)) or None
+        selector = service["spec"]["selector"]
+        generation = int(selector.get(names.LABEL_GENERATION, 0))
+        if not generation:
+            return None
+        return serving_objects.Live(generation, int(selector.get(names.LABEL_REVISION, 0)))
 
     def _job(self, namespace: str, name: str) -> Job:
         job = self.cluster.get("batch/v1", "Job", namespace, name)
@@ -303,10 +320,19 @@ class Reconciler:
         except artifact_files.ArtifactError as error:
             return error
 
-    def _prune_older_generations(self, md: ModelDeploymentSpec) -> None:
-        keep = {names.LABEL_GENERATION: str(md.owner.generation)}
+    def _prune_superseded(self, md: ModelDeploymentSpec) -> None:
+        """Once the current (generation, revision) is live: every object of older generations, and the
+        shards of this generation's other revisions (its Jobs stay: they are its artifacts' record)."""
+        ns, generation = md.owner.namespace, str(md.owner.generation)
         selector = {names.LABEL_MD: md.owner.name, names.LABEL_MANAGED_BY: names.MANAGED_BY}
-        if self.cluster.delete_all((*SERVING_KINDS, *JOB_KINDS), md.owner.namespace, selector, keep=keep):
+        deleted = self.cluster.delete_all(
+            (*SERVING_KINDS, *JOB_KINDS), ns, selector, keep={names.LABEL_GENERATION: generation}
+        )
+        shards = {**selector, names.LABEL_ROLE: "serving", names.LABEL_GENERATION: generation}
+        deleted += self.cluster.delete_all(
+            SERVING_KINDS, ns, shards, keep={names.LABEL_REVISION: str(md.owner.revision)}
+        )
+        if deleted:
             self._applied.forget(md.owner.namespace, names.LABEL_MD, md.owner.name)
 
     def _record_metrics(self, md: ModelDeploymentSpec, decision: decide.Decision) -> None:

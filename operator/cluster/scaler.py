@@ -9,10 +9,18 @@ condition, or, at most every ``STATUS_REFRESH_SECONDS``, the observed numbers in
 
 Missing or stale metrics never scale anything down: the policy holds the counts, and the status
 says why (``MetricsAvailable=False`` with the query that failed) with an Event.
+
+Each tick also re-plans at the observed rate (:func:`scaling.replan_at_load`, the pure
+:func:`frugal.operator.decision.replanning.replan`). A rollover is written as ``status.replan`` (the
+next serving revision, its option and replicas), with the ``Replanned`` condition and an Event naming
+both options and their costs, and the reconciler is asked to act on it at once: it applies the new
+revision's Deployments beside the running ones, moves the endpoint once every new shard has a ready
+replica, and only then deletes the old revision.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -33,7 +41,7 @@ from frugal.operator.cluster.apply import AUTOSCALER_FIELD_MANAGER, ApiError, Cl
 from frugal.operator.cluster.operator_metrics import OperatorMetrics
 from frugal.operator.cluster.prometheus import Prometheus, PrometheusError
 from frugal.operator.cluster.reconciler import Reconciler
-from frugal.operator.decision import observations, scaling
+from frugal.operator.decision import observations, replanning, scaling
 from frugal.operator.decision.autoscaling import (
     Memory,
     Observation,
@@ -43,7 +51,7 @@ from frugal.operator.decision.autoscaling import (
     recommend,
 )
 from frugal.operator.decision.conditions import merge
-from frugal.operator.decision.decide import with_effective_generation
+from frugal.operator.decision.decide import rollover_from_status, with_effective_generation, with_revision
 from frugal.operator.manifests import names, serving_objects
 
 log = logging.getLogger(__name__)
@@ -77,6 +85,9 @@ class _Remembered:
     memory: Memory = field(default_factory=Memory)
     written: dict[str, Any] = field(default_factory=dict)
     written_at: float = float("-inf")
+    # The serving revision `memory` learned about: a rollover starts the policy's memory afresh.
+    revision: tuple[int, int] = (0, 0)
+    replan: replanning.ReplanMemory = field(default_factory=replanning.ReplanMemory)
 
 
 class Autoscaler:
@@ -89,6 +100,7 @@ class Autoscaler:
         rate_window: str = observations.RATE_WINDOW,
         namespaces: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.cluster = cluster
         self.namespaces = tuple(namespaces)
@@ -97,6 +109,8 @@ class Autoscaler:
         self.default_prometheus_url = default_prometheus_url
         self.metrics = metrics
         self._clock = clock
+        # Re-planning's timers: wall time, since the last rollover's time is kept in the status.
+        self._wall_clock = wall_clock
         self._servers: dict[str, Prometheus] = {}
         self._state: dict[tuple[str, str], _Remembered] = {}
         self._profiles: dict[str, HardwareProfileSpec] = {}
@@ -134,9 +148,15 @@ class Autoscaler:
                 self._held.get(key, {}).get((item.md.owner.namespace, item.md.model_name), 0.0),
             )
             state = self._state.setdefault(item.key, _Remembered())
+            revision = (item.md.owner.generation, item.md.owner.revision)
+            if state.revision != revision:
+                state.memory, state.revision = Memory(), revision
             recommendation, state.memory = recommend(seen, item.replicas, item.targets, state.memory, now)
             self._actuate(item, recommendation)
-            self._report(item, seen, recommendation, now)
+            rate = seen.request_rate if seen.stale is None else None
+            plan = scaling.plan_at_load(item.md, item.body.get("status") or {}, self._profiles, rate)
+            replan = self._replan(item, plan, state)
+            self._report(item, seen, recommendation, now, plan, replan)
             decided.append((item, recommendation))
         gone = set(self._state) - {item.key for item in scaled}
         for key in gone:
@@ -156,18 +176,19 @@ class Autoscaler:
             except SpecError:
                 continue
         self._profiles = profiles
-        by_generation: dict[tuple[str, str, str], dict[int, Mapping[str, Any]]] = {}
+        by_revision: dict[tuple[str, str, str, str], dict[int, Mapping[str, Any]]] = {}
         for deployment in deployments:
             labels = deployment["metadata"].get("labels") or {}
             where = (
                 deployment["metadata"]["namespace"],
                 labels.get(names.LABEL_MD, ""),
                 labels.get(names.LABEL_GENERATION, ""),
+                labels.get(names.LABEL_REVISION, "0"),
             )
-            by_generation.setdefault(where, {})[int(labels.get(names.LABEL_SHARD, 0))] = deployment
+            by_revision.setdefault(where, {})[int(labels.get(names.LABEL_SHARD, 0))] = deployment
         result = []
         for body in bodies:
-            item = self._scaled(body, profiles, by_generation)
+            item = self._scaled(body, profiles, by_revision)
             if item is not None:
                 result.append(item)
         return result
@@ -182,7 +203,7 @@ class Autoscaler:
         self,
         body: Mapping[str, Any],
         profiles: Mapping[str, HardwareProfileSpec],
-        by_generation: Mapping[tuple[str, str, str], Mapping[int, Mapping[str, Any]]],
+        by_revision: Mapping[tuple[str, str, str, str], Mapping[int, Mapping[str, Any]]],
     ) -> Scaled | None:
         status = body.get("status") or {}
         selected = status.get("selected") or {}
@@ -192,9 +213,11 @@ class Autoscaler:
             md = with_effective_generation(parse_model_deployment(body), status)
         except SpecError:
             return None
+        md = with_revision(md, rollover_from_status(md, status))
         profile = profiles.get(str(selected.get("hardwareProfile")))
         capacity = scaling.capacity_from_status(status)
-        shards = by_generation.get((md.owner.namespace, md.owner.name, str(md.owner.generation)), {})
+        owner = md.owner
+        shards = by_revision.get((owner.namespace, owner.name, str(owner.generation), str(owner.revision)), {})
         count = int(selected.get("shards") or 1)
         if profile is None or capacity is None or sorted(shards) != list(range(count)):
             return None
@@ -287,7 +310,48 @@ class Autoscaler:
                     item.md.owner.namespace, item.md.owner.name, direction, reason
                 ).inc()
 
-    def _report(self, item: Scaled, seen: Observation, recommendation: Recommendation, now: float) -> None:
+    def _replan(
+        self, item: Scaled, plan: Any, state: _Remembered
+    ) -> replanning.ReplanDecision | None:
+        """Re-plan at the observed load; on a rollover write status.replan, post the Event and have
+        the reconciler bring up the new revision now."""
+        status = item.body.get("status") or {}
+        memory = state.replan
+        if memory.last_rollover_at is None:
+            memory = dataclasses.replace(memory, last_rollover_at=_last_rollover(status, item.md))
+        now = self._wall_clock()
+        decision, state.replan = scaling.replan_at_load(
+            item.md,
+            plan,
+            scaling.running_choice(status),
+            item.ready,
+            scaling.replan_settings(item.md),
+            memory,
+            now,
+        )
+        if decision is None or not decision.roll_over or plan is None:
+            return decision
+        owner = item.md.owner
+        replan = scaling.replan_status(item.md, status, plan, decision, _timestamp(now))
+        if not self._write_status(item, {"replan": replan}, [scaling.replanned_condition(decision)]):
+            state.replan = memory  # not written: the next tick decides again
+            return decision
+        self.reconciler.poster(item.body)("Normal", scaling.REPLANNED, decision.message[:1024])
+        log.info("%s/%s: %s", owner.namespace, owner.name, decision.message)
+        if self.metrics:
+            self.metrics.rollovers.labels(owner.namespace, owner.name, decision.reason.value).inc()
+        self.reconciler.reconcile_named(owner.namespace, owner.name)
+        return decision
+
+    def _report(
+        self,
+        item: Scaled,
+        seen: Observation,
+        recommendation: Recommendation,
+        now: float,
+        plan: Any,
+        replan: replanning.ReplanDecision | None,
+    ) -> None:
         status = scaling.observed_status(recommendation, seen, item.ready, item.targets)
         conditions = scaling.autoscaling_conditions(recommendation, seen, item.targets)
         if self.metrics:
@@ -317,12 +381,9 @@ class Autoscaler:
             return
         if recommendation.replicas != item.replicas:
             status["autoscaling"]["lastScaleTime"] = _timestamp()
-        # Priced only for a write (it follows the observed rate, which the numbers above compare).
         current = item.body.get("status") or {}
-        rate = seen.request_rate if seen.stale is None else None
-        plan = scaling.plan_at_load(item.md, current, self._profiles, rate)
         if self._write_status(
-            item, {**status, "planAtLoad": scaling.plan_at_load_status(plan, current)}, conditions
+            item, {**status, "planAtLoad": scaling.plan_at_load_status(plan, current, replan)}, conditions
         ):
             state.written = {"decisive": decisive, "status": status}
             state.written_at = now
@@ -367,5 +428,20 @@ class Autoscaler:
                 emit("Normal", condition["reason"], condition["message"][:1024])
 
 
-def _timestamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def _timestamp(at: float | None = None) -> str:
+    moment = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
+    return moment.strftime(TIMESTAMP)
+
+
+def _last_rollover(status: Mapping[str, Any], md: ModelDeploymentSpec) -> float | None:
+    """When the generation last rolled over (status.replan.lastRolloverTime), as wall time."""
+    replan = status.get("replan") or {}
+    if replan.get("generation") != md.owner.generation or not replan.get("lastRolloverTime"):
+        return None
+    try:
+        return datetime.strptime(str(replan["lastRolloverTime"]), TIMESTAMP).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None

@@ -36,6 +36,7 @@ class Reason:
     DEPLOYING = "Deploying"
     SERVING = "ServingReady"
     PREVIOUS_GENERATION_SERVING = "PreviousGenerationServing"
+    ROLLING_OVER = "RollingOver"
     REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
     APPLY_REJECTED = "ApplyRejected"
     AS_EXPECTED = "AsExpected"
@@ -84,6 +85,8 @@ class Observed:
     shards_desired: tuple[int, ...] = ()
     shards_ready: tuple[int, ...] = ()
     previous_generation_live: int | None = None
+    # A re-planning rollover within the generation: what still serves while the new revision starts.
+    rolling_over_from: str | None = None
     apply_error: str | None = None
 
 
@@ -190,7 +193,7 @@ def _ready(o: Observed, profiled: Condition) -> Condition:
     if o.plan_error:
         return Condition(READY, False, Reason.NO_FEASIBLE_OPTION, o.plan_error)
     if o.planned is None or not o.shards_desired:
-        if o.previous_generation_live is not None:
+        if o.previous_generation_live is not None or o.rolling_over_from is not None:
             return _previous_serving(o)
         return Condition(READY, False, Reason.WAITING_FOR_PLAN, "hardware selection waits for profiling")
     missing = [
@@ -199,7 +202,7 @@ def _ready(o: Observed, profiled: Condition) -> Condition:
         if have < min(want, 1)
     ]
     if missing:
-        if o.previous_generation_live is not None:
+        if o.previous_generation_live is not None or o.rolling_over_from is not None:
             return _previous_serving(o)
         return Condition(
             READY,
@@ -215,6 +218,13 @@ def _ready(o: Observed, profiled: Condition) -> Condition:
 
 
 def _previous_serving(o: Observed) -> Condition:
+    if o.previous_generation_live is None and o.rolling_over_from is not None:
+        return Condition(
+            READY,
+            True,
+            Reason.ROLLING_OVER,
+            f"{o.rolling_over_from} serves while {o.planned} starts (re-planned at the observed load)",
+        )
     return Condition(
         READY,
         True,

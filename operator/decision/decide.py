@@ -19,7 +19,7 @@ from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision import artifact_files, planner
 from frugal.operator.decision.conditions import ABSENT_JOB, Assessment, Job, JobState, Observed, conditions
 from frugal.operator.manifests import jobs, names, serving_objects
-from frugal.operator.manifests.serving_objects import Selection
+from frugal.operator.manifests.serving_objects import Live, Selection
 from frugal.operator.manifests.storage import ArtifactLocation, locate
 
 
@@ -41,6 +41,8 @@ class ClusterState:
     shard_replicas: Mapping[int, int] = field(default_factory=dict)
     shard_ready: Mapping[int, int] = field(default_factory=dict)
     live_generation: int | None = None
+    # The serving revision of live_generation the endpoint reaches.
+    live_revision: int = 0
     # The cluster serves the Prometheus Operator's PodMonitor kind, so serving pods can be scraped.
     pod_monitors: bool = False
     # The ModelDeployment's front Deployment exists (it had minReplicas 0 at some point).
@@ -55,7 +57,8 @@ class Decision:
     status: dict[str, Any]
     plan: planner.Plan | None = None
     selection: Selection | None = None
-    prune_older_generations: bool = False
+    # The current (generation, revision) is live: older generations and other revisions may go.
+    prune_superseded: bool = False
     observed: Observed | None = None
     # Replica counts of newly created shards, applied under the autoscaler's field manager.
     scale: tuple[dict[str, Any], ...] = ()
@@ -65,6 +68,48 @@ class Decision:
 
 # Measured throughput varies about this much between runs; cheaper by less than that is not cheaper.
 COST_TOLERANCE = 0.10
+
+
+@dataclass(frozen=True)
+class Rollover:
+    """A re-planning rollover within the generation (status.replan, which the autoscaler writes): the
+    option to serve instead of the deploy-time plan's, under a new serving revision."""
+
+    revision: int
+    selection: Selection
+    # Replicas per shard the new revision starts with: what the observed load needs of it.
+    replicas: int
+    previous: Selection | None = None
+
+
+def rollover_from_status(md: ModelDeploymentSpec, status: Mapping[str, Any] | None) -> Rollover | None:
+    """status.replan, when it belongs to `md`'s (effective) generation."""
+    replan = (status or {}).get("replan") or {}
+    selected = replan.get("selected") or {}
+    revision = replan.get("revision")
+    if replan.get("generation") != md.owner.generation or not isinstance(revision, int) or revision < 1:
+        return None
+    if not selected.get("variant") or not selected.get("hardwareProfile"):
+        return None
+    previous = replan.get("from") or {}
+    return Rollover(
+        revision,
+        _selection(selected),
+        int(replan.get("replicas") or md.initial_replicas),
+        _selection(previous) if previous.get("variant") and previous.get("hardwareProfile") else None,
+    )
+
+
+def _selection(entry: Mapping[str, Any]) -> Selection:
+    return Selection(str(entry["variant"]), str(entry["hardwareProfile"]), int(entry.get("shards") or 1))
+
+
+def with_revision(md: ModelDeploymentSpec, rollover: Rollover | None) -> ModelDeploymentSpec:
+    """`md` with the serving revision its shards carry (0 until a rollover)."""
+    revision = 0 if rollover is None else rollover.revision
+    if md.owner.revision == revision:
+        return md
+    return replace(md, owner=replace(md.owner, revision=revision))
 
 
 def needed_profiles(md: ModelDeploymentSpec) -> tuple[str, ...]:
@@ -110,7 +155,11 @@ def decide(
     cluster: ClusterState,
     found: artifact_files.Artifacts | artifact_files.ArtifactError | None,
     settings: Settings,
+    rollover: Rollover | None = None,
 ) -> Decision:
+    """`rollover`: serve its option under its revision instead of the plan's choice (when the plan
+    still finds that option feasible)."""
+    md = with_revision(md, rollover)
     gen = md.owner.generation
     previous = cluster.live_generation if cluster.live_generation not in (None, gen) else None
     missing = tuple(p for p in needed_profiles(md) if p not in profiles)
@@ -139,7 +188,9 @@ def decide(
     }
     if any(j.state in (JobState.ABSENT, JobState.RUNNING) for j in profiling.values()):
         return _decision(to_apply, location, observed, status)
-    return _plan_and_serve(md, profiles, cluster, found, settings, location, to_apply, observed, status)
+    return _plan_and_serve(
+        md, profiles, cluster, found, settings, location, to_apply, observed, status, rollover
+    )
 
 
 def _plan_and_serve(
@@ -152,6 +203,7 @@ def _plan_and_serve(
     to_apply: list[dict[str, Any]],
     observed: Observed,
     status: dict[str, Any],
+    rollover: Rollover | None,
 ) -> Decision:
     try:
         variants = artifact_files.planner_variants(found)
@@ -164,10 +216,14 @@ def _plan_and_serve(
     observed = _with(observed, used_fallback=plan.used_fallback)
     if plan.chosen is None:
         return _decision(to_apply, location, _with(observed, plan_error=plan.reason), status, plan)
-    chosen = plan.chosen
+    chosen, reason, initial = plan.chosen, plan.reason, md.initial_replicas
+    replanned = None if rollover is None else plan.option(*_option(rollover.selection))
+    if rollover is not None and replanned is not None and replanned.feasible:
+        chosen, initial = replanned, max(1, min(rollover.replicas, md.spec.autoscaling.max_replicas))
+        reason = f"re-planned at the observed load (status.replan); at deploy time: {plan.reason}"
     selection = Selection(chosen.variant, chosen.profile, chosen.shards)
     profile = profiles[chosen.profile]
-    replicas = {i: cluster.shard_replicas.get(i, md.initial_replicas) for i in range(selection.shards)}
+    replicas = {i: cluster.shard_replicas.get(i, initial) for i in range(selection.shards)}
     for index in range(selection.shards):
         to_apply += serving_objects.desired_shard(md, profile, settings.image, location, selection, index)
     scale = tuple(
@@ -177,19 +233,19 @@ def _plan_and_serve(
     )
     ready = tuple(cluster.shard_ready.get(i, 0) for i in range(selection.shards))
     live = all(r >= 1 for r in ready)
-    live_generation = md.owner.generation if live or cluster.live_generation is None else None
+    current = Live.of(md.owner)
+    before = None if cluster.live_generation is None else Live(cluster.live_generation, cluster.live_revision)
+    live_now = current if live or before is None else None
     delete: tuple[tuple[str, str, str], ...] = ()
     if serving_objects.has_front(md):
         # The front's upstream moves like the endpoint did; the endpoint itself always selects the front.
-        if live_generation is not None:
-            to_apply.append(serving_objects.desired_live_service(md, live_generation))
+        if live_now is not None:
+            to_apply.append(serving_objects.desired_live_service(md, live_now))
         to_apply.append(serving_objects.desired_front(md, settings.image))
-        to_apply.append(
-            serving_objects.desired_endpoint_service(md, cluster.live_generation or md.owner.generation)
-        )
+        to_apply.append(serving_objects.desired_endpoint_service(md, before or current))
     else:
-        if live_generation is not None:
-            to_apply.append(serving_objects.desired_endpoint_service(md, live_generation))
+        if live_now is not None:
+            to_apply.append(serving_objects.desired_endpoint_service(md, live_now))
         if cluster.front_exists:
             delete = (
                 ("apps/v1", "Deployment", names.front(md.owner)),
@@ -197,13 +253,20 @@ def _plan_and_serve(
             )
     if cluster.pod_monitors:
         to_apply.append(serving_objects.desired_pod_monitor(md))
+    rolling_over_from = None
+    if before is not None and before.generation == current.generation and before != current:
+        previous = rollover.previous if rollover is not None else None
+        rolling_over_from = f"revision {before.revision}" + (
+            f" ({previous.variant} on {previous.profile})" if previous is not None else ""
+        )
     observed = _with(
         observed,
         planned=f"{chosen.variant} on {chosen.profile}",
         shards_desired=tuple(replicas.values()),
         shards_ready=ready,
+        rolling_over_from=rolling_over_from,
     )
-    status.update(_serving_status(md, plan, replicas, ready))
+    status.update(_serving_status(md, chosen, reason, replicas, ready))
     return Decision(
         tuple(to_apply),
         location,
@@ -216,6 +279,10 @@ def _plan_and_serve(
         scale,
         delete,
     )
+
+
+def _option(selection: Selection) -> tuple[str, str, int]:
+    return (selection.variant, selection.profile, selection.shards)
 
 
 def planner_profile(profile: HardwareProfileSpec) -> planner.Profile:
@@ -274,17 +341,19 @@ def _profile_row(row: planner.Candidate, md: ModelDeploymentSpec) -> dict[str, A
 
 
 def _serving_status(
-    md: ModelDeploymentSpec, plan: planner.Plan, replicas: Mapping[int, int], ready: tuple[int, ...]
+    md: ModelDeploymentSpec,
+    chosen: planner.Candidate,
+    reason: str,
+    replicas: Mapping[int, int],
+    ready: tuple[int, ...],
 ) -> dict[str, Any]:
-    chosen = plan.chosen
-    assert chosen is not None
     pods = sum(replicas.values())
     return {
         "selected": {
             "variant": chosen.variant,
             "hardwareProfile": chosen.profile,
             "shards": chosen.shards,
-            "reason": plan.reason[:4096],
+            "reason": reason[:4096],
         },
         "shards": [{"index": i, "replicas": replicas[i], "readyReplicas": ready[i]} for i in replicas],
         "replicas": pods,

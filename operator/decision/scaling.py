@@ -123,9 +123,13 @@ def plan_at_load(
         return None
 
 
-def plan_at_load_status(plan: planner.Plan | None, status: Mapping[str, Any]) -> dict[str, Any] | None:
-    """status.planAtLoad: every option priced at the observed rate, the running one marked (None
-    removes the field when there is no load to price at)."""
+def plan_at_load_status(
+    plan: planner.Plan | None,
+    status: Mapping[str, Any],
+    decision: replanning.ReplanDecision | None = None,
+) -> dict[str, Any] | None:
+    """status.planAtLoad: every option priced at the observed rate, the running one marked, and what
+    re-planning made of it (None removes the field when there is no load to price at)."""
     if plan is None or plan.objectives is None or plan.objectives.expected_rps is None:
         return None
     selected = status.get("selected") or {}
@@ -135,13 +139,103 @@ def plan_at_load_status(plan: planner.Plan | None, status: Mapping[str, Any]) ->
         int(selected.get("shards") or 1),
     )
     cheapest = plan.chosen
+    replan = {} if decision is None else {"reason": decision.reason.value, "message": decision.message[:4096]}
     return {
+        **replan,
         "loadRps": significant(plan.objectives.expected_rps, 3),
         "cheapest": None
         if cheapest is None
         else {"variant": cheapest.variant, "hardwareProfile": cheapest.profile, "shards": cheapest.shards},
         "options": replanning.plan_table_rows(plan, running),
     }
+
+
+# -- re-planning at the observed load ---------------------------------------------------------------
+
+REPLANNED = "Replanned"
+
+
+def running_choice(status: Mapping[str, Any]) -> replanning.Choice | None:
+    """The (variant, profile, shards) status.selected says is served."""
+    selected = status.get("selected") or {}
+    if not selected.get("variant") or not selected.get("hardwareProfile"):
+        return None
+    return replanning.Choice(
+        str(selected["variant"]), str(selected["hardwareProfile"]), int(selected.get("shards") or 1)
+    )
+
+
+def replan_settings(md: ModelDeploymentSpec, window_s: float | None = None) -> replanning.ReplanSettings:
+    """spec.autoscaling.replanning as the decision's settings (`window_s` overrides the spec's)."""
+    window = float(md.spec.autoscaling.replanning.window_seconds) if window_s is None else window_s
+    return replanning.ReplanSettings(window_s=window, cost_tolerance=decide.COST_TOLERANCE)
+
+
+def replan_at_load(
+    md: ModelDeploymentSpec,
+    plan: planner.Plan | None,
+    running: replanning.Choice | None,
+    ready: Sequence[int],
+    settings: replanning.ReplanSettings,
+    memory: replanning.ReplanMemory,
+    now: float,
+) -> tuple[replanning.ReplanDecision | None, replanning.ReplanMemory]:
+    """One tick's re-planning: None (and the memory unchanged) when it is off, when there is nothing
+    to compare, or while a rollover is under way (a shard of the running option has no ready replica
+    though the load asks for one: what serves is still the previous option)."""
+    if not md.spec.autoscaling.replanning.enabled or running is None:
+        return None, memory
+    if plan is None:
+        plan = planner.Plan(table=(), chosen=None, reason="no load to price at", objectives=None)
+    if any(count < 1 for count in ready) and plan.objectives is not None:
+        return None, memory
+    return replanning.replan(plan, running, settings, memory, now)
+
+
+def rollover_replicas(md: ModelDeploymentSpec, plan: planner.Plan, target: replanning.Choice) -> int:
+    """Replicas per shard the new option starts with: what the observed load needs of it, within
+    spec.autoscaling's bounds."""
+    row = plan.option(target.variant, target.profile, target.shards)
+    wanted = row.replicas if row is not None and row.replicas else md.initial_replicas
+    return max(md.initial_replicas, min(wanted, md.spec.autoscaling.max_replicas))
+
+
+def replan_status(
+    md: ModelDeploymentSpec,
+    status: Mapping[str, Any],
+    plan: planner.Plan,
+    decision: replanning.ReplanDecision,
+    timestamp: str,
+) -> dict[str, Any]:
+    """status.replan for a rollover `decision` made now (`timestamp`): the next serving revision."""
+    assert decision.target is not None
+    previous = status.get("replan") or {}
+    revision = int(previous.get("revision") or 0) if previous.get("generation") == md.owner.generation else 0
+
+    def option(choice: replanning.Choice) -> dict[str, Any]:
+        return {"variant": choice.variant, "hardwareProfile": choice.profile, "shards": choice.shards}
+
+    def money(value: float | None) -> str | None:
+        return None if value is None else f"{value:.3g}"
+
+    return {
+        "generation": md.owner.generation,
+        "revision": revision + 1,
+        "selected": option(decision.target),
+        "from": option(decision.running),
+        "replicas": rollover_replicas(md, plan, decision.target),
+        "loadRps": None if decision.load_rps is None else significant(decision.load_rps, 3),
+        "costPer1kRequests": money(decision.target_cost_per_1k_requests),
+        "fromCostPer1kRequests": money(decision.running_cost_per_1k_requests),
+        "reason": decision.reason.value,
+        "message": decision.message[:4096],
+        "lastRolloverTime": timestamp,
+    }
+
+
+def replanned_condition(decision: replanning.ReplanDecision) -> Condition:
+    """Replanned=True after a rollover, naming both options and their costs at the load."""
+    return Condition(REPLANNED, True, decision.reason.value, decision.message[:32768])
 
 
 def observed_status(

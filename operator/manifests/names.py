@@ -1,6 +1,6 @@
 """Deterministic names and the standard labels of every child object.
 
-Names are a pure function of (ModelDeployment, generation, role): a restart or a repeated event
+Names are a pure function of (ModelDeployment, generation, serving revision, role): a restart or a repeated event
 recomputes the same names, so server-side apply updates instead of duplicating. Names longer than
 the limit keep a readable prefix and end in a hash of the full name, so they stay unique.
 """
@@ -21,6 +21,8 @@ PART_OF = "frugal"
 MANAGED_BY = "frugal-operator"
 LABEL_MD = "frugal.dev/model-deployment"
 LABEL_GENERATION = "frugal.dev/generation"
+# Serving objects only: a re-planning rollover within a generation is a new revision of its shards.
+LABEL_REVISION = "frugal.dev/revision"
 LABEL_SHARD = "frugal.dev/shard"
 LABEL_PROFILE = "frugal.dev/hardware-profile"
 LABEL_VARIANT = "frugal.dev/variant"
@@ -58,9 +60,15 @@ def profiling_job(owner: Owner, profile: str) -> str:
     return bounded(generation_prefix(owner), "profile", profile, limit=JOB_NAME_MAX)
 
 
-def shard(owner: Owner, index: int, generation: int | None = None) -> str:
+def revision_prefix(owner: Owner, generation: int | None = None, revision: int | None = None) -> str:
+    """The generation's prefix, plus ``-r<revision>`` after a re-planning rollover (revision 0 has none)."""
+    rev = owner.revision if revision is None else revision
+    return generation_prefix(owner, generation) + (f"-r{rev}" if rev else "")
+
+
+def shard(owner: Owner, index: int, generation: int | None = None, revision: int | None = None) -> str:
     """Name of a shard's Deployment, Service and PodDisruptionBudget."""
-    return bounded(generation_prefix(owner, generation), "shard", index)
+    return bounded(revision_prefix(owner, generation, revision), "shard", index)
 
 
 def endpoint_service(owner: Owner) -> str:

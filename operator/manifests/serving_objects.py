@@ -1,9 +1,10 @@
 """Desired serving objects (pure): per shard a Deployment, a Service and a PodDisruptionBudget, plus
 the stable endpoint Service, and for a model that may scale to zero its always-on front.
 
-Names and selectors carry the generation, so a new generation's shards come up beside the old ones;
-the endpoint Service (named after the ModelDeployment) selects the front shard of whichever
-generation is live, and only moves once the new one is ready. With ``minReplicas: 0`` the endpoint
+Names and selectors carry the generation and the serving revision (a re-planning rollover within a
+generation), so a new generation's or revision's shards come up beside the old ones; the endpoint
+Service (named after the ModelDeployment) selects the front shard of whichever (generation, revision)
+is live, and only moves once the new one is ready. With ``minReplicas: 0`` the endpoint
 Service selects the front (`frugal front`, one Deployment per ModelDeployment, not per generation)
 instead, and the live generation's first shard is behind ``<name>-live``, which the front forwards
 to and which moves between generations as the endpoint would.
@@ -27,11 +28,23 @@ FRONT_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"mem
 
 @dataclass(frozen=True)
 class Selection:
-    """What the planner chose for a generation."""
+    """What the planner chose for a generation (or a re-planning rollover, for a revision of it)."""
 
     variant: str
     profile: str
     shards: int
+
+
+@dataclass(frozen=True)
+class Live:
+    """The (generation, revision) the endpoint reaches."""
+
+    generation: int
+    revision: int = 0
+
+    @classmethod
+    def of(cls, owner: Owner) -> Live:
+        return cls(owner.generation, owner.revision)
 
 
 def desired_shard(
@@ -58,6 +71,7 @@ def shard_labels(owner: Owner, selection: Selection, index: int) -> dict[str, st
             names.LABEL_SHARD: str(index),
             names.LABEL_PROFILE: selection.profile,
             names.LABEL_VARIANT: selection.variant,
+            names.LABEL_REVISION: str(owner.revision),
         },
     )
 
@@ -69,11 +83,14 @@ def shard_metadata(owner: Owner, selection: Selection, index: int) -> dict[str, 
     return metadata
 
 
-def shard_selector(owner: Owner, index: int, generation: int | None = None) -> dict[str, str]:
+def shard_selector(owner: Owner, index: int, live: Live | None = None) -> dict[str, str]:
+    """A shard's pods: of the owner's (generation, revision), or of `live`."""
+    live = Live.of(owner) if live is None else live
     return {
         names.LABEL_MD: owner.name,
         names.LABEL_ROLE: "serving",
-        names.LABEL_GENERATION: str(owner.generation if generation is None else generation),
+        names.LABEL_GENERATION: str(live.generation),
+        names.LABEL_REVISION: str(live.revision),
         names.LABEL_SHARD: str(index),
     }
 
@@ -181,12 +198,13 @@ def has_front(md: ModelDeploymentSpec) -> bool:
     return md.min_replicas == 0
 
 
-def desired_endpoint_service(md: ModelDeploymentSpec, live_generation: int) -> dict[str, Any]:
-    """The model's stable endpoint: the front shard of the live generation, or the front."""
+def desired_endpoint_service(md: ModelDeploymentSpec, live: Live) -> dict[str, Any]:
+    """The model's stable endpoint: the front shard of the live (generation, revision), or the front."""
     metadata = names.metadata(md.owner, names.endpoint_service(md.owner), "endpoint")
-    selector = front_selector(md.owner) if has_front(md) else shard_selector(md.owner, 0, live_generation)
+    selector = front_selector(md.owner) if has_front(md) else shard_selector(md.owner, 0, live)
     if not has_front(md):
-        metadata["labels"][names.LABEL_GENERATION] = str(live_generation)
+        metadata["labels"][names.LABEL_GENERATION] = str(live.generation)
+        metadata["labels"][names.LABEL_REVISION] = str(live.revision)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -195,15 +213,16 @@ def desired_endpoint_service(md: ModelDeploymentSpec, live_generation: int) -> d
     }
 
 
-def desired_live_service(md: ModelDeploymentSpec, live_generation: int) -> dict[str, Any]:
-    """Behind the front: the live generation's first shard (moves once a new generation is ready)."""
+def desired_live_service(md: ModelDeploymentSpec, live: Live) -> dict[str, Any]:
+    """Behind the front: the live revision's first shard (moves once a new one is ready)."""
     metadata = names.metadata(md.owner, names.live_service(md.owner), "endpoint")
-    metadata["labels"][names.LABEL_GENERATION] = str(live_generation)
+    metadata["labels"][names.LABEL_GENERATION] = str(live.generation)
+    metadata["labels"][names.LABEL_REVISION] = str(live.revision)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata,
-        "spec": {"selector": shard_selector(md.owner, 0, live_generation), "ports": [_service_port()]},
+        "spec": {"selector": shard_selector(md.owner, 0, live), "ports": [_service_port()]},
     }
 
 

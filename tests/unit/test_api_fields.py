@@ -25,6 +25,7 @@ from frugal.operator.cluster.operator_metrics import OperatorMetrics
 from frugal.operator.decision import artifact_files, scaling
 from frugal.operator.decision.conditions import Job, JobState
 from frugal.operator.decision.decide import ClusterState, Settings, artifacts_to_remove, decide
+from frugal.operator.decision.replanning import ReplanMemory
 from frugal.operator.manifests import container_commands
 
 # Read by nothing yet. Each entry names what will read it.
@@ -111,6 +112,9 @@ def run_every_phase() -> None:
             OperatorMetrics().observe(md, decision.selection, decision.status.get("shards", []))
             scaling.targets_for(md, profiles[decision.selection.profile], capacity_rps=100.0)
             scaling.metrics_source(md, default_prometheus_url=None)
+            running = scaling.running_choice(decision.status)
+            settings_at_load = scaling.replan_settings(md)
+            scaling.replan_at_load(md, None, running, (1,), settings_at_load, ReplanMemory(), 0.0)
     container_commands.compression_config(md, "/out")
     artifacts_to_remove(md, settings)
 

@@ -171,7 +171,7 @@ def test_ready_shards_make_it_serving_and_prune_the_old_generation() -> None:
         live_generation=None,
     )
     decision = decide(MD, PROFILES, state, PROFILED, SETTINGS)
-    assert decision.assessment.phase is Phase.SERVING and decision.prune_older_generations
+    assert decision.assessment.phase is Phase.SERVING and decision.prune_superseded
     assert decision.status["shards"] == [{"index": 0, "replicas": 2, "readyReplicas": 2}]
     assert decision.scale == ()  # an existing shard's count is the autoscaler's, never reset here
 
@@ -183,7 +183,7 @@ def test_new_generation_keeps_the_old_endpoint_until_ready() -> None:
     state = ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE}, live_generation=1)
     decision = decide(md, PROFILES, state, PROFILED, SETTINGS)
     assert ("Service", "digits") not in kinds(decision)
-    assert not decision.prune_older_generations
+    assert not decision.prune_superseded
     assert decision.assessment.condition("Ready").reason == Reason.PREVIOUS_GENERATION_SERVING
 
 
@@ -287,11 +287,11 @@ def test_a_new_generation_of_a_fronted_model_moves_the_live_service_only_once_re
     state = ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE}, live_generation=1,
                          front_exists=True)  # fmt: skip
     rolling = decide(scale_to_zero_md(2), PROFILES, state, PROFILED, SETTINGS)
-    assert ("Service", "digits-live") not in kinds(rolling) and not rolling.prune_older_generations
+    assert ("Service", "digits-live") not in kinds(rolling) and not rolling.prune_superseded
     ready = dataclasses.replace(state, shard_replicas={0: 1}, shard_ready={0: 1})
     done = decide(scale_to_zero_md(2), PROFILES, ready, PROFILED, SETTINGS)
     live = next(o for o in done.apply if o["metadata"]["name"] == "digits-live")
-    assert live["spec"]["selector"]["frugal.dev/generation"] == "2" and done.prune_older_generations
+    assert live["spec"]["selector"]["frugal.dev/generation"] == "2" and done.prune_superseded
 
 
 def test_raising_minreplicas_from_0_removes_the_front_and_points_the_endpoint_at_the_model() -> None:

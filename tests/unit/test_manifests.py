@@ -382,17 +382,21 @@ def test_serving_set_has_deployment_service_and_pdb_per_shard() -> None:
 
 def test_endpoint_service_follows_the_live_generation() -> None:
     always_on = md_with(autoscaling__minReplicas=1)
-    service = serving_objects.desired_endpoint_service(always_on, live_generation=2)
+    service = serving_objects.desired_endpoint_service(always_on, serving_objects.Live(2))
     assert service["metadata"]["name"] == "digits"
     assert service["spec"]["selector"][names.LABEL_GENERATION] == "2"
+    assert service["spec"]["selector"][names.LABEL_REVISION] == "0"
     assert service["spec"]["selector"][names.LABEL_SHARD] == "0"
+    replanned = serving_objects.desired_endpoint_service(always_on, serving_objects.Live(2, 1))
+    assert replanned["spec"]["selector"][names.LABEL_REVISION] == "1"
+    assert replanned["metadata"]["labels"][names.LABEL_REVISION] == "1"
 
 
 def test_a_model_that_may_scale_to_zero_is_reached_through_its_front() -> None:
     assert SPEC.min_replicas == 0
-    endpoint = serving_objects.desired_endpoint_service(SPEC, live_generation=2)
+    endpoint = serving_objects.desired_endpoint_service(SPEC, serving_objects.Live(2))
     assert endpoint["spec"]["selector"] == serving_objects.front_selector(SPEC.owner)
-    live = serving_objects.desired_live_service(SPEC, live_generation=2)
+    live = serving_objects.desired_live_service(SPEC, serving_objects.Live(2))
     assert live["metadata"]["name"] == "digits-live"
     assert live["spec"]["selector"][names.LABEL_GENERATION] == "2"
     front = serving_objects.desired_front(SPEC, "img:1")
