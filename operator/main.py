@@ -79,6 +79,14 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="scale-down window of the local autoscaler (default: spec.autoscaling.stabilizationWindowSeconds)",
     )
+    up.add_argument(
+        "--replan-window",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long another option must stay cheaper before the run moves to it "
+        "(default: spec.autoscaling.replanning.windowSeconds)",
+    )
 
     validate = commands.add_parser(
         "validate", help="check YAML against the CRDs' schemas and rules, as the API server would"
@@ -108,13 +116,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.load == "ramp" and (args.rps is None or args.rps <= 0 or args.duration is None):
         print("frugal up: --load ramp needs --rps PEAK (above 0) and --for SECONDS", file=sys.stderr)
         return 2
-    if args.scale_interval < 0 or (args.stabilization_window is not None and args.stabilization_window < 0):
-        print("frugal up: --scale-interval and --stabilization-window must be 0 or more", file=sys.stderr)
+    windows = (args.stabilization_window, args.replan_window)
+    if args.scale_interval < 0 or any(w is not None and w < 0 for w in windows):
+        print(
+            "frugal up: --scale-interval, --stabilization-window and --replan-window must be 0 or more",
+            file=sys.stderr,
+        )
         return 2
     from frugal.operator.local.up_command import LoadOptions, up
 
     load = LoadOptions(
-        args.duration, args.load, args.concurrency, args.rps, args.scale_interval, args.stabilization_window
+        args.duration,
+        args.load,
+        args.concurrency,
+        args.rps,
+        args.scale_interval,
+        args.stabilization_window,
+        args.replan_window,
     )
     return up(args.files, workdir=args.workdir, port=args.port, load=load)
 

@@ -14,14 +14,23 @@ Every ``interval`` seconds, on a thread of its own, it
 4. resizes each shard to the recommended count (:meth:`Shard.scale_to`), logging every change with
    the recommendation's reason and message.
 
-It also keeps what the summary reports: every scale event, the highest count each shard reached,
-replica-seconds per shard and the servers' energy counters (``frugal_energy_joules_total``, read at
-each scrape, before a replica stops and at the end).
+Then it re-plans at the rate it observed, as the operator's autoscaler does in a cluster
+(:func:`scaling.plan_at_load`, :func:`scaling.replan_at_load`): when another (variant, hardware
+profile, shards) has been cheaper per request beyond the tolerance for the window, it rolls over
+(`roll_over`, :meth:`frugal.operator.local.kubelet.LocalCluster.roll_over`: the new option's
+replicas start beside the running ones and take the traffic before the old ones stop) and scales the
+new option from then on, its policy memory started afresh.
+
+It also keeps what the summary reports: every scale event and rollover, the highest count each shard
+reached, replica-seconds per shard and the servers' energy counters (``frugal_energy_joules_total``,
+read at each scrape, before a replica stops and at the end); the cost prices every option's
+replica-seconds at its own profile.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 import urllib.error
@@ -31,9 +40,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
-from frugal.operator.decision import autoscaling, observations, scaling
+from frugal.operator.decision import autoscaling, observations, replanning, scaling
+from frugal.operator.decision.decide import Rollover
 from frugal.operator.local.kubelet import Served
-from frugal.operator.local.replicas import Replica
+from frugal.operator.local.replicas import Replica, Shard
+from frugal.operator.manifests.serving_objects import Selection
 
 SCRAPE_TIMEOUT_SECONDS = 2.0
 ENERGY = "frugal_energy_joules_total"
@@ -63,6 +74,35 @@ class ScaleEvent:
         }
 
 
+@dataclass(frozen=True)
+class RolloverEvent:
+    """A re-planning rollover: when (seconds since the autoscaler started), between which options, at
+    which load and costs, and how long the switch took."""
+
+    t: float
+    from_option: str
+    to_option: str
+    reason: str
+    load_rps: float | None
+    from_cost_per_1k: float | None
+    to_cost_per_1k: float | None
+    switch_seconds: float
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "t": round(self.t, 1),
+            "from": self.from_option,
+            "to": self.to_option,
+            "reason": self.reason,
+            "loadRps": None if self.load_rps is None else round(self.load_rps, 1),
+            "fromCostPer1kRequests": _money(self.from_cost_per_1k),
+            "toCostPer1kRequests": _money(self.to_cost_per_1k),
+            "switchSeconds": round(self.switch_seconds, 2),
+            "message": self.message,
+        }
+
+
 @dataclass
 class _Energy:
     """A replica's energy counter: when the run started counting (0 for later replicas) and the last read."""
@@ -80,6 +120,14 @@ class LocalAutoscaler:
     interval: float
     report: Report
     clock: Callable[[], float] = time.monotonic
+    # Every HardwareProfile of the run (re-planning prices them all) and how to roll over (None: never).
+    profiles: Mapping[str, HardwareProfileSpec] = field(default_factory=dict)
+    roll_over: Callable[[Rollover], float] | None = None
+    replan_settings: replanning.ReplanSettings | None = None
+    replan_memory: replanning.ReplanMemory = field(default_factory=replanning.ReplanMemory)
+    last_replan: replanning.ReplanDecision | None = None
+    rollovers: list[RolloverEvent] = field(default_factory=list)
+    revision: int = 0
     targets: autoscaling.Targets = field(init=False)
     memory: autoscaling.Memory = field(default_factory=autoscaling.Memory)
     last: autoscaling.Recommendation | None = None
@@ -92,14 +140,30 @@ class LocalAutoscaler:
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    # (shards, their profile) of the options served before a rollover, for the summary.
+    _served_before: list[tuple[list[Shard], HardwareProfileSpec]] = field(
+        default_factory=list, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
+        self.max_replicas = []
+        self._adopt(self.profile, self.capacity_rps)
+
+    def _adopt(
+        self, profile: HardwareProfileSpec, capacity_rps: float, stabilization_window_s: float | None = None
+    ) -> None:
+        """Scale what `served` runs now, on `profile`, one replica carrying `capacity_rps`, with a fresh
+        policy memory (what it learned was about the option served before)."""
+        self.profile, self.capacity_rps = profile, capacity_rps
         # Rates come from two scrapes one interval apart: that interval is the metrics window.
         self.targets = scaling.targets_for(
-            self.md, self.profile, self.capacity_rps, wakes=True, metrics_window_s=max(self.interval, 1.0)
+            self.md, profile, capacity_rps, wakes=True, metrics_window_s=max(self.interval, 1.0)
         )
+        if stabilization_window_s is not None:
+            self.targets = dataclasses.replace(self.targets, stabilization_window_s=stabilization_window_s)
+        self.memory = autoscaling.Memory()
         self.desired = [len(shard.active()) for shard in self.served.shards]
-        self.max_replicas = list(self.desired)
+        self.max_replicas = _highest(self.max_replicas, self.desired)
         for shard in self.served.shards:
             shard.on_retire = self._last_read
 
@@ -179,7 +243,7 @@ class LocalAutoscaler:
             self.last = recommendation
             if recommendation.replicas != current:
                 self.desired = list(recommendation.replicas)
-                self.max_replicas = [max(a, b) for a, b in zip(self.max_replicas, self.desired, strict=True)]
+                self.max_replicas = _highest(self.max_replicas, self.desired)
                 event = ScaleEvent(
                     now - self.started,
                     recommendation.replicas,
@@ -191,7 +255,67 @@ class LocalAutoscaler:
                 self.report(f"autoscaler: t={event.t:.0f}s {recommendation.message}")
         for shard, count in zip(shards, self.desired, strict=True):
             shard.scale_to(count)
+        self._replan(observed, ready_counts, now)
         return recommendation
+
+    def _replan(self, observed: autoscaling.Observation, ready: list[int], now: float) -> None:
+        """Re-plan at the observed rate; roll over when the decision says so."""
+        if self.roll_over is None or self.replan_settings is None:
+            return
+        status = self.served.decision.status
+        rate = observed.request_rate if observed.stale is None else None
+        plan = scaling.plan_at_load(self.md, status, self.profiles, rate)
+        running = scaling.running_choice(status)
+        decision, self.replan_memory = scaling.replan_at_load(
+            self.md, plan, running, ready, self.replan_settings, self.replan_memory, now
+        )
+        self.last_replan = decision
+        if decision is None or not decision.roll_over or decision.target is None or plan is None:
+            return
+        target = decision.target
+        rollover = Rollover(
+            self.revision + 1,
+            Selection(target.variant, target.profile, target.shards),
+            scaling.rollover_replicas(self.md, plan, target),
+            Selection(decision.running.variant, decision.running.profile, decision.running.shards),
+        )
+        self.report(f"re-planning: t={now - self.started:.0f}s {decision.message}")
+        before = (list(self.served.shards), self.profile)
+        try:
+            seconds = self.roll_over(rollover)
+        except Exception as error:  # the running option keeps serving; the next window tries again
+            self.report(f"re-planning: rollover to {target} failed, keeping {decision.running}: {error}")
+            return
+        self.revision = rollover.revision
+        self._served_before.append(before)
+        row = (
+            None
+            if self.served.decision.plan is None
+            else self.served.decision.plan.option(target.variant, target.profile, target.shards)
+        )
+        with self._lock:
+            self._adopt(
+                self.profiles[target.profile],
+                (row.throughput_rps if row else None) or self.capacity_rps,
+                self.targets.stabilization_window_s,
+            )
+            self.rollovers.append(
+                RolloverEvent(
+                    now - self.started,
+                    str(decision.running),
+                    str(target),
+                    decision.reason.value,
+                    decision.load_rps,
+                    decision.running_cost_per_1k_requests,
+                    decision.target_cost_per_1k_requests,
+                    seconds,
+                    decision.message,
+                )
+            )
+        self.report(
+            f"re-planning: now serving {target} ({rollover.replicas} replica(s) per shard); "
+            f"the switch took {seconds:.1f}s"
+        )
 
     def _key(self, index: int) -> observations.Key:
         return (self.md.owner.namespace, self.md.model_name, index)
@@ -220,13 +344,16 @@ class LocalAutoscaler:
         for shard in self.served.shards:
             for replica in shard.ready():
                 self._scrape(replica)
-        replica_seconds = [
-            sum(r.seconds_within(self.started, end) for r in shard.replicas) for shard in self.served.shards
-        ]
+        replica_seconds: list[float] = []
+        replica_cost = 0.0
+        for shards, profile in [*self._served_before, (self.served.shards, self.profile)]:
+            for shard in shards:
+                seconds = sum(r.seconds_within(self.started, end) for r in shard.replicas)
+                replica_cost += seconds * float(profile.cost_per_hour) / SECONDS_PER_HOUR
+                replica_seconds += [0.0] * (shard.index + 1 - len(replica_seconds))
+                replica_seconds[shard.index] += seconds
         joules = sum(max(0.0, e.last - e.baseline) for e in self._energy.values())
-        cost = sum(replica_seconds) * float(
-            self.profile.cost_per_hour
-        ) / SECONDS_PER_HOUR + joules / JOULES_PER_KWH * float(self.md.price_per_kwh)
+        cost = replica_cost + joules / JOULES_PER_KWH * float(self.md.price_per_kwh)
         return {
             "replicaSeconds": [round(s, 1) for s in replica_seconds],
             "maxReplicas": list(self.max_replicas),
@@ -234,6 +361,7 @@ class LocalAutoscaler:
             "costUsd": round(cost, 8),
             "energyJoules": round(joules, 1),
             "scaleEvents": [e.as_dict() for e in self.events],
+            "rollovers": [e.as_dict() for e in self.rollovers],
             "wakeWaitsMs": [round(w * 1000.0, 1) for w in self.served.wake_waits()],
         }
 
@@ -246,6 +374,11 @@ class LocalAutoscaler:
         return active, starting, reason
 
 
+def _highest(highest: list[int], counts: list[int]) -> list[int]:
+    """The highest count per shard index so far (options of different shard counts included)."""
+    return [max(a, b) for a, b in itertools.zip_longest(highest, counts, fillvalue=0)]
+
+
 def for_served(
     served: Served,
     md: ModelDeploymentSpec,
@@ -253,14 +386,32 @@ def for_served(
     interval: float,
     report: Report,
     stabilization_window: float | None = None,
+    roll_over: Callable[[Rollover], float] | None = None,
+    replan_window: float | None = None,
 ) -> LocalAutoscaler:
-    """The autoscaler of what `served` runs: the chosen plan row's throughput is one replica's capacity;
-    `stabilization_window` overrides the spec's (a shorter one shows a scale-down in a short run)."""
-    plan = served.decision.plan
-    assert plan is not None and plan.chosen is not None
-    chosen = plan.chosen
-    capacity = chosen.throughput_rps or 0.0
-    scaler = LocalAutoscaler(served, md, profiles[chosen.profile], capacity, interval, report)
+    """The autoscaler of what `served` runs: the served plan row's throughput is one replica's
+    capacity; `stabilization_window` overrides the spec's (a shorter one shows a scale-down in a short
+    run). With `roll_over` it re-plans too (spec.autoscaling.replanning, `replan_window` overriding the
+    window)."""
+    plan, selection = served.decision.plan, served.decision.selection
+    assert plan is not None and selection is not None
+    chosen = plan.option(selection.variant, selection.profile, selection.shards)
+    capacity = (chosen.throughput_rps if chosen is not None else None) or 0.0
+    scaler = LocalAutoscaler(
+        served,
+        md,
+        profiles[selection.profile],
+        capacity,
+        interval,
+        report,
+        profiles=profiles,
+        roll_over=roll_over,
+        replan_settings=scaling.replan_settings(md, replan_window) if roll_over is not None else None,
+    )
     if stabilization_window is not None:
         scaler.targets = dataclasses.replace(scaler.targets, stabilization_window_s=stabilization_window)
     return scaler
+
+
+def _money(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.4g}")

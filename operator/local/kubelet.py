@@ -23,7 +23,7 @@ from typing import IO, Any
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision import artifact_files
 from frugal.operator.decision.conditions import Job, JobState, Phase
-from frugal.operator.decision.decide import ClusterState, Decision, Settings, decide
+from frugal.operator.decision.decide import ClusterState, Decision, Rollover, Settings, decide
 from frugal.operator.local import processes
 from frugal.operator.local.balancer import BalancerHost, Hold
 from frugal.operator.local.replicas import (
@@ -60,6 +60,8 @@ class Served:
     host: BalancerHost
     # Set by a balancer holding a request while its shard has no replica (the autoscaler wakes on it).
     demand: threading.Event = field(default_factory=threading.Event)
+    # The shards of options served before a re-planning rollover, in order (stopped).
+    retired: list[list[Shard]] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -140,14 +142,7 @@ class LocalCluster:
 
     def _serve(self, decision: Decision, port: int = 0) -> Served:
         # Shards only: here the first shard's balancer is the front (it holds requests at zero).
-        deployments = sorted(
-            (
-                o
-                for o in decision.apply
-                if o["kind"] == "Deployment" and o["metadata"]["labels"].get(names.LABEL_ROLE) == "serving"
-            ),
-            key=lambda d: int(d["metadata"]["labels"][names.LABEL_SHARD]),
-        )
+        deployments = _shard_deployments(decision)
         host = BalancerHost()
         demand = threading.Event()
         # With minReplicas 0 a shard may have no replica: its balancer holds requests until one is ready.
@@ -188,6 +183,55 @@ class LocalCluster:
             live_generation=self.md.owner.generation,
         )
         return served
+
+    def roll_over(self, served: Served, rollover: Rollover) -> float:
+        """Serve `rollover`'s option instead of the running one, as the operator rolls over in a
+        cluster: the new revision's shards start beside the running ones (later stages first, each
+        behind a balancer of its own), its first stage's replicas join the endpoint's balancer once
+        ready, and only then do the old replicas leave, finish the requests they hold and stop,
+        front stage first. Returns the seconds the switch took; the old option keeps serving if the
+        new one fails to start (LocalRunError)."""
+        started = time.monotonic()
+        fresh = dataclasses.replace(self.state, shard_replicas={}, shard_ready={})
+        decision = decide(self.md, self.profiles, fresh, self._artifacts(), self.settings, rollover)
+        if decision.selection is None:
+            raise LocalRunError(_explain(decision))
+        deployments = _shard_deployments(decision)
+        endpoint = served.shards[0]
+        balancers = [endpoint.balancer] + [served.host.start(d["metadata"]["name"]) for d in deployments[1:]]
+        urls = {d["metadata"]["name"]: b.url for d, b in zip(deployments, balancers, strict=True)}
+        shards = [
+            Shard(
+                int(d["metadata"]["labels"][names.LABEL_SHARD]),
+                self._template(d, urls),
+                b,
+                served.host,
+                self.report,
+                on_retire=endpoint.on_retire,
+            )
+            for d, b in zip(deployments, balancers, strict=True)
+        ]
+        count = rollover.replicas
+        try:
+            # A stage's replicas forward to the next stage: the later stages are ready first.
+            start_replicas(shards[1:], [count] * (len(shards) - 1), READY_TIMEOUT_SECONDS)
+            start_replicas(shards[:1], [count], READY_TIMEOUT_SECONDS)
+        except ReplicaFailed as error:
+            for thread in [t for shard in shards for t in shard.close()]:
+                thread.join(EXIT_TIMEOUT_SECONDS + 5)
+            raise LocalRunError(f"re-planning: {error}") from error
+        retired, served.shards, served.decision = served.shards, shards, decision
+        for shard in retired:  # front stage first: a stage stops only once nothing upstream calls it
+            for thread in shard.close():
+                thread.join(EXIT_TIMEOUT_SECONDS + 5)
+        served.retired.append(retired)
+        self.state = dataclasses.replace(
+            self.state,
+            shard_replicas={s.index: count for s in shards},
+            shard_ready={s.index: count for s in shards},
+            live_revision=rollover.revision,
+        )
+        return time.monotonic() - started
 
     def _artifact_dir(self, decision: Decision) -> Path:
         assert decision.location is not None and decision.location.operator_path is not None
@@ -262,6 +306,18 @@ def _copy(source: IO[bytes] | None, log: IO[bytes], show: bool) -> None:
         if show:
             sys.stderr.buffer.write(chunk)
             sys.stderr.buffer.flush()
+
+
+def _shard_deployments(decision: Decision) -> list[dict[str, Any]]:
+    """The decision's serving Deployments, by shard index."""
+    return sorted(
+        (
+            o
+            for o in decision.apply
+            if o["kind"] == "Deployment" and o["metadata"]["labels"].get(names.LABEL_ROLE) == "serving"
+        ),
+        key=lambda d: int(d["metadata"]["labels"][names.LABEL_SHARD]),
+    )
 
 
 def _local_url(cluster_url: str, urls: Mapping[str, str]) -> str:

@@ -60,6 +60,7 @@ class LoadOptions:
     peak_rps: float | None = None
     scale_interval: float = 5.0
     stabilization_window: float | None = None  # None: the spec's stabilizationWindowSeconds
+    replan_window: float | None = None  # None: spec.autoscaling.replanning.windowSeconds
 
 
 def up(files: Sequence[str], workdir: str | None, port: int, load: LoadOptions) -> int:
@@ -92,7 +93,14 @@ def up(files: Sequence[str], workdir: str | None, port: int, load: LoadOptions) 
         console.print(f"[red]failed[/]: {error}", highlight=False)
         return EXIT_FAILED
     scaler = autoscaler.for_served(
-        served, md, profile_specs, load.scale_interval, report, load.stabilization_window
+        served,
+        md,
+        profile_specs,
+        load.scale_interval,
+        report,
+        load.stabilization_window,
+        roll_over=lambda rollover: cluster.roll_over(served, rollover),
+        replan_window=load.replan_window,
     )
     try:
         console.print(
@@ -136,6 +144,12 @@ def _serve_and_report(
             f"per replica, scale-down window {targets.stabilization_window_s:g}s",
             highlight=False,
         )
+        if scaler.replan_settings is not None and md.spec.autoscaling.replanning.enabled:
+            console.print(
+                f"  re-planning at the observed load: another option must stay more than "
+                f"{scaler.replan_settings.cost_tolerance:.0%} cheaper for {scaler.replan_settings.window_s:g}s",
+                highlight=False,
+            )
     scaler.start()
     if load.duration is None:
         console.print("  serving until Ctrl-C")
@@ -205,6 +219,16 @@ def _summary_table(model_name: str, row: Mapping[str, Any]) -> Table:
         if key == "scaleEvents":
             value = (
                 "\n".join(f"t={e['t']:.0f}s {'/'.join(map(str, e['replicas']))} {e['reason']}" for e in value)
+                or "none"
+            )
+        elif key == "rollovers":
+            value = (
+                "\n".join(
+                    f"t={e['t']:.0f}s {e['from']} -> {e['to']} at {e['loadRps']} req/s "
+                    f"(${e['fromCostPer1kRequests']} -> ${e['toCostPer1kRequests']} per 1k requests, "
+                    f"switch {e['switchSeconds']:.1f}s)"
+                    for e in value
+                )
                 or "none"
             )
         elif key == "statusCounts":
