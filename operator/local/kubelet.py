@@ -60,8 +60,9 @@ class Served:
     host: BalancerHost
     # Set by a balancer holding a request while its shard has no replica (the autoscaler wakes on it).
     demand: threading.Event = field(default_factory=threading.Event)
-    # The shards of options served before a re-planning rollover, in order (stopped).
+    # The shards of options served before a re-planning rollover, in order, and their stopping threads.
     retired: list[list[Shard]] = field(default_factory=list)
+    stopping: list[threading.Thread] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -82,7 +83,7 @@ class Served:
     def stop(self) -> None:
         """Drain every shard front first (a stage stops only when nothing upstream needs it), stop the
         replicas, then the balancers."""
-        stopping = [thread for shard in self.shards for thread in shard.close()]
+        stopping = [*self.stopping, *(thread for shard in self.shards for thread in shard.close())]
         for thread in stopping:
             thread.join(EXIT_TIMEOUT_SECONDS + 5)
         self.host.close()
@@ -189,8 +190,9 @@ class LocalCluster:
         cluster: the new revision's shards start beside the running ones (later stages first, each
         behind a balancer of its own), its first stage's replicas join the endpoint's balancer once
         ready, and only then do the old replicas leave, finish the requests they hold and stop,
-        front stage first. Returns the seconds the switch took; the old option keeps serving if the
-        new one fails to start (LocalRunError)."""
+        front stage first. Returns the seconds until the old replicas had left the balancers (their
+        processes stop in the background); the old option keeps serving if the new one fails to
+        start (LocalRunError)."""
         started = time.monotonic()
         fresh = dataclasses.replace(self.state, shard_replicas={}, shard_ready={})
         decision = decide(self.md, self.profiles, fresh, self._artifacts(), self.settings, rollover)
@@ -221,9 +223,8 @@ class LocalCluster:
                 thread.join(EXIT_TIMEOUT_SECONDS + 5)
             raise LocalRunError(f"re-planning: {error}") from error
         retired, served.shards, served.decision = served.shards, shards, decision
-        for shard in retired:  # front stage first: a stage stops only once nothing upstream calls it
-            for thread in shard.close():
-                thread.join(EXIT_TIMEOUT_SECONDS + 5)
+        for shard in retired:  # front stage first: a stage closes once nothing upstream calls it
+            served.stopping += shard.close()  # out of its balancer, its requests answered; then stopped
         served.retired.append(retired)
         self.state = dataclasses.replace(
             self.state,

@@ -194,7 +194,9 @@ def test_the_choice_follows_the_load_and_no_request_fails(run: Run) -> None:
     assert load.stats.requests > busy, load.stats.status_counts
     assert load.stats.failed == 0, load.stats.status_counts
     # The options served before are stopped, not left running beside the new one.
-    assert all(not shard.active() for shards in served.retired for shard in shards)
+    old = [replica for shards in served.retired for shard in shards for replica in shard.replicas]
+    assert old and all(not shard.active() for shards in served.retired for shard in shards)
+    wait_until(lambda: all(r.stopped_at is not None for r in old), 30, "the old replicas to stop", run.lines)
 
 
 def test_idle_scales_to_zero_and_the_next_request_is_answered(run: Run) -> None:
