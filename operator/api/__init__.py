@@ -9,6 +9,7 @@ from .crds import API_VERSION, GROUP, VERSION, crd, crd_text, kinds, schema
 from .field_errors import DocumentErrors, FieldError, ValidationFailed
 from .loading import load_documents, parse_resource, parse_resources, parse_yaml
 from .models import (
+    BatchInference,
     Condition,
     HardwareProfile,
     HardwareProfileSpec,
@@ -23,6 +24,7 @@ __all__ = [
     "API_VERSION",
     "GROUP",
     "VERSION",
+    "BatchInference",
     "Checked",
     "Condition",
     "DocumentErrors",

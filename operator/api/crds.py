@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 CRD_PACKAGE = "frugal.operator.crds"
-CRD_FILES = ("modeldeployment.yaml", "hardwareprofile.yaml")
+CRD_FILES = ("modeldeployment.yaml", "hardwareprofile.yaml", "batchinference.yaml")
 GROUP = "frugal.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -32,7 +32,7 @@ def kinds() -> tuple[str, ...]:
 
 
 def crd(kind: str) -> dict[str, Any]:
-    """The CustomResourceDefinition for `kind` (ModelDeployment or HardwareProfile)."""
+    """The CustomResourceDefinition for `kind` (ModelDeployment, HardwareProfile or BatchInference)."""
     return _crds()[kind]
 
 

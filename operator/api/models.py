@@ -314,8 +314,50 @@ class HardwareProfile(ApiModel):
     spec: HardwareProfileSpec
 
 
-Resource = ModelDeployment | HardwareProfile
-MODELS: dict[str, type[ModelDeployment] | type[HardwareProfile]] = {
+# --- BatchInference -------------------------------------------------------------------------------
+
+
+class BatchArtifacts(ApiModel):
+    uri: str
+    variant: str
+
+
+class BatchModel(ApiModel):
+    model_deployment: str | None = None
+    artifacts: BatchArtifacts | None = None
+
+
+class BatchInput(ApiModel):
+    uri: str
+
+
+class BatchOutput(ApiModel):
+    uri: str
+    overwrite: bool
+
+
+class BatchInferenceSpec(ApiModel):
+    model: BatchModel
+    input: BatchInput
+    output: BatchOutput
+    hardware_profiles: tuple[str, ...] = ()
+    workers: int | None = None
+    max_workers: int
+    deadline_seconds: int | None = None
+    batch_size: int
+    rows_per_shard: int
+
+
+class BatchInference(ApiModel):
+    api_version: Literal["frugal.dev/v1alpha1"] = "frugal.dev/v1alpha1"
+    kind: Literal["BatchInference"] = "BatchInference"
+    metadata: ObjectMeta
+    spec: BatchInferenceSpec
+
+
+Resource = ModelDeployment | HardwareProfile | BatchInference
+MODELS: dict[str, type[ModelDeployment] | type[HardwareProfile] | type[BatchInference]] = {
     "ModelDeployment": ModelDeployment,
     "HardwareProfile": HardwareProfile,
+    "BatchInference": BatchInference,
 }

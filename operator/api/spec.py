@@ -21,7 +21,7 @@ from frugal.operator.api.field_errors import join_path
 from frugal.operator.api.structural import apply_defaults
 
 Body = Mapping[str, Any]
-Typed = TypeVar("Typed", models.ModelDeployment, models.HardwareProfile)
+Typed = TypeVar("Typed", models.ModelDeployment, models.HardwareProfile, models.BatchInference)
 
 
 class SpecError(ValueError):
@@ -183,7 +183,49 @@ def owner_of(body: Body) -> Owner:
         uid=str(meta.get("uid", "")),
         generation=int(meta.get("generation") or 1),
         api_version=str(body.get("apiVersion", API_VERSION)),
+        kind=str(body.get("kind") or "ModelDeployment"),
     )
+
+
+@dataclass(frozen=True)
+class BatchInferenceSpec:
+    """The typed view of a BatchInference."""
+
+    owner: Owner
+    resource: models.BatchInference
+
+    @property
+    def spec(self) -> models.BatchInferenceSpec:
+        return self.resource.spec
+
+    @property
+    def model_deployment(self) -> str | None:
+        return self.spec.model.model_deployment
+
+    @property
+    def artifacts(self) -> models.BatchArtifacts | None:
+        return self.spec.model.artifacts
+
+    @property
+    def input_uri(self) -> str:
+        return self.spec.input.uri
+
+    @property
+    def output_uri(self) -> str:
+        return self.spec.output.uri
+
+    @property
+    def overwrite(self) -> bool:
+        return self.spec.output.overwrite
+
+    @property
+    def hardware_profiles(self) -> tuple[str, ...]:
+        return self.spec.hardware_profiles
+
+
+def parse_batch_inference(body: Body) -> BatchInferenceSpec:
+    """The typed view of a BatchInference body."""
+    return BatchInferenceSpec(owner_of({**body, "kind": "BatchInference"}), typed(body, models.BatchInference))
 
 
 def typed(body: Body, model: type[Typed]) -> Typed:

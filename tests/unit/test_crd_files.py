@@ -52,10 +52,13 @@ def test_the_package_data_is_the_crds_folder() -> None:
 
 
 def test_names_scopes_and_status_subresource() -> None:
-    assert set(kinds()) == {"ModelDeployment", "HardwareProfile"}
+    assert set(kinds()) == {"ModelDeployment", "HardwareProfile", "BatchInference"}
     md, hwp = crd("ModelDeployment")["spec"], crd("HardwareProfile")["spec"]
     assert (md["group"], md["scope"], md["names"]["shortNames"]) == ("frugal.dev", "Namespaced", ["md"])
     assert (hwp["group"], hwp["scope"], hwp["names"]["shortNames"]) == ("frugal.dev", "Cluster", ["hwp"])
+    batch = crd("BatchInference")["spec"]
+    assert (batch["scope"], batch["names"]["shortNames"]) == ("Namespaced", ["bi"])
+    assert batch["versions"][0]["subresources"] == {"status": {}}
     (version,) = md["versions"]
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
     assert version["subresources"] == {"status": {}}
@@ -63,7 +66,7 @@ def test_names_scopes_and_status_subresource() -> None:
     assert columns == ["Phase", "Variant", "Hardware", "Replicas", "P95 (ms)", "Cost/h", "Age"]
 
 
-@pytest.mark.parametrize("kind", ["ModelDeployment", "HardwareProfile"])
+@pytest.mark.parametrize("kind", ["ModelDeployment", "HardwareProfile", "BatchInference"])
 def test_every_field_has_a_description_for_kubectl_explain(kind: str) -> None:
     # The API server forbids anything but `type` on the root metadata; kubectl explains ObjectMeta itself.
     undocumented = [
@@ -72,7 +75,7 @@ def test_every_field_has_a_description_for_kubectl_explain(kind: str) -> None:
     assert undocumented == []
 
 
-@pytest.mark.parametrize("kind", ["ModelDeployment", "HardwareProfile"])
+@pytest.mark.parametrize("kind", ["ModelDeployment", "HardwareProfile", "BatchInference"])
 def test_lists_and_strings_are_bounded_for_the_cel_cost_estimator(kind: str) -> None:
     for path, sub in fields(schema(kind)):
         if sub.get("type") == "array":

@@ -1,0 +1,258 @@
+"""The BatchInference decision (pure): observed state in, the Jobs that should exist and the status out.
+
+The path: resolve the model (a ModelDeployment's served variant and artifacts, or an artifacts URI
+and a variant) → place the batch (:mod:`frugal.operator.decision.batch_placement`) → the Indexed Job
+of workers → once every index succeeded, the aggregation Job → Succeeded, with the summary the
+aggregation wrote. Any failure ends in ``Failed`` with a condition saying why and what to change.
+The placement is made once: while the worker Job exists, ``status.selected`` stands (the Job's pods
+carry it), so a re-read of changed profiling numbers never splits one batch over two placements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from frugal.operator.api.spec import BatchInferenceSpec, HardwareProfileSpec
+from frugal.operator.decision import batch_placement
+from frugal.operator.decision.conditions import ABSENT_JOB, Condition, Job, JobState
+from frugal.operator.decision.decide import planner_profile
+from frugal.operator.manifests import batch_jobs
+from frugal.operator.manifests.batch_jobs import Location
+
+
+class BatchPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    AGGREGATING = "Aggregating"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+PLANNED, SCORED, COMPLETE = "Planned", "Scored", "Complete"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """The variant to score with, its artifacts, and one worker's rows/s per profile as measured."""
+
+    variant: str
+    artifacts_uri: str
+    throughput: Mapping[str, float] = field(default_factory=dict)
+    report_throughput: float | None = None
+    price_per_kwh: float = 0.15
+
+
+@dataclass(frozen=True)
+class Progress:
+    shards_done: int = 0
+    shards_total: int | None = None
+    rows_done: int = 0
+    rows_total: int | None = None
+    busy_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchObserved:
+    model: ResolvedModel | None = None
+    model_error: str | None = None
+    input_error: str | None = None
+    missing_profiles: tuple[str, ...] = ()
+    workers: Job = ABSENT_JOB
+    aggregate: Job = ABSENT_JOB
+    progress: Progress = Progress()
+    summary: Mapping[str, Any] | None = None
+    # status.selected while the worker Job exists: the placement stands.
+    selected: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class BatchDecision:
+    apply: tuple[dict[str, Any], ...]
+    phase: BatchPhase
+    message: str
+    conditions: tuple[Condition, ...]
+    status: dict[str, Any]
+
+
+def decide_batch(
+    batch: BatchInferenceSpec,
+    profiles: Mapping[str, HardwareProfileSpec],
+    locations: Mapping[str, Location],
+    observed: BatchObserved,
+    image: str,
+) -> BatchDecision:
+    if observed.missing_profiles:
+        return _stopped(
+            BatchPhase.PENDING,
+            PLANNED,
+            "HardwareProfileMissing",
+            f"HardwareProfile {', '.join(observed.missing_profiles)} does not exist: create it, or remove it "
+            "from spec.hardwareProfiles",
+        )
+    if observed.model is None:
+        reason = "ModelNotReady" if observed.model_error else "ModelUnresolved"
+        return _stopped(
+            BatchPhase.PENDING, PLANNED, reason, observed.model_error or "the model is not known yet"
+        )
+    if observed.input_error:
+        return _stopped(BatchPhase.FAILED, PLANNED, "InputUnreadable", observed.input_error)
+    model = observed.model
+    candidates = [planner_profile(profiles[name]) for name in candidate_names(batch, profiles)]
+    request = batch_placement.Request(
+        observed.progress.rows_total,
+        batch.spec.workers,
+        batch.spec.max_workers,
+        None if batch.spec.deadline_seconds is None else float(batch.spec.deadline_seconds),
+        model.price_per_kwh,
+    )
+    placement = batch_placement.place(candidates, model.throughput, request, model.report_throughput)
+    status: dict[str, Any] = {"plan": [_plan_row(o) for o in placement.options]}
+    selected = observed.selected if observed.workers.state is not JobState.ABSENT else None
+    if selected is None:
+        if placement.chosen is None:
+            return _stopped(BatchPhase.FAILED, PLANNED, "NoFeasibleOption", placement.reason, status)
+        chosen = placement.chosen
+        selected = {
+            "variant": model.variant,
+            "hardwareProfile": chosen.profile,
+            "workers": chosen.workers,
+            "reason": placement.reason[:4096],
+        }
+    status["selected"] = dict(selected)
+    profile = profiles[str(selected["hardwareProfile"])]
+    workers = int(selected["workers"])
+    config = batch_jobs.worker_config(batch, locations, model.variant, profile, model.price_per_kwh)
+    planned = Condition(PLANNED, True, "Placed", str(selected.get("reason", "")))
+    status.update(_progress_status(observed.progress, profile, model.price_per_kwh))
+    to_apply: list[dict[str, Any]] = []
+    if observed.workers.state is JobState.ABSENT:
+        to_apply.append(batch_jobs.desired_worker_job(batch, profile, image, locations, config, workers))
+    if observed.workers.state is JobState.FAILED:
+        failed = Condition(SCORED, False, "WorkerFailed", _failure(observed.workers, "scoring"))
+        return BatchDecision((), BatchPhase.FAILED, failed.message, (planned, failed), status)
+    if observed.workers.state is not JobState.SUCCEEDED:
+        running = Condition(SCORED, False, "Scoring", _progress_message(observed.progress, workers, profile))
+        return BatchDecision(tuple(to_apply), BatchPhase.RUNNING, running.message, (planned, running), status)
+    scored = Condition(
+        SCORED, True, "AllShardsScored", _progress_message(observed.progress, workers, profile)
+    )
+    if observed.aggregate.state is JobState.ABSENT:
+        to_apply.append(batch_jobs.desired_aggregate_job(batch, profile, image, locations, config))
+    if observed.aggregate.state is JobState.FAILED:
+        failed = Condition(COMPLETE, False, "AggregationFailed", _failure(observed.aggregate, "aggregation"))
+        return BatchDecision((), BatchPhase.FAILED, failed.message, (planned, scored, failed), status)
+    if observed.aggregate.state is not JobState.SUCCEEDED or observed.summary is None:
+        joining = Condition(COMPLETE, False, "Aggregating", "joining the shards in input order")
+        return BatchDecision(
+            tuple(to_apply), BatchPhase.AGGREGATING, joining.message, (planned, scored, joining), status
+        )
+    status.update(_summary_status(observed.summary, locations))
+    done = Condition(COMPLETE, True, "Succeeded", _summary_message(observed.summary, locations))
+    return BatchDecision((), BatchPhase.SUCCEEDED, done.message, (planned, scored, done), status)
+
+
+def candidate_names(
+    batch: BatchInferenceSpec, profiles: Mapping[str, HardwareProfileSpec]
+) -> tuple[str, ...]:
+    """spec.hardwareProfiles, else every profile given (the ModelDeployment's serving profiles)."""
+    return batch.hardware_profiles or tuple(profiles)
+
+
+def _stopped(
+    phase: BatchPhase, kind: str, reason: str, message: str, status: dict[str, Any] | None = None
+) -> BatchDecision:
+    condition = Condition(kind, False, reason, message)
+    return BatchDecision((), phase, message, (condition,), status or {})
+
+
+def _failure(job: Job, what: str) -> str:
+    detail = job.message or "see the Job's pods"
+    return f"{what} Job {job.name} failed: {detail}"
+
+
+def _plan_row(option: batch_placement.Option) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "hardwareProfile": option.profile,
+        "workers": option.workers,
+        "feasible": option.feasible,
+        "reason": option.rejection[:1024],
+    }
+    if option.rows_per_second is not None:
+        row["rowsPerSecond"] = round(option.rows_per_second, 3)
+    if option.seconds is not None:
+        row["seconds"] = round(option.seconds, 1)
+    if option.cost_per_million_rows is not None:
+        row["costPerMillionRows"] = f"{option.cost_per_million_rows:.4g}"
+    return row
+
+
+def _cost(busy_seconds: float, profile: HardwareProfileSpec, price_per_kwh: float) -> tuple[float, float]:
+    """(USD, joules) of `busy_seconds` of worker time on `profile` at full load."""
+    joules = busy_seconds * profile.max_watts
+    usd = busy_seconds / 3600.0 * float(profile.cost_per_hour) + joules / 3.6e6 * price_per_kwh
+    return usd, joules
+
+
+def _progress_status(
+    progress: Progress, profile: HardwareProfileSpec, price_per_kwh: float
+) -> dict[str, Any]:
+    usd, joules = _cost(progress.busy_seconds, profile, price_per_kwh)
+    total = "?" if progress.shards_total is None else str(progress.shards_total)
+    result: dict[str, Any] = {
+        "progress": {
+            "shardsDone": progress.shards_done,
+            "rowsDone": progress.rows_done,
+            "summary": f"{progress.shards_done}/{total}",
+        },
+        "energyJoules": round(joules, 1),
+        "cost": {"usd": f"{usd:.4g}"},
+    }
+    if progress.shards_total is not None:
+        result["progress"]["shardsTotal"] = progress.shards_total
+    if progress.rows_total is not None:
+        result["progress"]["rowsTotal"] = progress.rows_total
+    if progress.wall_seconds > 0:
+        result["rowsPerSecond"] = round(progress.rows_done / progress.wall_seconds, 1)
+    if progress.rows_done:
+        result["cost"]["perMillionRows"] = f"{usd / progress.rows_done * 1e6:.4g}"
+    return result
+
+
+def _progress_message(progress: Progress, workers: int, profile: HardwareProfileSpec) -> str:
+    total = "?" if progress.shards_total is None else progress.shards_total
+    return (
+        f"{progress.shards_done}/{total} shards ({progress.rows_done} rows) scored by {workers} worker(s) "
+        f"on {profile.name}"
+    )
+
+
+def _summary_status(summary: Mapping[str, Any], locations: Mapping[str, Location]) -> dict[str, Any]:
+    rows = int(summary.get("rows") or 0)
+    usd = float(summary.get("costUsd") or 0.0)
+    result: dict[str, Any] = {
+        "progress": {
+            "shardsDone": int(summary.get("shards") or 0),
+            "shardsTotal": int(summary.get("shards") or 0),
+            "rowsDone": rows,
+            "rowsTotal": rows,
+            "summary": f"{int(summary.get('shards') or 0)}/{int(summary.get('shards') or 0)}",
+        },
+        "rowsPerSecond": round(float(summary.get("rowsPerSecond") or 0.0), 1),
+        "energyJoules": round(float(summary.get("energyJoules") or 0.0), 1),
+        "cost": {"usd": f"{usd:.4g}"},
+        "outputUri": locations[batch_jobs.OUTPUT].uri,
+    }
+    if rows:
+        result["cost"]["perMillionRows"] = f"{usd / rows * 1e6:.4g}"
+    return result
+
+
+def _summary_message(summary: Mapping[str, Any], locations: Mapping[str, Location]) -> str:
+    return (
+        f"{summary.get('rows')} rows scored at {float(summary.get('rowsPerSecond') or 0):.0f} rows/s for "
+        f"${float(summary.get('costUsd') or 0):.4g}; predictions in {locations[batch_jobs.OUTPUT].uri}"
+    )
