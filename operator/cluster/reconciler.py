@@ -36,7 +36,7 @@ from frugal.operator.cluster.apply import (
     Cluster,
 )
 from frugal.operator.cluster.operator_metrics import OperatorMetrics
-from frugal.operator.decision import artifact_files, decide
+from frugal.operator.decision import artifact_files, decide, scaling
 from frugal.operator.decision.conditions import (
     ABSENT_JOB,
     FAILURE_REASONS,
@@ -56,8 +56,8 @@ from frugal.operator.manifests.storage import locate
 log = logging.getLogger(__name__)
 Emit = Callable[[str, str, str], None]  # (type: Normal|Warning, reason, message)
 WARNING_REASONS = FAILURE_REASONS | {Reason.REPLICAS_UNAVAILABLE}
-# Condition types another writer of the status owns.
-FOREIGN_CONDITIONS = frozenset({"MetricsAvailable", "PowerCapped"})
+# Condition types another writer of the status owns (the autoscaler's).
+FOREIGN_CONDITIONS = frozenset({"MetricsAvailable", "PowerCapped", scaling.REPLANNED})
 
 
 # Settled objects are re-read and re-applied this often even when no event says anything changed.
@@ -363,7 +363,7 @@ class Reconciler:
             "phase": assessment.phase.value,
             "observedGeneration": generation,
             "message": assessment.message,
-            # the autoscaler's conditions (MetricsAvailable, PowerCapped) are kept as it wrote them
+            # the autoscaler's conditions (MetricsAvailable, PowerCapped, Replanned) are kept as it wrote them
             "conditions": merge(previous, assessment.conditions, generation, now)
             + [c for c in previous if c.get("type") not in produced and c.get("type") in FOREIGN_CONDITIONS],
             **extra,

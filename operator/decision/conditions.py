@@ -285,8 +285,8 @@ def _phase(o: Observed, compressed: Condition, profiled: Condition, ready: Condi
         return Phase.COMPRESSING
     if profiled.reason == Reason.PROFILING_RUNNING:
         return Phase.PROFILING
-    if ready.reason == Reason.SERVING:
-        return Phase.SERVING
+    if ready.reason in (Reason.SERVING, Reason.ROLLING_OVER):
+        return Phase.SERVING  # a re-planning rollover serves throughout (the old revision answers)
     return Phase.DEPLOYING
 
 

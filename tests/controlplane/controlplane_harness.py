@@ -9,6 +9,7 @@ is raised with the tail of its log: a tier that cannot start its real parts fail
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import signal
@@ -36,6 +37,25 @@ DEVELOPER_USER = "developer"
 DEVELOPER_TOKEN = "frugal-developer-token"
 READY_TIMEOUT_S = 90.0
 COMMAND_TIMEOUT_S = 120.0
+# The API server's audit log: every write of a Deployment (and its status), a Service or a
+# PodDisruptionBudget, with its request body, so a test can assert on the order of the writes (ControlPlane.audit_events).
+AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {
+            "level": "Request",
+            "verbs": ["create", "update", "patch", "delete", "deletecollection"],
+            "resources": [
+                {"group": "apps", "resources": ["deployments", "deployments/status"]},
+                {"group": "", "resources": ["services"]},
+                {"group": "policy", "resources": ["poddisruptionbudgets"]},
+            ],
+        },
+        {"level": "None"},
+    ],
+}
 
 
 class ControlPlaneError(RuntimeError):
@@ -191,6 +211,10 @@ class ControlPlane:
         return self.workdir / "kubeconfig"
 
     @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    @property
     def developer_kubeconfig(self) -> Path:
         return self.workdir / "kubeconfig-developer"
 
@@ -251,6 +275,8 @@ class ControlPlane:
         self.apiserver_port = free_port()
         certs = self.cert_dir
         tokens = self.workdir / "tokens.csv"
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
         tokens.write_text(
             f'{ADMIN_TOKEN},admin,admin-uid,"system:masters"\n{DEVELOPER_TOKEN},{DEVELOPER_USER},developer-uid\n'
         )
@@ -267,6 +293,8 @@ class ControlPlane:
             f"--service-account-issuer={self.server_url}",
             f"--service-account-key-file={certs / 'sa.pub'}",
             f"--service-account-signing-key-file={certs / 'sa.key'}",
+            f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+            "--audit-log-mode=blocking",
         ]  # fmt: skip
         self.servers["kube-apiserver"] = start_server("kube-apiserver", argv, self.workdir)
 
@@ -337,6 +365,21 @@ class ControlPlane:
         self, *args: str | Path, check: bool = True, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         return self.run([self.binaries.helm, *args], check=check, input=input)
+
+    def audit_events(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The audit log's events (writes of Deployments, their status, Services and
+        PodDisruptionBudgets; see AUDIT_POLICY), in `namespace` if given, ordered by when the API server received them."""
+        events = []
+        if self.audit_log.exists():
+            for line in self.audit_log.read_text().splitlines():
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:  # a line still being written
+                    continue
+                ref = event.get("objectRef") or {}
+                if namespace is None or ref.get("namespace") == namespace:
+                    events.append(event)
+        return sorted(events, key=lambda e: str(e.get("requestReceivedTimestamp", "")))
 
     def api_client(self) -> Any:
         """A ``kubernetes.client.ApiClient`` for the admin identity."""

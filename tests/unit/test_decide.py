@@ -14,8 +14,12 @@ from frugal.operator.decision.decide import (
     Settings,
     decide,
     pipeline_hash,
+    rollover_from_status,
     with_effective_generation,
+    with_revision,
 )
+from frugal.operator.manifests import serving_objects
+from frugal.operator.manifests.serving_objects import Selection
 
 BODY: dict[str, Any] = {
     "apiVersion": "frugal.dev/v1alpha1",
@@ -304,3 +308,158 @@ def test_raising_minreplicas_from_0_removes_the_front_and_points_the_endpoint_at
     endpoint = next(o for o in decision.apply if o["metadata"]["name"] == "digits")
     assert endpoint["spec"]["selector"]["frugal.dev/shard"] == "0"
     assert ("Deployment", "digits-front") not in kinds(decision)
+
+
+# -- a re-planning rollover within the generation (status.replan) -----------------------------------
+
+GPU_POOL = parse_hardware_profile(
+    {
+        "metadata": {"name": "gpu"},
+        "spec": {
+            "accelerator": {"kind": "cpu", "count": 1},
+            "costPerHour": "0.50",
+            "power": {"idleWatts": 1, "maxWatts": 70},
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }
+)
+POOLS = {"cpu": PROFILES["cpu"], "gpu": GPU_POOL}
+SERVED = ClusterState(
+    compression=DONE, profiling={"cpu": DONE, "gpu": DONE}, shard_replicas={0: 1}, shard_ready={0: 1},
+    live_generation=1,
+)  # fmt: skip
+
+
+def replan_status(generation: int = 1, revision: int = 1, replicas: int = 3) -> dict[str, Any]:
+    """status.replan as the autoscaler writes it: int8 on cpu (the deploy-time choice) -> int8 on gpu."""
+    return {
+        "replan": {
+            "generation": generation,
+            "revision": revision,
+            "selected": {"variant": "int8", "hardwareProfile": "gpu", "shards": 1},
+            "from": {"variant": "int8", "hardwareProfile": "cpu", "shards": 1},
+            "replicas": replicas,
+            "reason": "Cheaper",
+        }
+    }
+
+
+def rolling_over(md: Any, state: ClusterState, status: dict[str, Any]) -> Any:
+    """decide() as the reconciler calls it: the rollover read from the status, the new revision's
+    shards observed in `state` (the old revision's are not the current one's)."""
+    rollover = rollover_from_status(md, status)
+    return decide(with_revision(md, rollover), POOLS, state, PROFILED, SETTINGS, rollover)
+
+
+def test_the_deploy_time_plan_is_what_a_rollover_moves_away_from() -> None:
+    decision = decide(MD, POOLS, SERVED, PROFILED, SETTINGS)
+    assert decision.selection == Selection("int8", "cpu", 1)
+    assert rollover_from_status(MD, {}) is None
+
+
+def test_a_rollover_applies_the_next_revisions_shards_with_the_new_profiles_scheduling() -> None:
+    rollover = rollover_from_status(MD, replan_status())
+    assert rollover is not None and rollover.revision == 1 and rollover.replicas == 3
+    assert rollover.selection == Selection("int8", "gpu", 1)
+    assert rollover.previous == Selection("int8", "cpu", 1)
+    # the new revision has no Deployment yet; the endpoint still selects revision 0
+    state = dataclasses.replace(SERVED, shard_replicas={}, shard_ready={})
+    decision = rolling_over(MD, state, replan_status())
+    assert decision.selection == Selection("int8", "gpu", 1)
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in decision.apply}
+    shard = ("digits-g1-r1-shard-0",)
+    for kind in ("Deployment", "Service", "PodDisruptionBudget"):
+        assert (kind, *shard) in by_name, kinds(decision)
+        obj = by_name[(kind, *shard)]
+        assert obj["metadata"]["labels"]["frugal.dev/revision"] == "1"
+        assert obj["metadata"]["labels"]["frugal.dev/hardware-profile"] == "gpu"
+    assert not any(name.startswith("digits-g1-shard-") for _, name in by_name)  # rev 0 is not re-applied
+    deployment = by_name[("Deployment", *shard)]
+    assert deployment["spec"]["selector"]["matchLabels"]["frugal.dev/revision"] == "1"
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["labels"]["frugal.dev/revision"] == "1"
+    assert template["spec"]["nodeSelector"] == {"pool": "gpu"}
+    assert template["spec"]["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert by_name[("Service", *shard)]["spec"]["selector"]["frugal.dev/revision"] == "1"
+    pdb = by_name[("PodDisruptionBudget", *shard)]
+    assert pdb["spec"]["selector"]["matchLabels"]["frugal.dev/revision"] == "1"
+    # it starts at the rollover's replicas (what the observed load needs), under the autoscaler's manager
+    assert decision.scale == (
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "digits-g1-r1-shard-0", "namespace": "ml"}, "spec": {"replicas": 3}},
+    )  # fmt: skip
+    assert "replicas" not in deployment["spec"]
+    assert decision.status["shards"] == [{"index": 0, "replicas": 3, "readyReplicas": 0}]
+
+
+def test_the_rollovers_replicas_stay_within_max_replicas() -> None:
+    state = dataclasses.replace(SERVED, shard_replicas={}, shard_ready={})
+    decision = rolling_over(MD, state, replan_status(replicas=99))
+    assert decision.scale[0]["spec"]["replicas"] == MD.spec.autoscaling.max_replicas
+
+
+def test_the_endpoint_keeps_serving_revision_0_until_every_new_shard_has_a_ready_replica() -> None:
+    starting = dataclasses.replace(SERVED, shard_replicas={0: 3}, shard_ready={0: 0})
+    decision = rolling_over(MD, starting, replan_status())
+    assert ("Service", "digits") not in kinds(decision)  # not moved: revision 0 still selected
+    assert not decision.prune_superseded
+    ready = decision.assessment.condition("Ready")
+    assert ready.status is True and ready.reason == Reason.ROLLING_OVER
+    assert decision.assessment.phase is Phase.SERVING
+    assert "revision 0" in ready.message and "int8 on cpu" in ready.message and "int8 on gpu" in ready.message
+    assert decision.scale == ()  # the shard exists: its count is the autoscaler's
+
+
+def test_once_the_new_revision_is_ready_the_endpoint_selects_it_and_the_old_one_is_pruned() -> None:
+    up = dataclasses.replace(SERVED, shard_replicas={0: 3}, shard_ready={0: 1})
+    decision = rolling_over(MD, up, replan_status())
+    endpoint = next(o for o in decision.apply if o["metadata"]["name"] == "digits")
+    assert endpoint["spec"]["selector"]["frugal.dev/generation"] == "1"
+    assert endpoint["spec"]["selector"]["frugal.dev/revision"] == "1"
+    assert endpoint["metadata"]["labels"]["frugal.dev/revision"] == "1"
+    assert decision.prune_superseded
+    assert decision.assessment.phase is Phase.SERVING
+    assert decision.assessment.condition("Ready").reason != Reason.ROLLING_OVER
+    # the next pass, the endpoint already on revision 1: settled, still revision 1
+    settled = rolling_over(MD, dataclasses.replace(up, live_revision=1), replan_status())
+    assert settled.assessment.condition("Ready").reason != Reason.ROLLING_OVER and settled.prune_superseded
+
+
+def test_a_fronted_model_rolls_over_through_its_live_service() -> None:
+    md = scale_to_zero_md()
+    starting = dataclasses.replace(SERVED, shard_replicas={0: 1}, shard_ready={0: 0}, front_exists=True)
+    rolling = rolling_over(md, starting, replan_status())
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in rolling.apply}
+    assert ("Deployment", "digits-g1-r1-shard-0") in by_name
+    assert ("Service", "digits-live") not in by_name and not rolling.prune_superseded
+    endpoint = by_name[("Service", "digits")]  # the endpoint always selects the front
+    assert endpoint["spec"]["selector"] == serving_objects.front_selector(md.owner)
+    assert rolling.assessment.condition("Ready").reason == Reason.ROLLING_OVER
+    ready = dataclasses.replace(starting, shard_ready={0: 1})
+    done = rolling_over(md, ready, replan_status())
+    live = next(o for o in done.apply if o["metadata"]["name"] == "digits-live")
+    assert live["spec"]["selector"]["frugal.dev/generation"] == "1"
+    assert live["spec"]["selector"]["frugal.dev/revision"] == "1" and done.prune_superseded
+    endpoint = next(o for o in done.apply if o["metadata"]["name"] == "digits")
+    assert endpoint["spec"]["selector"] == serving_objects.front_selector(md.owner)
+
+
+def test_a_replan_of_another_generation_is_ignored() -> None:
+    body = copy.deepcopy(BODY)
+    body["metadata"]["generation"] = 2
+    md = parse_model_deployment(body)
+    assert rollover_from_status(md, replan_status(generation=1)) is None
+    state = ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE}, live_generation=1)
+    decision = rolling_over(md, state, replan_status(generation=1))
+    assert decision.selection == Selection("int8", "cpu", 1)  # the plan's choice, afresh
+    assert ("Deployment", "digits-g2-shard-0") in kinds(decision)
+    assert not any("-r1-" in name for _, name in kinds(decision))
+    assert rollover_from_status(MD, {"replan": {**replan_status()["replan"], "revision": 0}}) is None
+
+
+def test_status_selected_names_the_rolled_over_option_and_why() -> None:
+    decision = rolling_over(MD, dataclasses.replace(SERVED, shard_ready={0: 0}), replan_status())
+    selected = decision.status["selected"]
+    assert (selected["variant"], selected["hardwareProfile"], selected["shards"]) == ("int8", "gpu", 1)
+    assert "re-planned" in selected["reason"] and "status.replan" in selected["reason"]
