@@ -9,9 +9,10 @@ made at the load observed now (:func:`frugal.operator.decision.planner.plan` wit
 :class:`ReplanDecision` and the next memory. It only decides: rolling over (a new generation beside
 the old, traffic moved once it is ready) is the caller's. The rules, in the order they apply:
 
-* **No load, no re-planning.** With no observed rate (None: nothing was read; 0: idle, or scaled to
-  zero) a cost per request is undefined, and an idle model says nothing about the hardware its next
-  load will want: hold (``NoLoad``).
+* **No load, no re-planning.** With no observed rate (None: nothing was read; 0: scaled to zero) a
+  cost per request is undefined: hold (``NoLoad``). An idle model that keeps replicas is planned at
+  :data:`IDLE_RPS` by its caller, so it does re-plan: to the hardware cheapest to keep idle, after the
+  window like any other saving (its next load moves it again if that is cheaper then).
 * **Nothing feasible, nothing to move to** (``NothingFeasible``): hold.
 * **The running option infeasible** (rejected in the plan: over the latency SLO, over the accuracy
   budget, too big for the profile's memory, unmeasured; or absent from the plan's table) rolls over
@@ -69,6 +70,10 @@ from typing import Any
 from frugal.operator.decision import planner
 
 DEFAULT_WINDOW_S = 300.0
+# The load an idle model that keeps its replicas is priced at (scaling.plan_at_load): any positive
+# rate far below one request per hour prices every option at its idle hourly cost, so their costs per
+# request compare as those do.
+IDLE_RPS = 1e-6
 # The planner's own tolerance (frugal.operator.decision.decide.COST_TOLERANCE; a unit test checks).
 DEFAULT_COST_TOLERANCE = 0.10
 
@@ -292,7 +297,9 @@ def _excess(running: float, target: float) -> str:
 
 
 def _at(load: float | None) -> str:
-    return "" if load is None else f"at {load:.3g} req/s"
+    if load is None:
+        return ""
+    return "while idle (0 req/s)" if load <= IDLE_RPS else f"at {load:.3g} req/s"
 
 
 def _money(value: float | None) -> str:

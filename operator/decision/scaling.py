@@ -87,9 +87,16 @@ def plan_at_load(
 ) -> planner.Plan | None:
     """Hardware selection again at the observed request rate, from the variants and measurements that
     status.variants records (rows the plan took from the compression report count as measured).
-    None without a load, variants or candidate profiles to price."""
-    if rate_rps is None or not rate_rps > 0:
+    None without a rate, variants or candidate profiles to price.
+
+    An idle model (0 req/s) that keeps replicas (minReplicas of 1 or more) is priced at
+    :data:`replanning.IDLE_RPS`: every option then needs its one replica per shard at no
+    utilisation, so costs per request compare as the options' hourly costs at idle do, and an idle
+    model moves to the hardware cheapest to keep waiting. With minReplicas 0 idle costs nothing on
+    any option (the model scales to zero): None."""
+    if rate_rps is None or rate_rps < 0 or (rate_rps == 0 and md.min_replicas == 0):
         return None
+    rate_rps = max(rate_rps, replanning.IDLE_RPS)
     variants = []
     for entry in status.get("variants") or []:
         metric = entry.get("metric") or {}
@@ -140,9 +147,10 @@ def plan_at_load_status(
     )
     cheapest = plan.chosen
     replan = {} if decision is None else {"reason": decision.reason.value, "message": decision.message[:4096]}
+    load = plan.objectives.expected_rps
     return {
         **replan,
-        "loadRps": significant(plan.objectives.expected_rps, 3),
+        "loadRps": 0.0 if load <= replanning.IDLE_RPS else significant(load, 3),
         "cheapest": None
         if cheapest is None
         else {"variant": cheapest.variant, "hardwareProfile": cheapest.profile, "shards": cheapest.shards},
@@ -224,7 +232,9 @@ def replan_status(
         "selected": option(decision.target),
         "from": option(decision.running),
         "replicas": rollover_replicas(md, plan, decision.target),
-        "loadRps": None if decision.load_rps is None else significant(decision.load_rps, 3),
+        "loadRps": None
+        if decision.load_rps is None
+        else (0.0 if decision.load_rps <= replanning.IDLE_RPS else significant(decision.load_rps, 3)),
         "costPer1kRequests": money(decision.target_cost_per_1k_requests),
         "fromCostPer1kRequests": money(decision.running_cost_per_1k_requests),
         "reason": decision.reason.value,

@@ -157,3 +157,15 @@ def test_the_reconcilers_status_writes_keep_the_replanned_condition() -> None:
     from frugal.operator.cluster.reconciler import FOREIGN_CONDITIONS
 
     assert {scaling.REPLANNED, scaling.METRICS_AVAILABLE, scaling.POWER_CAPPED} <= FOREIGN_CONDITIONS
+
+
+def test_an_idle_model_that_keeps_replicas_moves_to_the_hardware_cheapest_to_keep_waiting() -> None:
+    # 0 req/s with minReplicas 1: each option is one idle replica; small's hour is the cheaper.
+    _, idle, _ = tick(rate=0.0)
+    assert idle is not None and idle.roll_over and idle.target == ON_SMALL
+    assert "while idle" in idle.message
+    status = scaling.replan_status(MD, STATUS, scaling.plan_at_load(MD, STATUS, PROFILES, 0.0), idle, "t")
+    assert status["loadRps"] == 0.0 and status["replicas"] == 1
+    # Scaled to zero (minReplicas 0), idle costs nothing on any option: nothing to move for.
+    _, asleep, _ = tick(md_with(minReplicas=0), rate=0.0, ready=(0,))
+    assert asleep is not None and not asleep.roll_over and asleep.reason is ReplanReason.NO_LOAD

@@ -87,9 +87,19 @@ def test_the_plan_at_the_observed_load_prices_every_option_from_status_and_marks
         "variants": [{"name": "int8", "sizeBytes": 1000, "metric": {"name": "accuracy", "drop": 0.0},
                       "profiles": measured}],
     }  # fmt: skip
-    assert (
-        plan_at_load(md, status, profiles, None) is None and plan_at_load(md, status, profiles, 0.0) is None
-    )
+    assert plan_at_load(md, status, profiles, None) is None
+    # Idle with replicas kept (minReplicas 1): priced at idle, where the cheaper hour wins (small:
+    # 0.10 + 1 W; big: 0.12 + 20 W) and the status says 0 req/s.
+    idle = plan_at_load(md, status, profiles, 0.0)
+    assert idle is not None and idle.chosen is not None and idle.chosen.profile == "small"
+    idle_table = plan_at_load_status(idle, status)
+    assert idle_table is not None and idle_table["loadRps"] == 0.0
+    # Idle at minReplicas 0 costs nothing anywhere (it scales to zero): nothing to re-plan for.
+    sleepy = parse_model_deployment({**md.resource.to_dict(), "metadata": {"name": "digits", "namespace": "ml",
+                                                                          "uid": "u", "generation": 1}}
+                                    | {"spec": {**md.resource.spec.to_dict(),
+                                                "autoscaling": {"minReplicas": 0, "power": {"pricePerKWh": "1.0"}}}})  # fmt: skip
+    assert plan_at_load(sleepy, status, profiles, 0.0) is None
 
     def cheapest(rate: float) -> str:
         table = plan_at_load_status(plan_at_load(md, status, profiles, rate), status)
