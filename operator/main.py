@@ -23,6 +23,14 @@ DELEGATED: dict[str, tuple[str, str]] = {
         "hold requests for a model scaled to zero and forward them once it wakes",
     ),
     "operator": ("frugal.operator.cluster.operator_command", "run the Kubernetes operator"),
+    "batch-worker": (
+        "frugal.serving.batch_worker",
+        "score this worker's shards of a batch (an Indexed Job's pod, or a local worker)",
+    ),
+    "batch-aggregate": (
+        "frugal.serving.batch_aggregate",
+        "join a batch's finished shards into its predictions and summary",
+    ),
 }
 
 
@@ -88,6 +96,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "(default: spec.autoscaling.replanning.windowSeconds)",
     )
 
+    batch = commands.add_parser(
+        "batch", help="score a dataset (a BatchInference) on this machine with worker processes"
+    )
+    batch.add_argument(
+        "files", nargs="+", help="YAML files holding a BatchInference, its HardwareProfiles and its ModelDeployment"
+    )
+    batch.add_argument("--workdir", default=None, help="where the model's pipeline and zoo:// inputs go")
+    batch.add_argument("--workers", type=int, default=None, help="worker processes (default: the placement's)")
+    batch.add_argument("--overwrite", action="store_true", help="replace a finished run's outputs")
+    batch.add_argument("--retries", type=int, default=2, help="restarts per worker that dies (default 2)")
+
     validate = commands.add_parser(
         "validate", help="check YAML against the CRDs' schemas and rules, as the API server would"
     )
@@ -113,6 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from frugal.operator.local.up_command import validate_files
 
         return validate_files(args.files)
+    if args.command == "batch":
+        if (args.workers is not None and args.workers < 1) or args.retries < 0:
+            print("frugal batch: --workers must be at least 1 and --retries at least 0", file=sys.stderr)
+            return 2
+        from frugal.operator.local.batch_command import batch as run_batch
+
+        return run_batch(args.files, args.workdir, args.workers, args.overwrite, args.retries)
     if args.load == "ramp" and (args.rps is None or args.rps <= 0 or args.duration is None):
         print("frugal up: --load ramp needs --rps PEAK (above 0) and --for SECONDS", file=sys.stderr)
         return 2

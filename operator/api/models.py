@@ -340,7 +340,7 @@ class BatchInferenceSpec(ApiModel):
     model: BatchModel
     input: BatchInput
     output: BatchOutput
-    hardware_profiles: tuple[str, ...] = ()
+    hardware_profiles: tuple[str, ...] | None = None
     workers: int | None = None
     max_workers: int
     deadline_seconds: int | None = None

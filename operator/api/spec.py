@@ -220,7 +220,7 @@ class BatchInferenceSpec:
 
     @property
     def hardware_profiles(self) -> tuple[str, ...]:
-        return self.spec.hardware_profiles
+        return self.spec.hardware_profiles or ()
 
 
 def parse_batch_inference(body: Body) -> BatchInferenceSpec:

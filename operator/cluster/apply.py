@@ -29,6 +29,7 @@ RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets", True),
     (API_VERSION, "ModelDeployment"): (f"/apis/{API_VERSION}", "modeldeployments", True),
     (API_VERSION, "HardwareProfile"): (f"/apis/{API_VERSION}", "hardwareprofiles", False),
+    (API_VERSION, "BatchInference"): (f"/apis/{API_VERSION}", "batchinferences", True),
     ("monitoring.coreos.com/v1", "PodMonitor"): ("/apis/monitoring.coreos.com/v1", "podmonitors", True),
 }
 SERVING_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"))

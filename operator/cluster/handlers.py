@@ -14,15 +14,26 @@ from typing import Any
 import kopf
 
 from frugal.operator.api.crds import GROUP, VERSION
+from frugal.operator.cluster.batch_reconciler import BatchReconciler
 from frugal.operator.cluster.reconciler import Reconciler
-from frugal.operator.manifests import names
+from frugal.operator.manifests import batch_jobs, names
 
 PLURAL = "modeldeployments"
+BATCH_PLURAL = "batchinferences"
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
+# A running batch's progress (its shards' markers on the volume) is read this often.
+BATCH_PROGRESS_SECONDS = 10.0
 
 
-def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, interval: float) -> None:
+def register(
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    interval: float,
+    batches: BatchReconciler | None = None,
+) -> None:
     """Register every handler of the operator on `registry`."""
+    if batches is not None:
+        _register_batches(registry, batches)
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
@@ -43,3 +54,19 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, interval: 
     def child_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
         if namespace and names.LABEL_MD in labels:
             reconciler.reconcile_named(namespace, labels[names.LABEL_MD])
+        if namespace and batches is not None and batch_jobs.LABEL_BATCH in labels:
+            batches.reconcile_named(namespace, labels[batch_jobs.LABEL_BATCH])
+
+
+def _register_batches(registry: kopf.OperatorRegistry, batches: BatchReconciler) -> None:
+    @kopf.on.resume(GROUP, VERSION, BATCH_PLURAL, id="batch", registry=registry)
+    @kopf.on.create(GROUP, VERSION, BATCH_PLURAL, id="batch", registry=registry)
+    @kopf.on.update(GROUP, VERSION, BATCH_PLURAL, id="batch", registry=registry)
+    def batch(namespace: str | None, name: str, **_: Any) -> None:
+        if namespace:
+            batches.reconcile_named(namespace, name)
+
+    @kopf.timer(GROUP, VERSION, BATCH_PLURAL, id="batch-progress", interval=BATCH_PROGRESS_SECONDS, registry=registry)
+    def progress(namespace: str | None, name: str, status: Mapping[str, Any], **_: Any) -> None:
+        if namespace and status.get("phase") not in ("Succeeded", "Failed"):
+            batches.reconcile_named(namespace, name)

@@ -252,6 +252,7 @@ def run(options: Options) -> None:
     from frugal.operator.cluster import handlers
     from frugal.operator.cluster import operator_metrics as metrics
     from frugal.operator.cluster.apply import Cluster
+    from frugal.operator.cluster.batch_reconciler import BatchReconciler
     from frugal.operator.cluster.reconciler import Reconciler
     from frugal.operator.cluster.scaler import Autoscaler
 
@@ -264,7 +265,7 @@ def run(options: Options) -> None:
     cluster = Cluster.from_kubeconfig(options.kubeconfig, on_request=operator_metrics.count_request)
     reconciler = Reconciler(cluster, options.settings, operator_metrics)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, reconciler, options.interval)
+    handlers.register(registry, reconciler, options.interval, BatchReconciler(cluster, reconciler))
     autoscaler = Autoscaler(
         cluster, reconciler, options.prometheus_url, operator_metrics, options.rate_window, options.namespaces
     )

@@ -230,8 +230,8 @@ class Reconciler:
 
     def _observe(self, md: ModelDeploymentSpec) -> decide.ClusterState:
         ns = md.owner.namespace
-        compression = self._job(ns, names.compression_job(md.owner))
-        profiling = {p: self._job(ns, names.profiling_job(md.owner, p)) for p in md.serving_profiles}
+        compression = self.job(ns, names.compression_job(md.owner))
+        profiling = {p: self.job(ns, names.profiling_job(md.owner, p)) for p in md.serving_profiles}
         replicas: dict[int, int] = {}
         ready: dict[int, int] = {}
         front = False
@@ -278,7 +278,8 @@ class Reconciler:
             return None
         return serving_objects.Live(generation, int(selector.get(names.LABEL_REVISION, 0)))
 
-    def _job(self, namespace: str, name: str) -> Job:
+    def job(self, namespace: str, name: str) -> Job:
+        """The outcome of Job `namespace/name` (a failure with its pod's termination message)."""
         job = self.cluster.get("batch/v1", "Job", namespace, name)
         if job is None:
             return ABSENT_JOB

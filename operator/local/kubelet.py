@@ -105,6 +105,11 @@ class LocalCluster:
 
     def run(self, port: int = 0) -> Served:
         """Run the pipeline's Jobs, then serve; `port` is the endpoint's (0: any free port)."""
+        return self._serve(self.plan(), port)
+
+    def plan(self) -> Decision:
+        """Run the pipeline's Jobs (compression, profiling) until the plan is made; the decision says
+        what to serve and where the artifacts are."""
         for _ in range(MAX_ROUNDS):
             decision = decide(self.md, self.profiles, self.state, self._artifacts(), self.settings)
             jobs = [o for o in decision.apply if o["kind"] == "Job"]
@@ -114,7 +119,7 @@ class LocalCluster:
                 continue
             if decision.assessment.phase is Phase.FAILED or decision.selection is None:
                 raise LocalRunError(_explain(decision))
-            return self._serve(decision, port)
+            return decision
         raise LocalRunError("the pipeline did not settle: " + _explain(decision))
 
     def _artifacts(self) -> artifact_files.Artifacts | artifact_files.ArtifactError | None:

@@ -41,7 +41,7 @@ def crds_installed(cluster: ControlPlane) -> ControlPlane:
     # Established does not mean published: the API server adds a CRD's schema to its OpenAPI
     # document (what kubectl explain reads) a little later, later still on a busy machine.
     deadline = time.monotonic() + 60
-    for kind in ("modeldeployments", "hardwareprofiles"):
+    for kind in ("modeldeployments", "hardwareprofiles", "batchinferences"):
         while cluster.kubectl("explain", kind, check=False).returncode != 0:
             assert time.monotonic() < deadline, f"the API server never published the OpenAPI schema of {kind}"
             time.sleep(0.5)

@@ -33,6 +33,7 @@ def test_example_applies_cleanly(crds_installed: ControlPlane, namespace: str, p
         plural = {
             "ModelDeployment": "modeldeployments.frugal.dev",
             "HardwareProfile": "hardwareprofiles.frugal.dev",
+            "BatchInference": "batchinferences.frugal.dev",
         }
         resource = plural.get(doc["kind"], doc["kind"])
         scope = (

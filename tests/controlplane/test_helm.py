@@ -59,6 +59,9 @@ OPERATOR_ACCESS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("frugal.dev", "modeldeployments", "status", ("patch",)),  # Cluster.patch_status; kopf progress
     ("frugal.dev", "modeldeployments", "finalizers", ("update",)),  # blockOwnerDeletion on children
     ("frugal.dev", "hardwareprofiles", "", ("get", "list", "watch")),
+    ("frugal.dev", "batchinferences", "", ("get", "list", "watch", "patch")),
+    ("frugal.dev", "batchinferences", "status", ("patch",)),
+    ("frugal.dev", "batchinferences", "finalizers", ("update",)),
     ("batch", "jobs", "", ("get", "list", "watch", "create", "patch", "delete")),
     ("apps", "deployments", "", ("get", "list", "watch", "create", "patch", "delete")),
     ("", "services", "", ("get", "list", "watch", "create", "patch", "delete")),

@@ -20,13 +20,14 @@ import pytest
 from test_validation import full_hwp, full_md
 
 from frugal.operator.api import crds, models
-from frugal.operator.api.spec import parse_hardware_profile, parse_model_deployment
+from frugal.operator.api.spec import parse_batch_inference, parse_hardware_profile, parse_model_deployment
 from frugal.operator.cluster.operator_metrics import OperatorMetrics
 from frugal.operator.decision import artifact_files, scaling
+from frugal.operator.decision.batch_inference import BatchObserved, Progress, ResolvedModel, decide_batch
 from frugal.operator.decision.conditions import Job, JobState
 from frugal.operator.decision.decide import ClusterState, Settings, artifacts_to_remove, decide
 from frugal.operator.decision.replanning import ReplanMemory
-from frugal.operator.manifests import container_commands
+from frugal.operator.manifests import batch_jobs, container_commands
 
 # Read by nothing yet. Each entry names what will read it.
 NOT_YET_READ: set[str] = set()
@@ -117,6 +118,56 @@ def run_every_phase() -> None:
             scaling.replan_at_load(md, None, running, (1,), settings_at_load, ReplanMemory(), 0.0)
     container_commands.compression_config(md, "/out")
     artifacts_to_remove(md, settings)
+    run_every_batch_phase(profiles)
+
+
+def full_batch() -> dict[str, Any]:
+    return {
+        "apiVersion": "frugal.dev/v1alpha1",
+        "kind": "BatchInference",
+        "metadata": {"name": "scores", "namespace": "ml", "generation": 1},
+        "spec": {
+            "model": {"artifacts": {"uri": "pvc://models/digits", "variant": "fp32"}},
+            "input": {"uri": "pvc://data/digits.npz"},
+            "output": {"uri": "pvc://data/scores", "overwrite": True},
+            "hardwareProfiles": ["cpu-small", "gpu-t4"],
+            "workers": 2,
+            "maxWorkers": 4,
+            "deadlineSeconds": 600,
+            "batchSize": 128,
+            "rowsPerShard": 500,
+        },
+    }
+
+
+def run_every_batch_phase(profiles: dict[str, Any]) -> None:
+    """A fully populated BatchInference from nothing to Succeeded (the cluster side), and placed as
+    `frugal batch` places it."""
+    for model in ({"artifacts": {"uri": "pvc://models/digits", "variant": "fp32"}}, {"modelDeployment": "digits"}):
+        body = full_batch()
+        body["spec"]["model"] = model
+        job = parse_batch_inference(body)
+        # What the reconciler and frugal batch read to resolve the model (BatchReconciler._model).
+        if job.artifacts is not None:
+            ResolvedModel(job.artifacts.variant, job.artifacts.uri)
+        else:
+            assert job.model_deployment == "digits"
+    job = parse_batch_inference(full_batch())
+    locations = {
+        batch_jobs.INPUT: batch_jobs.locate(job.input_uri, None),
+        batch_jobs.OUTPUT: batch_jobs.locate(job.output_uri, None),
+        batch_jobs.ARTIFACTS: batch_jobs.locate("pvc://models/digits", None),
+    }
+    model = ResolvedModel("fp32", "pvc://models/digits", {"cpu-small": 1000.0, "gpu-t4": 4000.0})
+    done = Job(JobState.SUCCEEDED, name="x")
+    summary = {"rows": 1000, "shards": 2, "rowsPerSecond": 900.0, "costUsd": 0.001, "energyJoules": 5.0}
+    selected = None
+    for workers, aggregate, found in ((Job(JobState.ABSENT), Job(JobState.ABSENT), None), (done, done, summary)):
+        progress = Progress(shards_total=2, rows_total=1000)
+        observed = BatchObserved(model, workers=workers, aggregate=aggregate, progress=progress, summary=found,
+                                 selected=selected)  # fmt: skip
+        decision = decide_batch(job, profiles, locations, observed, "img")
+        selected = decision.status.get("selected")
 
 
 def schema_fields(
@@ -154,6 +205,7 @@ def crd_fields() -> list[tuple[str, str, str]]:
     for kind, model in (
         ("ModelDeployment", models.ModelDeploymentSpec),
         ("HardwareProfile", models.HardwareProfileSpec),
+        ("BatchInference", models.BatchInferenceSpec),
     ):
         found += list(schema_fields(crds.schema(kind)["properties"]["spec"], model, f"{kind}.spec"))
     return found
@@ -163,7 +215,7 @@ def printer_columns() -> set[str]:
     """Fields kubectl get shows: read by the API server for the user (`.spec.x.y` -> `Kind.spec.x.y`)."""
     return {
         kind + column["jsonPath"]
-        for kind in ("ModelDeployment", "HardwareProfile")
+        for kind in ("ModelDeployment", "HardwareProfile", "BatchInference")
         for column in crds.crd(kind)["spec"]["versions"][0].get("additionalPrinterColumns", [])
         if column["jsonPath"].startswith(".spec.")
     }

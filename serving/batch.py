@@ -1,0 +1,622 @@
+"""Batch inference: score a dataset with one variant, split into shards that workers take in turn.
+
+Why shards and markers: a batch runs for minutes to hours on workers that may die (a pod evicted, a
+node drained). The input is cut into numbered shards (`frugal.serving.batch_data`: every file in
+ranges of ``rowsPerShard`` rows, in input order); worker ``i`` of ``n`` scores shards ``i, i+n,
+i+2n, ...`` (a Kubernetes Indexed Job's completion index is ``i``) and, for each, writes the outputs
+and then a completion marker, both atomically. A worker started again skips every shard whose marker
+is there, so a death costs at most the shards in progress, and no two workers ever write the same
+file. The aggregator joins the shards in input order once every marker exists. Batch boundaries are
+fixed by the shards (each shard's rows from its first, ``batchSize`` at a time), so the result does
+not depend on the number of workers or on restarts — which matters beyond float summation order: a
+dynamically quantized (int8) variant computes its activation scale over the whole batch, so a row's
+output depends on the rows batched with it.
+
+The output directory (nothing else is written there)::
+
+    <output>/shards/part-00000.npz    the shard's model outputs, one array per output name
+    <output>/shards/part-00000.done   its marker (JSON, see Marker): rows, seconds, worker, pid, host, ...
+    <output>/predictions.npz          every output, the shards concatenated in input order
+    <output>/summary.json             rows, shards, workers, seconds, rows/s, busy seconds, cost, energy
+    <output>/.batch.lock              taken (fcntl) while a process settles or aggregates the output
+
+``predictions.npz`` marks a finished run: without ``overwrite`` a worker or aggregator refuses to
+touch it. With ``overwrite`` the first process to find it (under the lock, so concurrent workers do
+not remove each other's fresh shards) removes what a batch writes — ``shards/``, ``summary.json``,
+``predictions.npz`` — and nothing else. An unfinished run (markers, no predictions) is resumed;
+markers that record another input or model (another file, rows, file size or mtime, or model
+sha256) are an error, or with ``overwrite`` are removed with their outputs. A worker killed while
+writing leaves a ``shards/.part-*.tmp`` file behind (harmless; overwrite removes it with ``shards/``).
+
+Every input file is checked against the model's inputs from its metadata before anything is
+written or removed. What only the rows can tell (nulls, rows of a list column of different lengths)
+shows when that shard is read: the worker stops there with the error, the shards before it kept.
+
+Cost and energy price a worker's busy seconds (the sum of its shards' seconds) like a serving replica
+at full utilisation, as the planner does: ``busy hours × costPerHour`` plus ``maxWatts × busy
+seconds`` joules at ``pricePerKWh``. A worker is busy from its first shard to its last, so neither
+``idleWatts`` nor the start (verifying and loading the model) is priced; ``idleWatts`` is accepted
+so the config can carry a hardware profile's power as the operator writes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from frugal.serving.batch_data import (
+    BatchError,
+    FileInfo,
+    Shard,
+    ShardReader,
+    describe,
+    input_files,
+    local_path,
+    one_line,
+    plan,
+)
+from frugal.serving.server import artifacts
+from frugal.serving.server.artifacts import ArtifactError, Manifest, TensorSpec, Variant
+
+if TYPE_CHECKING:
+    from frugal.serving.server.runtime import OnnxModel
+
+__all__ = [
+    "CONFIG_ENV",
+    "MARKER_SUFFIX",
+    "BatchConfig",
+    "BatchError",
+    "Layout",
+    "Marker",
+    "Run",
+    "Summary",
+    "WorkerResult",
+    "aggregate",
+    "check",
+    "config_from",
+    "finished",
+    "parse_config",
+    "plan_run",
+    "price",
+    "read_marker",
+    "run_worker",
+    "summary_json",
+]
+
+log = logging.getLogger("frugal.serving.batch")
+
+CONFIG_ENV = "FRUGAL_BATCH_CONFIG"  # the config as JSON text, as the operator's Jobs pass it
+SHARDS, PREDICTIONS, SUMMARY, LOCK = "shards", "predictions.npz", "summary.json", ".batch.lock"
+MARKER_SUFFIX = ".done"
+SECONDS_PER_HOUR = 3600.0
+JOULES_PER_KWH = 3.6e6
+FILE_MODE = 0o644  # readable by whoever reads the results (mkstemp's own is 0600)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class BatchConfig(_Model):
+    """One batch: what to score, with which variant, where the results go, and its prices."""
+
+    input: str  # an .npz, a .parquet or a directory of them (name order = input order)
+    output: str  # a directory
+    artifacts: str  # an artifact directory as `frugal compress` writes it
+    variant: str  # a variant name in its manifest
+    batch_size: int = Field(64, alias="batchSize", ge=1)
+    rows_per_shard: int = Field(1024, alias="rowsPerShard", ge=1)
+    overwrite: bool = False
+    execution_provider: str = Field("CPUExecutionProvider", alias="executionProvider")
+    intra_op_threads: int | None = Field(None, alias="intraOpThreads", ge=1)
+    verify_cache_dir: str | None = Field(None, alias="verifyCacheDir")
+    cost_per_hour: float | None = Field(None, alias="costPerHour", ge=0)
+    idle_watts: float | None = Field(None, alias="idleWatts", ge=0)
+    max_watts: float | None = Field(None, alias="maxWatts", ge=0)
+    price_per_kwh: float | None = Field(None, alias="pricePerKWh", ge=0)
+
+
+def parse_config(text: str | bytes, where: str) -> BatchConfig:
+    """A config from JSON text; a BatchError naming every invalid field on one line."""
+    try:
+        return BatchConfig.model_validate_json(text)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or '(root)'}: {error['msg']}" for error in exc.errors()
+        )
+        raise BatchError(f"config {where} is invalid: {problems}") from None
+
+
+def config_from(path: Path | None, environ: Mapping[str, str]) -> BatchConfig:
+    """The CLIs' config: the file given, else the JSON in ``$FRUGAL_BATCH_CONFIG`` (the operator's Jobs)."""
+    if path is not None:
+        try:
+            return parse_config(path.read_bytes(), str(path))
+        except OSError as exc:
+            raise BatchError(f"cannot read the config {path}: {exc.strerror}") from None
+    if environ.get(CONFIG_ENV):
+        return parse_config(environ[CONFIG_ENV], f"${CONFIG_ENV}")
+    raise BatchError(f"no config: pass --config FILE or set {CONFIG_ENV} to the config's JSON")
+
+
+class Marker(BaseModel):
+    """A finished shard: which rows of which input it holds, how long it took, and who computed it.
+    ``inputSize``/``inputMtimeNs`` and ``modelSha256`` tell a resumed run's shards from another's."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    shard: int
+    file: str  # the input file's name
+    start: int
+    stop: int
+    rows: int
+    input_size: int = Field(alias="inputSize")
+    input_mtime_ns: int = Field(alias="inputMtimeNs")
+    model_sha256: str = Field(alias="modelSha256")
+    seconds: float  # reading, scoring and writing the shard
+    started_at: float = Field(alias="startedAt")  # Unix time
+    finished_at: float = Field(alias="finishedAt")
+    worker: int  # the worker's index
+    workers: int  # the worker count it was started with
+    pid: int
+    host: str  # the machine (in a pod: the pod's name), so pids of different pods stay apart
+
+
+class Summary(BaseModel):
+    """`summary.json`: what the batch did and what it cost (None where the config gives no price)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    model: str
+    variant: str
+    rows: int
+    shards: int
+    workers: list[int]  # worker indices seen in the markers
+    processes: int  # distinct processes (host, pid) that computed shards: restarts count
+    started_at: float = Field(alias="startedAt")
+    finished_at: float = Field(alias="finishedAt")
+    seconds: float  # wall: the first shard's start to the last shard's end
+    rows_per_second: float = Field(alias="rowsPerSecond")
+    busy_seconds: float = Field(alias="busySeconds")
+    cost_usd: float | None = Field(alias="costUsd")
+    energy_joules: float | None = Field(alias="energyJoules")
+    cost_per_million_rows_usd: float | None = Field(alias="costPerMillionRowsUsd")
+    outputs: dict[str, list[int]]  # each output's shape in predictions.npz
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    index: int
+    count: int
+    shards: int  # assigned to this worker
+    computed: int
+    skipped: int  # found finished
+    rows: int  # computed by this process
+    seconds: float  # busy on the computed shards
+
+
+def price(busy_seconds: float, config: BatchConfig) -> tuple[float | None, float | None]:
+    """(cost in USD, energy in joules) of `busy_seconds` of worker time at full utilisation."""
+    energy = config.max_watts * busy_seconds if config.max_watts is not None else None
+    parts = []
+    if config.cost_per_hour is not None:
+        parts.append(busy_seconds / SECONDS_PER_HOUR * config.cost_per_hour)
+    if energy is not None and config.price_per_kwh is not None:
+        parts.append(energy / JOULES_PER_KWH * config.price_per_kwh)
+    return (sum(parts) if parts else None), energy
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a batch writes inside its output directory."""
+
+    output: Path
+
+    @property
+    def shards(self) -> Path:
+        return self.output / SHARDS
+
+    @property
+    def predictions(self) -> Path:
+        return self.output / PREDICTIONS
+
+    @property
+    def summary(self) -> Path:
+        return self.output / SUMMARY
+
+    def part(self, shard: int) -> Path:
+        return self.shards / f"part-{shard:05d}.npz"
+
+    def marker(self, shard: int) -> Path:
+        return self.shards / f"part-{shard:05d}{MARKER_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every process of a batch derives alike from its config: the model and the shards."""
+
+    config: BatchConfig
+    layout: Layout
+    artifacts: Path
+    manifest: Manifest
+    variant: Variant
+    model_sha256: str
+    inputs: tuple[TensorSpec, ...]
+    files: tuple[FileInfo, ...]
+    shards: tuple[Shard, ...]
+
+    def expected(self, shard: Shard) -> dict[str, Any]:
+        """The marker fields that identify `shard` of this run's input and model."""
+        stat = shard.file.stat()
+        return {
+            "shard": shard.index,
+            "file": shard.file.name,
+            "start": shard.start,
+            "stop": shard.stop,
+            "rows": shard.rows,
+            "input_size": stat.st_size,
+            "input_mtime_ns": stat.st_mtime_ns,
+            "model_sha256": self.model_sha256,
+        }
+
+    def matches(self, marker: Marker) -> bool:
+        if not 0 <= marker.shard < len(self.shards):
+            return False
+        wanted = self.expected(self.shards[marker.shard])
+        return all(getattr(marker, key) == value for key, value in wanted.items())
+
+
+def _manifest(config: BatchConfig) -> tuple[Path, Manifest, Variant]:
+    directory = local_path(config.artifacts, "artifacts")
+    try:
+        manifest = artifacts.load_manifest(directory)
+        return directory, manifest, manifest.variant(config.variant)
+    except ArtifactError as exc:
+        raise BatchError(f"artifacts: {exc}") from None
+
+
+def _open_run(config: BatchConfig, directory: Path, manifest: Manifest, variant: Variant,
+              inputs: Sequence[TensorSpec]) -> Run:  # fmt: skip
+    """The run's shards after checking every input file's metadata against `inputs`."""
+    root = local_path(config.input, "input")
+    files = tuple(describe(path, inputs) for path in input_files(root))
+    shards = tuple(plan(files, config.rows_per_shard))
+    if not shards:
+        raise BatchError(f"input {root} has no rows")
+    entry = manifest.files.get(variant.file)
+    sha = entry.sha256 if entry is not None else ""
+    layout = Layout(local_path(config.output, "output"))
+    return Run(config, layout, directory, manifest, variant, sha, tuple(inputs), files, shards)
+
+
+def _load_model(config: BatchConfig, directory: Path, manifest: Manifest, variant: Variant) -> OnnxModel:
+    """Verify the variant's files against the manifest, then open it in ONNX Runtime."""
+    from frugal.serving.server import runtime
+
+    cache = local_path(config.verify_cache_dir, "verifyCacheDir") if config.verify_cache_dir else None
+    try:
+        path = artifacts.verify_variant(directory, manifest, variant, cache)
+        choice = runtime.provider_chain(config.execution_provider, runtime.ort.get_available_providers())
+    except (ArtifactError, ValueError) as exc:
+        raise BatchError(f"artifacts: {exc}") from None
+    if choice.fallback:
+        log.warning("%s", choice.fallback)
+    threads = config.intra_op_threads or runtime.read_cpu_limit()
+    try:
+        model = runtime.OnnxModel(str(path), choice.providers, threads)
+    except Exception as exc:  # ONNX Runtime's load errors share no base class
+        raise BatchError(f"artifacts: ONNX Runtime cannot load {path}: {one_line(exc)}") from None
+    if not model.batchable():
+        raise BatchError(
+            f"variant {variant.name!r}: its inputs and outputs need a dynamic first (batch) dimension"
+        )
+    return model
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+@contextlib.contextmanager
+def _locked(layout: Layout) -> Iterator[None]:
+    """The output's lock: settling (refusing, discarding) and aggregating happen one process at a time."""
+    try:
+        layout.output.mkdir(parents=True, exist_ok=True)
+        fd = os.open(layout.output / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as exc:
+        raise BatchError(f"output {layout.output} is not writable: {exc.strerror}") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _refuse_finished(layout: Layout) -> BatchError:
+    return BatchError(
+        f"output {layout.output} already exists (it holds {PREDICTIONS} of a finished run): "
+        "pass overwrite (--overwrite) or choose another output"
+    )
+
+
+def read_marker(path: Path) -> Marker | None:
+    """The marker at `path`, or None when there is none (or it is unreadable: then it is redone)."""
+    try:
+        return Marker.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError):
+        return None
+
+
+def finished(run: Run, shard: Shard) -> Marker | None:
+    """The shard's marker when the shard is done for this run: a marker of this input and model, and
+    its outputs beside it."""
+    marker = read_marker(run.layout.marker(shard.index))
+    if marker is None or not run.matches(marker) or not run.layout.part(shard.index).is_file():
+        return None
+    return marker
+
+
+def _markers(layout: Layout) -> dict[Path, Marker | None]:
+    if not layout.shards.is_dir():
+        return {}
+    return {path: read_marker(path) for path in sorted(layout.shards.glob(f"part-*{MARKER_SUFFIX}"))}
+
+
+def _settle(run: Run) -> None:
+    """Apply the output rules before a worker starts: refuse or (overwrite) discard a finished run;
+    refuse or (overwrite) remove markers of another input or model. A matching unfinished run stays."""
+    layout, overwrite = run.layout, run.config.overwrite
+    with _locked(layout):
+        if layout.predictions.exists():
+            if not overwrite:
+                raise _refuse_finished(layout)
+            log.info("overwrite: removing the finished run in %s", layout.output)
+            layout.summary.unlink(missing_ok=True)
+            shutil.rmtree(layout.shards, ignore_errors=True)
+            layout.predictions.unlink()  # last: until it is gone the run still reads as finished
+    # Outside the lock (reading every marker takes a while on a big run): concurrent workers of this
+    # run only ever add matching markers, and removing a stale one twice is harmless. An unreadable
+    # marker (one cut short by a machine crash) is not another run's: its shard is simply redone.
+    stale = [
+        path for path, marker in _markers(layout).items() if marker is not None and not run.matches(marker)
+    ]
+    if stale and not overwrite:
+        raise BatchError(
+            f"{layout.shards} holds {len(stale)} shard(s) of another input or model (e.g. {stale[0].name}): "
+            "pass overwrite (--overwrite) to replace them or choose another output"
+        )
+    for path in stale:
+        path.unlink(missing_ok=True)
+        path.with_suffix(".npz").unlink(missing_ok=True)
+
+
+def _write_atomically(target: Path, write: Callable[[IO[bytes]], object], durable: bool = True) -> None:
+    """Write through a temporary file in the same directory, then rename: readers see all or nothing.
+    `durable` syncs the data to disk before the rename, so a machine crash cannot leave the name
+    pointing at lost data; a marker is written without it (see `_score`)."""
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.fchmod(handle, FILE_MODE)
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+            out.flush()
+            if durable:
+                os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _write_npz(target: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    savez: Callable[..., None] = np.savez  # its stub types **kwds as its own flags
+    _write_atomically(target, lambda out: savez(out, **arrays))
+
+
+def _write_json(target: Path, document: BaseModel, durable: bool = True) -> None:
+    text = document.model_dump_json(by_alias=True, indent=2).encode()
+    _write_atomically(target, lambda out: out.write(text), durable)
+
+
+# ------------------------------------------------------------------------------------------ worker
+
+
+def check(config: BatchConfig) -> Run:
+    """Everything a worker checks before scoring, without scoring: the variant's files, that ONNX
+    Runtime loads it, every input file against its inputs, and the output rules (with overwrite this
+    discards a finished run). Raises BatchError."""
+    return _prepare(config)[0]
+
+
+def plan_run(config: BatchConfig) -> Run:
+    """The run's shards from the input files' metadata, checked against the variant's inputs, without
+    touching the output (what a placement needs to know before anything is written or removed).
+    Raises BatchError."""
+    directory, manifest, variant = _manifest(config)
+    return _open_run(config, directory, manifest, variant, _signature(config, directory, manifest, variant))
+
+
+def _prepare(config: BatchConfig) -> tuple[Run, OnnxModel]:
+    directory, manifest, variant = _manifest(config)
+    model = _load_model(config, directory, manifest, variant)
+    run = _open_run(config, directory, manifest, variant, model.inputs)
+    _settle(run)
+    return run, model
+
+
+def run_worker(config: BatchConfig, index: int, count: int) -> WorkerResult:
+    """Score shards ``index, index+count, ...`` that have no marker yet (one log line per shard)."""
+    if count < 1 or not 0 <= index < count:
+        raise BatchError(f"worker index {index} of {count}: the index must be in 0..count-1 (count ≥ 1)")
+    run, model = _prepare(config)
+    mine = run.shards[index::count]
+    reader = ShardReader(run.inputs)
+    run.layout.shards.mkdir(parents=True, exist_ok=True)
+    computed = rows = 0
+    busy = 0.0
+    for position, shard in enumerate(mine, 1):
+        where = f"{shard.name} ({position}/{len(mine)} of worker {index})"
+        marker = finished(run, shard)
+        if marker is not None:
+            log.info("%s: done before (pid %d), skipped", where, marker.pid)
+            continue
+        done = _score(run, model, reader, shard, index, count)
+        computed, rows, busy = computed + 1, rows + done.rows, busy + done.seconds
+        log.info("%s: %d rows in %.3f s (%.0f rows/s)", where, done.rows, done.seconds,
+                 done.rows / max(done.seconds, 1e-9))  # fmt: skip
+    return WorkerResult(index, count, len(mine), computed, len(mine) - computed, rows, busy)
+
+
+def _score(run: Run, model: OnnxModel, reader: ShardReader, shard: Shard, index: int, count: int) -> Marker:
+    """Read, score and write one shard, then its marker (the marker last: it vouches for the outputs)."""
+    started_at, began = time.time(), time.perf_counter()
+    outputs = infer(
+        model, reader.read(shard), run.config.batch_size, f"{shard.file}: rows {shard.start}-{shard.stop}"
+    )
+    _write_npz(run.layout.part(shard.index), outputs)
+    marker = Marker.model_validate(
+        {
+            **run.expected(shard),
+            "seconds": time.perf_counter() - began,
+            "started_at": started_at,
+            "finished_at": time.time(),
+            "worker": index,
+            "workers": count,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+    )
+    # Not synced: the outputs it vouches for are, and a marker lost or cut short by a machine crash
+    # only makes the shard run again (one sync per shard instead of two; a sync costs ~5 ms here).
+    _write_json(run.layout.marker(shard.index), marker, durable=False)
+    return marker
+
+
+def infer(
+    model: OnnxModel, rows: Mapping[str, np.ndarray], batch_size: int, where: str
+) -> dict[str, np.ndarray]:
+    """The model's outputs for `rows`, run `batch_size` rows at a time from the first."""
+    total = len(next(iter(rows.values())))
+    pieces: dict[str, list[np.ndarray]] = {name: [] for name in model.output_names}
+    for start in range(0, total, batch_size):
+        feeds = {name: array[start : start + batch_size] for name, array in rows.items()}
+        try:
+            outputs = model.run(feeds)
+        except Exception as exc:  # ONNX Runtime's run errors (e.g. an index out of range) share no base
+            raise BatchError(f"{where}: ONNX Runtime failed on these rows: {one_line(exc)}") from None
+        for name, value in outputs.items():
+            pieces[name].append(value)
+    return {name: np.concatenate(parts) for name, parts in pieces.items()}
+
+
+# ------------------------------------------------------------------------------------------ aggregate
+
+
+def _signature(
+    config: BatchConfig, directory: Path, manifest: Manifest, variant: Variant
+) -> tuple[TensorSpec, ...]:
+    """The variant's inputs: the manifest's, or ONNX Runtime's when the manifest does not list them."""
+    if variant.inputs:
+        return variant.inputs
+    return _load_model(config, directory, manifest, variant).inputs
+
+
+def aggregate(config: BatchConfig) -> Summary:
+    """Join every shard's outputs in input order into ``predictions.npz`` and write ``summary.json``
+    (the summary first: a run with predictions always has one). Raises BatchError when a shard is not
+    done, or when the output holds a finished run and overwrite is off."""
+    directory, manifest, variant = _manifest(config)
+    run = _open_run(config, directory, manifest, variant, _signature(config, directory, manifest, variant))
+    layout = run.layout
+    with _locked(layout):
+        if layout.predictions.exists() and not config.overwrite:
+            raise _refuse_finished(layout)
+        markers = _finished_markers(run)
+        outputs = _join(run, markers)
+        summary = summarise(run, markers, outputs)
+        _write_json(layout.summary, summary)
+        _write_npz(layout.predictions, outputs)
+    return summary
+
+
+def _finished_markers(run: Run) -> list[Marker]:
+    found = [finished(run, shard) for shard in run.shards]
+    missing = [s.name for s, m in zip(run.shards, found, strict=True) if m is None]
+    if missing:
+        shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
+        raise BatchError(
+            f"{len(missing)} of {len(run.shards)} shards are not done in {run.layout.shards} ({shown}): "
+            "run the workers (frugal batch-worker) again to finish them"
+        )
+    return [m for m in found if m is not None]
+
+
+def _join(run: Run, markers: Sequence[Marker]) -> dict[str, np.ndarray]:
+    pieces: dict[str, list[np.ndarray]] = {}
+    for marker in markers:
+        part = run.layout.part(marker.shard)
+        try:
+            with np.load(part, allow_pickle=False) as handle:
+                arrays = {name: handle[name] for name in handle.files}
+        except (OSError, ValueError) as exc:
+            raise BatchError(
+                f"{part} is unreadable ({one_line(exc)}): delete {run.layout.marker(marker.shard).name} "
+                "and run the workers again to recompute it"
+            ) from None
+        for name, array in arrays.items():
+            if len(array) != marker.rows:
+                raise BatchError(f"{part}: {name!r} has {len(array)} rows, its marker says {marker.rows}")
+            pieces.setdefault(name, []).append(array)
+    try:
+        return {name: np.concatenate(parts) for name, parts in pieces.items()}
+    except ValueError as exc:
+        raise BatchError(f"the shards' outputs cannot be joined in one array each: {one_line(exc)}") from None
+
+
+def summarise(run: Run, markers: Sequence[Marker], outputs: Mapping[str, np.ndarray]) -> Summary:
+    """The summary of a finished run from its markers (wall time: first shard start to last end)."""
+    rows = sum(m.rows for m in markers)
+    started, finished = min(m.started_at for m in markers), max(m.finished_at for m in markers)
+    seconds = max(finished - started, 1e-9)
+    busy = sum(m.seconds for m in markers)
+    cost, energy = price(busy, run.config)
+    return Summary.model_validate(
+        {
+            "model": run.manifest.model,
+            "variant": run.variant.name,
+            "rows": rows,
+            "shards": len(markers),
+            "workers": sorted({m.worker for m in markers}),
+            "processes": len({(m.host, m.pid) for m in markers}),
+            "started_at": started,
+            "finished_at": finished,
+            "seconds": seconds,
+            "rows_per_second": rows / seconds,
+            "busy_seconds": busy,
+            "cost_usd": cost,
+            "energy_joules": energy,
+            "cost_per_million_rows_usd": cost / rows * 1e6 if cost is not None and rows else None,
+            "outputs": {name: list(array.shape) for name, array in outputs.items()},
+        }
+    )
+
+
+def summary_json(summary: Summary) -> str:
+    return json.dumps(summary.model_dump(by_alias=True), sort_keys=True)

@@ -1,0 +1,297 @@
+"""A batch's input: which files, how many rows, cut into shards, checked against the model's inputs.
+
+The input is an ``.npz`` file, a ``.parquet`` file, or a directory of such files read in name order.
+An ``.npz`` holds one array per model input (other keys, e.g. ``labels``, are ignored), as the
+compression component's data files do; a ``.parquet`` holds one column per input, each row a scalar
+or a (nested) list of one length (a vector or matrix input), as `frugal.compression.loaders` reads
+them. Serving never imports compression, so the reading is written again here.
+
+Each file is cut into ranges of ``rowsPerShard`` rows, numbered across files in input order, so
+every worker and the aggregator derive the same shards from the input alone. Planning reads only
+metadata (an ``.npz`` member's header, a ``.parquet`` footer), so a worker does not read the whole
+dataset to find its share; what only the rows can tell (the lengths of a list column's rows, nulls)
+is checked when a shard is read. Every problem is a :class:`BatchError` with a one-line message
+naming the file, the input and what the model expects.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from frugal.serving.datatypes import oip_of_numpy
+from frugal.serving.server.artifacts import TensorSpec
+
+SUFFIXES = (".npz", ".parquet")
+PVC_ROOT_ENV = "FRUGAL_PVC_ROOT"
+
+
+class BatchError(Exception):
+    """The batch cannot run as asked; the message (one line) says what is wrong and where."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (library messages often span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def local_path(uri: str, field: str) -> Path:
+    """A plain path or ``file://`` as is; ``pvc://claim/path`` under ``$FRUGAL_PVC_ROOT`` (where a
+    claim is mounted). Object stores are not read by the worker: the operator mounts claims instead."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.netloc + parsed.path if parsed.scheme == "file" else uri)
+    if parsed.scheme == "pvc":
+        root = os.environ.get(PVC_ROOT_ENV)
+        if not root:
+            raise BatchError(f"{field}: {uri} is on a PersistentVolumeClaim; mount it and set {PVC_ROOT_ENV}")
+        return Path(root) / parsed.netloc / parsed.path.lstrip("/")
+    raise BatchError(f"{field}: {uri}: a batch reads local paths, file:// or pvc:// (not {parsed.scheme}://)")
+
+
+def input_files(root: Path) -> list[Path]:
+    """The input's files in input order: the file itself, or a directory's data files by name."""
+    if root.is_dir():
+        files = sorted(
+            (p for p in root.iterdir() if p.suffix.lower() in SUFFIXES and not p.name.startswith(".")),
+            key=lambda p: p.name,
+        )
+        files = [p for p in files if p.is_file()]
+        if not files:
+            raise BatchError(f"input {root} holds no .npz or .parquet files")
+        return files
+    if not root.exists():
+        raise BatchError(f"input {root} does not exist")
+    if root.suffix.lower() not in SUFFIXES:
+        raise BatchError(f"input {root} is neither an .npz nor a .parquet file (nor a directory of them)")
+    return [root]
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def describe_spec(spec: TensorSpec) -> str:
+    return f"{spec.datatype} {list(spec.shape)}"
+
+
+def check_column(
+    path: Path, spec: TensorSpec, shape: Sequence[int | None], dtype: np.dtype[Any] | None
+) -> None:
+    """The column must have the spec's rank, fixed dimensions and datatype (None: not known yet)."""
+    where = f"{path}: input {spec.name!r}"
+    shown = [d if d is not None else "?" for d in shape]
+    if len(shape) != len(spec.shape):
+        raise BatchError(
+            f"{where} has shape {shown} (rank {len(shape)}), the model expects {describe_spec(spec)} "
+            f"(rank {len(spec.shape)}, -1 = any size)"
+        )
+    for axis, (got, want) in enumerate(zip(shape, spec.shape, strict=True)):
+        if axis and want >= 0 and got is not None and got != want:
+            raise BatchError(
+                f"{where} has shape {shown}, the model expects {describe_spec(spec)} (dim {axis} must be {want})"
+            )
+    datatype = oip_of_numpy(dtype) if dtype is not None else None
+    if datatype != spec.datatype:
+        got_type = f"{datatype} ({dtype})" if datatype else f"of a type with no tensor datatype ({dtype})"
+        raise BatchError(f"{where} is {got_type}, the model expects {spec.datatype}")
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+@dataclass(frozen=True)
+class Column:
+    """What a file's metadata says of one input: its shape (None: known only from the rows) and dtype."""
+
+    shape: tuple[int | None, ...]
+    dtype: np.dtype[Any] | None
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: Path
+    rows: int
+
+
+def describe(path: Path, specs: Sequence[TensorSpec]) -> FileInfo:
+    """The file's row count, after checking from its metadata that it holds every input as the model
+    expects it (raises BatchError)."""
+    columns = _parquet_columns(path) if path.suffix.lower() == ".parquet" else _npz_columns(path)
+    kind = "column" if path.suffix.lower() == ".parquet" else "array"
+    rows: set[int | None] = set()
+    for spec in specs:
+        if spec.name not in columns:
+            raise BatchError(
+                f"{path}: no {kind} named {spec.name!r}; the model's inputs are {[s.name for s in specs]} "
+                f"(the file has {sorted(columns)})"
+            )
+        column = columns[spec.name]
+        check_column(path, spec, column.shape, column.dtype)
+        rows.add(column.shape[0])
+    if len(rows) > 1:
+        raise BatchError(f"{path}: the inputs have different numbers of rows {sorted(r or 0 for r in rows)}")
+    return FileInfo(path, int(rows.pop() or 0))
+
+
+def _npz_columns(path: Path) -> dict[str, Column]:
+    """Each array's shape and dtype from its ``.npy`` header, without reading the array."""
+    columns: dict[str, Column] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if member.endswith(".npy"):
+                    with archive.open(member) as handle:
+                        version = np.lib.format.read_magic(handle)
+                        read = (
+                            np.lib.format.read_array_header_1_0
+                            if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0
+                        )
+                        shape, _, dtype = read(handle)
+                    columns[member.removesuffix(".npy")] = Column(tuple(shape), np.dtype(dtype))
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise BatchError(f"cannot read {path} as .npz ({one_line(exc)})") from None
+    return columns
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.compute
+        import pyarrow.parquet
+    except ImportError:
+        raise BatchError("reading .parquet needs pyarrow, which this installation lacks") from None
+    return pyarrow
+
+
+def _parquet_columns(path: Path) -> dict[str, Column]:
+    """Each column's rank, fixed list sizes and leaf dtype from the file's footer."""
+    pa = _pyarrow()
+    try:
+        handle = pa.parquet.ParquetFile(path)
+        rows, schema = handle.metadata.num_rows, handle.schema_arrow
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise BatchError(f"cannot read {path} as .parquet ({one_line(exc)})") from None
+    columns: dict[str, Column] = {}
+    for field in schema:
+        shape: list[int | None] = [rows]
+        leaf = field.type
+        while _is_list(pa, leaf):
+            shape.append(leaf.list_size if pa.types.is_fixed_size_list(leaf) else None)
+            leaf = leaf.value_type
+        columns[field.name] = Column(tuple(shape), _leaf_dtype(leaf))
+    return columns
+
+
+def _is_list(pa: Any, kind: Any) -> bool:
+    return bool(pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind))
+
+
+def _leaf_dtype(leaf: Any) -> np.dtype[Any] | None:
+    try:
+        return np.dtype(leaf.to_pandas_dtype())
+    except (NotImplementedError, TypeError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------ shards
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``start:stop`` of one input file; ``index`` counts shards across files in input order."""
+
+    index: int
+    file: Path
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.index:05d}"
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+def plan(files: Sequence[FileInfo], rows_per_shard: int) -> list[Shard]:
+    """Every file cut into ranges of `rows_per_shard` rows (the last of a file may be shorter); an empty
+    file has no shards."""
+    shards: list[Shard] = []
+    for info in files:
+        for start in range(0, info.rows, rows_per_shard):
+            shards.append(Shard(len(shards), info.path, start, min(start + rows_per_shard, info.rows)))
+    return shards
+
+
+class ShardReader:
+    """Reads shards' rows, keeping the last file's arrays: a worker's shards of one file follow each
+    other, and reading a whole file again per shard would cost a quadratic amount of reading."""
+
+    def __init__(self, specs: Sequence[TensorSpec]) -> None:
+        self.specs = tuple(specs)
+        self._file: Path | None = None
+        self._arrays: Mapping[str, Any] = {}
+
+    def read(self, shard: Shard) -> dict[str, np.ndarray]:
+        if self._file != shard.file:
+            self._arrays = self._load(shard.file)
+            self._file = shard.file
+        rows: dict[str, np.ndarray] = {}
+        for spec in self.specs:
+            array = self._rows(shard, self._arrays[spec.name], spec.name)
+            check_column(shard.file, spec, array.shape, array.dtype)
+            rows[spec.name] = array
+        return rows
+
+    def _load(self, path: Path) -> Mapping[str, Any]:
+        names = [spec.name for spec in self.specs]
+        if path.suffix.lower() == ".parquet":
+            pa = _pyarrow()
+            try:
+                table = pa.parquet.read_table(path, columns=names)
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                raise BatchError(f"cannot read {path} as .parquet ({one_line(exc)})") from None
+            return {name: table.column(name) for name in names}
+        try:
+            with np.load(path, allow_pickle=False) as handle:
+                return {name: handle[name] for name in names}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            raise BatchError(f"cannot read {path} as .npz ({one_line(exc)})") from None
+
+    @staticmethod
+    def _rows(shard: Shard, column: Any, name: str) -> np.ndarray:
+        if isinstance(column, np.ndarray):
+            return column[shard.start : shard.stop]
+        return parquet_rows(column.slice(shard.start, shard.rows), shard.file, name)
+
+
+def parquet_rows(column: Any, path: Path, name: str) -> np.ndarray:
+    """A (chunked) Arrow column as one array: a list level becomes a dimension when all its rows have
+    one length (fixed-size lists always do); nulls and ragged rows are a BatchError."""
+    pa = _pyarrow()
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    rows, dims = len(array), []
+    while True:
+        if array.null_count:
+            raise BatchError(f"{path}: column {name!r} has missing values (nulls) among rows")
+        if not _is_list(pa, array.type):
+            break
+        lengths = np.unique(pa.compute.list_value_length(array).to_numpy(zero_copy_only=False))
+        if len(lengths) > 1:
+            raise BatchError(
+                f"{path}: column {name!r} has rows of different lengths {lengths[:5].tolist()}; "
+                "a model input needs rows of one shape"
+            )
+        dims.append(int(lengths[0]) if len(lengths) else 0)
+        array = array.flatten()
+    flat = array.to_numpy(zero_copy_only=False)
+    return flat.reshape(rows, *dims)
