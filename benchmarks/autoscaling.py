@@ -33,6 +33,21 @@ saturated latency; the backlog carries over to the next interval. SLO attainment
 all requests answered within the p95 target. Cost = replica-hours (replicas asked for, starting ones
 included) x costPerHour + kWh x 0.15 USD; power = idle watts per replica + (max - idle) x busy share.
 
+Re-planning (issue 13; ``--replan-window``, ``--no-replanning``): the operator's
+:func:`frugal.operator.decision.replanning.replan` once per tick after the policy, fed the plan at
+the rate the policy saw (:func:`scaling.plan_at_load` over a status.variants with every profiled
+variant on two hardware profiles, the planner's 10% tolerance; window 300 s and cooldown 600 s by
+default). A rollover starts the target's replicas (the plan's count at that load, at least the
+policy's floor) beside the serving ones, costing from that moment; the serving option keeps serving
+and being autoscaled; once all the new pods are ready the traffic (and any queue) moves to them, the
+old ones stop, and the policy on the new option starts from a fresh Memory whose prior is the
+option's profiled throughput. No re-planning while a rollover is under way. A run starts where the
+deploy-time plan (no expected load: each option's replica priced flat out) puts it. The second
+profile is *modelled*, not measured (this machine has one kind of CPU): see ``OTHER_HARDWARE``
+for what is assumed. The rows: frugal fixed on each profile, with re-planning, with re-planning
+priced with the replicas' measured saturation instead of the profiling Job's numbers, and, where the
+trace has idle time, with re-planning and minReplicas 0.
+
 Traces (``t_seconds,rps`` CSV, linear interpolation): the shipped ones are in multiples of one
 replica's measured SLO capacity (``--trace-unit capacity``, the default) and scaled per model; use
 ``--trace-unit rps`` for absolute request rates. ``--write-traces`` regenerates the shipped ones
@@ -41,6 +56,7 @@ replica's measured SLO capacity (``--trace-unit capacity``, the default) and sca
     python benchmarks/autoscaling.py                       # both models, every shipped trace
     python benchmarks/autoscaling.py --model digits --trace benchmarks/traces/spiky.csv --json
     python benchmarks/autoscaling.py --measure --model minilm   # re-measure, then simulate
+    python benchmarks/autoscaling.py --replan-window 900        # re-planning with a 15-minute window
 """
 
 from __future__ import annotations
@@ -76,8 +92,9 @@ from frugal.operator.api.spec import (
     parse_hardware_profile,
     parse_model_deployment,
 )
-from frugal.operator.decision import artifact_files, decide, observations, planner, scaling
+from frugal.operator.decision import artifact_files, decide, observations, planner, replanning, scaling
 from frugal.operator.decision.autoscaling import Memory, Targets, recommend
+from frugal.operator.decision.replanning import IDLE_RPS, Choice, ReplanMemory, ReplanSettings, replan
 from frugal.operator.decision.scaling import duration_seconds, targets_for
 from frugal.operator.manifests import container_commands, serving_objects
 
@@ -660,6 +677,21 @@ class Replica:
             float(slo_capacity),
         )
 
+    def scaled(self, multiple: float, max_batch: int, start_s: float | None = None) -> Replica:
+        """A modelled replica that serves `multiple` times the rate at the same latency distribution
+        and CPU share at the same utilisation (a wider one, not a faster one): by Little's law it then
+        holds `multiple` times the requests, in its queue and in its batches (at most `max_batch`).
+        The same pod start unless `start_s` is given."""
+        return dataclasses.replace(
+            self,
+            saturation_rps=self.saturation_rps * multiple,
+            grid=self.grid * multiple,
+            batch=np.clip(self.batch * multiple, 1.0, float(max_batch)),
+            capacity_rps=self.capacity_rps * multiple,
+            slo_capacity_rps=self.slo_capacity_rps * multiple,
+            start_s=self.start_s if start_s is None else start_s,
+        )
+
     def index(self, rate: float) -> int:
         return min(len(self.grid) - 1, max(0, round(rate / self.saturation_rps * (len(self.grid) - 1))))
 
@@ -881,6 +913,7 @@ class Scenario:
     max_watts: float
     max_replicas: int
     static_replicas: int
+    profile: str = ""  # the hardware profile the replicas run on
 
 
 @dataclass
@@ -902,19 +935,51 @@ class Result:
         return dataclasses.asdict(self)
 
 
-def simulate(scenario: Scenario, scaler: Any, initial: int) -> Result:
-    replica = scenario.replica
+@dataclass
+class Fleet:
+    """The replicas of one option in a run: the ones serving, or during a rollover the ones starting
+    beside them; the pod-seconds they have cost so far."""
+
+    label: str  # the hardware profile (what the tables name)
+    replica: Replica
+    cost_per_hour: float
+    idle_watts: float
+    max_watts: float
+    scaler: Any
+    pods: list[float]  # ready_at per pod: its length is the replicas asked for
+    choice: Choice | None = None
+    replica_seconds: float = 0.0
+    serving_seconds: float = 0.0
+
+
+def simulate(scenario: Scenario, scaler: Any, initial: int, replanner: Replanner | None = None) -> Result:
+    """One run of `scaler` on the scenario's replicas from `initial` of them. With `replanner` the run
+    re-plans at every tick (after the policy) and rolls over: the target's replicas start beside the
+    serving ones and cost from that moment, the serving option keeps serving and being autoscaled,
+    and once every new pod is ready the traffic (and any queue) moves to them and the old ones stop."""
+    fleet = Fleet(
+        scenario.profile,
+        scenario.replica,
+        scenario.cost_per_hour,
+        scenario.idle_watts,
+        scenario.max_watts,
+        scaler,
+        [0.0] * initial,
+        None if replanner is None else replanner.start,
+    )
+    fleets = [fleet]
+    starting: Fleet | None = None  # the new option's replicas during a rollover
+    replica = fleet.replica
     steps = len(scenario.rates)
     bounds_ms = np.array(LATENCY_BUCKETS_S) * 1000.0
-    slo = replica.slo_ms
+    bounds_slo = np.append(bounds_ms, replica.slo_ms)  # the buckets, then the SLO
     max_queue = scenario.md.max_queue_size
     completions = np.zeros(steps)
     buckets = np.zeros((steps, len(bounds_ms) + 1))  # cumulative counts per bucket, +Inf last
     cpu_util = np.zeros(steps)
-    pods: list[float] = [0.0] * initial  # ready_at per pod
-    requested = initial
-    backlog = within = refused = replica_seconds = joules = 0.0
-    events = peak = 0
+    pods = fleet.pods
+    backlog = within = refused = joules = 0.0
+    events = 0
     peak = initial
     tick_every = round(TICK_S / STEP_S)
     metrics_steps = round(METRICS_WINDOW_S / STEP_S)
@@ -928,9 +993,15 @@ def simulate(scenario: Scenario, scaler: Any, initial: int) -> Result:
     for s in range(steps):
         t = s * STEP_S
         rate = scenario.rates[s]
+        if starting is not None and all(at <= t for at in starting.pods):
+            # The new option is ready: the traffic, and the queue, move to it; the old one stops.
+            fleet.pods.clear()
+            fleet, starting = starting, None
+            replica, pods, mean_latency = fleet.replica, fleet.pods, fleet.replica.mean_ms()
         ready = sum(1 for at in pods if at <= t)
         arrivals = rate * STEP_S
-        replica_seconds += requested * STEP_S
+        fleet.replica_seconds += len(pods) * STEP_S
+        fleet.serving_seconds += STEP_S
         if ready == 0:
             if holds:  # the front holds what arrives at zero, up to its bound and deadline
                 room = max(0.0, max_queue - sum(n for _, n in held))
@@ -956,7 +1027,7 @@ def simulate(scenario: Scenario, scaler: Any, initial: int) -> Result:
             pass
         elif backlog <= 0.0 and rate < mu:
             k = replica.index(rate / ready)
-            cdf = replica.cdf(k, np.append(bounds_ms, slo))
+            cdf = replica.cdf(k, bounds_slo)
             within += arrivals * cdf[-1]
             buckets[s, :-1] += arrivals * cdf[:-1]
             buckets[s, -1] += arrivals
@@ -971,7 +1042,7 @@ def simulate(scenario: Scenario, scaler: Any, initial: int) -> Result:
             accepted = arrivals - lost
             middle = min(cap, max(0.0, backlog + (rate - mu) * STEP_S / 2.0))
             wait_ms = middle / mu * 1000.0
-            cdf = replica.cdf(top, np.append(bounds_ms, slo), wait_ms)
+            cdf = replica.cdf(top, bounds_slo, wait_ms)
             within += accepted * cdf[-1]
             refused += lost
             buckets[s, :-1] += accepted * cdf[:-1]
@@ -982,9 +1053,10 @@ def simulate(scenario: Scenario, scaler: Any, initial: int) -> Result:
             queue_gauge = backlog + rate * max(0.0, mean_latency[top] - mean_latency[0]) / 1000.0
             inflight_gauge = backlog + ready * replica.batch[top]
         busy = min(ready, completions[s] / STEP_S / replica.saturation_rps) if ready else 0.0
-        joules += (
-            requested * scenario.idle_watts + busy * (scenario.max_watts - scenario.idle_watts)
-        ) * STEP_S
+        joules += (len(pods) * fleet.idle_watts + busy * (fleet.max_watts - fleet.idle_watts)) * STEP_S
+        if starting is not None:  # started, not serving yet: idle power
+            starting.replica_seconds += len(starting.pods) * STEP_S
+            joules += len(starting.pods) * starting.idle_watts * STEP_S
         if (s + 1) % tick_every:
             continue
         now = t + STEP_S
@@ -996,13 +1068,14 @@ def simulate(scenario: Scenario, scaler: Any, initial: int) -> Result:
             0.95, [*zip(LATENCY_BUCKETS_S, counts[:-1], strict=True), (math.inf, counts[-1])]
         )
         k = replica.index(served / ready) if ready else 0
+        requested = len(pods)
         values = {
             "request_rate": served,
             "queue_depth": queue_gauge,
             "inflight": inflight_gauge,
             "mean_batch_size": float(replica.batch[k]),
-            "watts": ready * scenario.idle_watts
-            + min(ready, served / replica.saturation_rps) * (scenario.max_watts - scenario.idle_watts),
+            "watts": ready * fleet.idle_watts
+            + min(ready, served / replica.saturation_rps) * (fleet.max_watts - fleet.idle_watts),
         }
         if p95 is not None:
             values["latency_p95_seconds"] = p95
@@ -1016,38 +1089,300 @@ def simulate(scenario: Scenario, scaler: Any, initial: int) -> Result:
         )
         cpu = float(cpu_util[max(0, s + 1 - cpu_steps) : s + 1].mean())
         view = View(now, requested, ready, observation, served, cpu, float(rate))
-        wanted = int(scaler.decide(view))
+        wanted = int(fleet.scaler.decide(view))
         if wanted != requested:
             events += 1
             if wanted > requested:
                 pods += [now + replica.start_s] * (wanted - requested)
             else:
-                pods = sorted(pods)[:wanted]  # the newest (starting) pods go first
-            requested = wanted
-            peak = max(peak, requested)
+                pods[:] = sorted(pods)[:wanted]  # the newest (starting) pods go first
+        if replanner is not None and starting is None and fleet.choice is not None:
+            # the operator's order: the policy, then re-planning at the rate the policy saw
+            move = replanner.tick(served, fleet.choice, now)
+            if move is not None:
+                option, count = move
+                starting = replanner.fleet(option, count, now, scaler.name)
+                fleets.append(starting)
+        starting_pods = 0 if starting is None else len(starting.pods)
+        peak = max(peak, len(pods) + starting_pods)
     total = float(scenario.rates.sum() * STEP_S)
     energy_kwh = joules / 3.6e6
-    replica_hours = replica_seconds / 3600.0
+    replica_hours = sum(f.replica_seconds for f in fleets) / 3600.0
+    cost_usd = sum(f.replica_seconds / 3600.0 * f.cost_per_hour for f in fleets)
     notes: dict[str, Any] = {}
     if isinstance(scaler, Frugal):
-        notes = {"reasons": dict(scaler.reasons), "capacity_rps_end": scaler.memory.capacity_rps}
+        reasons: Counter[str] = Counter()
+        for f in fleets:
+            reasons.update(f.scaler.reasons)
+        notes = {"reasons": dict(reasons), "capacity_rps_end": fleet.scaler.memory.capacity_rps}
     if waits:
         held_total = sum(n for _, n in waits)
         notes["held_requests"] = held_total
         notes["mean_wake_wait_s"] = sum(w * n for w, n in waits) / held_total if held_total else 0.0
+    if replanner is not None:
+        serving: dict[str, float] = {}
+        for f in fleets:
+            serving[f.label] = serving.get(f.label, 0.0) + f.serving_seconds / 3600.0
+        notes |= {
+            "rollovers": replanner.rollovers,
+            "serving_hours": dict(serving),
+            "ended_on": str(fleet.choice),
+            "replan_reasons": dict(replanner.reasons),
+            "replan_log": replanner.messages[:40],
+        }
     return Result(
         scenario.model,
         scenario.trace,
         scaler.name,
         replica_hours,
         energy_kwh,
-        replica_hours * scenario.cost_per_hour + energy_kwh * PRICE_PER_KWH,
+        cost_usd + energy_kwh * PRICE_PER_KWH,
         within / total if total else 1.0,
         events,
         peak,
         total,
         refused,
         notes,
+    )
+
+
+# ------------------------------------------------------------------------------------------ re-planning
+
+# The other hardware re-planning may move a model to. This machine has one kind of CPU, so it is
+# modelled, not measured: a replica of it is the measured replica with its rate axis stretched by
+# `throughput_multiple` (the same latency distribution at the same utilisation, so that multiple of
+# its queue and batch, up to maxBatchSize: Replica.scaled; the same pod start unless --replan-start-s
+# says otherwise), and its profiled throughput is each variant's profiled row times the same multiple. MiniLM's is the example's own second profile (gpu-t4: the price and power
+# of examples/hardwareprofiles.yaml) with an assumed 9x one CPU replica's throughput (~5,000
+# sentences/s); digits' example names one profile, so its second is hypothetical: a 16-CPU share of
+# the same CPU at 16x the throughput (linear scaling) and 16x the power, priced at 0.22 USD/h instead
+# of 16 x 0.02 (a bigger share at a discount). Both multiples and the digits price are assumptions,
+# chosen so that the cheaper option changes inside the traces' range (about 4.5 replicas' worth).
+CPU_X16 = {
+    "apiVersion": "frugal.dev/v1alpha1",
+    "kind": "HardwareProfile",
+    "metadata": {"name": "cpu-x16"},
+    "spec": {
+        "accelerator": {"kind": "cpu", "model": "x86-64", "count": 16},
+        "resources": {"requests": {"cpu": "16", "memory": "8Gi"}, "limits": {"cpu": "16", "memory": "8Gi"}},
+        "executionProvider": "CPUExecutionProvider",
+        "costPerHour": "0.22",
+        "power": {"idleWatts": 80, "maxWatts": 240},
+    },
+}
+
+
+@dataclass(frozen=True)
+class OtherHardware:
+    profile: str  # a HardwareProfile of examples/hardwareprofiles.yaml, or CPU_X16's
+    throughput_multiple: float  # assumed: one of its replicas serves this many measured replicas' worth
+    document: dict[str, Any] | None = None  # the profile, when it is not in examples/hardwareprofiles.yaml
+
+
+OTHER_HARDWARE = {
+    "digits": OtherHardware("cpu-x16", 16.0, CPU_X16),
+    "minilm": OtherHardware("gpu-t4", 9.0),
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One (variant, hardware profile) a run may serve on: its replica model, price and power."""
+
+    choice: Choice
+    replica: Replica
+    cost_per_hour: float
+    idle_watts: float
+    max_watts: float
+    measured: bool  # the replica measured on this machine (else scaled from it)
+    prior_rps: float  # its throughput as the plan has it, and the policy's capacity prior on it
+
+
+@dataclass
+class ReplanSetup:
+    """What re-planning prices with, as the operator would have it: the ModelDeployment with both
+    profiles among spec.serving.hardwareProfiles, status.variants with every variant's profiled row
+    on each, the HardwareProfiles, and an Option for every row."""
+
+    model: str
+    md: ModelDeploymentSpec
+    status: dict[str, Any]
+    profiles: dict[str, HardwareProfileSpec]
+    options: dict[Choice, Option]
+    deployed: Choice  # the deploy-time plan's choice (no expected load: a replica flat out)
+    measured: Choice
+    other: OtherHardware
+
+
+def replan_setup(
+    model: str, data: dict[str, Any], start_s: float | None, measured_capacity: bool = False
+) -> ReplanSetup:
+    """`measured_capacity`: price every option (and start the policy on it) with its replica's
+    measured saturation throughput instead of the profiling Job's number, as the main table's
+    "frugal, measured capacity" row does for the policy alone."""
+    example, other = EXAMPLES[model], OTHER_HARDWARE[model]
+    documents = []
+    for name in (example.file, "examples/hardwareprofiles.yaml"):
+        documents += parse_yaml((ROOT / name).read_text(encoding="utf-8"), name)
+    if other.document is not None:
+        documents.append(other.document)
+    document = next(d for d in documents if d.get("kind") == "ModelDeployment")
+    serving = document["spec"]["serving"]
+    if other.profile not in serving["hardwareProfiles"]:
+        document = json.loads(json.dumps(document))  # a copy with the other profile added
+        document["spec"]["serving"]["hardwareProfiles"] = [*serving["hardwareProfiles"], other.profile]
+    md = parse_model_deployment(document)
+    hardware = [parse_hardware_profile(d) for d in documents if d.get("kind") == "HardwareProfile"]
+    profiles = {p.name: p for p in hardware if p.name in (example.hardware_profile, other.profile)}
+    measured_replica = Replica.from_measurements(data, md.latency_p95_ms)
+    rows = data["profiling"]["profile_rows"]
+    base = next(float(r["throughputRps"]) for r in rows if r["name"] == data["variant"])
+    multiples = {example.hardware_profile: 1.0, other.profile: other.throughput_multiple}
+    # Sizes and accuracy drops are not in the measurement file: 0 here. Every variant profiled was
+    # within the accuracy budget when measured (the plan_reason says so), so this changes no
+    # feasibility; it only leaves ties among near-equal costs to power, then cost, then names.
+    status = {
+        "variants": [
+            {
+                "name": r["name"],
+                "sizeBytes": 0,
+                "metric": {"name": "accuracy", "drop": 0.0},
+                "profiles": [
+                    {
+                        "hardwareProfile": name,
+                        "shards": int(r.get("shards") or 1),
+                        "latencyP95Ms": float(r["latencyP95Ms"]),
+                        "throughputRps": float(r["throughputRps"]) * multiple,
+                    }
+                    for name, multiple in multiples.items()
+                ],
+            }
+            for r in rows
+        ]
+    }
+    options = {}
+    for entry in status["variants"]:
+        for row in entry["profiles"]:
+            choice = Choice(entry["name"], row["hardwareProfile"], row["shards"])
+            profile = profiles[choice.profile]
+            exact = choice.variant == data["variant"] and choice.profile == example.hardware_profile
+            replica = (
+                measured_replica
+                if exact
+                else measured_replica.scaled(
+                    row["throughputRps"] / base,
+                    md.max_batch_size,
+                    start_s if choice.profile == other.profile else None,
+                )
+            )
+            if measured_capacity:
+                row["throughputRps"] = replica.saturation_rps
+            options[choice] = Option(
+                choice,
+                replica,
+                float(profile.cost_per_hour),
+                profile.idle_watts,
+                profile.max_watts,
+                exact,
+                row["throughputRps"],
+            )
+    variants = [
+        planner.Variant(
+            entry["name"],
+            entry["sizeBytes"],
+            entry["metric"]["drop"],
+            measurements=tuple(
+                planner.Measurement(r["hardwareProfile"], r["latencyP95Ms"], r["throughputRps"], r["shards"])
+                for r in entry["profiles"]
+            ),
+        )
+        for entry in status["variants"]
+    ]
+    candidates = [decide.planner_profile(profiles[name]) for name in md.serving_profiles]
+    deploy_time = planner.plan(variants, candidates, decide.objectives(md))
+    if deploy_time.chosen is None:
+        raise RuntimeError(f"the deploy-time plan chose nothing: {deploy_time.reason}")
+    measured = Choice(data["variant"], example.hardware_profile, md.shards)
+    return ReplanSetup(model, md, status, profiles, options, Choice.of(deploy_time.chosen), measured, other)
+
+
+class Replanner:
+    """The operator's re-planning, once per tick at the rate the policy saw: the plan at that load
+    (:func:`scaling.plan_at_load`, what status.planAtLoad shows), then :func:`replanning.replan`. A
+    rollover's target starts with the replicas the plan gives it at that load (at least the policy's
+    floor, at most maxReplicas), under the same policy with a fresh Memory whose capacity prior is the
+    target's throughput as the plan has it (``Option.prior_rps``: the profiled one unless the setup
+    is priced with measured capacity). No re-planning while a rollover is under way."""
+
+    def __init__(self, setup: ReplanSetup, targets: Targets, settings: ReplanSettings, start: Choice) -> None:
+        self.setup, self.targets, self.settings, self.start = setup, targets, settings, start
+        self.memory = ReplanMemory()
+        self.reasons: Counter[str] = Counter()
+        self.messages: list[str] = []
+        self.rollovers = 0
+
+    def tick(self, rate: float, running: Choice, now: float) -> tuple[Option, int] | None:
+        setup = self.setup
+        if rate <= 0 and self.targets.min_replicas >= 1:
+            # Idle with replicas kept: what plan_at_load does for a spec with minReplicas >= 1 (the
+            # example's spec may say 0; these rows keep a floor of 1).
+            rate = IDLE_RPS
+        plan = scaling.plan_at_load(setup.md, setup.status, setup.profiles, rate)
+        if plan is None:  # no load to price at (0 req/s): replan holds, NoLoad
+            plan = planner.Plan(None, (), "no load to price at")
+        decision, self.memory = replan(plan, running, self.settings, self.memory, now)
+        self.reasons[decision.reason.value] += 1
+        if not decision.roll_over or decision.target is None:
+            return None
+        row = plan.option(decision.target.variant, decision.target.profile, decision.target.shards)
+        wanted = row.replicas if row is not None and row.replicas else 1
+        count = max(1, self.targets.min_replicas, min(wanted, self.targets.max_replicas))
+        self.rollovers += 1
+        self.messages.append(f"t={now:.0f}s {decision.message} (starting {count})")
+        return setup.options[decision.target], count
+
+    def fleet(self, option: Option, count: int, now: float, name: str) -> Fleet:
+        """The target's replicas, asked for now, ready after its pod start."""
+        return Fleet(
+            option_label(self.setup, option.choice),
+            option.replica,
+            option.cost_per_hour,
+            option.idle_watts,
+            option.max_watts,
+            Frugal(option_targets(self.targets, option), name),
+            [now + option.replica.start_s] * count,
+            option.choice,
+        )
+
+
+def option_label(setup: ReplanSetup, choice: Choice) -> str:
+    return (
+        choice.profile
+        if choice.variant == setup.measured.variant
+        else f"{choice.variant} on {choice.profile}"
+    )
+
+
+def option_targets(targets: Targets, option: Option) -> Targets:
+    """The policy's targets on `option`: its `prior_rps` as the capacity prior, its price and power."""
+    return dataclasses.replace(
+        targets,
+        capacity_rps=option.prior_rps,
+        cost_per_replica_hour=option.cost_per_hour,
+        idle_watts=option.idle_watts,
+        max_watts=option.max_watts,
+    )
+
+
+def on_option(scenario: Scenario, setup: ReplanSetup, option: Option) -> Scenario:
+    """The scenario with `option`'s replicas, price and power."""
+    return dataclasses.replace(
+        scenario,
+        replica=option.replica,
+        cost_per_hour=option.cost_per_hour,
+        idle_watts=option.idle_watts,
+        max_watts=option.max_watts,
+        profile=option_label(setup, option.choice),
     )
 
 
@@ -1074,6 +1409,7 @@ def scenario_for(
         hp.max_watts,
         max_replicas,
         static,
+        hp.name,
     )
     targets = dataclasses.replace(
         targets_for(md, hp, replica.capacity_rps, metrics_window_s=METRICS_WINDOW_S),
@@ -1088,8 +1424,14 @@ def scenario_for(
 
 
 def run_all(
-    model: str, data: dict[str, Any], trace: Path, args: argparse.Namespace
-) -> tuple[list[Result], dict[str, Any]]:
+    model: str,
+    data: dict[str, Any],
+    trace: Path,
+    args: argparse.Namespace,
+    setups: tuple[ReplanSetup, ReplanSetup] | None = None,
+) -> tuple[list[Result], dict[str, Any], list[Result]]:
+    """Every policy on one (model, trace); with `setups` (priced with the profiled and with the
+    measured throughput), the re-planning rows too (the third list)."""
     scenario, targets, info = scenario_for(model, data, trace, args.trace_unit)
     replica = scenario.replica
     initial = max(1, math.ceil(scenario.rates[0] / (0.7 * replica.slo_capacity_rps)))
@@ -1138,7 +1480,54 @@ def run_all(
         best.notes = {"setting": value, "meets_slo": bool(meeting)}
         info[f"{label} tuned setting"] = value
         results.append(best)
-    return results, info
+    if setups is None:
+        return results, info, []
+    window = ReplanSettings(window_s=args.replan_window, cost_tolerance=decide.COST_TOLERANCE)
+    return results, info, run_replanning(scenario, targets, setups[0], results, window, setups[1])
+
+
+def run_replanning(
+    scenario: Scenario,
+    targets: Targets,
+    setup: ReplanSetup,
+    results: list[Result],
+    settings: ReplanSettings,
+    measured_setup: ReplanSetup | None = None,
+) -> list[Result]:
+    """The re-planning rows of one (model, trace): frugal fixed on each hardware profile (the measured
+    one is the main table's "frugal" row), then with re-planning, from the deploy-time plan's choice;
+    and with minReplicas 0 where the trace has idle time; with `measured_setup`, re-planning priced
+    with the replicas' measured throughput too."""
+    group = {r.policy: r for r in results}
+    measured = setup.options[setup.measured]
+    other = setup.options[Choice(setup.measured.variant, setup.other.profile, setup.measured.shards)]
+    asleep = dataclasses.replace(
+        targets, min_replicas=0, scale_to_zero_after_s=float(scaling.DEFAULT_SCALE_TO_ZERO_SECONDS)
+    )
+
+    def initial(option: Option) -> int:
+        return max(1, math.ceil(scenario.rates[0] / (0.7 * option.replica.slo_capacity_rps)))
+
+    fixed = dataclasses.replace(group["frugal"], policy=f"frugal, fixed {measured.choice.profile}")
+    rows = [fixed]
+    scaler = Frugal(option_targets(targets, other), f"frugal, fixed {other.choice.profile}")
+    rows.append(simulate(on_option(scenario, setup, other), scaler, initial(other)))
+    runs = [("frugal + re-planning", targets)]
+    if float(scenario.rates.min()) <= 0.0:  # idle time: scale to zero means something
+        zero = group["frugal, scale to zero"]
+        rows.append(
+            dataclasses.replace(zero, policy=f"frugal, fixed {measured.choice.profile}, scale to zero")
+        )
+        runs.append(("frugal + re-planning, scale to zero", asleep))
+    plans = [(name, run_targets, setup) for name, run_targets in runs]
+    if measured_setup is not None:
+        plans.append(("frugal + re-planning, measured capacity", targets, measured_setup))
+    for name, run_targets, priced in plans:
+        start = priced.options[priced.deployed]
+        replanner = Replanner(priced, run_targets, settings, start.choice)
+        scaler = Frugal(option_targets(run_targets, start), name)
+        rows.append(simulate(on_option(scenario, priced, start), scaler, initial(start), replanner))
+    return rows
 
 
 def replica_summary(model: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -1259,6 +1648,139 @@ def verdicts(results: list[Result]) -> list[dict[str, Any]]:
     return found
 
 
+def option_rows(setup: ReplanSetup) -> list[dict[str, Any]]:
+    """The options re-planning chooses among, and which of their numbers are measured."""
+    rows = []
+    for choice, option in setup.options.items():
+        replica = option.replica
+        rows.append(
+            {
+                "model": setup.model,
+                "option": str(choice),
+                "profile": choice.profile,
+                "variant": choice.variant,
+                "source": _source(setup, option),
+                "profiled_throughput_rps": replica.capacity_rps,
+                "saturation_rps": replica.saturation_rps,
+                "slo_capacity_rps": replica.slo_capacity_rps,
+                "cost_per_hour": option.cost_per_hour,
+                "idle_watts": option.idle_watts,
+                "max_watts": option.max_watts,
+                "start_s": replica.start_s,
+                "deploy_time_choice": choice == setup.deployed,
+            }
+        )
+    return rows
+
+
+def _source(setup: ReplanSetup, option: Option) -> str:
+    """Which of an option's numbers are measured."""
+    if option.measured:
+        return "measured"
+    scale = option.replica.saturation_rps / setup.options[setup.measured].replica.saturation_rps
+    if option.choice.profile == setup.measured.profile:
+        return f"throughput profiled; curve: the measured one x{scale:.3g}"
+    return f"modelled: {setup.other.throughput_multiple:g} x its row on {setup.measured.profile}"
+
+
+def _fixed(group: dict[str, Result], setup: ReplanSetup) -> tuple[Result, Result]:
+    return (
+        group[f"frugal, fixed {setup.measured.profile}"],
+        group[f"frugal, fixed {setup.other.profile}"],
+    )
+
+
+def replan_verdicts(
+    rows: list[Result], results: list[Result], setups: dict[str, ReplanSetup]
+) -> list[dict[str, Any]]:
+    """Per (model, trace): what re-planning (and scale to zero with it) costs and saves against each
+    fixed option: the measured one (A) and the modelled one (B), and which the deploy-time plan picks."""
+    found = []
+    for model, trace in dict.fromkeys((r.model, r.trace) for r in rows):
+        setup = setups[model]
+        group = {r.policy: r for r in rows if r.model == model and r.trace == trace}
+        a, b = _fixed(group, setup)
+        deployed = setup.deployed.profile
+
+        moved = group["frugal + re-planning"]
+        checks = {
+            "cheaper than the deploy-time choice": moved.cost_usd
+            < group[f"frugal, fixed {deployed}"].cost_usd,
+            "cheaper than both fixed": moved.cost_usd < min(a.cost_usd, b.cost_usd),
+            "slo>=99%": moved.slo_attainment >= SLO_TARGET,
+        }
+        line = (
+            f"{model} / {trace} (fixed SLO {100 * a.slo_attainment:.2f}% / {100 * b.slo_attainment:.2f}%; "
+            f"the deploy-time plan picks {deployed}): re-planning {_against(moved, a, b, setup)}"
+        )
+        for label, policy in (
+            ("priced with measured capacity", "frugal + re-planning, measured capacity"),
+            ("with scale to zero", "frugal + re-planning, scale to zero"),
+        ):
+            if policy in group:
+                line += f"; {label}: {_against(group[policy], a, b, setup)}"
+        status = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in checks.items())
+        found.append({"model": model, "trace": trace, "checks": checks, "line": f"{line} -> {status}"})
+    return found
+
+
+def _against(r: Result, a: Result, b: Result, setup: ReplanSetup) -> str:
+    return (
+        f"cost {r.cost_usd / a.cost_usd:.2f}x / {r.cost_usd / b.cost_usd:.2f}x and energy "
+        f"{r.energy_kwh / a.energy_kwh:.2f}x / {r.energy_kwh / b.energy_kwh:.2f}x of fixed "
+        f"{setup.measured.profile} / {setup.other.profile}, SLO {100 * r.slo_attainment:.2f}% "
+        f"({r.notes['rollovers']} rollover(s): {_served(r)})"
+    )
+
+
+def _served(result: Result) -> str:
+    hours = result.notes.get("serving_hours") or {}
+    return ", ".join(f"{h:.1f} h on {label}" for label, h in hours.items())
+
+
+def print_replanning(
+    rows: list[Result], results: list[Result], setups: dict[str, ReplanSetup], window_s: float
+) -> None:
+    print(
+        f"Re-planning (window {window_s:g} s, cooldown {2 * window_s:g} s, tolerance "
+        f"{decide.COST_TOLERANCE:.0%}): the options, A = measured, B = modelled"
+    )
+    print()
+    print(
+        "| model | option | numbers | profiled capacity | within SLO up to | costPerHour | idle-max W | pod start | deploy-time plan |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    for setup in setups.values():
+        for o in option_rows(setup):
+            print(
+                f"| {o['model']} | {o['option']} | {o['source']} | {o['profiled_throughput_rps']:.0f} req/s | "
+                f"{o['slo_capacity_rps']:.0f} req/s | {o['cost_per_hour']:g} | {o['idle_watts']:g}-{o['max_watts']:g} | "
+                f"{o['start_s']:.2f} s | {'chosen' if o['deploy_time_choice'] else ''} |"
+            )
+    print()
+    print(
+        "| model | trace | policy | served on | rollovers | SLO attainment | cost USD | energy kWh | J/request "
+        "| cost vs fixed A | cost vs fixed B | energy vs fixed A | energy vs fixed B | cost vs static |"
+    )
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        group = {x.policy: x for x in rows if x.model == r.model and x.trace == r.trace}
+        a, b = _fixed(group, setups[r.model])
+        static = next(x for x in results if (x.model, x.trace, x.policy) == (r.model, r.trace, "static"))
+        served = _served(r) or r.policy.removeprefix("frugal, fixed ").split(",")[0]
+        rollovers = r.notes.get("rollovers", "-")
+        joules = r.energy_kwh * 3.6e6 / r.requests if r.requests else 0.0
+        print(
+            f"| {r.model} | {r.trace} | {r.policy} | {served} | {rollovers} | {100 * r.slo_attainment:.2f}% | "
+            f"{r.cost_usd:.4f} | {r.energy_kwh:.4f} | {joules:.4f} | {r.cost_usd / a.cost_usd:.2f} | "
+            f"{r.cost_usd / b.cost_usd:.2f} | {r.energy_kwh / a.energy_kwh:.2f} | {r.energy_kwh / b.energy_kwh:.2f} | "
+            f"{r.cost_usd / static.cost_usd:.2f} |"
+        )
+    print()
+    for verdict in replan_verdicts(rows, results, setups):
+        print(verdict["line"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1287,6 +1809,18 @@ def main() -> int:
         default=1.0,
         help="measure once the 1-min load average is below this (<= 10 min)",
     )
+    parser.add_argument(
+        "--replan-window",
+        type=float,
+        default=replanning.DEFAULT_WINDOW_S,
+        help="re-planning: seconds a cheaper option must win before a rollover (cooldown: twice that)",
+    )
+    parser.add_argument(
+        "--replan-start-s",
+        type=float,
+        help="pod start of the modelled hardware's replicas (default: the measured replica's)",
+    )
+    parser.add_argument("--no-replanning", action="store_true", help="skip the re-planning rows")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     parser.add_argument("--write-traces", action="store_true", help="regenerate benchmarks/traces/*.csv")
     args = parser.parse_args()
@@ -1296,12 +1830,22 @@ def main() -> int:
     models = ["digits", "minilm"] if args.model == "both" else [args.model]
     datas = {model: measurements(model, args.measure, args.quiet_load) for model in models}
     summaries = [replica_summary(model, datas[model]) for model in models]
+    both = {
+        m: (
+            replan_setup(m, datas[m], args.replan_start_s),
+            replan_setup(m, datas[m], args.replan_start_s, True),
+        )
+        for m in ([] if args.no_replanning else models)
+    }
+    setups = {m: pair[0] for m, pair in both.items()}
     results: list[Result] = []
+    replanned: list[Result] = []
     infos = []
     for model in models:
         for trace in traces:
-            found, info = run_all(model, datas[model], trace, args)
+            found, info, rows = run_all(model, datas[model], trace, args, both.get(model))
             results += found
+            replanned += rows
             infos.append(info | {"model": model, "trace": trace.stem})
     if args.json:
         document = {
@@ -1311,6 +1855,15 @@ def main() -> int:
             "results": [r.as_dict() for r in results],
             "verdicts": verdicts(results),
         }
+        if setups:
+            document["replanning"] = {
+                "window_s": args.replan_window,
+                "cooldown_s": 2 * args.replan_window,
+                "cost_tolerance": decide.COST_TOLERANCE,
+                "options": [row for setup in setups.values() for row in option_rows(setup)],
+                "results": [r.as_dict() for r in replanned],
+                "verdicts": replan_verdicts(replanned, results, setups),
+            }
         print(json.dumps(document, indent=1, default=float))
         return 0
     for model in models:
@@ -1322,6 +1875,8 @@ def main() -> int:
     print()
     print_inputs(summaries, datas)
     print_results(results, infos)
+    if setups:
+        print_replanning(replanned, results, setups, args.replan_window)
     return 0
 
 
