@@ -84,3 +84,12 @@ def test_no_two_modules_share_a_file_name() -> None:
             if path.name not in ("__init__.py", "__main__.py"):
                 names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
     assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
+
+
+def test_no_two_test_files_share_a_base_name() -> None:
+    """pytest imports test files by base name (rootdir-relative, no packages): two test_x.py in two
+    tiers make the whole run stop at collection."""
+    names: dict[str, list[str]] = {}
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
