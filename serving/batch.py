@@ -141,8 +141,14 @@ def parse_config(text: str | bytes, where: str) -> BatchConfig:
         raise BatchError(f"config {where} is invalid: {problems}") from None
 
 
-def config_from(path: Path | None, environ: Mapping[str, str]) -> BatchConfig:
-    """The CLIs' config: the file given, else the JSON in ``$FRUGAL_BATCH_CONFIG`` (the operator's Jobs)."""
+def config_from(path: Path | None, environ: Mapping[str, str], overwrite: bool = False) -> BatchConfig:
+    """The CLIs' config: the file given, else the JSON in ``$FRUGAL_BATCH_CONFIG`` (the operator's
+    Jobs); `overwrite` (a CLI's ``--overwrite``) turns the config's overwrite on."""
+    config = _read_config(path, environ)
+    return config.model_copy(update={"overwrite": True}) if overwrite else config
+
+
+def _read_config(path: Path | None, environ: Mapping[str, str]) -> BatchConfig:
     if path is not None:
         try:
             return parse_config(path.read_bytes(), str(path))

@@ -33,9 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
-        config = config_from(args.config, os.environ)
-        if args.overwrite:
-            config = config.model_copy(update={"overwrite": True})
+        config = config_from(args.config, os.environ, args.overwrite)
         summary = aggregate(config)
     except BatchError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

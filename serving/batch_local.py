@@ -194,9 +194,7 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] | None = None) -> in
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        config = config_from(args.config, os.environ)
-        if args.overwrite:
-            config = config.model_copy(update={"overwrite": True})
+        config = config_from(args.config, os.environ, args.overwrite)
         summary = run_local(config, args.workers, args.retries, progress=not args.no_progress)
     except BatchError as exc:
         print(f"batch: error: {exc}", file=sys.stderr)

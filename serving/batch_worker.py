@@ -59,9 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
-        config = config_from(args.config, os.environ)
-        if args.overwrite:
-            config = config.model_copy(update={"overwrite": True})
+        config = config_from(args.config, os.environ, args.overwrite)
         result = run_worker(config, worker_index(args.index, os.environ), args.count)
     except BatchError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

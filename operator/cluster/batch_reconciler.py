@@ -195,11 +195,7 @@ def _with_throughput(model: ResolvedModel, artifacts: Location, profiles: tuple[
         found = artifact_files.read(artifacts.operator_path, profiles)
     except artifact_files.ArtifactError:
         return model
-    throughput = {}
-    for profile, data in found.profiles.items():
-        for row in data.get("variants", []):
-            if row.get("name") == model.variant and row.get("throughputRps"):
-                throughput[profile] = float(row["throughputRps"])
+    throughput = artifact_files.throughput(found, model.variant)
     report = None
     for variant in artifact_files.planner_variants(found):
         if variant.name == model.variant:

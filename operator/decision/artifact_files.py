@@ -42,6 +42,16 @@ def read(directory: Path, profile_names: Sequence[str]) -> Artifacts:
     return Artifacts(manifest, report, profiles)
 
 
+def throughput(artifacts: Artifacts, variant: str) -> dict[str, float]:
+    """One replica's profiled requests/s of `variant`, per profile that measured it."""
+    return {
+        profile: float(row["throughputRps"])
+        for profile, data in artifacts.profiles.items()
+        for row in data.get("variants", [])
+        if row.get("name") == variant and row.get("throughputRps")
+    }
+
+
 def planner_variants(artifacts: Artifacts) -> list[Variant]:
     """One planner Variant per manifest variant, with report numbers and profiling measurements."""
     variants = artifacts.manifest.get("variants")

@@ -26,7 +26,6 @@ from frugal.operator.api import (
     HardwareProfile,
     ModelDeployment,
     ValidationFailed,
-    load_documents,
 )
 from frugal.operator.api.spec import (
     BatchInferenceSpec,
@@ -40,6 +39,7 @@ from frugal.operator.decision import artifact_files, batch_placement
 from frugal.operator.decision.decide import planner_profile
 from frugal.operator.local import evaluation
 from frugal.operator.local.kubelet import LocalCluster, LocalRunError
+from frugal.operator.local.up_command import load_resources, resource_body
 from frugal.operator.manifests import batch_jobs
 
 EXIT_INVALID = 2
@@ -85,7 +85,9 @@ def batch(
         console.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_INVALID
     rows = sum(shard.rows for shard in run.shards)
-    throughput = _throughput(artifacts, variant, [p.name for p in candidates])
+    throughput = artifact_files.throughput(
+        artifact_files.read(artifacts, [p.name for p in candidates]), variant
+    )
     request = batch_placement.Request(
         rows,
         workers or job.spec.workers,
@@ -133,21 +135,21 @@ def batch(
 def _load(
     files: Sequence[str],
 ) -> tuple[BatchInferenceSpec, dict[str, HardwareProfileSpec], dict[str, Any]]:
-    resources = []
-    for name in files:
-        if not Path(name).is_file():
-            raise ValueError(f"{name}: no such file")
-        resources += load_documents(Path(name))
+    resources = load_resources(files)
     jobs = [r for r in resources if isinstance(r, BatchInference)]
     if len(jobs) != 1:
         raise ValueError(f"frugal batch runs one BatchInference at a time; the files hold {len(jobs)}")
     profiles = {
-        r.metadata.name: parse_hardware_profile(_body(r)) for r in resources if isinstance(r, HardwareProfile)
+        r.metadata.name: parse_hardware_profile(resource_body(r))
+        for r in resources
+        if isinstance(r, HardwareProfile)
     }
     deployments = {
-        r.metadata.name: parse_model_deployment(_body(r)) for r in resources if isinstance(r, ModelDeployment)
+        r.metadata.name: parse_model_deployment(resource_body(r))
+        for r in resources
+        if isinstance(r, ModelDeployment)
     }
-    return parse_batch_inference(_body(jobs[0])), profiles, deployments
+    return parse_batch_inference(resource_body(jobs[0])), profiles, deployments
 
 
 def _model(
@@ -160,8 +162,11 @@ def _model(
     """(variant, artifacts directory, price per kWh, candidate profiles)."""
     if job.artifacts is not None:
         names = job.hardware_profiles
-        return job.artifacts.variant, _path(job.artifacts.uri, "spec.model.artifacts.uri"), 0.15, _profiles(
-            names, profiles
+        return (
+            job.artifacts.variant,
+            _path(job.artifacts.uri, "spec.model.artifacts.uri"),
+            0.15,
+            _profiles(names, profiles),
         )
     name = str(job.model_deployment)
     md = deployments.get(name)
@@ -171,12 +176,17 @@ def _model(
             "to the command (its pipeline runs first), or use spec.model.artifacts"
         )
     names = job.hardware_profiles or md.serving_profiles
-    md_profiles = {p: profiles[p] for p in dict.fromkeys((md.compression_profile, *md.serving_profiles)) if p in profiles}
+    md_profiles = {
+        p: profiles[p] for p in dict.fromkeys((md.compression_profile, *md.serving_profiles)) if p in profiles
+    }
     decision = LocalCluster(md, md_profiles, directory / "pipeline", report).plan()
     assert decision.selection is not None and decision.location is not None
     assert decision.location.operator_path is not None
-    return decision.selection.variant, decision.location.operator_path, float(md.price_per_kwh), _profiles(
-        names, profiles
+    return (
+        decision.selection.variant,
+        decision.location.operator_path,
+        float(md.price_per_kwh),
+        _profiles(names, profiles),
     )
 
 
@@ -188,16 +198,6 @@ def _profiles(names: Sequence[str], profiles: Mapping[str, HardwareProfileSpec])
             "the file that defines it, e.g. examples/hardwareprofiles.yaml"
         )
     return [profiles[n] for n in names]
-
-
-def _throughput(artifacts: Path, variant: str, names: Sequence[str]) -> dict[str, float]:
-    found = artifact_files.read(artifacts, names)
-    return {
-        profile: float(row["throughputRps"])
-        for profile, data in found.profiles.items()
-        for row in data.get("variants", [])
-        if row.get("name") == variant and row.get("throughputRps")
-    }
 
 
 def _input(uri: str, directory: Path) -> Path:
@@ -244,12 +244,3 @@ def _summary_table(summary: Mapping[str, Any], output: Path) -> Table:
         table.add_row(key, str(summary.get(key)))
     table.add_row("predictions", str(output / "predictions.npz"))
     return table
-
-
-def _body(resource: Any) -> dict[str, Any]:
-    body: dict[str, Any] = resource.to_dict()
-    metadata = body.setdefault("metadata", {})
-    metadata.setdefault("namespace", "default")
-    metadata.setdefault("generation", 1)
-    metadata.setdefault("uid", "local")
-    return body

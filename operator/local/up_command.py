@@ -41,7 +41,7 @@ EXIT_FAILED = 1
 def validate_files(files: Sequence[str]) -> int:
     console = Console(stderr=True)
     try:
-        resources = _load(files)
+        resources = load_resources(files)
     except ValidationFailed as error:
         console.print(str(error), markup=False, highlight=False)
         return EXIT_INVALID
@@ -66,10 +66,10 @@ class LoadOptions:
 def up(files: Sequence[str], workdir: str | None, port: int, load: LoadOptions) -> int:
     console = Console(stderr=True)
     try:
-        resources = _load(files)
+        resources = load_resources(files)
         deployment, profiles = _pick(resources)
-        md = parse_model_deployment(_body(deployment))
-        profile_specs = {p.metadata.name: parse_hardware_profile(_body(p)) for p in profiles}
+        md = parse_model_deployment(resource_body(deployment))
+        profile_specs = {p.metadata.name: parse_hardware_profile(resource_body(p)) for p in profiles}
         _check_profiles_defined(md, profile_specs, files)
     except (ValidationFailed, SpecError, ValueError) as error:
         console.print(str(error), markup=False, highlight=False)
@@ -237,7 +237,7 @@ def _summary_table(model_name: str, row: Mapping[str, Any]) -> Table:
     return table
 
 
-def _load(files: Sequence[str]) -> list[Resource]:
+def load_resources(files: Sequence[str]) -> list[Resource]:
     resources: list[Resource] = []
     for name in files:
         path = Path(name)
@@ -267,7 +267,8 @@ def _check_profiles_defined(
         )
 
 
-def _body(resource: Resource) -> dict[str, Any]:
+def resource_body(resource: Resource) -> dict[str, Any]:
+    """A resource as the API server would hand it over: namespace, generation and uid filled in."""
     body = resource.to_dict()
     metadata = body.setdefault("metadata", {})
     metadata.setdefault("namespace", "default")
