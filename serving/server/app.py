@@ -1,16 +1,26 @@
 """HTTP transport: the Open Inference Protocol v2 REST routes on aiohttp, and the process lifecycle.
 
 Every failure a client can cause maps to a 4xx with `{"error": "..."}`; overload is 429 with
-Retry-After; a passed deadline is 504; a failing next stage or a draining server is 503. On SIGTERM
-(or SIGINT) readiness turns false, the listener stays open for `shutdown_grace_s` (so endpoints can
-stop routing here), then it closes, in-flight requests finish, and the process exits 0.
+Retry-After; a passed deadline is 504; a failing next stage or a draining server is 503. A client
+that goes away before its answer is counted (`frugal_client_disconnects_total`) and logged at debug.
+
+Shutdown (SIGTERM or SIGINT) loses no request that reached the server: readiness turns false and every
+response from then on carries `Connection: close`, so keep-alive clients reconnect (to another
+replica once endpoints stop routing here); the listener stays open for `shutdown_grace_s`; then it
+closes (new connections are refused at connect time), and the server waits until every open
+connection has either closed after its last answer or sat idle, with no request on it, for
+`IDLE_CLOSE_S`, before closing what is left. In-flight requests finish; the process exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import signal
+import socket
+import struct
+import sys
 import time
 from typing import Any
 
@@ -31,6 +41,11 @@ SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data"]
 SERVICE_KEY = web.AppKey("service", ModelService)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+DRAIN_KEY = web.AppKey("drain", "Drain")
+CLIENT_CLOSED = 499  # nginx's status for a client that went away; never sent, only never counted as served
+QUEUE_DRAIN_S = 0.2  # time for the accept loop to empty the kernel's queue once new SYNs are dropped
+SO_ATTACH_FILTER = 26  # Linux <asm-generic/socket.h>; Python's socket module does not name it
+IDLE_CLOSE_S = 1.0  # an idle keep-alive connection this quiet after the grace has no request coming
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -105,6 +120,8 @@ async def infer(request: web.Request) -> web.Response:
         response = await _infer(request, service)
     finally:
         metrics.inflight.dec()
+    if response.status == CLIENT_CLOSED:
+        return response  # nobody to answer; counted in frugal_client_disconnects_total instead
     metrics.count(response.status)
     metrics.request_duration.observe(time.perf_counter() - started)
     return response
@@ -115,7 +132,12 @@ async def _infer(request: web.Request, service: ModelService) -> web.Response:
     if isinstance(found, web.Response):
         return found
     try:
-        body = await request.read()
+        try:
+            body = await request.read()
+        except ConnectionResetError:  # aiohttp's "Connection lost" while the body was arriving
+            service.metrics.client_disconnects.inc()
+            log.debug("client %s went away before its request body arrived", request.remote)
+            return error(CLIENT_CLOSED, "client closed the connection before the request body arrived")
         decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
         outputs = await service.infer(decoded)
         payload, headers = encode_response(service.name, service.version, decoded, outputs)
@@ -144,10 +166,100 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+class Drain:
+    """Which connections are open and when each last started or finished a request, for the shutdown.
+
+    Before the shutdown nothing here changes a response; once `begin()` is called every response
+    carries `Connection: close`, and `wait_idle` tells when what is still open can be closed without
+    losing a request.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self._active: dict[object, int] = {}  # connection → requests in progress on it
+        self._last_seen: dict[object, float] = {}
+
+    def begin(self) -> None:
+        self.draining = True
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        connection = request.protocol
+        self._active[connection] = self._active.get(connection, 0) + 1
+        self._last_seen[connection] = time.monotonic()
+        try:
+            response: web.StreamResponse = await handler(request)
+            if self.draining:
+                response.force_close()  # "Connection: close"; the server closes it after this answer
+            return response
+        finally:
+            self._last_seen[connection] = time.monotonic()
+            left = self._active[connection] - 1
+            if left:
+                self._active[connection] = left
+            else:
+                del self._active[connection]
+
+    def can_close(self, connection: object, now: float) -> bool:
+        """No request in progress, and none started or finished for IDLE_CLOSE_S (a connection that
+        never carried one counts from the first time it is asked about: its request may be on the way)."""
+        if self._active.get(connection):
+            return False
+        return now - self._last_seen.setdefault(connection, now) >= IDLE_CLOSE_S
+
+    async def close_when_idle(self, runner: web.AppRunner, timeout_s: float) -> int:
+        """Wait until every open connection closed itself or can be closed; return how many were left."""
+        server = runner.server
+        if server is None:
+            return 0
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            open_now = server.connections
+            now = time.monotonic()
+            if all(self.can_close(connection, now) for connection in open_now):
+                break
+            await asyncio.sleep(0.05)
+        for connection in server.connections:
+            self._last_seen.pop(connection, None)
+        return len(server.connections)
+
+
+async def close_listener(site: web.TCPSite) -> None:
+    """Stop listening without resetting a connection the kernel already accepted for us.
+
+    Closing a listening socket resets every connection still in its accept queue, though each
+    client saw its connect succeed and may have sent its request. So new connection attempts are
+    dropped first (Linux: a socket filter on the listener; the client's SYN is retried and then
+    refused once the socket is closed), the queue is accepted empty, and only then is it closed.
+    """
+    server = site._server  # aiohttp keeps the asyncio.Server here; it has no public accessor
+    sockets = list(getattr(server, "sockets", None) or [])
+    if sockets and refuse_new_connections(sockets):
+        await asyncio.sleep(QUEUE_DRAIN_S)
+    await site.stop()
+
+
+def refuse_new_connections(sockets: list[Any]) -> bool:
+    """Attach a classic BPF program that drops every packet to these listening sockets."""
+    if not sys.platform.startswith("linux"):
+        return False
+    drop_all = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF_RET|BPF_K, k=0: drop
+    program = struct.pack("HP", 1, ctypes.addressof(drop_all))  # struct sock_fprog {len, filter *}
+    try:
+        for sock in sockets:
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, program)
+    except OSError as exc:
+        log.debug("cannot filter the listener (%s); closing it directly", exc)
+        return False
+    return True
+
+
 def build_app(service: ModelService, registry: CollectorRegistry) -> web.Application:
-    app = web.Application(client_max_size=service.config.max_body_bytes)
+    drain = Drain()
+    app = web.Application(client_max_size=service.config.max_body_bytes, middlewares=[drain.middleware])
     app[SERVICE_KEY] = service
     app[REGISTRY_KEY] = registry
+    app[DRAIN_KEY] = drain
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
     app.router.add_get("/v2", server_metadata)
@@ -170,7 +282,8 @@ async def serve(config: ServeConfig) -> int:
     loaded = await loop.run_in_executor(None, load_model, config)
     registry = CollectorRegistry(auto_describe=True)
     service = ModelService(config, loaded, registry)
-    runner = web.AppRunner(build_app(service, registry), handle_signals=False, access_log=None)
+    app = build_app(service, registry)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, shutdown_timeout=config.request_timeout_ms / 1000)
     await site.start()
@@ -189,8 +302,13 @@ async def serve(config: ServeConfig) -> int:
     await stop.wait()
     log.info("shutting down: readiness off, draining for %.1f s", config.shutdown_grace_s)
     service.ready = False
+    drain = app[DRAIN_KEY]
+    drain.begin()
     await asyncio.sleep(config.shutdown_grace_s)
-    await runner.cleanup()  # stops listening, waits for in-flight requests
+    await close_listener(site)
+    left = await drain.close_when_idle(runner, config.request_timeout_ms / 1000)
+    log.info("listener closed; closing %d idle connection(s)", left)
+    await runner.cleanup()  # closes what is left, waits for in-flight requests
     await service.close()
     log.info("stopped cleanly")
     return 0

@@ -52,6 +52,12 @@ class ServerMetrics:
         self.inflight = Gauge(
             "frugal_inflight_requests", "Inference requests being handled.", names, registry=registry
         ).labels(**base)
+        self.client_disconnects = Counter(
+            "frugal_client_disconnects",
+            "Inference requests whose client closed the connection before the answer.",
+            names,
+            registry=registry,
+        ).labels(**base)
         self.model_size = Gauge(
             "frugal_model_size_bytes", "Size of the served model file(s).", names, registry=registry
         ).labels(**base)
