@@ -48,6 +48,7 @@ _FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--model-name", str, None, "name in the OIP URLs (default: the manifest's model)"),
     ("--host", str, "127.0.0.1", "address to listen on (0.0.0.0 in a pod)"),
     ("--port", int, 8080, "port to listen on (0: any free port, printed when ready)"),
+    ("--grpc-port", int, 8081, "OIP gRPC port (0: any free port, printed when ready; -1: off)"),
     ("--max-batch-size", int, 32, "most requests merged into one runtime execution"),
     ("--max-delay-ms", float, 2.0, "longest a request waits for companions under load"),
     ("--max-queue-size", int, 1024, "queued requests beyond which the server answers 429"),
@@ -82,7 +83,7 @@ _FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
 def build_parser(environ: dict[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="frugal serve",
-        description="Serve one model variant over the Open Inference Protocol v2 (REST).",
+        description="Serve one model variant over the Open Inference Protocol v2 (REST and gRPC).",
         epilog="Every flag may be set by its environment variable, e.g. FRUGAL_PORT=8080.",
     )
     for flag, kind, default, text in _FLAGS:

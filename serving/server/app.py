@@ -1,12 +1,16 @@
 """HTTP transport: the Open Inference Protocol v2 REST routes on aiohttp, and the process lifecycle.
 
+The gRPC service (`grpc_transport`) runs beside it on `--grpc-port`, on the same `ModelService`.
+
 Every failure a client can cause maps to a 4xx with `{"error": "..."}`; overload is 429 with
 Retry-After; a passed deadline is 504; a failing next stage or a draining server is 503. A client
 that goes away before its answer is counted (`frugal_client_disconnects_total`) and logged at debug.
 
 Shutdown (SIGTERM or SIGINT) loses no request that reached the server: readiness turns false and every
 response from then on carries `Connection: close`, so keep-alive clients reconnect (to another
-replica once endpoints stop routing here); the listener stays open for `shutdown_grace_s`; then it
+replica once endpoints stop routing here); the listener stays open for `shutdown_grace_s` (gRPC keeps
+answering too, with ServerReady/ModelReady false); then the gRPC server stops with a grace (GOAWAY,
+new calls refused, calls in flight finish) while the REST listener
 closes (new connections are refused at connect time), and the server waits until every open
 connection has either closed after its last answer or sat idle, with no request on it, for
 `IDLE_CLOSE_S`, before closing what is left. In-flight requests finish; the process exits 0.
@@ -26,6 +30,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from grpc import aio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from frugal.serving.server.batching import DeadlineExceeded, QueueFull, ShuttingDown
@@ -41,7 +46,7 @@ SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data"]
 SERVICE_KEY = web.AppKey("service", ModelService)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
-DRAIN_KEY = web.AppKey("drain", "Drain")
+DRAIN_KEY: web.AppKey[Drain] = web.AppKey("drain")
 CLIENT_CLOSED = 499  # nginx's status for a client that went away; never sent, only never counted as served
 QUEUE_DRAIN_S = 0.2  # time for the accept loop to empty the kernel's queue once new SYNs are dropped
 SO_ATTACH_FILTER = 26  # Linux <asm-generic/socket.h>; Python's socket module does not name it
@@ -287,6 +292,14 @@ async def serve(config: ServeConfig) -> int:
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, shutdown_timeout=config.request_timeout_ms / 1000)
     await site.start()
+    grpc_server: aio.Server | None = None
+    grpc_port = config.grpc_port
+    if grpc_port >= 0:
+        from frugal.serving.server.grpc_transport import start_server
+
+        grpc_server, grpc_port = await start_server(
+            service, config.host, config.grpc_port, SERVER_NAME, SERVER_VERSION, EXTENSIONS
+        )
     await service.start()
     port = _bound_port(runner, config.port)
     log.info(
@@ -299,18 +312,29 @@ async def serve(config: ServeConfig) -> int:
         port,
     )
     print(f"frugal serve: ready on http://{config.host}:{port}", flush=True)
+    if grpc_server is not None:
+        log.info("OIP gRPC service on %s:%d", config.host, grpc_port)
+        print(f"frugal serve: grpc on {config.host}:{grpc_port}", flush=True)
     await stop.wait()
     log.info("shutting down: readiness off, draining for %.1f s", config.shutdown_grace_s)
     service.ready = False
     drain = app[DRAIN_KEY]
     drain.begin()
     await asyncio.sleep(config.shutdown_grace_s)
+    # gRPC: GOAWAY, new calls refused, calls in flight finish — alongside the REST listener's drain
+    grpc_stopped = (
+        asyncio.ensure_future(grpc_server.stop(grace=config.request_timeout_ms / 1000))
+        if grpc_server is not None
+        else None
+    )
     await close_listener(site)
     left = await drain.close_when_idle(runner, config.request_timeout_ms / 1000)
     log.info("listener closed; closing %d idle connection(s)", left)
     await runner.cleanup()  # closes what is left, waits for in-flight requests
+    if grpc_stopped is not None:
+        await grpc_stopped
     await service.close()
-    log.info("stopped cleanly")
+    log.info("stopped cleanly after answering %d inference request(s)", service.metrics.answered)
     return 0
 
 

@@ -173,7 +173,7 @@ def _decode_tensor(raw: Any, where: str, binary: bytes, offset: int) -> tuple[st
                 f"({len(binary) - offset} bytes left)"
             )
         chunk = binary[offset : offset + size]
-        return name, datatype, _from_binary(chunk, datatype, shape, count, where), size
+        return name, datatype, from_binary(chunk, datatype, shape, count, where), size
     if "data" not in raw:
         raise ProtocolError(f"{where} has neither 'data' nor a binary_data_size parameter")
     return name, datatype, _from_json(raw["data"], datatype, shape, count, where), 0
@@ -187,7 +187,21 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _from_binary(chunk: bytes, datatype: str, shape: tuple[int, ...], count: int, where: str) -> np.ndarray:
+def array_from_bytes(chunk: bytes, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """One tensor's raw bytes (little-endian; BYTES as length-prefixed elements) → an array of `shape`.
+
+    The caller has checked `datatype` and `shape`; a size that does not fit raises `ProtocolError`.
+    """
+    return from_binary(chunk, datatype, shape, math.prod(shape), where)
+
+
+def array_to_bytes(array: np.ndarray) -> tuple[str, bytes]:
+    """An array → (its OIP datatype, its raw bytes as `array_from_bytes` reads them)."""
+    datatype = datatype_of(array)
+    return datatype, to_binary(array, datatype)
+
+
+def from_binary(chunk: bytes, datatype: str, shape: tuple[int, ...], count: int, where: str) -> np.ndarray:
     if datatype == "BYTES":
         return _bytes_elements(chunk, where, count).reshape(shape)
     dtype = DATATYPES[datatype]
@@ -314,7 +328,7 @@ def encode_tensor(name: str, array: np.ndarray, binary: bool) -> tuple[dict[str,
     datatype = datatype_of(array)
     tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
     if binary:
-        chunk = _to_binary(array, datatype)
+        chunk = to_binary(array, datatype)
         tensor["parameters"] = {"binary_data_size": len(chunk)}
         return tensor, chunk
     if datatype == "BYTES":
@@ -330,7 +344,7 @@ def _text(item: Any) -> str:
     return item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
 
 
-def _to_binary(array: np.ndarray, datatype: str) -> bytes:
+def to_binary(array: np.ndarray, datatype: str) -> bytes:
     if datatype == "BYTES":
         parts = []
         for item in array.ravel():

@@ -39,6 +39,7 @@ class ServerMetrics:
             registry=registry,
         )
         self._by_code: dict[int, Counter] = {}
+        self.answered = 0  # every code, both transports: what the shutdown log reports
         self.batch_size = Histogram(
             "frugal_batch_size",
             "Requests merged into one runtime execution.",
@@ -76,6 +77,7 @@ class ServerMetrics:
         if child is None:
             child = self._by_code[code] = self._requests.labels(**self._base, code=str(code))
         child.inc()
+        self.answered += 1
 
     def power(self, source: str, watts: float, joules: float) -> None:
         self._power.labels(**self._base, source=source).set(watts)

@@ -154,11 +154,21 @@ class ModelService:
                 continue
             self.metrics.power(self.power.name, sample.watts, sample.joules)
 
-    async def infer(self, request: InferRequest) -> Tensors:
+    async def infer(self, request: InferRequest, limit_s: float | None = None) -> Tensors:
+        """Check and run one request; `limit_s` (a client's own deadline, e.g. gRPC's) shortens its deadline."""
         check_request(request, self.loaded.inputs, self.loaded.outputs)
-        return await self.batcher.submit(
-            request.inputs, request_timeout_s(request, self.config.request_timeout_ms)
-        )
+        timeout_s = request_timeout_s(request, self.config.request_timeout_ms)
+        if limit_s is not None:
+            timeout_s = max(0.0, min(timeout_s, limit_s))
+        return await self.batcher.submit(request.inputs, timeout_s)
+
+    def model_error(self, name: str, version: str | None) -> str | None:
+        """Why `name` (and `version`, when given) is not served here, or None when it is."""
+        if name != self.name:
+            return f"model '{name}' is not served here; this server serves '{self.name}'"
+        if version and version != self.version:
+            return f"model '{name}' has no version '{version}'; it has '{self.version}'"
+        return None
 
     async def close(self) -> None:
         self.ready = False

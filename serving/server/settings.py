@@ -13,6 +13,7 @@ class ServeConfig:
     model_name: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    grpc_port: int = 8081  # 0: any free port; -1: no gRPC service
     max_batch_size: int = 32
     max_delay_ms: float = 2.0
     max_queue_size: int = 1024
@@ -54,4 +55,10 @@ class ServeConfig:
             found.append("--max-delay-ms must be >= 0")
         if not 0 < self.port < 65536 and self.port != 0:
             found.append(f"--port {self.port} must be in 1..65535 (or 0 for any free port)")
+        if not -1 <= self.grpc_port < 65536:
+            found.append(
+                f"--grpc-port {self.grpc_port} must be in 1..65535 (or 0 for any free port, -1 for no gRPC)"
+            )
+        elif self.grpc_port > 0 and self.grpc_port == self.port:
+            found.append(f"--grpc-port {self.grpc_port} must differ from --port")
         return found

@@ -159,6 +159,7 @@ def _spec(value: onnx.ValueInfoProto) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- servers
 
 _READY = re.compile(r"ready on (http://[\d.]+:\d+)")
+_GRPC = re.compile(r"frugal serve: grpc on ([\d.]+:\d+)")
 
 
 @dataclass
@@ -166,6 +167,7 @@ class Server:
     process: subprocess.Popen[str]
     url: str
     log: list[str] = field(default_factory=list)
+    grpc_target: str | None = None  # host:port of the OIP gRPC service, None when it is off
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.process.poll() is None:
@@ -189,6 +191,8 @@ def serve_command(artifacts: Path, variant: str, *extra: str) -> list[str]:
         "127.0.0.1",
         "--port",
         "0",
+        "--grpc-port",
+        "0",
         "--intra-op-threads",
         "1",
         *extra,
@@ -211,8 +215,8 @@ def running_server(
     assert process.stderr is not None and process.stdout is not None
     stderr = process.stderr
     threading.Thread(target=lambda: log.extend(iter(stderr.readline, "")), daemon=True).start()
-    url = _wait_ready(process, timeout, log)
-    server = Server(process, url, log)
+    url, grpc_target = _wait_ready(process, timeout, log)
+    server = Server(process, url, log, grpc_target)
     try:
         yield server
     finally:
@@ -225,7 +229,8 @@ def running_server(
                 process.wait()
 
 
-def _wait_ready(process: subprocess.Popen[str], timeout: float, log: list[str]) -> str:
+def _wait_ready(process: subprocess.Popen[str], timeout: float, log: list[str]) -> tuple[str, str | None]:
+    """The REST URL and the gRPC target (None with --grpc-port -1) the server printed when ready."""
     assert process.stdout is not None
     lines: list[str] = []
 
@@ -236,10 +241,16 @@ def _wait_ready(process: subprocess.Popen[str], timeout: float, log: list[str]) 
     threading.Thread(target=read, daemon=True).start()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in lines:
+        for index, line in enumerate(lines):
             match = _READY.search(line)
             if match:
-                return match.group(1)
+                # the gRPC line comes right after the ready line, or not at all (the next line, if any,
+                # is not the server's: frugal serve prints nothing else on stdout)
+                grpc_wait = time.monotonic() + 1.0
+                while len(lines) <= index + 1 and process.poll() is None and time.monotonic() < grpc_wait:
+                    time.sleep(0.01)
+                found = _GRPC.search(lines[index + 1]) if len(lines) > index + 1 else None
+                return match.group(1), found.group(1) if found else None
         if process.poll() is not None:
             time.sleep(0.2)
             raise RuntimeError(f"frugal serve exited with {process.returncode}: {''.join(log)}")
@@ -352,20 +363,33 @@ def kserve_python() -> Path:
     kserve pulls in ~70 packages (grpcio-tools, pandas, fastapi, ...) and pins protobuf below the
     version the main environment uses, so it lives beside it, built once per lock and then reused.
     """
-    import fcntl
-    import hashlib
+    return locked_venv_python(KSERVE_LOCK, "kserve-client")
 
-    digest = hashlib.sha256(KSERVE_LOCK.read_bytes()).hexdigest()[:12]
-    venv = cache_dir() / f"kserve-client-{digest}-venv"
+
+MLSERVER_LOCK = Path(__file__).resolve().parents[2] / "requirements" / "mlserver.txt"
+
+
+def mlserver_python() -> Path:
+    """A Python with Seldon's MLServer (the serving benchmark's second peer; its fastapi/grpcio/protobuf
+    pins differ from the main env's), in its own cached venv built from its lock."""
+    return locked_venv_python(MLSERVER_LOCK, "mlserver")
+
+
+def locked_venv_python(lock_file: Path, name: str) -> Path:
+    """The python of a venv installed from `lock_file`, built once per lock content and then reused."""
+    import fcntl
+
+    digest = hashlib.sha256(lock_file.read_bytes()).hexdigest()[:12]
+    venv = cache_dir() / f"{name}-{digest}-venv"
     python = venv / "bin" / "python"
-    with (cache_dir() / "kserve-venv.lock").open("w") as lock:
+    with (cache_dir() / f"{name}-venv.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (venv / ".complete").exists():
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
             # --no-deps: the lock names every package; resolving again with the venv's bundled pip
             # (23.x) re-resolves extras such as uvicorn[standard] to the newest release and fails.
             install = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--require-hashes",
-                       "-r", str(KSERVE_LOCK)]  # fmt: skip
+                       "-r", str(lock_file)]  # fmt: skip
             subprocess.run(install, check=True, timeout=900)
             (venv / ".complete").touch()
     return python

@@ -1,5 +1,6 @@
-"""Conformance with KServe's own Python REST client (`kserve.InferenceRESTClient`, protocol v2), JSON
-and binary tensors, unchanged.
+"""Conformance with KServe's own Python clients, unchanged: the REST client (`kserve.InferenceRESTClient`,
+protocol v2; JSON and binary tensors) and the gRPC client (`kserve.InferenceGRPCClient`; typed and raw
+contents).
 
 Real parts: the `frugal serve` subprocess and KServe's SDK from PyPI, run from its own cached venv (its
 pins conflict with the main environment's protobuf; see `serving_support.kserve_python`).
@@ -10,33 +11,57 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from serving_support import kserve_python, mlp, running_server, write_artifacts
 
 CLIENT = Path(__file__).parent / "serving_clients" / "kserve_rest_client.py"
+GRPC_CLIENT = Path(__file__).parent / "serving_clients" / "kserve_grpc_client.py"
 
 
-def test_kserve_rest_client_unchanged(tmp_path: Path) -> None:
+def run_kserve_client(
+    script: Path, seed: int, tmp_path: Path, target: Any
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Serve a digits MLP, run KServe's client `script` against `target(server)`; its report and the
+    runtime's own answer for the same input."""
     python = kserve_python()
     artifacts = write_artifacts(tmp_path / "a", "digits", {"fp32": mlp()})
-    x = np.random.default_rng(5).random((3, 64), dtype=np.float32)
+    x = np.random.default_rng(seed).random((3, 64), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
     expected = ort.InferenceSession(str(artifacts / "variants/fp32/model.onnx")).run(None, {"input": x})[0]
     with running_server(artifacts, "fp32") as server:
         done = subprocess.run(
-            [str(python), str(CLIENT), server.url, "digits", "input", "logits", str(tmp_path / "x.npy")],
+            [str(python), str(script), target(server), "digits", "input", "logits", str(tmp_path / "x.npy")],
             capture_output=True,
             text=True,
             timeout=300,
         )
+        assert server.process.poll() is None
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["live"] and report["ready"] and report["model_ready"]
+    return report, expected
+
+
+def test_kserve_rest_client_unchanged(tmp_path: Path) -> None:
+    report, expected = run_kserve_client(CLIENT, 5, tmp_path, lambda server: server.url)
     for mode in ("json", "binary"):
         assert report[mode]["id"] == f"kserve-{mode == 'binary'}"
         assert report[mode]["shape"] == [3, 10]
         np.testing.assert_allclose(
             np.array(report[mode]["data"]).reshape(3, 10), expected, rtol=1e-5, atol=1e-6
         )
+
+
+def test_kserve_grpc_client_unchanged(tmp_path: Path) -> None:
+    report, expected = run_kserve_client(GRPC_CLIENT, 6, tmp_path, lambda server: server.grpc_target)
+    for mode in ("typed", "raw"):
+        assert report[mode]["id"] == f"kserve-grpc-{mode == 'raw'}"
+        assert report[mode]["shape"] == [3, 10]
+        np.testing.assert_allclose(
+            np.array(report[mode]["data"]).reshape(3, 10), expected, rtol=1e-5, atol=1e-6
+        )
+    assert report["error"]["code"] == "StatusCode.INVALID_ARGUMENT"
+    assert "datatype FP64 but the model expects FP32" in report["error"]["details"]

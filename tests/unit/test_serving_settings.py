@@ -62,6 +62,9 @@ def test_flags_win_over_environment_variables() -> None:
     config, _ = parse_config(["--port", "9100"], env)
     assert config.artifacts == Path("/a") and config.variant == "int8" and config.port == 9100
     assert config.labels == {"namespace": "x"}
+    assert config.grpc_port == 8081  # the default, which the operator's pod templates also pass
+    assert parse_config([], {**env, "FRUGAL_GRPC_PORT": "-1"})[0].grpc_port == -1
+    assert parse_config(["--grpc-port", "0"], env)[0].grpc_port == 0
 
 
 @pytest.mark.parametrize(
@@ -72,6 +75,9 @@ def test_flags_win_over_environment_variables() -> None:
         (["--idle-watts", "5"], "give both --idle-watts and --max-watts"),
         (["--max-batch-size", "0"], "--max-batch-size must be positive"),
         (["--labels", "oops"], "invalid parse_labels value"),
+        (["--grpc-port", "-2"], "--grpc-port -2 must be in 1..65535 (or 0 for any free port, -1"),
+        (["--grpc-port", "70000"], "--grpc-port 70000 must be in"),
+        (["--port", "9000", "--grpc-port", "9000"], "--grpc-port 9000 must differ from --port"),
     ],
 )
 def test_bad_combinations_exit_2_naming_the_flag(
