@@ -359,6 +359,7 @@ def _serving_status(
         "replicas": pods,
         "readyReplicas": sum(ready),
         "endpoint": serving_objects.endpoint_url(md.owner),
+        "grpcEndpoint": serving_objects.grpc_endpoint(md),
     }
 
 

@@ -117,6 +117,8 @@ class Shard:
             serial, self._serial = self._serial, self._serial + 1
             port = processes.free_port()
             argv = processes.with_flag(self.template.argv, "--port", str(port))
+            # the local balancer routes REST only, and replicas sharing one host cannot share a gRPC port
+            argv = processes.with_flag(argv, "--grpc-port", "-1")
             log_path = self.template.log_dir / f"{self.template.name}-{serial}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with log_path.open("ab") as log:

@@ -14,6 +14,7 @@ from frugal.operator.api.models import TensorSpec
 from frugal.operator.api.spec import ModelDeploymentSpec
 
 SERVING_PORT = 8080
+GRPC_PORT = 8081  # the OIP gRPC service (KServe's and MLServer's convention next to 8080)
 DISTRIBUTED_PORT = 29500
 
 
@@ -114,6 +115,8 @@ def serve(
         "0.0.0.0",
         "--port",
         str(SERVING_PORT),
+        "--grpc-port",
+        str(GRPC_PORT),
         "--max-batch-size",
         str(md.max_batch_size),
         "--max-delay-ms",

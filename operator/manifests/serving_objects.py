@@ -124,7 +124,10 @@ def desired_shard_deployment(
         read_only=True,
     )
     container.update(
-        ports=[{"name": "http", "containerPort": container_commands.SERVING_PORT, "protocol": "TCP"}],
+        ports=[
+            {"name": "http", "containerPort": container_commands.SERVING_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": container_commands.GRPC_PORT, "protocol": "TCP"},
+        ],
         readinessProbe=_probe("/v2/health/ready", period=5, failures=3),
         livenessProbe=_probe("/v2/health/live", period=10, failures=6),
         startupProbe=_probe("/v2/health/live", period=2, failures=90),
@@ -179,7 +182,7 @@ def desired_shard_service(md: ModelDeploymentSpec, selection: Selection, index: 
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata,
-        "spec": {"selector": shard_selector(md.owner, index), "ports": [_service_port()]},
+        "spec": {"selector": shard_selector(md.owner, index), "ports": _serving_ports()},
     }
 
 
@@ -209,7 +212,9 @@ def desired_endpoint_service(md: ModelDeploymentSpec, live: Live) -> dict[str, A
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata,
-        "spec": {"selector": selector, "ports": [_service_port()]},
+        # The front speaks REST only (it holds requests while no replica runs): gRPC clients of a
+        # model that scales to zero call <name>-live, and a request there does not wake the model.
+        "spec": {"selector": selector, "ports": [_service_port()] if has_front(md) else _serving_ports()},
     }
 
 
@@ -222,7 +227,7 @@ def desired_live_service(md: ModelDeploymentSpec, live: Live) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata,
-        "spec": {"selector": shard_selector(md.owner, 0, live), "ports": [_service_port()]},
+        "spec": {"selector": shard_selector(md.owner, 0, live), "ports": _serving_ports()},
     }
 
 
@@ -287,6 +292,12 @@ def endpoint_url(owner: Owner) -> str:
     return f"http://{names.endpoint_service(owner)}.{owner.namespace}.svc:{container_commands.SERVING_PORT}"
 
 
+def grpc_endpoint(md: ModelDeploymentSpec) -> str:
+    """host:port of the OIP gRPC service: the endpoint, or `<name>-live` for a model behind its front."""
+    service = names.live_service(md.owner) if has_front(md) else names.endpoint_service(md.owner)
+    return f"{service}.{md.owner.namespace}.svc:{container_commands.GRPC_PORT}"
+
+
 def _next_stage_url(owner: Owner, index: int, shards: int) -> str | None:
     if index + 1 >= shards:
         return None
@@ -320,6 +331,18 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 
 def _service_port() -> dict[str, Any]:
     return {"name": "http", "port": container_commands.SERVING_PORT, "targetPort": "http", "protocol": "TCP"}
+
+
+def _serving_ports() -> list[dict[str, Any]]:
+    """REST and the OIP gRPC service (HTTP/2 without TLS, which `appProtocol` tells meshes and gateways)."""
+    grpc = {
+        "name": "grpc",
+        "port": container_commands.GRPC_PORT,
+        "targetPort": "grpc",
+        "protocol": "TCP",
+        "appProtocol": "kubernetes.io/h2c",
+    }
+    return [_service_port(), grpc]
 
 
 def desired_pod_monitor(md: ModelDeploymentSpec) -> dict[str, Any]:

@@ -198,6 +198,7 @@ def serve_from_template(
     port = free_port() if port is None else port
     command[command.index("--port") + 1] = str(port)
     command[command.index("--host") + 1] = "127.0.0.1"
+    command[command.index("--grpc-port") + 1] = "0"  # pods each have 8081; processes here share loopback
     if next_stage is not None:
         command[command.index("--next-stage") + 1] = next_stage
     env = pod_env(container, {"metadata.namespace": deployment["metadata"]["namespace"]})

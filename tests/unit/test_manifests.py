@@ -392,6 +392,27 @@ def test_endpoint_service_follows_the_live_generation() -> None:
     assert replanned["metadata"]["labels"][names.LABEL_REVISION] == "1"
 
 
+def test_grpc_is_served_and_exposed_wherever_rest_is_except_through_the_front() -> None:
+    selection = Selection("int8", "gpu-t4", 2)
+    deployment = serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, selection, 0)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8080, "grpc": 8081}
+    assert container["command"][container["command"].index("--grpc-port") + 1] == "8081"
+
+    def ports(service: dict[str, Any]) -> dict[str, tuple[int, str]]:
+        return {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+
+    both = {"http": (8080, "http"), "grpc": (8081, "grpc")}
+    assert ports(serving_objects.desired_shard_service(SPEC, selection, 1)) == both
+    assert ports(serving_objects.desired_live_service(SPEC, serving_objects.Live(3))) == both
+    always_on = md_with(autoscaling__minReplicas=1)
+    assert ports(serving_objects.desired_endpoint_service(always_on, serving_objects.Live(3))) == both
+    # the front holds REST requests while no replica runs; it has no gRPC port to offer
+    assert ports(serving_objects.desired_endpoint_service(SPEC, serving_objects.Live(3))) == {"http": (8080, "http")}
+    assert serving_objects.grpc_endpoint(always_on) == "digits.ml.svc:8081"
+    assert serving_objects.grpc_endpoint(SPEC) == "digits-live.ml.svc:8081"
+
+
 def test_a_model_that_may_scale_to_zero_is_reached_through_its_front() -> None:
     assert SPEC.min_replicas == 0
     endpoint = serving_objects.desired_endpoint_service(SPEC, serving_objects.Live(2))
