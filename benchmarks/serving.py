@@ -1,23 +1,37 @@
-"""Serving benchmark: raw ONNX Runtime in-process (the limit) vs `frugal serve` vs a peer server.
+"""Serving benchmark: raw ONNX Runtime in-process (the limit) vs `frugal serve` vs two peer servers.
 
-One load generator (asyncio + aiohttp, OIP v2 JSON bodies, keep-alive) drives every server the same way:
+Every server answers the same ONNX file over the Open Inference Protocol v2, in three encodings:
+  * REST JSON: tensors as JSON numbers both ways (aiohttp, keep-alive)
+  * REST binary: the binary tensor extension both ways (`Inference-Header-Content-Length`)
+  * gRPC: `raw_input_contents` in, raw outputs back (`tritonclient.grpc.aio`, one HTTP/2 channel)
+and one load generator per protocol drives every server the same way:
   * saturation: `--concurrency` closed-loop clients for `--duration` seconds → requests/s
-  * fixed rate: open-loop arrivals at `--rate` req/s → p50 / p99 latency
-  * CPU per request: the server process's user+system CPU time / requests answered
-The raw runtime row loops `session.run` on one thread at batch 1 and at the server's mean batch size
-under saturation (read from `frugal_batch_size`), with the same intra-op threads as the server.
+  * fixed rate: open-loop arrivals at the workload's rate → p50 / p99 latency
+  * one client: back-to-back requests with a lean client (`http.client`; a gRPC stub with a prebuilt
+    message), the low-load latency
+  * CPU per request: user+system CPU time of the server's process tree / requests answered
+The raw runtime rows loop `session.run` on one thread at batch 1 and at the mean batch size frugal
+reached under saturation on each protocol (read from `frugal_batch_size`), with the same intra-op
+threads as the servers.
 
-Peer: KServe's Python ModelServer (a `kserve.Model` that runs the same ONNX file in ONNX Runtime),
-started with the Python given by `--kserve-python` (a separate venv: kserve's dependencies are heavy).
+Peers, each in a venv of its own (their pins clash with frugal's) and each running the same ONNX file
+in ONNX Runtime from a small custom model class, as a user of that server would write it:
+  * KServe's Python ModelServer (`--kserve-python`): a `kserve.Model`, REST and gRPC
+  * Seldon's MLServer (`--mlserver-python`): an `mlserver.MLModel`, REST and gRPC; MLServer has no
+    REST binary extension. `--mlserver-workers` sets its `parallel_workers` (see BENCHMARKS.md)
 
     python benchmarks/serving.py                          # digits + MiniLM INT8, frugal vs raw
-    python benchmarks/serving.py --kserve-python /tmp/kserve-venv/bin/python
+    python benchmarks/serving.py --kserve-python K/bin/python --mlserver-python M/bin/python
+    python benchmarks/serving.py --kserve-python auto --mlserver-python auto   # venvs from the locks
+    python benchmarks/serving.py --forward-probe          # REST binary vs gRPC stage-to-stage hop
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -30,7 +44,8 @@ import tempfile
 import textwrap
 import time
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +55,9 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 CACHE = Path(os.environ.get("FRUGAL_CACHE_DIR", Path.home() / ".cache" / "frugal")) / "benchmarks"
+REST_JSON, REST_BINARY, GRPC = "REST JSON", "REST binary", "gRPC"
+PROTOCOLS = (REST_JSON, REST_BINARY, GRPC)
+OIP_TYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -137,18 +155,35 @@ def artifacts_for(workload: Workload) -> Path:
     return directory
 
 
-def body_for(feeds: dict[str, np.ndarray], binary_output: bool = False) -> bytes:
-    """A JSON request; with `binary_output` the response tensors use the binary extension."""
-    kinds = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
-    doc: dict[str, Any] = {
+# ------------------------------------------------------------------------------------------ encodings
+
+
+@dataclass(frozen=True)
+class Encoded:
+    body: bytes
+    headers: dict[str, str]
+
+
+def rest_request(feeds: dict[str, np.ndarray], protocol: str) -> Encoded:
+    """One request's REST body: tensors as JSON numbers, or the binary extension both ways."""
+    if protocol == REST_BINARY:
+        tensors = [
+            {"name": n, "datatype": OIP_TYPES[a.dtype], "shape": list(a.shape), "parameters": {"binary_data_size": a.nbytes}}
+            for n, a in feeds.items()
+        ]  # fmt: skip
+        header = json.dumps({"inputs": tensors, "parameters": {"binary_data_output": True}}).encode()
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(header)),
+        }
+        return Encoded(header + b"".join(a.tobytes() for a in feeds.values()), headers)
+    doc = {
         "inputs": [
-            {"name": n, "datatype": kinds[a.dtype], "shape": list(a.shape), "data": a.ravel().tolist()}
+            {"name": n, "datatype": OIP_TYPES[a.dtype], "shape": list(a.shape), "data": a.ravel().tolist()}
             for n, a in feeds.items()
         ]
     }
-    if binary_output:
-        doc["parameters"] = {"binary_data_output": True}
-    return json.dumps(doc).encode()
+    return Encoded(json.dumps(doc).encode(), {"Content-Type": "application/json"})
 
 
 # ------------------------------------------------------------------------------------------------ raw
@@ -181,12 +216,18 @@ def raw_throughput(workload: Workload, batch: int, threads: int, seconds: float)
 @dataclass
 class Running:
     process: subprocess.Popen[bytes]
-    url: str  # the infer URL
-    mean_batch: float = 1.0  # requests per runtime execution under saturation (frugal only)
+    base: str  # http://host:port
+    model: str
+    grpc_target: str | None = None  # host:port where the server speaks OIP gRPC
+    protocols: tuple[str, ...] = PROTOCOLS
+    scratch: list[Path] = field(default_factory=list)  # removed on stop
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/v2/models/{self.model}/infer"
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return tree_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -194,6 +235,28 @@ class Running:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
+        for path in self.scratch:
+            subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User+system CPU of a process and its live descendants (MLServer's inference workers)."""
+    stats: dict[int, tuple[int, int]] = {}  # pid → (parent pid, clock ticks)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in stats.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(stats[pid][1] for pid in tree if pid in stats) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -210,38 +273,50 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 120) 
     raise RuntimeError(f"{url} not ready in {timeout} s")
 
 
+def wait_grpc(target: str, timeout: float = 60) -> None:
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+
+
+def wait_line(
+    path: Path, pattern: str, process: subprocess.Popen[bytes], timeout: float = 60
+) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(pattern, path.read_text(errors="replace"))
+        if found:
+            return found
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before printing {pattern!r}")
+        time.sleep(0.1)
+    raise RuntimeError(f"no line matching {pattern!r} in {timeout} s")
+
+
 def start_frugal(workload: Workload, port: int, threads: int, batch: int) -> Running:
     directory = artifacts_for(workload)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "frugal.serving.server",
-            "--artifacts",
-            str(directory),
-            "--variant",
-            "int8-dynamic",
-            "--port",
-            str(port),
-            "--intra-op-threads",
-            str(threads),
-            "--max-batch-size",
-            str(batch),
-            "--log-level",
-            "WARNING",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_http(f"{base}/v2/health/ready", process)
-    return Running(process, f"{base}/v2/models/{workload.name}/infer")
+    command = [
+        sys.executable, "-m", "frugal.serving.server", "--artifacts", str(directory), "--variant", "int8-dynamic",
+        "--port", str(port), "--intra-op-threads", str(threads), "--max-batch-size", str(batch),
+        "--log-level", "WARNING", "--grpc-port", "0",
+    ]  # fmt: skip
+    handle, name = tempfile.mkstemp(prefix="frugal-bench-serve-", suffix=".out")
+    printed = Path(name)
+    with os.fdopen(handle, "wb") as stdout:
+        process = subprocess.Popen(command, stdout=stdout)
+    server = Running(process, f"http://127.0.0.1:{port}", workload.name, scratch=[printed])
+    wait_http(f"{server.base}/v2/health/ready", process)
+    grpc_port = wait_line(printed, r"frugal serve: grpc on \S+:(\d+)", process).group(1)
+    server.grpc_target = f"127.0.0.1:{grpc_port}"
+    wait_grpc(server.grpc_target)
+    return server
 
 
 KSERVE_MODEL = textwrap.dedent('''
     """A KServe ModelServer serving one ONNX file with ONNX Runtime (the benchmark's peer)."""
     import logging
     import sys
-    import numpy as np
     import onnxruntime as ort
     import kserve
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
@@ -257,19 +332,27 @@ KSERVE_MODEL = textwrap.dedent('''
             self.ready = True
 
         def predict(self, payload: InferRequest, headers=None):
+            # as kserve.utils.utils.get_predict_response: binary outputs when the request asks
+            # (REST binary_data_output; gRPC raw_input_contents), numbers otherwise
             feeds = {i.name: i.as_numpy() for i in payload.inputs}
             values = self.session.run(self.outputs, feeds)
+            binary = payload.use_binary_outputs
             outputs = []
             for name, value in zip(self.outputs, values):
                 out = InferOutput(name=name, shape=list(value.shape), datatype=from_np_dtype(value.dtype))
-                out.set_data_from_numpy(value, binary_data=False)
+                out.set_data_from_numpy(value, binary_data=binary)
                 outputs.append(out)
-            return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=payload.id or "-")
+            return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=payload.id or "-",
+                                 use_binary_outputs=binary)
 
     if __name__ == "__main__":
         name, path, port, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-        logging.getLogger("uvicorn.access").addFilter(lambda record: False)  # as frugal: no access log
-        kserve.ModelServer(http_port=port, grpc_port=port + 1, workers=1, enable_grpc=False,
+        # as frugal: no line per request (uvicorn's access log, the REST timing middleware's trace,
+        # the gRPC interceptor's "grpc method:"); errors still log
+        logging.getLogger("uvicorn.access").addFilter(lambda record: False)
+        logging.getLogger("kserve.trace").addFilter(lambda record: False)
+        logging.getLogger("kserve").addFilter(lambda record: not record.getMessage().startswith("grpc method:"))
+        kserve.ModelServer(http_port=port, grpc_port=port + 1, workers=1, enable_grpc=True,
                            enable_latency_logging=False).start([OnnxModel(name, path, threads)])
 ''')
 
@@ -282,55 +365,151 @@ def start_kserve(workload: Workload, port: int, threads: int, python: str) -> Ru
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    base = f"http://127.0.0.1:{port}"
-    wait_http(f"{base}/v2/models/{workload.name}/ready", process)
-    return Running(process, f"{base}/v2/models/{workload.name}/infer")
+    server = Running(process, f"http://127.0.0.1:{port}", workload.name, f"127.0.0.1:{port + 1}")
+    wait_http(f"{server.base}/v2/models/{workload.name}/ready", process)
+    wait_grpc(f"127.0.0.1:{port + 1}")
+    return server
+
+
+MLSERVER_MODEL = textwrap.dedent('''
+    """An MLServer runtime serving one ONNX file with ONNX Runtime (the benchmark's second peer)."""
+    import onnxruntime as ort
+    from mlserver import MLModel
+    from mlserver.codecs import NumpyCodec
+    from mlserver.types import InferenceRequest, InferenceResponse
+
+
+    class OnnxModel(MLModel):
+        async def load(self) -> bool:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = int(self.settings.parameters.extra["threads"])
+            self.session = ort.InferenceSession(
+                self.settings.parameters.uri, options, providers=["CPUExecutionProvider"]
+            )
+            self.output_names = [o.name for o in self.session.get_outputs()]  # MLModel.outputs: metadata
+            return True
+
+        async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+            # as MLServer's own runtimes (mlserver-sklearn, -xgboost): the codec decodes, the runtime
+            # runs in predict; gRPC answers raw_output_contents when the request sent raw inputs
+            feeds = {i.name: NumpyCodec.decode_input(i) for i in payload.inputs}
+            values = self.session.run(self.output_names, feeds)
+            outputs = [NumpyCodec.encode_output(n, v) for n, v in zip(self.output_names, values)]
+            return InferenceResponse(model_name=self.name, outputs=outputs)
+''')
+
+
+def start_mlserver(workload: Workload, port: int, threads: int, python: str, workers: int) -> Running:
+    """`mlserver start DIR` with settings.json + model-settings.json (ports: HTTP, gRPC, metrics)."""
+    directory = Path(tempfile.mkdtemp(prefix="frugal-bench-mlserver-"))
+    (directory / "onnx_peer.py").write_text(MLSERVER_MODEL)
+    settings = {
+        "host": "127.0.0.1", "http_port": port, "grpc_port": port + 1, "metrics_port": port + 2,
+        "parallel_workers": workers, "debug": False,  # debug=False: no access log (as frugal and KServe here)
+        "gzip_enabled": False,  # frugal and KServe answer uncompressed; aiohttp would ask for gzip
+        "metrics_dir": str(directory / ".metrics"), "environments_dir": str(directory / ".envs"),
+    }  # fmt: skip
+    model = {
+        "name": workload.name,
+        "implementation": "onnx_peer.OnnxModel",
+        "parameters": {"uri": str(workload.path), "extra": {"threads": threads}},
+    }
+    (directory / "settings.json").write_text(json.dumps(settings))
+    (directory / "model-settings.json").write_text(json.dumps(model))
+    process = subprocess.Popen(
+        [str(Path(python).parent / "mlserver"), "start", str(directory)],
+        cwd=directory,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = Running(process, f"http://127.0.0.1:{port}", workload.name, f"127.0.0.1:{port + 1}")
+    server.protocols, server.scratch = (REST_JSON, GRPC), [directory]  # no REST binary extension
+    wait_http(f"{server.base}/v2/models/{workload.name}/ready", process)
+    wait_grpc(server.grpc_target or "")
+    return server
 
 
 # ----------------------------------------------------------------------------------------- load
 
+Call = Callable[[], Awaitable[bool]]  # one request; True when answered with success
 
-async def closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -> tuple[int, int]:
+
+@contextlib.asynccontextmanager
+async def rest_client(server: Running, request: Encoded, connections: int) -> AsyncIterator[Call]:
     import aiohttp
 
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
+
+        async def call() -> bool:
+            async with session.post(server.url, data=request.body, headers=request.headers) as reply:
+                await reply.read()
+                return reply.status == 200
+
+        yield call
+
+
+@contextlib.asynccontextmanager
+async def grpc_client(server: Running, feeds: dict[str, np.ndarray]) -> AsyncIterator[Call]:
+    """tritonclient's asyncio client: one channel (HTTP/2 multiplexes the concurrent calls)."""
+    from tritonclient.grpc import aio as triton
+
+    client = triton.InferenceServerClient(server.grpc_target or "")
+    inputs = []
+    for name, array in feeds.items():
+        tensor = triton.InferInput(name, list(array.shape), OIP_TYPES[array.dtype])
+        tensor.set_data_from_numpy(array)  # raw_input_contents
+        inputs.append(tensor)
+
+    async def call() -> bool:
+        await client.infer(server.model, inputs)
+        return True
+
+    try:
+        yield call
+    finally:
+        await client.close()
+
+
+def client_for(server: Running, workload: Workload, protocol: str, connections: int) -> Any:
+    if protocol == GRPC:
+        return grpc_client(server, workload.feeds)
+    return rest_client(server, rest_request(workload.feeds, protocol), connections)
+
+
+async def closed_loop(
+    server: Running, workload: Workload, protocol: str, concurrency: int, seconds: float
+) -> tuple[int, int]:
     done = errors = 0
-    stop = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with client_for(server, workload, protocol, concurrency) as call:
+        stop = time.perf_counter() + seconds
 
         async def client() -> None:
             nonlocal done, errors
             while time.perf_counter() < stop:
-                async with session.post(
-                    url, data=body, headers={"Content-Type": "application/json"}
-                ) as reply:
-                    await reply.read()
-                    if reply.status == 200:
-                        done += 1
-                    else:
-                        errors += 1
+                try:
+                    answered = await call()
+                except Exception:  # a gRPC error status, a dropped connection: counted, not fatal
+                    answered = False
+                done, errors = done + answered, errors + (not answered)
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
     return done, errors
 
 
-async def open_loop(url: str, body: bytes, rate: float, seconds: float) -> list[float]:
-    import aiohttp
-
+async def open_loop(server: Running, workload: Workload, protocol: str, seconds: float) -> list[float]:
     latencies: list[float] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
+    async with client_for(server, workload, protocol, 256) as call:
 
         async def one() -> None:
             start = time.perf_counter()
-            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as reply:
-                await reply.read()
-                if reply.status == 200:
+            with contextlib.suppress(Exception):
+                if await call():
                     latencies.append((time.perf_counter() - start) * 1000)
 
         tasks = []
         begin = time.perf_counter()
-        for i in range(int(rate * seconds)):
-            delay = begin + i / rate - time.perf_counter()
+        for i in range(int(workload.rate * seconds)):
+            delay = begin + i / workload.rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.ensure_future(one()))
@@ -338,20 +517,52 @@ async def open_loop(url: str, body: bytes, rate: float, seconds: float) -> list[
     return latencies
 
 
-def sequential_p50(url: str, body: bytes, count: int) -> float:
-    """Median ms of back-to-back requests on one keep-alive connection (a lean client: low load)."""
+@contextlib.contextmanager
+def lean_sender(server: Running, workload: Workload, protocol: str) -> Iterator[Callable[[], object]]:
+    """A blocking one-request function with little client work: a prebuilt body or message."""
+    if protocol == GRPC:
+        import grpc
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        message = service_pb2.ModelInferRequest(model_name=server.model)
+        for name, array in workload.feeds.items():
+            tensor = message.inputs.add(name=name, datatype=OIP_TYPES[array.dtype])
+            tensor.shape.extend(array.shape)
+            message.raw_input_contents.append(array.tobytes())
+        with grpc.insecure_channel(server.grpc_target or "") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            yield lambda: stub.ModelInfer(message)
+        return
     import http.client
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    parts, request = urlsplit(server.url), rest_request(workload.feeds, protocol)
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port)
+
+    def send() -> bytes:
+        connection.request("POST", parts.path, request.body, request.headers)
+        reply = connection.getresponse()
+        body = reply.read()
+        if reply.status != 200:
+            raise RuntimeError(f"HTTP {reply.status}: {body[:200]!r}")
+        return body
+
+    try:
+        yield send
+    finally:
+        connection.close()
+
+
+def one_client_p50(server: Running, workload: Workload, protocol: str, count: int) -> float:
+    """Median ms of back-to-back requests on one connection (a lean client: low load)."""
     latencies = []
-    for _ in range(count):
-        start = time.perf_counter()
-        connection.request("POST", parts.path, body, {"Content-Type": "application/json"})
-        connection.getresponse().read()
-        latencies.append((time.perf_counter() - start) * 1000)
-    connection.close()
+    with lean_sender(server, workload, protocol) as send:
+        for _ in range(10):  # a fresh connection, and whatever the saturation phase left queued
+            send()
+        for _ in range(count):
+            start = time.perf_counter()
+            send()
+            latencies.append((time.perf_counter() - start) * 1000)
     return statistics.median(latencies)
 
 
@@ -359,43 +570,47 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-@dataclass
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
 class Row:
     model: str
-    server: str
+    server: str  # frugal, kserve, mlserver, or one of the RAW_* rows
+    protocol: str
     throughput: float
-    p50: float
-    p99: float
-    cpu_ms: float
-    sequential_p50: float = float("nan")
+    p50: float = NAN
+    p99: float = NAN
+    cpu_ms: float = NAN
+    one_client: float = NAN
+    batch: float = NAN  # frugal: mean requests per runtime execution under saturation; raw: its batch
     note: str = ""
 
 
-def measure(
-    server: Running, workload: Workload, name: str, args: argparse.Namespace, binary_output: bool = False
-) -> Row:
-    body = body_for(workload.feeds, binary_output)
-    asyncio.run(closed_loop(server.url, body, 4, 1.0))  # warm-up
-    metrics = server.url.split("/v2/")[0] + "/metrics"
-    batches0 = batch_counts(metrics)
-    cpu0 = server.cpu_seconds()
-    done, errors = asyncio.run(closed_loop(server.url, body, args.concurrency, args.duration))
-    cpu = server.cpu_seconds() - cpu0
-    batches1 = batch_counts(metrics)
-    if batches1[1] > batches0[1]:
-        server.mean_batch = (batches1[0] - batches0[0]) / (batches1[1] - batches0[1])
-    latencies = asyncio.run(open_loop(server.url, body, workload.rate, args.duration))
-    sequential = sequential_p50(server.url, body, 300 if workload.name == "digits" else 50)
-    note = f"{errors} errors" if errors else ""
+RAW_AT_BATCH, RAW_ONE = "raw ORT, frugal's batch", "raw ORT, batch 1"
+
+
+def measure(server: Running, workload: Workload, name: str, protocol: str, args: argparse.Namespace) -> Row:
+    asyncio.run(closed_loop(server, workload, protocol, 4, 1.0))  # warm-up
+    metrics = f"{server.base}/metrics"
+    batches0, cpu0 = batch_counts(metrics), server.cpu_seconds()
+    done, errors = asyncio.run(closed_loop(server, workload, protocol, args.concurrency, args.duration))
+    cpu, batches1 = server.cpu_seconds() - cpu0, batch_counts(metrics)
+    batches = batches1[1] - batches0[1]
+    mean_batch = (batches1[0] - batches0[0]) / batches if batches > 0 else NAN
+    latencies = asyncio.run(open_loop(server, workload, protocol, args.duration))
+    one = one_client_p50(server, workload, protocol, 300 if workload.name == "digits" else 120)
     return Row(
         workload.name,
         name,
+        protocol,
         done / args.duration,
         percentile(latencies, 50),
         percentile(latencies, 99),
         cpu / max(done, 1) * 1000,
-        sequential,
-        note,
+        one,
+        mean_batch,
+        f"{errors} errors" if errors else "",
     )
 
 
@@ -411,6 +626,9 @@ def batch_counts(metrics_url: str) -> tuple[float, float]:
     return total, count
 
 
+# ------------------------------------------------------------------------------------------- runs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -421,88 +639,398 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads, every server and raw")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--seq", type=int, default=32, help="MiniLM tokens per request")
-    parser.add_argument("--kserve-python", help="python of a venv with kserve installed (the peer)")
+    parser.add_argument(
+        "--kserve-python", help="python of a venv with kserve (a peer); auto: build it from its lock, cached"
+    )
+    parser.add_argument(
+        "--mlserver-python", help="python of a venv with mlserver (a peer); auto: build it from its lock, cached"
+    )
+    parser.add_argument(
+        "--mlserver-workers",
+        default="0,1",
+        help="MLServer parallel_workers settings to run, each a peer (0: inference in the server process)",
+    )
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument("--repeat", type=int, default=1, help="runs per model; the table shows medians")
+    parser.add_argument(
+        "--forward-probe", action="store_true", help="only time one stage-to-stage hop, REST binary vs gRPC"
+    )
     args = parser.parse_args()
+    if args.forward_probe:
+        forward_probe(args.port + 30, args.seq)
+        return 0
+    if "auto" in (args.kserve_python, args.mlserver_python):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "component"))
+        import serving_support  # the same locked, cached venvs the conformance tests use
+
+        if args.kserve_python == "auto":
+            args.kserve_python = str(serving_support.kserve_python())
+        if args.mlserver_python == "auto":
+            args.mlserver_python = str(serving_support.mlserver_python())
     rows: list[Row] = []
     for workload in workloads(args.models.split(","), args.seq):
-        runs = [run_once(workload, args) for _ in range(args.repeat)]
-        rows += [median_row([run[i] for run in runs]) for i in range(len(runs[0]))]
+        rows += median_rows([run_once(workload, args) for _ in range(args.repeat)])
     print(
         f"{args.repeat} run(s) of {args.duration:.0f} s phases, {args.concurrency} clients, "
-        f"{args.threads} intra-op thread(s), max batch {args.max_batch_size}"
+        f"{args.threads} intra-op thread(s), max batch {args.max_batch_size}, "
+        f"MLServer parallel_workers {{{args.mlserver_workers}}}"
     )
-    print_table(rows)
+    print_rows(rows)
+    print()
+    print_summary(rows)
+    print()
+    for met, target, detail in targets(rows):
+        print(f"- {'met' if met else 'NOT met' if met is False else 'not measured'}: {target} — {detail}")
     return 0
 
 
 def run_once(workload: Workload, args: argparse.Namespace) -> list[Row]:
-    rows = []
     frugal = start_frugal(workload, args.port, args.threads, args.max_batch_size)
     try:
-        rows.append(measure(frugal, workload, "frugal", args))
-        batch = max(1, round(frugal.mean_batch))
-        rows.append(measure(frugal, workload, "frugal, binary outputs", args, binary_output=True))
+        rows = [measure(frugal, workload, "frugal", protocol, args) for protocol in frugal.protocols]
     finally:
         frugal.stop()
-    nan = float("nan")
-    raw_batch, _ = raw_throughput(workload, batch, args.threads, args.duration)
-    raw_one, raw_single = raw_throughput(workload, 1, args.threads, args.duration / 2)
-    rows.append(
-        Row(workload.name, "raw ORT, server's batch", raw_batch, nan, nan, nan, note=f"batch {batch}")
-    )
-    rows.append(Row(workload.name, "raw ORT, batch 1", raw_one, nan, nan, nan, raw_single))
+    rows += raw_rows(workload, rows, args)
     if args.kserve_python:
-        peer = start_kserve(workload, args.port + 10, args.threads, args.kserve_python)
-        try:
-            rows.append(measure(peer, workload, "kserve ModelServer", args))
-        except Exception as exc:  # report the peer's failure in the table instead of losing the run
-            rows.append(Row(workload.name, "kserve ModelServer", 0.0, nan, nan, nan, note=f"failed: {exc}"))
-        finally:
-            peer.stop()
+        start = functools.partial(start_kserve, workload, args.port + 10, args.threads, args.kserve_python)
+        rows += peer_rows("kserve", start, workload, args)
+    for index, workers in enumerate(int(w) for w in args.mlserver_workers.split(",") if args.mlserver_python):
+        port, python = args.port + 20 + 3 * index, args.mlserver_python
+        start = functools.partial(start_mlserver, workload, port, args.threads, python, workers)
+        rows += peer_rows(f"mlserver, {workers} workers", start, workload, args)
     return rows
 
 
-def median_row(rows: list[Row]) -> Row:
-    def middle(values: list[float]) -> float:
-        return float(np.median(values))
-
-    return Row(
-        rows[0].model,
-        rows[0].server,
-        middle([r.throughput for r in rows]),
-        middle([r.p50 for r in rows]),
-        middle([r.p99 for r in rows]),
-        middle([r.cpu_ms for r in rows]),
-        middle([r.sequential_p50 for r in rows]),
-        ", ".join(sorted({r.note for r in rows if r.note})),
-    )
+def raw_rows(workload: Workload, frugal: list[Row], args: argparse.Namespace) -> list[Row]:
+    """The runtime alone at the batch frugal reached on each protocol, and at batch 1."""
+    rates: dict[int, float] = {}
+    rows = []
+    for row in frugal:
+        batch = max(1, round(row.batch)) if row.batch == row.batch else 1
+        if batch not in rates:
+            rates[batch] = raw_throughput(workload, batch, args.threads, args.duration)[0]
+        rows.append(Row(workload.name, RAW_AT_BATCH, row.protocol, rates[batch], batch=batch))
+    rate, single = raw_throughput(workload, 1, args.threads, args.duration / 2)
+    rows.append(Row(workload.name, RAW_ONE, "-", rate, one_client=single, batch=1))
+    return rows
 
 
-def print_table(rows: list[Row]) -> None:
-    print(
-        "| model | server | req/s at saturation | vs raw (server batch) | vs peer | p50 ms at fixed rate "
-        "| p99 ms at fixed rate | p50 ms one client | CPU ms/req |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        raw = next(
-            (r for r in rows if r.model == row.model and r.server == "raw ORT, server's batch"),
-            None,
-        ) or next(r for r in rows if r.model == row.model and r.server.startswith("raw"))
-        peer = next((r for r in rows if r.model == row.model and "kserve" in r.server), None)
-        vs_raw = f"{row.throughput / raw.throughput:.2f}" if raw.throughput else "-"
-        vs_peer = f"{row.throughput / peer.throughput:.2f}" if peer and peer.throughput else "-"
+def peer_rows(
+    name: str, start: Callable[[], Running], workload: Workload, args: argparse.Namespace
+) -> list[Row]:
+    """A peer's row per protocol it speaks; a failure is a row with a note, not a lost run."""
+    try:
+        server = start()
+    except Exception as exc:
+        return [Row(workload.name, name, REST_JSON, 0.0, note=f"failed to start: {exc}")]
+    rows = []
+    try:
+        for protocol in server.protocols:
+            try:
+                rows.append(measure(server, workload, name, protocol, args))
+            except Exception as exc:
+                rows.append(Row(workload.name, name, protocol, 0.0, note=f"failed: {exc!r}"[:120]))
+    finally:
+        server.stop()
+    return rows
 
-        def fmt(value: float, digits: int = 2) -> str:
-            return "-" if value != value else f"{value:.{digits}f}"
 
-        print(
-            f"| {row.model} | {row.server} | {row.throughput:.0f} | {vs_raw} | {vs_peer} | {fmt(row.p50)} | "
-            f"{fmt(row.p99)} | {fmt(row.sequential_p50, 3)} | {fmt(row.cpu_ms, 3)} |"
-            f"{(' ' + row.note) if row.note else ''}"
+def median_rows(runs: list[list[Row]]) -> list[Row]:
+    """One row per (server, protocol), each number the median over the runs."""
+    keys = list(dict.fromkeys((r.server, r.protocol) for run in runs for r in run))
+    merged = []
+    for key in keys:
+        group = [r for run in runs for r in run if (r.server, r.protocol) == key]
+
+        def middle(name: str, group: list[Row] = group) -> float:
+            return float(np.median([getattr(r, name) for r in group]))
+
+        merged.append(
+            replace(
+                group[0],
+                throughput=middle("throughput"),
+                p50=middle("p50"),
+                p99=middle("p99"),
+                cpu_ms=middle("cpu_ms"),
+                one_client=middle("one_client"),
+                batch=middle("batch"),
+                note=", ".join(sorted({r.note for r in group if r.note})),
+            )
         )
+    return merged
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+PEERS = ("kserve", "mlserver")  # each a family: "mlserver, 0 workers" and "mlserver, 1 workers" are mlserver
+
+
+def find(rows: list[Row], model: str, server: str, protocol: str) -> Row | None:
+    return next((r for r in rows if (r.model, r.server, r.protocol) == (model, server, protocol)), None)
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"
+
+
+def ratio(a: Row | None, b: Row | None) -> float:
+    return a.throughput / b.throughput if a and b and b.throughput else NAN
+
+
+def peers(rows: list[Row], model: str, protocol: str, family: str = "") -> list[Row]:
+    """The peers' rows that answered (every configuration of each, or of one family)."""
+    wanted = (family,) if family else PEERS
+    return [
+        r
+        for r in rows
+        if (r.model, r.protocol) == (model, protocol) and r.server.split(",")[0] in wanted and r.throughput
+    ]
+
+
+def faster_peer(rows: list[Row], model: str, protocol: str, family: str = "") -> Row | None:
+    return max(peers(rows, model, protocol, family), key=lambda r: r.throughput, default=None)
+
+
+def print_rows(rows: list[Row]) -> None:
+    print(
+        "| model | server | protocol | req/s at saturation | vs raw (frugal's batch) | vs faster peer "
+        "| p50 ms at fixed rate | p99 ms at fixed rate | p50 ms one client | CPU ms/req | batch |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        raw = find(rows, row.model, RAW_AT_BATCH, row.protocol) or find(
+            rows, row.model, RAW_AT_BATCH, REST_JSON
+        )
+        peer = None if row.server.startswith("raw") else faster_peer(rows, row.model, row.protocol)
+        print(
+            f"| {row.model} | {row.server} | {row.protocol} | {row.throughput:.0f} | {fmt(ratio(row, raw))} | "
+            f"{fmt(ratio(row, peer))} | {fmt(row.p50)} | {fmt(row.p99)} | {fmt(row.one_client, 3)} | "
+            f"{fmt(row.cpu_ms, 3)} | {fmt(row.batch, 1)} |{(' ' + row.note) if row.note else ''}"
+        )
+
+
+def print_summary(rows: list[Row]) -> None:
+    """frugal per model and protocol, as ratios to the runtime limit and to each peer's fastest
+    configuration; one client: the lowest of a peer's configurations."""
+    print(
+        "| model | protocol | frugal req/s | ÷ raw at frugal's batch | ÷ kserve | ÷ mlserver "
+        "| one client ms: frugal / kserve / mlserver | frugal over raw batch 1, ms |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for ours in (r for r in rows if r.server == "frugal"):
+        raw = find(rows, ours.model, RAW_AT_BATCH, ours.protocol)
+        raw_one = find(rows, ours.model, RAW_ONE, "-")
+        fastest = [faster_peer(rows, ours.model, ours.protocol, family) for family in PEERS]
+        lowest = [
+            min((r.one_client for r in peers(rows, ours.model, ours.protocol, family)), default=NAN)
+            for family in PEERS
+        ]
+        one = " / ".join(fmt(v, 3) for v in [ours.one_client, *lowest])
+        overhead = ours.one_client - raw_one.one_client if raw_one else NAN
+        print(
+            f"| {ours.model} | {ours.protocol} | {ours.throughput:.0f} | "
+            f"{fmt(ratio(ours, raw))} (batch {fmt(raw.batch if raw else NAN, 0)}) | "
+            f"{' | '.join(fmt(ratio(ours, peer)) for peer in fastest)} | {one} | {fmt(overhead, 3)} |"
+        )
+
+
+def targets(rows: list[Row]) -> list[tuple[bool | None, str, str]]:
+    """The issue's targets: (met, or None when nothing measured it; the target; the numbers)."""
+    ours = [r for r in rows if r.server == "frugal"]
+    found = []
+
+    minilm = [
+        (r.protocol, ratio(r, find(rows, r.model, RAW_AT_BATCH, r.protocol)))
+        for r in ours
+        if r.model == "minilm"
+    ]
+    found.append(
+        verdict("MiniLM >= 0.9x raw at the server's batch, every protocol", minilm, lambda v: v >= 0.9)
+    )
+
+    overheads = []
+    for r in ours:
+        raw_one = find(rows, r.model, RAW_ONE, "-")
+        overheads.append((f"{r.model} {r.protocol}", r.one_client - raw_one.one_client if raw_one else NAN))
+    found.append(
+        verdict(
+            "one-client overhead over raw <= 1 ms, every model and encoding", overheads, lambda v: v <= 1.0
+        )
+    )
+
+    digits = [
+        (r.protocol, ratio(r, faster_peer(rows, r.model, r.protocol))) for r in ours if r.model == "digits"
+    ]
+    found.append(verdict("digits >= 2x the faster peer's req/s", digits, lambda v: v >= 2.0))
+
+    slower = []
+    for r in ours:
+        for peer in peers(rows, r.model, r.protocol):
+            where = f"{r.model} {r.protocol} vs {peer.server}"
+            slower += [(f"{where} req/s", ratio(r, peer))]
+            slower += [(f"{where} one-client p50", peer.one_client / r.one_client)]
+            slower += [(f"{where} fixed-rate p50", peer.p50 / r.p50)]
+    found.append(
+        verdict(
+            "never slower than a peer (req/s, one-client p50, fixed-rate p50)",
+            slower,
+            lambda v: v >= 1.0,
+            quiet=True,
+        )
+    )
+    return found
+
+
+def verdict(
+    target: str, values: list[tuple[str, float]], ok: Callable[[float], bool], quiet: bool = False
+) -> tuple[bool | None, str, str]:
+    """quiet: list only the misses (the target has many comparisons)."""
+    measured = [(where, v) for where, v in values if v == v]
+    if not measured:
+        return None, target, "no rows"
+    misses = [(where, v) for where, v in measured if not ok(v)]
+    shown = misses if quiet else measured
+    detail = ", ".join(f"{where} {v:.2f}" for where, v in shown) or f"all {len(measured)} comparisons"
+    return not misses, target, detail
+
+
+# ------------------------------------------------------------------------------------ forward probe
+
+FORWARD_ECHO = textwrap.dedent('''
+    """A next stage's transport alone: decode the hidden state, answer one as large (REST binary, gRPC)."""
+    import asyncio
+    import sys
+    import grpc
+    import numpy as np
+    from aiohttp import web
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    from frugal.serving.server.codec import HEADER_LENGTH, decode_request, encode_response
+
+    async def rest(request):
+        decoded = decode_request(await request.read(), request.headers.get(HEADER_LENGTH))
+        body, headers = encode_response("echo", "1", decoded, decoded.inputs)
+        return web.Response(body=body, headers=headers)
+
+    class Echo(service_pb2_grpc.GRPCInferenceServiceServicer):
+        async def ModelInfer(self, request, context):
+            tensor = request.inputs[0]
+            array = np.frombuffer(request.raw_input_contents[0], np.float32).reshape(tuple(tensor.shape))
+            reply = service_pb2.ModelInferResponse(model_name="echo")
+            reply.outputs.add(name=tensor.name, datatype=tensor.datatype).shape.extend(array.shape)
+            reply.raw_output_contents.append(array.tobytes())
+            return reply
+
+    async def main(rest_port, grpc_port):
+        app = web.Application(client_max_size=1 << 28)
+        app.router.add_post("/v2/models/echo/infer", rest)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", rest_port).start()
+        unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        server = grpc.aio.server(options=unlimited)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Echo(), server)
+        server.add_insecure_port(f"127.0.0.1:{grpc_port}")
+        await server.start()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+''')
+
+
+def forward_probe(port: int, seq: int) -> None:
+    """One stage-to-stage hop of a MiniLM hidden state between two local processes, REST binary vs gRPC.
+
+    REST binary is frugal's own NextStage client against an aiohttp handler that decodes with frugal's
+    codec; gRPC is a grpc.aio stub against a grpc.aio servicer (tritonclient's generated OIP stubs).
+    Both ends build and parse the tensor on every hop; the answer is as large as the request.
+    """
+    script = Path(tempfile.gettempdir()) / "frugal-bench-forward-echo.py"
+    script.write_text(FORWARD_ECHO)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(port), str(port + 1)], stdout=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
+        print(
+            "| hidden state | hop | p50 ms one at a time | p99 ms | hops/s, 8 in flight | echo server CPU ms/hop |"
+        )
+        print("|---|---|---:|---:|---:|---:|")
+        rng = np.random.default_rng(0)
+        for batch in (1, 32):
+            array = rng.standard_normal((batch, seq, 384)).astype(np.float32)
+            for hop, (p50, p99, rate, cpu) in asyncio.run(forward_hops(port, process.pid, array)).items():
+                label = f"[{batch}, {seq}, 384] FP32 ({array.nbytes / 1024:.0f} KiB)"
+                print(f"| {label} | {hop} | {p50:.3f} | {p99:.3f} | {rate:.0f} | {cpu:.3f} |")
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def forward_hops(
+    port: int, pid: int, array: np.ndarray
+) -> dict[str, tuple[float, float, float, float]]:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    from frugal.serving.server.forward import NextStage
+
+    rest = NextStage(f"http://127.0.0.1:{port}", "echo", timeout_s=60)
+    unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port + 1}", options=unlimited)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+    async def via_rest() -> None:
+        (await rest({"hidden": array}))["hidden"].sum()
+
+    async def via_grpc() -> None:
+        message = service_pb2.ModelInferRequest(model_name="echo")
+        message.inputs.add(name="hidden", datatype="FP32").shape.extend(array.shape)
+        message.raw_input_contents.append(array.tobytes())
+        reply = await stub.ModelInfer(message)
+        np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(tuple(reply.outputs[0].shape)).sum()
+
+    hops = {"REST binary (frugal's NextStage)": via_rest, "gRPC (grpc.aio)": via_grpc}
+    count = 400 if array.shape[0] == 1 else 60
+    latencies: dict[str, list[float]] = {name: [] for name in hops}
+    rates: dict[str, list[float]] = {name: [] for name in hops}
+    cpu: dict[str, list[float]] = {name: [] for name in hops}
+    for _ in range(3):  # alternate the two hops so drift in the machine's load hits both alike
+        for name, hop in hops.items():
+            for _ in range(10):
+                await hop()
+            for _ in range(count // 3):
+                start = time.perf_counter()
+                await hop()
+                latencies[name].append((time.perf_counter() - start) * 1000)
+            cpu0 = tree_cpu_seconds(pid)
+            done = await saturate(hop, concurrency=8, seconds=1.0)
+            rates[name].append(done / 1.0)
+            cpu[name].append((tree_cpu_seconds(pid) - cpu0) / max(done, 1) * 1000)
+    await rest.close()
+    await channel.close()
+    return {
+        name: (
+            statistics.median(latencies[name]),
+            percentile(latencies[name], 99),
+            statistics.median(rates[name]),
+            statistics.median(cpu[name]),
+        )
+        for name in hops
+    }
+
+
+async def saturate(hop: Callable[[], Awaitable[None]], concurrency: int, seconds: float) -> int:
+    done, stop = 0, time.perf_counter() + seconds
+
+    async def loop() -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            await hop()
+            done += 1
+
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    return done
 
 
 if __name__ == "__main__":

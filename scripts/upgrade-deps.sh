@@ -31,6 +31,7 @@ compile requirements/dev.txt pyproject.toml requirements/build.in --extra dev
 # 'all' is the same resolution without the dev tools: constrained by the dev lock, never newer.
 compile requirements/all.txt pyproject.toml requirements/build.in --extra all --constraint requirements/dev.txt
 compile requirements/kserve-client.txt requirements/kserve-client.in
+compile requirements/mlserver.txt requirements/mlserver.in
 git --no-pager diff --stat -- requirements/ || true
 
 if [[ "$RUN_TESTS" == 1 ]]; then
