@@ -185,6 +185,9 @@ class VariantProfile(ApiModel):
     throughput_rps: float | None = None
     cost_per1k_requests: Decimal | None = Field(default=None, alias="costPer1kRequests")
     meets_slo: bool | None = None
+    replicas: int | None = None
+    joules_per_request: float | None = None
+    verdict: str | None = None
 
 
 class Variant(ApiModel):

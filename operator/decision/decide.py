@@ -322,14 +322,19 @@ def variant_table(
                 "metric": entry.get("metric") or {},
                 "accepted": accepted,
                 "reason": reason[:1024],
-                "profiles": [_profile_row(r, md) for r in rows],
+                "profiles": [_profile_row(r, md, plan) for r in rows],
             }
         )
     return table
 
 
-def _profile_row(row: planner.Candidate, md: ModelDeploymentSpec) -> dict[str, Any]:
-    result: dict[str, Any] = {"hardwareProfile": row.profile, "shards": row.shards}
+def _profile_row(row: planner.Candidate, md: ModelDeploymentSpec, plan: planner.Plan) -> dict[str, Any]:
+    """One row of the plan table (what `frugal up` prints and `kubectl describe md` shows)."""
+    result: dict[str, Any] = {
+        "hardwareProfile": row.profile,
+        "shards": row.shards,
+        "verdict": planner.why_not(row, plan)[:512],
+    }
     if row.latency_p95_ms is not None:
         result["latencyP95Ms"] = round(row.latency_p95_ms, 4)
         result["meetsSlo"] = row.latency_p95_ms <= md.latency_p95_ms
@@ -337,6 +342,9 @@ def _profile_row(row: planner.Candidate, md: ModelDeploymentSpec) -> dict[str, A
         result["throughputRps"] = round(row.throughput_rps, 3)
     if row.cost_per_1k_requests is not None:
         result["costPer1kRequests"] = f"{row.cost_per_1k_requests:.6g}"
+        result["replicas"] = row.replicas
+    if row.energy_per_request_joules is not None:
+        result["joulesPerRequest"] = round(row.energy_per_request_joules, 6)
     return result
 
 

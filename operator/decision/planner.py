@@ -174,6 +174,28 @@ def plan(variants: Sequence[Variant], profiles: Sequence[Profile], objectives: O
     return Plan(chosen, table, reason, fallback, objectives)
 
 
+def why_not(row: Candidate, plan: Plan) -> str:
+    """One line for the plan table: "chosen", why the option is infeasible, or why it lost to the choice."""
+    chosen = plan.chosen
+    if chosen is not None and _same_option(row, chosen):
+        return "chosen"
+    if row.rejections:
+        return "; ".join(row.rejections)
+    if chosen is None:  # feasible rows always leave a choice; kept total for any Plan a caller builds
+        return "not chosen"
+    ours, theirs = row.cost_per_request or 0.0, chosen.cost_per_request or 0.0
+    tolerance = plan.objectives.cost_tolerance if plan.objectives else 0.0
+    if theirs > 0 and ours > theirs * (1.0 + tolerance):
+        return f"costs {ours / theirs - 1.0:.0%} more per request than the choice"
+    if _preference(row)[0] == _preference(chosen)[0]:
+        return f"same cost; the choice draws less power ({chosen.watts:.3g} W vs {row.watts:.3g} W)"
+    same_power_and_size = _near_tie_preference(row)[:2] == _near_tie_preference(chosen)[:2]
+    won_on = "a lower cost" if same_power_and_size else _tie_breaker(chosen, row)
+    return (
+        f"within {tolerance:.0%} of the choice's cost (measurement noise); the choice has {won_on}"
+    )
+
+
 def price(
     variant: Variant,
     profile: Profile,

@@ -181,4 +181,15 @@ def summary_row(
         "sloLatencyP95Ms": slo_ms,
         "sloAttainment": None if attainment != attainment else round(attainment, 4),
         **(scaling or {}),
+        **_per_request(scaling or {}, stats.ok),
+    }
+
+
+def _per_request(scaling: Mapping[str, Any], answered: int) -> dict[str, Any]:
+    """The run's price per request: what the product is for, from the autoscaler's account."""
+    if not answered or "costUsd" not in scaling:
+        return {}
+    return {
+        "costPer1kRequestsUsd": round(float(scaling["costUsd"]) / answered * 1000.0, 8),
+        "joulesPerRequest": round(float(scaling["energyJoules"]) / answered, 4),
     }

@@ -31,6 +31,7 @@ from frugal.operator.api.spec import (
     parse_hardware_profile,
     parse_model_deployment,
 )
+from frugal.operator.decision import planner
 from frugal.operator.local import autoscaler, evaluation, loadgen
 from frugal.operator.local.kubelet import LocalCluster, LocalRunError, Served
 
@@ -63,8 +64,11 @@ class LoadOptions:
     replan_window: float | None = None  # None: spec.autoscaling.replanning.windowSeconds
 
 
+LOG_WIDTH = 140  # columns when stderr is not a terminal (a log, CI): the plan table fits on one line a row
+
+
 def up(files: Sequence[str], workdir: str | None, port: int, load: LoadOptions) -> int:
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else LOG_WIDTH)
     try:
         resources = load_resources(files)
         deployment, profiles = _pick(resources)
@@ -102,6 +106,9 @@ def up(files: Sequence[str], workdir: str | None, port: int, load: LoadOptions) 
         roll_over=lambda rollover: cluster.roll_over(served, rollover),
         replan_window=load.replan_window,
     )
+    if served.decision.plan is not None:
+        console.print(plan_table(served.decision.plan))
+        console.print(f"  chose {served.decision.plan.reason}", highlight=False)
     try:
         console.print(
             f"  serving {served.model_name} at {served.endpoint}/v2/models/{served.model_name} "
@@ -211,6 +218,38 @@ class _StatusLine:
             f"{target}rps={stats.recent_rps():.0f}  requests={stats.requests}  p95={stats.percentile_ms(95):.2f}ms  "
             f"errors={stats.failed}{scaled}"
         )
+
+
+def plan_table(plan: planner.Plan) -> Table:
+    """Every option the planner priced, cheapest feasible first, each with why it won or lost."""
+    objectives = plan.objectives
+    title = "plan" + (
+        f": p95 <= {objectives.latency_p95_ms:g} ms, accuracy drop <= {objectives.max_accuracy_drop:g}"
+        + (f", at {objectives.expected_rps:g} req/s" if objectives.expected_rps else ", at one replica's capacity")
+        if objectives
+        else ""
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("variant", "hardware", "shards", "p95 ms", "replicas", "$/1k req", "J/req"):
+        table.add_column(column, justify="left" if column in ("variant", "hardware") else "right", no_wrap=True)
+    table.add_column("verdict", min_width=24)
+
+    def order(row: planner.Candidate) -> tuple[int, float]:
+        return (0 if row is plan.chosen else 1 if row.feasible else 2, row.cost_per_request or float("inf"))
+
+    for row in sorted(plan.table, key=order):
+        table.add_row(
+            row.variant,
+            row.profile,
+            str(row.shards),
+            "-" if row.latency_p95_ms is None else f"{row.latency_p95_ms:.3g}",
+            str(row.replicas) if row.cost_per_request is not None else "-",
+            "-" if row.cost_per_1k_requests is None else f"{row.cost_per_1k_requests:.3g}",
+            "-" if row.energy_per_request_joules is None else f"{row.energy_per_request_joules:.3g}",
+            planner.why_not(row, plan),
+            style="bold green" if row is plan.chosen else None if row.feasible else "dim",
+        )
+    return table
 
 
 def _summary_table(model_name: str, row: Mapping[str, Any]) -> Table:

@@ -109,6 +109,10 @@ def test_digits_example_is_compressed_profiled_planned_and_served(
     assert status["autoscaling"]["reason"] == "MetricsStale" and status["autoscaling"]["desiredReplicas"] == [1]
     table = cluster.kubectl("get", "md", "digits", "-n", ns).stdout
     assert "Serving" in table and "local-cpu" in table and status["selected"]["variant"] in table
+    verdicts = {(v["name"], p["hardwareProfile"]): p["verdict"] for v in status["variants"] for p in v["profiles"]}
+    assert verdicts[(status["selected"]["variant"], "local-cpu")] == "chosen"  # kept by the API server's schema
+    described = cluster.kubectl("describe", "md", "digits", "-n", ns).stdout
+    assert "Verdict:" in described and "Joules Per Request:" in described, described[-2000:]
     reasons = {e["reason"] for e in events_for(cluster, ns, "digits")}
     assert {"CompressionRunning", "ArtifactsReady", "ServingReady", "PhaseServing"} <= reasons
 

@@ -49,6 +49,20 @@ def test_up_serves_the_int8_digits_model_accurately(digits_run: tuple[subprocess
     assert float(summary["latencyP95Ms"]) >= float(summary["latencyP50Ms"]) > 0  # type: ignore[arg-type]
 
 
+def test_up_shows_the_plan_and_what_the_run_cost(digits_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    result, _ = digits_run
+    summary = summary_of(result)
+    plan_rows = [line for line in result.stderr.splitlines() if line.startswith("│")]
+    chosen = [line for line in plan_rows if line.rstrip(" │").endswith("chosen")]
+    assert len(chosen) == 1 and str(summary["variant"]) in chosen[0], result.stderr[-3000:]
+    assert any("fp32" in line for line in plan_rows)  # the loser is in the table too, with its verdict
+    requests = int(summary["requestsServed"])  # type: ignore[call-overload]
+    cost, joules = float(summary["costUsd"]), float(summary["energyJoules"])  # type: ignore[arg-type]
+    assert float(summary["costPer1kRequestsUsd"]) == pytest.approx(cost / requests * 1000, rel=1e-3)  # type: ignore[arg-type]
+    assert float(summary["joulesPerRequest"]) == pytest.approx(joules / requests, rel=1e-2, abs=1e-4)  # type: ignore[arg-type]
+    assert cost > 0
+
+
 def test_up_leaves_verifiable_artifacts(digits_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     _, workdir = digits_run
     [generation] = list((workdir / "artifacts").glob("*/digits/gen-1"))

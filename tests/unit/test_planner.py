@@ -14,6 +14,7 @@ from frugal.operator.decision.planner import (
     Profile,
     Variant,
     plan,
+    why_not,
 )
 
 CPU = Profile("cpu-small", cost_per_hour=0.10, idle_watts=20, max_watts=60)
@@ -224,3 +225,24 @@ def test_a_real_saving_beyond_the_tolerance_still_wins() -> None:
     result = plan([big, small], [CPU], Objectives(50, 0.01, 0.15, cost_tolerance=0.10))
     assert result.chosen is not None and result.chosen.variant == "fp32"
     assert "lowest cost per request" in result.reason
+
+
+def test_every_row_of_the_plan_table_says_why_it_lost() -> None:
+    result = plan([FP32, INT8, PRUNED], [CPU, GPU], Objectives(30, 0.01, 0.15))
+    verdicts = {(r.variant, r.profile): why_not(r, result) for r in result.table}
+    assert result.chosen is not None
+    assert verdicts[(result.chosen.variant, result.chosen.profile)] == "chosen"
+    assert "drop 0.03 exceeds the budget 0.01" in verdicts[("pruned", "cpu-small")]
+    assert "p95 40 ms exceeds the SLO of 30 ms" in verdicts[("fp32", "cpu-small")]
+    losers = [v for (name, _), v in verdicts.items() if v != "chosen" and name != "pruned" and "SLO" not in v]
+    assert losers and all(v.startswith("costs ") and "more per request" in v for v in losers), verdicts
+
+
+def test_a_near_tie_loser_is_told_what_decided_it() -> None:
+    big = variant("fp32", 0.0, Measurement("cpu-small", 10, 1050), size=200_000)
+    small = variant("int8", 0.0, Measurement("cpu-small", 10, 1000), size=50_000)
+    tolerant = plan([big, small], [CPU], Objectives(50, 0.01, 0.15, cost_tolerance=0.10))
+    loser = tolerant.option("fp32", "cpu-small", 1)
+    assert loser is not None
+    assert "within 10% of the choice's cost" in why_not(loser, tolerant)
+    assert "the smaller model, 50000 vs 200000 bytes" in why_not(loser, tolerant)
