@@ -11,6 +11,7 @@ stabilisation window. An edit of spec.autoscaling alone does not compress again.
 from __future__ import annotations
 
 import itertools
+import re
 import signal
 import subprocess
 import threading
@@ -39,6 +40,8 @@ from operator_harness import (
 )
 from prometheus_harness import Prometheus
 
+RULES = Path(__file__).resolve().parents[2] / "charts" / "frugal" / "alerts" / "frugal-rules.yaml"
+
 NAME = "digits-autoscaled"
 WINDOW_S = 8
 SCALE_UP = {"LatencyAboveSLO", "QueueGrowing", "LoadAboveCapacity"}
@@ -65,9 +68,12 @@ def model_deployment(prometheus_url: str) -> str:
 class PlayedKubelet:
     """Runs as many servers as the Deployment asks for, each a Prometheus target, and reports them ready."""
 
-    def __init__(self, cluster: ControlPlane, prometheus: Prometheus, namespace: str, workdir: Path) -> None:
+    def __init__(
+        self, cluster: ControlPlane, prometheus: Prometheus, namespace: str, workdir: Path, operator_metrics: str
+    ) -> None:
         self.cluster, self.prometheus, self.namespace, self.workdir = cluster, prometheus, namespace, workdir
         self.servers: list[tuple[subprocess.Popen[bytes], int]] = []
+        self.operator_metrics = operator_metrics  # scraped too, as the chart's ServiceMonitor would
 
     @property
     def ports(self) -> list[int]:
@@ -88,7 +94,8 @@ class PlayedKubelet:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
         self.prometheus.set_targets(
-            (f"127.0.0.1:{port}", {"pod": f"{NAME}-g1-shard-0-{i}"}) for i, port in enumerate(self.ports)
+            [(f"127.0.0.1:{port}", {"pod": f"{NAME}-g1-shard-0-{i}"}) for i, port in enumerate(self.ports)]
+            + [(self.operator_metrics, {"pod": "frugal-operator"})]
         )
         mark_ready(self.cluster, deployment)
         return wanted
@@ -148,7 +155,7 @@ def live(crds_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
     work = tmp_path_factory.mktemp("autoscaling")
     args = ["--autoscale-interval", "2", "--rate-window", "10s"]
     with autoscaled_namespace(crds_installed, work, "autoscaling", args) as (operator, prometheus, namespace):
-        kubelet = PlayedKubelet(crds_installed, prometheus, namespace, work)
+        kubelet = PlayedKubelet(crds_installed, prometheus, namespace, work, f"127.0.0.1:{operator.metrics_port}")
         try:
             yield {"operator": operator, "prometheus": prometheus, "kubelet": kubelet, "namespace": namespace,
                    "work": work}  # fmt: skip
@@ -168,6 +175,25 @@ def p95_shown(cluster: ControlPlane, ns: str) -> str | None:
 def deployment_replicas(cluster: ControlPlane, namespace: str) -> int:
     deployment = get(cluster, "deployment", namespace, f"{NAME}-g1-shard-0")
     return int(deployment["spec"]["replicas"]) if deployment else 0
+
+
+def check_alert_rules_live(prometheus: Prometheus) -> None:
+    """Every expression of the chart's alert rules, run against this Prometheus scraping real servers
+    and the operator: accepted, every series it names present, and nothing firing on a healthy model
+    (the joins between serving and operator series match, or FrugalServedModelMetricsMissing would)."""
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    for name in sorted({n for r in rules for n in re.findall(r"\bfrugal_[a-z0-9_]+", r["expr"])}):
+        prometheus.wait_for_series(f"count({name})")
+    joined = prometheus.query(
+        'histogram_quantile(0.95, sum by (namespace, model, le) (rate(frugal_request_duration_seconds_bucket'
+        '{shard="0"}[1m]))) and on (namespace, model) frugal_slo_latency_p95_seconds'
+    )
+    assert len(joined) == 1, joined  # the serving p95 meets the operator's SLO series label for label
+    for rule in rules:
+        if rule["alert"] in ("FrugalServedModelMetricsMissing", "FrugalOperatorDown", "FrugalServerErrors"):
+            assert prometheus.query(rule["expr"]) == [], rule["alert"]
+        else:  # latency and the power cap depend on this load and this machine: accepted is enough
+            prometheus.query(rule["expr"])
 
 
 def test_replicas_follow_the_load_through_prometheus_and_hold_when_it_is_gone(live: dict[str, Any]) -> None:
@@ -195,6 +221,7 @@ def test_replicas_follow_the_load_through_prometheus_and_hold_when_it_is_gone(li
             lambda: (s := status_of(cluster, ns, NAME)).get("requestRate") and s.get("latencyP95Ms") and s,
             operator,
         )
+        check_alert_rules_live(prometheus)
         p95_column = wait_for("the P95 (ms) column showing status.latencyP95Ms", lambda: p95_shown(cluster, ns),
                               operator)  # fmt: skip
         for _ in range(20):  # let the count settle under load (at most maxReplicas)
