@@ -193,3 +193,5 @@ def test_operator_env_names_only_flags_the_operator_reads(cluster: ControlPlane,
         and str(ports["health"]) == env["FRUGAL_HEALTH_PORT"]
     )
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {"cpu", "memory", "ephemeral-storage"} <= set(container["resources"]["requests"])
