@@ -11,6 +11,7 @@ stabilisation window. An edit of spec.autoscaling alone does not compress again.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import signal
 import subprocess
@@ -41,6 +42,7 @@ from operator_harness import (
 from prometheus_harness import Prometheus
 
 RULES = Path(__file__).resolve().parents[2] / "charts" / "frugal" / "alerts" / "frugal-rules.yaml"
+DASHBOARD = Path(__file__).resolve().parents[2] / "charts" / "frugal" / "dashboards" / "frugal.json"
 
 NAME = "digits-autoscaled"
 WINDOW_S = 8
@@ -196,6 +198,26 @@ def check_alert_rules_live(prometheus: Prometheus) -> None:
             prometheus.query(rule["expr"])
 
 
+def check_dashboard_live(prometheus: Prometheus) -> None:
+    """Every query of the chart's Grafana dashboard, with its variables at "All", returns data from this
+    Prometheus (the 5xx ratio excepted: a healthy model has no 5xx series to divide)."""
+    board = json.loads(DASHBOARD.read_text())
+    for variable in (v for v in board["templating"]["list"] if v["type"] == "query"):
+        series = re.fullmatch(r"label_values\((.*), (\w+)\)", variable["query"])
+        assert series, variable["query"]
+        selector = series.group(1).replace("$namespace", ".*")
+        assert prometheus.query(f"count by ({series.group(2)}) ({selector})"), variable["query"]
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            expr = (
+                target["expr"].replace("$namespace", ".*").replace("$model", ".*").replace("$__rate_interval", "1m")
+            )
+            if panel["title"] == "Error ratio (5xx)":
+                prometheus.query(expr)
+            else:
+                prometheus.wait_for_series(expr)
+
+
 def test_replicas_follow_the_load_through_prometheus_and_hold_when_it_is_gone(live: dict[str, Any]) -> None:
     operator: Operator = live["operator"]
     prometheus: Prometheus = live["prometheus"]
@@ -222,6 +244,7 @@ def test_replicas_follow_the_load_through_prometheus_and_hold_when_it_is_gone(li
             operator,
         )
         check_alert_rules_live(prometheus)
+        check_dashboard_live(prometheus)
         p95_column = wait_for("the P95 (ms) column showing status.latencyP95Ms", lambda: p95_shown(cluster, ns),
                               operator)  # fmt: skip
         for _ in range(20):  # let the count settle under load (at most maxReplicas)

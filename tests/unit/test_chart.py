@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +54,36 @@ def _comment_block(lines: list[str], leaf: int) -> str:
     return lines[start].strip() if start < leaf else ""
 
 
+def test_the_committed_dashboard_is_what_its_definition_builds() -> None:
+    done = subprocess.run(
+        [sys.executable, str(CHART.parents[1] / "scripts" / "dashboard.py"), "--check"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_front_stage_series_count_each_request_once() -> None:
+    """Request rate, errors and latency read shard "0" only; a sharded model's later stages see every
+    request again. Energy and power add up every stage."""
+    dashboard = json.loads((CHART / "dashboards" / "frugal.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            for name, selector in re.findall(r"\b(frugal_[a-z0-9_]+)\{([^}]*)\}", target["expr"]):
+                front_only = name.startswith(("frugal_requests_total", "frugal_request_duration_seconds"))
+                assert ('shard="0"' in selector) == front_only or name == "frugal_model_size_bytes", (
+                    panel["title"], name, selector
+                )
+
+
 def test_the_dashboard_queries_only_frugal_metrics() -> None:
     dashboard = json.loads((CHART / "dashboards" / "frugal.json").read_text())
-    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
     titles = {panel["title"] for panel in dashboard["panels"]}
-    assert {"Latency p95 vs SLO", "Requests per second", "Replicas", "Power", "Cost per hour"} <= titles
+    assert {
+        "Latency vs SLO", "Requests per second by code", "Error ratio (5xx)", "Replicas per shard",
+        "Autoscaler reason", "Queue depth and batch size", "Power", "Energy per request", "Cost per hour",
+        "Cost per 1k requests", "Served variant and hardware",
+    } <= titles  # fmt: skip
     for expression in expressions:
         names = set(re.findall(r"\b([a-z][a-z0-9_]*)\{", expression)) - {"by"}
         assert names and all(name.startswith("frugal_") for name in names), expression
@@ -65,10 +92,10 @@ def test_the_dashboard_queries_only_frugal_metrics() -> None:
 def test_the_dashboard_queries_only_metrics_that_frugal_exports() -> None:
     """Every series the dashboard reads is exported by the serving pods or by the operator."""
     dashboard = json.loads((CHART / "dashboards" / "frugal.json").read_text())
-    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-    queries += [
-        variable["definition"] for variable in dashboard["templating"]["list"] if "definition" in variable
-    ]
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    variables = [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert len(variables) == 2  # namespace and model
+    queries += variables
     queried = {name for query in queries for name in re.findall(r"\b(frugal_[a-z0-9_]+)", query)}
     exported = _sample_names(_serving_registry()) | _sample_names(_operator_registry())
     assert queried and queried <= exported, queried - exported
@@ -78,7 +105,7 @@ def test_every_label_the_dashboard_filters_or_groups_by_is_on_the_series() -> No
     dashboard = json.loads((CHART / "dashboards" / "frugal.json").read_text())
     labels = _labels_by_sample(_serving_registry()) | _labels_by_sample(_operator_registry())
     for panel in dashboard["panels"]:
-        for target in panel["targets"]:
+        for target in panel.get("targets", []):
             query = target["expr"]
             grouped = {g.strip() for by in re.findall(r"by \(([^)]*)\)", query) for g in by.split(",")}
             for name, selector in re.findall(r"\b(frugal_[a-z0-9_]+)\{([^}]*)\}", query):
