@@ -32,6 +32,22 @@ def test_rendered_chart_is_accepted_by_the_server(crds_installed: ControlPlane, 
     assert out.count("(server dry run)") == len(docs), out
 
 
+def test_the_network_policy_admits_only_scrapes_of_the_operator(crds_installed: ControlPlane, namespace: str) -> None:
+    docs = rendered(crds_installed, namespace, "--set", "networkPolicy.enabled=true")
+    [policy] = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    out = crds_installed.kubectl(
+        "apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-", input=yaml.safe_dump(policy)
+    ).stdout
+    assert "(server dry run)" in out, out
+    assert not [d for d in rendered(crds_installed, namespace) if d["kind"] == "NetworkPolicy"]  # off by default
+
+
 def test_values_schema_rejects_a_typo(cluster: ControlPlane) -> None:
     proc = cluster.helm("template", RELEASE, CHART_DIR, "--set", "operator.logLevl=DEBUG", check=False)
     assert proc.returncode != 0
