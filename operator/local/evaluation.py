@@ -190,6 +190,6 @@ def _per_request(scaling: Mapping[str, Any], answered: int) -> dict[str, Any]:
     if not answered or "costUsd" not in scaling:
         return {}
     return {
-        "costPer1kRequestsUsd": round(float(scaling["costUsd"]) / answered * 1000.0, 8),
-        "joulesPerRequest": round(float(scaling["energyJoules"]) / answered, 4),
+        "costPer1kRequestsUsd": float(f"{float(scaling['costUsd']) / answered * 1000.0:.6g}"),
+        "joulesPerRequest": float(f"{float(scaling['energyJoules']) / answered:.6g}"),
     }
