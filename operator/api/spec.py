@@ -246,7 +246,19 @@ def parse_model_deployment(body: Body) -> ModelDeploymentSpec:
     resource = typed(body, models.ModelDeployment)
     if not resource.spec.serving.hardware_profiles:
         raise SpecError("spec.serving.hardwareProfiles: name at least one HardwareProfile")
+    uris = {"spec.model.uri": resource.spec.model.uri, "spec.storage.uri": resource.spec.storage.uri}
+    for role in ("validation", "calibration"):
+        source = getattr(resource.spec.data, role) if resource.spec.data else None
+        uris[f"spec.data.{role}.uri"] = source.uri if source else None
+    for field, uri in uris.items():
+        if uri is not None and has_parent_segment(uri):
+            raise SpecError(f"{field}: {uri!r} must not contain '..' path segments")
     return ModelDeploymentSpec(owner_of(body), resource)
+
+
+def has_parent_segment(uri: str) -> bool:
+    """Whether a URI's path climbs with a '..' segment (the CRD refuses these too)."""
+    return ".." in uri.split("/")
 
 
 def parse_hardware_profile(body: Body) -> HardwareProfileSpec:

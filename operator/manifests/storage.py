@@ -118,6 +118,8 @@ def locate(root_uri: str, owner: Owner, pvc_root: Path | None = None) -> Artifac
         return ArtifactLocation(f"file://{path}", path, volume, Path(path))
     if (pvc := split_pvc(root_uri)) is not None:
         claim, sub = pvc
+        if ".." in sub.split("/"):  # the CRD refuses these; the deletion cleanup must never climb out
+            raise ValueError(f"artifact storage {root_uri!r}: '..' path segments are not allowed")
         pod_path = posixpath.join(POD_MOUNT, sub, suffix)
         volume = {"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": claim}}
         operator_path = None if pvc_root is None else pvc_root / claim / sub / suffix

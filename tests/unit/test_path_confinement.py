@@ -1,0 +1,58 @@
+"""A ModelDeployment author cannot make the operator read or delete outside the paths it names: '..'
+segments are refused by the operator's own parsing (the CRD refuses them too, see
+tests/cases/invalid_resources.yaml), by the artifact locator, and the deletion cleanup stays inside
+the ModelDeployment's own directory of its claim."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from frugal.operator.api.spec import Owner, SpecError, parse_model_deployment
+from frugal.operator.decision.decide import Settings, artifacts_to_remove
+from frugal.operator.manifests.storage import locate
+
+
+def body(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "frugal.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "digits", "namespace": "ml", "generation": 1, "uid": "u"},
+        "spec": {
+            "model": {"uri": "zoo://digits-mlp"},
+            "serving": {"hardwareProfiles": ["cpu"], "slo": {"latencyP95Ms": 50}},
+            "storage": {"retainArtifacts": False},
+            **spec,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"storage": {"uri": "pvc://frugal-artifacts/../../etc", "retainArtifacts": False}}, "spec.storage.uri"),
+        ({"model": {"uri": "pvc://models/a/../b/model.onnx"}}, "spec.model.uri"),
+        ({"data": {"calibration": {"uri": "file:///data/.."}}}, "spec.data.calibration.uri"),
+    ],
+)
+def test_parent_segments_are_a_spec_error_naming_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError, match=rf"^{field}: .* must not contain '\.\.' path segments"):
+        parse_model_deployment(body(**spec))
+
+
+def test_dots_inside_a_name_are_not_a_parent_segment() -> None:
+    md = parse_model_deployment(body(storage={"uri": "pvc://frugal-artifacts/v1..2/x", "retainArtifacts": False}))
+    assert md.storage_uri == "pvc://frugal-artifacts/v1..2/x"
+
+
+def test_the_locator_refuses_to_climb_out_of_a_claim() -> None:
+    with pytest.raises(ValueError, match=r"'\.\.' path segments are not allowed"):
+        locate("pvc://frugal-artifacts/a/../../x", Owner("digits", "ml", "u", 1), Path("/claims"))
+
+
+def test_cleanup_deletes_only_the_model_deployments_own_directory(tmp_path: Path) -> None:
+    settings = Settings(storage_uri="pvc://frugal-artifacts/team", pvc_root=tmp_path)
+    target = artifacts_to_remove(parse_model_deployment(body()), settings)
+    assert target == tmp_path / "frugal-artifacts" / "team" / "ml" / "digits"
