@@ -17,10 +17,14 @@ CASES: list[dict[str, Any]] = yaml.safe_load(
     (REPO_ROOT / "tests" / "cases" / "invalid_resources.yaml").read_text()
 )
 IDS = [case["name"] for case in CASES]
-PLURALS = {"ModelDeployment": "modeldeployments", "HardwareProfile": "hardwareprofiles"}
+PLURALS = {
+    "ModelDeployment": "modeldeployments",
+    "HardwareProfile": "hardwareprofiles",
+    "BatchInference": "batchinferences",
+}
 
 
-def test_the_table_covers_both_kinds() -> None:
+def test_the_table_covers_every_kind() -> None:
     assert len(CASES) >= 15
     assert {case["document"]["kind"] for case in CASES} == set(PLURALS)
 

@@ -12,6 +12,7 @@ import pytest
 
 from frugal.operator.api.spec import Owner, SpecError, parse_model_deployment
 from frugal.operator.decision.decide import Settings, artifacts_to_remove
+from frugal.operator.manifests import batch_jobs
 from frugal.operator.manifests.storage import locate
 
 
@@ -56,3 +57,9 @@ def test_cleanup_deletes_only_the_model_deployments_own_directory(tmp_path: Path
     settings = Settings(storage_uri="pvc://frugal-artifacts/team", pvc_root=tmp_path)
     target = artifacts_to_remove(parse_model_deployment(body()), settings)
     assert target == tmp_path / "frugal-artifacts" / "team" / "ml" / "digits"
+
+
+def test_a_batch_location_refuses_to_climb_out_of_a_claim() -> None:
+    with pytest.raises(ValueError, match=r"'\.\.' path segments are not allowed"):
+        batch_jobs.locate("pvc://data/scores/../../other", Path("/claims"))
+    assert batch_jobs.locate("pvc://data/scores", Path("/claims")).operator_path == Path("/claims/data/scores")
