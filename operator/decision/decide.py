@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -147,14 +146,7 @@ def artifacts_to_remove(md: ModelDeploymentSpec, settings: Settings) -> Path | N
     if md.retain_artifacts:
         return None
     location = locate(md.storage_uri or settings.storage_uri, md.owner, settings.pvc_root)
-    if location.operator_path is None:
-        return None
-    own = location.operator_path.parent  # <root>/<namespace>/<name>
-    if settings.pvc_root is not None and location.volume.get("persistentVolumeClaim"):
-        claim_root = os.path.normpath(settings.pvc_root / location.volume["persistentVolumeClaim"]["claimName"])
-        if os.path.commonpath([claim_root, os.path.normpath(own)]) != claim_root:
-            return None  # never delete outside the claim (locate already refuses '..')
-    return own
+    return None if location.operator_path is None else location.operator_path.parent
 
 
 def decide(

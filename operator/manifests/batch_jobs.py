@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from frugal.operator.api.spec import BatchInferenceSpec, HardwareProfileSpec, Owner
+from frugal.operator.api.spec import BatchInferenceSpec, HardwareProfileSpec, Owner, has_parent_segment
 from frugal.operator.manifests import names, pod_specs, storage
 
 CONFIG_ENV = "FRUGAL_BATCH_CONFIG"
@@ -49,7 +49,7 @@ def locate(uri: str, pvc_root: Path | None) -> Location:
     if pvc is None:
         raise ValueError(f"{uri!r}: a batch reads and writes pvc://<claim>/<path> or file:///<path>")
     claim, sub = pvc
-    if ".." in sub.split("/"):  # the CRD refuses these; never address outside the named claim path
+    if has_parent_segment(sub):  # the CRD refuses these; never address outside the named claim path
         raise ValueError(f"{uri!r}: '..' path segments are not allowed")
     operator_path = None if pvc_root is None else pvc_root / claim / sub
     return Location(uri, posixpath.join(storage.CLAIMS_MOUNT, claim, sub), operator_path)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from frugal.operator.api.spec import Owner
+from frugal.operator.api.spec import Owner, has_parent_segment
 from frugal.operator.manifests import names
 
 POD_MOUNT = "/var/lib/frugal/artifacts"
@@ -118,7 +118,7 @@ def locate(root_uri: str, owner: Owner, pvc_root: Path | None = None) -> Artifac
         return ArtifactLocation(f"file://{path}", path, volume, Path(path))
     if (pvc := split_pvc(root_uri)) is not None:
         claim, sub = pvc
-        if ".." in sub.split("/"):  # the CRD refuses these; the deletion cleanup must never climb out
+        if has_parent_segment(sub):  # the CRD refuses these; the deletion cleanup must never climb out
             raise ValueError(f"artifact storage {root_uri!r}: '..' path segments are not allowed")
         pod_path = posixpath.join(POD_MOUNT, sub, suffix)
         volume = {"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": claim}}

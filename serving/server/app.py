@@ -33,6 +33,7 @@ from aiohttp import web
 from grpc import aio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from frugal.serving.server import grpc_transport
 from frugal.serving.server.batching import DeadlineExceeded, QueueFull, ShuttingDown
 from frugal.serving.server.codec import HEADER_LENGTH, ProtocolError, decode_request, encode_response
 from frugal.serving.server.forward import NextStageError
@@ -295,9 +296,7 @@ async def serve(config: ServeConfig) -> int:
     grpc_server: aio.Server | None = None
     grpc_port = config.grpc_port
     if grpc_port >= 0:
-        from frugal.serving.server.grpc_transport import start_server
-
-        grpc_server, grpc_port = await start_server(
+        grpc_server, grpc_port = await grpc_transport.start_server(
             service, config.host, config.grpc_port, SERVER_NAME, SERVER_VERSION, EXTENSIONS
         )
     await service.start()
@@ -311,10 +310,10 @@ async def serve(config: ServeConfig) -> int:
         config.host,
         port,
     )
-    print(f"frugal serve: ready on http://{config.host}:{port}", flush=True)
-    if grpc_server is not None:
+    if grpc_server is not None:  # before the ready line: a reader that saw "ready" has both ports
         log.info("OIP gRPC service on %s:%d", config.host, grpc_port)
         print(f"frugal serve: grpc on {config.host}:{grpc_port}", flush=True)
+    print(f"frugal serve: ready on http://{config.host}:{port}", flush=True)
     await stop.wait()
     log.info("shutting down: readiness off, draining for %.1f s", config.shutdown_grace_s)
     service.ready = False
@@ -334,7 +333,7 @@ async def serve(config: ServeConfig) -> int:
     if grpc_stopped is not None:
         await grpc_stopped
     await service.close()
-    log.info("stopped cleanly after answering %d inference request(s)", service.metrics.answered)
+    log.info("stopped cleanly after answering %d inference request(s)", service.metrics.answered())
     return 0
 
 

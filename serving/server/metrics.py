@@ -39,7 +39,6 @@ class ServerMetrics:
             registry=registry,
         )
         self._by_code: dict[int, Counter] = {}
-        self.answered = 0  # every code, both transports: what the shutdown log reports
         self.batch_size = Histogram(
             "frugal_batch_size",
             "Requests merged into one runtime execution.",
@@ -77,7 +76,10 @@ class ServerMetrics:
         if child is None:
             child = self._by_code[code] = self._requests.labels(**self._base, code=str(code))
         child.inc()
-        self.answered += 1
+
+    def answered(self) -> int:
+        """Inference requests answered so far, every code and both transports (the shutdown log's count)."""
+        return int(sum(s.value for m in self._requests.collect() for s in m.samples if s.name.endswith("_total")))
 
     def power(self, source: str, watts: float, joules: float) -> None:
         self._power.labels(**self._base, source=source).set(watts)

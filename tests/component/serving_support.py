@@ -243,13 +243,8 @@ def _wait_ready(process: subprocess.Popen[str], timeout: float, log: list[str]) 
     while time.monotonic() < deadline:
         for index, line in enumerate(lines):
             match = _READY.search(line)
-            if match:
-                # the gRPC line comes right after the ready line, or not at all (the next line, if any,
-                # is not the server's: frugal serve prints nothing else on stdout)
-                grpc_wait = time.monotonic() + 1.0
-                while len(lines) <= index + 1 and process.poll() is None and time.monotonic() < grpc_wait:
-                    time.sleep(0.01)
-                found = _GRPC.search(lines[index + 1]) if len(lines) > index + 1 else None
+            if match:  # the gRPC line, when gRPC is on, is printed before the ready line
+                found = next((g for earlier in lines[:index] if (g := _GRPC.search(earlier))), None)
                 return match.group(1), found.group(1) if found else None
         if process.poll() is not None:
             time.sleep(0.2)

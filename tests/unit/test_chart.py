@@ -101,6 +101,14 @@ def test_the_dashboard_queries_only_metrics_that_frugal_exports() -> None:
     assert queried and queried <= exported, queried - exported
 
 
+def test_every_series_the_alert_rules_read_is_one_frugal_exports() -> None:
+    exported = _sample_names(_serving_registry()) | _sample_names(_operator_registry())
+    for group in yaml.safe_load((CHART / "alerts" / "frugal-rules.yaml").read_text())["groups"]:
+        for rule in group["rules"]:
+            named = set(re.findall(r"\bfrugal_[a-z0-9_]+", rule["expr"]))
+            assert named and named <= exported, (rule["alert"], sorted(named - exported))
+
+
 def test_every_label_the_dashboard_filters_or_groups_by_is_on_the_series() -> None:
     dashboard = json.loads((CHART / "dashboards" / "frugal.json").read_text())
     labels = _labels_by_sample(_serving_registry()) | _labels_by_sample(_operator_registry())
