@@ -27,9 +27,16 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]]; then
   exit 0
 fi
 echo "bootstrap: installing $LOCK (the first time brings torch: a few GB)" >&2
+# The install needs about 8 GB in the venv and, while it runs, the wheels once more in the temp dir.
+free_kb="$(df -Pk "$(dirname "$VENV")" | awk 'NR==2 {print $4}')"
+if [[ -n "$free_kb" && "$free_kb" -lt $((12 * 1024 * 1024)) ]]; then
+  echo "bootstrap: warning: only $((free_kb / 1024 / 1024)) GB free where $VENV goes; the install needs about 12 GB" >&2
+fi
 # --no-deps: the lock names every package, so nothing is resolved again (a fresh venv's bundled pip
 # would re-resolve extras such as fsspec[http] to the newest release, outside the lock, and fail).
-"$VENV/bin/python" -m pip install --quiet --progress-bar off --no-deps --require-hashes -r "$LOCK"
+# --no-cache-dir: a cached copy of every wheel would cost another 3 GB of disk, for a download that
+# happens once per lock.
+"$VENV/bin/python" -m pip install --quiet --progress-bar off --no-cache-dir --no-deps --require-hashes -r "$LOCK"
 "$VENV/bin/python" -m pip check
 # frugal itself, built with the locked setuptools. Strict editable mode lets type checkers follow the
 # frugal.* -> folder mapping (see setup.py); scripts/dev-install.sh re-links it after adding modules.

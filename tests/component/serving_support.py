@@ -383,8 +383,8 @@ def locked_venv_python(lock_file: Path, name: str) -> Path:
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
             # --no-deps: the lock names every package; resolving again with the venv's bundled pip
             # (23.x) re-resolves extras such as uvicorn[standard] to the newest release and fails.
-            install = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--require-hashes",
-                       "-r", str(lock_file)]  # fmt: skip
+            install = [str(python), "-m", "pip", "install", "--quiet", "--no-cache-dir", "--no-deps",
+                       "--require-hashes", "-r", str(lock_file)]  # fmt: skip
             subprocess.run(install, check=True, timeout=900)
             (venv / ".complete").touch()
     return python
