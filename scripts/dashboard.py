@@ -16,7 +16,13 @@ from pathlib import Path
 
 from grafana_foundation_sdk.builders import dashboard, prometheus, table, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh, VariableSort
+from grafana_foundation_sdk.models.dashboard import (
+    DataSourceRef,
+    DataTransformerConfig,
+    DynamicConfigValue,
+    VariableRefresh,
+    VariableSort,
+)
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 TARGET = Path(__file__).resolve().parents[1] / "charts" / "frugal" / "dashboards" / "frugal.json"
@@ -44,6 +50,38 @@ def graph(title: str, unit: str, description: str, *queries: prometheus.Dataquer
 
 def latency(q: float) -> str:
     return f"histogram_quantile({q}, sum by ({BY}, le) (rate(frugal_request_duration_seconds_bucket{{{FRONT}}}[$__rate_interval])))"
+
+
+def compression_report() -> table.Panel:
+    """Every variant the compression Job built, one row each: size, metric, drop, accepted."""
+    columns = {  # query ref -> (series, column title, unit)
+        "A": ("frugal_variant_size_bytes", "Size", "bytes"),
+        "B": ("frugal_variant_metric", "Metric", "percentunit"),
+        "C": ("frugal_variant_metric_drop", "Drop", "percentunit"),
+        "D": ("frugal_variant_accepted", "Accepted", "bool_yes_no"),
+    }
+    panel = (
+        table.Panel()
+        .title("Compression report")
+        .description(
+            "Each compressed variant: its size, its score on spec.accuracyBudget.metric, how far that falls "
+            "below the original model, and whether it is within the budget and fast enough on some "
+            "HardwareProfile (status.variants)."
+        )
+        .datasource(DATASOURCE)
+    )
+    # The same labels on every query, so that Grafana's merge joins the four into one row per variant
+    # (the metric's name is left out: it is spec.accuracyBudget.metric, one per ModelDeployment).
+    for ref, (series, _, _) in columns.items():
+        expr = f"max by ({BY}, variant) ({series}{{{SELECTED}}})"
+        panel = panel.with_target(query(expr, "", ref).instant().format(PromQueryFormat.TABLE))
+    rename = {f"Value #{ref}": title for ref, (_, title, _) in columns.items()}
+    panel = panel.with_transformation(DataTransformerConfig(id_val="merge", options={})).with_transformation(
+        DataTransformerConfig(id_val="organize", options={"excludeByName": {"Time": True}, "renameByName": rename})
+    )
+    for _, title, unit in columns.values():
+        panel = panel.override_by_name(title, [DynamicConfigValue(id_val="unit", value=unit)])
+    return panel.height(8).span(12)
 
 
 def variable(name: str, label: str, definition: str) -> dashboard.QueryVariable:
@@ -154,7 +192,8 @@ def build() -> dashboard.Dashboard:
             .format(PromQueryFormat.TABLE)
         )
         .height(8)
-        .span(24),
+        .span(12),
+        compression_report(),
     ]
     board = (
         dashboard.Dashboard("frugal: cost-aware model serving")

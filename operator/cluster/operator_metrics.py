@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from frugal.operator.api.spec import ModelDeploymentSpec
+from frugal.operator.decision.conditions import Phase
 from frugal.operator.manifests.serving_objects import Selection
 
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+JOB_STAGES = ("compression", "profiling")
 
 
 class OperatorMetrics:
-    """Reconcile duration, errors and API requests; per served model: replicas per shard, the latency
+    """Reconcile duration, errors and API requests; per ModelDeployment: its phase and failed Jobs
+    (kube-state-metrics style, for alerts); per served model: replicas per shard, the latency
     SLO and the autoscaler's decision (desired replicas, reason, cost per hour, watts, power cap)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -108,21 +111,69 @@ class OperatorMetrics:
             ["namespace", "model", "model_deployment"],
             registry=self.registry,
         )
+        variant_labels = ["namespace", "model", "model_deployment", "variant"]
+        self.variant_size = Gauge(
+            "frugal_variant_size_bytes",
+            "Size of each compressed variant's model files (the compression report).",
+            variant_labels,
+            registry=self.registry,
+        )
+        self.variant_metric = Gauge(
+            "frugal_variant_metric",
+            "Each variant's score on spec.accuracyBudget.metric (accuracy or f1, 0 to 1).",
+            [*variant_labels, "metric"],
+            registry=self.registry,
+        )
+        self.variant_metric_drop = Gauge(
+            "frugal_variant_metric_drop",
+            "How far each variant's metric falls below the original model's (0 for the original).",
+            [*variant_labels, "metric"],
+            registry=self.registry,
+        )
+        self.variant_accepted = Gauge(
+            "frugal_variant_accepted",
+            "1 for a variant within the accuracy budget that some HardwareProfile serves within the SLO.",
+            variant_labels,
+            registry=self.registry,
+        )
+        self.phase = Gauge(
+            "frugal_model_deployment_phase",
+            "1 for the ModelDeployment's status.phase, 0 for each other phase.",
+            ["namespace", "model_deployment", "phase"],
+            registry=self.registry,
+        )
+        self.failed_jobs = Gauge(
+            "frugal_model_deployment_failed_jobs",
+            "Jobs of the ModelDeployment's current generation that failed, by stage (compression, profiling).",
+            ["namespace", "model_deployment", "stage"],
+            registry=self.registry,
+        )
         self._series: dict[tuple[str, str], _Series] = {}
+        self._assessed: set[tuple[str, str]] = set()
 
     def count_request(self, method: str) -> None:
         self.api_requests.inc()
         if method != "GET":
             self.api_writes.inc()
 
+    def assessed(self, namespace: str, name: str, phase: Phase, failed_jobs: dict[str, int]) -> None:
+        """The phase the reconciler last wrote for `namespace/name`, and its failed Jobs by stage."""
+        self._assessed.add((namespace, name))
+        for each in Phase:
+            self.phase.labels(namespace, name, each.value).set(1 if each is phase else 0)
+        for stage in JOB_STAGES:
+            self.failed_jobs.labels(namespace, name, stage).set(failed_jobs.get(stage, 0))
+
     def observe(
         self,
         md: ModelDeploymentSpec,
         selection: Selection,
         shards: Sequence[dict[str, Any]],
+        variants: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         """Set `md`'s series. `model` is the served model's name, the label its serving pods export;
-        `model_deployment` tells apart ModelDeployments that serve a model of the same name."""
+        `model_deployment` tells apart ModelDeployments that serve a model of the same name.
+        `variants` is status.variants: the compression report."""
         series = self._of(md.owner.namespace, md.model_name, md.owner.name)
         for labels in series.replicas:
             self.replicas.remove(*labels)
@@ -132,6 +183,21 @@ class OperatorMetrics:
             self.replicas.labels(*labels).set(shard.get("replicas", 0))
             series.replicas.append(labels)
         self.slo.labels(*series.model).set(md.latency_p95_ms / 1000)
+        _remove_all(series.variants)
+        series.variants = []
+        for variant in variants:
+            labels = (*series.model, str(variant.get("name")))
+            series.variants.append((self.variant_size, labels))
+            self.variant_size.labels(*labels).set(int(variant.get("sizeBytes") or 0))
+            series.variants.append((self.variant_accepted, labels))
+            self.variant_accepted.labels(*labels).set(1 if variant.get("accepted") else 0)
+            score = variant.get("metric") or {}
+            if score.get("value") is None:
+                continue
+            scored = (*labels, str(score.get("name", "accuracy")))
+            series.variants += [(self.variant_metric, scored), (self.variant_metric_drop, scored)]
+            self.variant_metric.labels(*scored).set(float(score["value"]))
+            self.variant_metric_drop.labels(*scored).set(max(0.0, float(score.get("drop") or 0.0)))
 
     def autoscaled(
         self,
@@ -144,9 +210,7 @@ class OperatorMetrics:
     ) -> None:
         """The autoscaler's last decision for `model` = (namespace, model, model_deployment)."""
         series = self._of(*model)
-        for gauge, labels in series.autoscaled:
-            with contextlib.suppress(KeyError):
-                gauge.remove(*labels)
+        _remove_all(series.autoscaled)
         series.autoscaled = [(self.desired_replicas, (*model, str(i))) for i in range(len(desired))]
         series.autoscaled.append((self.scale_reason, (*model, reason)))
         for (gauge, labels), count in zip(series.autoscaled, desired, strict=False):
@@ -158,14 +222,19 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop every series of the ModelDeployment `namespace/name`."""
+        if (namespace, name) in self._assessed:
+            self._assessed.discard((namespace, name))
+            for each in Phase:
+                self.phase.remove(namespace, name, each.value)
+            for stage in JOB_STAGES:
+                self.failed_jobs.remove(namespace, name, stage)
         series = self._series.pop((namespace, name), None)
         if series is None:
             return
         for labels in series.replicas:
             self.replicas.remove(*labels)
-        for gauge, labels in series.autoscaled:
-            with contextlib.suppress(KeyError):
-                gauge.remove(*labels)
+        _remove_all(series.autoscaled)
+        _remove_all(series.variants)
         for gauge in (self.cost, self.slo, self.watts, self.power_capped):
             with contextlib.suppress(KeyError):
                 gauge.remove(*series.model)
@@ -184,6 +253,13 @@ class _Series:
     model: tuple[str, str, str]  # (namespace, model, model_deployment): the per-model gauges' labels
     replicas: list[tuple[str, ...]] = field(default_factory=list)
     autoscaled: list[tuple[Any, tuple[str, ...]]] = field(default_factory=list)
+    variants: list[tuple[Any, tuple[str, ...]]] = field(default_factory=list)
+
+
+def _remove_all(labelled: Sequence[tuple[Any, tuple[str, ...]]]) -> None:
+    for gauge, labels in labelled:
+        with contextlib.suppress(KeyError):
+            gauge.remove(*labels)
 
 
 def serve(metrics: OperatorMetrics, port: int, host: str = "0.0.0.0") -> Any:

@@ -143,8 +143,11 @@ class Reconciler:
         try:
             md = parse_model_deployment(body)
         except SpecError as error:
-            assessment = conditions(Observed(owner_of(body).generation, spec_error=str(error)))
+            owner = owner_of(body)
+            assessment = conditions(Observed(owner.generation, spec_error=str(error)))
             self._write_status(body, assessment, {}, emit)
+            if self.metrics:
+                self.metrics.assessed(owner.namespace, owner.name, assessment.phase, {})
             return assessment
         md = decide.with_effective_generation(md, body.get("status"))
         rollover = decide.rollover_from_status(md, body.get("status"))
@@ -171,7 +174,7 @@ class Reconciler:
         elif decision.prune_superseded:
             self._prune_superseded(md)
         self._write_status(body, assessment, decision.status, emit)
-        self._record_metrics(md, decision)
+        self._record_metrics(md, decision, assessment, state)
         return decision.assessment
 
     def _apply_all(self, objects: Sequence[Mapping[str, Any]], manager: str = FIELD_MANAGER) -> str | None:
@@ -336,11 +339,20 @@ class Reconciler:
         if deleted:
             self._applied.forget(md.owner.namespace, names.LABEL_MD, md.owner.name)
 
-    def _record_metrics(self, md: ModelDeploymentSpec, decision: decide.Decision) -> None:
-        if self.metrics is None or decision.selection is None:
+    def _record_metrics(
+        self, md: ModelDeploymentSpec, decision: decide.Decision, assessment: Assessment, state: decide.ClusterState
+    ) -> None:
+        if self.metrics is None:
+            return
+        failed = {
+            "compression": int(state.compression.state is JobState.FAILED),
+            "profiling": sum(job.state is JobState.FAILED for job in state.profiling.values()),
+        }
+        self.metrics.assessed(md.owner.namespace, md.owner.name, assessment.phase, failed)
+        if decision.selection is None:
             return
         shards = decision.status.get("shards", [])
-        self.metrics.observe(md, decision.selection, shards)
+        self.metrics.observe(md, decision.selection, shards, decision.status.get("variants", []))
 
     def _has_pod_monitors(self) -> bool:
         """Whether the Prometheus Operator's CRDs exist (checked once per operator run)."""

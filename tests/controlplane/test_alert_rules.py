@@ -23,7 +23,8 @@ def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def test_promtool_checks_the_rules() -> None:
     done = promtool("check", "rules", RULES)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 5 rules found" in done.stdout
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    assert f"SUCCESS: {len(rules)} rules found" in done.stdout
 
 
 def test_promtool_unit_tests_fire_and_hold_every_alert() -> None:

@@ -148,6 +148,12 @@ def test_operator_metrics_are_exposed(served: dict[str, Any], operator: Operator
     assert f'frugal_replicas{{hardware_profile="local-cpu",{per_model},shard="0"' in text
     assert f"frugal_cost_per_hour_usd{{{per_model}}}" in text
     assert f"frugal_slo_latency_p95_seconds{{{per_model}}} 0.05" in text
+    assert f'frugal_variant_size_bytes{{{per_model},variant="' in text  # the compression report
+    assert f'frugal_variant_accepted{{{per_model},variant="' in text
+    per_md = f'model_deployment="digits",namespace="{served["namespace"]}"'
+    assert f'frugal_model_deployment_phase{{{per_md},phase="Serving"}} 1.0' in text
+    assert f'frugal_model_deployment_phase{{{per_md},phase="Compressing"}} 0.0' in text
+    assert f'frugal_model_deployment_failed_jobs{{{per_md},stage="compression"}} 0.0' in text
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=10) as response:
         assert response.status == 200  # kopf's liveness endpoint, what the chart's probe reads
 
@@ -343,6 +349,13 @@ def test_unreadable_model_fails_the_job_and_says_what_to_fix(operator: Operator,
     assert "no-such-model" in compressed["message"]
     failed = [e for e in events_for(cluster, ns, "nomodel") if e["reason"] == "CompressionFailed"]
     assert failed and failed[0]["type"] == "Warning"
+    # What FrugalCompressionJobFailed and FrugalModelDeploymentNotServing read.
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    per_md = f'model_deployment="nomodel",namespace="{ns}"'
+    assert f'frugal_model_deployment_failed_jobs{{{per_md},stage="compression"}} 1.0' in text
+    assert f'frugal_model_deployment_phase{{{per_md},phase="Failed"}} 1.0' in text
+    assert f'frugal_model_deployment_phase{{{per_md},phase="Serving"}} 0.0' in text
     time.sleep(3)  # several resync intervals: still one Job, no crash loop
     assert [j["metadata"]["name"] for j in kubectl_json(cluster, "get", "jobs", "-n", ns)["items"]] == [
         "nomodel-g1-compress"

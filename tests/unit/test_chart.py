@@ -82,7 +82,7 @@ def test_the_dashboard_queries_only_frugal_metrics() -> None:
     assert {
         "Latency vs SLO", "Requests per second by code", "Error ratio (5xx)", "Replicas per shard",
         "Autoscaler reason", "Queue depth and batch size", "Power", "Energy per request", "Cost per hour",
-        "Cost per 1k requests", "Served variant and hardware",
+        "Cost per 1k requests", "Served variant and hardware", "Compression report",
     } <= titles  # fmt: skip
     for expression in expressions:
         names = set(re.findall(r"\b([a-z][a-z0-9_]*)\{", expression)) - {"by"}
@@ -134,6 +134,7 @@ def _serving_registry() -> CollectorRegistry:
 def _operator_registry() -> CollectorRegistry:
     from frugal.operator.api.spec import parse_model_deployment
     from frugal.operator.cluster.operator_metrics import OperatorMetrics
+    from frugal.operator.decision.conditions import Phase
     from frugal.operator.manifests.serving_objects import Selection
 
     metrics = OperatorMetrics()
@@ -146,8 +147,11 @@ def _operator_registry() -> CollectorRegistry:
             },
         }
     )
-    metrics.observe(md, Selection("fp32", "cpu", 1), [{"index": 0, "replicas": 2}])
+    variants = [{"name": "fp32", "sizeBytes": 1000, "accepted": True,
+                 "metric": {"name": "accuracy", "value": 0.97, "drop": 0.0}}]  # fmt: skip
+    metrics.observe(md, Selection("fp32", "cpu", 1), [{"index": 0, "replicas": 2}], variants)
     metrics.autoscaled(("ml", "digits", "digits"), [2], "Steady", 0.5, 30.0, power_capped=False)
+    metrics.assessed("ml", "digits", Phase.SERVING, {})
     return metrics.registry
 
 

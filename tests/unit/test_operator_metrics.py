@@ -104,3 +104,44 @@ def test_the_autoscaler_exports_desired_replicas_reason_watts_and_the_cap() -> N
     metrics.count_request("PATCH")
     assert value(metrics, "frugal_operator_api_requests_total") == 2
     assert value(metrics, "frugal_operator_api_writes_total") == 1
+
+
+def test_phase_is_one_series_per_phase_and_failed_jobs_count_by_stage() -> None:
+    from frugal.operator.decision.conditions import Phase
+
+    metrics = OperatorMetrics()
+    metrics.assessed("ml", "digits", Phase.COMPRESSING, {})
+    assert value(metrics, "frugal_model_deployment_phase", namespace="ml", model_deployment="digits",
+                 phase="Compressing") == 1  # fmt: skip
+    assert sum(s["phase"] != "Compressing" for s in series(metrics, "frugal_model_deployment_phase")) == 5
+    metrics.assessed("ml", "digits", Phase.FAILED, {"compression": 1})
+    phases = {s["phase"]: value(metrics, "frugal_model_deployment_phase", **s)
+              for s in series(metrics, "frugal_model_deployment_phase")}  # fmt: skip
+    assert phases == {p.value: (1.0 if p is Phase.FAILED else 0.0) for p in Phase}
+    per_md = {"namespace": "ml", "model_deployment": "digits"}
+    assert value(metrics, "frugal_model_deployment_failed_jobs", **per_md, stage="compression") == 1
+    assert value(metrics, "frugal_model_deployment_failed_jobs", **per_md, stage="profiling") == 0
+    metrics.forget("ml", "digits")
+    assert series(metrics, "frugal_model_deployment_phase") == []
+    assert series(metrics, "frugal_model_deployment_failed_jobs") == []
+
+
+def test_the_compression_report_is_one_series_per_variant_and_follows_status() -> None:
+    metrics = OperatorMetrics()
+    report = [
+        {"name": "fp32", "sizeBytes": 4000, "accepted": True, "metric": {"name": "f1", "value": 0.9, "drop": 0}},
+        {"name": "int8", "sizeBytes": 1000, "accepted": False, "metric": {"name": "f1", "value": 0.7, "drop": 0.2}},
+        {"name": "unscored", "sizeBytes": 900, "accepted": False, "metric": {}},
+    ]
+    metrics.observe(model_deployment("digits"), SELECTION, SHARDS, report)
+    per = {"namespace": "ml", "model": "digits", "model_deployment": "digits"}
+    assert value(metrics, "frugal_variant_size_bytes", **per, variant="int8") == 1000
+    assert value(metrics, "frugal_variant_accepted", **per, variant="fp32") == 1
+    assert value(metrics, "frugal_variant_accepted", **per, variant="int8") == 0
+    assert value(metrics, "frugal_variant_metric", **per, variant="int8", metric="f1") == 0.7
+    assert value(metrics, "frugal_variant_metric_drop", **per, variant="int8", metric="f1") == 0.2
+    assert {s["variant"] for s in series(metrics, "frugal_variant_metric")} == {"fp32", "int8"}
+    metrics.observe(model_deployment("digits"), SELECTION, SHARDS, report[:1])  # a new generation's report
+    assert {s["variant"] for s in series(metrics, "frugal_variant_size_bytes")} == {"fp32"}
+    metrics.forget("ml", "digits")
+    assert series(metrics, "frugal_variant_size_bytes") == series(metrics, "frugal_variant_metric") == []
