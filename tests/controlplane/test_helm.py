@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+import time
+from pathlib import Path
 from typing import Any
 
 import yaml
-from controlplane_harness import CHART_DIR, ControlPlane
+from controlplane_harness import CHART_DIR, CRD_DIR, ControlPlane
 
 RELEASE = "frugal"
 
@@ -139,8 +142,59 @@ def test_rbac_covers_every_kind_the_operator_talks_to() -> None:
     assert used <= granted, used - granted
 
 
-def test_install_upgrade_uninstall(crds_installed: ControlPlane, namespace: str) -> None:
+def test_the_templated_crds_are_the_repositorys_plus_keep(cluster: ControlPlane) -> None:
+    docs = rendered(cluster, "default", "--show-only", "templates/crds.yaml")
+    for crd in docs:
+        metadata = crd["metadata"]
+        assert metadata.pop("annotations") == {"helm.sh/resource-policy": "keep"}
+        labels = metadata.pop("labels")
+        assert labels["app.kubernetes.io/managed-by"] == "Helm" and labels["app.kubernetes.io/part-of"] == "frugal"
+        [source] = [f for f in CRD_DIR.glob("*.yaml") if yaml.safe_load(f.read_text())["metadata"]["name"] == metadata["name"]]
+        original = yaml.safe_load(source.read_text())
+        assert original["metadata"].pop("labels").items() <= labels.items()
+        assert crd == original, source.name  # what fromYaml | toYaml gives back is the file, value for value
+    assert len(docs) == len(list(CRD_DIR.glob("*.yaml")))
+    off = rendered(cluster, "default", "--set", "crds.install=false")
+    assert off and not [d for d in off if d["kind"] == "CustomResourceDefinition"]
+
+
+def adopt_crds(cluster: ControlPlane, namespace: str) -> None:
+    """What README tells a user whose CRDs were applied with kubectl: hand them to the release."""
+    for crd in cluster.kubectl("get", "crd", "-l", "app.kubernetes.io/part-of=frugal", "-o", "name").stdout.split():
+        cluster.kubectl("label", crd, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+        cluster.kubectl("annotate", crd, f"meta.helm.sh/release-name={RELEASE}",
+                        f"meta.helm.sh/release-namespace={namespace}", "--overwrite")  # fmt: skip
+
+
+def chart_with_a_new_crd_field(tmp_path: Path) -> Path:
+    """A copy of the chart whose ModelDeployment CRD has one more field, as a new chart version would."""
+    chart = tmp_path / "frugal"
+    shutil.copytree(CHART_DIR, chart)
+    path = chart / "files" / "crds" / "modeldeployment.yaml"
+    crd = yaml.safe_load(path.read_text())
+    slo = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["serving"]
+    slo["properties"]["slo"]["properties"]["upgradeProbe"] = {
+        "type": "string", "description": "A field only the upgraded chart has.",
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(crd, sort_keys=False))
+    return chart
+
+
+def explain(cluster: ControlPlane, field: str, wanted: str, timeout_s: float = 60) -> str:
+    """`kubectl explain field` once it shows `wanted` (the API server republishes a changed CRD's
+    OpenAPI a little after the write)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = cluster.kubectl("explain", field, check=False)
+        if wanted in done.stdout:
+            return done.stdout
+        assert time.monotonic() < deadline, f"kubectl explain {field} never showed {wanted!r}: {done.stdout}{done.stderr}"
+        time.sleep(0.5)
+
+
+def test_install_upgrade_uninstall(crds_installed: ControlPlane, namespace: str, tmp_path: Path) -> None:
     helm, kubectl = crds_installed.helm, crds_installed.kubectl
+    adopt_crds(crds_installed, namespace)
     helm("install", RELEASE, CHART_DIR, "--namespace", namespace)
     releases = json.loads(helm("list", "--namespace", namespace, "-o", "json").stdout)
     assert [(r["name"], r["status"], r["revision"]) for r in releases] == [(RELEASE, "deployed", "1")]
@@ -169,21 +223,33 @@ def test_install_upgrade_uninstall(crds_installed: ControlPlane, namespace: str)
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
 
     assert env["FRUGAL_LOG_LEVEL"] == "INFO"
-    helm("upgrade", RELEASE, CHART_DIR, "--namespace", namespace, "--set", "operator.logLevel=DEBUG")
+    # A new chart version with a new CRD field: helm upgrade upgrades the CRD too. Helm 4 applies
+    # server-side, and the fixture's `kubectl apply` still owns the CRDs' fields: the first upgrade
+    # after adopting takes them over with --force-conflicts (README says so).
+    upgraded = chart_with_a_new_crd_field(tmp_path)
+    helm("upgrade", RELEASE, upgraded, "--namespace", namespace, "--set", "operator.logLevel=DEBUG",
+         "--force-conflicts")  # fmt: skip
     assert _env(crds_installed, namespace)["FRUGAL_LOG_LEVEL"] == "DEBUG"
+    explain(crds_installed, "modeldeployment.spec.serving.slo.upgradeProbe", "A field only the upgraded chart has.")
     history = json.loads(helm("history", RELEASE, "--namespace", namespace, "-o", "json").stdout)
     assert [h["revision"] for h in history] == [1, 2]
 
-    helm("uninstall", RELEASE, "--namespace", namespace)
+    uninstalled = helm("uninstall", RELEASE, "--namespace", namespace)
+    assert "customresourcedefinition" in (uninstalled.stdout + uninstalled.stderr).lower()  # named as kept
     left = kubectl(
         "get", "deployment", "-n", namespace, "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name"
     )
     assert left.stdout.strip() == ""
     # CRDs outlive the release: deleting them would delete every user's ModelDeployments.
     kubectl("get", "crd", "modeldeployments.frugal.dev")
-    # So does the artifacts claim (helm.sh/resource-policy: keep), and a reinstall adopts it.
+    # So does the artifacts claim (helm.sh/resource-policy: keep), and a reinstall adopts both,
+    # back to this chart's schema.
     kubectl("get", "pvc", "frugal-artifacts", "-n", namespace)
     helm("install", RELEASE, CHART_DIR, "--namespace", namespace)
+    deadline = time.monotonic() + 60
+    while kubectl("explain", "modeldeployment.spec.serving.slo.upgradeProbe", check=False).returncode == 0:
+        assert time.monotonic() < deadline, "the reinstalled chart did not restore the ModelDeployment CRD"
+        time.sleep(0.5)
 
 
 def kubectl_json(cluster: ControlPlane, *args: str) -> dict[str, Any]:

@@ -39,9 +39,9 @@ def rules(node: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]
 
 
 def test_the_chart_ships_byte_identical_crds() -> None:
-    assert sorted(path.name for path in (REPO / "charts" / "frugal" / "crds").glob("*.yaml")) == CRD_FILES
+    assert sorted(path.name for path in (REPO / "charts" / "frugal" / "files" / "crds").glob("*.yaml")) == CRD_FILES
     for name in CRD_FILES:
-        assert (REPO / "charts" / "frugal" / "crds" / name).read_bytes() == (
+        assert (REPO / "charts" / "frugal" / "files" / "crds" / name).read_bytes() == (
             REPO / "crds" / name
         ).read_bytes()
 
