@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 # Subcommands owned by another component: everything after the subcommand is handed over as is.
 DELEGATED: dict[str, tuple[str, str]] = {
@@ -95,6 +96,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="how long another option must stay cheaper before the run moves to it "
         "(default: spec.autoscaling.replanning.windowSeconds)",
     )
+    up.add_argument(
+        "--prometheus-targets",
+        default=None,
+        metavar="FILE",
+        help="keep FILE a Prometheus file_sd list of this run's replicas and of its operator series "
+        "(phase, compression report, SLO, autoscaler), so a Prometheus with file_sd_configs on FILE and "
+        "honor_labels: true feeds the chart's dashboard and alerts (docs/operations.md)",
+    )
 
     batch = commands.add_parser(
         "batch", help="score a dataset (a BatchInference) on this machine with worker processes"
@@ -160,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.stabilization_window,
         args.replan_window,
     )
-    return up(args.files, workdir=args.workdir, port=args.port, load=load)
+    targets = Path(args.prometheus_targets) if args.prometheus_targets else None
+    return up(args.files, workdir=args.workdir, port=args.port, load=load, prometheus_targets=targets)
 
 
 if __name__ == "__main__":

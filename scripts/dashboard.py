@@ -4,8 +4,8 @@
     .venv/bin/python scripts/dashboard.py --check   # exit 1 when the committed file is not what this builds
 
 Serving series are counted once per request: request rate, errors and end-to-end latency come from
-shard "0", the front stage (later stages of a sharded model see every request again, forwarded, and
-the front stage's duration spans the whole chain); power and energy are summed over every stage.
+shard "0", the front stage (later stages of a sharded model count each batch forwarded to them as a
+request of their own, and the front stage's duration spans the whole chain); power and energy are summed over every stage.
 """
 
 from __future__ import annotations
@@ -106,17 +106,17 @@ def build() -> dashboard.Dashboard:
             "Latency vs SLO",
             "s",
             "End-to-end latency at the front stage (p50, p95, p99) against spec.serving.slo.latencyP95Ms.",
-            query(latency(0.5), "{{model}} p50", "A"),
-            query(latency(0.95), "{{model}} p95", "B"),
-            query(latency(0.99), "{{model}} p99", "C"),
-            query(f"max by ({BY}) (frugal_slo_latency_p95_seconds{{{SELECTED}}})", "{{model}} SLO p95", "D"),
+            query(latency(0.5), "{{namespace}}/{{model}} p50", "A"),
+            query(latency(0.95), "{{namespace}}/{{model}} p95", "B"),
+            query(latency(0.99), "{{namespace}}/{{model}} p99", "C"),
+            query(f"max by ({BY}) (frugal_slo_latency_p95_seconds{{{SELECTED}}})", "{{namespace}}/{{model}} SLO p95", "D"),
         ),
         graph(
             "Requests per second by code",
             "reqps",
             "Answers per second at the front stage, by HTTP status (gRPC answers count under the REST "
             "equivalent): each client request once, however many stages it crosses.",
-            query(rate("frugal_requests_total", by=f"{BY}, code"), "{{model}} {{code}}", "A"),
+            query(rate("frugal_requests_total", by=f"{BY}, code"), "{{namespace}}/{{model}} {{code}}", "A"),
         ),
         graph(
             "Error ratio (5xx)",
@@ -124,7 +124,7 @@ def build() -> dashboard.Dashboard:
             "Share of front-stage answers that are 5xx (4xx are the clients' errors).",
             query(
                 f"{rate('frugal_requests_total', FRONT + SERVER_ERRORS)} / {per_request}",
-                "{{model}}",
+                "{{namespace}}/{{model}}",
                 "A",
             ),
         ),
@@ -133,23 +133,23 @@ def build() -> dashboard.Dashboard:
             "Replicas per shard",
             "short",
             "Serving replicas the autoscaler wants, per shard.",
-            query(f"max by ({BY}, shard) (frugal_replicas{{{SELECTED}}})", "{{model}} shard {{shard}}", "A"),
+            query(f"max by ({BY}, shard) (frugal_replicas{{{SELECTED}}})", "{{namespace}}/{{model}} shard {{shard}}", "A"),
         ),
         graph(
             "Autoscaler reason",
             "short",
             "The reason of the autoscaler's last decision (1 while it holds).",
-            query(f"max by ({BY}, reason) (frugal_autoscaler_reason{{{SELECTED}}})", "{{model}} {{reason}}", "A"),
+            query(f"max by ({BY}, reason) (frugal_autoscaler_reason{{{SELECTED}}})", "{{namespace}}/{{model}} {{reason}}", "A"),
         ),
         graph(
             "Queue depth and batch size",
             "short",
             "Requests waiting in each stage's batch queue, and the mean batch each stage ran.",
-            query(f"sum by ({BY}, shard) (frugal_queue_depth{{{SELECTED}}})", "{{model}} queue, shard {{shard}}", "A"),
+            query(f"sum by ({BY}, shard) (frugal_queue_depth{{{SELECTED}}})", "{{namespace}}/{{model}} queue, shard {{shard}}", "A"),
             query(
                 f"{rate('frugal_batch_size_sum', SELECTED, f'{BY}, shard')} / "
                 f"{rate('frugal_batch_size_count', SELECTED, f'{BY}, shard')}",
-                "{{model}} batch, shard {{shard}}",
+                "{{namespace}}/{{model}} batch, shard {{shard}}",
                 "B",
             ),
         ),
@@ -158,25 +158,25 @@ def build() -> dashboard.Dashboard:
             "Power",
             "watt",
             "Power drawn by every stage's replicas together (measured by NVML or estimated).",
-            query(f"sum by ({BY}) (frugal_power_watts{{{SELECTED}}})", "{{model}}", "A"),
+            query(f"sum by ({BY}) (frugal_power_watts{{{SELECTED}}})", "{{namespace}}/{{model}}", "A"),
         ),
         graph(
             "Energy per request",
             "joule",
             "Energy of every stage per front-stage request.",
-            query(f"{rate('frugal_energy_joules_total', SELECTED)} / {per_request}", "{{model}}", "A"),
+            query(f"{rate('frugal_energy_joules_total', SELECTED)} / {per_request}", "{{namespace}}/{{model}}", "A"),
         ),
         graph(
             "Cost per hour",
             "currencyUSD",
             "Replicas' hourly price plus energy at spec.autoscaling.power.pricePerKWh.",
-            query(f"max by ({BY}) (frugal_cost_per_hour_usd{{{SELECTED}}})", "{{model}}", "A"),
+            query(f"max by ({BY}) (frugal_cost_per_hour_usd{{{SELECTED}}})", "{{namespace}}/{{model}}", "A"),
         ),
         graph(
             "Cost per 1k requests",
             "currencyUSD",
             "What the product is for: the hourly cost over the front stage's request rate.",
-            query(f"max by ({BY}) (frugal_cost_per_hour_usd{{{SELECTED}}}) / 3.6 / {per_request}", "{{model}}", "A"),
+            query(f"max by ({BY}) (frugal_cost_per_hour_usd{{{SELECTED}}}) / 3.6 / {per_request}", "{{namespace}}/{{model}}", "A"),
         ),
         dashboard.Row("What runs"),
         table.Panel()

@@ -249,8 +249,8 @@ def run(options: Options) -> None:
 
     import kopf
 
+    from frugal.operator import telemetry as metrics
     from frugal.operator.cluster import handlers
-    from frugal.operator.cluster import operator_metrics as metrics
     from frugal.operator.cluster.apply import Cluster
     from frugal.operator.cluster.batch_reconciler import BatchReconciler
     from frugal.operator.cluster.reconciler import Reconciler

@@ -35,7 +35,6 @@ from frugal.operator.cluster.apply import (
     ApiError,
     Cluster,
 )
-from frugal.operator.cluster.operator_metrics import OperatorMetrics
 from frugal.operator.decision import artifact_files, decide, scaling
 from frugal.operator.decision.conditions import (
     ABSENT_JOB,
@@ -52,6 +51,7 @@ from frugal.operator.decision.conditions import (
 from frugal.operator.manifests import names, serving_objects
 from frugal.operator.manifests.events import desired_event
 from frugal.operator.manifests.storage import locate
+from frugal.operator.telemetry import OperatorMetrics
 
 log = logging.getLogger(__name__)
 Emit = Callable[[str, str, str], None]  # (type: Normal|Warning, reason, message)

@@ -38,7 +38,6 @@ from frugal.operator.api.spec import (
     parse_model_deployment,
 )
 from frugal.operator.cluster.apply import AUTOSCALER_FIELD_MANAGER, ApiError, Cluster
-from frugal.operator.cluster.operator_metrics import OperatorMetrics
 from frugal.operator.cluster.prometheus import Prometheus, PrometheusError
 from frugal.operator.cluster.reconciler import Reconciler
 from frugal.operator.decision import observations, replanning, scaling
@@ -46,13 +45,13 @@ from frugal.operator.decision.autoscaling import (
     Memory,
     Observation,
     Recommendation,
-    ScaleReason,
     Targets,
     recommend,
 )
 from frugal.operator.decision.conditions import merge
 from frugal.operator.decision.decide import rollover_from_status, with_effective_generation, with_revision
 from frugal.operator.manifests import names, serving_objects
+from frugal.operator.telemetry import OperatorMetrics
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_SECONDS = 15.0
@@ -355,17 +354,7 @@ class Autoscaler:
         status = scaling.observed_status(recommendation, seen, item.ready, item.targets)
         conditions = scaling.autoscaling_conditions(recommendation, seen, item.targets)
         if self.metrics:
-            model = (item.md.owner.namespace, item.md.model_name, item.md.owner.name)
-            capped = ScaleReason.POWER_CAPPED in recommendation.reasons
-            watts = float((status.get("energy") or {}).get("watts", recommendation.watts))
-            self.metrics.autoscaled(
-                model,
-                recommendation.replicas,
-                recommendation.reason.value,
-                float(status["cost"]["perHour"]),
-                watts,
-                capped,
-            )
+            self.metrics.recommended(item.md, recommendation, status)
         state = self._state[item.key]
         decisive = {
             "reason": recommendation.reason.value,

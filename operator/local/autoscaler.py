@@ -43,8 +43,10 @@ from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision import autoscaling, observations, replanning, scaling
 from frugal.operator.decision.decide import Rollover
 from frugal.operator.local.kubelet import Served
+from frugal.operator.local.monitoring import observe_served
 from frugal.operator.local.replicas import Replica, Shard
 from frugal.operator.manifests.serving_objects import Selection
+from frugal.operator.telemetry import OperatorMetrics
 
 SCRAPE_TIMEOUT_SECONDS = 2.0
 ENERGY = "frugal_energy_joules_total"
@@ -128,6 +130,8 @@ class LocalAutoscaler:
     last_replan: replanning.ReplanDecision | None = None
     rollovers: list[RolloverEvent] = field(default_factory=list)
     revision: int = 0
+    # The operator's series of this run (frugal up --prometheus-targets), set from every tick.
+    metrics: OperatorMetrics | None = None
     targets: autoscaling.Targets = field(init=False)
     memory: autoscaling.Memory = field(default_factory=autoscaling.Memory)
     last: autoscaling.Recommendation | None = None
@@ -255,6 +259,10 @@ class LocalAutoscaler:
                 self.report(f"autoscaler: t={event.t:.0f}s {recommendation.message}")
         for shard, count in zip(shards, self.desired, strict=True):
             shard.scale_to(count)
+        if self.metrics is not None:
+            status = scaling.observed_status(recommendation, observed, ready_counts, self.targets)
+            self.metrics.recommended(self.md, recommendation, status)
+            observe_served(self.metrics, self.md, self.served, self.desired)
         self._replan(observed, ready_counts, now)
         return recommendation
 
@@ -388,6 +396,7 @@ def for_served(
     stabilization_window: float | None = None,
     roll_over: Callable[[Rollover], float] | None = None,
     replan_window: float | None = None,
+    metrics: OperatorMetrics | None = None,
 ) -> LocalAutoscaler:
     """The autoscaler of what `served` runs: the served plan row's throughput is one replica's
     capacity; `stabilization_window` overrides the spec's (a shorter one shows a scale-down in a short
@@ -407,6 +416,7 @@ def for_served(
         profiles=profiles,
         roll_over=roll_over,
         replan_settings=scaling.replan_settings(md, replan_window) if roll_over is not None else None,
+        metrics=metrics,
     )
     if stabilization_window is not None:
         scaler.targets = dataclasses.replace(scaler.targets, stabilization_window_s=stabilization_window)

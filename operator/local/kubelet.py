@@ -37,6 +37,7 @@ from frugal.operator.local.replicas import (
 )
 from frugal.operator.manifests import names, pod_specs
 from frugal.operator.manifests.storage import locate
+from frugal.operator.telemetry import OperatorMetrics
 
 MAX_ROUNDS = 8
 THREADS_ENV = "FRUGAL_INTRA_OP_THREADS"
@@ -98,6 +99,8 @@ class LocalCluster:
     workdir: Path
     report: Report
     state: ClusterState = field(default_factory=ClusterState)
+    # The operator's series of this run (frugal up --prometheus-targets): each pass's time and phase.
+    metrics: OperatorMetrics | None = None
 
     @property
     def settings(self) -> Settings:
@@ -111,7 +114,7 @@ class LocalCluster:
         """Run the pipeline's Jobs (compression, profiling) until the plan is made; the decision says
         what to serve and where the artifacts are."""
         for _ in range(MAX_ROUNDS):
-            decision = decide(self.md, self.profiles, self.state, self._artifacts(), self.settings)
+            decision = self._decide(self.state)
             jobs = [o for o in decision.apply if o["kind"] == "Job"]
             if jobs:
                 for job in jobs:
@@ -121,6 +124,16 @@ class LocalCluster:
                 raise LocalRunError(_explain(decision))
             return decision
         raise LocalRunError("the pipeline did not settle: " + _explain(decision))
+
+    def _decide(self, state: ClusterState, rollover: Rollover | None = None) -> Decision:
+        """One reconcile pass: the operator's decision for `state`, timed and its phase exported."""
+        started = time.perf_counter()
+        decision = decide(self.md, self.profiles, state, self._artifacts(), self.settings, rollover)
+        if self.metrics is not None:
+            self.metrics.duration.observe(time.perf_counter() - started)
+            failed = {"compression": int(state.compression.state is JobState.FAILED)}
+            self.metrics.assessed(self.md.owner.namespace, self.md.owner.name, decision.assessment.phase, failed)
+        return decision
 
     def _artifacts(self) -> artifact_files.Artifacts | artifact_files.ArtifactError | None:
         if self.state.compression.state is not JobState.SUCCEEDED:
@@ -200,7 +213,7 @@ class LocalCluster:
         start (LocalRunError)."""
         started = time.monotonic()
         fresh = dataclasses.replace(self.state, shard_replicas={}, shard_ready={})
-        decision = decide(self.md, self.profiles, fresh, self._artifacts(), self.settings, rollover)
+        decision = self._decide(fresh, rollover)
         if decision.selection is None:
             raise LocalRunError(_explain(decision))
         deployments = _shard_deployments(decision)

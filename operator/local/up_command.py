@@ -34,6 +34,7 @@ from frugal.operator.api.spec import (
 from frugal.operator.decision import planner
 from frugal.operator.local import autoscaler, evaluation, loadgen
 from frugal.operator.local.kubelet import LocalCluster, LocalRunError, Served
+from frugal.operator.local.monitoring import Monitoring
 
 EXIT_INVALID = 2
 EXIT_FAILED = 1
@@ -67,7 +68,13 @@ class LoadOptions:
 LOG_WIDTH = 140  # columns when stderr is not a terminal (a log, CI): the plan table fits on one line a row
 
 
-def up(files: Sequence[str], workdir: str | None, port: int, load: LoadOptions) -> int:
+def up(
+    files: Sequence[str],
+    workdir: str | None,
+    port: int,
+    load: LoadOptions,
+    prometheus_targets: Path | None = None,
+) -> int:
     console = Console(stderr=True, width=None if sys.stderr.isatty() else LOG_WIDTH)
     try:
         resources = load_resources(files)
@@ -88,8 +95,34 @@ def up(files: Sequence[str], workdir: str | None, port: int, load: LoadOptions) 
             "not the named accelerators",
             highlight=False,
         )
+    monitoring = Monitoring.start(prometheus_targets) if prometheus_targets is not None else None
+    if monitoring is not None:
+        console.print(
+            f"  Prometheus: targets in {prometheus_targets} (file_sd_configs, honor_labels: true); "
+            f"this run's operator series at http://{monitoring.address}/metrics",
+            highlight=False,
+        )
+    try:
+        return _run(console, md, profile_specs, directory, port, load, monitoring)
+    finally:
+        if monitoring is not None:
+            monitoring.stop()
+        if workdir is None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run(
+    console: Console,
+    md: ModelDeploymentSpec,
+    profile_specs: Mapping[str, HardwareProfileSpec],
+    directory: Path,
+    port: int,
+    load: LoadOptions,
+    monitoring: Monitoring | None,
+) -> int:
     report = _reporter(console)
-    cluster = LocalCluster(md, profile_specs, directory, report=report)
+    metrics = monitoring.metrics if monitoring is not None else None
+    cluster = LocalCluster(md, profile_specs, directory, report=report, metrics=metrics)
     started = time.monotonic()
     try:
         served = cluster.run(port)
@@ -105,7 +138,10 @@ def up(files: Sequence[str], workdir: str | None, port: int, load: LoadOptions) 
         load.stabilization_window,
         roll_over=lambda rollover: cluster.roll_over(served, rollover),
         replan_window=load.replan_window,
+        metrics=metrics,
     )
+    if monitoring is not None:
+        monitoring.watch(md, served)
     if served.decision.plan is not None:
         console.print(plan_table(served.decision.plan))
         console.print(f"  chose {served.decision.plan.reason}", highlight=False)
@@ -119,8 +155,6 @@ def up(files: Sequence[str], workdir: str | None, port: int, load: LoadOptions) 
     finally:
         scaler.stop()
         served.stop()
-        if workdir is None:
-            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _reporter(console: Console) -> Callable[[str], None]:

@@ -4,7 +4,8 @@ The binaries come from ``scripts/prometheus-binary.sh`` (Debian's ``prometheus``
 outside the repository; it writes their paths to ``<cache>/bin/prometheus.env``). The server listens on
 127.0.0.1 on a free port, keeps its TSDB in a temporary directory and scrapes one job,
 ``frugal-serving``, whose targets come from a ``file_sd`` file that :meth:`Prometheus.set_targets`
-rewrites (Prometheus watches it, and re-reads it every second). ``honor_labels`` keeps the
+rewrites (Prometheus watches it, and re-reads it every second), and from any further ``file_sd`` files
+named at construction (``target_files``: what ``frugal up --prometheus-targets`` writes). ``honor_labels`` keeps the
 ``namespace``/``model``/``shard`` labels the servers export as written. A change of targets takes
 effect within about 5-10 s, not at once: Prometheus 2.42's discovery and scrape managers each pass
 updates on along a fixed 5 s tick (not configurable), so wait with :data:`TARGET_UPDATE_TIMEOUT_S`
@@ -101,8 +102,10 @@ class Prometheus:
         binary: Path | None = None,
         promtool: Path | None = None,
         extra_args: Iterable[str] = (),
+        target_files: Iterable[str] = (),
     ) -> None:
         self.interval_s = interval_s
+        self.target_files = list(target_files)  # more file_sd files (globs allowed) that others write
         self.interval = _duration(interval_s)
         self.binary = binary or ensure_prometheus()
         self.promtool = promtool or ensure_promtool()
@@ -139,7 +142,9 @@ class Prometheus:
                 {
                     "job_name": JOB_NAME,
                     "honor_labels": True,
-                    "file_sd_configs": [{"files": [str(self.targets_path)], "refresh_interval": "1s"}],
+                    "file_sd_configs": [
+                        {"files": [str(self.targets_path), *self.target_files], "refresh_interval": "1s"}
+                    ],
                 }
             ],
         }
@@ -247,6 +252,12 @@ class Prometheus:
         if data.get("resultType") in ("scalar", "string"):
             return [{"metric": {}, "value": result}]
         return list(result)
+
+    def query_range(self, promql: str, start: float, end: float, step_s: float) -> list[Series]:
+        """A range query through ``/api/v1/query_range``: ``data.result``, each series with ``values``
+        ``[[t, "v"], ...]``."""
+        params = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s:g}"}
+        return list(self._api("/api/v1/query_range", params).get("result", []))
 
     def wait_for_series(
         self,

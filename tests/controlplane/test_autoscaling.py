@@ -11,8 +11,6 @@ stabilisation window. An edit of spec.autoscaling alone does not compress again.
 from __future__ import annotations
 
 import itertools
-import json
-import re
 import signal
 import subprocess
 import threading
@@ -23,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from chart_queries import check_alert_rules_live, check_dashboard_live
 from controlplane_harness import EXAMPLES_DIR, ControlPlane
 from operator_harness import (
     Operator,
@@ -40,9 +39,6 @@ from operator_harness import (
     wait_object,
 )
 from prometheus_harness import Prometheus
-
-RULES = Path(__file__).resolve().parents[2] / "charts" / "frugal" / "alerts" / "frugal-rules.yaml"
-DASHBOARD = Path(__file__).resolve().parents[2] / "charts" / "frugal" / "dashboards" / "frugal.json"
 
 NAME = "digits-autoscaled"
 WINDOW_S = 8
@@ -177,50 +173,6 @@ def p95_shown(cluster: ControlPlane, ns: str) -> str | None:
 def deployment_replicas(cluster: ControlPlane, namespace: str) -> int:
     deployment = get(cluster, "deployment", namespace, f"{NAME}-g1-shard-0")
     return int(deployment["spec"]["replicas"]) if deployment else 0
-
-
-def check_alert_rules_live(prometheus: Prometheus, namespace: str) -> None:
-    """Every expression of the chart's alert rules, run against this Prometheus scraping real servers
-    and the operator: accepted, every series it names present, and nothing firing on a healthy model
-    (the joins between serving and operator series match, or FrugalServedModelMetricsMissing would).
-    The operator watches every namespace, so ModelDeployments other tests left failing may fire: only
-    `namespace`'s and the operator's own alerts count."""
-    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
-    for name in sorted({n for r in rules for n in re.findall(r"\bfrugal_[a-z0-9_]+", r["expr"])}):
-        prometheus.wait_for_series(f"count({name})")
-    joined = prometheus.query(
-        'histogram_quantile(0.95, sum by (namespace, model, le) (rate(frugal_request_duration_seconds_bucket'
-        '{shard="0"}[1m]))) and on (namespace, model) frugal_slo_latency_p95_seconds'
-    )
-    assert len(joined) == 1, joined  # the serving p95 meets the operator's SLO series label for label
-    for rule in rules:
-        healthy = ("FrugalServedModelMetricsMissing", "FrugalOperatorDown", "FrugalServerErrors",
-                   "FrugalCompressionJobFailed", "FrugalModelDeploymentNotServing")  # fmt: skip
-        if rule["alert"] in healthy:
-            found = prometheus.query(rule["expr"])
-            assert [r for r in found if r["metric"].get("namespace", namespace) == namespace] == [], rule["alert"]
-        else:  # latency and the power cap depend on this load and this machine: accepted is enough
-            prometheus.query(rule["expr"])
-
-
-def check_dashboard_live(prometheus: Prometheus) -> None:
-    """Every query of the chart's Grafana dashboard, with its variables at "All", returns data from this
-    Prometheus (the 5xx ratio excepted: a healthy model has no 5xx series to divide)."""
-    board = json.loads(DASHBOARD.read_text())
-    for variable in (v for v in board["templating"]["list"] if v["type"] == "query"):
-        series = re.fullmatch(r"label_values\((.*), (\w+)\)", variable["query"])
-        assert series, variable["query"]
-        selector = series.group(1).replace("$namespace", ".*")
-        assert prometheus.query(f"count by ({series.group(2)}) ({selector})"), variable["query"]
-    for panel in board["panels"]:
-        for target in panel.get("targets", []):
-            expr = (
-                target["expr"].replace("$namespace", ".*").replace("$model", ".*").replace("$__rate_interval", "1m")
-            )
-            if panel["title"] == "Error ratio (5xx)":
-                prometheus.query(expr)
-            else:
-                prometheus.wait_for_series(expr)
 
 
 def test_replicas_follow_the_load_through_prometheus_and_hold_when_it_is_gone(live: dict[str, Any]) -> None:

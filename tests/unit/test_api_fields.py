@@ -21,13 +21,13 @@ from test_validation import full_hwp, full_md
 
 from frugal.operator.api import crds, models
 from frugal.operator.api.spec import parse_batch_inference, parse_hardware_profile, parse_model_deployment
-from frugal.operator.cluster.operator_metrics import OperatorMetrics
 from frugal.operator.decision import artifact_files, scaling
 from frugal.operator.decision.batch_inference import BatchObserved, Progress, ResolvedModel, decide_batch
 from frugal.operator.decision.conditions import Job, JobState
 from frugal.operator.decision.decide import ClusterState, Settings, artifacts_to_remove, decide
 from frugal.operator.decision.replanning import ReplanMemory
 from frugal.operator.manifests import batch_jobs, container_commands
+from frugal.operator.telemetry import OperatorMetrics
 
 # Read by nothing yet. Each entry names what will read it.
 NOT_YET_READ: set[str] = set()

@@ -133,9 +133,9 @@ def _serving_registry() -> CollectorRegistry:
 
 def _operator_registry() -> CollectorRegistry:
     from frugal.operator.api.spec import parse_model_deployment
-    from frugal.operator.cluster.operator_metrics import OperatorMetrics
     from frugal.operator.decision.conditions import Phase
     from frugal.operator.manifests.serving_objects import Selection
+    from frugal.operator.telemetry import OperatorMetrics
 
     metrics = OperatorMetrics()
     md = parse_model_deployment(

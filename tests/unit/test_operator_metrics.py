@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from frugal.operator.api.spec import ModelDeploymentSpec, parse_model_deployment
-from frugal.operator.cluster.operator_metrics import OperatorMetrics
 from frugal.operator.manifests.serving_objects import Selection
+from frugal.operator.telemetry import OperatorMetrics
 
 SELECTION = Selection(variant="int8-dynamic", profile="cpu-small", shards=2)
 SHARDS = [{"index": 0, "replicas": 3}, {"index": 1, "replicas": 2}]

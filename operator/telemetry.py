@@ -1,4 +1,7 @@
-"""The operator's Prometheus metrics, on an explicit registry served on its own port."""
+"""The operator's Prometheus metrics, on an explicit registry served on its own port.
+
+The operator in a cluster and `frugal up` on one machine export the same series, so the chart's
+dashboard and alert rules read either."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from frugal.operator.api.spec import ModelDeploymentSpec
+from frugal.operator.decision.autoscaling import Recommendation, ScaleReason
 from frugal.operator.decision.conditions import Phase
 from frugal.operator.manifests.serving_objects import Selection
 
@@ -219,6 +223,19 @@ class OperatorMetrics:
         self.cost.labels(*model).set(cost_per_hour)
         self.watts.labels(*model).set(watts)
         self.power_capped.labels(*model).set(1 if power_capped else 0)
+
+    def recommended(self, md: ModelDeploymentSpec, recommendation: Recommendation, status: Mapping[str, Any]) -> None:
+        """An autoscaler tick for `md`: `recommendation`, and `status` as `scaling.observed_status` gives
+        it (the cost per hour and the watts it counted)."""
+        watts = float((status.get("energy") or {}).get("watts", recommendation.watts))
+        self.autoscaled(
+            (md.owner.namespace, md.model_name, md.owner.name),
+            recommendation.replicas,
+            recommendation.reason.value,
+            float(status["cost"]["perHour"]),
+            watts,
+            ScaleReason.POWER_CAPPED in recommendation.reasons,
+        )
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop every series of the ModelDeployment `namespace/name`."""
