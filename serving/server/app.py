@@ -52,6 +52,9 @@ CLIENT_CLOSED = 499  # nginx's status for a client that went away; never sent, o
 QUEUE_DRAIN_S = 0.2  # time for the accept loop to empty the kernel's queue once new SYNs are dropped
 SO_ATTACH_FILTER = 26  # Linux <asm-generic/socket.h>; Python's socket module does not name it
 IDLE_CLOSE_S = 1.0  # an idle keep-alive connection this quiet after the grace has no request coming
+# A connection opened but not used yet was opened to send a request; its client may be slow to send it
+# (a starved client thread on a loaded node took over IDLE_CLOSE_S, and closing then reset its request).
+UNUSED_CLOSE_S = 5.0
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -183,7 +186,8 @@ class Drain:
     def __init__(self) -> None:
         self.draining = False
         self._active: dict[object, int] = {}  # connection → requests in progress on it
-        self._last_seen: dict[object, float] = {}
+        self._last_seen: dict[object, float] = {}  # connection → when a request on it last started or ended
+        self._first_asked: dict[object, float] = {}  # unused connection → when can_close first saw it
 
     def begin(self) -> None:
         self.draining = True
@@ -207,11 +211,15 @@ class Drain:
                 del self._active[connection]
 
     def can_close(self, connection: object, now: float) -> bool:
-        """No request in progress, and none started or finished for IDLE_CLOSE_S (a connection that
-        never carried one counts from the first time it is asked about: its request may be on the way)."""
+        """No request in progress, and none started or finished for IDLE_CLOSE_S; a connection that
+        never carried one waits UNUSED_CLOSE_S from the first time it is asked about (its request may
+        be on the way)."""
         if self._active.get(connection):
             return False
-        return now - self._last_seen.setdefault(connection, now) >= IDLE_CLOSE_S
+        last = self._last_seen.get(connection)
+        if last is None:
+            return now - self._first_asked.setdefault(connection, now) >= UNUSED_CLOSE_S
+        return now - last >= IDLE_CLOSE_S
 
     async def close_when_idle(self, runner: web.AppRunner, timeout_s: float) -> int:
         """Wait until every open connection closed itself or can be closed; return how many were left."""
@@ -227,6 +235,7 @@ class Drain:
             await asyncio.sleep(0.05)
         for connection in server.connections:
             self._last_seen.pop(connection, None)
+            self._first_asked.pop(connection, None)
         return len(server.connections)
 
 
