@@ -277,3 +277,4 @@ def test_operator_env_names_only_flags_the_operator_reads(cluster: ControlPlane,
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {"cpu", "memory", "ephemeral-storage"} <= set(container["resources"]["requests"])
+    assert {"cpu", "memory", "ephemeral-storage"} <= set(container["resources"]["limits"])
