@@ -166,6 +166,11 @@ class ModelDeploymentSpec:
         return self.spec.storage.uri
 
     @property
+    def uris(self) -> dict[str, str]:
+        """Every URI the spec sets, by its field's path (spec.model.uri, spec.data.*.uri, spec.storage.uri)."""
+        return _uris(self.resource)
+
+    @property
     def retain_artifacts(self) -> bool:
         return self.spec.storage.retain_artifacts
 
@@ -246,14 +251,18 @@ def parse_model_deployment(body: Body) -> ModelDeploymentSpec:
     resource = typed(body, models.ModelDeployment)
     if not resource.spec.serving.hardware_profiles:
         raise SpecError("spec.serving.hardwareProfiles: name at least one HardwareProfile")
+    for field, uri in _uris(resource).items():
+        if has_parent_segment(uri):
+            raise SpecError(f"{field}: {uri!r} must not contain '..' path segments")
+    return ModelDeploymentSpec(owner_of(body), resource)
+
+
+def _uris(resource: models.ModelDeployment) -> dict[str, str]:
     uris = {"spec.model.uri": resource.spec.model.uri, "spec.storage.uri": resource.spec.storage.uri}
     for role in ("validation", "calibration"):
         source = getattr(resource.spec.data, role) if resource.spec.data else None
         uris[f"spec.data.{role}.uri"] = source.uri if source else None
-    for field, uri in uris.items():
-        if uri is not None and has_parent_segment(uri):
-            raise SpecError(f"{field}: {uri!r} must not contain '..' path segments")
-    return ModelDeploymentSpec(owner_of(body), resource)
+    return {field: uri for field, uri in uris.items() if uri is not None}
 
 
 def has_parent_segment(uri: str) -> bool:

@@ -66,6 +66,7 @@ ENVIRONMENT = {
     "namespace": "FRUGAL_NAMESPACES",
     "workload_image": "FRUGAL_WORKLOAD_IMAGE",
     "storage_uri": "FRUGAL_STORAGE_URI",
+    "allow_host_path": "FRUGAL_ALLOW_HOST_PATH",
     "pvc_root": "FRUGAL_PVC_ROOT",
     "metrics_port": "FRUGAL_METRICS_PORT",
     "metrics_host": "FRUGAL_METRICS_HOST",
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
            "HardwareProfile names none")  # fmt: skip
     option("--storage-uri", dest="storage_uri", metavar="URI", default=defaults.settings.storage_uri,
            help="artifact store for ModelDeployments without spec.storage.uri (pvc://<claim>/<path> or file:///<path>)")  # fmt: skip
+    parser.add_argument("--allow-host-path", dest="allow_host_path", action="store_const", const="true",
+                        help="accept file:// URIs in ModelDeployments and --storage-uri: a directory of the "
+                        "node (hostPath, writable) or of the image. For a single-node development cluster "
+                        f"only: anyone who may create a ModelDeployment could mount any node path "
+                        f"[{ENVIRONMENT['allow_host_path']}=true; default off]")  # fmt: skip
     option("--pvc-root", dest="pvc_root", metavar="DIR",
            help="directory where this process sees pvc://<claim>/<path> as DIR/<claim>/<path>; "
            "without it the operator cannot read pvc:// artifacts")  # fmt: skip
@@ -134,8 +140,9 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
     image = _value(raw["workload_image"], str, defaults.settings.image)
     storage_uri = _value(raw["storage_uri"], _storage_uri, defaults.settings.storage_uri)
     pvc_root = _value(raw["pvc_root"], Path, None)
+    allow_host_path = _value(raw["allow_host_path"], _boolean, False)
     return Options(
-        settings=Settings(image=image, storage_uri=storage_uri, pvc_root=pvc_root),
+        settings=Settings(image=image, storage_uri=storage_uri, pvc_root=pvc_root, allow_host_path=allow_host_path),
         namespaces=_value(raw["namespace"], _namespaces, ()),
         metrics_port=_value(raw["metrics_port"], _port, defaults.metrics_port),
         metrics_host=_value(raw["metrics_host"], str, defaults.metrics_host),
@@ -161,6 +168,15 @@ def _pick(args: argparse.Namespace, environ: Mapping[str, str], dest: str) -> Ra
     if environ.get(variable, "").strip():
         return (variable, environ[variable])
     return None
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ValueError("expected true or false")
 
 
 def _value(raw: Raw, convert: Callable[[str], T], default: T) -> T:

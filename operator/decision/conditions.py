@@ -20,6 +20,7 @@ class Reason:
 
     INVALID_SPEC = "InvalidSpec"
     HARDWARE_PROFILE_MISSING = "HardwareProfileMissing"
+    HOST_PATH_NOT_ALLOWED = "HostPathNotAllowed"
     MODEL_URI_UNREADABLE = "ModelURIUnreadable"
     COMPRESSION_PENDING = "CompressionPending"
     COMPRESSION_RUNNING = "CompressionRunning"
@@ -74,6 +75,7 @@ class Observed:
 
     generation: int
     spec_error: str | None = None
+    host_path_error: str | None = None  # a file:// URI in a cluster whose operator does not allow hostPath
     missing_profiles: tuple[str, ...] = ()
     model_error: str | None = None
     compression: Job = ABSENT_JOB
@@ -123,6 +125,8 @@ def conditions(observed: Observed) -> Assessment:
 def _compressed(o: Observed) -> Condition:
     if o.spec_error:
         return Condition(COMPRESSED, False, Reason.INVALID_SPEC, o.spec_error)
+    if o.host_path_error:
+        return Condition(COMPRESSED, False, Reason.HOST_PATH_NOT_ALLOWED, o.host_path_error)
     if o.missing_profiles:
         missing = ", ".join(o.missing_profiles)
         return Condition(
@@ -257,6 +261,7 @@ def _degraded(done: Sequence[Condition], o: Observed) -> Condition:
 FAILURE_REASONS = frozenset(
     {
         Reason.INVALID_SPEC,
+        Reason.HOST_PATH_NOT_ALLOWED,
         Reason.HARDWARE_PROFILE_MISSING,
         Reason.MODEL_URI_UNREADABLE,
         Reason.COMPRESSION_FAILED,
@@ -268,6 +273,7 @@ FAILURE_REASONS = frozenset(
 _TERMINAL = frozenset(
     {
         Reason.INVALID_SPEC,
+        Reason.HOST_PATH_NOT_ALLOWED,
         Reason.MODEL_URI_UNREADABLE,
         Reason.COMPRESSION_FAILED,
         Reason.ARTIFACTS_UNREADABLE,

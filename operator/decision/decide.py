@@ -30,6 +30,9 @@ class Settings:
     image: str = "ghcr.io/frugal-dev/frugal:0.1.0"
     storage_uri: str = "pvc://frugal-artifacts"
     pvc_root: Path | None = None
+    # file:// URIs: a directory of the node (hostPath) or of the pod's image. For `frugal up` and a
+    # single-node development cluster only; off, the operator refuses them with a condition.
+    allow_host_path: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,10 +146,30 @@ def with_effective_generation(
 def artifacts_to_remove(md: ModelDeploymentSpec, settings: Settings) -> Path | None:
     """When a ModelDeployment is deleted: the directory of all its generations' artifacts, as the
     operator sees it, unless spec.storage.retainArtifacts keeps them (or the operator cannot see it)."""
-    if md.retain_artifacts:
-        return None
+    if md.retain_artifacts or host_path_refusal(md, settings):
+        return None  # a refused ModelDeployment never wrote artifacts: nothing of the node's to remove
     location = locate(md.storage_uri or settings.storage_uri, md.owner, settings.pvc_root)
     return None if location.operator_path is None else location.operator_path.parent
+
+
+def host_path_refusal(md: ModelDeploymentSpec, settings: Settings) -> str | None:
+    """Why `md` may not run here, when a URI it uses is file:// and hostPath is not allowed: in a
+    pod, file:// is a directory of the node (storage, mounted writable) or of the image (inputs), so
+    anyone who may create a ModelDeployment could mount any node path."""
+    if settings.allow_host_path:
+        return None
+    uris = {**md.uris}
+    if "spec.storage.uri" not in uris:
+        uris["the operator's --storage-uri (no spec.storage.uri)"] = settings.storage_uri
+    for where, uri in uris.items():
+        if uri.startswith("file:"):
+            return (
+                f"{where}: {uri!r} is a path on the node or in the image (file://), which this operator "
+                "does not allow: use pvc://<claim>/<path> (or zoo:// for a bundled model); file:// is "
+                "for frugal up, or an operator started with --allow-host-path on a single-node "
+                "development cluster"
+            )
+    return None
 
 
 def decide(
@@ -165,6 +188,10 @@ def decide(
     missing = tuple(p for p in needed_profiles(md) if p not in profiles)
     if missing:
         observed = Observed(gen, missing_profiles=missing, previous_generation_live=previous)
+        return Decision((), None, conditions(observed), {}, observed=observed)
+    refused = host_path_refusal(md, settings)
+    if refused:
+        observed = Observed(gen, host_path_error=refused, previous_generation_live=previous)
         return Decision((), None, conditions(observed), {}, observed=observed)
     location = locate(md.storage_uri or settings.storage_uri, md.owner, settings.pvc_root)
     to_apply: list[dict[str, Any]] = []

@@ -104,7 +104,8 @@ class LocalCluster:
 
     @property
     def settings(self) -> Settings:
-        return Settings(image="local", storage_uri=f"file://{self.workdir / 'artifacts'}")
+        # On one machine file:// is this machine's own directories: what frugal up is for.
+        return Settings(image="local", storage_uri=f"file://{self.workdir / 'artifacts'}", allow_host_path=True)
 
     def run(self, port: int = 0) -> Served:
         """Run the pipeline's Jobs, then serve; `port` is the endpoint's (0: any free port)."""

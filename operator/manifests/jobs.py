@@ -6,6 +6,13 @@ rank = the completion index, world size = workers, rendezvous at pod 0 (torchrun
 Profiling runs one Job per candidate serving profile, with that profile's image and resources.
 The claims that pvc:// model and data URIs name are mounted read-only in the compression pod
 (every worker: they share the template) and ``FRUGAL_PVC_ROOT`` says where.
+
+Both kinds are bounded: a pod that fails is retried ``BACKOFF_LIMIT`` times (a lost node, an
+out-of-memory kill), except that exit code 2 — the commands' "your input is wrong" (an unreadable
+model, a bad config) — fails the Job at once (``podFailurePolicy``: retrying cannot help), a pod
+evicted or preempted (``DisruptionTarget``) is not counted, and ``activeDeadlineSeconds`` ends a Job
+that hangs. The container's termination message falls back to its log's tail, which the operator
+copies into the ModelDeployment's condition and Event.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from frugal.operator.manifests import container_commands, names, pod_specs, stor
 from frugal.operator.manifests.storage import ArtifactLocation
 
 BACKOFF_LIMIT = 2
+EXIT_USER_ERROR = 2  # what `frugal compress` and `frugal profile` exit with on input they cannot use
+COMPRESSION_DEADLINE_SECONDS = 6 * 3600  # distillation of a large teacher may take hours
+PROFILING_DEADLINE_SECONDS = 3600
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 
@@ -36,7 +46,7 @@ def desired_compression_job(
     volumes, mounts = storage.claim_mounts(claims, artifacts)
     pod_spec["volumes"] += volumes
     container["volumeMounts"] += mounts
-    job_spec: dict[str, Any] = {"backoffLimit": BACKOFF_LIMIT}
+    job_spec = _bounded(COMPRESSION_DEADLINE_SECONDS)
     if workers > 1:
         pod_spec["subdomain"] = names.distillation_service(md.owner)
         container["ports"] = [{"name": "rendezvous", "containerPort": container_commands.DISTRIBUTED_PORT}]
@@ -75,8 +85,22 @@ def desired_profiling_job(
         "profile", profile.image or image, command, [], profile, artifacts, read_only=False
     )
     pod_spec = _pod_spec(container, profile, artifacts)
-    spec = {"backoffLimit": BACKOFF_LIMIT, "template": {"metadata": {"labels": labels}, "spec": pod_spec}}
+    spec = {**_bounded(PROFILING_DEADLINE_SECONDS), "template": {"metadata": {"labels": labels}, "spec": pod_spec}}
     return _job(md, name, labels, spec)
+
+
+def _bounded(deadline_seconds: int) -> dict[str, Any]:
+    """How often and how long a Job may try (see the module's docstring)."""
+    return {
+        "backoffLimit": BACKOFF_LIMIT,
+        "activeDeadlineSeconds": deadline_seconds,
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [EXIT_USER_ERROR]}},
+            ]
+        },
+    }
 
 
 def _pod_spec(

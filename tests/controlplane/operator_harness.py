@@ -34,10 +34,19 @@ class Operator:
     """The operator as a subprocess; restartable."""
 
     def __init__(
-        self, cluster: ControlPlane, storage: Path, log: Path, extra_args: Sequence[str] = ()
+        self,
+        cluster: ControlPlane,
+        storage: Path,
+        log: Path,
+        extra_args: Sequence[str] = (),
+        host_path: bool = True,
     ) -> None:
+        """`storage`: the artifact directory on this machine — a file:// store, which the operator
+        refuses unless started with --allow-host-path (`host_path`; without it, the chart's default
+        pvc:// store, which nothing here can read)."""
         self.cluster, self.storage, self.log = cluster, storage, log
         self.extra_args = list(extra_args)
+        self.host_path = host_path
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -45,7 +54,8 @@ class Operator:
     def start(self) -> None:
         argv = [
             sys.executable, "-m", "frugal.operator.cluster.operator_command", "--kubeconfig", str(self.cluster.kubeconfig),
-            "--storage-uri", f"file://{self.storage}", "--metrics-port", str(self.metrics_port),
+            *(["--allow-host-path", "--storage-uri", f"file://{self.storage}"] if self.host_path else []),
+            "--metrics-port", str(self.metrics_port),
             "--metrics-host", "127.0.0.1", "--health-port", str(self.health_port), "--interval", "1",
             "--image", "frugal:test", "--autoscale-interval", "1", *self.extra_args,
         ]  # fmt: skip
@@ -128,45 +138,94 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def finish_job(cluster: ControlPlane, job: Mapping[str, Any], succeeded: bool, message: str = "") -> None:
-    """Record the Job's outcome in its status, as the Job controller does (retried: it races with us)."""
+def complete_job(cluster: ControlPlane, job: Mapping[str, Any]) -> None:
+    """Record the Job's success in its status, as the Job controller does (retried: it races with us).
+    A failure goes through the pod instead: :func:`terminate_as_kubelet`."""
     meta = job["metadata"]
     for attempt in range(5):
         current = get(cluster, "job", meta["namespace"], meta["name"]) or job
-        patch = {
-            "status": job_outcome((current.get("status") or {}).get("startTime") or now(), succeeded, message)
-        }
-        proc = cluster.kubectl("patch", "job", meta["name"], "-n", meta["namespace"], "--subresource=status",
-                               "--type=merge", "-p", json.dumps(patch), check=attempt == 4)  # fmt: skip
-        if proc.returncode == 0:
-            return
-        time.sleep(0.5)
-
-
-def job_outcome(start: str, succeeded: bool, message: str) -> dict[str, Any]:
-    if succeeded:
-        return {
+        start = (current.get("status") or {}).get("startTime") or now()
+        status = {
             "startTime": start, "completionTime": now(), "active": 0, "ready": 0, "succeeded": 1,
             "conditions": [
                 {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "message": ""},
                 {"type": "Complete", "status": "True", "reason": "CompletionsReached", "message": ""},
             ],
         }  # fmt: skip
-    return {
-        "startTime": start, "active": 0, "ready": 0, "failed": 1,
-        "conditions": [
-            {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "message": message},
-            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": message},
-        ],
+        proc = cluster.kubectl("patch", "job", meta["name"], "-n", meta["namespace"], "--subresource=status",
+                               "--type=merge", "-p", json.dumps({"status": status}), check=attempt == 4)  # fmt: skip
+        if proc.returncode == 0:
+            return
+        time.sleep(0.5)
+
+
+# What FallbackToLogsOnError keeps of a failed container's log as its termination message.
+LOG_TAIL_LINES, LOG_TAIL_BYTES = 80, 2048
+
+
+def fallback_message(log: str) -> str:
+    """The kubelet's termination message for a container that wrote no termination-log file: the last
+    80 lines of its log, at most the last 2048 bytes."""
+    tail = "\n".join(log.rstrip("\n").splitlines()[-LOG_TAIL_LINES:]).encode()
+    return tail[-LOG_TAIL_BYTES:].decode(errors="replace")
+
+
+def job_pods(cluster: ControlPlane, job: Mapping[str, Any]) -> list[dict[str, Any]]:
+    meta = job["metadata"]
+    selector = f"batch.kubernetes.io/job-name={meta['name']}"
+    return list(kubectl_json(cluster, "get", "pods", "-n", meta["namespace"], "-l", selector)["items"])
+
+
+def terminate_as_kubelet(
+    cluster: ControlPlane, job: Mapping[str, Any], exit_code: int, log: str, timeout_s: float = 60
+) -> dict[str, Any]:
+    """End the Job's running pod as the kubelet ends a pod whose container exited with `exit_code`:
+    phase, conditions and `containerStatuses[].state.terminated` (exit code, reason, and for a failure
+    the log's tail as the message). The Job controller, not the test, then decides what the Job is:
+    retried, failed or complete. Waits for the controller to have created the pod; returns it."""
+    deadline = time.monotonic() + timeout_s
+    while not (running := [p for p in job_pods(cluster, job) if p["status"].get("phase") not in ("Succeeded", "Failed")]):
+        assert time.monotonic() < deadline, f"no running pod of Job {job['metadata']['name']} after {timeout_s:.0f} s"
+        time.sleep(0.2)
+    pod = running[0]
+    container = pod["spec"]["containers"][0]
+    stamp = now()
+    terminated: dict[str, Any] = {
+        "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+        "startedAt": stamp, "finishedAt": stamp,
     }  # fmt: skip
+    if exit_code != 0:
+        terminated["message"] = fallback_message(log)
+    ended = "PodCompleted" if exit_code == 0 else "PodFailed"
+    status = {
+        "phase": "Succeeded" if exit_code == 0 else "Failed",
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": stamp},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": stamp},
+            {"type": "ContainersReady", "status": "False", "reason": ended, "lastTransitionTime": stamp},
+            {"type": "Ready", "status": "False", "reason": ended, "lastTransitionTime": stamp},
+        ],
+        "containerStatuses": [{
+            "name": container["name"], "image": container["image"], "imageID": "", "ready": False,
+            "restartCount": 0, "started": False, "state": {"terminated": terminated},
+        }],
+    }  # fmt: skip
+    cluster.kubectl("patch", "pod", pod["metadata"]["name"], "-n", pod["metadata"]["namespace"],
+                    "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))  # fmt: skip
+    return pod
 
 
 def run_and_finish(
     cluster: ControlPlane, job: Mapping[str, Any], workdir: Path
 ) -> subprocess.CompletedProcess[str]:
+    """Run the Job's command here, as its pod would run; a success is recorded in the Job's status, a
+    failure through the pod's status as the kubelet writes it (the Job controller then fails the Job,
+    or retries it: exit code 2 fails it at once, by the Job's podFailurePolicy)."""
     proc = run_job_command(job, workdir)
-    output = (proc.stderr or proc.stdout or "").strip().splitlines()
-    finish_job(cluster, job, proc.returncode == 0, output[-1] if output else f"exit code {proc.returncode}")
+    if proc.returncode == 0:
+        complete_job(cluster, job)
+    else:
+        terminate_as_kubelet(cluster, job, proc.returncode, (proc.stdout or "") + (proc.stderr or ""))
     return proc
 
 

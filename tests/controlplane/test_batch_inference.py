@@ -20,10 +20,10 @@ import yaml
 from controlplane_harness import EXAMPLES_DIR, ControlPlane
 from operator_harness import (
     Operator,
+    complete_job,
     condition,
     create_namespace,
     events_for,
-    finish_job,
     get,
     pod_env,
     run_and_finish,
@@ -101,7 +101,7 @@ def test_the_operator_runs_a_batch_as_an_indexed_job_then_aggregates(
         assert partial["progress"]["shardsDone"] == 3  # index 0 of 2 takes shards 0, 2, 4
         second = run_index(score, 1, work)
         assert second.returncode == 0, second.stderr[-3000:]
-        finish_job(cluster, score, True)
+        complete_job(cluster, score)
 
         aggregate = wait_object(cluster, operator, "job", ns, f"{NAME}-g1-aggregate")
         proc = run_and_finish(cluster, aggregate, work)

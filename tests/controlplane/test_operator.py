@@ -24,17 +24,20 @@ from operator_harness import (
     condition,
     create_namespace,
     events_for,
-    finish_job,
     get,
     http,
+    job_pods,
     kubectl_json,
     mark_ready,
     run_and_finish,
     serve_from_template,
     status_of,
+    terminate_as_kubelet,
     wait_for,
     wait_object,
 )
+
+from frugal.operator.manifests.jobs import BACKOFF_LIMIT
 
 
 @pytest.fixture(scope="module")
@@ -210,10 +213,10 @@ def test_restart_mid_pipeline_resumes_without_duplicates(served: dict[str, Any],
     operator.stop()
     operator.start()
     job = wait_object(cluster, operator, "job", ns, "digits-g2-compress")
-    finish_job(cluster, job, succeeded=False, message="frugal compress: error: simulated node loss")
+    terminate_as_kubelet(cluster, job, 2, "loading zoo://digits-mlp\nfrugal compress: error: the model file is truncated")
     status = wait_for("the failure after restart", lambda: (s := status_of(cluster, ns, "digits"))
                       .get("phase") == "Failed" and s, operator)  # fmt: skip
-    assert "simulated node loss" in condition(status, "Compressed")["message"]
+    assert "the model file is truncated" in condition(status, "Compressed")["message"]
     jobs = kubectl_json(cluster, "get", "jobs", "-n", ns, "-l", "frugal.dev/model-deployment=digits")["items"]
     names = sorted(j["metadata"]["name"] for j in jobs)
     assert names == ["digits-g1-compress", "digits-g1-profile-local-cpu", "digits-g2-compress"]
@@ -369,6 +372,37 @@ def test_unreadable_model_fails_the_job_and_says_what_to_fix(operator: Operator,
     cluster.kubectl("delete", "md", "nomodel", "-n", ns, "--wait=false")
     wait_for("the ModelDeployment to be gone", lambda: get(cluster, "md", ns, "nomodel") is None, operator)
     assert not (operator.storage / ns / "nomodel").exists()
+
+
+def test_a_job_that_keeps_failing_is_retried_then_fails_with_the_pods_message(operator: Operator) -> None:
+    """A failure that may pass on another try (exit code 1: here a GPU fault) is retried by the Job
+    controller up to the Job's backoffLimit while the ModelDeployment stays Compressing; the last one
+    fails the Job, and the termination message the kubelet wrote into the pod's status is what the
+    condition and the Event say."""
+    cluster = operator.cluster
+    ns = create_namespace(cluster, "op-retried")
+    cluster.kubectl("apply", "-f", "-", input=PROFILE_TEMPLATE.format(name="retried-cpu"))
+    cluster.kubectl("apply", "-n", ns, "-f", "-",
+                    input=MD_TEMPLATE.format(name="flaky", uri="zoo://digits-mlp", profile="retried-cpu"))  # fmt: skip
+    job = wait_object(cluster, operator, "job", ns, "flaky-g1-compress")
+    log = "epoch 1/3\nRuntimeError: CUDA error: an illegal memory access was encountered"
+
+    def failed_pods() -> int:
+        return int(((get(cluster, "job", ns, "flaky-g1-compress") or {}).get("status") or {}).get("failed", 0))
+
+    for attempt in range(BACKOFF_LIMIT + 1):
+        terminate_as_kubelet(cluster, job, 1, log, timeout_s=120)  # the controller's back-off: 10 s, then 20 s
+        wait_for(f"failure {attempt + 1} counted", lambda n=attempt + 1: failed_pods() == n, operator)  # type: ignore[misc]
+        if attempt < BACKOFF_LIMIT:
+            assert status_of(cluster, ns, "flaky").get("phase") == "Compressing"
+    status = wait_for("phase Failed", lambda: (s := status_of(cluster, ns, "flaky"))
+                      .get("phase") == "Failed" and s, operator)  # fmt: skip
+    compressed = condition(status, "Compressed")
+    assert compressed["reason"] == "CompressionFailed"
+    assert "BackoffLimitExceeded" in compressed["message"] and "illegal memory access" in compressed["message"]
+    assert len(job_pods(cluster, job)) == BACKOFF_LIMIT + 1
+    failed = [e for e in events_for(cluster, ns, "flaky") if e["reason"] == "CompressionFailed"]
+    assert failed and "illegal memory access" in failed[0]["message"]
 
 
 # -- fields that shape compression ------------------------------------------------------------------------

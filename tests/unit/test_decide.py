@@ -12,7 +12,9 @@ from frugal.operator.decision.conditions import Job, JobState, Phase, Reason
 from frugal.operator.decision.decide import (
     ClusterState,
     Settings,
+    artifacts_to_remove,
     decide,
+    host_path_refusal,
     pipeline_hash,
     rollover_from_status,
     with_effective_generation,
@@ -47,7 +49,7 @@ def profile(name: str, cost: str, watts: float) -> Any:
 
 PROFILES = {"cpu": profile("cpu", "0.10", 20), "gpu": profile("gpu", "0.50", 70)}
 MD = parse_model_deployment(BODY)
-SETTINGS = Settings(image="img", storage_uri="file:///store")
+SETTINGS = Settings(image="img", storage_uri="file:///store", allow_host_path=True)  # a local store
 DONE = Job(JobState.SUCCEEDED, name="x")
 MANIFEST = {
     "variants": [
@@ -94,6 +96,41 @@ def test_missing_profile_applies_nothing() -> None:
     assert decision.apply == ()
     assert decision.assessment.condition("Compressed").reason == Reason.HARDWARE_PROFILE_MISSING
     assert "gpu" in decision.assessment.message
+
+
+def with_spec(**changes: Any) -> Any:
+    body = copy.deepcopy(BODY)
+    body["spec"].update(changes)
+    return parse_model_deployment(body)
+
+
+def test_file_uris_are_refused_naming_the_field_unless_host_path_is_allowed() -> None:
+    on_claim = Settings(storage_uri="pvc://frugal-artifacts")
+    assert host_path_refusal(MD, on_claim) is None
+    cases = {
+        "spec.storage.uri": with_spec(storage={"uri": "file:///"}),
+        "spec.model.uri": with_spec(
+            model={"uri": "file:///models/m.onnx"}, data={"validation": {"uri": "pvc://d/val.npz"}}
+        ),
+        "spec.data.validation.uri": with_spec(data={"validation": {"uri": "file:///etc/val.npz"}}),
+    }
+    for field, md in cases.items():
+        refused = host_path_refusal(md, on_claim)
+        assert refused is not None and refused.startswith(field), refused
+        decision = decide(md, PROFILES, ClusterState(), None, on_claim)
+        assert decision.apply == () and decision.assessment.phase is Phase.FAILED
+        assert decision.assessment.condition("Compressed").reason == Reason.HOST_PATH_NOT_ALLOWED
+        assert decision.assessment.condition("Degraded").status is True
+        assert host_path_refusal(md, dataclasses.replace(on_claim, allow_host_path=True)) is None
+    # The operator's own default store counts too: it is where spec.storage.uri falls back to.
+    refused = host_path_refusal(MD, Settings(storage_uri="file:///var/frugal"))
+    assert refused is not None and "--storage-uri" in refused
+
+
+def test_a_refused_model_deployment_has_no_artifacts_to_remove() -> None:
+    md = with_spec(storage={"uri": "file:///", "retainArtifacts": False})
+    assert artifacts_to_remove(md, Settings()) is None
+    assert artifacts_to_remove(md, Settings(allow_host_path=True)) is not None
 
 
 def test_first_pass_creates_the_compression_job_once() -> None:

@@ -126,6 +126,21 @@ def test_compression_job_lands_on_its_pool_with_restricted_security() -> None:
     assert container["command"][:3] == ["frugal", "compress", "--config-json"]
 
 
+@pytest.mark.parametrize("kind", ["compression", "profiling"])
+def test_jobs_are_bounded_and_fail_at_once_on_bad_input(kind: str) -> None:
+    if kind == "compression":
+        job, deadline = jobs.desired_compression_job(SPEC, GPU, IMAGE, ARTIFACTS), jobs.COMPRESSION_DEADLINE_SECONDS
+    else:
+        job, deadline = jobs.desired_profiling_job(SPEC, GPU, IMAGE, ARTIFACTS), jobs.PROFILING_DEADLINE_SECONDS
+    spec = job["spec"]
+    assert spec["backoffLimit"] == jobs.BACKOFF_LIMIT and spec["activeDeadlineSeconds"] == deadline
+    rules = spec["podFailurePolicy"]["rules"]
+    assert {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}} in rules
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
 def test_compression_command_carries_the_spec_in_the_compression_components_shape() -> None:
     config = json.loads(container_commands.compress(SPEC, "/out")[3])
     assert config == {

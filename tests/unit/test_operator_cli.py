@@ -15,6 +15,7 @@ CHART_ENV = {
     "FRUGAL_LOG_LEVEL": "DEBUG",
     "FRUGAL_WORKLOAD_IMAGE": "registry.example/frugal:1.2",
     "FRUGAL_STORAGE_URI": "pvc://frugal-artifacts/",
+    "FRUGAL_ALLOW_HOST_PATH": "false",
     "FRUGAL_PVC_ROOT": "/var/lib/frugal/claims",
     "FRUGAL_METRICS_PORT": "8000",
     "FRUGAL_HEALTH_PORT": "8080",
@@ -46,6 +47,13 @@ def test_flags_win_over_the_environment() -> None:
     assert options("--workload-image", "w:1", env=CHART_ENV).settings.image == "w:1"
 
 
+def test_host_path_is_off_unless_the_flag_or_the_variable_turns_it_on() -> None:
+    assert options(env=CHART_ENV).settings.allow_host_path is False
+    assert options("--allow-host-path", env=CHART_ENV).settings.allow_host_path is True
+    assert options(env={"FRUGAL_ALLOW_HOST_PATH": "true"}).settings.allow_host_path is True
+    assert options(env={"FRUGAL_ALLOW_HOST_PATH": "false"}).settings.allow_host_path is False
+
+
 def test_empty_variables_count_as_unset() -> None:
     """The chart sets FRUGAL_NAMESPACES="" to watch every namespace."""
     got = options(env={name: "" for name in ENVIRONMENT.values()})
@@ -62,6 +70,7 @@ def test_empty_variables_count_as_unset() -> None:
         (("--interval", "0"), {}, "--interval='0': must be greater than 0"),
         (("--namespace", " , "), {}, "--namespace=' , ': name at least one namespace"),
         ((), {"FRUGAL_STORAGE_URI": "s3://b/frugal"}, "FRUGAL_STORAGE_URI='s3://b/frugal': use pvc://<claim>/<path>"),
+        ((), {"FRUGAL_ALLOW_HOST_PATH": "maybe"}, "FRUGAL_ALLOW_HOST_PATH='maybe': expected true or false"),
     ],
 )
 def test_a_bad_value_names_the_flag_or_variable(

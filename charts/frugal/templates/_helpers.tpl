@@ -54,7 +54,11 @@ app.kubernetes.io/part-of: frugal
 
 {{/* The operator's default artifact storage: operator.storageUri, or the chart's claim. */}}
 {{- define "frugal.storageUri" -}}
-{{- default (printf "pvc://%s/" .Values.artifacts.claimName) .Values.operator.storageUri }}
+{{- $uri := default (printf "pvc://%s/" .Values.artifacts.claimName) .Values.operator.storageUri }}
+{{- if and (hasPrefix "file://" $uri) (not .Values.operator.allowHostPath) }}
+{{- fail (printf "operator.storageUri %q is a directory of the node (hostPath), which the operator refuses unless operator.allowHostPath=true (single-node development clusters only): use pvc://%s/" $uri .Values.artifacts.claimName) }}
+{{- end }}
+{{- $uri }}
 {{- end }}
 
 {{/*
