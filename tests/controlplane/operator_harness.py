@@ -23,11 +23,35 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controlplane_harness import REPO_ROOT, ControlPlane, free_port
+import yaml
+from controlplane_harness import REPO_ROOT, ControlPlane, free_port, kubeconfig_document
 from prometheus_harness import Prometheus
 
 VENV_BIN = Path(sys.executable).parent
 WAIT_S = 90.0
+
+
+CHART = REPO_ROOT / "charts" / "frugal"
+CHART_RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+def chart_identity(cluster: ControlPlane, workdir: Path, namespace: str = "frugal-system") -> Path:
+    """A kubeconfig holding the chart's own ServiceAccount token, bound by nothing but the chart's
+    rendered RBAC (helm template, default values): run the operator with it and a verb the code needs
+    and the chart lacks fails the test that needs it."""
+    rendered = cluster.helm("template", "frugal", CHART, "--namespace", namespace, "--set", "crds.install=false").stdout
+    rbac = [d for d in yaml.safe_load_all(rendered) if d and d.get("kind") in CHART_RBAC_KINDS]
+    accounts = [d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount"]
+    assert len(accounts) == 1 and any(d["kind"] == "ClusterRoleBinding" for d in rbac), [d["kind"] for d in rbac]
+    if cluster.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", namespace)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
+    token = cluster.kubectl("create", "token", accounts[0], "-n", namespace, "--duration=4h").stdout.strip()
+    user = f"system:serviceaccount:{namespace}:{accounts[0]}"
+    document = kubeconfig_document(cluster.server_url, (cluster.cert_dir / "ca.crt").read_bytes(), user, token)
+    path = workdir / "kubeconfig-operator"
+    path.write_text(yaml.safe_dump(document))
+    return path
 
 
 class Operator:
@@ -40,11 +64,14 @@ class Operator:
         log: Path,
         extra_args: Sequence[str] = (),
         host_path: bool = True,
+        kubeconfig: Path | None = None,
     ) -> None:
         """`storage`: the artifact directory on this machine — a file:// store, which the operator
         refuses unless started with --allow-host-path (`host_path`; without it, the chart's default
-        pvc:// store, which nothing here can read)."""
+        pvc:// store, which nothing here can read). `kubeconfig`: whom it runs as (default: the
+        admin; :func:`chart_identity` for the chart's ServiceAccount)."""
         self.cluster, self.storage, self.log = cluster, storage, log
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.extra_args = list(extra_args)
         self.host_path = host_path
         self.metrics_port = free_port()
@@ -53,7 +80,7 @@ class Operator:
 
     def start(self) -> None:
         argv = [
-            sys.executable, "-m", "frugal.operator.cluster.operator_command", "--kubeconfig", str(self.cluster.kubeconfig),
+            sys.executable, "-m", "frugal.operator.cluster.operator_command", "--kubeconfig", str(self.kubeconfig),
             *(["--allow-host-path", "--storage-uri", f"file://{self.storage}"] if self.host_path else []),
             "--metrics-port", str(self.metrics_port),
             "--metrics-host", "127.0.0.1", "--health-port", str(self.health_port), "--interval", "1",

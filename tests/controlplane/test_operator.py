@@ -1,7 +1,8 @@
 """The operator against the real API server: examples → Jobs → profiling → serving, and what goes wrong.
 
-The operator runs as its own process (`python -m frugal.operator.cluster.operator_command`) on the test's
-kubeconfig. No kubelet exists, so the test plays its part (`operator_harness`).
+The operator runs as its own process (`python -m frugal.operator.cluster.operator_command`) with a token
+of the chart's ServiceAccount, bound only by the chart's rendered RBAC: a verb the code needs and the
+chart lacks fails here. No kubelet exists, so the test plays its part (`operator_harness`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import yaml
 from controlplane_harness import EXAMPLES_DIR, ControlPlane
 from operator_harness import (
     Operator,
+    chart_identity,
     condition,
     create_namespace,
     events_for,
@@ -42,8 +44,12 @@ from frugal.operator.manifests.jobs import BACKOFF_LIMIT
 
 @pytest.fixture(scope="module")
 def operator(crds_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """The operator as the chart runs it: authenticated as the chart's ServiceAccount, allowed only
+    what the chart's ClusterRole grants, for the whole journey (apply, compress, profile, serve,
+    restart, fail, delete)."""
     work = tmp_path_factory.mktemp("operator")
-    running = Operator(crds_installed, work / "artifacts", work / "operator.log")
+    identity = chart_identity(crds_installed, work)
+    running = Operator(crds_installed, work / "artifacts", work / "operator.log", kubeconfig=identity)
     running.start()
     try:
         yield running
@@ -221,6 +227,17 @@ def test_restart_mid_pipeline_resumes_without_duplicates(served: dict[str, Any],
     names = sorted(j["metadata"]["name"] for j in jobs)
     assert names == ["digits-g1-compress", "digits-g1-profile-local-cpu", "digits-g2-compress"]
     assert condition(status, "Ready")["reason"] == "PreviousGenerationServing"
+
+
+def test_the_operator_wrote_every_child_as_the_charts_service_account(
+    served: dict[str, Any], operator: Operator
+) -> None:
+    """The audit log: every Deployment, Service and PodDisruptionBudget the journey applied was written
+    by the chart's ServiceAccount (the test itself only writes Deployment status, playing the kubelet)."""
+    writes = [e for e in operator.cluster.audit_events(served["namespace"])
+              if e["verb"] in ("create", "patch", "update") and not e["objectRef"].get("subresource")]  # fmt: skip
+    assert {e["objectRef"]["resource"] for e in writes} >= {"deployments", "services", "poddisruptionbudgets"}
+    assert {e["user"]["username"] for e in writes} == {"system:serviceaccount:frugal-system:frugal"}
 
 
 def test_deletion_cleans_up_every_child(served: dict[str, Any], operator: Operator) -> None:
