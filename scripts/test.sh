@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh dev
 scripts/controlplane-binaries.sh
 scripts/prometheus-binary.sh
+scripts/kube-score-binary.sh
 VENV="${FRUGAL_VENV:-.venv}"
 echo "== peer clients: KServe's SDK in its own cached venv (its pins conflict with ours)" >&2
 "$VENV/bin/python" -c "import sys; sys.path.insert(0, 'tests/component'); from serving_support import kserve_python; print(kserve_python())"

@@ -31,9 +31,11 @@ RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
     (API_VERSION, "HardwareProfile"): (f"/apis/{API_VERSION}", "hardwareprofiles", False),
     (API_VERSION, "BatchInference"): (f"/apis/{API_VERSION}", "batchinferences", True),
     ("monitoring.coreos.com/v1", "PodMonitor"): ("/apis/monitoring.coreos.com/v1", "podmonitors", True),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies", True),
 }
 SERVING_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"))
 JOB_KINDS = (("batch/v1", "Job"), ("v1", "Service"))
+POLICY_KINDS = (("networking.k8s.io/v1", "NetworkPolicy"),)  # one set per ModelDeployment, not per generation
 
 
 class ApiError(RuntimeError):

@@ -35,6 +35,7 @@ from frugal.operator.decision.batch_inference import (
     ResolvedModel,
     candidate_names,
     decide_batch,
+    refusal,
 )
 from frugal.operator.decision.conditions import merge
 from frugal.operator.manifests import batch_jobs
@@ -66,8 +67,11 @@ class BatchReconciler:
             self._write(body, {"phase": "Failed", "message": str(error)}, [], emit)
             return
         settings = self.reconciler.settings
-        observed, profiles, locations = self._observe(batch, status, settings.pvc_root)
-        decision = decide_batch(batch, profiles, locations, observed, settings.image)
+        # Asked before observing, which would read a file:// input on the operator's own filesystem.
+        decision = refusal(batch, settings.allow_host_path)
+        if decision is None:
+            observed, profiles, locations = self._observe(batch, status, settings.pvc_root)
+            decision = decide_batch(batch, profiles, locations, observed, settings.image, settings.allow_host_path)
         for job in decision.apply:
             try:
                 self.cluster.apply(job)

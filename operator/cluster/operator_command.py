@@ -67,6 +67,8 @@ ENVIRONMENT = {
     "workload_image": "FRUGAL_WORKLOAD_IMAGE",
     "storage_uri": "FRUGAL_STORAGE_URI",
     "allow_host_path": "FRUGAL_ALLOW_HOST_PATH",
+    "network_policies": "FRUGAL_NETWORK_POLICIES",
+    "monitoring_namespace": "FRUGAL_MONITORING_NAMESPACE",
     "pvc_root": "FRUGAL_PVC_ROOT",
     "metrics_port": "FRUGAL_METRICS_PORT",
     "metrics_host": "FRUGAL_METRICS_HOST",
@@ -105,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "node (hostPath, writable) or of the image. For a single-node development cluster "
                         f"only: anyone who may create a ModelDeployment could mount any node path "
                         f"[{ENVIRONMENT['allow_host_path']}=true; default off]")  # fmt: skip
+    parser.add_argument("--network-policies", dest="network_policies", action="store_const", const="true",
+                        help="give every ModelDeployment's pods NetworkPolicies: serving reachable from its "
+                        "namespace and the monitoring namespace, compression pods only from each other on the "
+                        f"rendezvous port [{ENVIRONMENT['network_policies']}=true; default off]")  # fmt: skip
+    option("--monitoring-namespace", dest="monitoring_namespace", metavar="NS",
+           default=defaults.settings.monitoring_namespace,
+           help="namespace whose pods (Prometheus) may scrape serving pods under --network-policies")  # fmt: skip
     option("--pvc-root", dest="pvc_root", metavar="DIR",
            help="directory where this process sees pvc://<claim>/<path> as DIR/<claim>/<path>; "
            "without it the operator cannot read pvc:// artifacts")  # fmt: skip
@@ -140,9 +149,16 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
     image = _value(raw["workload_image"], str, defaults.settings.image)
     storage_uri = _value(raw["storage_uri"], _storage_uri, defaults.settings.storage_uri)
     pvc_root = _value(raw["pvc_root"], Path, None)
-    allow_host_path = _value(raw["allow_host_path"], _boolean, False)
+    settings = Settings(
+        image=image,
+        storage_uri=storage_uri,
+        pvc_root=pvc_root,
+        allow_host_path=_value(raw["allow_host_path"], _boolean, False),
+        network_policies=_value(raw["network_policies"], _boolean, False),
+        monitoring_namespace=_value(raw["monitoring_namespace"], _namespace, defaults.settings.monitoring_namespace),
+    )
     return Options(
-        settings=Settings(image=image, storage_uri=storage_uri, pvc_root=pvc_root, allow_host_path=allow_host_path),
+        settings=settings,
         namespaces=_value(raw["namespace"], _namespaces, ()),
         metrics_port=_value(raw["metrics_port"], _port, defaults.metrics_port),
         metrics_host=_value(raw["metrics_host"], str, defaults.metrics_host),
@@ -168,6 +184,13 @@ def _pick(args: argparse.Namespace, environ: Mapping[str, str], dest: str) -> Ra
     if environ.get(variable, "").strip():
         return (variable, environ[variable])
     return None
+
+
+def _namespace(text: str) -> str:
+    name = text.strip()
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+        raise ValueError("not a namespace name (lowercase letters, digits and '-', at most 63)")
+    return name
 
 
 def _boolean(text: str) -> bool:

@@ -31,6 +31,7 @@ from frugal.operator.cluster.apply import (
     AUTOSCALER_FIELD_MANAGER,
     FIELD_MANAGER,
     JOB_KINDS,
+    POLICY_KINDS,
     SERVING_KINDS,
     ApiError,
     Cluster,
@@ -63,7 +64,7 @@ FOREIGN_CONDITIONS = frozenset({"MetricsAvailable", "PowerCapped", scaling.REPLA
 # Settled objects are re-read and re-applied this often even when no event says anything changed.
 DRIFT_SECONDS = 600.0
 # Kinds applied on every pass, so an unchanged one can be skipped (Jobs are only built when absent).
-SKIPPABLE_KINDS = frozenset({"Deployment", "Service", "PodDisruptionBudget", "PodMonitor"})
+SKIPPABLE_KINDS = frozenset({"Deployment", "Service", "PodDisruptionBudget", "PodMonitor", "NetworkPolicy"})
 # Phases that wait on something the operator watches (its Jobs, its Deployments) or on nothing.
 SETTLED_PHASES = frozenset({"Compressing", "Profiling", "Deploying", "Serving", "Failed"})
 
@@ -211,7 +212,7 @@ class Reconciler:
         """Delete every child (no garbage collector needed) and, unless retained, the artifacts."""
         owner = owner_of(body)
         selector = {names.LABEL_MD: owner.name, names.LABEL_MANAGED_BY: names.MANAGED_BY}
-        self.cluster.delete_all((*SERVING_KINDS, *JOB_KINDS), owner.namespace, selector)
+        self.cluster.delete_all((*SERVING_KINDS, *JOB_KINDS, *POLICY_KINDS), owner.namespace, selector)
         try:
             md = parse_model_deployment(body)
         except SpecError:

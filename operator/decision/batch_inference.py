@@ -84,7 +84,11 @@ def decide_batch(
     locations: Mapping[str, Location],
     observed: BatchObserved,
     image: str,
+    allow_host_path: bool = False,
 ) -> BatchDecision:
+    """`allow_host_path`: file:// URIs are accepted (the operator's --allow-host-path), else refused."""
+    if (refused := refusal(batch, allow_host_path)) is not None:
+        return refused
     if observed.missing_profiles:
         return _stopped(
             BatchPhase.PENDING,
@@ -160,6 +164,30 @@ def candidate_names(
 ) -> tuple[str, ...]:
     """spec.hardwareProfiles, else every profile given (the ModelDeployment's serving profiles)."""
     return batch.hardware_profiles or tuple(profiles)
+
+
+def refusal(batch: BatchInferenceSpec, allow_host_path: bool) -> BatchDecision | None:
+    """The decision for a BatchInference that may not run at all (a file:// URI without hostPath):
+    known before anything is read, so the reconciler asks first."""
+    refused = None if allow_host_path else host_path_refusal(batch)
+    return None if refused is None else _stopped(BatchPhase.FAILED, PLANNED, "HostPathNotAllowed", refused)
+
+
+def host_path_refusal(batch: BatchInferenceSpec) -> str | None:
+    """Why `batch` may not run in a cluster without hostPath: a file:// input, output or artifacts URI
+    is a directory of the node (or of the image) its workers would mount or read."""
+    artifacts = batch.artifacts
+    uris = {"spec.input.uri": batch.input_uri, "spec.output.uri": batch.output_uri}
+    if artifacts is not None:
+        uris["spec.model.artifacts.uri"] = artifacts.uri
+    for where, uri in uris.items():
+        if uri.startswith("file:"):
+            return (
+                f"{where}: {uri!r} is a path on the node or in the image (file://), which this operator does "
+                "not allow: use pvc://<claim>/<path>; file:// is for frugal batch, or an operator started "
+                "with --allow-host-path on a single-node development cluster"
+            )
+    return None
 
 
 def _stopped(

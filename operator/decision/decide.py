@@ -18,7 +18,7 @@ from typing import Any
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision import artifact_files, planner
 from frugal.operator.decision.conditions import ABSENT_JOB, Assessment, Job, JobState, Observed, conditions
-from frugal.operator.manifests import jobs, names, serving_objects
+from frugal.operator.manifests import jobs, names, network_policies, serving_objects
 from frugal.operator.manifests.serving_objects import Live, Selection
 from frugal.operator.manifests.storage import ArtifactLocation, locate
 
@@ -33,6 +33,10 @@ class Settings:
     # file:// URIs: a directory of the node (hostPath) or of the pod's image. For `frugal up` and a
     # single-node development cluster only; off, the operator refuses them with a condition.
     allow_host_path: bool = False
+    # NetworkPolicies for every ModelDeployment's pods (manifests.network_policies), admitting
+    # Prometheus from `monitoring_namespace`.
+    network_policies: bool = False
+    monitoring_namespace: str = "monitoring"
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,8 @@ def decide(
         return Decision((), None, conditions(observed), {}, observed=observed)
     location = locate(md.storage_uri or settings.storage_uri, md.owner, settings.pvc_root)
     to_apply: list[dict[str, Any]] = []
+    if settings.network_policies:  # before any pod: the Jobs' pods are confined from their start
+        to_apply += network_policies.desired_network_policies(md, settings.monitoring_namespace)
     compression = cluster.compression
     if compression.state is JobState.ABSENT:
         to_apply += _compression_objects(md, profiles, location, settings)

@@ -10,6 +10,11 @@ from frugal.operator.manifests.storage import ArtifactLocation
 NON_ROOT_UID = 65532
 SCRATCH_VOLUME = "scratch"
 SCRATCH_PATH = "/tmp"
+# The node's disk a pod may use (the scratch emptyDir, logs), unless the HardwareProfile says: bounded, so
+# one pod cannot fill a node; the scratch volume holds caches and temporary files, the artifacts
+# live on their own volume.
+EPHEMERAL_REQUEST = "256Mi"
+EPHEMERAL_LIMIT = "2Gi"
 
 POD_SECURITY: dict[str, Any] = {
     "runAsNonRoot": True,
@@ -59,8 +64,11 @@ ACCELERATOR_RESOURCES = {"nvidia-gpu": "nvidia.com/gpu", "google-tpu": "google.c
 
 def resources(profile: HardwareProfileSpec) -> dict[str, Any]:
     """The profile's requests and limits, plus `accelerator.count` of the accelerator's extended
-    resource (or CPU cores, for cpu) where the profile's own resources do not already say."""
+    resource (or CPU cores, for cpu) and bounded ephemeral storage, where the profile's own resources
+    do not already say."""
     requests, limits = dict(profile.requests), dict(profile.limits)
+    requests.setdefault("ephemeral-storage", EPHEMERAL_REQUEST)
+    limits.setdefault("ephemeral-storage", EPHEMERAL_LIMIT)
     extended = ACCELERATOR_RESOURCES.get(profile.accelerator_kind)
     if extended is not None:
         limits.setdefault(extended, str(profile.accelerator_count))
@@ -70,7 +78,7 @@ def resources(profile: HardwareProfileSpec) -> dict[str, Any]:
 
 
 def volumes(artifacts: ArtifactLocation) -> list[dict[str, Any]]:
-    return [*artifacts.volumes(), {"name": SCRATCH_VOLUME, "emptyDir": {}}]
+    return [*artifacts.volumes(), {"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": EPHEMERAL_LIMIT}}]
 
 
 def volume_mounts(artifacts: ArtifactLocation, read_only: bool) -> list[dict[str, Any]]:

@@ -23,7 +23,10 @@ DRAIN_SECONDS = 5
 TERMINATION_GRACE_SECONDS = 30
 # How long the front holds a request for a model waking from zero: a pod start plus a model load.
 HOLD_DEADLINE_SECONDS = 60
-FRONT_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+FRONT_RESOURCES = {
+    "requests": {"cpu": "50m", "memory": "64Mi", "ephemeral-storage": "64Mi"},
+    "limits": {"cpu": "1", "memory": "256Mi", "ephemeral-storage": "256Mi"},
+}
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,7 @@ def desired_front(md: ModelDeploymentSpec, image: str) -> dict[str, Any]:
                     "terminationGracePeriodSeconds": HOLD_DEADLINE_SECONDS + DRAIN_SECONDS,
                     "securityContext": dict(pod_specs.POD_SECURITY),
                     "containers": [container],
-                    "volumes": [{"name": pod_specs.SCRATCH_VOLUME, "emptyDir": {}}],
+                    "volumes": [{"name": pod_specs.SCRATCH_VOLUME, "emptyDir": {"sizeLimit": "128Mi"}}],
                 },
             },
         },

@@ -2,6 +2,8 @@
 operator started as the chart starts it: without --allow-host-path, a file:// URI — a directory of
 the node (hostPath) or of the image — is refused with a condition naming the field and an Event, and
 nothing is created; a pvc:// store is used as usual, and no pod the operator writes mounts the node.
+With --network-policies the pods are confined by NetworkPolicies the API server accepts, which select
+the very pods the Job controller creates, and go with the ModelDeployment.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ spec:
 @pytest.fixture(scope="module")
 def operator(crds_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     work = tmp_path_factory.mktemp("confined")
-    running = Operator(crds_installed, work / "artifacts", work / "operator.log", host_path=False)
+    running = Operator(crds_installed, work / "artifacts", work / "operator.log", ["--network-policies"],
+                       host_path=False)  # fmt: skip
     running.start()
     crds_installed.kubectl("apply", "-f", "-", input=PROFILE)
     try:
@@ -78,7 +81,7 @@ def test_a_file_uri_is_refused_with_a_condition_naming_the_field(
     warnings = [e for e in events_for(cluster, ns, name) if e["reason"] == "HostPathNotAllowed"]
     assert warnings and warnings[0]["type"] == "Warning" and field in warnings[0]["message"]
     # The status is written after the decision that refused it: nothing was, or will be, created.
-    for kind in ("jobs", "deployments", "services"):
+    for kind in ("jobs", "deployments", "services", "networkpolicies"):
         assert kubectl_json(cluster, "get", kind, "-n", ns)["items"] == [], kind
 
 
@@ -93,7 +96,40 @@ def test_a_pvc_store_is_used_and_no_pod_mounts_the_node(operator: Operator) -> N
     assert {"name": "artifacts", "persistentVolumeClaim": {"claimName": "models"}} in volumes
     assert status_of(cluster, ns, "on-claim").get("phase") == "Compressing"
 
+    policies = {p["metadata"]["name"]: p for p in kubectl_json(cluster, "get", "networkpolicies", "-n", ns)["items"]}
+    assert set(policies) == {"on-claim-serving", "on-claim-jobs"}
+    selector = ",".join(
+        [*(f"{k}={v}" for k, v in policies["on-claim-jobs"]["spec"]["podSelector"]["matchLabels"].items()),
+         "app.kubernetes.io/component in (compression,profiling)"]
+    )  # fmt: skip
+    pods = wait_for("the Job controller's pod", lambda: kubectl_json(cluster, "get", "pods", "-n", ns, "-l", selector)["items"],
+                    operator)  # fmt: skip
+    assert all(p["metadata"]["labels"]["batch.kubernetes.io/job-name"] == "on-claim-g1-compress" for p in pods)
+    cluster.kubectl("delete", "md", "on-claim", "-n", ns, "--wait=false")
+    wait_for("the policies to go with it", lambda: kubectl_json(cluster, "get", "networkpolicies", "-n", ns)["items"] == [],
+             operator)  # fmt: skip
+
 
 def test_the_operator_log_says_nothing_went_wrong(operator: Operator) -> None:
     """A refusal is a condition, not an error: the operator reconciled without raising."""
     assert "Traceback" not in operator.tail(400), operator.tail(80)
+
+
+def test_a_batch_inference_writing_to_the_node_is_refused(operator: Operator) -> None:
+    cluster = operator.cluster
+    ns = create_namespace(cluster, "confined-batch")
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input="""
+apiVersion: frugal.dev/v1alpha1
+kind: BatchInference
+metadata: {name: to-the-node}
+spec:
+  model: {artifacts: {uri: "pvc://models/digits/gen-1", variant: fp32}}
+  input: {uri: "pvc://data/digits.npz"}
+  output: {uri: "file:///etc/cron.d"}
+  hardwareProfiles: [confined-cpu]
+""")
+    status = wait_for("the BatchInference to fail", lambda: (s := (kubectl_json(cluster, "get", "batchinference",
+                      "to-the-node", "-n", ns).get("status") or {})).get("phase") == "Failed" and s, operator)  # fmt: skip
+    planned = condition(status, "Planned")
+    assert planned["reason"] == "HostPathNotAllowed" and planned["message"].startswith("spec.output.uri")
+    assert kubectl_json(cluster, "get", "jobs", "-n", ns)["items"] == []

@@ -85,6 +85,7 @@ OPERATOR_ACCESS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("apps", "deployments", "", ("get", "list", "watch", "create", "patch", "delete")),
     ("", "services", "", ("get", "list", "watch", "create", "patch", "delete")),
     ("policy", "poddisruptionbudgets", "", ("get", "list", "watch", "create", "patch", "delete")),
+    ("networking.k8s.io", "networkpolicies", "", ("get", "list", "create", "patch", "delete")),
     ("", "pods", "", ("list",)),  # a failed Job's termination message
     ("", "events", "", ("create", "patch")),
     ("monitoring.coreos.com", "podmonitors", "", ("get", "list", "create", "patch")),
@@ -275,6 +276,6 @@ def test_operator_env_names_only_flags_the_operator_reads(cluster: ControlPlane,
         and str(ports["health"]) == env["FRUGAL_HEALTH_PORT"]
     )
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
     assert {"cpu", "memory", "ephemeral-storage"} <= set(container["resources"]["requests"])
     assert {"cpu", "memory", "ephemeral-storage"} <= set(container["resources"]["limits"])

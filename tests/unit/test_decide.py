@@ -127,6 +127,15 @@ def test_file_uris_are_refused_naming_the_field_unless_host_path_is_allowed() ->
     assert refused is not None and "--storage-uri" in refused
 
 
+def test_network_policies_come_with_the_first_job_only_when_asked_for() -> None:
+    confined = dataclasses.replace(SETTINGS, network_policies=True, monitoring_namespace="obs")
+    first = decide(MD, PROFILES, ClusterState(), None, confined)
+    policies = [o for o in first.apply if o["kind"] == "NetworkPolicy"]
+    assert [p["metadata"]["name"] for p in policies] == ["digits-serving", "digits-jobs"]
+    assert first.apply.index(policies[-1]) < next(i for i, o in enumerate(first.apply) if o["kind"] == "Job")
+    assert not [o for o in decide(MD, PROFILES, ClusterState(), None, SETTINGS).apply if o["kind"] == "NetworkPolicy"]
+
+
 def test_a_refused_model_deployment_has_no_artifacts_to_remove() -> None:
     md = with_spec(storage={"uri": "file:///", "retainArtifacts": False})
     assert artifacts_to_remove(md, Settings()) is None

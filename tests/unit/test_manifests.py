@@ -511,3 +511,37 @@ def test_threshold_scale_depth_factor_and_f1_reach_the_compression_component() -
     assert config.pruning[0].threshold_scale == 1.5
     assert config.distillation is not None and config.distillation.student.depth_factor == 0.5
     assert config.accuracy_budget.metric == "f1"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector's verdict (matchLabels and In expressions, what these policies use)."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    return all(labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", []))
+
+
+def test_network_policies_select_the_pods_they_confine() -> None:
+    from frugal.operator.manifests.network_policies import desired_network_policies
+
+    serving, jobs_policy = desired_network_policies(SPEC, "observability")
+    shard = serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, Selection("int8", "gpu-t4", 1), 0)
+    compress = jobs.desired_compression_job(SPEC, GPU, IMAGE, ARTIFACTS)
+    profile = jobs.desired_profiling_job(SPEC, GPU, IMAGE, ARTIFACTS)
+    pod_labels = {
+        "shard": shard["spec"]["template"]["metadata"]["labels"],
+        "compress": compress["spec"]["template"]["metadata"]["labels"],
+        "profile": profile["spec"]["template"]["metadata"]["labels"],
+    }
+    selected = {p["metadata"]["name"]: {k for k, v in pod_labels.items() if _selects(p["spec"]["podSelector"], v)}
+                for p in (serving, jobs_policy)}  # fmt: skip
+    assert selected == {"digits-serving": {"shard"}, "digits-jobs": {"compress", "profile"}}
+    other = {**pod_labels["shard"], names.LABEL_MD: "someone-else"}
+    assert not _selects(serving["spec"]["podSelector"], other)
+    [serving_from] = serving["spec"]["ingress"]
+    assert {"podSelector": {}} in serving_from["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}} in serving_from["from"]
+    [workers] = jobs_policy["spec"]["ingress"]
+    assert workers["ports"] == [{"protocol": "TCP", "port": container_commands.DISTRIBUTED_PORT}]
+    assert _selects(workers["from"][0]["podSelector"], pod_labels["compress"])
+    assert not _selects(workers["from"][0]["podSelector"], pod_labels["profile"])
+    assert all(p["spec"]["policyTypes"] == ["Ingress"] for p in (serving, jobs_policy))

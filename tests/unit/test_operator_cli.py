@@ -54,6 +54,13 @@ def test_host_path_is_off_unless_the_flag_or_the_variable_turns_it_on() -> None:
     assert options(env={"FRUGAL_ALLOW_HOST_PATH": "false"}).settings.allow_host_path is False
 
 
+def test_network_policies_are_off_unless_asked_for_and_name_the_monitoring_namespace() -> None:
+    assert options(env=CHART_ENV).settings.network_policies is False
+    got = options("--network-policies", "--monitoring-namespace", "obs", env=CHART_ENV).settings
+    assert got.network_policies is True and got.monitoring_namespace == "obs"
+    assert options(env={"FRUGAL_NETWORK_POLICIES": "true"}).settings.monitoring_namespace == "monitoring"
+
+
 def test_empty_variables_count_as_unset() -> None:
     """The chart sets FRUGAL_NAMESPACES="" to watch every namespace."""
     got = options(env={name: "" for name in ENVIRONMENT.values()})
@@ -71,6 +78,7 @@ def test_empty_variables_count_as_unset() -> None:
         (("--namespace", " , "), {}, "--namespace=' , ': name at least one namespace"),
         ((), {"FRUGAL_STORAGE_URI": "s3://b/frugal"}, "FRUGAL_STORAGE_URI='s3://b/frugal': use pvc://<claim>/<path>"),
         ((), {"FRUGAL_ALLOW_HOST_PATH": "maybe"}, "FRUGAL_ALLOW_HOST_PATH='maybe': expected true or false"),
+        (("--monitoring-namespace", "Mon_itoring"), {}, "--monitoring-namespace='Mon_itoring': not a namespace"),
     ],
 )
 def test_a_bad_value_names_the_flag_or_variable(

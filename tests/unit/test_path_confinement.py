@@ -63,3 +63,28 @@ def test_a_batch_location_refuses_to_climb_out_of_a_claim() -> None:
     with pytest.raises(ValueError, match=r"'\.\.' path segments are not allowed"):
         batch_jobs.locate("pvc://data/scores/../../other", Path("/claims"))
     assert batch_jobs.locate("pvc://data/scores", Path("/claims")).operator_path == Path("/claims/data/scores")
+
+
+@pytest.mark.parametrize(
+    ("field", "spec"),
+    [
+        ("spec.output.uri", {"model": {"modelDeployment": "digits"}, "input": {"uri": "pvc://data/in.npz"},
+                             "output": {"uri": "file:///"}}),
+        ("spec.model.artifacts.uri", {"model": {"artifacts": {"uri": "file:///var/lib", "variant": "fp32"}},
+                                      "input": {"uri": "pvc://data/in.npz"}, "output": {"uri": "pvc://data/out"}}),
+    ],
+)  # fmt: skip
+def test_a_batch_inference_with_a_file_uri_is_refused_before_anything_is_read(field: str, spec: dict[str, Any]) -> None:
+    from frugal.operator.api.spec import parse_batch_inference
+    from frugal.operator.decision.batch_inference import refusal
+
+    batch = parse_batch_inference({
+        "apiVersion": "frugal.dev/v1alpha1", "kind": "BatchInference",
+        "metadata": {"name": "scores", "namespace": "ml", "generation": 1, "uid": "u"},
+        "spec": {**spec, "hardwareProfiles": ["cpu"]},
+    })  # fmt: skip
+    refused = refusal(batch, allow_host_path=False)
+    assert refused is not None and refused.apply == () and refused.phase.value == "Failed"
+    [condition] = refused.conditions
+    assert condition.reason == "HostPathNotAllowed" and condition.message.startswith(field)
+    assert refusal(batch, allow_host_path=True) is None

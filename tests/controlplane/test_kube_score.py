@@ -1,0 +1,107 @@
+"""kube-score, the ecosystem's manifest linter (built by `scripts/kube-score-binary.sh`), on the rendered
+chart and on every kind of object the operator creates: no CRITICAL finding but those accepted here,
+each with its reason.
+
+The children are what the pure decision returns for a ModelDeployment that uses every feature that
+shapes a pod: distillation across two workers on the GPU pool (an Indexed Job and its headless
+Service), profiling on two pools, two shards, scale to zero (the front), a PodMonitor and the
+NetworkPolicies (`--network-policies`), with the HardwareProfiles of `examples/hardwareprofiles.yaml`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from controlplane_harness import EXAMPLES_DIR, REPO_ROOT, ensure_binaries
+
+from frugal.operator.api.spec import parse_hardware_profile, parse_model_deployment
+from frugal.operator.decision import artifact_files
+from frugal.operator.decision.conditions import Job, JobState
+from frugal.operator.decision.decide import ClusterState, Settings, decide
+
+# Findings accepted, by kube-score test name, and why.
+ACCEPTED = {
+    # Serving pods start on every scale-up and on every wake from zero: IfNotPresent spares each start
+    # a registry round trip (and a registry outage). Tags are not mutable in a release; pin by digest
+    # (image.tag / a HardwareProfile's image "name@sha256:...") where that matters.
+    "container-image-pull-policy": "cold starts: IfNotPresent, pin images by digest",
+}
+# With the chart's defaults, the operator pod has no NetworkPolicy (networkPolicy.enabled is off: the
+# namespace Prometheus scrapes from differs per cluster, and a wrong guess silently loses the metrics).
+DEFAULTS_ACCEPTED = {"The pod does not have a matching NetworkPolicy"}
+
+
+def kube_score() -> Path:
+    cache = Path(os.environ.get("FRUGAL_CACHE_DIR") or Path.home() / ".cache" / "frugal")
+    env = cache / "bin" / "kube-score.env"
+    assert env.is_file(), f"{env} missing: run scripts/kube-score-binary.sh (scripts/test.sh does)"
+    return Path(env.read_text().strip().split("=", 1)[1])
+
+
+def criticals(path: Path) -> list[str]:
+    ignored = [flag for name in ACCEPTED for flag in ("--ignore-test", name)]
+    proc = subprocess.run([kube_score(), "score", "--output-format", "ci", *ignored, path],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.stdout.strip(), proc.stderr
+    assert "[OK]" in proc.stdout, proc.stdout[:2000]  # it read and scored the objects
+    return [line for line in proc.stdout.splitlines() if line.startswith("[CRITICAL]")]
+
+
+def children() -> list[dict[str, Any]]:
+    documents = yaml.safe_load_all((EXAMPLES_DIR / "hardwareprofiles.yaml").read_text())
+    profiles = {d["metadata"]["name"]: parse_hardware_profile(d) for d in documents if d}
+    md = parse_model_deployment({
+        "apiVersion": "frugal.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "digits", "namespace": "ml", "uid": "u", "generation": 1},
+        "spec": {
+            "model": {"uri": "zoo://digits-mlp"},
+            "compression": {"hardwareProfile": "gpu-t4", "distillation": {"workers": 2, "student": {"widthFactor": 0.5}}},
+            "serving": {"hardwareProfiles": ["cpu-small", "gpu-t4"], "slo": {"latencyP95Ms": 20}, "shards": 2},
+            "autoscaling": {"minReplicas": 0, "maxReplicas": 4},
+        },
+    })  # fmt: skip
+    variants = [
+        {"name": "fp32", "sizeBytes": 4000, "steps": [], "metric": {"name": "accuracy", "value": 0.97, "drop": 0.0}},
+        {"name": "int8", "sizeBytes": 1000, "steps": ["quantization:dynamic-int8"],
+         "metric": {"name": "accuracy", "value": 0.968, "drop": 0.002}},
+    ]  # fmt: skip
+    measured = {"variants": [{"name": "fp32", "latencyP95Ms": 5, "throughputRps": 500},
+                             {"name": "int8", "latencyP95Ms": 4, "throughputRps": 900}]}  # fmt: skip
+    found = artifact_files.Artifacts({"variants": variants}, {}, {"cpu-small": measured, "gpu-t4": measured})
+    settings = Settings(image="registry.example/frugal:0.1.0", storage_uri="pvc://frugal-artifacts",
+                        network_policies=True)  # fmt: skip
+    done = Job(JobState.SUCCEEDED, name="done")
+    profiled = ClusterState(compression=done, profiling={"cpu-small": done, "gpu-t4": done}, pod_monitors=True)
+    objects: dict[tuple[str, str], dict[str, Any]] = {}
+    for state, artifacts in ((ClusterState(), None), (ClusterState(compression=done), found), (profiled, found)):
+        for obj in decide(md, profiles, state, artifacts, settings).apply:
+            objects[(obj["kind"], obj["metadata"]["name"])] = obj
+    return list(objects.values())
+
+
+def test_the_operators_children_have_no_critical_finding(tmp_path: Path) -> None:
+    objects = children()
+    kinds = {o["kind"] for o in objects}
+    assert kinds == {"Job", "Service", "Deployment", "PodDisruptionBudget", "PodMonitor", "NetworkPolicy"}, kinds
+    assert {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"} >= {"digits-front", "digits-g1-shard-1"}
+    path = tmp_path / "children.yaml"
+    path.write_text(yaml.safe_dump_all(objects))
+    assert criticals(path) == []
+
+
+@pytest.mark.parametrize("values", [["--set", "networkPolicy.enabled=true"], []], ids=["hardened", "defaults"])
+def test_the_rendered_chart_has_no_critical_finding(tmp_path: Path, values: list[str]) -> None:
+    rendered = subprocess.run(
+        [ensure_binaries().helm, "template", "frugal", REPO_ROOT / "charts" / "frugal", "--namespace", "frugal-system",
+         *values], capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    path = tmp_path / "chart.yaml"
+    path.write_text(rendered)
+    found = criticals(path)
+    accepted = DEFAULTS_ACCEPTED if not values else set()
+    assert [f for f in found if not any(a in f for a in accepted)] == [], found
