@@ -216,7 +216,7 @@ def test_spec_change_rolls_out_a_new_generation_beside_the_old(
 def test_restart_mid_pipeline_resumes_without_duplicates(served: dict[str, Any], operator: Operator) -> None:
     cluster, ns = operator.cluster, served["namespace"]
     wait_object(cluster, operator, "job", ns, "digits-g2-compress")
-    operator.stop()
+    operator.kill()  # no graceful shutdown: whatever it was doing stops mid-way
     operator.start()
     job = wait_object(cluster, operator, "job", ns, "digits-g2-compress")
     terminate_as_kubelet(cluster, job, 2, "loading zoo://digits-mlp\nfrugal compress: error: the model file is truncated")
