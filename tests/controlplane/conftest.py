@@ -6,8 +6,9 @@ Deployment/ReplicaSet/Job controllers) when the script built it, and the real ku
 binaries. All of them run as local processes on 127.0.0.1; the admin identity is a bearer token in the
 ``system:masters`` group, the ``developer`` identity has no RBAC bindings.
 
-What does not exist: a kubelet, a scheduler, nodes or a container runtime — Pods are stored but never
-run. Nothing is mocked. If the control plane cannot be built or started, every test here errors:
+What does not exist: a kubelet or a container runtime — Pods are stored but never run — and, but in
+`test_scheduling` (its own control plane with kube-scheduler and registered Nodes), a scheduler or
+nodes. Nothing is mocked. If the control plane cannot be built or started, every test here errors:
 this tier never skips.
 """
 

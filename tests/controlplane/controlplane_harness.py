@@ -80,6 +80,7 @@ class Binaries:
     kubectl: Path
     helm: Path
     kube_controller_manager: Path | None = None
+    kube_scheduler: Path | None = None
 
 
 def ensure_binaries() -> Binaries:
@@ -90,12 +91,14 @@ def ensure_binaries() -> Binaries:
     paths = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
     try:
         kcm = paths.get("KUBE_CONTROLLER_MANAGER")
+        scheduler = paths.get("KUBE_SCHEDULER")
         return Binaries(
             etcd=Path(paths["ETCD"]),
             kube_apiserver=Path(paths["KUBE_APISERVER"]),
             kubectl=Path(paths["KUBECTL"]),
             helm=Path(paths["HELM"]),
             kube_controller_manager=Path(kcm) if kcm else None,
+            kube_scheduler=Path(scheduler) if scheduler else None,
         )
     except KeyError as missing:
         raise ControlPlaneError(f"{BINARIES_SCRIPT} did not print {missing}:\n{proc.stdout}") from None
@@ -194,6 +197,8 @@ class ControlPlane:
     binaries: Binaries
     workdir: Path
     with_controller_manager: bool = True
+    # kube-scheduler binds pods to Nodes; off by default: no Nodes exist unless a test registers them.
+    with_scheduler: bool = False
     servers: dict[str, ServerProcess] = field(default_factory=dict)
     apiserver_port: int = 0
     startup_seconds: float = 0.0
@@ -244,6 +249,8 @@ class ControlPlane:
             self._wait_ready()
             if self.with_controller_manager and self.binaries.kube_controller_manager is not None:
                 self._start_controller_manager()
+            if self.with_scheduler:
+                self._start_scheduler()
         except BaseException:
             self.stop()
             raise
@@ -307,6 +314,14 @@ class ControlPlane:
             "replicaset-controller,job-controller",
         ]  # fmt: skip
         self.servers["kube-controller-manager"] = start_server("kube-controller-manager", argv, self.workdir)
+
+    def _start_scheduler(self) -> None:
+        if self.binaries.kube_scheduler is None:
+            raise ControlPlaneError("kube-scheduler was not built: run scripts/controlplane-binaries.sh")
+        argv: list[str | Path] = [
+            self.binaries.kube_scheduler, f"--kubeconfig={self.kubeconfig}", "--secure-port=0", "--leader-elect=false",
+        ]  # fmt: skip
+        self.servers["kube-scheduler"] = start_server("kube-scheduler", argv, self.workdir)
 
     def _write_kubeconfigs(self) -> None:
         ca = (self.cert_dir / "ca.crt").read_bytes()

@@ -215,3 +215,14 @@ def test_merge_keeps_transition_time_while_status_is_unchanged() -> None:
     assert flipped[0]["observedGeneration"] == 1
     unknown = merge([], [Condition(PROFILED, None, Reason.WAITING_FOR_COMPRESSION, "w")], 2, "t")
     assert unknown[0]["status"] == "Unknown"
+
+
+def test_a_pod_the_scheduler_cannot_place_degrades_without_failing() -> None:
+    why = "compression pod x cannot be placed on HardwareProfile gpu-h100's pool: 0/3 nodes are available"
+    running = Job(JobState.RUNNING, name="x")
+    assessment = conditions(Observed(1, compression=running, unschedulable=why))
+    degraded = assessment.condition("Degraded")
+    assert (degraded.status, degraded.reason, degraded.message) == (True, Reason.UNSCHEDULABLE, why)
+    assert assessment.phase is Phase.COMPRESSING  # it may still be placed: a node may join the pool
+    failed = conditions(Observed(1, compression=Job(JobState.FAILED, "boom", "x"), unschedulable=why))
+    assert failed.condition("Degraded").reason == Reason.COMPRESSION_FAILED  # a failure says more
