@@ -115,6 +115,24 @@ class Operator:
 # -- playing kubelet and Job controller ---------------------------------------------------------------
 
 
+def operator_counter(operator: Operator, name: str) -> float:
+    """One unlabelled series of the operator's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    line = next(line for line in text.splitlines() if line.startswith(name + " "))
+    return float(line.split()[1])
+
+
+TICKS = "frugal_autoscaler_tick_duration_seconds_count"
+
+
+def wait_ticks(operator: Operator, ticks: int) -> None:
+    """Let `ticks` autoscaler ticks pass — what a negative check waits on instead of a sleep: the
+    operator demonstrably ran that long and could have acted."""
+    start = operator_counter(operator, TICKS)
+    wait_for(f"{ticks} autoscaler ticks", lambda: operator_counter(operator, TICKS) >= start + ticks, operator)
+
+
 def kubectl_json(cluster: ControlPlane, *args: str) -> Any:
     return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
 

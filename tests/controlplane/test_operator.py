@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -31,12 +30,14 @@ from operator_harness import (
     job_pods,
     kubectl_json,
     mark_ready,
+    operator_counter,
     run_and_finish,
     serve_from_template,
     status_of,
     terminate_as_kubelet,
     wait_for,
     wait_object,
+    wait_ticks,
 )
 
 from frugal.operator.manifests.jobs import BACKOFF_LIMIT
@@ -167,24 +168,17 @@ def test_operator_metrics_are_exposed(served: dict[str, Any], operator: Operator
         assert response.status == 200  # kopf's liveness endpoint, what the chart's probe reads
 
 
-def operator_counter(operator: Operator, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    line = next(line for line in text.splitlines() if line.startswith(name + " "))
-    return float(line.split()[1])
-
-
 def test_a_settled_model_deployment_costs_no_api_request(served: dict[str, Any], operator: Operator) -> None:
     """Serving, nothing changing: the 1 s periodic pass and the 1 s autoscaler tick read and write
     nothing per ModelDeployment (the tick's three lists are all it costs)."""
     cluster, ns = operator.cluster, served["namespace"]
     wait_for("the autoscaler's status", lambda: status_of(cluster, ns, "digits").get("autoscaling"), operator)
-    time.sleep(3)  # whatever the last change set off has settled
+    wait_ticks(operator, 3)  # whatever the last change set off has settled
     writes = operator_counter(operator, "frugal_operator_api_writes_total")
     requests = operator_counter(operator, "frugal_operator_api_requests_total")
     reconciles = operator_counter(operator, "frugal_operator_reconcile_duration_seconds_count")
     ticks = operator_counter(operator, "frugal_autoscaler_tick_duration_seconds_count")
-    time.sleep(5)
+    wait_ticks(operator, 5)
     assert operator_counter(operator, "frugal_operator_api_writes_total") == writes
     assert operator_counter(operator, "frugal_operator_reconcile_duration_seconds_count") == reconciles
     ticks_requests = operator_counter(operator, "frugal_operator_api_requests_total") - requests
@@ -376,7 +370,7 @@ def test_unreadable_model_fails_the_job_and_says_what_to_fix(operator: Operator,
     assert f'frugal_model_deployment_failed_jobs{{{per_md},stage="compression"}} 1.0' in text
     assert f'frugal_model_deployment_phase{{{per_md},phase="Failed"}} 1.0' in text
     assert f'frugal_model_deployment_phase{{{per_md},phase="Serving"}} 0.0' in text
-    time.sleep(3)  # several resync intervals: still one Job, no crash loop
+    wait_ticks(operator, 3)  # several resync intervals: still one Job, no crash loop
     assert [j["metadata"]["name"] for j in kubectl_json(cluster, "get", "jobs", "-n", ns)["items"]] == [
         "nomodel-g1-compress"
     ]
