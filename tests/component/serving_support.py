@@ -297,9 +297,9 @@ def infer_json(url: str, model: str, inputs: Mapping[str, np.ndarray], **extra: 
     )
 
 
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
+def samples(text: str, name: str, **labels: str) -> list[float]:
+    """The values of the samples of `name` whose labels include `labels`."""
+    values = []
     for line in text.splitlines():
         if not line.startswith(name):
             continue
@@ -308,8 +308,16 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             continue
         found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
         if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group(3))
-    return total
+            values.append(float(match.group(3)))
+    return values
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`; an AssertionError when there is no
+    such sample (an absent series is not a 0: a renamed metric must fail the test, not pass it)."""
+    values = samples(text, name, **labels)
+    assert values, f"no sample of {name} with {labels} in the scrape"
+    return sum(values)
 
 
 # ---------------------------------------------------------------------------------------- real model
