@@ -85,16 +85,27 @@ def test_a_full_queue_answers_429_with_retry_after(artifacts: Path) -> None:
     assert metric_value(text, "frugal_requests_total", code="429") == len(refused)
 
 
-def test_a_request_past_its_deadline_gets_504(artifacts: Path) -> None:
-    with running_server(artifacts, "fp32", "--request-timeout-ms", "20") as srv:
+def a_tenth_of_one_request_ms(server: Server) -> int:
+    """A deadline the slow model cannot meet on this machine, whatever its speed: a tenth of what one
+    request measurably takes here (whole milliseconds, at least 1)."""
+    infer_json(server.url, MODEL, {"input": rows(0)})  # warm
+    started = time.monotonic()
+    assert infer_json(server.url, MODEL, {"input": rows(0)}).status == 200
+    return max(1, int((time.monotonic() - started) * 1000 / 10))
+
+
+def test_a_request_past_its_deadline_gets_504(artifacts: Path, server: Server) -> None:
+    deadline_ms = a_tenth_of_one_request_ms(server)
+    with running_server(artifacts, "fp32", "--request-timeout-ms", str(deadline_ms)) as srv:
         reply = infer_json(srv.url, MODEL, {"input": rows(0)})
         assert http("GET", f"{srv.url}/v2/health/live").status == 200
-    assert reply.status == 504 and "deadline of 20 ms" in reply.json()["error"]
+    assert reply.status == 504 and f"deadline of {deadline_ms} ms" in reply.json()["error"]
 
 
 def test_a_request_can_shorten_its_own_deadline(server: Server) -> None:
-    reply = infer_json(server.url, MODEL, {"input": rows(1)}, parameters={"timeout": 15_000})
-    assert reply.status == 504 and "deadline of 15 ms" in reply.json()["error"]
+    deadline_ms = a_tenth_of_one_request_ms(server)
+    reply = infer_json(server.url, MODEL, {"input": rows(1)}, parameters={"timeout": deadline_ms * 1000})
+    assert reply.status == 504 and f"deadline of {deadline_ms} ms" in reply.json()["error"]
     bad = infer_json(server.url, MODEL, {"input": rows(1)}, parameters={"timeout": "soon"})
     assert bad.status == 400 and "parameters.timeout" in bad.json()["error"]
 
