@@ -385,6 +385,29 @@ def test_unreadable_model_fails_the_job_and_says_what_to_fix(operator: Operator,
     assert not (operator.storage / ns / "nomodel").exists()
 
 
+def test_a_sigkilled_operator_resumes_its_own_pipeline_without_duplicates(operator: Operator, tmp_path: Path) -> None:
+    """Its own ModelDeployment, from nothing: the operator is SIGKILLed the moment its compression Job
+    appears (the pass that applied it had not written the status yet), the Job runs while it is down,
+    and the restarted operator goes on from what the cluster holds: one compression Job, one profiling
+    Job, the status caught up."""
+    cluster = operator.cluster
+    ns = create_namespace(cluster, "op-killed")
+    cluster.kubectl("apply", "-f", "-", input=PROFILE_TEMPLATE.format(name="killed-cpu"))
+    cluster.kubectl("apply", "-n", ns, "-f", "-",
+                    input=MD_TEMPLATE.format(name="killed", uri="zoo://digits-mlp", profile="killed-cpu"))  # fmt: skip
+    job = wait_object(cluster, operator, "job", ns, "killed-g1-compress")
+    operator.kill()
+    proc = run_and_finish(cluster, job, tmp_path)  # the Job's pod runs on without the operator
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    operator.start()
+    wait_object(cluster, operator, "job", ns, "killed-g1-profile-killed-cpu")
+    status = wait_for("phase Profiling", lambda: (s := status_of(cluster, ns, "killed"))
+                      .get("phase") == "Profiling" and s, operator)  # fmt: skip
+    assert status["observedGeneration"] == 1 and condition(status, "Compressed")["status"] == "True"
+    names = sorted(j["metadata"]["name"] for j in kubectl_json(cluster, "get", "jobs", "-n", ns)["items"])
+    assert names == ["killed-g1-compress", "killed-g1-profile-killed-cpu"]
+
+
 def test_a_job_that_keeps_failing_is_retried_then_fails_with_the_pods_message(operator: Operator) -> None:
     """A failure that may pass on another try (exit code 1: here a GPU fault) is retried by the Job
     controller up to the Job's backoffLimit while the ModelDeployment stays Compressing; the last one
