@@ -18,7 +18,7 @@ from typing import Any
 from frugal.operator.api.spec import BatchInferenceSpec, HardwareProfileSpec
 from frugal.operator.decision import batch_placement
 from frugal.operator.decision.conditions import ABSENT_JOB, Condition, Job, JobState
-from frugal.operator.decision.decide import planner_profile
+from frugal.operator.decision.decide import file_uri_refusal, planner_profile
 from frugal.operator.manifests import batch_jobs
 from frugal.operator.manifests.batch_jobs import Location
 
@@ -180,14 +180,7 @@ def host_path_refusal(batch: BatchInferenceSpec) -> str | None:
     uris = {"spec.input.uri": batch.input_uri, "spec.output.uri": batch.output_uri}
     if artifacts is not None:
         uris["spec.model.artifacts.uri"] = artifacts.uri
-    for where, uri in uris.items():
-        if uri.startswith("file:"):
-            return (
-                f"{where}: {uri!r} is a path on the node or in the image (file://), which this operator does "
-                "not allow: use pvc://<claim>/<path>; file:// is for frugal batch, or an operator started "
-                "with --allow-host-path on a single-node development cluster"
-            )
-    return None
+    return file_uri_refusal(uris, "frugal batch")
 
 
 def _stopped(

@@ -167,13 +167,18 @@ def host_path_refusal(md: ModelDeploymentSpec, settings: Settings) -> str | None
     uris = {**md.uris}
     if "spec.storage.uri" not in uris:
         uris["the operator's --storage-uri (no spec.storage.uri)"] = settings.storage_uri
+    return file_uri_refusal(uris, "frugal up")
+
+
+def file_uri_refusal(uris: Mapping[str, str], local_command: str) -> str | None:
+    """The refusal of the first file:// URI among `uris` (field -> URI) by an operator that does not
+    allow hostPath; `local_command` is where file:// belongs instead."""
     for where, uri in uris.items():
         if uri.startswith("file:"):
             return (
                 f"{where}: {uri!r} is a path on the node or in the image (file://), which this operator "
-                "does not allow: use pvc://<claim>/<path> (or zoo:// for a bundled model); file:// is "
-                "for frugal up, or an operator started with --allow-host-path on a single-node "
-                "development cluster"
+                f"does not allow: use pvc://<claim>/<path>; file:// is for {local_command}, or an operator "
+                "started with --allow-host-path on a single-node development cluster"
             )
     return None
 

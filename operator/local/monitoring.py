@@ -93,16 +93,11 @@ class Monitoring:
         monitoring.refresh()
         return monitoring
 
-    def assessed(self, md: ModelDeploymentSpec, phase: Phase) -> None:
-        """The run's phase, as the reconciler reports it (no Job of a local run fails unnoticed: a
-        failed Job ends the run)."""
-        self.metrics.assessed(md.owner.namespace, md.owner.name, phase, {})
-
     def watch(self, md: ModelDeploymentSpec, served: Served) -> None:
         """List `served`'s replicas from now on, following scaling and rollovers (the autoscaler keeps
         the served series current from its ticks)."""
         self._served = served
-        self.assessed(md, Phase.SERVING)
+        self.metrics.assessed(md.owner.namespace, md.owner.name, Phase.SERVING, {})
         observe_served(self.metrics, md, served, [len(shard.active()) for shard in served.shards])
         self.refresh()
         self._thread = threading.Thread(target=self._run, name="frugal-up-targets", daemon=True)

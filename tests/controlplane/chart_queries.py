@@ -7,6 +7,7 @@ and the operator's series, and every expression must be accepted and find what i
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Collection, Iterator
@@ -25,6 +26,7 @@ MAY_BE_EMPTY = {"Error ratio (5xx)"}
 Model = tuple[str, str]  # (namespace, model): the labels every panel groups by
 
 
+@functools.cache
 def dashboard() -> dict[str, Any]:
     return dict(json.loads(DASHBOARD.read_text()))
 

@@ -326,6 +326,16 @@ spec:
 """
 
 
+def compressing(operator: Operator, namespace: str, name: str, uri: str = "zoo://digits-mlp") -> tuple[str, dict[str, Any]]:
+    """A fresh namespace holding ModelDeployment `name` of `uri` on a profile of its own: the
+    namespace and the compression Job the operator created for it."""
+    cluster = operator.cluster
+    ns = create_namespace(cluster, namespace)
+    cluster.kubectl("apply", "-f", "-", input=PROFILE_TEMPLATE.format(name=f"{name}-cpu"))
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=MD_TEMPLATE.format(name=name, uri=uri, profile=f"{name}-cpu"))
+    return ns, wait_object(cluster, operator, "job", ns, f"{name}-g1-compress")
+
+
 def test_missing_hardware_profile_is_a_condition_until_it_is_created(operator: Operator) -> None:
     cluster = operator.cluster
     ns = create_namespace(cluster, "op-missing-profile")
@@ -349,11 +359,7 @@ def test_missing_hardware_profile_is_a_condition_until_it_is_created(operator: O
 
 def test_unreadable_model_fails_the_job_and_says_what_to_fix(operator: Operator, tmp_path: Path) -> None:
     cluster = operator.cluster
-    ns = create_namespace(cluster, "op-bad-model")
-    cluster.kubectl("apply", "-f", "-", input=PROFILE_TEMPLATE.format(name="bad-model-cpu"))
-    cluster.kubectl("apply", "-n", ns, "-f", "-",
-                    input=MD_TEMPLATE.format(name="nomodel", uri="zoo://no-such-model", profile="bad-model-cpu"))  # fmt: skip
-    job = wait_object(cluster, operator, "job", ns, "nomodel-g1-compress")
+    ns, job = compressing(operator, "op-bad-model", "nomodel", "zoo://no-such-model")
     proc = run_and_finish(cluster, job, tmp_path)
     assert proc.returncode != 0 and "no-such-model" in proc.stderr
     status = wait_for("phase Failed", lambda: (s := status_of(cluster, ns, "nomodel"))
@@ -391,11 +397,7 @@ def test_a_sigkilled_operator_resumes_its_own_pipeline_without_duplicates(operat
     and the restarted operator goes on from what the cluster holds: one compression Job, one profiling
     Job, the status caught up."""
     cluster = operator.cluster
-    ns = create_namespace(cluster, "op-killed")
-    cluster.kubectl("apply", "-f", "-", input=PROFILE_TEMPLATE.format(name="killed-cpu"))
-    cluster.kubectl("apply", "-n", ns, "-f", "-",
-                    input=MD_TEMPLATE.format(name="killed", uri="zoo://digits-mlp", profile="killed-cpu"))  # fmt: skip
-    job = wait_object(cluster, operator, "job", ns, "killed-g1-compress")
+    ns, job = compressing(operator, "op-killed", "killed")
     operator.kill()
     proc = run_and_finish(cluster, job, tmp_path)  # the Job's pod runs on without the operator
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -414,11 +416,7 @@ def test_a_job_that_keeps_failing_is_retried_then_fails_with_the_pods_message(op
     fails the Job, and the termination message the kubelet wrote into the pod's status is what the
     condition and the Event say."""
     cluster = operator.cluster
-    ns = create_namespace(cluster, "op-retried")
-    cluster.kubectl("apply", "-f", "-", input=PROFILE_TEMPLATE.format(name="retried-cpu"))
-    cluster.kubectl("apply", "-n", ns, "-f", "-",
-                    input=MD_TEMPLATE.format(name="flaky", uri="zoo://digits-mlp", profile="retried-cpu"))  # fmt: skip
-    job = wait_object(cluster, operator, "job", ns, "flaky-g1-compress")
+    ns, job = compressing(operator, "op-retried", "flaky")
     log = "epoch 1/3\nRuntimeError: CUDA error: an illegal memory access was encountered"
 
     def failed_pods() -> int:

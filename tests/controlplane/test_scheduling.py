@@ -13,7 +13,6 @@ ModelDeployment says so: Degraded, reason Unschedulable, naming the profile and 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from operator_harness import (
     events_for,
     job_pods,
     kubectl_json,
+    now,
     run_job_command,
     status_of,
     terminate_as_kubelet,
@@ -76,13 +76,9 @@ def node_for(profile: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     status = {
         "capacity": allocatable, "allocatable": allocatable,
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "played by the test",
-                        "lastHeartbeatTime": _now(), "lastTransitionTime": _now()}],
+                        "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
     }  # fmt: skip
     return node, status
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @pytest.fixture(scope="module")

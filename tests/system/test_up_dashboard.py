@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from prometheus_harness import Prometheus
 ROOT = Path(__file__).resolve().parents[2]
 SCRAPE_S = 0.25  # with 5 s of quiet on both sides of the load, rate's extrapolation stays within 2%
 QUIET_S = 5.0
-LOAD_S = 20.0
+REQUESTS_PER_MODEL = 6000  # about 15 s here; the load ends on the count, not on a clock
 CLIENTS = 3
 REQUEST = b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [' + b", ".join(
     [b"0.5"] * 64
@@ -127,16 +128,28 @@ def every_target_scraped_after(prometheus: Prometheus, moment: float, targets: i
     prometheus.wait_for_series("timestamp(up == 1)", predicate=fresh)
 
 
-def client(run: Run, stop: threading.Event) -> None:
+@dataclass
+class Tally:
+    """What the clients of each run got, by run name."""
+
+    answered: Counter[str] = field(default_factory=Counter)
+    failed: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def client(run: Run, tally: Tally) -> None:
+    """Back-to-back requests until the run's clients together have REQUESTS_PER_MODEL answers."""
     url = f"{run.endpoint}/v2/models/{run.model}/infer"
-    while not stop.is_set():
+    while tally.answered[run.name] < REQUESTS_PER_MODEL and len(tally.failed[run.name]) < 50:
         request = urllib.request.Request(url, REQUEST, {"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 response.read()
-            run.answered += 1  # each client thread has a Run of its own: no other writer
+            with tally.lock:
+                tally.answered[run.name] += 1
         except OSError as error:
-            run.failed.append(repr(error))
+            with tally.lock:
+                tally.failed[run.name].append(repr(error))
 
 
 @pytest.fixture(scope="module")
@@ -148,22 +161,18 @@ def loaded(watched: tuple[Prometheus, dict[str, Run]]) -> dict[str, Any]:
     every_target_scraped_after(prometheus, time.time(), targets)
     quiet_from = time.time()
     every_target_scraped_after(prometheus, quiet_from + QUIET_S, targets)
-    stop = threading.Event()
-    per_client = [Run(r.name, r.namespace, r.process, r.log, r.endpoint, r.model) for r in runs.values()
-                  for _ in range(CLIENTS)]  # fmt: skip
-    threads = [threading.Thread(target=client, args=(c, stop), daemon=True) for c in per_client]
+    tally = Tally()
+    threads = [threading.Thread(target=client, args=(run, tally), daemon=True)
+               for run in runs.values() for _ in range(CLIENTS)]  # fmt: skip
     for thread in threads:
         thread.start()
-    time.sleep(LOAD_S)
-    stop.set()
     for thread in threads:
-        thread.join(30)
+        thread.join(600)
+    assert not any(thread.is_alive() for thread in threads), f"the load did not finish: {tally.answered}"
     quiet_until = time.time() + QUIET_S
     every_target_scraped_after(prometheus, quiet_until, targets)
     for run in runs.values():
-        mine = [c for c in per_client if c.name == run.name]
-        run.answered = sum(c.answered for c in mine)
-        run.failed = [f for c in mine for f in c.failed]
+        run.answered, run.failed = tally.answered[run.name], tally.failed[run.name]
     return {"from": quiet_from, "until": quiet_until, "window_s": quiet_until - quiet_from}
 
 
