@@ -53,7 +53,19 @@ _FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--max-delay-ms", float, 2.0, "longest a request waits for companions under load"),
     ("--max-queue-size", int, 1024, "queued requests beyond which the server answers 429"),
     ("--request-timeout-ms", float, 30000.0, "per-request deadline (504 when passed)"),
-    ("--max-body-bytes", int, 64 * 1024 * 1024, "largest request body accepted (413 beyond)"),
+    (
+        "--max-body-bytes",
+        int,
+        0,
+        "largest request body accepted, 413 beyond (0: derived from the model's inputs: 256 rows or the "
+        "batch size, open dimensions at 512, as JSON; at least 1 MiB)",
+    ),
+    (
+        "--latency-target-ms",
+        float,
+        None,
+        "the latency SLO: answers slower than this are counted in frugal_requests_over_latency_target_total",
+    ),
     (
         "--execution-provider",
         str,

@@ -131,8 +131,7 @@ async def infer(request: web.Request) -> web.Response:
         metrics.inflight.dec()
     if response.status == CLIENT_CLOSED:
         return response  # nobody to answer; counted in frugal_client_disconnects_total instead
-    metrics.count(response.status)
-    metrics.request_duration.observe(time.perf_counter() - started)
+    metrics.observe(response.status, time.perf_counter() - started)
     return response
 
 
@@ -153,7 +152,7 @@ async def _infer(request: web.Request, service: ModelService) -> web.Response:
     except ProtocolError as exc:
         return error(400, str(exc))
     except web.HTTPRequestEntityTooLarge:
-        return error(413, f"request body is larger than --max-body-bytes ({service.config.max_body_bytes})")
+        return error(413, f"request body is larger than --max-body-bytes ({service.max_body_bytes})")
     except QueueFull as exc:
         return error(429, f"{exc}; retry shortly", {"Retry-After": "1"})
     except DeadlineExceeded as exc:
@@ -271,7 +270,7 @@ def refuse_new_connections(sockets: list[Any]) -> bool:
 
 def build_app(service: ModelService, registry: CollectorRegistry) -> web.Application:
     drain = Drain()
-    app = web.Application(client_max_size=service.config.max_body_bytes, middlewares=[drain.middleware])
+    app = web.Application(client_max_size=service.max_body_bytes, middlewares=[drain.middleware])
     app[SERVICE_KEY] = service
     app[REGISTRY_KEY] = registry
     app[DRAIN_KEY] = drain

@@ -124,8 +124,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise
         finally:
             metrics.inflight.dec()
-        metrics.count(HTTP_EQUIVALENT[code])
-        metrics.request_duration.observe(time.perf_counter() - started)
+        metrics.observe(HTTP_EQUIVALENT[code], time.perf_counter() - started)
         if code is not grpc.StatusCode.OK:
             await context.abort(code, message)
         return reply
@@ -181,13 +180,16 @@ def handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     )
 
 
+GRPC_LARGEST_MESSAGE = 2**31 - 1  # grpc's channel arguments are C ints
+
+
 async def start_server(
     service: ModelService, host: str, port: int, server_name: str, server_version: str, extensions: list[str]
 ) -> tuple[aio.Server, int]:
     """Start the gRPC server on host:port (0: any free port); return it and the port it bound."""
     server = aio.server(
         options=[
-            ("grpc.max_receive_message_length", service.config.max_body_bytes),
+            ("grpc.max_receive_message_length", min(service.max_body_bytes, GRPC_LARGEST_MESSAGE)),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
         ]

@@ -20,8 +20,11 @@ class MetricLabels:
 
 
 class ServerMetrics:
-    def __init__(self, registry: CollectorRegistry, labels: MetricLabels) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, labels: MetricLabels, latency_target_s: float | None = None
+    ) -> None:
         self.registry = registry
+        self.latency_target_s = latency_target_s
         base = asdict(labels)
         names = list(base)
         self._base = base
@@ -39,6 +42,18 @@ class ServerMetrics:
             registry=registry,
         )
         self._by_code: dict[int, Counter] = {}
+        # The SLO's error budget, counted exactly at the target (no histogram bucket sits on every target):
+        # burn rate = rate(over target) / rate(requests) / (1 - 0.95) for a p95 target.
+        self.over_latency_target = (
+            Counter(
+                "frugal_requests_over_latency_target",
+                "Inference requests answered slower than the latency target (--latency-target-ms).",
+                names,
+                registry=registry,
+            ).labels(**base)
+            if latency_target_s is not None
+            else None
+        )
         self.batch_size = Histogram(
             "frugal_batch_size",
             "Requests merged into one runtime execution.",
@@ -70,6 +85,14 @@ class ServerMetrics:
         self._energy = Counter(
             "frugal_energy_joules", "Energy used since start.", [*names, "source"], registry=registry
         )
+
+    def observe(self, code: int, seconds: float) -> None:
+        """One answered inference request: its code, its duration, and whether it missed the target."""
+        self.count(code)
+        self.request_duration.observe(seconds)
+        target = self.latency_target_s
+        if self.over_latency_target is not None and target is not None and seconds > target:
+            self.over_latency_target.inc()
 
     def count(self, code: int) -> None:
         child = self._by_code.get(code)

@@ -18,7 +18,7 @@ from frugal.serving.server.forward import NextStage
 from frugal.serving.server.metrics import MetricLabels, ServerMetrics
 from frugal.serving.server.power import BusyClock, EstimatedPower, PowerSource, open_nvml
 from frugal.serving.server.settings import ServeConfig
-from frugal.serving.server.signature import check_request
+from frugal.serving.server.signature import body_limit, check_request
 
 log = logging.getLogger("frugal.serving")
 
@@ -97,6 +97,13 @@ class ModelService:
                 namespace=labels.get("namespace", ""),
                 hardware_profile=labels.get("hardware_profile", labels.get("hardwareProfile", "")),
             ),
+            None if config.latency_target_ms is None else config.latency_target_ms / 1000,
+        )
+        self.max_body_bytes = config.max_body_bytes or body_limit(loaded.inputs, config.max_batch_size)
+        log.info(
+            "request bodies up to %d bytes (%s)",
+            self.max_body_bytes,
+            "--max-body-bytes" if config.max_body_bytes else "derived from the model's inputs",
         )
         self.metrics.model_size.set(loaded.size_bytes)
         self.busy = BusyClock()

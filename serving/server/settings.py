@@ -18,7 +18,8 @@ class ServeConfig:
     max_delay_ms: float = 2.0
     max_queue_size: int = 1024
     request_timeout_ms: float = 30_000.0
-    max_body_bytes: int = 64 * 1024 * 1024
+    max_body_bytes: int = 0  # 0: derived from the model's inputs (signature.body_limit)
+    latency_target_ms: float | None = None  # counts answers slower than this (the SLO's p95 target)
     execution_provider: str = "CPUExecutionProvider"
     intra_op_threads: int | None = None  # None: the pod's CPU limit
     shard_index: int = 0
@@ -48,9 +49,13 @@ class ServeConfig:
             found.append("give both --idle-watts and --max-watts, or neither")
         elif self.idle_watts is not None and self.max_watts is not None and self.max_watts < self.idle_watts:
             found.append(f"--max-watts {self.max_watts} must be >= --idle-watts {self.idle_watts}")
-        for name in ("max_batch_size", "max_queue_size", "request_timeout_ms", "max_body_bytes"):
+        for name in ("max_batch_size", "max_queue_size", "request_timeout_ms"):
             if getattr(self, name) <= 0:
                 found.append(f"--{name.replace('_', '-')} must be positive")
+        if self.max_body_bytes < 0:
+            found.append("--max-body-bytes must be positive (or 0 to derive it from the model's inputs)")
+        if self.latency_target_ms is not None and self.latency_target_ms <= 0:
+            found.append("--latency-target-ms must be positive")
         if self.max_delay_ms < 0:
             found.append("--max-delay-ms must be >= 0")
         if not 0 < self.port < 65536 and self.port != 0:

@@ -78,6 +78,8 @@ def test_flags_win_over_environment_variables() -> None:
         (["--grpc-port", "-2"], "--grpc-port -2 must be in 1..65535 (or 0 for any free port, -1"),
         (["--grpc-port", "70000"], "--grpc-port 70000 must be in"),
         (["--port", "9000", "--grpc-port", "9000"], "--grpc-port 9000 must differ from --port"),
+        (["--max-body-bytes", "-1"], "--max-body-bytes must be positive (or 0 to derive it"),
+        (["--latency-target-ms", "0"], "--latency-target-ms must be positive"),
     ],
 )
 def test_bad_combinations_exit_2_naming_the_flag(
