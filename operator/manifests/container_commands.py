@@ -123,6 +123,8 @@ def serve(
         str(md.max_delay_ms),
         "--max-queue-size",
         str(md.max_queue_size),
+        "--latency-target-ms",
+        str(md.latency_p95_ms),
     ]
     if shards > 1:
         command += ["--shard-index", str(index), "--shard-count", str(shards)]

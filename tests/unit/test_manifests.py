@@ -545,3 +545,12 @@ def test_network_policies_select_the_pods_they_confine() -> None:
     assert _selects(workers["from"][0]["podSelector"], pod_labels["compress"])
     assert not _selects(workers["from"][0]["podSelector"], pod_labels["profile"])
     assert all(p["spec"]["policyTypes"] == ["Ingress"] for p in (serving, jobs_policy))
+
+
+def test_every_serving_pod_counts_answers_against_the_specs_latency_target() -> None:
+    selection = Selection("int8", "gpu-t4", 2)
+    for index in (0, 1):
+        deployment = serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, selection, index)
+        command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert float(command[command.index("--latency-target-ms") + 1]) == SPEC.latency_p95_ms
+        assert "--max-body-bytes" not in command  # derived by the server from the model's own inputs
