@@ -51,10 +51,13 @@ from frugal.operator.decision.conditions import (
 )
 from frugal.operator.manifests import names, serving_objects
 from frugal.operator.manifests.events import desired_event
-from frugal.operator.manifests.storage import locate
+from frugal.operator.manifests.storage import NotConfined, locate
 from frugal.operator.telemetry import OperatorMetrics
 
 log = logging.getLogger(__name__)
+
+# The Event of a deletion that leaves the artifacts: their directory may not be this ModelDeployment's alone.
+ARTIFACTS_KEPT = "ArtifactsKept"
 Emit = Callable[[str, str, str], None]  # (type: Normal|Warning, reason, message)
 WARNING_REASONS = FAILURE_REASONS | {Reason.REPLICAS_UNAVAILABLE}
 # Condition types another writer of the status owns (the autoscaler's).
@@ -217,8 +220,13 @@ class Reconciler:
             md = parse_model_deployment(body)
         except SpecError:
             return
-        if (artifacts := decide.artifacts_to_remove(md, self.settings)) is not None:
-            shutil.rmtree(artifacts, ignore_errors=True)
+        try:
+            if (artifacts := decide.artifacts_to_remove(md, self.settings)) is not None:
+                artifacts.check_links()
+                shutil.rmtree(artifacts.path, ignore_errors=True)
+        except NotConfined as kept:
+            log.warning("%s/%s: %s", owner.namespace, owner.name, kept)
+            self.poster(body)("Warning", ARTIFACTS_KEPT, str(kept))
         self._last_pass.pop((owner.namespace, owner.name), None)
         self._applied.forget(owner.namespace, names.LABEL_MD, owner.name)
         if self.metrics:

@@ -20,7 +20,7 @@ from frugal.operator.decision import artifact_files, planner
 from frugal.operator.decision.conditions import ABSENT_JOB, Assessment, Job, JobState, Observed, conditions
 from frugal.operator.manifests import jobs, names, network_policies, serving_objects
 from frugal.operator.manifests.serving_objects import Live, Selection
-from frugal.operator.manifests.storage import ArtifactLocation, locate
+from frugal.operator.manifests.storage import ArtifactLocation, OwnDirectory, locate, own_directory
 
 
 @dataclass(frozen=True)
@@ -149,13 +149,15 @@ def with_effective_generation(
     return md
 
 
-def artifacts_to_remove(md: ModelDeploymentSpec, settings: Settings) -> Path | None:
+def artifacts_to_remove(md: ModelDeploymentSpec, settings: Settings) -> OwnDirectory | None:
     """When a ModelDeployment is deleted: the directory of all its generations' artifacts, as the
-    operator sees it, unless spec.storage.retainArtifacts keeps them (or the operator cannot see it)."""
+    operator sees it, unless spec.storage.retainArtifacts keeps them (or the operator cannot see it).
+    Raises :class:`~frugal.operator.manifests.storage.NotConfined` when that directory is not the
+    ModelDeployment's own (a sub-path that could meet another's): nothing is to be deleted then."""
     if md.retain_artifacts or host_path_refusal(md, settings):
         return None  # a refused ModelDeployment never wrote artifacts: nothing of the node's to remove
-    location = locate(md.storage_uri or settings.storage_uri, md.owner, settings.pvc_root)
-    return None if location.operator_path is None else location.operator_path.parent
+    storage_uri = md.storage_uri or settings.storage_uri
+    return own_directory(storage_uri, settings.storage_uri, md.owner, settings.pvc_root)
 
 
 def host_path_refusal(md: ModelDeploymentSpec, settings: Settings) -> str | None:

@@ -10,6 +10,18 @@ Object stores are not artifact locations yet: the CRD rejects them, and :func:`l
 
 Each ModelDeployment generation gets ``<root>/<namespace>/<name>/gen-<N>``.
 
+Deleting a ModelDeployment removes ``<root>/<namespace>/<name>`` (:func:`own_directory`), but only
+where that is the ModelDeployment's own directory of the operator's layout: ``<claim>/<default
+sub-path>/<namespace>/<name>``, the default sub-path being the one of ``--storage-uri`` on that claim
+(none on another claim). A ``spec.storage.uri`` may name any sub-path, and the operator sees every
+``pvc://<claim>`` under one ``--pvc-root`` whatever namespace the claim is in (the chart's story is one
+shared volume), so the sub-path is the author's to aim: with sub-path ``Y``, namespace ``V`` and name
+``gen-1`` the directory would be ``<claim>/Y/V/gen-1``, the first generation of ModelDeployment ``V``
+of namespace ``Y``. Directories ``<base>/<namespace>/<name>`` of one ``<base>`` never nest (same depth,
+distinct names), and a sub-path that starts with ``<base>/<namespace>/<name>/`` stays inside its own;
+any other sub-path could meet another ModelDeployment's directory, whatever namespaces exist, so its
+artifacts are kept (:class:`NotConfined`).
+
 Inputs (``spec.model.uri``, ``spec.data.*.uri``) on ``pvc://claim/path`` are read by the compression
 Job from the claim mounted read-only at ``<CLAIMS_MOUNT>/<claim>``, with ``FRUGAL_PVC_ROOT`` set to
 :data:`CLAIMS_MOUNT` (the compression component reads ``$FRUGAL_PVC_ROOT/<claim>/<path>``).
@@ -130,3 +142,64 @@ def locate(root_uri: str, owner: Owner, pvc_root: Path | None = None) -> Artifac
         f"artifact storage {root_uri!r} is not supported: use pvc://<claim>/<path> or file:///<path> "
         "(object stores are not yet supported for artifacts)"
     )
+
+
+class NotConfined(ValueError):
+    """The deletion cleanup's target is not the ModelDeployment's own directory: nothing is deleted."""
+
+
+@dataclass(frozen=True)
+class OwnDirectory:
+    """What deleting a ModelDeployment removes (`path`), and the store's root it lies under (`root`)."""
+
+    path: Path
+    root: Path
+
+    def check_links(self) -> None:
+        """Raise :class:`NotConfined` when a component between `root` and `path` is a symbolic link now
+        (reads the filesystem): a link planted on a shared volume would take the deletion elsewhere."""
+        if self.path.resolve() != self.root.resolve() / self.path.relative_to(self.root):
+            resolved = self.path.resolve()
+            raise NotConfined(f"{self.path} resolves to {resolved} through a symbolic link: artifacts kept")
+
+
+def own_directory(
+    storage_uri: str, default_uri: str, owner: Owner, pvc_root: Path | None
+) -> OwnDirectory | None:
+    """The directory of all `owner`'s generations under `storage_uri`, as the operator sees it (None:
+    it cannot), checked to lie inside the owner's own directory of the layout (see the module's
+    docstring; `default_uri` is the operator's --storage-uri). Pure: the paths are normalized as text,
+    never looked up; :meth:`OwnDirectory.check_links` is the look-up, just before deleting."""
+    parsed = urlparse(storage_uri)
+    if parsed.scheme == "file":  # hostPath allowed: a single-node development cluster, or `frugal up`
+        root = Path(posixpath.normpath(parsed.path or "/"))
+        return OwnDirectory(_below(root, "", owner.namespace, owner.name), root)
+    pvc = split_pvc(storage_uri)
+    if pvc is None:
+        raise ValueError(f"artifact storage {storage_uri!r} is not supported")
+    if pvc_root is None:
+        return None
+    claim, sub = pvc
+    default = split_pvc(default_uri)
+    base = default[1] if default is not None and default[0] == claim else ""
+    root = _below(pvc_root, "", claim)
+    own = _below(root, base, owner.namespace, owner.name)
+    target = _below(root, sub, owner.namespace, owner.name)
+    if not target.is_relative_to(own):
+        raise NotConfined(
+            f"spec.storage.uri {storage_uri!r}: {target} is not inside {own}, this ModelDeployment's own "
+            "directory, and could be another's: artifacts kept (use the operator's storage, or a sub-path "
+            f"under {posixpath.join(base, owner.namespace, owner.name)}/)"
+        )
+    return OwnDirectory(target, root)
+
+
+def _below(root: Path, sub: str, *names_: str) -> Path:
+    """`root` joined with the sub-path `sub` and the single segments `names_`, normalized as text;
+    strictly under `root` when `names_` are given."""
+    if has_parent_segment(sub) or any(n in ("", ".", "..") or "/" in n for n in names_):
+        raise NotConfined(f"{sub!r}, {names_!r}: not a path below {root}")
+    joined = Path(posixpath.normpath(posixpath.join(str(root), sub.strip("/"), *names_)))
+    if names_ and (joined == root or not joined.is_relative_to(root)):
+        raise NotConfined(f"{joined} is not below {root}")
+    return joined

@@ -1,7 +1,8 @@
 """A ModelDeployment author cannot make the operator read or delete outside the paths it names: '..'
 segments are refused by the operator's own parsing (the CRD refuses them too, see
 tests/cases/invalid_resources.yaml), by the artifact locator, and the deletion cleanup stays inside
-the ModelDeployment's own directory of its claim."""
+the ModelDeployment's own directory of its claim — which no sub-path can make another's (the alias
+cases below), and no symbolic link on the shared volume can redirect."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from frugal.operator.api.spec import Owner, SpecError, parse_model_deployment
 from frugal.operator.decision.decide import Settings, artifacts_to_remove
 from frugal.operator.manifests import batch_jobs
-from frugal.operator.manifests.storage import locate
+from frugal.operator.manifests.storage import NotConfined, locate, own_directory
 
 
 def body(**spec: Any) -> dict[str, Any]:
@@ -56,7 +57,107 @@ def test_the_locator_refuses_to_climb_out_of_a_claim() -> None:
 def test_cleanup_deletes_only_the_model_deployments_own_directory(tmp_path: Path) -> None:
     settings = Settings(storage_uri="pvc://frugal-artifacts/team", pvc_root=tmp_path)
     target = artifacts_to_remove(parse_model_deployment(body()), settings)
-    assert target == tmp_path / "frugal-artifacts" / "team" / "ml" / "digits"
+    assert target is not None
+    assert target.path == tmp_path / "frugal-artifacts" / "team" / "ml" / "digits"
+    assert target.root == tmp_path / "frugal-artifacts"
+
+
+def owner(namespace: str, name: str) -> Owner:
+    return Owner(name, namespace, "u", 1)
+
+
+ROOT = Path("/claims")
+SHARED = "pvc://frugal-artifacts"  # the operator's --storage-uri: the chart's claim, no sub-path
+
+
+@pytest.mark.parametrize(
+    ("storage", "default", "namespace", "name", "expected"),
+    [
+        (SHARED, SHARED, "ml", "digits", "/claims/frugal-artifacts/ml/digits"),
+        ("pvc://frugal-artifacts/team", "pvc://frugal-artifacts/team/", "ml", "digits",
+         "/claims/frugal-artifacts/team/ml/digits"),
+        # Under its own directory, any sub-path: nothing of anyone else's can be there.
+        ("pvc://frugal-artifacts/ml/digits/v2", SHARED, "ml", "digits", "/claims/frugal-artifacts/ml/digits/v2/ml/digits"),
+        ("pvc://frugal-artifacts/./ml/digits/v2", SHARED, "ml", "digits",
+         "/claims/frugal-artifacts/ml/digits/v2/ml/digits"),
+        # Another claim has no default sub-path: its root.
+        ("pvc://scratch", SHARED, "ml", "digits", "/claims/scratch/ml/digits"),
+        ("pvc://scratch/ml/digits/x", SHARED, "ml", "digits", "/claims/scratch/ml/digits/x/ml/digits"),
+    ],
+)  # fmt: skip
+def test_the_own_directory_is_the_owners_place_in_the_layout(
+    storage: str, default: str, namespace: str, name: str, expected: str
+) -> None:
+    found = own_directory(storage, default, owner(namespace, name), ROOT)
+    assert found is not None and found.path == Path(expected)
+    assert found.path.is_relative_to(found.root) and found.path != found.root
+
+
+@pytest.mark.parametrize(
+    ("storage", "default", "namespace", "name", "aliased"),
+    [
+        # The issue's case: sub-path Y, namespace V, name gen-1 is generation 1 of ModelDeployment V of
+        # namespace Y (which stores under the shared claim's root).
+        ("pvc://frugal-artifacts/Y", SHARED, "V", "gen-1", "/claims/frugal-artifacts/Y/V/gen-1"),
+        # A namespace named like someone's sub-path, a name like their namespace: all of their
+        # namespace's ModelDeployments under that sub-path.
+        (SHARED, "pvc://frugal-artifacts/team", "team", "ml", "/claims/frugal-artifacts/team/ml"),
+        # Another claim's sub-path, one more level: the same game on that claim.
+        ("pvc://scratch/a", SHARED, "b", "c", "/claims/scratch/a/b/c"),
+        # A sub-path that only starts like the own directory.
+        ("pvc://frugal-artifacts/ml/digits-2", SHARED, "ml", "digits", "/claims/frugal-artifacts/ml/digits-2/ml/digits"),
+    ],
+)  # fmt: skip
+def test_a_sub_path_that_could_meet_another_model_deployments_directory_is_never_deleted(
+    storage: str, default: str, namespace: str, name: str, aliased: str
+) -> None:
+    """The target would be `aliased`; nothing says it is not someone else's, so nothing is deleted."""
+    with pytest.raises(NotConfined, match=rf"{aliased} is not inside .* own directory"):
+        own_directory(storage, default, owner(namespace, name), ROOT)
+
+
+@pytest.mark.parametrize(
+    ("storage", "namespace", "name"),
+    [
+        ("pvc://frugal-artifacts/a/../..", "ml", "digits"),  # parsing and the CRD refuse these first
+        ("pvc://frugal-artifacts/ml/digits/../../other", "ml", "digits"),
+        ("pvc://frugal-artifacts", "..", "digits"),  # the API server's names cannot be these: still refused
+        ("pvc://frugal-artifacts", "ml", "."),
+        ("pvc://frugal-artifacts", "ml", "a/b"),
+        ("pvc:///ml", "ml", "digits"),  # no claim: the claim segment would be the pvc root itself
+    ],
+)
+def test_traversal_never_leaves_the_own_directory(storage: str, namespace: str, name: str) -> None:
+    with pytest.raises(NotConfined):
+        own_directory(storage, SHARED, owner(namespace, name), ROOT)
+
+
+def test_a_refused_cleanup_deletes_nothing_and_a_kept_one_only_its_own(tmp_path: Path) -> None:
+    """The model deployment's decision, then what the cleanup does with it, on a real directory tree."""
+    root = tmp_path / "claims"
+    victim = root / "frugal-artifacts" / "Y" / "V" / "gen-1"
+    victim.mkdir(parents=True)
+    (victim / "manifest.json").write_text("{}")
+    settings = Settings(storage_uri=SHARED, pvc_root=root)
+    attacker = body(storage={"uri": "pvc://frugal-artifacts/Y", "retainArtifacts": False})
+    attacker["metadata"].update(namespace="V", name="gen-1")
+    with pytest.raises(NotConfined):
+        artifacts_to_remove(parse_model_deployment(attacker), settings)
+    assert (victim / "manifest.json").is_file()
+
+
+def test_a_symbolic_link_on_the_way_is_found_before_deleting(tmp_path: Path) -> None:
+    """A tenant's pod can make its namespace's directory on the shared volume a link to another's."""
+    claim = tmp_path / "frugal-artifacts"
+    (claim / "victim" / "digits" / "gen-1").mkdir(parents=True)
+    (claim / "ml").symlink_to(claim / "victim")
+    found = own_directory(SHARED, SHARED, owner("ml", "digits"), tmp_path)
+    assert found is not None and found.path == claim / "ml" / "digits"
+    with pytest.raises(NotConfined, match="symbolic link"):
+        found.check_links()
+    (claim / "ml").unlink()
+    (claim / "ml" / "digits").mkdir(parents=True)
+    found.check_links()  # a plain directory: no error
 
 
 def test_a_batch_location_refuses_to_climb_out_of_a_claim() -> None:
