@@ -30,12 +30,28 @@ def test_the_default_values_satisfy_the_schema() -> None:
         {"serviceMonitor": {"enable": True}},
         {"imag": {}},
         {"image": {"pullPolicy": "Sometimes"}},
+        {"alerts": {"enable": True}},
+        {"alerts": {"labels": {"release": 1}}},
+        {"crds": {"installed": True}},
+        {"crds": {"install": "yes"}},
+        {"networkPolicy": {"enable": True}},
+        {"networkPolicy": {"metricsFrom": []}},
+        {"operator": {"resources": {"request": {"cpu": "100m"}}}},
+        {"operator": {"resources": {"limits": {"cpu": "a lot"}}}},
+        {"operator": {"resources": {"requests": {"memroy": "1Gi"}}}},
     ],
 )
 def test_a_typo_or_bad_value_fails_the_schema(values: dict[str, Any]) -> None:
     merged = {**VALUES, **{key: {**VALUES.get(key, {}), **value} for key, value in values.items()}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft7Validator(SCHEMA).validate(merged)
+
+
+def test_operator_resources_take_kubernetes_quantities() -> None:
+    resources = {"requests": {"cpu": 0.5, "memory": "1.5Gi", "ephemeral-storage": "64M", "example.com/fpga": 1},
+                 "limits": {"cpu": "500m", "hugepages-2Mi": "128Mi"}}  # fmt: skip
+    operator = {**VALUES["operator"], "resources": resources}
+    jsonschema.Draft7Validator(SCHEMA).validate({**VALUES, "operator": operator})
 
 
 def test_every_value_is_documented_by_a_comment() -> None:
