@@ -6,6 +6,7 @@
 Serving series are counted once per request: request rate, errors and end-to-end latency come from
 shard "0", the front stage (later stages of a sharded model count each batch forwarded to them as a
 request of their own, and the front stage's duration spans the whole chain); power and energy are summed over every stage.
+A ratio panel answers 0, not nothing, when its numerator has no series (a healthy model has no 5xx).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from grafana_foundation_sdk.builders import dashboard, prometheus, table, timeseries
+from grafana_foundation_sdk.builders import common, dashboard, prometheus, table, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import GraphThresholdsStyleMode
 from grafana_foundation_sdk.models.dashboard import (
     DataSourceRef,
     DataTransformerConfig,
     DynamicConfigValue,
+    Threshold,
     VariableRefresh,
     VariableSort,
 )
@@ -31,10 +34,19 @@ SELECTED = 'namespace=~"$namespace", model=~"$model"'
 FRONT = SELECTED + ', shard="0"'
 BY = "namespace, model"
 SERVER_ERRORS = ', code=~"5.."'
+# The latency SLO is "p95 within the target": 5% of requests may be slower. Burn rates above these
+# page and ticket (charts/frugal/alerts/frugal-rules.yaml, docs/operations.md).
+ERROR_BUDGET = 0.05
+BURN_PAGE, BURN_TICKET = 14.4, 6.0
 
 
 def rate(name: str, selector: str = FRONT, by: str = BY) -> str:
     return f"sum by ({by}) (rate({name}{{{selector}}}[$__rate_interval]))"
+
+
+def share(part: str, whole: str) -> str:
+    """`part` / `whole`, both `sum by (BY)`, with 0 where `whole` has a series and `part` has none."""
+    return f"({part} or 0 * {whole}) / {whole}"
 
 
 def query(expr: str, legend: str, ref: str) -> prometheus.Dataquery:
@@ -84,6 +96,27 @@ def compression_report() -> table.Panel:
     return panel.height(8).span(12)
 
 
+def burn_rate(per_request: str) -> timeseries.Panel:
+    """How fast the latency SLO's error budget goes: the share of front-stage requests slower than the
+    target over the budget's 5%, with the alerts' thresholds as lines."""
+    over = rate("frugal_requests_over_latency_target_total")
+    steps = [Threshold(None, "green"), Threshold(BURN_TICKET, "orange"), Threshold(BURN_PAGE, "red")]
+    return (
+        graph(
+            "Latency SLO burn rate",
+            "suffix:×",
+            "Share of front-stage requests slower than spec.serving.slo.latencyP95Ms, over the 5% the SLO "
+            f"allows: 1 spends the error budget in the SLO period. Above {BURN_PAGE:g} over 1h and 5m pages, above {BURN_TICKET:g} "
+            "over 6h and 30m files a ticket (docs/operations.md).",
+            # no share(): a model without a latency target has no counter, and no burn rate to draw
+            query(f"{over} / {per_request} / {ERROR_BUDGET}", "{{namespace}}/{{model}}", "A"),
+        )
+        .min(0)
+        .thresholds(dashboard.ThresholdsConfig().steps(steps))
+        .thresholds_style(common.GraphThresholdsStyleConfig().mode(GraphThresholdsStyleMode.DASHED))
+    )
+
+
 def variable(name: str, label: str, definition: str) -> dashboard.QueryVariable:
     return (
         dashboard.QueryVariable(name)
@@ -122,12 +155,9 @@ def build() -> dashboard.Dashboard:
             "Error ratio (5xx)",
             "percentunit",
             "Share of front-stage answers that are 5xx (4xx are the clients' errors).",
-            query(
-                f"{rate('frugal_requests_total', FRONT + SERVER_ERRORS)} / {per_request}",
-                "{{namespace}}/{{model}}",
-                "A",
-            ),
+            query(share(rate("frugal_requests_total", FRONT + SERVER_ERRORS), per_request), "{{namespace}}/{{model}}", "A"),
         ),
+        burn_rate(per_request),
         dashboard.Row("Capacity"),
         graph(
             "Replicas per shard",

@@ -85,7 +85,9 @@ def test_front_stage_series_count_each_request_once() -> None:
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             for name, selector in re.findall(r"\b(frugal_[a-z0-9_]+)\{([^}]*)\}", target["expr"]):
-                front_only = name.startswith(("frugal_requests_total", "frugal_request_duration_seconds"))
+                front_only = name.startswith(
+                    ("frugal_requests_total", "frugal_requests_over_latency_target", "frugal_request_duration_seconds")
+                )
                 assert ('shard="0"' in selector) == front_only or name == "frugal_model_size_bytes", (
                     panel["title"], name, selector
                 )
@@ -98,7 +100,7 @@ def test_the_dashboard_queries_only_frugal_metrics() -> None:
     assert {
         "Latency vs SLO", "Requests per second by code", "Error ratio (5xx)", "Replicas per shard",
         "Autoscaler reason", "Queue depth and batch size", "Power", "Energy per request", "Cost per hour",
-        "Cost per 1k requests", "Served variant and hardware", "Compression report",
+        "Cost per 1k requests", "Served variant and hardware", "Compression report", "Latency SLO burn rate",
     } <= titles  # fmt: skip
     for expression in expressions:
         names = set(re.findall(r"\b([a-z][a-z0-9_]*)\{", expression)) - {"by"}
@@ -109,9 +111,9 @@ def test_the_dashboard_queries_only_metrics_that_frugal_exports() -> None:
     """Every series the dashboard reads is exported by the serving pods or by the operator."""
     dashboard = json.loads((CHART / "dashboards" / "frugal.json").read_text())
     queries = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
-    variables = [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
-    assert len(variables) == 2  # namespace and model
-    queries += variables
+    variables = {v["name"]: v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"}
+    assert list(variables) == ["namespace", "model"]
+    queries += variables.values()
     queried = {name for query in queries for name in re.findall(r"\b(frugal_[a-z0-9_]+)", query)}
     exported = _sample_names(_serving_registry()) | _sample_names(_operator_registry())
     assert queried and queried <= exported, queried - exported
@@ -141,7 +143,8 @@ def _serving_registry() -> CollectorRegistry:
     from frugal.serving.server.metrics import MetricLabels, ServerMetrics
 
     registry = CollectorRegistry()
-    metrics = ServerMetrics(registry, MetricLabels(model="digits", variant="fp32", namespace="ml"))
+    labels = MetricLabels(model="digits", variant="fp32", namespace="ml")
+    metrics = ServerMetrics(registry, labels, latency_target_s=0.05)
     metrics.count(200)
     metrics.power("estimate", 30.0, 1.0)
     return registry
