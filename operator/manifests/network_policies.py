@@ -5,10 +5,13 @@ runs with ``--network-policies``.
   model's clients, the front, a stage calling the next) and from the monitoring namespace (Prometheus
   scrapes ``/metrics``). A client in another namespace needs a policy of its own that admits it;
   NetworkPolicies add up.
-* ``<md>-jobs`` selects its compression and profiling pods: no ingress but the distillation
-  rendezvous port, and that only from the same ModelDeployment's compression pods (the workers of one
-  Indexed Job). Egress stays open: the pods read their inputs and the API server's address differs per
-  cluster.
+* ``<md>-jobs`` selects its compression and profiling pods, of every generation: no ingress.
+* ``<md>-rendezvous`` opens the distillation rendezvous port of the current generation's compression
+  pods to those same pods only: the workers of one Indexed Job (one compression Job per generation, so
+  the generation label the Job's pod template carries names the Job). NetworkPolicies add up, so an
+  older generation's compression pods keep ``<md>-jobs`` alone: nothing reaches them, not even the
+  new workers; a superseded Job that still runs loses its rendezvous, which it no longer needs.
+Egress stays open: the pods read their inputs and the API server's address differs per cluster.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def desired_network_policies(md: ModelDeploymentSpec, metrics_namespace: str) ->
         md,
         names.bounded(owner.name, "serving"),
         "serving",
-        ("serving", "front"),
+        _roles(md, "serving", "front"),
         [
             {
                 "from": [
@@ -37,31 +40,41 @@ def desired_network_policies(md: ModelDeploymentSpec, metrics_namespace: str) ->
             }
         ],
     )
-    workers = {"podSelector": {"matchLabels": {names.LABEL_MD: owner.name, names.LABEL_ROLE: "compression"}}}
+    jobs = _policy(md, names.bounded(owner.name, "jobs"), "compression", _roles(md, "compression", "profiling"), [])
+    workers = {"matchLabels": compression_workers(md)}
     rendezvous = {"protocol": "TCP", "port": container_commands.DISTRIBUTED_PORT}
-    jobs = _policy(
+    distillation = _policy(
         md,
-        names.bounded(owner.name, "jobs"),
+        names.bounded(owner.name, "rendezvous"),
         "compression",
-        ("compression", "profiling"),
-        [{"from": [workers], "ports": [rendezvous]}],
+        workers,
+        [{"from": [{"podSelector": workers}], "ports": [rendezvous]}],
     )
-    return [serving, jobs]
+    return [serving, jobs, distillation]
+
+
+def compression_workers(md: ModelDeploymentSpec) -> dict[str, str]:
+    """The labels of the current generation's compression Job's pods, and of no other pod."""
+    return {
+        names.LABEL_MD: md.owner.name,
+        names.LABEL_ROLE: "compression",
+        names.LABEL_GENERATION: str(md.owner.generation),
+    }
+
+
+def _roles(md: ModelDeploymentSpec, *roles: str) -> dict[str, Any]:
+    return {
+        "matchLabels": {names.LABEL_MD: md.owner.name},
+        "matchExpressions": [{"key": names.LABEL_ROLE, "operator": "In", "values": list(roles)}],
+    }
 
 
 def _policy(
-    md: ModelDeploymentSpec, name: str, component: str, roles: tuple[str, ...], ingress: list[dict[str, Any]]
+    md: ModelDeploymentSpec, name: str, component: str, selector: dict[str, Any], ingress: list[dict[str, Any]]
 ) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": names.metadata(md.owner, name, component),
-        "spec": {
-            "podSelector": {
-                "matchLabels": {names.LABEL_MD: md.owner.name},
-                "matchExpressions": [{"key": names.LABEL_ROLE, "operator": "In", "values": list(roles)}],
-            },
-            "policyTypes": ["Ingress"],
-            "ingress": ingress,
-        },
+        "spec": {"podSelector": selector, "policyTypes": ["Ingress"], "ingress": ingress},
     }

@@ -3,25 +3,32 @@ operator started as the chart starts it: without --allow-host-path, a file:// UR
 the node (hostPath) or of the image — is refused with a condition naming the field and an Event, and
 nothing is created; a pvc:// store is used as usual, and no pod the operator writes mounts the node.
 With --network-policies the pods are confined by NetworkPolicies the API server accepts, which select
-the very pods the Job controller creates, and go with the ModelDeployment.
+the very pods the Job controller creates — the rendezvous admits exactly the workers of the one Job —
+and go with the ModelDeployment. The operator runs as the chart's ServiceAccount, bound only by the
+chart's rendered RBAC.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from controlplane_harness import ControlPlane
 from operator_harness import (
     Operator,
+    chart_identity,
     condition,
     create_namespace,
     events_for,
+    job_pods,
     kubectl_json,
     status_of,
     wait_for,
     wait_object,
 )
+
+from frugal.operator.manifests.container_commands import DISTRIBUTED_PORT
 
 PROFILE = """
 apiVersion: frugal.dev/v1alpha1
@@ -33,24 +40,34 @@ spec:
 """
 
 
-def model_deployment(name: str, model_uri: str, storage: str) -> str:
+def model_deployment(name: str, model_uri: str, storage: str, compression: str = "") -> str:
     data = "" if model_uri.startswith("zoo:") else "\n  data: {validation: {uri: pvc://datasets/digits-val.npz}}"
+    compression = f"\n  compression: {{{compression}}}" if compression else ""
     return f"""
 apiVersion: frugal.dev/v1alpha1
 kind: ModelDeployment
 metadata: {{name: {name}}}
 spec:
-  model: {{uri: "{model_uri}"}}{data}
+  model: {{uri: "{model_uri}"}}{data}{compression}
   serving: {{hardwareProfiles: [confined-cpu], slo: {{latencyP95Ms: 50}}}}
   storage: {{{storage}}}
 """
 
 
+def label_selector(selector: dict[str, Any]) -> str:
+    """A NetworkPolicy's podSelector as kubectl's -l (matchLabels, and In expressions: what ours use)."""
+    terms = [f"{k}={v}" for k, v in selector.get("matchLabels", {}).items()]
+    terms += [f"{e['key']} in ({','.join(e['values'])})" for e in selector.get("matchExpressions", [])]
+    assert terms, "an empty selector would select every pod"
+    return ",".join(terms)
+
+
 @pytest.fixture(scope="module")
 def operator(crds_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     work = tmp_path_factory.mktemp("confined")
+    identity = chart_identity(crds_installed, work)
     running = Operator(crds_installed, work / "artifacts", work / "operator.log", ["--network-policies"],
-                       host_path=False)  # fmt: skip
+                       host_path=False, kubeconfig=identity)  # fmt: skip
     running.start()
     crds_installed.kubectl("apply", "-f", "-", input=PROFILE)
     try:
@@ -88,23 +105,32 @@ def test_a_file_uri_is_refused_with_a_condition_naming_the_field(
 def test_a_pvc_store_is_used_and_no_pod_mounts_the_node(operator: Operator) -> None:
     cluster = operator.cluster
     ns = create_namespace(cluster, "confined-pvc")
+    distilled = "distillation: {workers: 2, student: {widthFactor: 0.5}}"
     cluster.kubectl("apply", "-n", ns, "-f", "-",
-                    input=model_deployment("on-claim", "zoo://digits-mlp", "uri: pvc://models/store"))  # fmt: skip
+                    input=model_deployment("on-claim", "zoo://digits-mlp", "uri: pvc://models/store", distilled))  # fmt: skip
     job = wait_object(cluster, operator, "job", ns, "on-claim-g1-compress")
     volumes = job["spec"]["template"]["spec"]["volumes"]
     assert not any("hostPath" in v for v in volumes), volumes
     assert {"name": "artifacts", "persistentVolumeClaim": {"claimName": "models"}} in volumes
     assert status_of(cluster, ns, "on-claim").get("phase") == "Compressing"
 
-    policies = {p["metadata"]["name"]: p for p in kubectl_json(cluster, "get", "networkpolicies", "-n", ns)["items"]}
-    assert set(policies) == {"on-claim-serving", "on-claim-jobs"}
-    selector = ",".join(
-        [*(f"{k}={v}" for k, v in policies["on-claim-jobs"]["spec"]["podSelector"]["matchLabels"].items()),
-         "app.kubernetes.io/component in (compression,profiling)"]
-    )  # fmt: skip
-    pods = wait_for("the Job controller's pod", lambda: kubectl_json(cluster, "get", "pods", "-n", ns, "-l", selector)["items"],
-                    operator)  # fmt: skip
-    assert all(p["metadata"]["labels"]["batch.kubernetes.io/job-name"] == "on-claim-g1-compress" for p in pods)
+    policies = {p["metadata"]["name"]: p["spec"] for p in kubectl_json(cluster, "get", "networkpolicies", "-n", ns)["items"]}
+    assert set(policies) == {"on-claim-serving", "on-claim-jobs", "on-claim-rendezvous"}
+    # The Job controller's pods (it labels them with the Job's name): both distillation workers.
+    workers = wait_for("the Job controller's two workers",
+                       lambda: len(pods := job_pods(cluster, job)) == 2 and pods, operator)  # fmt: skip
+    job_pod_names = {p["metadata"]["name"] for p in workers}
+    # Ingress-type with no rule (the API server drops the empty list): nothing may reach these pods...
+    assert policies["on-claim-jobs"]["policyTypes"] == ["Ingress"] and not policies["on-claim-jobs"].get("ingress")
+    # ...but what the rendezvous policy adds: its port, from its own Job's pods.
+    [rule] = policies["on-claim-rendezvous"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [DISTRIBUTED_PORT]
+    [source] = rule["from"]
+    for what, selector in (("confined", policies["on-claim-jobs"]["podSelector"]),
+                           ("given the rendezvous", policies["on-claim-rendezvous"]["podSelector"]),
+                           ("admitted to it", source["podSelector"])):  # fmt: skip
+        found = kubectl_json(cluster, "get", "pods", "-n", ns, "-l", label_selector(selector))["items"]
+        assert {p["metadata"]["name"] for p in found} == job_pod_names, what
     cluster.kubectl("delete", "md", "on-claim", "-n", ns, "--wait=false")
     wait_for("the policies to go with it", lambda: kubectl_json(cluster, "get", "networkpolicies", "-n", ns)["items"] == [],
              operator)  # fmt: skip

@@ -131,7 +131,7 @@ def test_network_policies_come_with_the_first_job_only_when_asked_for() -> None:
     confined = dataclasses.replace(SETTINGS, network_policies=True, monitoring_namespace="obs")
     first = decide(MD, PROFILES, ClusterState(), None, confined)
     policies = [o for o in first.apply if o["kind"] == "NetworkPolicy"]
-    assert [p["metadata"]["name"] for p in policies] == ["digits-serving", "digits-jobs"]
+    assert [p["metadata"]["name"] for p in policies] == ["digits-serving", "digits-jobs", "digits-rendezvous"]
     assert first.apply.index(policies[-1]) < next(i for i, o in enumerate(first.apply) if o["kind"] == "Job")
     assert not [o for o in decide(MD, PROFILES, ClusterState(), None, SETTINGS).apply if o["kind"] == "NetworkPolicy"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -523,28 +524,42 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 def test_network_policies_select_the_pods_they_confine() -> None:
     from frugal.operator.manifests.network_policies import desired_network_policies
 
-    serving, jobs_policy = desired_network_policies(SPEC, "observability")
+    serving, jobs_policy, rendezvous = desired_network_policies(SPEC, "observability")
     shard = serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, Selection("int8", "gpu-t4", 1), 0)
     compress = jobs.desired_compression_job(SPEC, GPU, IMAGE, ARTIFACTS)
     profile = jobs.desired_profiling_job(SPEC, GPU, IMAGE, ARTIFACTS)
+    # The next generation's compression Job: another Job of the same ModelDeployment.
+    later = dataclasses.replace(SPEC, owner=dataclasses.replace(SPEC.owner, generation=SPEC.owner.generation + 1))
+    compress_later = jobs.desired_compression_job(later, GPU, IMAGE, locate("pvc://frugal-artifacts/store", later.owner))
     pod_labels = {
         "shard": shard["spec"]["template"]["metadata"]["labels"],
         "compress": compress["spec"]["template"]["metadata"]["labels"],
         "profile": profile["spec"]["template"]["metadata"]["labels"],
+        "compress-later": compress_later["spec"]["template"]["metadata"]["labels"],
     }
     selected = {p["metadata"]["name"]: {k for k, v in pod_labels.items() if _selects(p["spec"]["podSelector"], v)}
-                for p in (serving, jobs_policy)}  # fmt: skip
-    assert selected == {"digits-serving": {"shard"}, "digits-jobs": {"compress", "profile"}}
+                for p in (serving, jobs_policy, rendezvous)}  # fmt: skip
+    assert selected == {
+        "digits-serving": {"shard"},
+        "digits-jobs": {"compress", "profile", "compress-later"},
+        "digits-rendezvous": {"compress"},
+    }
     other = {**pod_labels["shard"], names.LABEL_MD: "someone-else"}
     assert not _selects(serving["spec"]["podSelector"], other)
     [serving_from] = serving["spec"]["ingress"]
     assert {"podSelector": {}} in serving_from["from"]
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}} in serving_from["from"]
-    [workers] = jobs_policy["spec"]["ingress"]
+    assert jobs_policy["spec"]["ingress"] == []  # NetworkPolicies add up: what the rendezvous opens, and nothing else
+    # The rendezvous port, and only from the same Job's pods: not profiling, not another generation's
+    # Job, not another ModelDeployment's.
+    [workers] = rendezvous["spec"]["ingress"]
     assert workers["ports"] == [{"protocol": "TCP", "port": container_commands.DISTRIBUTED_PORT}]
-    assert _selects(workers["from"][0]["podSelector"], pod_labels["compress"])
-    assert not _selects(workers["from"][0]["podSelector"], pod_labels["profile"])
-    assert all(p["spec"]["policyTypes"] == ["Ingress"] for p in (serving, jobs_policy))
+    [source] = workers["from"]
+    assert set(source) == {"podSelector"}  # no namespaceSelector: this namespace only
+    admitted = {k for k, v in pod_labels.items() if _selects(source["podSelector"], v)}
+    assert admitted == {"compress"}
+    assert not _selects(source["podSelector"], {**pod_labels["compress"], names.LABEL_MD: "someone-else"})
+    assert all(p["spec"]["policyTypes"] == ["Ingress"] for p in (serving, jobs_policy, rendezvous))
 
 
 def test_every_serving_pod_counts_answers_against_the_specs_latency_target() -> None:
