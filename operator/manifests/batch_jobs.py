@@ -7,6 +7,13 @@ shard leaves a completion marker next to its output. The aggregation Job joins t
 order once every index has succeeded. Both run the same config, given as JSON in
 ``FRUGAL_BATCH_CONFIG``, with the paths as the pod sees them.
 
+Both are bounded like the ModelDeployment's Jobs: the scoring Job may run ``spec.deadlineSeconds`` when
+the author gives one (the placement chose the workers to finish within it, start-up included, so a Job
+still running then has a hung pod or a wrong estimate: it fails with ``DeadlineExceeded``, which the
+status reports) and :data:`SCORE_DEADLINE_SECONDS` otherwise; aggregation, a join of finished shards,
+:data:`AGGREGATE_DEADLINE_SECONDS`. The scratch ``emptyDir`` has a ``sizeLimit``, so a pod cannot fill
+its node's disk.
+
 Volumes: each pvc:// claim the batch names (input, output, artifacts) is mounted once at
 ``<CLAIMS_MOUNT>/<claim>`` (writable if the output is on it), each file:// location as a hostPath at
 its own path (for ``frugal up``-style single-node use).
@@ -28,6 +35,8 @@ from frugal.operator.manifests import names, pod_specs, storage
 CONFIG_ENV = "FRUGAL_BATCH_CONFIG"
 LABEL_BATCH = "frugal.dev/batch-inference"
 RETRIES_PER_INDEX = 2
+SCORE_DEADLINE_SECONDS = 24 * 3600  # no spec.deadlineSeconds: a day of scoring, then the Job fails
+AGGREGATE_DEADLINE_SECONDS = 3600  # joining finished shards: a copy, not inference
 INPUT, OUTPUT, ARTIFACTS = "input", "output", "artifacts"
 
 
@@ -111,6 +120,7 @@ def desired_worker_job(
         "parallelism": workers,
         "backoffLimitPerIndex": RETRIES_PER_INDEX,
         "maxFailedIndexes": 0,
+        "activeDeadlineSeconds": batch.spec.deadline_seconds or SCORE_DEADLINE_SECONDS,
     }
     return _job(batch, "score", "batch-worker", profile, image, locations, config, command, spec)
 
@@ -133,7 +143,7 @@ def desired_aggregate_job(
         locations,
         config,
         command,
-        {"backoffLimit": RETRIES_PER_INDEX},
+        {"backoffLimit": RETRIES_PER_INDEX, "activeDeadlineSeconds": AGGREGATE_DEADLINE_SECONDS},
     )
 
 
@@ -170,7 +180,7 @@ def _job(
         "automountServiceAccountToken": False,
         "securityContext": dict(pod_specs.POD_SECURITY),
         "containers": [container],
-        "volumes": [*volumes, {"name": pod_specs.SCRATCH_VOLUME, "emptyDir": {}}],
+        "volumes": [*volumes, pod_specs.scratch_volume()],
         **pod_specs.scheduling(profile),
     }
     metadata = {

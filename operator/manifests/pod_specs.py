@@ -78,7 +78,12 @@ def resources(profile: HardwareProfileSpec) -> dict[str, Any]:
 
 
 def volumes(artifacts: ArtifactLocation) -> list[dict[str, Any]]:
-    return [*artifacts.volumes(), {"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": EPHEMERAL_LIMIT}}]
+    return [*artifacts.volumes(), scratch_volume()]
+
+
+def scratch_volume() -> dict[str, Any]:
+    """The writable /tmp of a read-only root filesystem, bounded like the pod's ephemeral storage."""
+    return {"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": EPHEMERAL_LIMIT}}
 
 
 def volume_mounts(artifacts: ArtifactLocation, read_only: bool) -> list[dict[str, Any]]:

@@ -259,6 +259,8 @@ def desired_front(md: ModelDeploymentSpec, image: str) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": container_commands.SERVING_PORT, "protocol": "TCP"}],
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=6),
+        # A crash's last log lines become its termination message (`kubectl describe pod` shows them).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     return {
         "apiVersion": "apps/v1",

@@ -5,7 +5,8 @@ each with its reason.
 The children are what the pure decision returns for a ModelDeployment that uses every feature that
 shapes a pod: distillation across two workers on the GPU pool (an Indexed Job and its headless
 Service), profiling on two pools, two shards, scale to zero (the front), a PodMonitor and the
-NetworkPolicies (`--network-policies`), with the HardwareProfiles of `examples/hardwareprofiles.yaml`.
+NetworkPolicies (`--network-policies`), with the HardwareProfiles of `examples/hardwareprofiles.yaml`;
+and a BatchInference's two Jobs (the Indexed scoring Job on the GPU pool, then the aggregation).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import pytest
 import yaml
 from controlplane_harness import EXAMPLES_DIR, REPO_ROOT, ensure_binaries
 
-from frugal.operator.api.spec import parse_hardware_profile, parse_model_deployment
+from frugal.operator.api.spec import parse_batch_inference, parse_hardware_profile, parse_model_deployment
 from frugal.operator.decision import artifact_files
+from frugal.operator.decision.batch_inference import BatchObserved, Progress, ResolvedModel, decide_batch
 from frugal.operator.decision.conditions import Job, JobState
 from frugal.operator.decision.decide import ClusterState, Settings, decide
+from frugal.operator.manifests import batch_jobs
 
 # Findings accepted, by kube-score test name, and why.
 ACCEPTED = {
@@ -34,6 +37,10 @@ ACCEPTED = {
 # With the chart's defaults, the operator pod has no NetworkPolicy (networkPolicy.enabled is off: the
 # namespace Prometheus scrapes from differs per cluster, and a wrong guess silently loses the metrics).
 DEFAULTS_ACCEPTED = {"The pod does not have a matching NetworkPolicy"}
+# A BatchInference's pods get no NetworkPolicy from --network-policies (only a ModelDeployment's do):
+# they listen on no port and talk to nothing but their volumes; a namespace's default-deny policy, where
+# the cluster has one, covers them.
+BATCH_ACCEPTED = "The pod does not have a matching NetworkPolicy"
 
 
 def kube_score() -> Path:
@@ -84,6 +91,32 @@ def children() -> list[dict[str, Any]]:
     return list(objects.values())
 
 
+def batch_children() -> list[dict[str, Any]]:
+    """A BatchInference's scoring Job, then its aggregation Job, as the pure decision returns them."""
+    documents = yaml.safe_load_all((EXAMPLES_DIR / "hardwareprofiles.yaml").read_text())
+    profiles = {d["metadata"]["name"]: parse_hardware_profile(d) for d in documents if d}
+    batch = parse_batch_inference({
+        "apiVersion": "frugal.dev/v1alpha1", "kind": "BatchInference",
+        "metadata": {"name": "scores", "namespace": "ml", "uid": "u-b", "generation": 1},
+        "spec": {"model": {"artifacts": {"uri": "pvc://frugal-artifacts/ml/digits/gen-1", "variant": "int8"}},
+                 "input": {"uri": "pvc://data/digits.npz"}, "output": {"uri": "pvc://data/scores"},
+                 "hardwareProfiles": ["gpu-t4"], "workers": 2, "deadlineSeconds": 3600},
+    })  # fmt: skip
+    locations = {
+        batch_jobs.INPUT: batch_jobs.locate(batch.input_uri, None),
+        batch_jobs.OUTPUT: batch_jobs.locate(batch.output_uri, None),
+        batch_jobs.ARTIFACTS: batch_jobs.locate("pvc://frugal-artifacts/ml/digits/gen-1", None),
+    }
+    model = ResolvedModel("int8", "pvc://frugal-artifacts/ml/digits/gen-1", {"gpu-t4": 4000.0})
+    done = Job(JobState.SUCCEEDED, name="done")
+    objects: dict[str, dict[str, Any]] = {}
+    for workers in (Job(JobState.ABSENT), done):
+        observed = BatchObserved(model, workers=workers, progress=Progress(shards_total=2, rows_total=1000))
+        for obj in decide_batch(batch, profiles, locations, observed, "registry.example/frugal:0.1.0").apply:
+            objects[obj["metadata"]["name"]] = obj
+    return list(objects.values())
+
+
 def test_the_operators_children_have_no_critical_finding(tmp_path: Path) -> None:
     objects = children()
     kinds = {o["kind"] for o in objects}
@@ -92,6 +125,15 @@ def test_the_operators_children_have_no_critical_finding(tmp_path: Path) -> None
     path = tmp_path / "children.yaml"
     path.write_text(yaml.safe_dump_all(objects))
     assert criticals(path) == []
+
+
+def test_a_batch_inferences_jobs_have_no_critical_finding_but_the_network_policy(tmp_path: Path) -> None:
+    objects = batch_children()
+    assert sorted(o["metadata"]["name"] for o in objects) == ["scores-g1-aggregate", "scores-g1-score"]
+    path = tmp_path / "batch.yaml"
+    path.write_text(yaml.safe_dump_all(objects))
+    found = criticals(path)
+    assert [f for f in found if BATCH_ACCEPTED not in f] == [], found
 
 
 @pytest.mark.parametrize("values", [["--set", "networkPolicy.enabled=true"], []], ids=["hardened", "defaults"])

@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 
 from frugal.operator.api.spec import (
+    BatchInferenceSpec,
     ModelDeploymentSpec,
+    parse_batch_inference,
     parse_hardware_profile,
     parse_model_deployment,
 )
-from frugal.operator.manifests import container_commands, jobs, names, pod_specs, serving_objects
+from frugal.operator.manifests import batch_jobs, container_commands, jobs, names, pod_specs, serving_objects
 from frugal.operator.manifests.serving_objects import Selection
 from frugal.operator.manifests.storage import CLAIMS_MOUNT, POD_MOUNT, claim_volume_name, locate
 
@@ -449,6 +451,59 @@ def test_a_model_that_may_scale_to_zero_is_reached_through_its_front() -> None:
     monitor = serving_objects.desired_pod_monitor(SPEC)
     roles = monitor["spec"]["selector"]["matchExpressions"][0]["values"]
     assert set(roles) == {"serving", "front"}
+
+
+def batch(**spec: Any) -> BatchInferenceSpec:
+    return parse_batch_inference({
+        "apiVersion": "frugal.dev/v1alpha1", "kind": "BatchInference",
+        "metadata": {"name": "scores", "namespace": "ml", "generation": 1, "uid": "u-b"},
+        "spec": {"model": {"modelDeployment": "digits"}, "input": {"uri": "pvc://data/in.npz"},
+                 "output": {"uri": "pvc://data/out"}, "hardwareProfiles": ["gpu-t4"], **spec},
+    })  # fmt: skip
+
+
+def batch_children(job: BatchInferenceSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    locations = {
+        batch_jobs.INPUT: batch_jobs.locate(job.input_uri, None),
+        batch_jobs.OUTPUT: batch_jobs.locate(job.output_uri, None),
+        batch_jobs.ARTIFACTS: batch_jobs.locate("pvc://frugal-artifacts/ml/digits/gen-1", None),
+    }
+    return (
+        batch_jobs.desired_worker_job(job, GPU, IMAGE, locations, {}, 2),
+        batch_jobs.desired_aggregate_job(job, GPU, IMAGE, locations, {}),
+    )
+
+
+def test_batch_jobs_end_at_the_authors_deadline_or_at_a_documented_default() -> None:
+    score, aggregate = batch_children(batch(deadlineSeconds=900))
+    assert score["spec"]["activeDeadlineSeconds"] == 900
+    assert aggregate["spec"]["activeDeadlineSeconds"] == batch_jobs.AGGREGATE_DEADLINE_SECONDS
+    score, _ = batch_children(batch())
+    assert score["spec"]["activeDeadlineSeconds"] == batch_jobs.SCORE_DEADLINE_SECONDS
+
+
+def every_pod_template() -> dict[str, dict[str, Any]]:
+    """The pod template of every kind of workload the operator creates, by what it is."""
+    selection = Selection("int8", "gpu-t4", 1)
+    score, aggregate = batch_children(batch())
+    workloads = {
+        "compress": jobs.desired_compression_job(md_with(compression__distillation={"workers": 2}), GPU, IMAGE, ARTIFACTS),
+        "profile": jobs.desired_profiling_job(SPEC, GPU, IMAGE, ARTIFACTS),
+        "shard": serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, selection, 0),
+        "front": serving_objects.desired_front(SPEC, IMAGE),
+        "batch-score": score,
+        "batch-aggregate": aggregate,
+    }  # fmt: skip
+    return {what: workload["spec"]["template"]["spec"] for what, workload in workloads.items()}
+
+
+@pytest.mark.parametrize("what", sorted(every_pod_template()))
+def test_every_container_says_why_it_failed_and_every_scratch_volume_is_bounded(what: str) -> None:
+    pod = every_pod_template()[what]
+    for container in pod["containers"]:
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError", container["name"]
+    empty_dirs = [v for v in pod["volumes"] if "emptyDir" in v]
+    assert empty_dirs and all(v["emptyDir"].get("sizeLimit") for v in empty_dirs), empty_dirs
 
 
 @pytest.mark.parametrize(
