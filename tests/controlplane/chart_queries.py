@@ -2,7 +2,9 @@
 
 Shared by the control-plane tier (the operator in a cluster, `test_autoscaling`) and the system tier
 (`frugal up --prometheus-targets`, `test_up_dashboard`): both scrape real `frugal serve` processes
-and the operator's series, and every expression must be accepted and find what it names.
+and the operator's series, and every expression must be accepted and find what it names. The
+checks take the dashboard and the rules as arguments (the chart's by default), so a test can show that
+a misspelled copy fails them.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,7 @@ from prometheus_harness import Prometheus, Series
 CHART = Path(__file__).resolve().parents[2] / "charts" / "frugal"
 RULES = CHART / "alerts" / "frugal-rules.yaml"
 DASHBOARD = CHART / "dashboards" / "frugal.json"
-# A healthy model has no 5xx series to divide: this panel may answer nothing.
-MAY_BE_EMPTY = {"Error ratio (5xx)"}
+METRIC = re.compile(r"\bfrugal_[a-z0-9_]+")
 
 Model = tuple[str, str]  # (namespace, model): the labels every panel groups by
 
@@ -31,10 +32,13 @@ def dashboard() -> dict[str, Any]:
     return dict(json.loads(DASHBOARD.read_text()))
 
 
-def panels(namespace: str = ".*", model: str = ".*", rate_interval: str = "1m") -> Iterator[dict[str, Any]]:
-    """Every panel that queries (rows left out), its targets' `expr` set as Grafana would set the
-    variables (`namespace` and `model` are regular expressions: ".*" is "All")."""
-    for panel in dashboard()["panels"]:
+def panels(
+    namespace: str = ".*", model: str = ".*", rate_interval: str = "1m", board: dict[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every panel of `board` (the chart's dashboard by default) that queries (rows left out), its
+    targets' `expr` set as Grafana would set the variables (`namespace` and `model` are regular
+    expressions: ".*" is "All")."""
+    for panel in (board or dashboard())["panels"]:
         if not panel.get("targets"):
             continue
         targets = [
@@ -50,9 +54,11 @@ def panels(namespace: str = ".*", model: str = ".*", rate_interval: str = "1m") 
         yield {**panel, "targets": targets}
 
 
-def panel_queries(namespace: str = ".*", model: str = ".*", rate_interval: str = "1m") -> Iterator[tuple[str, str]]:
+def panel_queries(
+    namespace: str = ".*", model: str = ".*", rate_interval: str = "1m", board: dict[str, Any] | None = None
+) -> Iterator[tuple[str, str]]:
     """(panel title, PromQL) for every query of the dashboard (see :func:`panels`)."""
-    for panel in panels(namespace, model, rate_interval):
+    for panel in panels(namespace, model, rate_interval, board):
         for target in panel["targets"]:
             yield panel["title"], target["expr"]
 
@@ -61,22 +67,37 @@ def alert_rules() -> list[dict[str, Any]]:
     return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
 
 
-def check_alert_rules_live(prometheus: Prometheus, namespace: str, models: int = 1) -> None:
+def wait_for_every_metric(prometheus: Prometheus, expressions: Iterable[str]) -> None:
+    """Each frugal metric the expressions name has a series: a misspelled name fails here even where
+    its query would still answer (a `... or 0 * ...` fallback, an `unless`, an `absent`)."""
+    for name in sorted({n for expr in expressions for n in METRIC.findall(expr)}):
+        prometheus.wait_for_series(f"count({name})")
+
+
+def check_alert_rules_live(
+    prometheus: Prometheus, namespace: str, models: int = 1, rules: list[dict[str, Any]] | None = None
+) -> None:
     """Every expression of the chart's alert rules, run against this Prometheus scraping real servers
     and the operator: accepted, every series it names present, and nothing firing on a healthy model
     (the joins between serving and operator series match, or FrugalServedModelMetricsMissing would).
     The operator watches every namespace, so ModelDeployments other tests left failing may fire: only
     `namespace`'s (a regular expression) and the operator's own alerts count. `models` is how many
-    served models the serving p95 must meet the operator's SLO series for."""
-    rules = alert_rules()
-    for name in sorted({n for r in rules for n in re.findall(r"\bfrugal_[a-z0-9_]+", r["expr"])}):
-        prometheus.wait_for_series(f"count({name})")
+    served models the serving p95 and the latency-SLO burn rate must be found for. `rules`: the chart's
+    alert rules by default."""
+    rules = alert_rules() if rules is None else rules
+    wait_for_every_metric(prometheus, (r["expr"] for r in rules))
     joined = prometheus.wait_for_series(
         'histogram_quantile(0.95, sum by (namespace, model, le) (rate(frugal_request_duration_seconds_bucket'
         f'{{shard="0", namespace=~"{namespace}"}}[1m]))) and on (namespace, model) frugal_slo_latency_p95_seconds',
         predicate=lambda found: len(found) >= models,
     )
     assert len(joined) == models, joined  # the serving p95 meets the operator's SLO series label for label
+    burning = prometheus.wait_for_series(
+        'sum by (namespace, model) (rate(frugal_requests_over_latency_target_total{shard="0", namespace=~"'
+        f'{namespace}"}}[1m])) / sum by (namespace, model) (rate(frugal_requests_total{{shard="0"}}[1m]))',
+        predicate=lambda found: len(found) >= models,
+    )
+    assert len(burning) == models, burning  # every served model counts its requests over the target
     ours = re.compile(namespace)
     for rule in rules:
         healthy = ("FrugalServedModelMetricsMissing", "FrugalOperatorDown", "FrugalServerErrors",
@@ -88,28 +109,26 @@ def check_alert_rules_live(prometheus: Prometheus, namespace: str, models: int =
         # latency and the power cap depend on this load and this machine: accepted is enough
 
 
-def check_dashboard_live(prometheus: Prometheus, models: Collection[Model] = ()) -> dict[str, list[Series]]:
-    """Every query of the chart's Grafana dashboard returns data from this Prometheus: with its
-    variables at "All", and, for each of `models`, with the variables set to that model (each answer
-    then holds that model's series and no other's). Returns the "All" answers by panel title."""
-    board = dashboard()
+def check_dashboard_live(
+    prometheus: Prometheus, models: Collection[Model] = (), board: dict[str, Any] | None = None
+) -> dict[str, list[Series]]:
+    """Every query of `board` (the chart's Grafana dashboard by default) returns data from this
+    Prometheus and every metric it names has a series: with its variables at "All", and, for each of
+    `models`, with the variables set to that model (each answer then holds that model's series and no
+    other's). Returns the "All" answers by panel title."""
+    board = board or dashboard()
     for variable in (v for v in board["templating"]["list"] if v["type"] == "query"):
         series = re.fullmatch(r"label_values\((.*), (\w+)\)", variable["query"])
         assert series, variable["query"]
         selector = series.group(1).replace("$namespace", ".*")
         assert prometheus.query(f"count by ({series.group(2)}) ({selector})"), variable["query"]
+    wait_for_every_metric(prometheus, (expr for _, expr in panel_queries(board=board)))
     answers: dict[str, list[Series]] = {}
-    for title, expr in panel_queries():
-        if title in MAY_BE_EMPTY:
-            answers.setdefault(title, []).extend(prometheus.query(expr))
-        else:
-            answers.setdefault(title, []).extend(prometheus.wait_for_series(expr))
+    for title, expr in panel_queries(board=board):
+        answers.setdefault(title, []).extend(prometheus.wait_for_series(expr))
     for namespace, model in models:
         assert re.fullmatch(r"[a-z0-9.-]+", namespace + model), (namespace, model)  # no regex to escape
-        for title, expr in panel_queries(namespace, model):
-            if title in MAY_BE_EMPTY:
-                prometheus.query(expr)
-                continue
+        for title, expr in panel_queries(namespace, model, board=board):
             found = prometheus.wait_for_series(expr)
             labels = {(s["metric"].get("namespace"), s["metric"].get("model")) for s in found}
             assert labels == {(namespace, model)}, (title, expr, labels)
@@ -151,7 +170,7 @@ def render_dashboard_png(prometheus: Prometheus, start: float, end: float, path:
                 drawn[title] += 1
         unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
         ax.set_xlabel("seconds", fontsize=8)
-        ax.set_ylabel(unit or "", fontsize=8)
+        ax.set_ylabel((unit or "").removeprefix("suffix:"), fontsize=8)  # Grafana's custom-suffix unit
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         if drawn[title]:

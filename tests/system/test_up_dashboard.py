@@ -6,7 +6,8 @@ Every dashboard query must return data, with "All" and with each model picked; t
 the sharded model, read from its front stage as the dashboard reads it, must equal the clients' count
 within 5% (its later stage also counts every batch the front forwards to it);
 energy per request sums every stage; every alert rule's expression is accepted, finds the series it
-names, and the health alerts stay quiet. A typo in a metric name of either fails here.
+names, and the health alerts stay quiet. A typo in a metric name of either fails here: the same
+checks, given a copy of the dashboard or of the rules with one metric name misspelled, raise.
 
 `FRUGAL_DASHBOARD_PNG=docs/dashboard.png` makes the test write the README's picture of the dashboard:
 its panels' queries over this run, plotted.
@@ -14,6 +15,7 @@ its panels' queries over this run, plotted.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import signal
@@ -30,8 +32,15 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_queries import check_alert_rules_live, check_dashboard_live, panel_queries, render_dashboard_png
-from prometheus_harness import Prometheus
+from chart_queries import (
+    alert_rules,
+    check_alert_rules_live,
+    check_dashboard_live,
+    dashboard,
+    panel_queries,
+    render_dashboard_png,
+)
+from prometheus_harness import Prometheus, PrometheusError
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRAPE_S = 0.25  # with 5 s of quiet on both sides of the load, rate's extrapolation stays within 2%
@@ -249,6 +258,45 @@ def test_every_alert_rule_runs_and_a_healthy_run_fires_none(
     check_alert_rules_live(prometheus, "dashboard-.*", models=2)
 
 
+def misspelled(expr: str, text: str) -> str:
+    """`expr` with its one occurrence of `text` (which starts with a metric name) misspelled:
+    frugal_requests_... becomes frugal_reqests_..."""
+    assert expr.count(text) == 1 and text.startswith("frugal_request"), (text, expr)
+    return expr.replace(text, text.replace("frugal_request", "frugal_reqest", 1))
+
+
+# (panel title, text misspelled in its query): a plain query, and the 5xx selector of the error ratio,
+# whose `or 0 * ...` fallback would still answer (0) with that name misspelled.
+DASHBOARD_TYPOS = [
+    ("Requests per second by code", "frugal_requests_total{"),
+    ("Error ratio (5xx)", 'frugal_requests_total{namespace=~"$namespace", model=~"$model", shard="0", code=~"5.."}'),
+]
+
+
+@pytest.mark.parametrize(("title", "text"), DASHBOARD_TYPOS)
+def test_a_misspelled_metric_in_a_dashboard_query_fails_the_live_check(
+    watched: tuple[Prometheus, dict[str, Run]], loaded: dict[str, Any], title: str, text: str
+) -> None:
+    prometheus, _ = watched
+    board = copy.deepcopy(dashboard())
+    [panel] = [p for p in board["panels"] if p["title"] == title]
+    panel["targets"][0]["expr"] = misspelled(panel["targets"][0]["expr"], text)
+    with pytest.raises(PrometheusError, match="frugal_reqests_total"):
+        check_dashboard_live(prometheus, board=board)
+
+
+def test_a_misspelled_metric_in_an_alert_rule_fails_the_live_check(
+    watched: tuple[Prometheus, dict[str, Run]], loaded: dict[str, Any]
+) -> None:
+    prometheus, _ = watched
+    rules = copy.deepcopy(alert_rules())
+    [rule] = [r for r in rules if r["alert"] == "FrugalLatencySLOFastBurn"]
+    text = 'frugal_requests_over_latency_target_total{shard="0"}[5m]'  # the short window's numerator
+    rule["expr"] = misspelled(rule["expr"], text)
+    with pytest.raises(PrometheusError, match="frugal_reqests_over_latency_target_total"):
+        check_alert_rules_live(prometheus, "dashboard-.*", models=2, rules=rules)
+
+
 def test_the_dashboard_renders_from_this_run(
     watched: tuple[Prometheus, dict[str, Run]], loaded: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -256,4 +304,4 @@ def test_the_dashboard_renders_from_this_run(
     path = Path(os.environ.get("FRUGAL_DASHBOARD_PNG") or tmp_path / "dashboard.png")
     plotted = render_dashboard_png(prometheus, loaded["from"] - 30, loaded["until"], path)
     assert path.stat().st_size > 10_000
-    assert all(plotted[title] for title in plotted if title != "Error ratio (5xx)"), plotted
+    assert all(plotted.values()), plotted
