@@ -63,6 +63,29 @@ def test_up_shows_the_plan_and_what_the_run_cost(digits_run: tuple[subprocess.Co
     assert cost > 0
 
 
+def test_up_reports_the_share_of_requests_within_the_slo(
+    digits_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    """sloAttainment: the share of the requests sent that were answered (200) within the p95 target.
+    It must agree with the run's own percentiles, which are over the answered requests: a p95 within
+    the target means at least 95% of those within it, one above means at most 95%."""
+    result, _ = digits_run
+    summary = summary_of(result)
+    assert float(summary["sloLatencyP95Ms"]) == 50  # type: ignore[arg-type]  # examples/digits.yaml
+    served = int(summary["requestsServed"])  # type: ignore[call-overload]
+    sent = served + int(summary["requestsFailed"]) + int(summary["requestsSkipped"])  # type: ignore[call-overload]
+    within = float(summary["sloAttainment"]) * sent  # type: ignore[arg-type]
+    p50, p95 = float(summary["latencyP50Ms"]), float(summary["latencyP95Ms"])  # type: ignore[arg-type]
+    slack = 1 + 1e-4 * sent  # a percentile interpolates between two requests; the share is rounded to 4 places
+    assert 0 <= within <= served + 1e-4 * sent, (within, served, sent)
+    if p95 < 50:
+        assert within >= 0.95 * served - slack, (within, served, p95)
+    elif p95 > 50:
+        assert within <= 0.95 * served + slack, (within, served, p95)
+    if p50 > 50:
+        assert within <= 0.5 * served + slack, (within, served, p50)
+
+
 def test_up_leaves_verifiable_artifacts(digits_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     _, workdir = digits_run
     [generation] = list((workdir / "artifacts").glob("*/digits/gen-1"))
