@@ -51,6 +51,22 @@ def test_the_network_policy_admits_only_scrapes_of_the_operator(crds_installed: 
     assert not [d for d in rendered(crds_installed, namespace) if d["kind"] == "NetworkPolicy"]  # off by default
 
 
+def test_the_dashboard_configmap_carries_the_dashboard_and_can_be_turned_off(cluster: ControlPlane) -> None:
+    def dashboards(*extra: str) -> list[dict[str, Any]]:
+        return [d for d in rendered(cluster, "frugal-system", *extra) if d["kind"] == "ConfigMap"
+                and "frugal.json" in d.get("data", {})]  # fmt: skip
+
+    [configmap] = dashboards()  # on by default
+    committed = json.loads((CHART_DIR / "dashboards" / "frugal.json").read_text())
+    assert json.loads(configmap["data"]["frugal.json"]) == committed
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"  # what Grafana's sidecar looks for
+    assert configmap["metadata"]["namespace"] == "frugal-system"
+    [elsewhere] = dashboards("--set", "grafana.dashboard.namespace=monitoring",
+                             "--set", "grafana.dashboard.labels.team=ml")  # fmt: skip
+    assert elsewhere["metadata"]["namespace"] == "monitoring" and elsewhere["metadata"]["labels"]["team"] == "ml"
+    assert dashboards("--set", "grafana.dashboard.enabled=false") == []
+
+
 def test_values_schema_rejects_a_typo(cluster: ControlPlane) -> None:
     proc = cluster.helm("template", RELEASE, CHART_DIR, "--set", "operator.logLevl=DEBUG", check=False)
     assert proc.returncode != 0
