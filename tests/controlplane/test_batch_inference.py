@@ -1,10 +1,11 @@
 """A BatchInference against the real API server: the operator places it, creates the Indexed Job of
 workers, then the aggregation Job, and reports progress and cost in status.
 
-No kubelet or Job controller runs on this tier: the test plays them (`operator_harness`). It runs
-each completion index's pod command as written, with ``JOB_COMPLETION_INDEX`` set as the Job
-controller sets it, records the Job's outcome, then does the same for the aggregation Job. The
-output must equal a single-process run over the same data.
+The operator runs as the chart's ServiceAccount, bound only by the chart's rendered RBAC: a verb the
+batch path needs and the chart lacks fails here. No kubelet runs on this tier: the test plays it
+(`operator_harness`). It runs each completion index's pod command as written, with
+``JOB_COMPLETION_INDEX`` set as the Job controller sets it, records the Job's outcome, then does the
+same for the aggregation Job. The output must equal a single-process run over the same data.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 from controlplane_harness import EXAMPLES_DIR, ControlPlane
 from operator_harness import (
     Operator,
+    chart_identity,
     complete_job,
     condition,
     create_namespace,
@@ -56,7 +58,8 @@ def test_the_operator_runs_a_batch_as_an_indexed_job_then_aggregates(
     from frugal.compression import zoo
 
     cluster = crds_installed
-    operator = Operator(cluster, tmp_path / "artifacts", tmp_path / "operator.log")
+    operator = Operator(cluster, tmp_path / "artifacts", tmp_path / "operator.log",
+                        kubeconfig=chart_identity(cluster, tmp_path))  # fmt: skip
     operator.start()
     try:
         ns = create_namespace(cluster, "batch-journey")
@@ -132,7 +135,8 @@ def test_a_batch_whose_model_deployment_is_missing_waits_with_a_condition(
     crds_installed: ControlPlane, tmp_path: Path
 ) -> None:
     cluster = crds_installed
-    operator = Operator(cluster, tmp_path / "artifacts", tmp_path / "operator.log")
+    operator = Operator(cluster, tmp_path / "artifacts", tmp_path / "operator.log",
+                        kubeconfig=chart_identity(cluster, tmp_path))  # fmt: skip
     operator.start()
     try:
         ns = create_namespace(cluster, "batch-waits")

@@ -22,6 +22,7 @@ import yaml
 from controlplane_harness import CRD_DIR, EXAMPLES_DIR, ControlPlane, ensure_binaries
 from operator_harness import (
     Operator,
+    chart_identity,
     create_namespace,
     events_for,
     job_pods,
@@ -88,6 +89,8 @@ def scheduled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     cluster.start()
     operator = Operator(cluster, work / "artifacts", work / "operator.log")
     try:
+        # As the chart runs it: its ServiceAccount, bound only by its rendered RBAC.
+        operator.kubeconfig = chart_identity(cluster, work)
         cluster.kubectl("apply", "-f", CRD_DIR)
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", CRD_DIR)
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(pools()))
