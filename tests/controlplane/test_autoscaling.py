@@ -205,9 +205,11 @@ def test_replicas_follow_the_load_through_prometheus_and_hold_when_it_is_gone(li
         check_dashboard_live(prometheus)
         p95_column = wait_for("the P95 (ms) column showing status.latencyP95Ms", lambda: p95_shown(cluster, ns),
                               operator)  # fmt: skip
-        for _ in range(20):  # let the count settle under load (at most maxReplicas)
+        # Let the count settle under load (at most maxReplicas): a stabilisation window of the
+        # operator's 2 s ticks, each followed by starting what it asked for, so the next one sees it.
+        for _ in range(WINDOW_S // 2 + 1):
+            wait_ticks(operator, 1)
             kubelet.sync()
-            time.sleep(0.5)
         peak = kubelet.sync()
         # Prometheus stops together with the load: the count must hold, however long it is gone.
         prometheus.stop()
