@@ -59,9 +59,13 @@ def criticals(path: Path) -> list[str]:
     return [line for line in proc.stdout.splitlines() if line.startswith("[CRITICAL]")]
 
 
-def children() -> list[dict[str, Any]]:
+def example_profiles() -> dict[str, Any]:
     documents = yaml.safe_load_all((EXAMPLES_DIR / "hardwareprofiles.yaml").read_text())
-    profiles = {d["metadata"]["name"]: parse_hardware_profile(d) for d in documents if d}
+    return {d["metadata"]["name"]: parse_hardware_profile(d) for d in documents if d}
+
+
+def children() -> list[dict[str, Any]]:
+    profiles = example_profiles()
     md = parse_model_deployment({
         "apiVersion": "frugal.dev/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": "digits", "namespace": "ml", "uid": "u", "generation": 1},
@@ -93,8 +97,7 @@ def children() -> list[dict[str, Any]]:
 
 def batch_children() -> list[dict[str, Any]]:
     """A BatchInference's scoring Job, then its aggregation Job, as the pure decision returns them."""
-    documents = yaml.safe_load_all((EXAMPLES_DIR / "hardwareprofiles.yaml").read_text())
-    profiles = {d["metadata"]["name"]: parse_hardware_profile(d) for d in documents if d}
+    profiles = example_profiles()
     batch = parse_batch_inference({
         "apiVersion": "frugal.dev/v1alpha1", "kind": "BatchInference",
         "metadata": {"name": "scores", "namespace": "ml", "uid": "u-b", "generation": 1},
