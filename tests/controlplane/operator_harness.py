@@ -33,13 +33,19 @@ WAIT_S = 90.0
 
 CHART = REPO_ROOT / "charts" / "frugal"
 CHART_RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+# Its own release name: the cluster-scoped ClusterRole and binding it applies must not be the ones a
+# `helm install frugal` in test_helm.py creates (helm refuses to adopt objects it did not make).
+IDENTITY_RELEASE = "frugal-identity"
+IDENTITY_USER = f"system:serviceaccount:frugal-system:{IDENTITY_RELEASE}"
 
 
 def chart_identity(cluster: ControlPlane, workdir: Path, namespace: str = "frugal-system") -> Path:
     """A kubeconfig holding the chart's own ServiceAccount token, bound by nothing but the chart's
     rendered RBAC (helm template, default values): run the operator with it and a verb the code needs
     and the chart lacks fails the test that needs it."""
-    rendered = cluster.helm("template", "frugal", CHART, "--namespace", namespace, "--set", "crds.install=false").stdout
+    rendered = cluster.helm(
+        "template", IDENTITY_RELEASE, CHART, "--namespace", namespace, "--set", "crds.install=false"
+    ).stdout
     rbac = [d for d in yaml.safe_load_all(rendered) if d and d.get("kind") in CHART_RBAC_KINDS]
     accounts = [d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount"]
     assert len(accounts) == 1 and any(d["kind"] == "ClusterRoleBinding" for d in rbac), [d["kind"] for d in rbac]

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from controlplane_harness import EXAMPLES_DIR, ControlPlane
 from operator_harness import (
+    IDENTITY_USER,
     Operator,
     chart_identity,
     condition,
@@ -231,7 +232,7 @@ def test_the_operator_wrote_every_child_as_the_charts_service_account(
     writes = [e for e in operator.cluster.audit_events(served["namespace"])
               if e["verb"] in ("create", "patch", "update") and not e["objectRef"].get("subresource")]  # fmt: skip
     assert {e["objectRef"]["resource"] for e in writes} >= {"deployments", "services", "poddisruptionbudgets"}
-    assert {e["user"]["username"] for e in writes} == {"system:serviceaccount:frugal-system:frugal"}
+    assert {e["user"]["username"] for e in writes} == {IDENTITY_USER}
 
 
 def test_deletion_cleans_up_every_child(served: dict[str, Any], operator: Operator) -> None:
