@@ -356,10 +356,12 @@ def autoscaled_namespace(
     cluster: ControlPlane, work: Path, namespace: str, operator_args: Sequence[str]
 ) -> Iterator[tuple[Operator, Prometheus, str]]:
     """A Prometheus scraping every second, the operator reading it (`operator_args`: its autoscaler
-    flags), and a namespace to apply into; all stopped afterwards."""
+    flags) as the chart's ServiceAccount (a verb the autoscaler needs and the chart lacks fails the
+    test), and a namespace to apply into; all stopped afterwards."""
     prometheus = Prometheus(work / "prometheus", interval_s=1.0)
     prometheus.start()
-    operator = Operator(cluster, work / "artifacts", work / "operator.log", operator_args)
+    identity = chart_identity(cluster, work)
+    operator = Operator(cluster, work / "artifacts", work / "operator.log", operator_args, kubeconfig=identity)
     try:
         operator.start()
         yield operator, prometheus, create_namespace(cluster, namespace)
