@@ -152,6 +152,11 @@ def test_each_pod_lands_on_its_profiles_pool(scheduled: Operator, tmp_path: Path
     assert wait_for("the serving pods bound", serving_nodes, operator) == {f"{chosen}-node"}
 
 
+def unschedulable(cluster: ControlPlane, namespace: str, name: str) -> dict[str, Any] | None:
+    conditions = status_of(cluster, namespace, name).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Degraded" and c["reason"] == "Unschedulable"), None)
+
+
 def test_a_profile_whose_pool_has_no_node_says_why(scheduled: Operator) -> None:
     operator, cluster = scheduled, scheduled.cluster
     h100 = next(p for p in pools() if p["metadata"]["name"] == "gpu-a100")
@@ -163,13 +168,27 @@ def test_a_profile_whose_pool_has_no_node_says_why(scheduled: Operator) -> None:
                     input=MD.format(name="stranded", compression="gpu-h100", serving="cpu-small"))  # fmt: skip
     job = wait_object(cluster, operator, "job", ns, "stranded-g1-compress")
 
-    def degraded() -> dict[str, Any] | None:
-        conditions = status_of(cluster, ns, "stranded").get("conditions") or []
-        return next((c for c in conditions if c["type"] == "Degraded" and c["reason"] == "Unschedulable"), None)
-
-    found = wait_for("the Unschedulable condition", degraded, operator)
+    found = wait_for("the Unschedulable condition", lambda: unschedulable(cluster, ns, "stranded"), operator)
     assert "gpu-h100" in found["message"] and "node affinity/selector" in found["message"], found["message"]
     assert status_of(cluster, ns, "stranded")["phase"] == "Compressing"  # a node may still join the pool
     assert [p["spec"].get("nodeName") for p in job_pods(cluster, job)] == [None]
     warnings = [e for e in events_for(cluster, ns, "stranded") if e["reason"] == "Unschedulable"]
     assert warnings and warnings[0]["type"] == "Warning" and "gpu-h100" in warnings[0]["message"]
+
+
+def test_a_pool_too_small_for_the_profile_says_why(scheduled: Operator) -> None:
+    """The pool's node exists and the pod may go there, but it asks for more GPUs than the node has."""
+    operator, cluster = scheduled, scheduled.cluster
+    wide = next(p for p in pools() if p["metadata"]["name"] == "gpu-t4")
+    wide["metadata"]["name"] = "gpu-t4-x8"
+    wide["spec"]["accelerator"]["count"] = 8
+    wide["spec"]["resources"]["limits"]["nvidia.com/gpu"] = 8  # the T4 node has 4
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(wide))
+    ns = create_namespace(cluster, "squeezed")
+    cluster.kubectl("apply", "-n", ns, "-f", "-",
+                    input=MD.format(name="squeezed", compression="gpu-t4-x8", serving="cpu-small"))  # fmt: skip
+    job = wait_object(cluster, operator, "job", ns, "squeezed-g1-compress")
+
+    found = wait_for("the Unschedulable condition", lambda: unschedulable(cluster, ns, "squeezed"), operator)
+    assert "gpu-t4-x8" in found["message"] and "Insufficient nvidia.com/gpu" in found["message"], found["message"]
+    assert [p["spec"].get("nodeName") for p in job_pods(cluster, job)] == [None]
