@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from controlplane_harness import CHART_DIR, CRD_DIR, ControlPlane
+from controlplane_harness import CHART_DIR, CRD_DIR, ControlPlane, ensure_binaries
 
 RELEASE = "frugal"
 
@@ -295,3 +295,25 @@ def test_operator_env_names_only_flags_the_operator_reads(cluster: ControlPlane,
     assert container["readinessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
     assert {"cpu", "memory", "ephemeral-storage"} <= set(container["resources"]["requests"])
     assert {"cpu", "memory", "ephemeral-storage"} <= set(container["resources"]["limits"])
+
+
+def test_a_fresh_install_owns_its_crds_and_upgrades_them_without_force(tmp_path: Path) -> None:
+    """A cluster of its own that has never seen frugal, as a new user's: `helm install` creates the
+    CRDs, a plain `helm upgrade` (no --force-conflicts: nothing else owns their fields) changes one,
+    and `helm uninstall` keeps the CRDs and the artifacts claim."""
+    cluster = ControlPlane(ensure_binaries(), tmp_path / "controlplane", with_controller_manager=False)
+    cluster.start()
+    try:
+        helm, kubectl, namespace = cluster.helm, cluster.kubectl, "frugal-system"
+        assert kubectl("get", "crd", "modeldeployments.frugal.dev", check=False).returncode != 0
+        helm("install", RELEASE, CHART_DIR, "--namespace", namespace, "--create-namespace")
+        kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.frugal.dev")
+        managed = kubectl_json(cluster, "get", "crd", "modeldeployments.frugal.dev")["metadata"]
+        assert managed["annotations"]["meta.helm.sh/release-name"] == RELEASE
+        helm("upgrade", RELEASE, chart_with_a_new_crd_field(tmp_path), "--namespace", namespace)
+        explain(cluster, "modeldeployment.spec.serving.slo.upgradeProbe", "A field only the upgraded chart has.")
+        helm("uninstall", RELEASE, "--namespace", namespace)
+        kubectl("get", "crd", "modeldeployments.frugal.dev")
+        kubectl("get", "pvc", "frugal-artifacts", "-n", namespace)
+    finally:
+        cluster.stop()
