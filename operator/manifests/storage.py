@@ -158,8 +158,8 @@ class OwnDirectory:
     def check_links(self) -> None:
         """Raise :class:`NotConfined` when a component between `root` and `path` is a symbolic link now
         (reads the filesystem): a link planted on a shared volume would take the deletion elsewhere."""
-        if self.path.resolve() != self.root.resolve() / self.path.relative_to(self.root):
-            resolved = self.path.resolve()
+        resolved = self.path.resolve()
+        if resolved != self.root.resolve() / self.path.relative_to(self.root):
             raise NotConfined(f"{self.path} resolves to {resolved} through a symbolic link: artifacts kept")
 
 

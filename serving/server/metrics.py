@@ -24,7 +24,6 @@ class ServerMetrics:
         self, registry: CollectorRegistry, labels: MetricLabels, latency_target_s: float | None = None
     ) -> None:
         self.registry = registry
-        self.latency_target_s = latency_target_s
         base = asdict(labels)
         names = list(base)
         self._base = base
@@ -44,13 +43,16 @@ class ServerMetrics:
         self._by_code: dict[int, Counter] = {}
         # The SLO's error budget, counted exactly at the target (no histogram bucket sits on every target):
         # burn rate = rate(over target) / rate(requests) / (1 - 0.95) for a p95 target.
-        self.over_latency_target = (
-            Counter(
-                "frugal_requests_over_latency_target",
-                "Inference requests answered slower than the latency target (--latency-target-ms).",
-                names,
-                registry=registry,
-            ).labels(**base)
+        self._over_target = (
+            (
+                latency_target_s,
+                Counter(
+                    "frugal_requests_over_latency_target",
+                    "Inference requests answered slower than the latency target (--latency-target-ms).",
+                    names,
+                    registry=registry,
+                ).labels(**base),
+            )
             if latency_target_s is not None
             else None
         )
@@ -90,9 +92,8 @@ class ServerMetrics:
         """One answered inference request: its code, its duration, and whether it missed the target."""
         self.count(code)
         self.request_duration.observe(seconds)
-        target = self.latency_target_s
-        if self.over_latency_target is not None and target is not None and seconds > target:
-            self.over_latency_target.inc()
+        if self._over_target is not None and seconds > self._over_target[0]:
+            self._over_target[1].inc()
 
     def count(self, code: int) -> None:
         child = self._by_code.get(code)

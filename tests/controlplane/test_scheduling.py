@@ -152,9 +152,21 @@ def test_each_pod_lands_on_its_profiles_pool(scheduled: Operator, tmp_path: Path
     assert wait_for("the serving pods bound", serving_nodes, operator) == {f"{chosen}-node"}
 
 
-def unschedulable(cluster: ControlPlane, namespace: str, name: str) -> dict[str, Any] | None:
-    conditions = status_of(cluster, namespace, name).get("conditions") or []
-    return next((c for c in conditions if c["type"] == "Degraded" and c["reason"] == "Unschedulable"), None)
+def stranded(operator: Operator, profile: dict[str, Any], name: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Apply `profile`, then a ModelDeployment `name` compressing on it in a namespace of the same name;
+    its compression Job and the Unschedulable condition the operator then sets."""
+    cluster = operator.cluster
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(profile))
+    ns = create_namespace(cluster, name)
+    cluster.kubectl("apply", "-n", ns, "-f", "-",
+                    input=MD.format(name=name, compression=profile["metadata"]["name"], serving="cpu-small"))  # fmt: skip
+    job = wait_object(cluster, operator, "job", ns, f"{name}-g1-compress")
+
+    def unschedulable() -> dict[str, Any] | None:
+        conditions = status_of(cluster, ns, name).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Degraded" and c["reason"] == "Unschedulable"), None)
+
+    return ns, job, wait_for("the Unschedulable condition", unschedulable, operator)
 
 
 def test_a_profile_whose_pool_has_no_node_says_why(scheduled: Operator) -> None:
@@ -162,13 +174,7 @@ def test_a_profile_whose_pool_has_no_node_says_why(scheduled: Operator) -> None:
     h100 = next(p for p in pools() if p["metadata"]["name"] == "gpu-a100")
     h100["metadata"]["name"] = "gpu-h100"
     h100["spec"]["nodeSelector"] = {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(h100))
-    ns = create_namespace(cluster, "stranded")
-    cluster.kubectl("apply", "-n", ns, "-f", "-",
-                    input=MD.format(name="stranded", compression="gpu-h100", serving="cpu-small"))  # fmt: skip
-    job = wait_object(cluster, operator, "job", ns, "stranded-g1-compress")
-
-    found = wait_for("the Unschedulable condition", lambda: unschedulable(cluster, ns, "stranded"), operator)
+    ns, job, found = stranded(operator, h100, "stranded")
     assert "gpu-h100" in found["message"] and "node affinity/selector" in found["message"], found["message"]
     assert status_of(cluster, ns, "stranded")["phase"] == "Compressing"  # a node may still join the pool
     assert [p["spec"].get("nodeName") for p in job_pods(cluster, job)] == [None]
@@ -183,12 +189,6 @@ def test_a_pool_too_small_for_the_profile_says_why(scheduled: Operator) -> None:
     wide["metadata"]["name"] = "gpu-t4-x8"
     wide["spec"]["accelerator"]["count"] = 8
     wide["spec"]["resources"]["limits"]["nvidia.com/gpu"] = 8  # the T4 node has 4
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(wide))
-    ns = create_namespace(cluster, "squeezed")
-    cluster.kubectl("apply", "-n", ns, "-f", "-",
-                    input=MD.format(name="squeezed", compression="gpu-t4-x8", serving="cpu-small"))  # fmt: skip
-    job = wait_object(cluster, operator, "job", ns, "squeezed-g1-compress")
-
-    found = wait_for("the Unschedulable condition", lambda: unschedulable(cluster, ns, "squeezed"), operator)
+    _, job, found = stranded(operator, wide, "squeezed")
     assert "gpu-t4-x8" in found["message"] and "Insufficient nvidia.com/gpu" in found["message"], found["message"]
     assert [p["spec"].get("nodeName") for p in job_pods(cluster, job)] == [None]
