@@ -71,7 +71,9 @@ class BatchReconciler:
         decision = refusal(batch, settings.allow_host_path)
         if decision is None:
             observed, profiles, locations = self._observe(batch, status, settings.pvc_root)
-            decision = decide_batch(batch, profiles, locations, observed, settings.image, settings.allow_host_path)
+            decision = decide_batch(
+                batch, profiles, locations, observed, settings.serving_image_for, settings.allow_host_path
+            )
         for job in decision.apply:
             try:
                 self.cluster.apply(job)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from frugal.operator.decision.decide import Settings
+from frugal.operator.manifests import images
 from frugal.operator.manifests.storage import STORAGE_SCHEMES
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -65,6 +66,8 @@ class OptionError(ValueError):
 ENVIRONMENT = {
     "namespace": "FRUGAL_NAMESPACES",
     "workload_image": "FRUGAL_WORKLOAD_IMAGE",
+    "serving_image": "FRUGAL_SERVING_IMAGE",
+    "gpu_image": "FRUGAL_GPU_IMAGE",
     "storage_uri": "FRUGAL_STORAGE_URI",
     "allow_host_path": "FRUGAL_ALLOW_HOST_PATH",
     "network_policies": "FRUGAL_NETWORK_POLICIES",
@@ -98,8 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     option("--namespace", "-n", dest="namespace", metavar="NS", action="append",
            help="watch only this namespace (repeatable, or a comma list); none: all namespaces")  # fmt: skip
     option("--workload-image", "--image", dest="workload_image", metavar="IMAGE", default=defaults.settings.image,
-           help="image of the compression and profiling Jobs, and of serving pods whose "
-           "HardwareProfile names none")  # fmt: skip
+           help="the full image (the Containerfile's target full, with torch): compression Jobs")  # fmt: skip
+    option("--serving-image", dest="serving_image", metavar="IMAGE",
+           help="the serving image (target serving, no torch): serving pods, the front, profiling and batch "
+           "Jobs whose HardwareProfile names no image; default: the workload image's tag + '-serving'")  # fmt: skip
+    option("--gpu-image", dest="gpu_image", metavar="IMAGE",
+           help="the gpu image (target gpu): every pod on an nvidia-gpu HardwareProfile that names no image; "
+           "default: the workload image's tag + '-gpu'")  # fmt: skip
     option("--storage-uri", dest="storage_uri", metavar="URI", default=defaults.settings.storage_uri,
            help="artifact store for ModelDeployments without spec.storage.uri (pvc://<claim>/<path> or file:///<path>)")  # fmt: skip
     parser.add_argument("--allow-host-path", dest="allow_host_path", action="store_const", const="true",
@@ -149,8 +157,18 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
     image = _value(raw["workload_image"], str, defaults.settings.image)
     storage_uri = _value(raw["storage_uri"], _storage_uri, defaults.settings.storage_uri)
     pvc_root = _value(raw["pvc_root"], Path, None)
+    serving_image = _value(raw["serving_image"], str, "")
+    gpu_image = _value(raw["gpu_image"], str, "")
+    for target, given in (("serving", serving_image), ("gpu", gpu_image)):
+        if not given:
+            try:
+                images.sibling(image, target)
+            except ValueError as error:
+                raise OptionError(str(error)) from None
     settings = Settings(
         image=image,
+        serving_image=serving_image,
+        gpu_image=gpu_image,
         storage_uri=storage_uri,
         pvc_root=pvc_root,
         allow_host_path=_value(raw["allow_host_path"], _boolean, False),

@@ -10,7 +10,7 @@ carry it), so a re-read of changed profiling numbers never splits one batch over
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -83,10 +83,12 @@ def decide_batch(
     profiles: Mapping[str, HardwareProfileSpec],
     locations: Mapping[str, Location],
     observed: BatchObserved,
-    image: str,
+    image: str | Callable[[HardwareProfileSpec], str],
     allow_host_path: bool = False,
 ) -> BatchDecision:
-    """`allow_host_path`: file:// URIs are accepted (the operator's --allow-host-path), else refused."""
+    """`image`: the workers' image, or what gives it for their profile (the operator's
+    Settings.serving_image_for). `allow_host_path`: file:// URIs are accepted (the operator's
+    --allow-host-path), else refused."""
     if (refused := refusal(batch, allow_host_path)) is not None:
         return refused
     if observed.missing_profiles:
@@ -128,13 +130,14 @@ def decide_batch(
         }
     status["selected"] = dict(selected)
     profile = profiles[str(selected["hardwareProfile"])]
+    worker_image = image if isinstance(image, str) else image(profile)
     workers = int(selected["workers"])
     config = batch_jobs.worker_config(batch, locations, model.variant, profile, model.price_per_kwh)
     planned = Condition(PLANNED, True, "Placed", str(selected.get("reason", "")))
     status.update(_progress_status(observed.progress, profile, model.price_per_kwh))
     to_apply: list[dict[str, Any]] = []
     if observed.workers.state is JobState.ABSENT:
-        to_apply.append(batch_jobs.desired_worker_job(batch, profile, image, locations, config, workers))
+        to_apply.append(batch_jobs.desired_worker_job(batch, profile, worker_image, locations, config, workers))
     if observed.workers.state is JobState.FAILED:
         failed = Condition(SCORED, False, "WorkerFailed", _failure(observed.workers, "scoring"))
         return BatchDecision((), BatchPhase.FAILED, failed.message, (planned, failed), status)
@@ -145,7 +148,7 @@ def decide_batch(
         SCORED, True, "AllShardsScored", _progress_message(observed.progress, workers, profile)
     )
     if observed.aggregate.state is JobState.ABSENT:
-        to_apply.append(batch_jobs.desired_aggregate_job(batch, profile, image, locations, config))
+        to_apply.append(batch_jobs.desired_aggregate_job(batch, profile, worker_image, locations, config))
     if observed.aggregate.state is JobState.FAILED:
         failed = Condition(COMPLETE, False, "AggregationFailed", _failure(observed.aggregate, "aggregation"))
         return BatchDecision((), BatchPhase.FAILED, failed.message, (planned, scored, failed), status)

@@ -18,7 +18,7 @@ from typing import Any
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision import artifact_files, planner
 from frugal.operator.decision.conditions import ABSENT_JOB, Assessment, Job, JobState, Observed, conditions
-from frugal.operator.manifests import jobs, names, network_policies, serving_objects
+from frugal.operator.manifests import images, jobs, names, network_policies, serving_objects
 from frugal.operator.manifests.serving_objects import Live, Selection
 from frugal.operator.manifests.storage import ArtifactLocation, OwnDirectory, locate, own_directory
 
@@ -27,7 +27,11 @@ from frugal.operator.manifests.storage import ArtifactLocation, OwnDirectory, lo
 class Settings:
     """The operator's own configuration (command-line flags)."""
 
-    image: str = "ghcr.io/frugal-dev/frugal:0.1.0"
+    # The full image (compression); the serving and gpu images default to its siblings
+    # (manifests.images): "" means derived.
+    image: str = images.DEFAULT_FULL
+    serving_image: str = ""
+    gpu_image: str = ""
     storage_uri: str = "pvc://frugal-artifacts"
     pvc_root: Path | None = None
     # file:// URIs: a directory of the node (hostPath) or of the pod's image. For `frugal up` and a
@@ -37,6 +41,20 @@ class Settings:
     # Prometheus from `monitoring_namespace`.
     network_policies: bool = False
     monitoring_namespace: str = "monitoring"
+
+    @property
+    def serving_default(self) -> str:
+        return self.serving_image or images.sibling(self.image, "serving")
+
+    @property
+    def gpu_default(self) -> str:
+        return self.gpu_image or images.sibling(self.image, "gpu")
+
+    def compression_image(self, profile: HardwareProfileSpec) -> str:
+        return images.compression(self.image, self.gpu_default, profile)
+
+    def serving_image_for(self, profile: HardwareProfileSpec) -> str:
+        return images.serving(self.serving_default, self.gpu_default, profile)
 
 
 @dataclass(frozen=True)
@@ -224,7 +242,7 @@ def decide(
         return _decision(to_apply, location, _with(observed, artifacts_error=error), {})
     for name in md.serving_profiles:
         if cluster.profiling.get(name, Job(JobState.ABSENT)).state is JobState.ABSENT:
-            to_apply.append(jobs.desired_profiling_job(md, profiles[name], settings.image, location))
+            to_apply.append(jobs.desired_profiling_job(md, profiles[name], settings.serving_image_for(profiles[name]), location))
     profiling = {p: cluster.profiling.get(p, Job(JobState.ABSENT)) for p in md.serving_profiles}
     observed = _with(observed, profiling=profiling)
     status: dict[str, Any] = {
@@ -269,7 +287,9 @@ def _plan_and_serve(
     profile = profiles[chosen.profile]
     replicas = {i: cluster.shard_replicas.get(i, initial) for i in range(selection.shards)}
     for index in range(selection.shards):
-        to_apply += serving_objects.desired_shard(md, profile, settings.image, location, selection, index)
+        to_apply += serving_objects.desired_shard(
+            md, profile, settings.serving_image_for(profile), location, selection, index
+        )
     scale = tuple(
         serving_objects.desired_replicas(md.owner, index, replicas[index])
         for index in range(selection.shards)
@@ -285,7 +305,7 @@ def _plan_and_serve(
         # The front's upstream moves like the endpoint did; the endpoint itself always selects the front.
         if live_now is not None:
             to_apply.append(serving_objects.desired_live_service(md, live_now))
-        to_apply.append(serving_objects.desired_front(md, settings.image))
+        to_apply.append(serving_objects.desired_front(md, settings.serving_default))
         to_apply.append(serving_objects.desired_endpoint_service(md, before or current))
     else:
         if live_now is not None:
@@ -421,7 +441,8 @@ def _compression_objects(
     location: ArtifactLocation,
     settings: Settings,
 ) -> list[dict[str, Any]]:
-    job = jobs.desired_compression_job(md, profiles[md.compression_profile], settings.image, location)
+    profile = profiles[md.compression_profile]
+    job = jobs.desired_compression_job(md, profile, settings.compression_image(profile), location)
     service = jobs.desired_distillation_service(md)
     return [job] if service is None else [service, job]
 

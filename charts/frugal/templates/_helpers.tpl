@@ -47,9 +47,19 @@ app.kubernetes.io/part-of: frugal
 {{- end }}
 {{- end }}
 
-{{/* The operator image reference. */}}
+{{/* The full image (the Containerfile's target full): the operator and compression Jobs. */}}
 {{- define "frugal.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The serving image (target serving, no torch): serving pods, the front, profiling and batch Jobs. */}}
+{{- define "frugal.servingImage" -}}
+{{- default (printf "%s:%s-serving" .Values.image.repository (default .Chart.AppVersion .Values.image.tag)) .Values.operator.servingImage }}
+{{- end }}
+
+{{/* The gpu image (target gpu): every pod on an nvidia-gpu HardwareProfile that names no image. */}}
+{{- define "frugal.gpuImage" -}}
+{{- default (printf "%s:%s-gpu" .Values.image.repository (default .Chart.AppVersion .Values.image.tag)) .Values.operator.gpuImage }}
 {{- end }}
 
 {{/* The operator's default artifact storage: operator.storageUri, or the chart's claim. */}}
