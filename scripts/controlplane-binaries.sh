@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Ensure the real control-plane binaries the tests/controlplane tier runs:
+# Ensure the real control-plane binaries the tests/controlplane tier runs (and the e2e tier's node):
 #   kube-apiserver (+ kube-controller-manager and kube-scheduler) built from k8s.io/kubernetes through
 #   our wrapper module,
 #   etcd built from go.etcd.io/etcd/server/v3 through our wrapper module,
@@ -18,6 +18,9 @@ HELM_VERSION="v4.1.4"
 # kube-controller-manager (garbage collection, namespace deletion, the Job controller) and
 # kube-scheduler build from the same wrapper module; set FRUGAL_BUILD_CONTROLLER_MANAGER=0 to skip both.
 BUILD_CONTROLLER_MANAGER="${FRUGAL_BUILD_CONTROLLER_MANAGER:-1}"
+# kubelet and kube-proxy (the e2e tier's real node) build from the same wrapper module too; set
+# FRUGAL_BUILD_NODE=0 to skip both.
+BUILD_NODE="${FRUGAL_BUILD_NODE:-1}"
 GO="${GO:-go}"
 GO_BUILD_PARALLELISM="${FRUGAL_GO_BUILD_P:-2}"
 # -------------------------------------------------------------------------------------------------
@@ -82,7 +85,8 @@ lines = [
     "module frugal.local/controlplane/kube", "", f"go {go_line}", "", *godebug, "",
     f"require k8s.io/kubernetes {version}", "",
     "tool (", "\tk8s.io/kubernetes/cmd/kube-apiserver", "\tk8s.io/kubernetes/cmd/kube-controller-manager",
-    "\tk8s.io/kubernetes/cmd/kube-scheduler", ")", "",
+    "\tk8s.io/kubernetes/cmd/kube-scheduler", "\tk8s.io/kubernetes/cmd/kubelet",
+    "\tk8s.io/kubernetes/cmd/kube-proxy", ")", "",
     "replace (", *[f"\t{m} => {m} {staging_version}" for m in staging], ")", "",
 ]
 open(os.environ["OUT"], "w").write("\n".join(lines))
@@ -201,6 +205,7 @@ layer_extract
 etcd_build
 kube_build kube-apiserver
 if [[ "$BUILD_CONTROLLER_MANAGER" == 1 ]]; then kube_build kube-controller-manager; kube_build kube-scheduler; fi
+if [[ "$BUILD_NODE" == 1 ]]; then kube_build kubelet; kube_build kube-proxy; fi
 
 {
   echo "ETCD=$BIN_ROOT/etcd-$ETCD_VERSION/etcd"
@@ -208,6 +213,10 @@ if [[ "$BUILD_CONTROLLER_MANAGER" == 1 ]]; then kube_build kube-controller-manag
   if [[ "$BUILD_CONTROLLER_MANAGER" == 1 ]]; then
     echo "KUBE_CONTROLLER_MANAGER=$BIN_ROOT/kube-controller-manager-$KUBERNETES_VERSION/kube-controller-manager"
     echo "KUBE_SCHEDULER=$BIN_ROOT/kube-scheduler-$KUBERNETES_VERSION/kube-scheduler"
+  fi
+  if [[ "$BUILD_NODE" == 1 ]]; then
+    echo "KUBELET=$BIN_ROOT/kubelet-$KUBERNETES_VERSION/kubelet"
+    echo "KUBE_PROXY=$BIN_ROOT/kube-proxy-$KUBERNETES_VERSION/kube-proxy"
   fi
   echo "KUBECTL=$BIN_ROOT/kubectl-$KUBECTL_VERSION/kubectl"
   echo "HELM=$BIN_ROOT/helm-$HELM_VERSION/helm"
