@@ -36,7 +36,7 @@ from frugal.operator.cluster.apply import (
     ApiError,
     Cluster,
 )
-from frugal.operator.decision import artifact_files, decide, scaling
+from frugal.operator.decision import artifact_files, decide, pod_problems, scaling
 from frugal.operator.decision.conditions import (
     ABSENT_JOB,
     FAILURE_REASONS,
@@ -275,23 +275,13 @@ class Reconciler:
             self._has_pod_monitors(),
             front_exists=front,
             # Only while something waits for pods: a settled ModelDeployment costs no pod list.
-            unschedulable=self._unschedulable(md) if waiting else None,
+            pod_problem=self._pod_problem(md) if waiting else None,
         )
 
-    def _unschedulable(self, md: ModelDeploymentSpec) -> str | None:
-        """The scheduler's word on the first of this generation's pods it could not place."""
+    def _pod_problem(self, md: ModelDeploymentSpec) -> pod_problems.PodProblem | None:
+        """The first of this generation's pods that cannot run: unschedulable, no image, OOMKilled."""
         selector = {names.LABEL_MD: md.owner.name, names.LABEL_GENERATION: str(md.owner.generation)}
-        for pod in self.cluster.find("v1", "Pod", md.owner.namespace, selector):
-            for condition in (pod.get("status") or {}).get("conditions") or []:
-                if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
-                    labels = pod["metadata"].get("labels") or {}
-                    return (
-                        f"{labels.get(names.LABEL_ROLE, 'a')} pod {pod['metadata']['name']} cannot be placed on "
-                        f"HardwareProfile {labels.get(names.LABEL_PROFILE, '?')}'s pool: "
-                        f"{str(condition.get('message', 'no reason given')).strip()[:800]} "
-                        "(check the profile's nodeSelector, tolerations and resources against the pool's nodes)"
-                    )
-        return None
+        return pod_problems.first_problem(self.cluster.find("v1", "Pod", md.owner.namespace, selector))
 
     def _live(self, md: ModelDeploymentSpec) -> serving_objects.Live | None:
         """The (generation, revision) clients reach: the selector of the front's upstream, else the
@@ -329,6 +319,8 @@ class Reconciler:
 
     def _termination_message(self, namespace: str, job: str) -> str:
         for pod in self.cluster.find("v1", "Pod", namespace, {"batch.kubernetes.io/job-name": job}):
+            if (killed := pod_problems.oom_killed(pod)) is not None:
+                return killed
             for status in (pod.get("status") or {}).get("containerStatuses") or []:
                 message = ((status.get("state") or {}).get("terminated") or {}).get("message")
                 if message:

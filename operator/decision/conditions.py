@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from frugal.operator.decision import pod_problems
+from frugal.operator.decision.pod_problems import PodProblem
+
 COMPRESSED, PROFILED, READY, DEGRADED = "Compressed", "Profiled", "Ready", "Degraded"
 CONDITION_TYPES = (COMPRESSED, PROFILED, READY, DEGRADED)
 
@@ -39,7 +42,9 @@ class Reason:
     PREVIOUS_GENERATION_SERVING = "PreviousGenerationServing"
     ROLLING_OVER = "RollingOver"
     REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
-    UNSCHEDULABLE = "Unschedulable"
+    UNSCHEDULABLE = pod_problems.UNSCHEDULABLE
+    IMAGE_PULL_FAILED = pod_problems.IMAGE_PULL_FAILED
+    OOM_KILLED = pod_problems.OOM_KILLED
     APPLY_REJECTED = "ApplyRejected"
     AS_EXPECTED = "AsExpected"
 
@@ -91,8 +96,8 @@ class Observed:
     # A re-planning rollover within the generation: what still serves while the new revision starts.
     rolling_over_from: str | None = None
     apply_error: str | None = None
-    # A pod of this generation the scheduler cannot place: which, on which HardwareProfile, and why.
-    unschedulable: str | None = None
+    # A pod of this generation that cannot run (unschedulable, no image, OOMKilled): which, and what to change.
+    pod_problem: PodProblem | None = None
 
 
 @dataclass(frozen=True)
@@ -246,8 +251,8 @@ def _degraded(done: Sequence[Condition], o: Observed) -> Condition:
         return Condition(DEGRADED, True, Reason.APPLY_REJECTED, o.apply_error)
     if broken:
         return Condition(DEGRADED, True, broken[0].reason, broken[0].message)
-    if o.unschedulable:
-        return Condition(DEGRADED, True, Reason.UNSCHEDULABLE, o.unschedulable)
+    if o.pod_problem:
+        return Condition(DEGRADED, True, o.pod_problem.reason, o.pod_problem.message)
     short = [
         i
         for i, (want, have) in enumerate(zip(o.shards_desired, _ready_padded(o), strict=True))

@@ -18,6 +18,7 @@ from typing import Any
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision import artifact_files, planner
 from frugal.operator.decision.conditions import ABSENT_JOB, Assessment, Job, JobState, Observed, conditions
+from frugal.operator.decision.pod_problems import PodProblem
 from frugal.operator.manifests import images, jobs, names, network_policies, serving_objects
 from frugal.operator.manifests.serving_objects import Live, Selection
 from frugal.operator.manifests.storage import ArtifactLocation, OwnDirectory, locate, own_directory
@@ -72,8 +73,8 @@ class ClusterState:
     pod_monitors: bool = False
     # The ModelDeployment's front Deployment exists (it had minReplicas 0 at some point).
     front_exists: bool = False
-    # What the scheduler says of a pod of this generation it cannot place (None: every pod placed).
-    unschedulable: str | None = None
+    # The first pod of this generation that cannot run, and why (None: every pod runs or waits its turn).
+    pod_problem: PodProblem | None = None
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,7 @@ def decide(
         to_apply += _compression_objects(md, profiles, location, settings)
         compression = Job(JobState.RUNNING, name=to_apply[-1]["metadata"]["name"])
     observed = Observed(
-        gen, compression=compression, previous_generation_live=previous, unschedulable=cluster.unschedulable
+        gen, compression=compression, previous_generation_live=previous, pod_problem=cluster.pod_problem
     )
     if cluster.compression.state is not JobState.SUCCEEDED:
         return _decision(to_apply, location, observed, {})

@@ -20,6 +20,7 @@ from frugal.operator.decision.conditions import (
     conditions,
     merge,
 )
+from frugal.operator.decision.pod_problems import PodProblem
 
 DONE = Job(JobState.SUCCEEDED, name="m-g1-compress")
 PROFILED_OK = {"cpu": Job(JobState.SUCCEEDED)}
@@ -220,9 +221,10 @@ def test_merge_keeps_transition_time_while_status_is_unchanged() -> None:
 def test_a_pod_the_scheduler_cannot_place_degrades_without_failing() -> None:
     why = "compression pod x cannot be placed on HardwareProfile gpu-h100's pool: 0/3 nodes are available"
     running = Job(JobState.RUNNING, name="x")
-    assessment = conditions(Observed(1, compression=running, unschedulable=why))
+    assessment = conditions(Observed(1, compression=running, pod_problem=PodProblem(Reason.UNSCHEDULABLE, why)))
     degraded = assessment.condition("Degraded")
     assert (degraded.status, degraded.reason, degraded.message) == (True, Reason.UNSCHEDULABLE, why)
     assert assessment.phase is Phase.COMPRESSING  # it may still be placed: a node may join the pool
-    failed = conditions(Observed(1, compression=Job(JobState.FAILED, "boom", "x"), unschedulable=why))
+    broken = Job(JobState.FAILED, "boom", "x")
+    failed = conditions(Observed(1, compression=broken, pod_problem=PodProblem(Reason.UNSCHEDULABLE, why)))
     assert failed.condition("Degraded").reason == Reason.COMPRESSION_FAILED  # a failure says more
