@@ -103,7 +103,13 @@ class Prometheus:
         promtool: Path | None = None,
         extra_args: Iterable[str] = (),
         target_files: Iterable[str] = (),
+        listen_host: str = "127.0.0.1",
+        scrape_configs: Iterable[Mapping[str, Any]] = (),
     ) -> None:
+        """`listen_host`: where it listens (a pod network's gateway, for pods to query it);
+        `scrape_configs`: more jobs beside ``frugal-serving`` (e.g. Kubernetes pod discovery)."""
+        self.listen_host = listen_host
+        self.scrape_configs = [dict(c) for c in scrape_configs]
         self.interval_s = interval_s
         self.target_files = list(target_files)  # more file_sd files (globs allowed) that others write
         self.interval = _duration(interval_s)
@@ -120,7 +126,7 @@ class Prometheus:
     # -- paths -------------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.listen_host}:{self.port}"
 
     @property
     def config_path(self) -> Path:
@@ -145,7 +151,8 @@ class Prometheus:
                     "file_sd_configs": [
                         {"files": [str(self.targets_path), *self.target_files], "refresh_interval": "1s"}
                     ],
-                }
+                },
+                *self.scrape_configs,
             ],
         }
 
@@ -158,7 +165,7 @@ class Prometheus:
             argv: list[str | Path] = [
                 self.binary,
                 f"--config.file={self.config_path}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.listen-address={self.listen_host}:{self.port}",
                 f"--storage.tsdb.path={self.workdir / 'data'}",
                 "--storage.tsdb.retention.time=1h",
                 "--log.level=info",
