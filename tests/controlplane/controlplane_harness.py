@@ -19,7 +19,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -81,6 +81,9 @@ class Binaries:
     helm: Path
     kube_controller_manager: Path | None = None
     kube_scheduler: Path | None = None
+    # The e2e tier's node (tests/e2e/node_harness.py); None when the script did not build them.
+    kubelet: Path | None = None
+    kube_proxy: Path | None = None
 
 
 def ensure_binaries() -> Binaries:
@@ -92,6 +95,7 @@ def ensure_binaries() -> Binaries:
     try:
         kcm = paths.get("KUBE_CONTROLLER_MANAGER")
         scheduler = paths.get("KUBE_SCHEDULER")
+        kubelet, kube_proxy = paths.get("KUBELET"), paths.get("KUBE_PROXY")
         return Binaries(
             etcd=Path(paths["ETCD"]),
             kube_apiserver=Path(paths["KUBE_APISERVER"]),
@@ -99,6 +103,8 @@ def ensure_binaries() -> Binaries:
             helm=Path(paths["HELM"]),
             kube_controller_manager=Path(kcm) if kcm else None,
             kube_scheduler=Path(scheduler) if scheduler else None,
+            kubelet=Path(kubelet) if kubelet else None,
+            kube_proxy=Path(kube_proxy) if kube_proxy else None,
         )
     except KeyError as missing:
         raise ControlPlaneError(f"{BINARIES_SCRIPT} did not print {missing}:\n{proc.stdout}") from None
@@ -133,7 +139,9 @@ class ServerProcess:
         self.log_file.close()
 
 
-def start_server(name: str, argv: Sequence[str | Path], workdir: Path) -> ServerProcess:
+def start_server(
+    name: str, argv: Sequence[str | Path], workdir: Path, env: Mapping[str, str] | None = None
+) -> ServerProcess:
     log_path = workdir / f"{name}.log"
     log_file = log_path.open("ab")
     proc = subprocess.Popen(
@@ -142,6 +150,7 @@ def start_server(name: str, argv: Sequence[str | Path], workdir: Path) -> Server
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         cwd=workdir,
+        env={**os.environ, **env} if env else None,
     )
     return ServerProcess(name, proc, log_path, log_file)
 
@@ -152,8 +161,9 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise ControlPlaneError(f"openssl {' '.join(args)} failed: {proc.stderr}")
 
 
-def make_certificates(cert_dir: Path) -> None:
-    """A CA, a serving certificate for 127.0.0.1/localhost signed by it, and a service-account key."""
+def make_certificates(cert_dir: Path, extra_sans: Sequence[str] = ()) -> None:
+    """A CA, a serving certificate for 127.0.0.1/localhost (and `extra_sans`, openssl's ``IP:...`` /
+    ``DNS:...`` entries) signed by it, and a service-account key."""
     if shutil.which("openssl") is None:
         raise ControlPlaneError("the openssl command is needed to create the test cluster's certificates")
     cert_dir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +173,8 @@ def make_certificates(cert_dir: Path) -> None:
     _openssl("req", "-new", *ec, "-keyout", "serving.key", "-out", "serving.csr",
              "-subj", "/CN=127.0.0.1", cwd=cert_dir)  # fmt: skip
     (cert_dir / "serving.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n"
+        f"subjectAltName={','.join(['IP:127.0.0.1', 'DNS:localhost', *extra_sans])}\n"
+        "extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n"
     )
     _openssl("x509", "-req", "-in", "serving.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
              "-days", "7", "-extfile", "serving.ext", "-out", "serving.crt", cwd=cert_dir)  # fmt: skip
@@ -199,13 +210,30 @@ class ControlPlane:
     with_controller_manager: bool = True
     # kube-scheduler binds pods to Nodes; off by default: no Nodes exist unless a test registers them.
     with_scheduler: bool = False
+    # What a cluster with a real node changes (tests/e2e/node_harness.py); the defaults are this tier's.
+    bind_address: str = "127.0.0.1"  # the API server's only listening (and advertised) address
+    extra_sans: tuple[str, ...] = ()  # more subjectAltName entries of its serving certificate
+    service_cluster_ip_range: str = "10.0.0.0/24"
+    authorization_mode: str = "RBAC"
+    endpoint_reconciler_type: str = "none"
+    service_account_admission: bool = False  # off: nothing here would create the default ServiceAccount
+    extra_tokens: tuple[str, ...] = ()  # more lines of the token file: token,user,uid[,"group,..."]
+    apiserver_args: tuple[str, ...] = ()
+    apiserver_env: Mapping[str, str] = field(default_factory=dict)  # added to its environment
+    controllers: str = (
+        "garbage-collector-controller,namespace-controller,deployment-controller,"
+        "replicaset-controller,job-controller"
+    )
+    controller_manager_args: tuple[str, ...] = ()
+    # Called with the certificate directory once the CA exists, before any server starts (to sign more).
+    on_certificates: Callable[[Path], None] | None = None
     servers: dict[str, ServerProcess] = field(default_factory=dict)
     apiserver_port: int = 0
     startup_seconds: float = 0.0
 
     @property
     def server_url(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.bind_address}:{self.apiserver_port}"
 
     @property
     def cert_dir(self) -> Path:
@@ -242,7 +270,9 @@ class ControlPlane:
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            make_certificates(self.cert_dir)
+            make_certificates(self.cert_dir, self.extra_sans)
+            if self.on_certificates is not None:
+                self.on_certificates(self.cert_dir)
             self._start_etcd()
             self._start_apiserver()
             self._write_kubeconfigs()
@@ -286,32 +316,36 @@ class ControlPlane:
         policy.write_text(yaml.safe_dump(AUDIT_POLICY))
         tokens.write_text(
             f'{ADMIN_TOKEN},admin,admin-uid,"system:masters"\n{DEVELOPER_TOKEN},{DEVELOPER_USER},developer-uid\n'
+            + "".join(f"{line}\n" for line in self.extra_tokens)
         )
+        admission = [] if self.service_account_admission else ["--disable-admission-plugins=ServiceAccount"]
         argv: list[str | Path] = [
             self.binaries.kube_apiserver,
             f"--etcd-servers={self.etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.apiserver_port}",
+            f"--bind-address={self.bind_address}", f"--advertise-address={self.bind_address}",
+            f"--secure-port={self.apiserver_port}",
             f"--cert-dir={certs}", f"--tls-cert-file={certs / 'serving.crt'}",
             f"--tls-private-key-file={certs / 'serving.key'}", f"--client-ca-file={certs / 'ca.crt'}",
             f"--token-auth-file={tokens}",
-            "--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount",
-            "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
-            "--endpoint-reconciler-type=none",
+            f"--authorization-mode={self.authorization_mode}", *admission,
+            f"--service-cluster-ip-range={self.service_cluster_ip_range}", "--allow-privileged=true",
+            f"--endpoint-reconciler-type={self.endpoint_reconciler_type}",
             f"--service-account-issuer={self.server_url}",
             f"--service-account-key-file={certs / 'sa.pub'}",
             f"--service-account-signing-key-file={certs / 'sa.key'}",
             f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
-            "--audit-log-mode=blocking",
+            "--audit-log-mode=blocking", *self.apiserver_args,
         ]  # fmt: skip
-        self.servers["kube-apiserver"] = start_server("kube-apiserver", argv, self.workdir)
+        self.servers["kube-apiserver"] = start_server(
+            "kube-apiserver", argv, self.workdir, self.apiserver_env
+        )
 
     def _start_controller_manager(self) -> None:
         assert self.binaries.kube_controller_manager is not None
         argv: list[str | Path] = [
             self.binaries.kube_controller_manager,
             f"--kubeconfig={self.kubeconfig}", "--secure-port=0", "--leader-elect=false",
-            "--controllers=garbage-collector-controller,namespace-controller,deployment-controller,"
-            "replicaset-controller,job-controller",
+            f"--controllers={self.controllers}", *self.controller_manager_args,
         ]  # fmt: skip
         self.servers["kube-controller-manager"] = start_server("kube-controller-manager", argv, self.workdir)
 
