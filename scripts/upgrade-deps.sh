@@ -30,6 +30,18 @@ compile() {  # compile OUT INPUT... [-- uv options]
 compile requirements/dev.txt pyproject.toml requirements/build.in --extra dev
 # 'all' is the same resolution without the dev tools: constrained by the dev lock, never newer.
 compile requirements/all.txt pyproject.toml requirements/build.in --extra all --constraint requirements/dev.txt
+# The container images' locks (Containerfile), constrained by all.txt: the same versions, no newer.
+# serving: frugal's core dependencies and the [serving] extra only (no torch).
+compile requirements/serving.txt pyproject.toml requirements/serving.in --extra serving --constraint requirements/all.txt
+# gpu: all.txt with onnxruntime-gpu (no newer than all.txt's onnxruntime: its releases can trail on PyPI)
+# in place of onnxruntime.
+ort_version="$(sed -n 's/^onnxruntime==\([^ ]*\).*/\1/p' requirements/all.txt)"
+pins="$(mktemp -d)"
+trap 'rm -rf "$pins"' EXIT
+echo "onnxruntime-gpu<=$ort_version" >"$pins/onnxruntime-gpu.txt"
+compile requirements/gpu.txt pyproject.toml requirements/build.in requirements/gpu.in --extra all \
+  --constraint requirements/all.txt --constraint "$pins/onnxruntime-gpu.txt" --no-emit-package onnxruntime
+sed -i "s|-c $pins/onnxruntime-gpu.txt|onnxruntime-gpu<=$ort_version (all.txt's onnxruntime)|" requirements/gpu.txt
 compile requirements/kserve-client.txt requirements/kserve-client.in
 compile requirements/mlserver.txt requirements/mlserver.in
 git --no-pager diff --stat -- requirements/ || true
