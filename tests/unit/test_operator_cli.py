@@ -106,3 +106,14 @@ def test_a_bad_variable_exits_2_with_one_line_and_no_traceback() -> None:
     assert proc.stderr.strip() == (
         "frugal operator: FRUGAL_HEALTH_PORT='healthz': not a port number: use 1-65535, or 0 to turn the endpoint off"
     )
+
+
+def test_fronts_are_placed_where_the_chart_places_the_operator() -> None:
+    placement = '{"nodeSelector": {"pool": "system"}, "tolerations": [{"key": "pool", "operator": "Exists"}]}'
+    got = options(env={**CHART_ENV, "FRUGAL_FRONT_PLACEMENT": placement}).settings.front_placement
+    assert got == {"nodeSelector": {"pool": "system"}, "tolerations": [{"key": "pool", "operator": "Exists"}]}
+    assert options(env={**CHART_ENV, "FRUGAL_FRONT_PLACEMENT": '{"nodeSelector": {}, "tolerations": []}'}
+                   ).settings.front_placement == {}  # fmt: skip
+    for bad, says in (("{", "not JSON"), ('{"affinity": {}}', "expected"), ('{"tolerations": {}}', "a list")):
+        with pytest.raises(OptionError, match=f"FRUGAL_FRONT_PLACEMENT.*{says}"):
+            options(env={**CHART_ENV, "FRUGAL_FRONT_PLACEMENT": bad})

@@ -94,3 +94,18 @@ def test_a_gpu_pool_runs_the_gpu_image_for_compression_and_serving() -> None:
     cpu = profile("cpu", "0.1", 20)
     assert SETTINGS.compression_image(cpu) == "registry.example/frugal:1.2"
     assert SETTINGS.serving_image_for(cpu) == "registry.example/frugal:1.2-serving"
+
+
+def test_a_front_runs_with_the_operators_placement_not_on_the_models_pool() -> None:
+    from frugal.operator.api.spec import parse_model_deployment
+    from frugal.operator.manifests import serving_objects
+
+    body = {"metadata": {"name": "m", "namespace": "ns", "uid": "u", "generation": 1},
+            "spec": {"model": {"uri": "zoo://digits-mlp"}, "serving": {"hardwareProfiles": ["cpu"], "slo": {"latencyP95Ms": 20}},
+                     "autoscaling": {"minReplicas": 0}}}  # fmt: skip
+    md = parse_model_deployment(body)
+    placement = {"nodeSelector": {"pool": "system"}, "tolerations": [{"key": "pool", "operator": "Exists"}]}
+    pod = serving_objects.desired_front(md, "img", placement)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "system"} and pod["tolerations"] == placement["tolerations"]
+    bare = serving_objects.desired_front(md, "img")["spec"]["template"]["spec"]
+    assert "nodeSelector" not in bare and "tolerations" not in bare
