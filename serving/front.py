@@ -161,7 +161,10 @@ class Front:
             while True:
                 try:
                     return await self._forward(request, headers, body)
-                except aiohttp.ClientConnectorError as exc:  # the request never reached a replica
+                # The request never reached a replica: refused, or no connection within sock_connect (a
+                # Service whose endpoint is not yet programmed on the node drops the SYN). Either way no
+                # byte was sent, so holding and trying again is safe.
+                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                     waited = loop.time() - started
                     if not holding:
                         if self.held >= self.hold.max_requests:
@@ -176,7 +179,7 @@ class Front:
                     if waited >= self.hold.deadline_s:
                         return json_error(
                             503,
-                            f"front: no replica answered within {self.hold.deadline_s:g}s ({exc.os_error}); "
+                            f"front: no replica answered within {self.hold.deadline_s:g}s ({_why(exc)}); "
                             "retry shortly",
                             max(1, round(self.hold.deadline_s / 4)),
                         )
@@ -194,6 +197,10 @@ class Front:
     async def _forward(self, request: web.Request, headers: dict[str, str], body: bytes) -> web.Response:
         assert self._session is not None
         return await forward(self._session, request, self.upstream, headers, body)
+
+
+def _why(exc: aiohttp.ClientError) -> object:
+    return exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else "connect timed out"
 
 
 async def forward(

@@ -95,6 +95,27 @@ def test_a_request_at_zero_is_held_until_a_replica_listens_and_then_answered(art
         assert metric_value(metrics, "frugal_front_requests_total", model=MODEL, code="200") == 1
 
 
+def test_a_connect_that_times_out_is_held_like_a_refused_one(artifacts: Path) -> None:
+    """An upstream that drops the SYN (a Service whose new endpoint is not yet programmed on the node):
+    the front's connect times out, which reached no replica, so the request stays held — not a 504."""
+    port = free_port()
+    clogged = socket.socket()
+    clogged.bind(("127.0.0.1", port))
+    clogged.listen(0)  # never accepts: once its queue is full, the kernel drops further SYNs
+    fillers = [socket.create_connection(("127.0.0.1", port), timeout=5)]  # fills a queue of one
+    with running_front(f"http://127.0.0.1:{port}") as front:
+        answers: list[object] = []
+        client = threading.Thread(target=lambda: answers.append(infer_json(front, MODEL, {"input": rows()})))
+        client.start()
+        time.sleep(5)  # two connect timeouts of 2 s each
+        assert held(front) == 1 and client.is_alive() and not answers
+        for sock in (*fillers, clogged):
+            sock.close()
+        with running_server(artifacts, "fp32", "--port", str(port), "--model-name", MODEL):
+            client.join(60)
+        assert answers and answers[0].status == 200, answers  # type: ignore[attr-defined]
+
+
 def test_a_replica_that_answers_is_passed_through_unchanged_even_when_it_says_no(artifacts: Path) -> None:
     with (
         running_server(artifacts, "fp32", "--model-name", MODEL) as server,
