@@ -12,6 +12,7 @@ wins over its variable, and an empty variable counts as unset. Exit codes: 0 aft
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -68,6 +69,7 @@ ENVIRONMENT = {
     "workload_image": "FRUGAL_WORKLOAD_IMAGE",
     "serving_image": "FRUGAL_SERVING_IMAGE",
     "gpu_image": "FRUGAL_GPU_IMAGE",
+    "front_placement": "FRUGAL_FRONT_PLACEMENT",
     "storage_uri": "FRUGAL_STORAGE_URI",
     "allow_host_path": "FRUGAL_ALLOW_HOST_PATH",
     "network_policies": "FRUGAL_NETWORK_POLICIES",
@@ -108,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     option("--gpu-image", dest="gpu_image", metavar="IMAGE",
            help="the gpu image (target gpu): every pod on an nvidia-gpu HardwareProfile that names no image; "
            "default: the workload image's tag + '-gpu'")  # fmt: skip
+    option("--front-placement", dest="front_placement", metavar="JSON",
+           help='nodeSelector and tolerations of scale-to-zero fronts, as {"nodeSelector": {...}, '
+           '"tolerations": [...]}: the chart passes the operator pod\'s own, so fronts stay off the '
+           "models' (GPU) pools")  # fmt: skip
     option("--storage-uri", dest="storage_uri", metavar="URI", default=defaults.settings.storage_uri,
            help="artifact store for ModelDeployments without spec.storage.uri (pvc://<claim>/<path> or file:///<path>)")  # fmt: skip
     parser.add_argument("--allow-host-path", dest="allow_host_path", action="store_const", const="true",
@@ -169,6 +175,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
         image=image,
         serving_image=serving_image,
         gpu_image=gpu_image,
+        front_placement=_value(raw["front_placement"], _placement, {}),
         storage_uri=storage_uri,
         pvc_root=pvc_root,
         allow_host_path=_value(raw["allow_host_path"], _boolean, False),
@@ -202,6 +209,18 @@ def _pick(args: argparse.Namespace, environ: Mapping[str, str], dest: str) -> Ra
     if environ.get(variable, "").strip():
         return (variable, environ[variable])
     return None
+
+
+def _placement(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error}") from None
+    if not isinstance(value, dict) or set(value) - {"nodeSelector", "tolerations"}:
+        raise ValueError('expected {"nodeSelector": {...}, "tolerations": [...]}')
+    if not isinstance(value.get("nodeSelector", {}), dict) or not isinstance(value.get("tolerations", []), list):
+        raise ValueError("nodeSelector must be a mapping and tolerations a list")
+    return {key: item for key, item in value.items() if item}
 
 
 def _namespace(text: str) -> str:

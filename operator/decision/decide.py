@@ -42,6 +42,8 @@ class Settings:
     # Prometheus from `monitoring_namespace`.
     network_policies: bool = False
     monitoring_namespace: str = "monitoring"
+    # nodeSelector and tolerations of the always-on fronts: the operator's own (the chart passes them).
+    front_placement: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def serving_default(self) -> str:
@@ -306,7 +308,7 @@ def _plan_and_serve(
         # The front's upstream moves like the endpoint did; the endpoint itself always selects the front.
         if live_now is not None:
             to_apply.append(serving_objects.desired_live_service(md, live_now))
-        to_apply.append(serving_objects.desired_front(md, settings.serving_default))
+        to_apply.append(serving_objects.desired_front(md, settings.serving_default, settings.front_placement))
         to_apply.append(serving_objects.desired_endpoint_service(md, before or current))
     else:
         if live_now is not None:

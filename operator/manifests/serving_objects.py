@@ -12,6 +12,7 @@ to and which moves between generations as the endpoint would.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,11 +239,15 @@ def front_selector(owner: Owner) -> dict[str, str]:
     return {names.LABEL_MD: owner.name, names.LABEL_ROLE: "front"}
 
 
-def desired_front(md: ModelDeploymentSpec, image: str) -> dict[str, Any]:
+def desired_front(
+    md: ModelDeploymentSpec, image: str, placement: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The always-on front of a model that may scale to zero: it holds requests while no replica
     runs (its held-requests gauge wakes the model) and forwards them to ``<name>-live``. One replica,
     owned by the operator's apply (the autoscaler never scales it); its template does not change
-    between generations, so a rollout does not restart it."""
+    between generations, so a rollout does not restart it. `placement` (``nodeSelector``,
+    ``tolerations``) puts it where the operator runs, not on the model's pool: a front on a GPU pool
+    would keep a GPU node alive while the model sleeps."""
     upstream = (
         f"http://{names.live_service(md.owner)}.{md.owner.namespace}.svc:{container_commands.SERVING_PORT}"
     )
@@ -285,6 +290,7 @@ def desired_front(md: ModelDeploymentSpec, image: str) -> dict[str, Any]:
                     # Held requests may wait HOLD_DEADLINE_SECONDS: let them finish on shutdown.
                     "terminationGracePeriodSeconds": HOLD_DEADLINE_SECONDS + DRAIN_SECONDS,
                     "securityContext": dict(pod_specs.POD_SECURITY),
+                    **{key: value for key, value in (placement or {}).items() if value},
                     "containers": [container],
                     "volumes": [{"name": pod_specs.SCRATCH_VOLUME, "emptyDir": {"sizeLimit": "128Mi"}}],
                 },
