@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: install, prepare the real control plane, lint, type-check,
-# check the import contracts, then run every tier (unit, component, controlplane, system).
+# The whole test suite, from a fresh clone: install, prepare the real control plane and node, build the
+# container images, lint, type-check, check the import contracts, then run every tier (unit, component,
+# controlplane, e2e, system). The e2e tier runs a real node (kubelet, containerd, runc): it needs root.
 # Extra arguments go to pytest, e.g. scripts/test.sh tests/unit -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,9 @@ scripts/bootstrap.sh dev
 scripts/controlplane-binaries.sh
 scripts/prometheus-binary.sh
 scripts/kube-score-binary.sh
+scripts/node-binaries.sh
+echo "== images: the Containerfile's serving and full targets (cached by the hash of what goes in)" >&2
+scripts/build-images.sh serving full
 VENV="${FRUGAL_VENV:-.venv}"
 echo "== peer clients: KServe's SDK in its own cached venv (its pins conflict with ours)" >&2
 "$VENV/bin/python" -c "import sys; sys.path.insert(0, 'tests/component'); from serving_support import kserve_python; print(kserve_python())"

@@ -12,7 +12,9 @@ test here errors with the servers' logs: this tier never skips.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
@@ -29,13 +31,14 @@ NODE_TAINTS = ["frugal.dev/e2e=node:PreferNoSchedule"]
 
 
 @pytest.fixture(scope="session")
-def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
+def real_cluster() -> Iterator[RealCluster]:
     """The running cluster for the whole session, its node Ready with the pause and busybox images:
     ``kubectl(...)``, ``helm(...)``, ``env``, ``api_client()``, ``load_images(...)``,
     ``host_path_volume(...)``, ``wait_pod_ready(...)``, ``log_tails()``."""
-    cluster = RealCluster(
-        tmp_path_factory.mktemp("real-cluster"), node_labels=NODE_LABELS, node_taints=NODE_TAINTS
-    )
+    # Not under pytest's numbered temporary folders: a later pytest session deletes the oldest of
+    # those, and this one holds the kubelet's mounts while the node runs.
+    workdir = Path(tempfile.mkdtemp(prefix="frugal-e2e-"))
+    cluster = RealCluster(workdir, node_labels=NODE_LABELS, node_taints=NODE_TAINTS)
     cluster.start()
     print(f"\nreal cluster: node {cluster.node_name} Ready {cluster.startup_seconds:.1f} s after start()")
     try:
@@ -43,6 +46,7 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealClust
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.hookimpl(wrapper=True)
