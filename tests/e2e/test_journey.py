@@ -272,21 +272,22 @@ ONE_ROW = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "d
 SCALE_TIMEOUT_S = 300.0
 
 
+def cpu_pool_profile(name: str, requests: dict[str, str], limits: dict[str, str], **extra: str) -> dict[str, Any]:
+    """A one-core HardwareProfile on the journey's pool, with these resources (and e.g. an image)."""
+    spec = {
+        "accelerator": {"kind": "cpu", "count": 1},
+        "resources": {"requests": requests, "limits": limits},
+        "costPerHour": "0.02",
+        "power": {"idleWatts": 5, "maxWatts": 15},
+        **extra,
+    }
+    return pool_profile({"apiVersion": "frugal.dev/v1alpha1", "kind": "HardwareProfile",
+                         "metadata": {"name": name}, "spec": spec})  # fmt: skip
+
+
 def small_profile() -> dict[str, Any]:
     """A pool profile whose replicas request a quarter core, so three fit beside the rest on 2 cores."""
-    return pool_profile(
-        {
-            "apiVersion": "frugal.dev/v1alpha1",
-            "kind": "HardwareProfile",
-            "metadata": {"name": "pool-small"},
-            "spec": {
-                "accelerator": {"kind": "cpu", "count": 1},
-                "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
-                "costPerHour": "0.02",
-                "power": {"idleWatts": 5, "maxWatts": 15},
-            },
-        }
-    )
+    return cpu_pool_profile("pool-small", {"cpu": "250m", "memory": "256Mi"}, {"cpu": "1", "memory": "512Mi"})
 
 
 def shard_pods(cluster: Any, name: str) -> list[dict[str, Any]]:
@@ -384,20 +385,8 @@ def test_a_model_at_zero_wakes_on_a_request_to_its_front(
 def test_an_image_the_node_lacks_is_named_in_the_condition(installed: Any, served: dict[str, Any]) -> None:
     cluster = installed
     missing = "localhost/frugal-missing:0.0.0"
-    profile = pool_profile(
-        {
-            "apiVersion": "frugal.dev/v1alpha1",
-            "kind": "HardwareProfile",
-            "metadata": {"name": "pool-missing-image"},
-            "spec": {
-                "accelerator": {"kind": "cpu", "count": 1},
-                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
-                "image": missing,
-                "costPerHour": "0.02",
-                "power": {"idleWatts": 5, "maxWatts": 15},
-            },
-        }
-    )
+    profile = cpu_pool_profile("pool-missing-image", {"cpu": "100m", "memory": "256Mi"}, {"memory": "512Mi"},
+                               image=missing)  # fmt: skip
     md = digits_on("digits-missing-image", "pool-missing-image")
     cluster.kubectl("apply", "-n", JOURNEY_NAMESPACE, "-f", "-", input=yaml.safe_dump_all([profile, md]))
     degraded = wait_until(
@@ -414,19 +403,7 @@ def test_an_image_the_node_lacks_is_named_in_the_condition(installed: Any, serve
 
 def test_a_job_killed_at_its_memory_limit_says_which_limit_to_raise(installed: Any, served: dict[str, Any]) -> None:
     cluster = installed
-    profile = pool_profile(
-        {
-            "apiVersion": "frugal.dev/v1alpha1",
-            "kind": "HardwareProfile",
-            "metadata": {"name": "pool-tiny-memory"},
-            "spec": {
-                "accelerator": {"kind": "cpu", "count": 1},
-                "resources": {"requests": {"cpu": "100m", "memory": "96Mi"}, "limits": {"memory": "96Mi"}},
-                "costPerHour": "0.02",
-                "power": {"idleWatts": 5, "maxWatts": 15},
-            },
-        }
-    )
+    profile = cpu_pool_profile("pool-tiny-memory", {"cpu": "100m", "memory": "96Mi"}, {"memory": "96Mi"})
     md = digits_on("digits-tiny-memory", "pool-tiny-memory")
     cluster.kubectl("apply", "-n", JOURNEY_NAMESPACE, "-f", "-", input=yaml.safe_dump_all([profile, md]))
 
