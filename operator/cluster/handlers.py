@@ -1,7 +1,8 @@
 """kopf handlers: each one delegates to the reconciler in a line or two.
 
 Registered on an explicit registry by :func:`register` (nothing happens at import time). Events on
-the Jobs and Deployments the operator manages wake their ModelDeployment up at once; a timer passes
+the Jobs and Deployments the operator manages, and on their pods in trouble, wake their
+ModelDeployment up at once; a timer passes
 over every ModelDeployment periodically, which costs nothing for settled ones
 (:meth:`Reconciler.resync`).
 """
@@ -16,6 +17,7 @@ import kopf
 from frugal.operator.api.crds import GROUP, VERSION
 from frugal.operator.cluster.batch_reconciler import BatchReconciler
 from frugal.operator.cluster.reconciler import Reconciler
+from frugal.operator.decision import pod_problems
 from frugal.operator.manifests import batch_jobs, names
 
 PLURAL = "modeldeployments"
@@ -49,6 +51,9 @@ def register(
     def cleanup(body: kopf.Body, **_: Any) -> None:
         reconciler.cleanup(body)
 
+    # A pod that cannot run (no image, OOM-killed, unschedulable) may change no Job or Deployment, so
+    # its own events wake its ModelDeployment; a healthy pod's events are filtered out before any call.
+    @kopf.on.event("", "v1", "pods", id="pod-in-trouble", labels=MANAGED, when=_in_trouble, registry=registry)
     @kopf.on.event("batch", "v1", "jobs", id="job-changed", labels=MANAGED, registry=registry)
     @kopf.on.event("apps", "v1", "deployments", id="deployment-changed", labels=MANAGED, registry=registry)
     def child_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
@@ -56,6 +61,10 @@ def register(
             reconciler.reconcile_named(namespace, labels[names.LABEL_MD])
         if namespace and batches is not None and batch_jobs.LABEL_BATCH in labels:
             batches.reconcile_named(namespace, labels[batch_jobs.LABEL_BATCH])
+
+
+def _in_trouble(body: kopf.Body, **_: Any) -> bool:
+    return pod_problems.problem(body) is not None
 
 
 def _register_batches(registry: kopf.OperatorRegistry, batches: BatchReconciler) -> None:

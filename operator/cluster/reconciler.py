@@ -68,11 +68,9 @@ FOREIGN_CONDITIONS = frozenset({"MetricsAvailable", "PowerCapped", scaling.REPLA
 DRIFT_SECONDS = 600.0
 # Kinds applied on every pass, so an unchanged one can be skipped (Jobs are only built when absent).
 SKIPPABLE_KINDS = frozenset({"Deployment", "Service", "PodDisruptionBudget", "PodMonitor", "NetworkPolicy"})
-# Phases that wait on something the operator watches (its Deployments) or on nothing. Compressing,
-# Profiling and Deploying are not among them: they wait on pods, and what stops a pod (an image the node
-# cannot pull, an OOM kill, no node to place it on) changes no Job or Deployment, so each periodic pass
-# reads them again (the decision lists the generation's pods only while something waits).
-SETTLED_PHASES = frozenset({"Serving", "Failed"})
+# Phases that wait on something the operator watches (its Jobs, its Deployments, and their pods in
+# trouble: handlers.py) or on nothing.
+SETTLED_PHASES = frozenset({"Compressing", "Profiling", "Deploying", "Serving", "Failed"})
 
 
 class Reconciler:

@@ -102,7 +102,7 @@ OPERATOR_ACCESS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("", "services", "", ("get", "list", "watch", "create", "patch", "delete")),
     ("policy", "poddisruptionbudgets", "", ("get", "list", "watch", "create", "patch", "delete")),
     ("networking.k8s.io", "networkpolicies", "", ("get", "list", "create", "patch", "delete")),
-    ("", "pods", "", ("list",)),  # a failed Job's termination message
+    ("", "pods", "", ("list", "watch")),  # a failed Job's termination message; pods in trouble
     ("", "events", "", ("create", "patch")),
     ("monitoring.coreos.com", "podmonitors", "", ("get", "list", "create", "patch")),
     ("apiextensions.k8s.io", "customresourcedefinitions", "", ("list", "watch")),  # kopf's scanning
