@@ -190,7 +190,9 @@ def recommend(
     shards = len(current)
     if observation is None or observation.stale is not None or len(observation.shards) != shards:
         why = _stale_reason(observation, shards)
-        held = tuple(current)
+        # Without numbers nothing moves on load, but the bounds are the spec's, not a metric: an edited
+        # minReplicas or maxReplicas still applies.
+        held = tuple(min(max(n, targets.min_replicas), targets.max_replicas) for n in current)
         watts = sum(_replica_watts(targets, n, 0.0, None) for n in held)
         return (
             Recommendation(

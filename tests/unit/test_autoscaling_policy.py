@@ -142,6 +142,17 @@ def test_stale_metrics_hold_the_count_and_say_why() -> None:
     assert missing.replicas == (2, 3) and missing.reasons == (ScaleReason.METRICS_STALE,) * 2
 
 
+def test_without_metrics_an_edited_minimum_or_maximum_still_applies() -> None:
+    """Seen on the real node: minReplicas raised to 2 while Prometheus was unreachable left 1 replica."""
+    stale = Observation((shard(0.0, None, 1),), stale="query request_rate failed: connection refused")
+    raised = Targets(**{**TARGETS.__dict__, "min_replicas": 2})
+    up, _ = recommend(stale, (1,), raised, Memory(), 0.0)
+    assert up.replicas == (2,) and up.reason is ScaleReason.METRICS_STALE
+    lowered = Targets(**{**TARGETS.__dict__, "max_replicas": 3})
+    down, _ = recommend(None, (5, 2), lowered, Memory(), 0.0)
+    assert down.replicas == (3, 2)
+
+
 def test_a_sharded_pipeline_scales_its_bottleneck_stage_only() -> None:
     front = ShardObservation(request_rate=120.0, latency_p95_ms=120.0, queue_depth=0.0, replicas=2, ready=2)
     back = ShardObservation(request_rate=120.0, latency_p95_ms=100.0, queue_depth=30.0, replicas=2, ready=2)
