@@ -342,7 +342,10 @@ def test_load_adds_real_pods_and_the_scale_down_drains_without_a_failed_request(
             SCALE_TIMEOUT_S,
             lambda: json.dumps(md_status(cluster, AUTOSCALED).get("autoscaling"), indent=1) + operator_diagnostics(cluster),
         )
-        time.sleep(3)  # requests keep flowing to the survivor after the last retirement
+        # requests keep flowing to the survivor after the last retirement
+        flowing = light.answered() + 20
+        wait_until("20 more answers from the survivor", lambda: light.answered() >= flowing, 60.0,
+                   lambda: str(light.codes))  # fmt: skip
     assert heavy.answered() > 100 and heavy.failed() == 0, heavy.codes
     assert light.answered() > 10 and light.failed() == 0, light.codes
     events = cluster.kubectl("get", "events", "-n", JOURNEY_NAMESPACE, "--field-selector",
