@@ -11,6 +11,8 @@ Prometheus and wakes the model. Clients see a slow first answer, never a refusal
 Bounds, so nothing hangs: at most ``--hold-max-requests`` requests wait at once and each waits at
 most ``--hold-deadline-s``; past either the answer is 503 with ``Retry-After`` and a JSON ``error``.
 A request whose connection fails after it reached a replica is not retried (it may have run): 502.
+Each of these failures is a `frugal.serving.server.failures.ServingError` carrying its status, answered
+in one place (`error_response`). The front's settings are declared once, as the fields of `FrontConfig`.
 The front never runs a model and never imports ONNX Runtime; ``/v2/health/live`` and
 ``/v2/health/ready`` are its own (ready: it accepts requests, holding them if it must).
 
@@ -29,11 +31,15 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from frugal.serving.server.failures import BadGateway, DeadlineExceeded, HoldFull, NoReplica, ServingError
+from frugal.serving.server.settings import Setting, add_arguments, declared
 
 log = logging.getLogger("frugal.front")
 
@@ -63,6 +69,11 @@ class Hold:
 def json_error(status: int, message: str, retry_after_s: int | None = None) -> web.Response:
     headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
     return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def error_response(exc: ServingError) -> web.Response:
+    """The one place the front's failures become answers: the status and Retry-After their class carries."""
+    return json_error(exc.http_status, exc.message, exc.retry_after_s)
 
 
 class FrontMetrics:
@@ -98,8 +109,8 @@ class Front:
         hold: Hold,
         metrics: FrontMetrics,
         registry: CollectorRegistry,
-        retry_interval_s: float = 0.1,
-        max_body_bytes: int = 64 * 1024 * 1024,
+        retry_interval_s: float,
+        max_body_bytes: int,
         upstream_timeout_s: float = 300.0,
     ) -> None:
         self.upstream = upstream.rstrip("/")
@@ -143,15 +154,19 @@ class Front:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:
             response = await self._proxy(request)
-        except web.HTTPException as exc:  # e.g. a body over the limit
+        except ServingError as exc:
+            response = error_response(exc)
+        except web.HTTPException as exc:  # aiohttp's own refusal, e.g. a body over the limit: its status
             response = json_error(exc.status, exc.reason or "bad request")
         except Exception as exc:  # never let one request take the front down
             log.exception("front: request failed")
-            response = json_error(502, f"front: {type(exc).__name__}: {exc}")
+            response = error_response(BadGateway(f"front: {type(exc).__name__}: {exc}"))
         self.metrics.answered(response.status)
         return response
 
     async def _proxy(self, request: web.Request) -> web.Response:
+        """The upstream's answer, or a `ServingError`: the hold is full or past its deadline (503), the
+        upstream did not answer in time (504) or failed after the request reached it (502)."""
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         loop = asyncio.get_running_loop()
@@ -168,26 +183,23 @@ class Front:
                     waited = loop.time() - started
                     if not holding:
                         if self.held >= self.hold.max_requests:
-                            return json_error(
-                                503,
-                                f"front: {self.held} requests already wait for a replica; retry shortly",
-                                1,
-                            )
+                            raise HoldFull(
+                                f"front: {self.held} requests already wait for a replica; retry shortly"
+                            ) from exc
                         holding = True
                         self.held += 1
                         self.metrics.held.inc()
                     if waited >= self.hold.deadline_s:
-                        return json_error(
-                            503,
+                        raise NoReplica(
                             f"front: no replica answered within {self.hold.deadline_s:g}s ({_why(exc)}); "
                             "retry shortly",
-                            max(1, round(self.hold.deadline_s / 4)),
-                        )
+                            retry_after_s=max(1, round(self.hold.deadline_s / 4)),
+                        ) from exc
                     await asyncio.sleep(min(self.retry_interval_s, self.hold.deadline_s - waited))
         except TimeoutError:
-            return json_error(504, f"front: {self.upstream} did not answer in time")
+            raise DeadlineExceeded(f"front: {self.upstream} did not answer in time") from None
         except aiohttp.ClientError as exc:
-            return json_error(502, f"front: {self.upstream} failed: {exc}")
+            raise BadGateway(f"front: {self.upstream} failed: {exc}") from None
         finally:
             if holding:
                 self.held -= 1
@@ -221,58 +233,63 @@ async def forward(
 ENV_PREFIX = "FRUGAL_FRONT_"
 
 
+@dataclass(frozen=True)
+class FrontConfig:
+    """`frugal front`'s settings: each field is a flag and a FRUGAL_FRONT_* variable (settings.Setting)."""
+
+    upstream: Annotated[
+        str, Setting("base URL of the model's first shard, e.g. http://md-live.ns.svc:8080 (required)")
+    ]
+    model_name: Annotated[str, Setting("the served model's name, for the metrics' model label (required)")]
+    namespace: Annotated[str, Setting("the metrics' namespace label")] = ""
+    host: Annotated[str, Setting("address to listen on (0.0.0.0 in a pod)")] = "127.0.0.1"
+    port: Annotated[int, Setting("port to listen on (0: any free port, printed when ready)")] = 8080
+    hold_max_requests: Annotated[
+        int, Setting("requests that may wait for a replica at once (503 beyond)")
+    ] = Hold.max_requests
+    hold_deadline_s: Annotated[float, Setting("longest a request waits for a replica (503 past it)")] = (
+        Hold.deadline_s
+    )
+    retry_interval_ms: Annotated[float, Setting("pause between connection attempts while holding")] = 100.0
+    max_body_bytes: Annotated[int, Setting("largest request body accepted (413 beyond)")] = 64 * 1024 * 1024
+    log_level: Annotated[str, Setting("DEBUG, INFO, WARNING or ERROR")] = "INFO"
+
+
+SETTINGS = declared(FrontConfig, ENV_PREFIX)
+
+
 def build_parser(environ: dict[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="frugal front",
         description="Hold requests for a model scaled to zero until a replica answers, then forward them.",
         epilog=f"Every flag may be set by its environment variable, e.g. {ENV_PREFIX}UPSTREAM.",
     )
-
-    def flag(name: str, kind: type, default: object, text: str) -> None:
-        variable = ENV_PREFIX + name.lstrip("-").replace("-", "_").upper()
-        if variable in environ and environ[variable] != "":
-            default = environ[variable]
-        parser.add_argument(name, type=kind, default=default, help=f"{text} (env {variable})")
-
-    flag(
-        "--upstream",
-        str,
-        None,
-        "base URL of the model's first shard, e.g. http://md-live.ns.svc:8080 (required)",
-    )
-    flag("--model-name", str, None, "the served model's name, for the metrics' model label (required)")
-    flag("--namespace", str, "", "the metrics' namespace label")
-    flag("--host", str, "127.0.0.1", "address to listen on (0.0.0.0 in a pod)")
-    flag("--port", int, 8080, "port to listen on (0: any free port, printed when ready)")
-    flag("--hold-max-requests", int, 256, "requests that may wait for a replica at once (503 beyond)")
-    flag("--hold-deadline-s", float, 60.0, "longest a request waits for a replica (503 past it)")
-    flag("--retry-interval-ms", float, 100.0, "pause between connection attempts while holding")
-    flag("--max-body-bytes", int, 64 * 1024 * 1024, "largest request body accepted (413 beyond)")
-    flag("--log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR")
+    add_arguments(parser, SETTINGS, environ, blank_is_unset=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(dict(os.environ))
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    for required in ("upstream", "model_name"):
-        if not getattr(args, required):
-            parser.error(f"--{required.replace('_', '-')} is required")
+    for required in (s for s in SETTINGS if s.required):
+        if not getattr(args, required.name):
+            parser.error(f"{required.flag} is required")
+    config = FrontConfig(**vars(args))
     try:
-        hold = Hold(args.hold_max_requests, args.hold_deadline_s)
+        hold = Hold(config.hold_max_requests, config.hold_deadline_s)
     except ValueError as error:
         parser.error(f"--hold-max-requests/--hold-deadline-s: {error}")
-    if args.retry_interval_ms <= 0:
+    if config.retry_interval_ms <= 0:
         parser.error("--retry-interval-ms must be above 0")
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     registry = CollectorRegistry()
-    metrics = FrontMetrics(registry, args.model_name, {"namespace": args.namespace})
+    metrics = FrontMetrics(registry, config.model_name, {"namespace": config.namespace})
     front = Front(
-        args.upstream, hold, metrics, registry, args.retry_interval_ms / 1000.0, args.max_body_bytes
+        config.upstream, hold, metrics, registry, config.retry_interval_ms / 1000.0, config.max_body_bytes
     )
-    asyncio.run(_serve(front, args.host, args.port))
+    asyncio.run(_serve(front, config.host, config.port))
     return 0
 
 

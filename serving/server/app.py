@@ -2,7 +2,8 @@
 
 The gRPC service (`grpc_transport`) runs beside it on `--grpc-port`, on the same `ModelService`.
 
-Every failure a client can cause maps to a 4xx with `{"error": "..."}`; overload is 429 with
+Every failure is an `failures.ServingError`, answered by `error_response` with the status its class
+carries and `{"error": "..."}`: a failure a client can cause is a 4xx; overload is 429 with
 Retry-After; a passed deadline is 504; a failing next stage or a draining server is 503. A client
 that goes away before its answer is counted (`frugal_client_disconnects_total`) and logged at debug.
 
@@ -34,11 +35,10 @@ from grpc import aio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from frugal.serving.server import grpc_transport
-from frugal.serving.server.batching import DeadlineExceeded, QueueFull, ShuttingDown
-from frugal.serving.server.codec import HEADER_LENGTH, ProtocolError, decode_request, encode_response
-from frugal.serving.server.forward import NextStageError
+from frugal.serving.server.codec import HEADER_LENGTH, decode_request, encode_response
+from frugal.serving.server.failures import ClientClosed, PayloadTooLarge, ServingError, unexpected
 from frugal.serving.server.service import ModelService, load_model
-from frugal.serving.server.settings import ServeConfig
+from frugal.serving.server.settings import ServeConfig, flag
 
 log = logging.getLogger("frugal.serving")
 
@@ -48,7 +48,7 @@ EXTENSIONS = ["binary_tensor_data"]
 SERVICE_KEY = web.AppKey("service", ModelService)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 DRAIN_KEY: web.AppKey[Drain] = web.AppKey("drain")
-CLIENT_CLOSED = 499  # nginx's status for a client that went away; never sent, only never counted as served
+CLIENT_CLOSED = ClientClosed.http_status  # never sent, only never counted as served
 QUEUE_DRAIN_S = 0.2  # time for the accept loop to empty the kernel's queue once new SYNs are dropped
 SO_ATTACH_FILTER = 26  # Linux <asm-generic/socket.h>; Python's socket module does not name it
 IDLE_CLOSE_S = 1.0  # an idle keep-alive connection this quiet after the grace has no request coming
@@ -57,10 +57,12 @@ IDLE_CLOSE_S = 1.0  # an idle keep-alive connection this quiet after the grace h
 UNUSED_CLOSE_S = 5.0
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(exc: ServingError) -> web.Response:
+    """The one place a failure becomes a REST answer: its class's status, Retry-After when it has one."""
+    headers = None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
     return web.Response(
-        status=status,
-        body=orjson.dumps({"error": message}),
+        status=exc.http_status,
+        body=orjson.dumps({"error": exc.message}),
         content_type="application/json",
         headers=headers,
     )
@@ -74,14 +76,10 @@ def _service(request: web.Request) -> ModelService:
     return request.app[SERVICE_KEY]
 
 
-def _model_or_404(request: web.Request) -> ModelService | web.Response:
+def _model(request: web.Request) -> ModelService:
+    """The service, when the URL names its model (and version); else `ModelNotFound`."""
     service = _service(request)
-    name = request.match_info["name"]
-    if name != service.name:
-        return error(404, f"model '{name}' is not served here; this server serves '{service.name}'")
-    version = request.match_info.get("version")
-    if version is not None and version != service.version:
-        return error(404, f"model '{name}' has no version '{version}'; it has '{service.version}'")
+    service.check_model(request.match_info["name"], request.match_info.get("version"))
     return service
 
 
@@ -103,16 +101,18 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def model_metadata(request: web.Request) -> web.Response:
-    service = _model_or_404(request)
-    if isinstance(service, web.Response):
-        return service
+    try:
+        service = _model(request)
+    except ServingError as exc:
+        return error_response(exc)
     return ok(service.model_metadata())
 
 
 async def model_ready(request: web.Request) -> web.Response:
-    service = _model_or_404(request)
-    if isinstance(service, web.Response):
-        return service
+    try:
+        service = _model(request)
+    except ServingError as exc:
+        return error_response(exc)
     return web.Response(
         status=200 if service.ready else 503,
         body=orjson.dumps({"name": service.name, "ready": service.ready}),
@@ -127,6 +127,8 @@ async def infer(request: web.Request) -> web.Response:
     metrics.inflight.inc()
     try:
         response = await _infer(request, service)
+    except Exception as exc:
+        response = error_response(unexpected(exc))
     finally:
         metrics.inflight.dec()
     if response.status == CLIENT_CLOSED:
@@ -136,34 +138,21 @@ async def infer(request: web.Request) -> web.Response:
 
 
 async def _infer(request: web.Request, service: ModelService) -> web.Response:
-    found = _model_or_404(request)
-    if isinstance(found, web.Response):
-        return found
+    """One inference; every failure raises (a `ServingError`, or anything a runtime raises: a 500)."""
+    _model(request)
     try:
-        try:
-            body = await request.read()
-        except ConnectionResetError:  # aiohttp's "Connection lost" while the body was arriving
-            service.metrics.client_disconnects.inc()
-            log.debug("client %s went away before its request body arrived", request.remote)
-            return error(CLIENT_CLOSED, "client closed the connection before the request body arrived")
-        decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
-        outputs = await service.infer(decoded)
-        payload, headers = encode_response(service.name, service.version, decoded, outputs)
-    except ProtocolError as exc:
-        return error(400, str(exc))
+        body = await request.read()
+    except ConnectionResetError:  # aiohttp's "Connection lost" while the body was arriving
+        service.metrics.client_disconnects.inc()
+        log.debug("client %s went away before its request body arrived", request.remote)
+        raise ClientClosed("client closed the connection before the request body arrived") from None
     except web.HTTPRequestEntityTooLarge:
-        return error(413, f"request body is larger than --max-body-bytes ({service.max_body_bytes})")
-    except QueueFull as exc:
-        return error(429, f"{exc}; retry shortly", {"Retry-After": "1"})
-    except DeadlineExceeded as exc:
-        return error(504, str(exc))
-    except ShuttingDown as exc:
-        return error(503, str(exc), {"Retry-After": "1"})
-    except NextStageError as exc:
-        return error(503, str(exc), {"Retry-After": "1"})
-    except Exception as exc:  # a runtime failure on valid-looking input (e.g. ORT rejects a value)
-        log.exception("inference failed")
-        return error(500, f"inference failed: {type(exc).__name__}: {exc}")
+        raise PayloadTooLarge(
+            f"request body is larger than {flag('max_body_bytes')} ({service.max_body_bytes})"
+        ) from None
+    decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
+    outputs = await service.infer(decoded)
+    payload, headers = encode_response(service.name, service.version, decoded, outputs)
     return web.Response(body=payload, headers=headers)
 
 

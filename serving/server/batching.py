@@ -4,9 +4,9 @@ Policy. A request that finds the runtime idle runs at once (waiting would only a
 next arrivals batch up behind it). While the runtime is busy, arrivals queue and leave together, up to
 `max_batch_size`, as soon as it frees. Under sustained concurrency (the last batch held more than one
 request) the collector also waits up to `max_delay` to fill a batch — overlapping the previous batch's
-execution. The queue is bounded: a full queue refuses at once (`QueueFull` → 429). Each request holds
-one future; a batch's failure is set on every future in it; a request whose deadline passes is answered
-with `DeadlineExceeded` and dropped from any batch not yet started.
+execution. The queue is bounded: a full queue refuses at once (`failures.QueueFull`: 429). Each
+request holds one future; a batch's failure is set on every future in it; a request whose deadline
+passes is answered with `DeadlineExceeded` and dropped from any batch not yet started.
 """
 
 from __future__ import annotations
@@ -20,19 +20,9 @@ from typing import Protocol
 
 import numpy as np
 
+from frugal.serving.server.failures import DeadlineExceeded, QueueFull, ShuttingDown
+
 Tensors = dict[str, np.ndarray]
-
-
-class QueueFull(Exception):
-    """The batch queue is at its bound; the client should retry later."""
-
-
-class DeadlineExceeded(Exception):
-    """The request's deadline passed before its result was ready."""
-
-
-class ShuttingDown(Exception):
-    """The server is draining and takes no new work."""
 
 
 # ------------------------------------------------------------------------------------------ pure parts
@@ -145,7 +135,9 @@ class Batcher:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            raise QueueFull(f"the batch queue is full ({self._queue.maxsize} requests waiting)") from None
+            raise QueueFull(
+                f"the batch queue is full ({self._queue.maxsize} requests waiting); retry shortly"
+            ) from None
         item.timer = loop.call_at(item.deadline, _expire, item, timeout_s)
         self.pending += 1
         try:

@@ -3,7 +3,8 @@
 Supports JSON tensors (flat or nested `data`) and the binary tensor data extension
 (`Inference-Header-Content-Length`, `binary_data_size`, `binary_data`, `binary_data_output`), which is
 what Triton's and KServe's clients send. Every malformed body raises `ProtocolError` with a message that
-names the offending field; nothing here raises anything else for user input.
+names the offending field (`failures.InvalidInput`: 400 / INVALID_ARGUMENT); nothing here raises anything
+else for user input.
 """
 
 from __future__ import annotations
@@ -18,14 +19,11 @@ import numpy as np
 import orjson
 
 from frugal.serving.datatypes import OIP_TO_NUMPY, oip_of_numpy
+from frugal.serving.server.failures import ProtocolError  # failures.InvalidInput, the codecs' name
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 DATATYPES: Mapping[str, np.dtype[Any]] = OIP_TO_NUMPY  # OIP name → numpy dtype (serving/datatypes.py)
-
-
-class ProtocolError(ValueError):
-    """A request the protocol does not allow; the message tells the client what to change."""
 
 
 @dataclass(frozen=True)

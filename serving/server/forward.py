@@ -1,4 +1,8 @@
-"""A pipeline stage's client for the next stage: one OIP request per batch, binary tensors both ways."""
+"""A pipeline stage's client for the next stage: one OIP request per batch, binary tensors both ways.
+
+When the next stage cannot answer, every request of the batch fails with `failures.NextStageError`
+(503 / UNAVAILABLE), naming the stage and its last answer.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,10 @@ import logging
 import aiohttp
 
 from frugal.serving.server.batching import Tensors
-from frugal.serving.server.codec import HEADER_LENGTH, ProtocolError, decode_response, encode_request
+from frugal.serving.server.codec import HEADER_LENGTH, decode_response, encode_request
+from frugal.serving.server.failures import NextStageError, ProtocolError
 
 log = logging.getLogger("frugal.serving")
-
-
-class NextStageError(Exception):
-    """The next stage could not answer; the client gets a 503 naming it."""
 
 
 class NextStage:

@@ -20,11 +20,11 @@ from tritonclient.grpc import service_pb2 as pb
 from frugal.serving.server.codec import (
     DATATYPES,
     InferRequest,
-    ProtocolError,
     RequestedOutput,
     array_from_bytes,
     array_to_bytes,
 )
+from frugal.serving.server.failures import ProtocolError
 
 # OIP datatype → the InferTensorContents field that carries it (FP16 has none: raw only).
 CONTENTS_FIELD: Mapping[str, str] = {

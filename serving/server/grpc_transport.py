@@ -1,12 +1,14 @@
 """gRPC transport: the Open Inference Protocol v2 `inference.GRPCInferenceService` on grpc.aio.
 
 It serves the same `ModelService` as the REST routes (one batcher, queue bound, deadlines, metrics,
-power accounting). Status codes: a bad request is INVALID_ARGUMENT, an unknown model or version
-NOT_FOUND, a full queue RESOURCE_EXHAUSTED, a passed deadline DEADLINE_EXCEEDED, a draining server or
-a failing next stage UNAVAILABLE, and only a runtime failure on valid-looking input INTERNAL. Answers
-are counted in `frugal_requests_total` under the HTTP status REST would have sent, so one query covers
-both protocols. ModelInfer takes raw bytes and parses them itself, so bytes that are not a
-ModelInferRequest are INVALID_ARGUMENT (grpc's own deserializer would make them INTERNAL).
+power accounting). Every failure is a `failures.ServingError`, whose class carries its gRPC status
+(`status_of` is the one place that reads it): a bad request is INVALID_ARGUMENT, an unknown model or
+version NOT_FOUND, a full queue RESOURCE_EXHAUSTED, a passed deadline DEADLINE_EXCEEDED, a draining
+server or a failing next stage UNAVAILABLE, and only a runtime failure on valid-looking input INTERNAL.
+Answers are counted in `frugal_requests_total` under the HTTP status the same class carries (what REST
+would have sent), so one query covers both protocols. ModelInfer takes raw bytes and parses them
+itself, so bytes that are not a ModelInferRequest are INVALID_ARGUMENT (grpc's own deserializer would
+make them INTERNAL).
 """
 
 from __future__ import annotations
@@ -23,9 +25,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from frugal.serving.server import grpc_codec
-from frugal.serving.server.batching import DeadlineExceeded, QueueFull, ShuttingDown
-from frugal.serving.server.codec import ProtocolError
-from frugal.serving.server.forward import NextStageError
+from frugal.serving.server.failures import ServingError, unexpected
 from frugal.serving.server.service import ModelService
 
 log = logging.getLogger("frugal.serving")
@@ -51,21 +51,11 @@ CLIENT_SERVICE_CONFIG = json.dumps(
         ]
     }
 )
-HTTP_EQUIVALENT = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
 
 
-class Failure(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+def status_of(exc: ServingError) -> tuple[grpc.StatusCode, str]:
+    """The one place a failure becomes a gRPC status: its class's code, and its message as details."""
+    return grpc.StatusCode[exc.grpc_code], exc.message
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -89,11 +79,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return self._metadata
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        await self._found_or_abort(request.name, request.version, context)
+        await self._check_model(request.name, request.version, context)
         return pb.ModelReadyResponse(ready=self.service.ready)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        await self._found_or_abort(request.name, request.version, context)
+        await self._check_model(request.name, request.version, context)
         doc = self.service.model_metadata()
         response = pb.ModelMetadataResponse(
             name=doc["name"], versions=doc["versions"], platform=doc["platform"]
@@ -103,57 +93,42 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 getattr(response, key).add(name=spec["name"], datatype=spec["datatype"], shape=spec["shape"])
         return response
 
-    async def _found_or_abort(self, name: str, version: str, context: Any) -> None:
-        problem = self.service.model_error(name, version)
-        if problem is not None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, problem)
+    async def _check_model(self, name: str, version: str, context: Any) -> None:
+        """Return when this server serves the model (and version); else abort the call with NOT_FOUND."""
+        try:
+            self.service.check_model(name, version)
+        except ServingError as exc:
+            await context.abort(*status_of(exc))
 
     async def model_infer(self, data: bytes, context: Any) -> bytes:
         """ModelInfer on the wire bytes: counted, timed and mapped to a status like a REST answer."""
         started = time.perf_counter()
         metrics = self.service.metrics
         metrics.inflight.inc()
+        failure: ServingError | None = None
         try:
             reply = await self._infer(data, context)
-            code, message = grpc.StatusCode.OK, ""
-        except Failure as failure:
-            reply, code, message = b"", failure.code, str(failure)
         except asyncio.CancelledError:  # the client went away (or cancelled); nobody to answer
             metrics.client_disconnects.inc()
             log.debug("gRPC client cancelled its ModelInfer call")
             raise
+        except Exception as exc:
+            reply, failure = b"", unexpected(exc)
         finally:
             metrics.inflight.dec()
-        metrics.observe(HTTP_EQUIVALENT[code], time.perf_counter() - started)
-        if code is not grpc.StatusCode.OK:
-            await context.abort(code, message)
+        metrics.observe(200 if failure is None else failure.http_status, time.perf_counter() - started)
+        if failure is not None:
+            await context.abort(*status_of(failure))
         return reply
 
     async def _infer(self, data: bytes, context: Any) -> bytes:
+        """One inference; every failure raises (a `ServingError`, or anything a runtime raises: INTERNAL)."""
         service = self.service
-        try:
-            message = grpc_codec.parse_request(data)
-            problem = service.model_error(message.model_name, message.model_version)
-            if problem is not None:
-                raise Failure(grpc.StatusCode.NOT_FOUND, problem)
-            decoded = grpc_codec.decode_request(message)
-            outputs = await service.infer(decoded, context.time_remaining())
-            response = grpc_codec.encode_response(service.name, service.version, decoded, outputs)
-        except Failure:
-            raise
-        except ProtocolError as exc:
-            raise Failure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        except QueueFull as exc:
-            raise Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry shortly") from None
-        except DeadlineExceeded as exc:
-            raise Failure(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)) from None
-        except (ShuttingDown, NextStageError) as exc:
-            raise Failure(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
-        except Exception as exc:  # a runtime failure on valid-looking input (e.g. ORT rejects a value)
-            log.exception("inference failed")
-            raise Failure(
-                grpc.StatusCode.INTERNAL, f"inference failed: {type(exc).__name__}: {exc}"
-            ) from None
+        message = grpc_codec.parse_request(data)
+        service.check_model(message.model_name, message.model_version)
+        decoded = grpc_codec.decode_request(message)
+        outputs = await service.infer(decoded, context.time_remaining())
+        response = grpc_codec.encode_response(service.name, service.version, decoded, outputs)
         serialized: bytes = response.SerializeToString()
         return serialized
 

@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 from frugal.serving.server import artifacts, runtime
 from frugal.serving.server.artifacts import Manifest, TensorSpec, Variant
 from frugal.serving.server.batching import Batcher, Tensors
-from frugal.serving.server.codec import InferRequest, ProtocolError
+from frugal.serving.server.codec import InferRequest
+from frugal.serving.server.failures import ModelNotFound, ProtocolError
 from frugal.serving.server.forward import NextStage
 from frugal.serving.server.metrics import MetricLabels, ServerMetrics
 from frugal.serving.server.power import BusyClock, EstimatedPower, PowerSource, open_nvml
@@ -169,13 +170,12 @@ class ModelService:
             timeout_s = max(0.0, min(timeout_s, limit_s))
         return await self.batcher.submit(request.inputs, timeout_s)
 
-    def model_error(self, name: str, version: str | None) -> str | None:
-        """Why `name` (and `version`, when given) is not served here, or None when it is."""
+    def check_model(self, name: str, version: str | None) -> None:
+        """Raise `ModelNotFound` saying why, unless `name` (and `version`, when given) is served here."""
         if name != self.name:
-            return f"model '{name}' is not served here; this server serves '{self.name}'"
+            raise ModelNotFound(f"model '{name}' is not served here; this server serves '{self.name}'")
         if version and version != self.version:
-            return f"model '{name}' has no version '{version}'; it has '{self.version}'"
-        return None
+            raise ModelNotFound(f"model '{name}' has no version '{version}'; it has '{self.version}'")
 
     async def close(self) -> None:
         self.ready = False

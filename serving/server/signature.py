@@ -6,7 +6,8 @@ import math
 from collections.abc import Sequence
 
 from frugal.serving.server.artifacts import TensorSpec
-from frugal.serving.server.codec import InferRequest, ProtocolError
+from frugal.serving.server.codec import InferRequest
+from frugal.serving.server.failures import ProtocolError
 
 # What the largest request the server must take looks like, when --max-body-bytes is not given: this many
 # rows (or the server's batch, if larger), every other dimension the model leaves open at DYNAMIC_DIM,

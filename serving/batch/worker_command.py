@@ -1,4 +1,4 @@
-"""`frugal batch-worker`: score this worker's shards of a batch (see `frugal.serving.batch`).
+"""`frugal batch-worker`: score this worker's shards of a batch (see `frugal.serving.batch.engine`).
 
 Worker ``--index I`` of ``--count N`` takes shards ``I, I+N, ...``; the index defaults to
 ``$JOB_COMPLETION_INDEX``, which Kubernetes sets in an Indexed Job's pods, so every pod of the Job
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from frugal.serving.batch import BatchError, config_from, run_worker
+from frugal.serving.batch.engine import BatchError, config_from, run_worker
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 PROG = "frugal batch-worker"

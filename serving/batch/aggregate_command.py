@@ -1,6 +1,6 @@
 """`frugal batch-aggregate`: join a batch's finished shards into its predictions and summary.
 
-Run once every worker has succeeded (see `frugal.serving.batch`). The config is ``--config FILE``
+Run once every worker has succeeded (see `frugal.serving.batch.engine`). The config is ``--config FILE``
 or the JSON in ``$FRUGAL_BATCH_CONFIG``; the summary is printed as one JSON line on stdout. Exit
 codes: 0 on success, 2 when shards are missing or the output holds a finished run (one line on stderr).
 """
@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from frugal.serving.batch import BatchError, aggregate, config_from, summary_json
-from frugal.serving.batch_worker import setup_logging
+from frugal.serving.batch.engine import BatchError, aggregate, config_from, summary_json
+from frugal.serving.batch.worker_command import setup_logging
 
 PROG = "frugal batch-aggregate"
 

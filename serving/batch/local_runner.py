@@ -1,14 +1,14 @@
 """Run a batch on this machine: N `frugal batch-worker` processes, restarted when they die, then the
-aggregation (see `frugal.serving.batch`).
+aggregation (see `frugal.serving.batch.engine`).
 
 The workers are the very command a Kubernetes Indexed Job runs (``python -m
-frugal.serving.batch_worker``), one process per index, so a local run exercises what a cluster runs.
+frugal.serving.batch.worker_command``), one process per index, so a local run exercises what a cluster runs.
 A worker that dies (a non-zero exit other than 2, or a signal) is started again with the same index
 and resumes: its finished shards have markers and are skipped. Exit 2 is a batch that cannot run as
 asked (bad input, say) and would fail again, so it stops the run instead. Progress is a bar over
 the shards whose markers exist.
 
-    python -m frugal.serving.batch_local --config batch.json --workers 2
+    python -m frugal.serving.batch.local_runner --config batch.json --workers 2
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from frugal.serving.batch import (
+from frugal.serving.batch.engine import (
     MARKER_SUFFIX,
     BatchConfig,
     BatchError,
@@ -36,7 +36,7 @@ from frugal.serving.batch import (
     summary_json,
 )
 
-WORKER_MODULE = "frugal.serving.batch_worker"  # what `frugal batch-worker` delegates to
+WORKER_MODULE = "frugal.serving.batch.worker_command"  # what `frugal batch-worker` delegates to
 USER_ERROR = 2
 POLL_S = 0.2
 STOP_GRACE_S = 5.0
@@ -183,7 +183,7 @@ def _reporter(progress: bool | Progress, total: int) -> Iterator[Progress]:
 
 def main(argv: Sequence[str] | None = None, stdout: IO[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m frugal.serving.batch_local", description=__doc__.split("\n\n")[0]
+        prog="python -m frugal.serving.batch.local_runner", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--config", type=Path, default=None, help="the batch config (JSON); default: $FRUGAL_BATCH_CONFIG"

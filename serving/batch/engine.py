@@ -1,7 +1,7 @@
 """Batch inference: score a dataset with one variant, split into shards that workers take in turn.
 
 Why shards and markers: a batch runs for minutes to hours on workers that may die (a pod evicted, a
-node drained). The input is cut into numbered shards (`frugal.serving.batch_data`: every file in
+node drained). The input is cut into numbered shards (`frugal.serving.batch.inputs`: every file in
 ranges of ``rowsPerShard`` rows, in input order); worker ``i`` of ``n`` scores shards ``i, i+n,
 i+2n, ...`` (a Kubernetes Indexed Job's completion index is ``i``) and, for each, writes the outputs
 and then a completion marker, both atomically. A worker started again skips every shard whose marker
@@ -58,7 +58,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from frugal.serving.batch_data import (
+from frugal.serving.batch.inputs import (
     BatchError,
     FileInfo,
     Shard,
