@@ -1,9 +1,10 @@
 """Map the repo's component folders onto the `frugal.*` namespace.
 
-The folders `operator/`, `serving/` and `compression/` have no `__init__.py` so that running Python
-from the repo root never shadows the standard library's `operator` module; setuptools maps them to
-`frugal.operator`, `frugal.serving` and `frugal.compression`. `crds/` ships as package data so the
-local validator reads the very files the API server gets.
+The folders `operator/`, `serving/`, `compression/` and `schema/` have no `__init__.py` so that
+running Python from the repo root never shadows the standard library's `operator` module; setuptools
+maps them to `frugal.operator`, `frugal.serving`, `frugal.compression` and `frugal.schema` (the
+artifact files' models, shared by the other three). `crds/` ships as package data so the local
+validator reads the very files the API server gets.
 """
 
 from setuptools import find_namespace_packages, setup
@@ -12,6 +13,7 @@ COMPONENTS = {
     "frugal.operator": "operator",
     "frugal.serving": "serving",
     "frugal.compression": "compression",
+    "frugal.schema": "schema",
     "frugal.operator.crds": "crds",
 }
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from frugal.schema.artifact_format import Report
+
 from .config import CompressionConfig
 from .errors import CompressionError
 
@@ -241,20 +243,22 @@ def _run(config: CompressionConfig, quiet: bool) -> Any:
         return compress(config, bars)
 
 
-def _print_table(report: dict[str, Any]) -> None:
+def _print_table(document: dict[str, Any]) -> None:
+    report = Report.model_validate(document)
     print(
-        f"{'variant':<34} {'status':<8} {'size':>10} {'ratio':>6} {report['metric']:>9} {'b1 ms':>8} "
-        f"{'b' + str(report['servingBatchSize']) + ' ms':>8} {'speedup':>7}"
+        f"{'variant':<34} {'status':<8} {'size':>10} {'ratio':>6} {report.metric:>9} {'b1 ms':>8} "
+        f"{'b' + str(report.serving_batch_size) + ' ms':>8} {'speedup':>7}"
     )
-    for row in report["variants"]:
-        metric = row["metric"]["value"] if row["metric"] else float("nan")
-        latency = row["latency"] or {}
+    nan = float("nan")
+    for row in report.variants:
+        metric = row.metric.value if row.metric else nan
+        latency = row.latency
         print(
-            f"{row['name']:<34} {row['status']:<8} {row['sizeBytes']:>10} {row.get('sizeRatio', 0):>6.3f} "
-            f"{metric:>9.4f} {latency.get('batch1Ms', float('nan')):>8.3f} "
-            f"{latency.get('batchMs', float('nan')):>8.3f} {row.get('speedupBatch', float('nan')):>7.2f}"
-            + (f"  ({row['reason']})" if row["reason"] else "")
-            + ("  *" + ",".join(row["chosenAs"]) if row["chosenAs"] else "")
+            f"{row.name:<34} {row.status:<8} {row.size_bytes:>10} {row.size_ratio or 0:>6.3f} "
+            f"{metric:>9.4f} {latency.batch1_ms if latency else nan:>8.3f} "
+            f"{latency.batch_ms if latency else nan:>8.3f} {nan if row.speedup_batch is None else row.speedup_batch:>7.2f}"
+            + (f"  ({row.reason})" if row.reason else "")
+            + ("  *" + ",".join(row.chosen_as) if row.chosen_as else "")
         )
 
 

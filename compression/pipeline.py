@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from frugal.schema import artifact_format as schema
+
 from . import artifact, plan, report
 from .config import CompressionConfig, ModelSource, QuantizationConfig
 from .errors import CompressionError
 from .evaluate import Evaluator, Score
 from .latency import Latency, measure
 from .progress import Progress, Silent
-from .source import SourceModel
+from .source import SourceModel, TensorSpec
 
 
 @dataclass
@@ -265,6 +267,7 @@ def _time_survivors(
 def _write(
     config: CompressionConfig, source: SourceModel, metric: str, variants: list[VariantResult], root: Path
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """report.json, report.png and (last: it lists every other file) manifest.json; their documents."""
     fp32 = next(v for v in variants if v.name == "fp32")
     kept = [v for v in variants if v.status == "kept"]
     order = plan.rank(
@@ -275,40 +278,42 @@ def _write(
         ]
     )
     rows = [v.to_json(fp32) for v in variants]
-    report_json = {
-        "schemaVersion": artifact.SCHEMA_VERSION,
-        "model": config.name,
-        "source": source.uri,
-        "metric": metric,
-        "budget": config.accuracy_budget.model_dump(by_alias=True),
-        "servingBatchSize": config.serving_batch_size,
-        "ranking": order,
-        "chosen": {role: v.name for v in kept for role in v.chosen_as},
-        "variants": rows,
-    }
-    artifact.write_json(root / "report.json", report_json)
-    report.plot(rows, metric, root / "report.png")
-    manifest = {
-        "schemaVersion": artifact.SCHEMA_VERSION,
-        "model": config.name,
-        "generation": config.generation,
-        "source": source.uri,
-        "createdAt": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "files": artifact.file_table(root),
-        "variants": [_manifest_entry(v, source) for v in sorted(kept, key=lambda v: order.index(v.name))],
-    }
-    artifact.write_json(root / "manifest.json", manifest)
-    return manifest, report_json
+    report_file = schema.Report(
+        model=config.name,
+        source=source.uri,
+        metric=metric,
+        budget=schema.Budget.model_validate(config.accuracy_budget.model_dump(by_alias=True)),
+        serving_batch_size=config.serving_batch_size,
+        ranking=tuple(order),
+        chosen={role: v.name for v in kept for role in v.chosen_as},
+        variants=tuple(schema.ReportRow.model_validate(row) for row in rows),
+    )
+    schema.write_report(root, report_file)
+    report.plot(report_file.variants, metric, root / "report.png")
+    manifest = schema.Manifest(
+        model=config.name,
+        generation=config.generation,
+        source=source.uri,
+        created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        files=artifact.file_table(root),
+        variants=tuple(_manifest_entry(v, source) for v in sorted(kept, key=lambda v: order.index(v.name))),
+    )
+    schema.write_manifest(root, manifest)
+    return schema.document(manifest), schema.document(report_file)
 
 
-def _manifest_entry(variant: VariantResult, source: SourceModel) -> dict[str, Any]:
-    return {
-        "name": variant.name,
-        "file": variant.file,
-        "steps": list(variant.steps),
-        "inputs": [s.to_json() for s in source.inputs],
-        "outputs": [s.to_json() for s in source.outputs],
-        "sizeBytes": variant.size_bytes,
-        "metric": variant.score.to_json() if variant.score else None,
-        "latency": variant.latency.to_json() if variant.latency else None,
-    }
+def _manifest_entry(variant: VariantResult, source: SourceModel) -> schema.Variant:
+    return schema.Variant(
+        name=variant.name,
+        file=variant.file,
+        steps=variant.steps,
+        inputs=tuple(_tensor(s) for s in source.inputs),
+        outputs=tuple(_tensor(s) for s in source.outputs),
+        size_bytes=variant.size_bytes,
+        metric=schema.Score.model_validate(variant.score.to_json()) if variant.score else None,
+        latency=schema.Latency.model_validate(variant.latency.to_json()) if variant.latency else None,
+    )
+
+
+def _tensor(spec: TensorSpec) -> schema.TensorSpec:
+    return schema.TensorSpec(name=spec.name, datatype=spec.datatype, shape=tuple(spec.shape))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+from frugal.schema.artifact_format import ReportRow
 
 
-def plot(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> Path:
-    """Draw kept variants as dots, dropped as grey crosses, chosen as stars (rows as in report.json)."""
+def plot(rows: Sequence[ReportRow], metric: str, path: Path) -> Path:
+    """Draw kept variants as dots, dropped as grey crosses, chosen as stars (report.json's rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,17 +21,15 @@ def plot(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> Path:
         (axes[1], "sizeBytes", "size (bytes)"),
     ):
         for row in rows:
-            x = row["sizeBytes"] if key == "sizeBytes" else (row.get("latency") or {}).get("batchMs")
-            y = (row.get("metric") or {}).get("value")
+            x = row.size_bytes if key == "sizeBytes" else (row.latency.batch_ms if row.latency else None)
+            y = row.metric.value if row.metric else None
             if x is None or y is None:
                 continue
-            style: dict[str, object] = (
-                {"marker": "x", "color": "0.6"} if row["status"] == "dropped" else {"marker": "o"}
-            )
-            if row.get("chosen"):
+            style: dict[str, object] = {"marker": "x", "color": "0.6"} if row.status == "dropped" else {"marker": "o"}
+            if row.chosen:
                 style = {"marker": "*", "color": "tab:red", "s": 160}
             axis.scatter([x], [y], **style)
-            axis.annotate(row["name"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            axis.annotate(row.name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         axis.set_xlabel(label)
         axis.set_ylabel(metric)
         axis.grid(alpha=0.3)

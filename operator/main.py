@@ -25,11 +25,11 @@ DELEGATED: dict[str, tuple[str, str]] = {
     ),
     "operator": ("frugal.operator.cluster.operator_command", "run the Kubernetes operator"),
     "batch-worker": (
-        "frugal.serving.batch_worker",
+        "frugal.serving.batch.worker_command",
         "score this worker's shards of a batch (an Indexed Job's pod, or a local worker)",
     ),
     "batch-aggregate": (
-        "frugal.serving.batch_aggregate",
+        "frugal.serving.batch.aggregate_command",
         "join a batch's finished shards into its predictions and summary",
     ),
 }

@@ -12,10 +12,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from frugal.operator.api.models import ModelDeploymentStatus
 from frugal.operator.api.spec import ModelDeploymentSpec
 from frugal.operator.decision.autoscaling import Recommendation, ScaleReason
 from frugal.operator.decision.conditions import Phase
-from frugal.operator.manifests.serving_objects import Selection
+from frugal.operator.decision.planner import Option
 
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 JOB_STAGES = ("compression", "profiling")
@@ -171,37 +172,37 @@ class OperatorMetrics:
     def observe(
         self,
         md: ModelDeploymentSpec,
-        selection: Selection,
-        shards: Sequence[dict[str, Any]],
-        variants: Sequence[Mapping[str, Any]] = (),
+        selection: Option,
+        status: ModelDeploymentStatus | Mapping[str, Any],
     ) -> None:
         """Set `md`'s series. `model` is the served model's name, the label its serving pods export;
         `model_deployment` tells apart ModelDeployments that serve a model of the same name.
-        `variants` is status.variants: the compression report."""
+        `status` gives the shards' replicas and status.variants, the compression report."""
+        typed = ModelDeploymentStatus.from_status(status)
         series = self._of(md.owner.namespace, md.model_name, md.owner.name)
         for labels in series.replicas:
             self.replicas.remove(*labels)
         series.replicas = []
-        for shard in shards:
-            labels = (*series.model, str(shard["index"]), selection.variant, selection.profile)
-            self.replicas.labels(*labels).set(shard.get("replicas", 0))
+        for shard in typed.shards:
+            labels = (*series.model, str(shard.index), selection.variant, selection.profile)
+            self.replicas.labels(*labels).set(shard.replicas or 0)
             series.replicas.append(labels)
-        self.slo.labels(*series.model).set(md.latency_p95_ms / 1000)
+        self.slo.labels(*series.model).set(md.slo_p95_ms / 1000)
         _remove_all(series.variants)
         series.variants = []
-        for variant in variants:
-            labels = (*series.model, str(variant.get("name")))
+        for variant in typed.variants:
+            labels = (*series.model, variant.name)
             series.variants.append((self.variant_size, labels))
-            self.variant_size.labels(*labels).set(int(variant.get("sizeBytes") or 0))
+            self.variant_size.labels(*labels).set(variant.size_bytes or 0)
             series.variants.append((self.variant_accepted, labels))
-            self.variant_accepted.labels(*labels).set(1 if variant.get("accepted") else 0)
-            score = variant.get("metric") or {}
-            if score.get("value") is None:
+            self.variant_accepted.labels(*labels).set(1 if variant.accepted else 0)
+            score = variant.metric
+            if score is None or score.value is None:
                 continue
-            scored = (*labels, str(score.get("name", "accuracy")))
+            scored = (*labels, score.name or "accuracy")
             series.variants += [(self.variant_metric, scored), (self.variant_metric_drop, scored)]
-            self.variant_metric.labels(*scored).set(float(score["value"]))
-            self.variant_metric_drop.labels(*scored).set(max(0.0, float(score.get("drop") or 0.0)))
+            self.variant_metric.labels(*scored).set(score.value)
+            self.variant_metric_drop.labels(*scored).set(max(0.0, score.drop or 0.0))
 
     def autoscaled(
         self,
@@ -227,13 +228,15 @@ class OperatorMetrics:
     def recommended(self, md: ModelDeploymentSpec, recommendation: Recommendation, status: Mapping[str, Any]) -> None:
         """An autoscaler tick for `md`: `recommendation`, and `status` as `scaling.observed_status` gives
         it (the cost per hour and the watts it counted)."""
-        watts = float((status.get("energy") or {}).get("watts", recommendation.watts))
+        observed = ModelDeploymentStatus.from_status(status)
+        watts = observed.energy.watts if observed.energy and observed.energy.watts is not None else None
+        per_hour = observed.cost.per_hour if observed.cost else None
         self.autoscaled(
             (md.owner.namespace, md.model_name, md.owner.name),
             recommendation.replicas,
             recommendation.reason.value,
-            float(status["cost"]["perHour"]),
-            watts,
+            float(per_hour or 0.0),
+            recommendation.watts if watts is None else watts,
             ScaleReason.POWER_CAPPED in recommendation.reasons,
         )
 

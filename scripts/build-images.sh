@@ -44,7 +44,7 @@ IMAGES_DIR="$CACHE_DIR/images"
 ENV_FILE="$IMAGES_DIR/images.env"
 CONTAINERFILE="$REPO_ROOT/Containerfile"
 # What the Containerfile copies into the images (besides requirements/): keep in step with its COPY lines.
-SOURCES=(pyproject.toml setup.py README.md operator serving compression crds)
+SOURCES=(pyproject.toml setup.py README.md operator serving compression schema crds)
 
 log() { printf '[build-images] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

@@ -3,7 +3,8 @@
 ``python -m frugal.serving.profiling --artifacts DIR --hardware-profile NAME ...`` loads each variant
 in ``DIR/manifest.json`` with ONNX Runtime on the requested execution provider, runs random inputs
 of the manifest's signature at the serving batch size, and writes ``DIR/profiles/NAME.json``
-(atomically). Only ONNX Runtime and numpy are needed, so it runs in the serving image.
+(atomically; both files are :mod:`frugal.schema.artifact_format`'s). Only ONNX Runtime and numpy
+are needed, so it runs in the serving image.
 
 A request's p95 latency is the p95 of one batch's run time plus the batching delay. One replica's
 throughput is the batch size divided by the median batch time plus the server's own per-request
@@ -14,17 +15,21 @@ credited with the raw runtime's millions of rows per second.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from frugal.schema.artifact_format import (
+    ArtifactError,
+    Profile,
+    ProfileRow,
+    TensorSpec,
+    read_manifest,
+    write_profile,
+)
 from frugal.serving.datatypes import OIP_TO_NUMPY
 
 # The numeric datatypes example_inputs fills (OIP name → numpy scalar type); BYTES gets b"0".
@@ -33,21 +38,20 @@ DTYPES: dict[str, type[np.generic]] = {
 }
 
 
-def example_inputs(inputs: Sequence[dict[str, Any]], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+def example_inputs(inputs: Sequence[TensorSpec], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random tensors of the manifest's input signature, batch dimension (-1) set to `batch`."""
     rng = np.random.default_rng(seed)
     result: dict[str, np.ndarray] = {}
     for spec in inputs:
-        shape = [batch if d in (-1, None) else int(d) for d in spec.get("shape", [-1])]
-        datatype = str(spec.get("datatype", "FP32"))
-        if datatype == "BYTES":
-            result[str(spec["name"])] = np.full(shape, b"0", dtype=object)
+        shape = [batch if d == -1 else d for d in spec.shape]
+        if spec.datatype == "BYTES":
+            result[spec.name] = np.full(shape, b"0", dtype=object)
             continue
-        dtype = DTYPES.get(datatype, np.float32)
+        dtype = DTYPES.get(spec.datatype, np.float32)
         if np.issubdtype(dtype, np.floating):
-            result[str(spec["name"])] = rng.standard_normal(shape).astype(dtype)
+            result[spec.name] = rng.standard_normal(shape).astype(dtype)
         else:
-            result[str(spec["name"])] = rng.integers(0, 2, size=shape).astype(dtype)
+            result[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
     return result
 
 
@@ -68,21 +72,19 @@ def measure(model: Path, inputs: dict[str, np.ndarray], provider: str, repeats: 
 
 def profile(
     directory: Path, batch: int, max_delay_ms: float, provider: str, repeats: int, overhead_ms: float = 0.2
-) -> list[dict[str, Any]]:
-    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+) -> list[ProfileRow]:
+    manifest = read_manifest(directory)
     rows = []
-    for variant in manifest["variants"]:
-        timings = measure(
-            directory / variant["file"], example_inputs(variant.get("inputs", []), batch), provider, repeats
-        )
+    for variant in manifest.variants:
+        timings = measure(directory / variant.file, example_inputs(variant.inputs, batch), provider, repeats)
         rows.append(
-            {
-                "name": variant["name"],
-                "shards": 1,
-                "batchSize": batch,
-                "latencyP95Ms": float(np.percentile(timings, 95)) * 1000 + max_delay_ms,
-                "throughputRps": batch / (float(np.median(timings)) + batch * overhead_ms / 1000),
-            }
+            ProfileRow(
+                name=variant.name,
+                shards=1,
+                batch_size=batch,
+                latency_p95_ms=float(np.percentile(timings, 95)) * 1000 + max_delay_ms,
+                throughput_rps=batch / (float(np.median(timings)) + batch * overhead_ms / 1000),
+            )
         )
     return rows
 
@@ -103,26 +105,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    rows = profile(
-        args.artifacts,
-        args.batch_size,
-        args.max_delay_ms,
-        args.provider,
-        args.repeats,
-        args.request_overhead_ms,
-    )
-    result = {
-        "schemaVersion": 1,
-        "hardwareProfile": args.hardware_profile,
-        "provider": args.provider,
-        "variants": rows,
-    }
-    out_dir = args.artifacts / "profiles"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
-    os.replace(tmp, out_dir / f"{args.hardware_profile}.json")
+    try:
+        rows = profile(
+            args.artifacts,
+            args.batch_size,
+            args.max_delay_ms,
+            args.provider,
+            args.repeats,
+            args.request_overhead_ms,
+        )
+    except ArtifactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = Profile(hardware_profile=args.hardware_profile, provider=args.provider, variants=tuple(rows))
+    write_profile(args.artifacts, result)
     print(f"profiled {len(rows)} variant(s) on {args.hardware_profile}")
     return 0
 

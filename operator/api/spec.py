@@ -138,7 +138,7 @@ class ModelDeploymentSpec:
         return self.spec.serving.shards
 
     @property
-    def latency_p95_ms(self) -> float:
+    def slo_p95_ms(self) -> float:
         return self.spec.serving.slo.latency_p95_ms
 
     @property

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from frugal.operator.api.crds import API_VERSION
-
-FIELD_MANAGER = "frugal-operator"
-# The autoscaler owns spec.replicas of serving Deployments under its own manager; the operator's applies
-# never carry the field, so the two never fight over it.
-AUTOSCALER_FIELD_MANAGER = "frugal-autoscaler"
+from frugal.operator.control.port import FIELD_MANAGER, ApiError
 
 # (apiVersion, kind) -> (path prefix, plural, namespaced)
 RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
@@ -33,19 +29,11 @@ RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("monitoring.coreos.com/v1", "PodMonitor"): ("/apis/monitoring.coreos.com/v1", "podmonitors", True),
     ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies", True),
 }
-SERVING_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"))
-JOB_KINDS = (("batch/v1", "Job"), ("v1", "Service"))
-POLICY_KINDS = (("networking.k8s.io/v1", "NetworkPolicy"),)  # one set per ModelDeployment, not per generation
-
-
-class ApiError(RuntimeError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"API server answered {status}: {message}")
-        self.status = status
 
 
 class Cluster:
-    """Typed-free access to the API server through one ApiClient."""
+    """The control loops' port (:class:`~frugal.operator.control.port.ClusterPort`) on the API server,
+    through one ApiClient."""
 
     def __init__(self, api_client: Any, on_request: Callable[[str], None] | None = None) -> None:
         self._api = api_client
@@ -103,23 +91,6 @@ class Cluster:
                 return False
             raise
         return True
-
-    def delete_all(
-        self,
-        kinds: Iterable[tuple[str, str]],
-        namespace: str,
-        selector: Mapping[str, str],
-        keep: Mapping[str, str] | None = None,
-    ) -> int:
-        """Delete every object of `kinds` matching `selector`, except those whose labels match `keep`."""
-        deleted = 0
-        for api_version, kind in kinds:
-            for item in self.find(api_version, kind, namespace, selector):
-                labels = item["metadata"].get("labels") or {}
-                if keep and all(labels.get(k) == v for k, v in keep.items()):
-                    continue
-                deleted += self.delete(api_version, kind, namespace, item["metadata"]["name"])
-        return deleted
 
     def has_api(self, group_version: str, plural: str) -> bool:
         """Whether the API server serves `plural` in `group_version` (e.g. a CRD is installed)."""

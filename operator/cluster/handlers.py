@@ -15,8 +15,9 @@ from typing import Any
 import kopf
 
 from frugal.operator.api.crds import GROUP, VERSION
-from frugal.operator.cluster.batch_reconciler import BatchReconciler
-from frugal.operator.cluster.reconciler import Reconciler
+from frugal.operator.api.models import BatchInferenceStatus
+from frugal.operator.control.batch_reconciler import BatchReconciler
+from frugal.operator.control.reconciler import Reconciler
 from frugal.operator.decision import pod_problems
 from frugal.operator.manifests import batch_jobs, names
 
@@ -77,5 +78,5 @@ def _register_batches(registry: kopf.OperatorRegistry, batches: BatchReconciler)
 
     @kopf.timer(GROUP, VERSION, BATCH_PLURAL, id="batch-progress", interval=BATCH_PROGRESS_SECONDS, registry=registry)
     def progress(namespace: str | None, name: str, status: Mapping[str, Any], **_: Any) -> None:
-        if namespace and status.get("phase") not in ("Succeeded", "Failed"):
+        if namespace and BatchInferenceStatus.from_status(status).phase not in ("Succeeded", "Failed"):
             batches.reconcile_named(namespace, name)

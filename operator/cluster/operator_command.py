@@ -328,9 +328,10 @@ def run(options: Options) -> None:
     from frugal.operator import telemetry as metrics
     from frugal.operator.cluster import handlers
     from frugal.operator.cluster.apply import Cluster
-    from frugal.operator.cluster.batch_reconciler import BatchReconciler
-    from frugal.operator.cluster.reconciler import Reconciler
-    from frugal.operator.cluster.scaler import Autoscaler
+    from frugal.operator.cluster.prometheus import PrometheusMetrics
+    from frugal.operator.control.batch_reconciler import BatchReconciler
+    from frugal.operator.control.reconciler import Reconciler
+    from frugal.operator.control.scaler import Autoscaler
 
     operator_metrics = metrics.OperatorMetrics()
     server = (
@@ -342,8 +343,15 @@ def run(options: Options) -> None:
     reconciler = Reconciler(cluster, options.settings, operator_metrics)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, reconciler, options.interval, BatchReconciler(cluster, reconciler))
+    prometheus = PrometheusMetrics(options.rate_window, on_query=operator_metrics.prometheus_queries.inc)
     autoscaler = Autoscaler(
-        cluster, reconciler, options.prometheus_url, operator_metrics, options.rate_window, options.namespaces
+        cluster,
+        reconciler,
+        prometheus,
+        options.prometheus_url,
+        operator_metrics,
+        options.rate_window,
+        options.namespaces,
     )
     stop = threading.Event()
     ticking = threading.Thread(

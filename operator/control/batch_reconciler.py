@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from frugal.operator.api.crds import API_VERSION
+from frugal.operator.api.models import BatchInferenceStatus, ModelDeploymentStatus
 from frugal.operator.api.spec import (
     BatchInferenceSpec,
     HardwareProfileSpec,
@@ -26,9 +27,9 @@ from frugal.operator.api.spec import (
     parse_hardware_profile,
     parse_model_deployment,
 )
-from frugal.operator.cluster.apply import ApiError, Cluster
-from frugal.operator.cluster.reconciler import Emit, Reconciler
-from frugal.operator.decision import artifact_files
+from frugal.operator.control.port import ApiError, ClusterPort
+from frugal.operator.control.reconciler import Emit, Reconciler
+from frugal.operator.decision import artifact_files, status_writes
 from frugal.operator.decision.batch_inference import (
     BatchObserved,
     Progress,
@@ -37,7 +38,6 @@ from frugal.operator.decision.batch_inference import (
     decide_batch,
     refusal,
 )
-from frugal.operator.decision.conditions import merge
 from frugal.operator.manifests import batch_jobs
 from frugal.operator.manifests.batch_jobs import ARTIFACTS, INPUT, OUTPUT, Location
 
@@ -46,7 +46,7 @@ KIND = "BatchInference"
 
 
 class BatchReconciler:
-    def __init__(self, cluster: Cluster, reconciler: Reconciler) -> None:
+    def __init__(self, cluster: ClusterPort, reconciler: Reconciler) -> None:
         self.cluster = cluster
         self.reconciler = reconciler  # its settings, its Job reading, its Event poster
         self._locks: dict[tuple[str, str], threading.Lock] = {}
@@ -60,7 +60,7 @@ class BatchReconciler:
             self._reconcile(body, self.reconciler.poster(body))
 
     def _reconcile(self, body: Mapping[str, Any], emit: Emit) -> None:
-        status = body.get("status") or {}
+        status = BatchInferenceStatus.from_body(body)
         try:
             batch = parse_batch_inference(body)
         except SpecError as error:
@@ -86,7 +86,7 @@ class BatchReconciler:
         self._write(body, patch, decision.conditions, emit)
 
     def _observe(
-        self, batch: BatchInferenceSpec, status: Mapping[str, Any], pvc_root: Path | None
+        self, batch: BatchInferenceSpec, status: BatchInferenceStatus, pvc_root: Path | None
     ) -> tuple[BatchObserved, dict[str, HardwareProfileSpec], dict[str, Location]]:
         ns = batch.owner.namespace
         model, model_error, md_profiles = self._model(batch, pvc_root)
@@ -130,7 +130,7 @@ class BatchReconciler:
             aggregate=aggregate,
             progress=progress,
             summary=summary,
-            selected=status.get("selected"),
+            selected=status.selected,
             input_error=input_error,
         )
         return observed, profiles, locations
@@ -146,9 +146,9 @@ class BatchReconciler:
         body = self.cluster.get(API_VERSION, "ModelDeployment", batch.owner.namespace, name)
         if body is None:
             return None, f"ModelDeployment {name} does not exist in {batch.owner.namespace}", ()
-        md_status = body.get("status") or {}
-        variant = (md_status.get("selected") or {}).get("variant")
-        artifacts = (md_status.get("artifacts") or {}).get("uri")
+        md_status = ModelDeploymentStatus.from_body(body)
+        variant = md_status.selected.variant if md_status.selected else None
+        artifacts = md_status.artifacts.uri if md_status.artifacts else None
         try:
             md = parse_model_deployment(body)
         except SpecError as error:
@@ -156,40 +156,28 @@ class BatchReconciler:
         if not variant or not artifacts:
             return (
                 None,
-                f"ModelDeployment {name} has not chosen a variant yet (phase {md_status.get('phase')})",
+                f"ModelDeployment {name} has not chosen a variant yet (phase {md_status.phase})",
                 (md.serving_profiles),
             )
         price = float(md.price_per_kwh)
         return ResolvedModel(str(variant), str(artifacts), price_per_kwh=price), None, md.serving_profiles
 
     def _write(self, body: Mapping[str, Any], patch: dict[str, Any], conditions: Any, emit: Emit) -> None:
-        old = body.get("status") or {}
+        old = BatchInferenceStatus.from_body(body)
         generation = int(body["metadata"].get("generation") or 1)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        previous = old.get("conditions") or []
-        new = {
-            **patch,
-            "observedGeneration": generation,
-            "conditions": merge(previous, conditions, generation, now),
-        }
-        if all(old.get(k) == v for k, v in new.items() if k != "conditions") and _same(
-            previous, new["conditions"]
-        ):
+        new = status_writes.batch_patch(old, patch, conditions, generation, now)
+        if new is None:
             return
         owner = owner_of(body)
         self.cluster.patch_status(API_VERSION, KIND, owner.namespace, owner.name, new)
-        if old.get("phase") != patch.get("phase"):
-            kind = "Warning" if patch.get("phase") == "Failed" else "Normal"
-            emit(kind, f"Batch{patch.get('phase')}", str(patch.get("message", ""))[:1024])
+        if old.phase != new.get("phase"):
+            kind = "Warning" if new.get("phase") == "Failed" else "Normal"
+            emit(kind, f"Batch{new.get('phase')}", str(new.get("message") or "")[:1024])
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault((namespace, name), threading.Lock())
-
-
-def _same(before: Any, after: Any) -> bool:
-    strip = lambda items: [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in items]  # noqa: E731
-    return bool(strip(before) == strip(after))
 
 
 def _with_throughput(model: ResolvedModel, artifacts: Location, profiles: tuple[str, ...]) -> ResolvedModel:
@@ -219,8 +207,8 @@ def _progress(
     """Shards done (their markers) and the summary, read from the output as the operator sees it, and
     the shards in all, planned from the input's metadata as the workers plan them. Read only: the
     output's rules (refuse, overwrite) are the workers' to apply."""
-    from frugal.serving import batch as engine
-    from frugal.serving import batch_data
+    from frugal.serving.batch import engine
+    from frugal.serving.batch import inputs as batch_data
     from frugal.serving.server import artifacts as artifact_format
 
     if output.operator_path is None:

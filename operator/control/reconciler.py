@@ -16,9 +16,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from frugal.operator.api.crds import API_VERSION
+from frugal.operator.api.models import ModelDeploymentStatus
 from frugal.operator.api.spec import (
     HardwareProfileSpec,
     ModelDeploymentSpec,
@@ -27,27 +29,27 @@ from frugal.operator.api.spec import (
     parse_hardware_profile,
     parse_model_deployment,
 )
-from frugal.operator.cluster.apply import (
+from frugal.operator.control.port import (
     AUTOSCALER_FIELD_MANAGER,
     FIELD_MANAGER,
     JOB_KINDS,
     POLICY_KINDS,
     SERVING_KINDS,
     ApiError,
-    Cluster,
+    ClusterPort,
+    delete_all,
 )
-from frugal.operator.decision import artifact_files, decide, pod_problems, scaling
+from frugal.operator.decision import artifact_files, decide, pod_problems, revisions, status_writes
 from frugal.operator.decision.conditions import (
     ABSENT_JOB,
     FAILURE_REASONS,
     Assessment,
-    Condition,
     Job,
     JobState,
     Observed,
     Reason,
+    as_status,
     conditions,
-    merge,
 )
 from frugal.operator.manifests import names, serving_objects
 from frugal.operator.manifests.events import desired_event
@@ -59,9 +61,11 @@ log = logging.getLogger(__name__)
 # The Event of a deletion that leaves the artifacts: their directory may not be this ModelDeployment's alone.
 ARTIFACTS_KEPT = "ArtifactsKept"
 Emit = Callable[[str, str, str], None]  # (type: Normal|Warning, reason, message)
+# How a generation's artifact files are read (the directory, the profiles to read results of).
+ReadArtifacts = Callable[[Path, Sequence[str]], artifact_files.Artifacts]
 WARNING_REASONS = FAILURE_REASONS | {Reason.REPLICAS_UNAVAILABLE}
 # Condition types another writer of the status owns (the autoscaler's).
-FOREIGN_CONDITIONS = frozenset({"MetricsAvailable", "PowerCapped", scaling.REPLANNED})
+FOREIGN_CONDITIONS = status_writes.AUTOSCALER_CONDITIONS
 
 
 # Settled objects are re-read and re-applied this often even when no event says anything changed.
@@ -76,13 +80,15 @@ SETTLED_PHASES = frozenset({"Compressing", "Profiling", "Deploying", "Serving", 
 class Reconciler:
     def __init__(
         self,
-        cluster: Cluster,
+        cluster: ClusterPort,
         settings: decide.Settings,
         metrics: OperatorMetrics | None = None,
         drift_seconds: float = DRIFT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        read_artifacts: ReadArtifacts = artifact_files.read,
     ):
         self.cluster = cluster
+        self.read_artifacts = read_artifacts
         self.settings = settings
         self.metrics = metrics
         self.drift_seconds = drift_seconds
@@ -97,10 +103,8 @@ class Reconciler:
         """The periodic pass: a settled ModelDeployment (its status describes its spec and it waits on
         watched children or nothing) costs no API request until `drift_seconds` have passed."""
         owner = owner_of(body)
-        status = body.get("status") or {}
-        settled = (
-            status.get("observedGeneration") == owner.generation and status.get("phase") in SETTLED_PHASES
-        )
+        status = ModelDeploymentStatus.from_body(body)
+        settled = status.observed_generation == owner.generation and status.phase in SETTLED_PHASES
         last = self._last_pass.get((owner.namespace, owner.name))
         if settled and last is not None and self._clock() - last < self.drift_seconds:
             return None
@@ -154,9 +158,7 @@ class Reconciler:
             if self.metrics:
                 self.metrics.assessed(owner.namespace, owner.name, assessment.phase, {})
             return assessment
-        md = decide.with_effective_generation(md, body.get("status"))
-        rollover = decide.rollover_from_status(md, body.get("status"))
-        md = decide.with_revision(md, rollover)
+        md, rollover = revisions.as_served(md, ModelDeploymentStatus.from_body(body))
         profiles = self._profiles(decide.needed_profiles(md))
         state = self._observe(md)
         found = self._artifacts(md, profiles, state)
@@ -167,8 +169,9 @@ class Reconciler:
                 self._applied.forget_object(
                     "apps/v1", "Deployment", md.owner.namespace, deployment["metadata"]["name"]
                 )
-        rejected = self._apply_all(decision.apply) or self._apply_all(
-            decision.scale, AUTOSCALER_FIELD_MANAGER
+        in_the_way = self._not_ours([*decision.apply, *decision.scale], md.owner.uid)
+        rejected = self._apply_all(decision.apply, skip=in_the_way) or self._apply_all(
+            decision.scale, AUTOSCALER_FIELD_MANAGER, skip=in_the_way
         )
         for api_version, kind, name in decision.delete:
             self.cluster.delete(api_version, kind, md.owner.namespace, name)
@@ -176,18 +179,46 @@ class Reconciler:
         assessment = decision.assessment
         if rejected and decision.observed is not None:
             assessment = conditions(dataclasses.replace(decision.observed, apply_error=rejected))
+        elif in_the_way and decision.observed is not None:
+            assessment = conditions(
+                dataclasses.replace(decision.observed, not_owned=_in_the_way_message(md, in_the_way))
+            )
         elif decision.prune_superseded:
             self._prune_superseded(md)
         self._write_status(body, assessment, decision.status, emit)
         self._record_metrics(md, decision, assessment, state)
         return decision.assessment
 
-    def _apply_all(self, objects: Sequence[Mapping[str, Any]], manager: str = FIELD_MANAGER) -> str | None:
+    def _not_ours(self, objects: Sequence[Mapping[str, Any]], owner_uid: str) -> list[tuple[str, str]]:
+        """(kind, name) of each object to apply that exists already and is not this ModelDeployment's
+        (no owner reference to it): server-side apply with force would silently adopt it. Checked
+        once per object this process has not applied yet; what it applied before is known to be ours."""
+        found = []
+        for obj in objects:
+            meta = obj["metadata"]
+            if (obj["kind"], meta["name"]) in found or self._applied.known(obj):
+                continue
+            existing = self.cluster.get(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+            if existing is None:
+                continue
+            references = existing["metadata"].get("ownerReferences") or []
+            if not any(reference.get("uid") == owner_uid for reference in references):
+                found.append((obj["kind"], meta["name"]))
+        return found
+
+    def _apply_all(
+        self,
+        objects: Sequence[Mapping[str, Any]],
+        manager: str = FIELD_MANAGER,
+        skip: Sequence[tuple[str, str]] = (),
+    ) -> str | None:
         """Apply every object that differs from what this operator last applied (an object is applied
-        again after `drift_seconds`, which also undoes hand edits); an object the API server refuses
-        (4xx) becomes a message, not a crash loop."""
+        again after `drift_seconds`, which also undoes hand edits), except those in `skip`; an object
+        the API server refuses (4xx) becomes a message, not a crash loop."""
         rejected = []
         for obj in objects:
+            if (obj["kind"], obj["metadata"]["name"]) in skip:
+                continue
             if obj["kind"] in SKIPPABLE_KINDS and not self._applied.changed(obj, manager):
                 continue
             try:
@@ -216,7 +247,7 @@ class Reconciler:
         """Delete every child (no garbage collector needed) and, unless retained, the artifacts."""
         owner = owner_of(body)
         selector = {names.LABEL_MD: owner.name, names.LABEL_MANAGED_BY: names.MANAGED_BY}
-        self.cluster.delete_all((*SERVING_KINDS, *JOB_KINDS, *POLICY_KINDS), owner.namespace, selector)
+        delete_all(self.cluster, (*SERVING_KINDS, *JOB_KINDS, *POLICY_KINDS), owner.namespace, selector)
         try:
             md = parse_model_deployment(body)
         except SpecError:
@@ -342,7 +373,7 @@ class Reconciler:
         if location.operator_path is None:
             return None
         try:
-            return artifact_files.read(location.operator_path, md.serving_profiles)
+            return self.read_artifacts(location.operator_path, md.serving_profiles)
         except artifact_files.ArtifactError as error:
             return error
 
@@ -351,11 +382,11 @@ class Reconciler:
         shards of this generation's other revisions (its Jobs stay: they are its artifacts' record)."""
         ns, generation = md.owner.namespace, str(md.owner.generation)
         selector = {names.LABEL_MD: md.owner.name, names.LABEL_MANAGED_BY: names.MANAGED_BY}
-        deleted = self.cluster.delete_all(
+        deleted = delete_all(self.cluster,
             (*SERVING_KINDS, *JOB_KINDS), ns, selector, keep={names.LABEL_GENERATION: generation}
         )
         shards = {**selector, names.LABEL_ROLE: "serving", names.LABEL_GENERATION: generation}
-        deleted += self.cluster.delete_all(
+        deleted += delete_all(self.cluster,
             SERVING_KINDS, ns, shards, keep={names.LABEL_REVISION: str(md.owner.revision)}
         )
         if deleted:
@@ -373,8 +404,7 @@ class Reconciler:
         self.metrics.assessed(md.owner.namespace, md.owner.name, assessment.phase, failed)
         if decision.selection is None:
             return
-        shards = decision.status.get("shards", [])
-        self.metrics.observe(md, decision.selection, shards, decision.status.get("variants", []))
+        self.metrics.observe(md, decision.selection, decision.status)
 
     def _has_pod_monitors(self) -> bool:
         """Whether the Prometheus Operator's CRDs exist (checked once per operator run)."""
@@ -387,41 +417,32 @@ class Reconciler:
             return self._locks.setdefault((namespace, name), threading.Lock())
 
     def _write_status(
-        self, body: Mapping[str, Any], assessment: Assessment, extra: Mapping[str, Any], emit: Emit
+        self, body: Mapping[str, Any], assessment: Assessment, fields: Mapping[str, Any], emit: Emit
     ) -> None:
-        old = dict(body.get("status") or {})
+        old = ModelDeploymentStatus.from_body(body)
         generation = int(body["metadata"].get("generation") or 1)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        previous = old.get("conditions") or []
-        produced = {c.type for c in assessment.conditions}
-        new = {
-            "phase": assessment.phase.value,
-            "observedGeneration": generation,
-            "message": assessment.message,
-            # the autoscaler's conditions (MetricsAvailable, PowerCapped, Replanned) are kept as it wrote them
-            "conditions": merge(previous, assessment.conditions, generation, now)
-            + [c for c in previous if c.get("type") not in produced and c.get("type") in FOREIGN_CONDITIONS],
-            **extra,
-        }
-        changed = {k: v for k, v in new.items() if _comparable(old.get(k), k) != _comparable(v, k)}
-        if not changed:
+        changed = status_writes.reconciler_patch(old, assessment, fields, generation, now)
+        if changed is None:
             return
         owner = owner_of(body)
         self.cluster.patch_status(API_VERSION, "ModelDeployment", owner.namespace, owner.name, changed)
         _emit_transitions(old, assessment, emit)
 
 
-def _comparable(value: Any, key: str) -> Any:
-    if key == "conditions" and isinstance(value, list):
-        return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in value]
-    return value
+def _in_the_way_message(md: ModelDeploymentSpec, objects: Sequence[tuple[str, str]]) -> str:
+    named = ", ".join(f"{kind} {name}" for kind, name in objects)
+    return (
+        f"{named} already exist(s) in namespace {md.owner.namespace} and is not owned by ModelDeployment "
+        f"{md.owner.name}: left alone; delete it, or rename this ModelDeployment"
+    )
 
 
-def _emit_transitions(old: Mapping[str, Any], assessment: Assessment, emit: Emit) -> None:
-    before = {c.get("type"): c for c in old.get("conditions") or []}
+def _emit_transitions(old: ModelDeploymentStatus, assessment: Assessment, emit: Emit) -> None:
     for condition in assessment.conditions:
-        previous = before.get(condition.type) or {}
-        if previous.get("reason") != condition.reason or previous.get("status") != _status(condition):
+        previous = old.condition(condition.type)
+        status = as_status(condition)
+        if previous is None or previous.reason != condition.reason or previous.status != status:
             kind = (
                 "Warning"
                 if condition.reason in WARNING_REASONS and condition.status is not True
@@ -429,17 +450,9 @@ def _emit_transitions(old: Mapping[str, Any], assessment: Assessment, emit: Emit
             )
             if condition.type == "Degraded":
                 kind = "Warning" if condition.status else "Normal"
-            emit(kind, condition.reason, f"{condition.type}={_status(condition)}: {condition.message}")
-    if old.get("phase") != assessment.phase.value:
-        emit(
-            "Normal",
-            f"Phase{assessment.phase.value}",
-            f"phase {old.get('phase') or 'None'} -> {assessment.phase.value}",
-        )
-
-
-def _status(condition: Condition) -> str:
-    return {True: "True", False: "False", None: "Unknown"}[condition.status]
+            emit(kind, condition.reason, f"{condition.type}={status}: {condition.message}")
+    if old.phase != assessment.phase.value:
+        emit("Normal", f"Phase{assessment.phase.value}", f"phase {old.phase or 'None'} -> {assessment.phase.value}")
 
 
 class _AppliedObjects:
@@ -464,6 +477,13 @@ class _AppliedObjects:
             return True
         digest, when, _ = seen
         return digest != _digest(obj) or self._clock() - when >= self._drift
+
+    def known(self, obj: Mapping[str, Any]) -> bool:
+        """Whether this operator has applied `obj` (under any field manager) and not forgotten it."""
+        meta = obj["metadata"]
+        wanted = (obj["apiVersion"], obj["kind"], meta.get("namespace") or "", meta["name"])
+        with self._guard:
+            return any(key[1:] == wanted for key in self._seen)
 
     def remember(self, obj: Mapping[str, Any], manager: str) -> None:
         labels = obj["metadata"].get("labels") or {}

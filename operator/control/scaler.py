@@ -1,8 +1,10 @@
-"""The autoscaler's tick in a cluster: read Prometheus, ask the policy, scale the Deployments, report.
+"""The autoscaler's driver: read the metrics source, run the pure tick, scale the Deployments, report.
 
-Every tick costs a constant number of requests whatever the number of models: three lists (the
-ModelDeployments, the serving Deployments, the HardwareProfiles) and, per Prometheus server, one query
-per metric for every model at once (:func:`frugal.operator.decision.observations.queries`). Writes
+The decision is :func:`frugal.operator.decision.tick.tick`; this class only reads and writes. Every
+tick costs a constant number of requests whatever the number of models: three lists (the
+ModelDeployments, the serving Deployments, the HardwareProfiles) and one read of the metrics source
+(in a cluster, per Prometheus server, one query per metric for every model at once:
+:class:`frugal.operator.cluster.prometheus.PrometheusMetrics`). Writes
 happen only when something changed: a replica count (applied to ``spec.replicas`` alone, under the
 ``frugal-autoscaler`` field manager, so the operator's own applies never touch it), the reason, a
 condition, or, at most every ``STATUS_REFRESH_SECONDS``, the observed numbers in the status.
@@ -10,8 +12,8 @@ condition, or, at most every ``STATUS_REFRESH_SECONDS``, the observed numbers in
 Missing or stale metrics never scale anything down: the policy holds the counts, and the status
 says why (``MetricsAvailable=False`` with the query that failed) with an Event.
 
-Each tick also re-plans at the observed rate (:func:`scaling.replan_at_load`, the pure
-:func:`frugal.operator.decision.replanning.replan`). A rollover is written as ``status.replan`` (the
+Each tick also re-plans at the observed rate (the pure
+:func:`frugal.operator.decision.replanning.replan`, inside the tick). A rollover is written as ``status.replan`` (the
 next serving revision, its option and replicas), with the ``Replanned`` condition and an Event naming
 both options and their costs, and the reconciler is asked to act on it at once: it applies the new
 revision's Deployments beside the running ones, moves the endpoint once every new shard has a ready
@@ -20,16 +22,16 @@ replica, and only then deletes the old revision.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 from frugal.operator.api.crds import API_VERSION
+from frugal.operator.api.models import Condition as StatusCondition
+from frugal.operator.api.models import ModelDeploymentStatus
 from frugal.operator.api.spec import (
     HardwareProfileSpec,
     ModelDeploymentSpec,
@@ -37,29 +39,26 @@ from frugal.operator.api.spec import (
     parse_hardware_profile,
     parse_model_deployment,
 )
-from frugal.operator.cluster.apply import AUTOSCALER_FIELD_MANAGER, ApiError, Cluster
-from frugal.operator.cluster.prometheus import Prometheus, PrometheusError
-from frugal.operator.cluster.reconciler import Reconciler
-from frugal.operator.decision import observations, replanning, scaling
-from frugal.operator.decision.autoscaling import (
-    Memory,
-    Observation,
-    Recommendation,
-    Targets,
-    recommend,
+from frugal.operator.control.port import AUTOSCALER_FIELD_MANAGER, ApiError, ClusterPort, MetricsSource
+from frugal.operator.control.reconciler import Reconciler
+from frugal.operator.decision import observations, scaling, status_writes
+from frugal.operator.decision.autoscaling import Recommendation, Targets
+from frugal.operator.decision.conditions import Condition
+from frugal.operator.decision.revisions import as_served
+from frugal.operator.decision.tick import (
+    TickInput,
+    TickMemory,
+    TickOutcome,
+    rollover_not_written,
+    run_tick,
+    status_not_written,
+    timestamp,
 )
-from frugal.operator.decision.conditions import merge
-from frugal.operator.decision.decide import rollover_from_status, with_effective_generation, with_revision
 from frugal.operator.manifests import names, serving_objects
 from frugal.operator.telemetry import OperatorMetrics
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_SECONDS = 15.0
-# Observed numbers (p95, rate, cost) alone rewrite the status at most this often.
-STATUS_REFRESH_SECONDS = 60.0
-NO_PROMETHEUS = (
-    "no Prometheus to read: set spec.autoscaling.prometheus.url, or run the operator with --prometheus-url"
-)
 
 
 @dataclass
@@ -67,6 +66,7 @@ class Scaled:
     """One ModelDeployment the autoscaler scales this tick."""
 
     body: Mapping[str, Any]
+    status: ModelDeploymentStatus
     md: ModelDeploymentSpec
     targets: Targets
     replicas: tuple[int, ...]
@@ -78,22 +78,17 @@ class Scaled:
     def key(self) -> tuple[str, str]:
         return (self.md.owner.namespace, self.md.owner.name)
 
-
-@dataclass
-class _Remembered:
-    memory: Memory = field(default_factory=Memory)
-    written: dict[str, Any] = field(default_factory=dict)
-    written_at: float = float("-inf")
-    # The serving revision `memory` learned about: a rollover starts the policy's memory afresh.
-    revision: tuple[int, int] = (0, 0)
-    replan: replanning.ReplanMemory = field(default_factory=replanning.ReplanMemory)
+    @property
+    def source(self) -> tuple[str, str]:
+        return (self.prometheus_url or "", self.power_source)
 
 
 class Autoscaler:
     def __init__(
         self,
-        cluster: Cluster,
+        cluster: ClusterPort,
         reconciler: Reconciler,
+        metrics_source: MetricsSource,
         default_prometheus_url: str | None = None,
         metrics: OperatorMetrics | None = None,
         rate_window: str = observations.RATE_WINDOW,
@@ -105,16 +100,13 @@ class Autoscaler:
         self.namespaces = tuple(namespaces)
         self.rate_window = rate_window
         self.reconciler = reconciler
+        self.metrics_source = metrics_source
         self.default_prometheus_url = default_prometheus_url
         self.metrics = metrics
         self._clock = clock
         # Re-planning's timers: wall time, since the last rollover's time is kept in the status.
         self._wall_clock = wall_clock
-        self._servers: dict[str, Prometheus] = {}
-        self._state: dict[tuple[str, str], _Remembered] = {}
-        self._profiles: dict[str, HardwareProfileSpec] = {}
-        # Requests the fronts hold, per (Prometheus URL, power source), from the last read.
-        self._held: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
+        self._memory: dict[tuple[str, str], TickMemory] = {}
 
     def run(self, interval: float, stop: threading.Event) -> None:
         """Tick every `interval` seconds until `stop` is set; a failed tick is logged and retried."""
@@ -130,41 +122,55 @@ class Autoscaler:
 
     def tick(self) -> list[tuple[Scaled, Recommendation]]:
         """One pass over every served ModelDeployment; returns what it decided for each."""
-        scaled = self._served()
-        samples, failures = self._read_metrics(scaled)
+        scaled, profiles = self._served()
+        reading = self.metrics_source.read([item.source for item in scaled])
         now = self._clock()
         decided = []
         for item in scaled:
-            key = (item.prometheus_url or "", item.power_source)
-            failed = failures.get(key)
             seen = observations.observation(
                 item.md.owner.namespace,
                 item.md.model_name,
                 item.replicas,
                 item.ready,
-                samples.get(key, {}),
-                failed,
-                self._held.get(key, {}).get((item.md.owner.namespace, item.md.model_name), 0.0),
+                reading.samples.get(item.source, {}),
+                reading.failures.get(item.source),
+                reading.held.get(item.source, {}).get((item.md.owner.namespace, item.md.model_name), 0.0),
             )
-            state = self._state.setdefault(item.key, _Remembered())
-            revision = (item.md.owner.generation, item.md.owner.revision)
-            if state.revision != revision:
-                state.memory, state.revision = Memory(), revision
-            recommendation, state.memory = recommend(seen, item.replicas, item.targets, state.memory, now)
-            self._actuate(item, recommendation)
-            rate = seen.request_rate if seen.stale is None else None
-            plan = scaling.plan_at_load(item.md, item.body.get("status") or {}, self._profiles, rate)
-            replan = self._replan(item, plan, state)
-            self._report(item, seen, recommendation, now, plan, replan)
-            decided.append((item, recommendation))
-        gone = set(self._state) - {item.key for item in scaled}
-        for key in gone:
-            del self._state[key]
+            previous = self._memory.get(item.key, TickMemory())
+            outcome = run_tick(
+                TickInput(
+                    item.md,
+                    item.status,
+                    item.targets,
+                    item.replicas,
+                    item.ready,
+                    seen,
+                    profiles,
+                    now,
+                    self._wall_clock(),
+                    scaling.replan_settings(item.md),
+                ),
+                previous,
+            )
+            memory = outcome.memory
+            self._actuate(item, outcome)
+            if outcome.rollover is not None and not self._roll_over(item, outcome):
+                memory = rollover_not_written(outcome, previous)
+            if self.metrics:
+                self.metrics.recommended(item.md, outcome.recommendation, dict(outcome.observed))
+            if outcome.status_patch is not None and not self._write_status(
+                item, dict(outcome.status_patch), outcome.conditions
+            ):
+                memory = status_not_written(outcome, memory)
+            self._memory[item.key] = memory
+            decided.append((item, outcome.recommendation))
+        for key in set(self._memory) - {item.key for item in scaled}:
+            del self._memory[key]
         return decided
 
     # -- what to scale ---------------------------------------------------------------------------------
 
-    def _served(self) -> list[Scaled]:
+    def _served(self) -> tuple[list[Scaled], dict[str, HardwareProfileSpec]]:
         bodies = self._list(API_VERSION, "ModelDeployment", {})
         selector = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_ROLE: "serving"}
         deployments = self._list("apps/v1", "Deployment", selector)
@@ -174,7 +180,6 @@ class Autoscaler:
                 profiles[body["metadata"]["name"]] = parse_hardware_profile(body)
             except SpecError:
                 continue
-        self._profiles = profiles
         by_revision: dict[tuple[str, str, str, str], dict[int, Mapping[str, Any]]] = {}
         for deployment in deployments:
             labels = deployment["metadata"].get("labels") or {}
@@ -190,7 +195,7 @@ class Autoscaler:
             item = self._scaled(body, profiles, by_revision)
             if item is not None:
                 result.append(item)
-        return result
+        return result, profiles
 
     def _list(self, api_version: str, kind: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         """Every namespace the operator watches: one list call cluster-wide, or one per namespace."""
@@ -204,20 +209,19 @@ class Autoscaler:
         profiles: Mapping[str, HardwareProfileSpec],
         by_revision: Mapping[tuple[str, str, str, str], Mapping[int, Mapping[str, Any]]],
     ) -> Scaled | None:
-        status = body.get("status") or {}
-        selected = status.get("selected") or {}
-        if body["metadata"].get("deletionTimestamp") or not selected:
+        status = ModelDeploymentStatus.from_body(body)
+        selected = status.selected
+        if body["metadata"].get("deletionTimestamp") or selected is None:
             return None
         try:
-            md = with_effective_generation(parse_model_deployment(body), status)
+            md, _ = as_served(parse_model_deployment(body), status)
         except SpecError:
             return None
-        md = with_revision(md, rollover_from_status(md, status))
-        profile = profiles.get(str(selected.get("hardwareProfile")))
+        profile = profiles.get(selected.hardware_profile or "")
         capacity = scaling.capacity_from_status(status)
         owner = md.owner
         shards = by_revision.get((owner.namespace, owner.name, str(owner.generation), str(owner.revision)), {})
-        count = int(selected.get("shards") or 1)
+        count = selected.shards or 1
         if profile is None or capacity is None or sorted(shards) != list(range(count)):
             return None
         replicas = tuple(int(shards[i]["spec"].get("replicas", 1)) for i in range(count))
@@ -235,160 +239,55 @@ class Autoscaler:
         except ValueError as error:
             log.warning("not autoscaling %s/%s: %s", md.owner.namespace, md.owner.name, error)
             return None
-        return Scaled(body, md, targets, replicas, ready, url, power_source)
-
-    # -- metrics ---------------------------------------------------------------------------------------
-
-    def _read_metrics(
-        self, scaled: Sequence[Scaled]
-    ) -> tuple[
-        dict[tuple[str, str], dict[observations.Key, observations.ShardSample]], dict[tuple[str, str], str]
-    ]:
-        """Per (Prometheus URL, power source): samples of every model, or why they could not be read."""
-        samples: dict[tuple[str, str], dict[observations.Key, observations.ShardSample]] = {}
-        failures: dict[tuple[str, str], str] = {}
-        wanted = sorted({(item.prometheus_url or "", item.power_source) for item in scaled})
-        common: dict[str, dict[str, list[dict[str, Any]]] | str] = {}
-        self._held = {}
-        for url, source in wanted:
-            if not url:
-                failures[(url, source)] = NO_PROMETHEUS
-                continue
-            promql = observations.queries(source, self.rate_window)
-            if url not in common:
-                shared = {k: v for k, v in promql.items() if k != "watts"}
-                common[url] = self._query_all(url, {**shared, **observations.front_queries(self.rate_window)})
-            answers = common[url]
-            if isinstance(answers, str):
-                failures[(url, source)] = answers
-                continue
-            watts = self._query_all(url, {"watts": promql["watts"]})
-            if isinstance(watts, str):
-                failures[(url, source)] = watts
-                continue
-            served = {k: v for k, v in answers.items() if k != "held_requests"}
-            samples[(url, source)] = observations.samples_from_prometheus({**served, **watts})
-            held = observations.held_from_prometheus(answers.get("held_requests", []))
-            self._held[(url, source)] = held
-        return samples, failures
-
-    def _query_all(self, url: str, promql: Mapping[str, str]) -> dict[str, list[dict[str, Any]]] | str:
-        server = self._servers.setdefault(url, Prometheus(url))
-        answers = {}
-        for name, query in promql.items():
-            if self.metrics:
-                self.metrics.prometheus_queries.inc()
-            try:
-                answers[name] = server.query(query)
-            except PrometheusError as error:
-                return str(error)
-        return answers
+        return Scaled(body, status, md, targets, replicas, ready, url, power_source)
 
     # -- acting and reporting --------------------------------------------------------------------------
 
-    def _actuate(self, item: Scaled, recommendation: Recommendation) -> None:
+    def _actuate(self, item: Scaled, outcome: TickOutcome) -> None:
         emit = self.reconciler.poster(item.body)
-        for index, (now, wanted) in enumerate(zip(item.replicas, recommendation.replicas, strict=True)):
-            if now == wanted:
-                continue
-            body = serving_objects.desired_replicas(item.md.owner, index, wanted)
+        for change in outcome.scale:
+            body = serving_objects.desired_replicas(item.md.owner, change.index, change.after)
             try:
                 self.cluster.apply(body, AUTOSCALER_FIELD_MANAGER)
             except ApiError as error:
                 log.warning("could not scale %s: %s", body["metadata"]["name"], error)
                 continue
-            direction = "up" if wanted > now else "down"
-            reason = recommendation.reasons[index].value
             emit(
                 "Normal",
-                f"Scaled{direction.capitalize()}",
-                f"shard {index}: {now} -> {wanted} replicas: {recommendation.message}"[:1024],
+                f"Scaled{change.direction.capitalize()}",
+                f"shard {change.index}: {change.before} -> {change.after} replicas: "
+                f"{outcome.recommendation.message}"[:1024],
             )
             if self.metrics:
                 self.metrics.scale_events.labels(
-                    item.md.owner.namespace, item.md.owner.name, direction, reason
+                    item.md.owner.namespace, item.md.owner.name, change.direction, change.reason.value
                 ).inc()
 
-    def _replan(
-        self, item: Scaled, plan: Any, state: _Remembered
-    ) -> replanning.ReplanDecision | None:
-        """Re-plan at the observed load; on a rollover write status.replan, post the Event and have
-        the reconciler bring up the new revision now."""
-        status = item.body.get("status") or {}
-        memory = state.replan
-        if memory.last_rollover_at is None:
-            memory = dataclasses.replace(memory, last_rollover_at=_last_rollover(status, item.md))
-        now = self._wall_clock()
-        decision, state.replan = scaling.replan_at_load(
-            item.md,
-            plan,
-            scaling.running_choice(status),
-            item.ready,
-            scaling.replan_settings(item.md),
-            memory,
-            now,
-        )
-        if decision is None or not decision.roll_over or plan is None:
-            return decision
+    def _roll_over(self, item: Scaled, outcome: TickOutcome) -> bool:
+        """Write status.replan with the Replanned condition, post the Event and have the reconciler
+        bring up the new revision now; False when the status could not be written."""
+        order = outcome.rollover
+        assert order is not None
+        if not self._write_status(item, {"replan": dict(order.replan_status)}, [order.condition]):
+            return False
         owner = item.md.owner
-        replan = scaling.replan_status(item.md, status, plan, decision, _timestamp(now))
-        if not self._write_status(item, {"replan": replan}, [scaling.replanned_condition(decision)]):
-            state.replan = memory  # not written: the next tick decides again
-            return decision
-        self.reconciler.poster(item.body)("Normal", scaling.REPLANNED, decision.message[:1024])
-        log.info("%s/%s: %s", owner.namespace, owner.name, decision.message)
+        self.reconciler.poster(item.body)("Normal", scaling.REPLANNED, order.decision.message[:1024])
+        log.info("%s/%s: %s", owner.namespace, owner.name, order.decision.message)
         if self.metrics:
-            self.metrics.rollovers.labels(owner.namespace, owner.name, decision.reason.value).inc()
+            self.metrics.rollovers.labels(owner.namespace, owner.name, order.decision.reason.value).inc()
         self.reconciler.reconcile_named(owner.namespace, owner.name)
-        return decision
+        return True
 
-    def _report(
-        self,
-        item: Scaled,
-        seen: Observation,
-        recommendation: Recommendation,
-        now: float,
-        plan: Any,
-        replan: replanning.ReplanDecision | None,
-    ) -> None:
-        status = scaling.observed_status(recommendation, seen, item.ready, item.targets)
-        conditions = scaling.autoscaling_conditions(recommendation, seen, item.targets)
-        if self.metrics:
-            self.metrics.recommended(item.md, recommendation, status)
-        state = self._state[item.key]
-        decisive = {
-            "reason": recommendation.reason.value,
-            "replicas": recommendation.replicas,
-            "ready": item.ready,
-            "conditions": [(c.type, c.status, c.reason) for c in conditions],
-        }
-        changed_decision = decisive != state.written.get("decisive")
-        changed_numbers = status != state.written.get("status")
-        if not changed_decision and not (
-            changed_numbers and now - state.written_at >= STATUS_REFRESH_SECONDS
-        ):
-            return
-        if recommendation.replicas != item.replicas:
-            status["autoscaling"]["lastScaleTime"] = _timestamp()
-        current = item.body.get("status") or {}
-        if self._write_status(
-            item, {**status, "planAtLoad": scaling.plan_at_load_status(plan, current, replan)}, conditions
-        ):
-            state.written = {"decisive": decisive, "status": status}
-            state.written_at = now
-
-    def _write_status(self, item: Scaled, status: dict[str, Any], conditions: Sequence[Any]) -> bool:
+    def _write_status(self, item: Scaled, status: dict[str, Any], conditions: Sequence[Condition]) -> bool:
         owner = item.md.owner
         with self.reconciler.lock(owner.namespace, owner.name):
             body = self.cluster.get(API_VERSION, "ModelDeployment", owner.namespace, owner.name)
             if body is None:
                 return False
-            old = body.get("status") or {}
-            previous = old.get("conditions") or []
+            old = ModelDeploymentStatus.from_body(body)
             generation = int(body["metadata"].get("generation") or 1)
-            ours = merge(previous, conditions, generation, _timestamp())
-            kept = [c for c in previous if c.get("type") not in {c.type for c in conditions}]
-            patch = {**status, "conditions": kept + ours}
+            now = timestamp(self._wall_clock())
+            patch, ours = status_writes.autoscaler_patch(old, status, conditions, generation, now)
             try:
                 self.cluster.patch_status(API_VERSION, "ModelDeployment", owner.namespace, owner.name, patch)
             except ApiError as error:
@@ -396,41 +295,22 @@ class Autoscaler:
                     "could not write the autoscaling status of %s/%s: %s", owner.namespace, owner.name, error
                 )
                 return False
-            self._emit_condition_changes(body, previous, ours)
+            self._emit_condition_changes(body, old.conditions, ours)
         return True
 
     def _emit_condition_changes(
         self,
         body: Mapping[str, Any],
-        previous: Sequence[Mapping[str, Any]],
-        current: Sequence[Mapping[str, Any]],
+        previous: Sequence[StatusCondition],
+        current: Sequence[StatusCondition],
     ) -> None:
-        before = {c.get("type"): c for c in previous}
+        before = {c.type: c for c in previous}
         emit = self.reconciler.poster(body)
         for condition in current:
-            old = before.get(condition["type"]) or {}
-            if (old.get("status"), old.get("reason")) == (condition["status"], condition["reason"]):
+            old = before.get(condition.type)
+            if old is not None and (old.status, old.reason) == (condition.status, condition.reason):
                 continue
-            if condition["reason"] in ("MetricsStale", "PowerCapped"):
-                emit("Warning", condition["reason"], condition["message"][:1024])
-            elif old:
-                emit("Normal", condition["reason"], condition["message"][:1024])
-
-
-TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
-
-
-def _timestamp(at: float | None = None) -> str:
-    moment = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
-    return moment.strftime(TIMESTAMP)
-
-
-def _last_rollover(status: Mapping[str, Any], md: ModelDeploymentSpec) -> float | None:
-    """When the generation last rolled over (status.replan.lastRolloverTime), as wall time."""
-    replan = status.get("replan") or {}
-    if replan.get("generation") != md.owner.generation or not replan.get("lastRolloverTime"):
-        return None
-    try:
-        return datetime.strptime(str(replan["lastRolloverTime"]), TIMESTAMP).replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return None
+            if condition.reason in ("MetricsStale", "PowerCapped"):
+                emit("Warning", condition.reason, condition.message[:1024])
+            elif old is not None:
+                emit("Normal", condition.reason, condition.message[:1024])

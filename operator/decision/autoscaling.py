@@ -109,7 +109,7 @@ class Observation:
 class Targets:
     """What the spec and the plan say: the SLO, bounds, prices and the profiled capacity."""
 
-    latency_p95_ms: float
+    slo_p95_ms: float
     capacity_rps: float
     min_replicas: int = 1
     max_replicas: int = 4
@@ -136,7 +136,7 @@ class Targets:
     scale_to_zero_after_s: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.latency_p95_ms > 0 or not self.capacity_rps > 0:
+        if not self.slo_p95_ms > 0 or not self.capacity_rps > 0:
             raise ValueError("autoscaling needs a latency target and a capacity greater than 0")
         if self.max_replicas < max(1, self.min_replicas):
             raise ValueError("max_replicas must be at least max(1, min_replicas)")
@@ -326,17 +326,17 @@ def refine_capacity(
         served = shard.request_rate / shard.ready
         growing = _queue_growing(shard, None if previous_queue is None else previous_queue[index], targets)
         breaching = (
-            latency > targets.latency_p95_ms and index == bottleneck and is_busy(shard, latency, targets)
+            latency > targets.slo_p95_ms and index == bottleneck and is_busy(shard, latency, targets)
         )
         overloaded = breaching or growing
         if overloaded and served < capacity:
             # The estimate that led here was too high: later probes stay below it.
             capacity, ceiling = served, min(ceiling, capacity)
-        elif latency <= 0.8 * targets.latency_p95_ms and served > capacity:
+        elif latency <= 0.8 * targets.slo_p95_ms and served > capacity:
             capacity = served
         elif (
             not overloaded
-            and latency <= targets.probe_below * targets.latency_p95_ms
+            and latency <= targets.probe_below * targets.slo_p95_ms
             and shard.queue_depth <= long_queue(shard, targets)
             # at its utilisation target (within rounding), not holding a surplus the window keeps
             and served >= 0.9 * targets.target_utilisation * capacity
@@ -399,7 +399,7 @@ def _wanted(
 ) -> tuple[tuple[int, ...], tuple[ScaleReason, ...]]:
     """What each shard needs this tick, before stabilisation and bounds."""
     latency = observation.latency_p95_ms
-    breach = latency is not None and latency > targets.latency_p95_ms
+    breach = latency is not None and latency > targets.slo_p95_ms
     bottleneck = bottleneck_shard(observation, capacity)
     previous_queue = memory.queue_depth if len(memory.queue_depth) == len(current) else None
     steady = tuple(steady) if steady is not None else (True,) * len(current)
@@ -418,7 +418,7 @@ def _wanted(
             and latency is not None
             and is_busy(shard, latency, targets)
         ):
-            step = max(now_count + 1, math.ceil(now_count * latency / targets.latency_p95_ms))
+            step = max(now_count + 1, math.ceil(now_count * latency / targets.slo_p95_ms))
             if step >= need:
                 need, reason = step, ScaleReason.LATENCY_ABOVE_SLO
         before = None if previous_queue is None else previous_queue[index]
@@ -555,7 +555,7 @@ def _message(
         else f"{_counts(current)} -> {_counts(replicas)}"
     )
     detail = (
-        f"{observation.request_rate:.1f} req/s, {shown} (SLO {targets.latency_p95_ms:g} ms), {watts:.0f} W"
+        f"{observation.request_rate:.1f} req/s, {shown} (SLO {targets.slo_p95_ms:g} ms), {watts:.0f} W"
     )
     if reason is ScaleReason.POWER_CAPPED:
         detail += f" (cap {targets.cap_watts:g} W)"

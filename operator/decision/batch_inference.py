@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from frugal.operator.api.models import BatchSelected
 from frugal.operator.api.spec import BatchInferenceSpec, HardwareProfileSpec
 from frugal.operator.decision import batch_placement
 from frugal.operator.decision.conditions import ABSENT_JOB, Condition, Job, JobState
@@ -66,7 +67,7 @@ class BatchObserved:
     progress: Progress = Progress()
     summary: Mapping[str, Any] | None = None
     # status.selected while the worker Job exists: the placement stands.
-    selected: Mapping[str, Any] | None = None
+    selected: BatchSelected | None = None
 
 
 @dataclass(frozen=True)
@@ -122,18 +123,21 @@ def decide_batch(
         if placement.chosen is None:
             return _stopped(BatchPhase.FAILED, PLANNED, "NoFeasibleOption", placement.reason, status)
         chosen = placement.chosen
-        selected = {
-            "variant": model.variant,
-            "hardwareProfile": chosen.profile,
-            "workers": chosen.workers,
-            "reason": placement.reason[:4096],
-        }
-    status["selected"] = dict(selected)
-    profile = profiles[str(selected["hardwareProfile"])]
+        selected = BatchSelected(
+            variant=model.variant,
+            hardware_profile=chosen.profile,
+            workers=chosen.workers,
+            reason=placement.reason[:4096],
+        )
+    status["selected"] = selected.to_patch()
+    if selected.hardware_profile is None or selected.hardware_profile not in profiles or not selected.workers:
+        why = f"status.selected names {selected.hardware_profile!r} with {selected.workers} worker(s), which this spec lacks"
+        return _stopped(BatchPhase.FAILED, PLANNED, "SelectionLost", why, status)
+    profile = profiles[selected.hardware_profile]
     worker_image = image if isinstance(image, str) else image(profile)
-    workers = int(selected["workers"])
+    workers = selected.workers
     config = batch_jobs.worker_config(batch, locations, model.variant, profile, model.price_per_kwh)
-    planned = Condition(PLANNED, True, "Placed", str(selected.get("reason", "")))
+    planned = Condition(PLANNED, True, "Placed", selected.reason or "")
     status.update(_progress_status(observed.progress, profile, model.price_per_kwh))
     to_apply: list[dict[str, Any]] = []
     if observed.workers.state is JobState.ABSENT:

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Literal
 
+from frugal.operator.api.models import Condition as StatusCondition
 from frugal.operator.decision import pod_problems
 from frugal.operator.decision.pod_problems import PodProblem
 
@@ -46,6 +47,7 @@ class Reason:
     IMAGE_PULL_FAILED = pod_problems.IMAGE_PULL_FAILED
     OOM_KILLED = pod_problems.OOM_KILLED
     APPLY_REJECTED = "ApplyRejected"
+    NOT_OWNED = "ObjectNotOwned"
     AS_EXPECTED = "AsExpected"
 
 
@@ -96,6 +98,8 @@ class Observed:
     # A re-planning rollover within the generation: what still serves while the new revision starts.
     rolling_over_from: str | None = None
     apply_error: str | None = None
+    # Objects the decision wants that exist already and belong to someone else (left alone).
+    not_owned: str | None = None
     # A pod of this generation that cannot run (unschedulable, no image, OOMKilled): which, and what to change.
     pod_problem: PodProblem | None = None
 
@@ -249,6 +253,8 @@ def _degraded(done: Sequence[Condition], o: Observed) -> Condition:
     broken = [c for c in done if c.status is False and c.reason in FAILURE_REASONS]
     if o.apply_error:
         return Condition(DEGRADED, True, Reason.APPLY_REJECTED, o.apply_error)
+    if o.not_owned:
+        return Condition(DEGRADED, True, Reason.NOT_OWNED, o.not_owned)
     if broken:
         return Condition(DEGRADED, True, broken[0].reason, broken[0].message)
     if o.pod_problem:
@@ -311,24 +317,28 @@ def _ready_padded(o: Observed) -> tuple[int, ...]:
 
 
 def merge(
-    previous: Sequence[Mapping[str, Any]], current: Sequence[Condition], generation: int, now: str
-) -> list[dict[str, Any]]:
-    """Kubernetes condition dicts; lastTransitionTime is kept while a condition's status is unchanged."""
-    before = {c.get("type"): c for c in previous}
+    previous: Sequence[StatusCondition], current: Sequence[Condition], generation: int, now: str
+) -> list[StatusCondition]:
+    """The status's conditions for `current`; lastTransitionTime is kept while a condition's status is
+    unchanged."""
+    before = {c.type: c for c in previous}
     merged = []
     for condition in current:
-        status = {True: "True", False: "False", None: "Unknown"}[condition.status]
-        old = before.get(condition.type) or {}
+        status = as_status(condition)
+        old = before.get(condition.type)
         merged.append(
-            {
-                "type": condition.type,
-                "status": status,
-                "reason": condition.reason,
-                "message": condition.message,
-                "observedGeneration": generation,
-                "lastTransitionTime": old.get("lastTransitionTime", now)
-                if old.get("status") == status
-                else now,
-            }
+            StatusCondition(
+                type=condition.type,
+                status=status,
+                reason=condition.reason,
+                message=condition.message,
+                observed_generation=generation,
+                last_transition_time=old.last_transition_time if old is not None and old.status == status else now,
+            )
         )
     return merged
+
+
+def as_status(condition: Condition) -> Literal["True", "False", "Unknown"]:
+    """A condition's status as the API writes it."""
+    return "True" if condition.status is True else "False" if condition.status is False else "Unknown"

@@ -8,8 +8,6 @@ pod templates are immutable); serving objects are applied on every pass, which c
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,9 +16,11 @@ from typing import Any
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision import artifact_files, planner
 from frugal.operator.decision.conditions import ABSENT_JOB, Assessment, Job, JobState, Observed, conditions
+from frugal.operator.decision.planner import Option
 from frugal.operator.decision.pod_problems import PodProblem
+from frugal.operator.decision.revisions import Rollover, pipeline_hash, with_revision
 from frugal.operator.manifests import images, jobs, names, network_policies, serving_objects
-from frugal.operator.manifests.serving_objects import Live, Selection
+from frugal.operator.manifests.serving_objects import Live
 from frugal.operator.manifests.storage import ArtifactLocation, OwnDirectory, locate, own_directory
 
 
@@ -86,7 +86,7 @@ class Decision:
     assessment: Assessment
     status: dict[str, Any]
     plan: planner.Plan | None = None
-    selection: Selection | None = None
+    selection: Option | None = None
     # The current (generation, revision) is live: older generations and other revisions may go.
     prune_superseded: bool = False
     observed: Observed | None = None
@@ -100,74 +100,8 @@ class Decision:
 COST_TOLERANCE = 0.10
 
 
-@dataclass(frozen=True)
-class Rollover:
-    """A re-planning rollover within the generation (status.replan, which the autoscaler writes): the
-    option to serve instead of the deploy-time plan's, under a new serving revision."""
-
-    revision: int
-    selection: Selection
-    # Replicas per shard the new revision starts with: what the observed load needs of it.
-    replicas: int
-    previous: Selection | None = None
-
-
-def rollover_from_status(md: ModelDeploymentSpec, status: Mapping[str, Any] | None) -> Rollover | None:
-    """status.replan, when it belongs to `md`'s (effective) generation."""
-    replan = (status or {}).get("replan") or {}
-    selected = replan.get("selected") or {}
-    revision = replan.get("revision")
-    if replan.get("generation") != md.owner.generation or not isinstance(revision, int) or revision < 1:
-        return None
-    if not selected.get("variant") or not selected.get("hardwareProfile"):
-        return None
-    previous = replan.get("from") or {}
-    return Rollover(
-        revision,
-        _selection(selected),
-        int(replan.get("replicas") or md.initial_replicas),
-        _selection(previous) if previous.get("variant") and previous.get("hardwareProfile") else None,
-    )
-
-
-def _selection(entry: Mapping[str, Any]) -> Selection:
-    return Selection(str(entry["variant"]), str(entry["hardwareProfile"]), int(entry.get("shards") or 1))
-
-
-def with_revision(md: ModelDeploymentSpec, rollover: Rollover | None) -> ModelDeploymentSpec:
-    """`md` with the serving revision its shards carry (0 until a rollover)."""
-    revision = 0 if rollover is None else rollover.revision
-    if md.owner.revision == revision:
-        return md
-    return replace(md, owner=replace(md.owner, revision=revision))
-
-
 def needed_profiles(md: ModelDeploymentSpec) -> tuple[str, ...]:
     return tuple(dict.fromkeys((md.compression_profile, *md.serving_profiles)))
-
-
-def pipeline_hash(md: ModelDeploymentSpec) -> str:
-    """Digest of everything in the spec that shapes artifacts or serving Deployments: all but
-    spec.autoscaling, which only the autoscaler reads."""
-    spec = md.spec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"autoscaling"})
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def with_effective_generation(
-    md: ModelDeploymentSpec, status: Mapping[str, Any] | None
-) -> ModelDeploymentSpec:
-    """`md` with the generation its children carry: an edit that changed only spec.autoscaling keeps
-    the generation whose artifacts (status.artifacts) were built from the same pipeline, so it does
-    not compress, profile or roll out again."""
-    artifacts = (status or {}).get("artifacts") or {}
-    built_for = artifacts.get("generation")
-    if (
-        isinstance(built_for, int)
-        and 0 < built_for < md.owner.generation
-        and artifacts.get("pipelineHash") == pipeline_hash(md)
-    ):
-        return replace(md, owner=replace(md.owner, generation=built_for))
-    return md
 
 
 def artifacts_to_remove(md: ModelDeploymentSpec, settings: Settings) -> OwnDirectory | None:
@@ -286,7 +220,7 @@ def _plan_and_serve(
     if rollover is not None and replanned is not None and replanned.feasible:
         chosen, initial = replanned, max(1, min(rollover.replicas, md.spec.autoscaling.max_replicas))
         reason = f"re-planned at the observed load (status.replan); at deploy time: {plan.reason}"
-    selection = Selection(chosen.variant, chosen.profile, chosen.shards)
+    selection = Option(chosen.variant, chosen.profile, chosen.shards)
     profile = profiles[chosen.profile]
     replicas = {i: cluster.shard_replicas.get(i, initial) for i in range(selection.shards)}
     for index in range(selection.shards):
@@ -348,7 +282,7 @@ def _plan_and_serve(
     )
 
 
-def _option(selection: Selection) -> tuple[str, str, int]:
+def _option(selection: Option) -> tuple[str, str, int]:
     return (selection.variant, selection.profile, selection.shards)
 
 
@@ -362,7 +296,7 @@ def planner_profile(profile: HardwareProfileSpec) -> planner.Profile:
 
 def objectives(md: ModelDeploymentSpec) -> planner.Objectives:
     return planner.Objectives(
-        latency_p95_ms=md.latency_p95_ms,
+        slo_p95_ms=md.slo_p95_ms,
         max_accuracy_drop=md.max_drop,
         price_per_kwh=float(md.price_per_kwh),
         shard_counts=(md.shards,),
@@ -375,7 +309,7 @@ def variant_table(
 ) -> list[dict[str, Any]]:
     """status.variants: each variant with its metric, whether it is within budget, and its rows."""
     steps = artifact_files.variant_steps(found)
-    by_name = {str(v.get("name")): v for v in found.manifest.get("variants", [])}
+    by_name = {v.name: v for v in found.manifest.variants}
     table = []
     for name, entry in by_name.items():
         rows = [r for r in plan.table if r.variant == name]
@@ -385,8 +319,8 @@ def variant_table(
             {
                 "name": name,
                 "steps": steps.get(name, []),
-                "sizeBytes": int(entry.get("sizeBytes", 0)),
-                "metric": entry.get("metric") or {},
+                "sizeBytes": entry.size_bytes,
+                "metric": entry.metric.model_dump(by_alias=True) if entry.metric else {},
                 "accepted": accepted,
                 "reason": reason[:1024],
                 "profiles": [_profile_row(r, md, plan) for r in rows],
@@ -404,7 +338,7 @@ def _profile_row(row: planner.Candidate, md: ModelDeploymentSpec, plan: planner.
     }
     if row.latency_p95_ms is not None:
         result["latencyP95Ms"] = round(row.latency_p95_ms, 4)
-        result["meetsSlo"] = row.latency_p95_ms <= md.latency_p95_ms
+        result["meetsSlo"] = row.latency_p95_ms <= md.slo_p95_ms
     if row.throughput_rps is not None:
         result["throughputRps"] = round(row.throughput_rps, 3)
     if row.cost_per_1k_requests is not None:

@@ -56,6 +56,23 @@ WATTS_PER_KILOWATT = 1000.0
 
 
 @dataclass(frozen=True)
+class Option:
+    """One way to serve a model: a variant on a hardware profile over a number of shards. What the
+    planner prices, what it chose for a generation, what re-planning compares and rolls over to."""
+
+    variant: str
+    profile: str
+    shards: int = 1
+
+    @classmethod
+    def of(cls, row: Candidate) -> Option:
+        return cls(row.variant, row.profile, row.shards)
+
+    def __str__(self) -> str:
+        return f"{self.variant} on {self.profile} x{self.shards}"
+
+
+@dataclass(frozen=True)
 class Measurement:
     """Latency and throughput of one replica of a variant on one hardware profile."""
 
@@ -94,7 +111,7 @@ class Profile:
 class Objectives:
     """The ModelDeployment's targets and prices."""
 
-    latency_p95_ms: float
+    slo_p95_ms: float
     max_accuracy_drop: float
     price_per_kwh: float = 0.0
     shard_counts: tuple[int, ...] = (1,)
@@ -216,7 +233,7 @@ def _check_inputs(variants: Sequence[Variant], profiles: Sequence[Profile], obje
         raise PlanningError("no variants to plan with: the compression report lists none")
     if not profiles:
         raise PlanningError("spec.serving.hardwareProfiles: name at least one candidate HardwareProfile")
-    if objectives.latency_p95_ms <= 0:
+    if objectives.slo_p95_ms <= 0:
         raise PlanningError("spec.serving.slo.latencyP95Ms must be greater than 0")
     if not objectives.shard_counts or min(objectives.shard_counts) < 1:
         raise PlanningError("spec.serving.shards: shard counts must be 1 or more")
@@ -295,8 +312,8 @@ def _rejections(row: Candidate, variant: Variant, profile: Profile, objectives: 
         )
     if row.latency_p95_ms is None:
         yield f"no latency measured on {profile.name} (its profiling Job reported nothing for this variant)"
-    elif row.latency_p95_ms > objectives.latency_p95_ms:
-        yield f"p95 {row.latency_p95_ms:.3g} ms exceeds the SLO of {objectives.latency_p95_ms:.3g} ms"
+    elif row.latency_p95_ms > objectives.slo_p95_ms:
+        yield f"p95 {row.latency_p95_ms:.3g} ms exceeds the SLO of {objectives.slo_p95_ms:.3g} ms"
     elif row.throughput_rps is None or row.throughput_rps <= 0:
         yield f"no throughput measured on {profile.name}"
     if profile.memory_bytes is not None and variant.size_bytes / row.shards > profile.memory_bytes:
@@ -351,7 +368,7 @@ def _choice_reason(
     text = (
         f"{chosen.variant} on {chosen.profile} with {chosen.shards} {shards}: {rank} "
         f"(${_money(chosen.cost_per_1k_requests)} per 1k requests) of {len(feasible)} option(s) meeting "
-        f"p95 ≤ {objectives.latency_p95_ms:.3g} ms and accuracy drop ≤ {objectives.max_accuracy_drop:.4g}"
+        f"p95 ≤ {objectives.slo_p95_ms:.3g} ms and accuracy drop ≤ {objectives.max_accuracy_drop:.4g}"
     )
     if len(feasible) > 1:
         runner_up = feasible[1]
@@ -392,9 +409,9 @@ def _no_choice_reason(table: Sequence[Candidate], objectives: Objectives) -> str
     if not timed:
         return "no latency measurements for any candidate: check the profiling Jobs' output"
     fastest = min(timed, key=lambda r: r.latency_p95_ms or 0.0)
-    if (fastest.latency_p95_ms or 0.0) > objectives.latency_p95_ms:
+    if (fastest.latency_p95_ms or 0.0) > objectives.slo_p95_ms:
         return (
-            f"no option meets the SLO of {objectives.latency_p95_ms:.3g} ms: the fastest is "
+            f"no option meets the SLO of {objectives.slo_p95_ms:.3g} ms: the fastest is "
             f"{fastest.variant} on {fastest.profile} at {fastest.latency_p95_ms:.3g} ms; raise "
             "spec.serving.slo.latencyP95Ms or add a faster HardwareProfile"
         )

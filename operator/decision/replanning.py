@@ -4,7 +4,7 @@ The plan made at deploy time prices each option at one load; the load a model th
 which option is cheapest per request (one small CPU replica at a few requests per second, a GPU
 whose replica carries hundreds when it is busy). :func:`replan` is called once per tick with the plan
 made at the load observed now (:func:`frugal.operator.decision.planner.plan` with
-``Objectives.expected_rps`` set to the observed request rate), the :class:`Choice` being served, the
+``Objectives.expected_rps`` set to the observed request rate), the :class:`Option` being served, the
 :class:`ReplanSettings` and the :class:`ReplanMemory` the previous tick returned; it gives a
 :class:`ReplanDecision` and the next memory. It only decides: rolling over (a new generation beside
 the old, traffic moved once it is ready) is the caller's. The rules, in the order they apply:
@@ -68,6 +68,7 @@ from enum import StrEnum
 from typing import Any
 
 from frugal.operator.decision import planner
+from frugal.operator.decision.planner import Option
 
 DEFAULT_WINDOW_S = 300.0
 # The load an idle model that keeps its replicas is priced at (scaling.plan_at_load): any positive
@@ -95,22 +96,6 @@ ROLLOVER_REASONS = frozenset({ReplanReason.CHEAPER, ReplanReason.RUNNING_INFEASI
 
 
 @dataclass(frozen=True)
-class Choice:
-    """One option of the plan: a variant on a hardware profile over a number of shards."""
-
-    variant: str
-    profile: str
-    shards: int = 1
-
-    @classmethod
-    def of(cls, row: planner.Candidate) -> Choice:
-        return cls(row.variant, row.profile, row.shards)
-
-    def __str__(self) -> str:
-        return f"{self.variant} on {self.profile} x{self.shards}"
-
-
-@dataclass(frozen=True)
 class ReplanSettings:
     """How long a saving must last, how large it must be, and how long a rollover stands."""
 
@@ -135,7 +120,7 @@ class ReplanSettings:
 class ReplanMemory:
     """What one tick hands to the next: the candidate winning so far, since when, the last rollover."""
 
-    candidate: Choice | None = None
+    candidate: Option | None = None
     since: float | None = None
     last_rollover_at: float | None = None
 
@@ -145,8 +130,8 @@ class ReplanDecision:
     """``target`` is the planner's choice at the load (where a rollover goes), None without one."""
 
     roll_over: bool
-    running: Choice
-    target: Choice | None
+    running: Option
+    target: Option | None
     reason: ReplanReason
     message: str
     load_rps: float | None = None
@@ -166,7 +151,7 @@ class ReplanDecision:
 
 def replan(
     plan_at_load: planner.Plan,
-    running: Choice,
+    running: Option,
     settings: ReplanSettings,
     memory: ReplanMemory,
     now: float,
@@ -191,7 +176,7 @@ def replan(
             _decision(False, running, None, ReplanReason.NOTHING_FEASIBLE, message, load, running_cost),
             reset,
         )
-    target, target_cost = Choice.of(chosen), chosen.cost_per_1k_requests
+    target, target_cost = Option.of(chosen), chosen.cost_per_1k_requests
 
     def decision(
         roll: bool, reason: ReplanReason, message: str, ready: float | None = None
@@ -236,16 +221,16 @@ def replan(
     return decision(True, ReplanReason.CHEAPER, message), ReplanMemory(last_rollover_at=now)
 
 
-def plan_table_rows(plan_at_load: planner.Plan, running: Choice | None = None) -> list[dict[str, Any]]:
+def plan_table_rows(plan_at_load: planner.Plan, running: Option | None = None) -> list[dict[str, Any]]:
     """The status table of the plan at the observed load: one row per option, in the plan's order,
     with the keys of ``status.variants[].profiles[]`` (decide's) plus what the load sets (replicas,
     watts, joules per request) and why a row is rejected. Numbers the load moves are rounded to three
     significant figures, so noise in the rate does not rewrite the status."""
     objectives = plan_at_load.objectives
-    chosen = None if plan_at_load.chosen is None else Choice.of(plan_at_load.chosen)
+    chosen = None if plan_at_load.chosen is None else Option.of(plan_at_load.chosen)
     rows = []
     for row in plan_at_load.table:
-        option = Choice.of(row)
+        option = Option.of(row)
         result: dict[str, Any] = {
             "variant": row.variant,
             "hardwareProfile": row.profile,
@@ -254,7 +239,7 @@ def plan_table_rows(plan_at_load: planner.Plan, running: Choice | None = None) -
         if row.latency_p95_ms is not None:
             result["latencyP95Ms"] = round(row.latency_p95_ms, 4)
             if objectives is not None:
-                result["meetsSlo"] = row.latency_p95_ms <= objectives.latency_p95_ms
+                result["meetsSlo"] = row.latency_p95_ms <= objectives.slo_p95_ms
         if row.throughput_rps is not None:
             result["throughputRps"] = round(row.throughput_rps, 3)
         if row.cost_per_1k_requests is not None:
@@ -273,8 +258,8 @@ def plan_table_rows(plan_at_load: planner.Plan, running: Choice | None = None) -
 
 def _decision(
     roll: bool,
-    running: Choice,
-    target: Choice | None,
+    running: Option,
+    target: Option | None,
     reason: ReplanReason,
     message: str,
     load: float | None,

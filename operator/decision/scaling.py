@@ -7,10 +7,13 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from frugal.operator.api.models import ModelDeploymentStatus, StatusLike
+from frugal.operator.api.models import Option as StatusOption
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision import decide, planner, replanning
 from frugal.operator.decision.autoscaling import Observation, Recommendation, ScaleReason, Targets
 from frugal.operator.decision.conditions import Condition
+from frugal.operator.decision.planner import Option
 from frugal.operator.decision.replanning import significant
 
 # What spec.autoscaling.scaleToZeroAfterSeconds means when omitted (the CRD's description says so).
@@ -31,7 +34,7 @@ def targets_for(
     autoscaling = md.spec.autoscaling
     idle = autoscaling.scale_to_zero_after_seconds or DEFAULT_SCALE_TO_ZERO_SECONDS
     return Targets(
-        latency_p95_ms=md.latency_p95_ms,
+        slo_p95_ms=md.slo_p95_ms,
         capacity_rps=capacity_rps,
         min_replicas=md.min_replicas,
         max_replicas=autoscaling.max_replicas,
@@ -67,21 +70,24 @@ METRICS_AVAILABLE = "MetricsAvailable"
 POWER_CAPPED = "PowerCapped"
 
 
-def capacity_from_status(status: Mapping[str, Any]) -> float | None:
+def capacity_from_status(status: StatusLike) -> float | None:
     """One replica's profiled throughput for the selected (variant, profile, shards), from status."""
-    selected = status.get("selected") or {}
-    for variant in status.get("variants") or []:
-        if variant.get("name") != selected.get("variant"):
+    typed = ModelDeploymentStatus.from_status(status)
+    selected = typed.selected
+    if selected is None:
+        return None
+    for variant in typed.variants:
+        if variant.name != selected.variant:
             continue
-        for row in variant.get("profiles") or []:
-            if row.get("hardwareProfile") == selected.get("hardwareProfile") and row.get("throughputRps"):
-                return float(row["throughputRps"])
+        for row in variant.profiles:
+            if row.hardware_profile == selected.hardware_profile and row.throughput_rps:
+                return float(row.throughput_rps)
     return None
 
 
 def plan_at_load(
     md: ModelDeploymentSpec,
-    status: Mapping[str, Any],
+    status: StatusLike,
     profiles: Mapping[str, HardwareProfileSpec],
     rate_rps: float | None,
 ) -> planner.Plan | None:
@@ -98,25 +104,20 @@ def plan_at_load(
         return None
     rate_rps = max(rate_rps, replanning.IDLE_RPS)
     variants = []
-    for entry in status.get("variants") or []:
-        metric = entry.get("metric") or {}
+    for entry in ModelDeploymentStatus.from_status(status).variants:
         rows = tuple(
-            planner.Measurement(
-                str(row["hardwareProfile"]),
-                float(row["latencyP95Ms"]),
-                float(row["throughputRps"]),
-                int(row.get("shards") or 1),
-            )
-            for row in entry.get("profiles") or []
-            if row.get("latencyP95Ms") is not None and row.get("throughputRps")
+            planner.Measurement(row.hardware_profile, row.latency_p95_ms, row.throughput_rps, row.shards or 1)
+            for row in entry.profiles
+            if row.latency_p95_ms is not None and row.throughput_rps
         )
+        metric = entry.metric
         variants.append(
             planner.Variant(
-                str(entry.get("name", "")),
-                int(entry.get("sizeBytes") or 0),
-                max(0.0, float(metric.get("drop") or 0.0)),
-                str(metric.get("name", "accuracy")),
-                None if metric.get("value") is None else float(metric["value"]),
+                entry.name,
+                entry.size_bytes or 0,
+                max(0.0, (metric.drop if metric else None) or 0.0),
+                (metric.name if metric else None) or "accuracy",
+                metric.value if metric else None,
                 rows,
             )
         )
@@ -132,18 +133,18 @@ def plan_at_load(
 
 def plan_at_load_status(
     plan: planner.Plan | None,
-    status: Mapping[str, Any],
+    status: StatusLike,
     decision: replanning.ReplanDecision | None = None,
 ) -> dict[str, Any] | None:
     """status.planAtLoad: every option priced at the observed rate, the running one marked, and what
     re-planning made of it (None removes the field when there is no load to price at)."""
     if plan is None or plan.objectives is None or plan.objectives.expected_rps is None:
         return None
-    selected = status.get("selected") or {}
-    running = replanning.Choice(
-        str(selected.get("variant", "")),
-        str(selected.get("hardwareProfile", "")),
-        int(selected.get("shards") or 1),
+    selected = ModelDeploymentStatus.from_status(status).selected
+    running = Option(
+        (selected.variant if selected else None) or "",
+        (selected.hardware_profile if selected else None) or "",
+        (selected.shards if selected else None) or 1,
     )
     cheapest = plan.chosen
     replan = {} if decision is None else {"reason": decision.reason.value, "message": decision.message[:4096]}
@@ -163,14 +164,12 @@ def plan_at_load_status(
 REPLANNED = "Replanned"
 
 
-def running_choice(status: Mapping[str, Any]) -> replanning.Choice | None:
+def running_choice(status: StatusLike) -> Option | None:
     """The (variant, profile, shards) status.selected says is served."""
-    selected = status.get("selected") or {}
-    if not selected.get("variant") or not selected.get("hardwareProfile"):
+    selected = ModelDeploymentStatus.from_status(status).selected
+    if selected is None or not selected.variant or not selected.hardware_profile:
         return None
-    return replanning.Choice(
-        str(selected["variant"]), str(selected["hardwareProfile"]), int(selected.get("shards") or 1)
-    )
+    return Option(selected.variant, selected.hardware_profile, selected.shards or 1)
 
 
 def replan_settings(md: ModelDeploymentSpec, window_s: float | None = None) -> replanning.ReplanSettings:
@@ -182,7 +181,7 @@ def replan_settings(md: ModelDeploymentSpec, window_s: float | None = None) -> r
 def replan_at_load(
     md: ModelDeploymentSpec,
     plan: planner.Plan | None,
-    running: replanning.Choice | None,
+    running: Option | None,
     ready: Sequence[int],
     settings: replanning.ReplanSettings,
     memory: replanning.ReplanMemory,
@@ -200,7 +199,7 @@ def replan_at_load(
     return replanning.replan(plan, running, settings, memory, now)
 
 
-def rollover_replicas(md: ModelDeploymentSpec, plan: planner.Plan, target: replanning.Choice) -> int:
+def rollover_replicas(md: ModelDeploymentSpec, plan: planner.Plan, target: Option) -> int:
     """Replicas per shard the new option starts with: what the observed load needs of it, within
     spec.autoscaling's bounds."""
     row = plan.option(target.variant, target.profile, target.shards)
@@ -210,18 +209,19 @@ def rollover_replicas(md: ModelDeploymentSpec, plan: planner.Plan, target: repla
 
 def replan_status(
     md: ModelDeploymentSpec,
-    status: Mapping[str, Any],
+    status: StatusLike,
     plan: planner.Plan,
     decision: replanning.ReplanDecision,
     timestamp: str,
 ) -> dict[str, Any]:
     """status.replan for a rollover `decision` made now (`timestamp`): the next serving revision."""
     assert decision.target is not None
-    previous = status.get("replan") or {}
-    revision = int(previous.get("revision") or 0) if previous.get("generation") == md.owner.generation else 0
+    previous = ModelDeploymentStatus.from_status(status).replan
+    same_generation = previous is not None and previous.generation == md.owner.generation
+    revision = (previous.revision or 0) if previous is not None and same_generation else 0
 
-    def option(choice: replanning.Choice) -> dict[str, Any]:
-        return {"variant": choice.variant, "hardwareProfile": choice.profile, "shards": choice.shards}
+    def option(choice: Option) -> dict[str, Any]:
+        return StatusOption(variant=choice.variant, hardware_profile=choice.profile, shards=choice.shards).to_patch()
 
     def money(value: float | None) -> str | None:
         return None if value is None else f"{value:.3g}"

@@ -39,13 +39,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from frugal.operator.api.models import ModelDeploymentStatus
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision import autoscaling, observations, replanning, scaling
-from frugal.operator.decision.decide import Rollover
+from frugal.operator.decision.revisions import Rollover, rollover_from_status, with_revision
+from frugal.operator.decision.tick import RolloverOrder, TickInput, TickMemory, rollover_not_written, run_tick
 from frugal.operator.local.kubelet import Served
 from frugal.operator.local.monitoring import observe_served
 from frugal.operator.local.replicas import Replica, Shard
-from frugal.operator.manifests.serving_objects import Selection
 from frugal.operator.telemetry import OperatorMetrics
 
 SCRAPE_TIMEOUT_SECONDS = 2.0
@@ -122,22 +123,24 @@ class LocalAutoscaler:
     interval: float
     report: Report
     clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
     # Every HardwareProfile of the run (re-planning prices them all) and how to roll over (None: never).
     profiles: Mapping[str, HardwareProfileSpec] = field(default_factory=dict)
     roll_over: Callable[[Rollover], float] | None = None
     replan_settings: replanning.ReplanSettings | None = None
-    replan_memory: replanning.ReplanMemory = field(default_factory=replanning.ReplanMemory)
     last_replan: replanning.ReplanDecision | None = None
     rollovers: list[RolloverEvent] = field(default_factory=list)
     revision: int = 0
     # The operator's series of this run (frugal up --prometheus-targets), set from every tick.
     metrics: OperatorMetrics | None = None
     targets: autoscaling.Targets = field(init=False)
-    memory: autoscaling.Memory = field(default_factory=autoscaling.Memory)
+    _memory: TickMemory = field(default_factory=TickMemory, init=False, repr=False)
+    # status.replan as the operator's autoscaler would have written it at the last rollover.
+    _replan_status: Mapping[str, Any] | None = field(default=None, init=False, repr=False)
     last: autoscaling.Recommendation | None = None
     events: list[ScaleEvent] = field(default_factory=list)
     desired: list[int] = field(init=False)
-    max_replicas: list[int] = field(init=False)
+    peak_replicas: list[int] = field(init=False)
     started: float = 0.0
     _previous: dict[str, observations.Scrape] = field(default_factory=dict, init=False, repr=False)
     _energy: dict[str, _Energy] = field(default_factory=dict, init=False, repr=False)
@@ -150,7 +153,7 @@ class LocalAutoscaler:
     )
 
     def __post_init__(self) -> None:
-        self.max_replicas = []
+        self.peak_replicas = []
         self._adopt(self.profile, self.capacity_rps)
 
     def _adopt(
@@ -165,9 +168,8 @@ class LocalAutoscaler:
         )
         if stabilization_window_s is not None:
             self.targets = dataclasses.replace(self.targets, stabilization_window_s=stabilization_window_s)
-        self.memory = autoscaling.Memory()
         self.desired = [len(shard.active()) for shard in self.served.shards]
-        self.max_replicas = _highest(self.max_replicas, self.desired)
+        self.peak_replicas = _highest(self.peak_replicas, self.desired)
         for shard in self.served.shards:
             shard.on_retire = self._last_read
 
@@ -240,14 +242,29 @@ class LocalAutoscaler:
             held_requests=self.served.held_requests(),
         )
         now = self.clock()
-        recommendation, self.memory = autoscaling.recommend(
-            observed, current, self.targets, self.memory, now - self.started
+        previous = self._memory
+        outcome = run_tick(
+            TickInput(
+                with_revision(self.md, rollover_from_status(self.md, self._status())),
+                ModelDeploymentStatus.from_status(self._status()),
+                self.targets,
+                current,
+                tuple(ready_counts),
+                observed,
+                self.profiles,
+                now - self.started,
+                self.wall_clock(),
+                self.replan_settings if self.roll_over is not None else None,
+            ),
+            previous,
         )
+        self._memory = outcome.memory
+        recommendation = outcome.recommendation
         with self._lock:
             self.last = recommendation
-            if recommendation.replicas != current:
+            if outcome.scale:
                 self.desired = list(recommendation.replicas)
-                self.max_replicas = _highest(self.max_replicas, self.desired)
+                self.peak_replicas = _highest(self.peak_replicas, self.desired)
                 event = ScaleEvent(
                     now - self.started,
                     recommendation.replicas,
@@ -260,41 +277,32 @@ class LocalAutoscaler:
         for shard, count in zip(shards, self.desired, strict=True):
             shard.scale_to(count)
         if self.metrics is not None:
-            status = scaling.observed_status(recommendation, observed, ready_counts, self.targets)
-            self.metrics.recommended(self.md, recommendation, status)
+            self.metrics.recommended(self.md, recommendation, dict(outcome.observed))
             observe_served(self.metrics, self.md, self.served, self.desired)
-        self._replan(observed, ready_counts, now)
+        self.last_replan = outcome.replan
+        if outcome.rollover is not None and not self._roll_over(outcome.rollover, now):
+            self._memory = rollover_not_written(outcome, previous)
         return recommendation
 
-    def _replan(self, observed: autoscaling.Observation, ready: list[int], now: float) -> None:
-        """Re-plan at the observed rate; roll over when the decision says so."""
-        if self.roll_over is None or self.replan_settings is None:
-            return
+    def _status(self) -> Mapping[str, Any]:
+        """The status the operator would hold: the served decision's, and status.replan once rolled over."""
         status = self.served.decision.status
-        rate = observed.request_rate if observed.stale is None else None
-        plan = scaling.plan_at_load(self.md, status, self.profiles, rate)
-        running = scaling.running_choice(status)
-        decision, self.replan_memory = scaling.replan_at_load(
-            self.md, plan, running, ready, self.replan_settings, self.replan_memory, now
-        )
-        self.last_replan = decision
-        if decision is None or not decision.roll_over or decision.target is None or plan is None:
-            return
-        target = decision.target
-        rollover = Rollover(
-            self.revision + 1,
-            Selection(target.variant, target.profile, target.shards),
-            scaling.rollover_replicas(self.md, plan, target),
-            Selection(decision.running.variant, decision.running.profile, decision.running.shards),
-        )
+        return status if self._replan_status is None else {**status, "replan": self._replan_status}
+
+    def _roll_over(self, order: RolloverOrder, now: float) -> bool:
+        """Serve the option re-planning chose, as the reconciler would from status.replan; False when
+        the new option failed to start (the running one keeps serving)."""
+        assert self.roll_over is not None
+        decision, target = order.decision, order.rollover.selection
         self.report(f"re-planning: t={now - self.started:.0f}s {decision.message}")
         before = (list(self.served.shards), self.profile)
         try:
-            seconds = self.roll_over(rollover)
+            seconds = self.roll_over(order.rollover)
         except Exception as error:  # the running option keeps serving; the next window tries again
-            self.report(f"re-planning: rollover to {target} failed, keeping {decision.running}: {error}")
-            return
-        self.revision = rollover.revision
+            self.report(f"re-planning: rollover to {decision.target} failed, keeping {decision.running}: {error}")
+            return False
+        self._replan_status = order.replan_status
+        self.revision = order.rollover.revision
         self._served_before.append(before)
         row = (
             None
@@ -311,7 +319,7 @@ class LocalAutoscaler:
                 RolloverEvent(
                     now - self.started,
                     str(decision.running),
-                    str(target),
+                    str(decision.target),
                     decision.reason.value,
                     decision.load_rps,
                     decision.running_cost_per_1k_requests,
@@ -321,9 +329,10 @@ class LocalAutoscaler:
                 )
             )
         self.report(
-            f"re-planning: now serving {target} ({rollover.replicas} replica(s) per shard); "
+            f"re-planning: now serving {decision.target} ({order.rollover.replicas} replica(s) per shard); "
             f"the switch took {seconds:.1f}s"
         )
+        return True
 
     def _key(self, index: int) -> observations.Key:
         return (self.md.owner.namespace, self.md.model_name, index)
@@ -364,7 +373,7 @@ class LocalAutoscaler:
         cost = replica_cost + joules / JOULES_PER_KWH * float(self.md.price_per_kwh)
         return {
             "replicaSeconds": [round(s, 1) for s in replica_seconds],
-            "maxReplicas": list(self.max_replicas),
+            "peakReplicas": list(self.peak_replicas),
             "finalReplicas": list(self.desired),
             "costUsd": round(cost, 8),
             "energyJoules": round(joules, 1),

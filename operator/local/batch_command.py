@@ -65,8 +65,8 @@ def batch(
     except (LocalRunError, ValueError) as error:
         console.print(f"failed: {error}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_FAILED if isinstance(error, LocalRunError) else EXIT_INVALID
-    from frugal.serving import batch as engine
-    from frugal.serving import batch_local
+    from frugal.serving.batch import engine
+    from frugal.serving.batch import local_runner as batch_local
 
     base = engine.BatchConfig.model_validate(
         {

@@ -18,6 +18,7 @@ import numpy as np
 
 from frugal.operator.local.kubelet import Served
 from frugal.operator.local.loadgen import LoadStats
+from frugal.schema.artifact_format import Manifest, Variant, read_manifest
 
 CHECK_BATCH = 64
 NUMPY_TYPES = {
@@ -53,20 +54,19 @@ class ServedModel:
     """What the checks need of the running model, read once: its manifest entry and held-out data."""
 
     served: Served
-    manifest: Mapping[str, Any]
-    entry: Mapping[str, Any]
+    manifest: Manifest
+    entry: Variant
     data: HeldOutData
 
     @classmethod
     def load(cls, served: Served) -> ServedModel:
-        manifest = json.loads((served.artifacts / "manifest.json").read_text())
-        name = served.decision.status["selected"]["variant"]
-        entry = next(v for v in manifest["variants"] if v["name"] == name)
+        manifest = read_manifest(served.artifacts)
+        assert served.decision.selection is not None  # serving: the plan chose
+        entry = manifest.variant(served.decision.selection.variant)
         return cls(served, manifest, entry, held_out(served.decision_source_uri))
 
     def variant_file(self, name: str) -> Path:
-        entry = next(v for v in self.manifest["variants"] if v["name"] == name)
-        return self.served.artifacts / entry["file"]
+        return self.served.artifacts / self.manifest.variant(name).file
 
 
 def held_out(uri: str) -> HeldOutData:
@@ -89,8 +89,8 @@ def _tensor(name: str, datatype: str, array: np.ndarray) -> dict[str, Any]:
     }
 
 
-def infer_body(entry: Mapping[str, Any], rows: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    return {"inputs": [_tensor(i["name"], i["datatype"], rows[i["name"]]) for i in entry["inputs"]]}
+def infer_body(entry: Variant, rows: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    return {"inputs": [_tensor(i.name, i.datatype, rows[i.name]) for i in entry.inputs]}
 
 
 def infer(served: Served, body: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -155,15 +155,16 @@ def summary_row(
     """The run's summary: what was served, how well, and (with `scaling`, the autoscaler's account)
     replicas, replica-seconds, energy, cost and scale events."""
     served = model.served
-    sizes = {v["name"]: int(v["sizeBytes"]) for v in model.manifest["variants"]}
-    selected = served.decision.status["selected"]
-    variant = selected["variant"]
+    sizes = {v.name: v.size_bytes for v in model.manifest.variants}
+    selected = served.decision.selection
+    assert selected is not None  # serving: the plan chose
+    variant = selected.variant
     original = sizes.get("fp32", sizes[variant])
     attainment = stats.within(slo_ms / 1000.0)
     return {
         "model": served.model_name,
         "variant": variant,
-        "hardwareProfile": selected.get("hardwareProfile"),
+        "hardwareProfile": selected.profile,
         "shards": len(served.shards),
         "sizeBytes": sizes[variant],
         "originalSizeBytes": original,

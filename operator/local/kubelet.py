@@ -23,7 +23,8 @@ from typing import IO, Any
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision import artifact_files
 from frugal.operator.decision.conditions import Job, JobState, Phase
-from frugal.operator.decision.decide import ClusterState, Decision, Rollover, Settings, decide
+from frugal.operator.decision.decide import ClusterState, Decision, Settings, decide
+from frugal.operator.decision.revisions import Rollover
 from frugal.operator.local import processes
 from frugal.operator.local.balancer import BalancerHost, Hold
 from frugal.operator.local.replicas import (

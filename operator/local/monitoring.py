@@ -59,7 +59,7 @@ def observe_served(
     if decision.selection is None:
         return
     shards = [{"index": shard.index, "replicas": n} for shard, n in zip(served.shards, replicas, strict=True)]
-    metrics.observe(md, decision.selection, shards, decision.status.get("variants", []))
+    metrics.observe(md, decision.selection, {**decision.status, "shards": shards})
 
 
 def write_atomically(path: Path, groups: Sequence[TargetGroup]) -> None:

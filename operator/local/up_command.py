@@ -181,7 +181,7 @@ def _serve_and_report(
     if scaler.enabled:
         console.print(
             f"  autoscaling every {load.scale_interval:g}s: {targets.floor}..{targets.max_replicas} replicas per "
-            f"shard, SLO p95 {targets.latency_p95_ms:g} ms, profiled capacity {targets.capacity_rps:.0f} req/s "
+            f"shard, SLO p95 {targets.slo_p95_ms:g} ms, profiled capacity {targets.capacity_rps:.0f} req/s "
             f"per replica, scale-down window {targets.stabilization_window_s:g}s",
             highlight=False,
         )
@@ -221,7 +221,7 @@ def _serve_and_report(
     with Live(_StatusLine(served, stats, scaler, ramp), console=console, refresh_per_second=4):
         asyncio.run(job)
     row = evaluation.summary_row(
-        model, check, stats, md.latency_p95_ms, {"load": load.shape, **scaler.finish()}
+        model, check, stats, md.slo_p95_ms, {"load": load.shape, **scaler.finish()}
     )
     console.print()
     console.print(_summary_table(served.model_name, row))
@@ -240,15 +240,15 @@ class _StatusLine:
     ramp: loadgen.Ramp | None = None
 
     def __rich__(self) -> str:
-        selected = self.served.decision.status.get("selected", {})
+        selected = self.served.decision.selection
         stats = self.stats
         active, starting, reason = self.scaler.status()
         replicas = "/".join(str(n) for n in active) + (f" (+{starting} starting)" if starting else "")
         target = f"target={self.ramp.rate(time.monotonic() - stats.started):.0f}rps  " if self.ramp else ""
         scaled = f"  last scale={reason}" if reason else ""
         return (
-            f"[bold green]Serving[/] {self.served.model_name}  variant={selected.get('variant')}  "
-            f"hardware={selected.get('hardwareProfile')}  shards={len(self.served.shards)}  replicas={replicas}  "
+            f"[bold green]Serving[/] {self.served.model_name}  variant={selected and selected.variant}  "
+            f"hardware={selected and selected.profile}  shards={len(self.served.shards)}  replicas={replicas}  "
             f"{target}rps={stats.recent_rps():.0f}  requests={stats.requests}  p95={stats.percentile_ms(95):.2f}ms  "
             f"errors={stats.failed}{scaled}"
         )
@@ -258,7 +258,7 @@ def plan_table(plan: planner.Plan) -> Table:
     """Every option the planner priced, cheapest feasible first, each with why it won or lost."""
     objectives = plan.objectives
     title = "plan" + (
-        f": p95 <= {objectives.latency_p95_ms:g} ms, accuracy drop <= {objectives.max_accuracy_drop:g}"
+        f": p95 <= {objectives.slo_p95_ms:g} ms, accuracy drop <= {objectives.max_accuracy_drop:g}"
         + (f", at {objectives.expected_rps:g} req/s" if objectives.expected_rps else ", at one replica's capacity")
         if objectives
         else ""

@@ -124,7 +124,7 @@ def serve(
         "--max-queue-size",
         str(md.max_queue_size),
         "--latency-target-ms",
-        str(md.latency_p95_ms),
+        str(md.slo_p95_ms),
     ]
     if shards > 1:
         command += ["--shard-index", str(index), "--shard-count", str(shards)]

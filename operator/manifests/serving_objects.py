@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec, Owner
 from frugal.operator.manifests import container_commands, names, pod_specs
@@ -30,13 +30,18 @@ FRONT_RESOURCES = {
 }
 
 
-@dataclass(frozen=True)
-class Selection:
-    """What the planner chose for a generation (or a re-planning rollover, for a revision of it)."""
+class ServingOption(Protocol):
+    """What serving objects are built for: a variant on a hardware profile over a number of shards
+    (:class:`frugal.operator.decision.planner.Option`, which the planner chose)."""
 
-    variant: str
-    profile: str
-    shards: int
+    @property
+    def variant(self) -> str: ...
+
+    @property
+    def profile(self) -> str: ...
+
+    @property
+    def shards(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ def desired_shard(
     profile: HardwareProfileSpec,
     image: str,
     artifacts: ArtifactLocation,
-    selection: Selection,
+    selection: ServingOption,
     index: int,
 ) -> list[dict[str, Any]]:
     """One shard of the current generation: its Deployment, Service and PodDisruptionBudget."""
@@ -67,7 +72,7 @@ def desired_shard(
     ]
 
 
-def shard_labels(owner: Owner, selection: Selection, index: int) -> dict[str, str]:
+def shard_labels(owner: Owner, selection: ServingOption, index: int) -> dict[str, str]:
     return names.labels(
         owner,
         "serving",
@@ -80,7 +85,7 @@ def shard_labels(owner: Owner, selection: Selection, index: int) -> dict[str, st
     )
 
 
-def shard_metadata(owner: Owner, selection: Selection, index: int) -> dict[str, Any]:
+def shard_metadata(owner: Owner, selection: ServingOption, index: int) -> dict[str, Any]:
     """Name, labels and owner reference shared by a shard's Deployment, Service and PDB."""
     metadata = names.metadata(owner, names.shard(owner, index), "serving")
     metadata["labels"] = shard_labels(owner, selection, index)
@@ -104,7 +109,7 @@ def desired_shard_deployment(
     profile: HardwareProfileSpec,
     image: str,
     artifacts: ArtifactLocation,
-    selection: Selection,
+    selection: ServingOption,
     index: int,
 ) -> dict[str, Any]:
     """The shard's Deployment without spec.replicas: that field belongs to the autoscaler
@@ -180,7 +185,7 @@ def desired_replicas(owner: Owner, index: int, replicas: int) -> dict[str, Any]:
     }
 
 
-def desired_shard_service(md: ModelDeploymentSpec, selection: Selection, index: int) -> dict[str, Any]:
+def desired_shard_service(md: ModelDeploymentSpec, selection: ServingOption, index: int) -> dict[str, Any]:
     metadata = shard_metadata(md.owner, selection, index)
     return {
         "apiVersion": "v1",
@@ -190,7 +195,7 @@ def desired_shard_service(md: ModelDeploymentSpec, selection: Selection, index: 
     }
 
 
-def desired_shard_pdb(md: ModelDeploymentSpec, selection: Selection, index: int) -> dict[str, Any]:
+def desired_shard_pdb(md: ModelDeploymentSpec, selection: ServingOption, index: int) -> dict[str, Any]:
     metadata = shard_metadata(md.owner, selection, index)
     return {
         "apiVersion": "policy/v1",
@@ -316,7 +321,7 @@ def _next_stage_url(owner: Owner, index: int, shards: int) -> str | None:
 
 
 def _serving_env(
-    md: ModelDeploymentSpec, profile: HardwareProfileSpec, selection: Selection, index: int
+    md: ModelDeploymentSpec, profile: HardwareProfileSpec, selection: ServingOption, index: int
 ) -> list[dict[str, Any]]:
     """Settings `frugal serve` reads from FRUGAL_<FLAG> variables (flags on the command line win)."""
     labels = f"namespace={md.owner.namespace},hardware_profile={profile.name}"

@@ -1,9 +1,10 @@
 """Read an artifact directory's `manifest.json` and verify a variant's files before anything loads them.
 
-The contract (written by `frugal.compression`, read here with serving's own types): `manifest.json`
-lists every file with its sha256 and size, and every variant with its ONNX file and tensor signature.
-Every file of the variant is checked against both before ONNX Runtime sees it; a mismatch refuses to
-serve (:class:`ArtifactError`).
+The contract is :mod:`frugal.schema.artifact_format` (written by `frugal.compression`, read here
+through the same models): `manifest.json` lists every file with its sha256 and size, and every variant
+with its ONNX file and tensor signature. A manifest of another version, or one edited by hand into
+something the schema does not allow, is refused naming the field. Every file of the variant is checked
+against the manifest before ONNX Runtime sees it; a mismatch refuses to serve (:class:`ArtifactError`).
 
 The verify cache (`frugal serve --verify-cache-dir DIR`, off unless set) saves re-hashing unchanged
 files on every start. After a file's sha256 has matched the manifest, `DIR/verified-files.json` records
@@ -42,7 +43,6 @@ warning: the cache can make a start faster, never make it fail.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -53,8 +53,12 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-MANIFEST = "manifest.json"
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+from frugal.schema import artifact_format
+from frugal.schema.artifact_format import ArtifactError, FileEntry, Manifest, TensorSpec, Variant, sha256_file
+
+# The shared models and error, re-exported: serving's modules import them from here.
+__all__ = ["ArtifactError", "FileEntry", "Manifest", "TensorSpec", "Variant"]
+
 VERIFY_CACHE_FILE = "verified-files.json"
 VERIFY_CACHE_VERSION = 1
 VERIFY_CACHE_MAX_ENTRIES = 512  # a few artifact generations' worth; the oldest entries go first
@@ -63,77 +67,14 @@ RACY_WINDOW_S = 2.0  # files touched this recently before a check are verified b
 log = logging.getLogger("frugal.serving")
 
 
-class ArtifactError(Exception):
-    """The artifact directory cannot be served; the message says what is wrong and where."""
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
-
-
-class TensorSpec(_Model):
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-
-class FileEntry(_Model):
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size_bytes: int | None = Field(default=None, alias="sizeBytes", ge=0)
-
-
-class Variant(_Model):
-    name: str
-    file: str
-    inputs: tuple[TensorSpec, ...] = ()
-    outputs: tuple[TensorSpec, ...] = ()
-    size_bytes: int | None = Field(default=None, alias="sizeBytes", ge=0)
-    steps: tuple[str, ...] = ()
-
-
-class Manifest(_Model):
-    schema_version: int = Field(alias="schemaVersion")
-    model: str
-    generation: int = 1
-    source: str | None = None
-    files: dict[str, FileEntry]
-    variants: tuple[Variant, ...]
-
-    def variant(self, name: str) -> Variant:
-        for variant in self.variants:
-            if variant.name == name:
-                return variant
-        known = ", ".join(v.name for v in self.variants) or "none"
-        raise ArtifactError(f"variant {name!r} is not in the manifest (variants: {known})")
-
-
-def parse_manifest(text: str | bytes, where: str = MANIFEST) -> Manifest:
-    try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise ArtifactError(f"{where} is not valid JSON: {exc}") from None
-    try:
-        manifest = Manifest.model_validate(doc)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or '(root)'}: {error['msg']}" for error in exc.errors()
-        )
-        raise ArtifactError(f"{where} is invalid: {problems}") from None
-    if manifest.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
-        raise ArtifactError(
-            f"{where}: schemaVersion {manifest.schema_version} is not supported "
-            f"(this server reads {SUPPORTED_SCHEMA_VERSIONS})"
-        )
-    return manifest
+def parse_manifest(text: str | bytes, where: str = artifact_format.MANIFEST) -> Manifest:
+    """The manifest in `text` (raises ArtifactError naming `where` and the field that is wrong)."""
+    return artifact_format.parse_manifest(text, where)
 
 
 def load_manifest(directory: Path) -> Manifest:
-    path = directory / MANIFEST
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {path}: {exc.strerror}") from None
-    return parse_manifest(text, str(path))
+    """`directory/manifest.json`, read through the shared schema (raises ArtifactError)."""
+    return artifact_format.read_manifest(directory)
 
 
 def variant_files(manifest: Manifest, variant: Variant) -> list[str]:
@@ -143,14 +84,6 @@ def variant_files(manifest: Manifest, variant: Variant) -> list[str]:
         raise ArtifactError(f"variant {variant.name!r}: its file {variant.file} is not listed under 'files'")
     beside = [f for f in manifest.files if f != variant.file and PurePosixPath(f).parent == folder]
     return [variant.file, *sorted(beside)]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------ verify cache
@@ -349,7 +282,7 @@ def check_variant(
             before = FileStat.of(path)
         except OSError as exc:
             raise ArtifactError(f"variant {variant.name!r}: cannot stat {path}: {exc.strerror}") from None
-        if entry.size_bytes is not None and before.size != entry.size_bytes:
+        if before.size != entry.size_bytes:
             raise ArtifactError(
                 f"variant {variant.name!r}: {relative} is {before.size} bytes, but the manifest says "
                 f"{entry.size_bytes}; the file was modified or truncated — re-run compression or fix the "
@@ -360,7 +293,7 @@ def check_variant(
             checks.append(FileCheck(relative, before.size, True, 0.0))
             continue
         hash_started = time.perf_counter()
-        actual = sha256_of(path)
+        actual = sha256_file(path)
         hash_seconds = time.perf_counter() - hash_started
         if actual != entry.sha256:
             raise ArtifactError(

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from frugal.schema import artifact_format as schema
 from frugal.serving.datatypes import ONNX_TO_OIP
 
 OPSET = [helper.make_opsetid("", 17)]
@@ -110,50 +111,47 @@ def slow_model(iterations: int = 60, width: int = 256) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=OPSET)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_artifacts(directory: Path, model_name: str, variants: Mapping[str, onnx.ModelProto]) -> Path:
-    """An artifact directory per the contract: variants/<name>/model.onnx and manifest.json."""
+    """An artifact directory per the contract: variants/<name>/model.onnx and manifest.json, written
+    by the schema's own writer (no metric or latency: nothing measured them)."""
     directory.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Any] = {}
+    files: dict[str, schema.FileEntry] = {}
     entries = []
     for name, model in variants.items():
         relative = f"variants/{name}/model.onnx"
         path = directory / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(path))
-        size = path.stat().st_size
-        files[relative] = {"sha256": _sha256(path), "sizeBytes": size}
+        files[relative] = schema.file_entry(path)
         entries.append(
-            {
-                "name": name,
-                "file": relative,
-                "steps": [],
-                "inputs": [_spec(v) for v in model.graph.input],
-                "outputs": [_spec(v) for v in model.graph.output],
-                "sizeBytes": size,
-            }
+            schema.Variant(
+                name=name,
+                file=relative,
+                steps=(),
+                inputs=tuple(_spec(v) for v in model.graph.input),
+                outputs=tuple(_spec(v) for v in model.graph.output),
+                size_bytes=files[relative].size_bytes,
+                metric=None,
+                latency=None,
+            )
         )
-    manifest = {
-        "schemaVersion": 1,
-        "model": model_name,
-        "generation": 1,
-        "source": "test://onnx-helper",
-        "createdAt": "2026-11-28T16:00:00Z",
-        "files": files,
-        "variants": entries,
-    }
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    manifest = schema.Manifest(
+        model=model_name,
+        generation=1,
+        source="test://onnx-helper",
+        created_at="2026-11-28T16:00:00Z",
+        files=files,
+        variants=tuple(entries),
+    )
+    schema.write_manifest(directory, manifest)
     return directory
 
 
-def _spec(value: onnx.ValueInfoProto) -> dict[str, Any]:
+def _spec(value: onnx.ValueInfoProto) -> schema.TensorSpec:
     tensor = value.type.tensor_type
     datatype = ONNX_TO_OIP[tensor.elem_type]
-    shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
-    return {"name": value.name, "datatype": datatype, "shape": shape}
+    shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
+    return schema.TensorSpec(name=value.name, datatype=datatype, shape=shape)
 
 
 # ------------------------------------------------------------------------------------------- servers

@@ -28,8 +28,8 @@ import pytest
 from compression_support import run_cli
 from sklearn.datasets import load_digits
 
-from frugal.serving.batch import BatchConfig, BatchError, aggregate, run_worker
-from frugal.serving.batch_local import run_local
+from frugal.serving.batch.engine import BatchConfig, BatchError, aggregate, run_worker
+from frugal.serving.batch.local_runner import run_local
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANT = "int8-dynamic"  # dynamic quantization: a row's output depends on its batch's rows (see infer)
@@ -254,7 +254,7 @@ def test_a_worker_killed_mid_run_resumes_without_redoing_finished_shards(
 
 
 def worker_pids(parent: int) -> dict[int, int]:
-    """{worker index: pid} of the `frugal.serving.batch_worker` processes whose parent is `parent`."""
+    """{worker index: pid} of the `frugal.serving.batch.worker_command` processes whose parent is `parent`."""
     found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -262,7 +262,7 @@ def worker_pids(parent: int) -> dict[int, int]:
             argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if int(fields[1]) == parent and b"frugal.serving.batch_worker" in argv:
+        if int(fields[1]) == parent and b"frugal.serving.batch.worker_command" in argv:
             found[int(argv[argv.index(b"--index") + 1])] = int(stat.parent.name)
     return found
 

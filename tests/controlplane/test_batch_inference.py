@@ -33,7 +33,7 @@ from operator_harness import (
     wait_object,
 )
 
-from frugal.serving import batch as engine
+from frugal.serving.batch import engine
 
 NAME = "digits-scores"
 

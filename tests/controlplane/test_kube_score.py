@@ -26,6 +26,7 @@ from frugal.operator.decision.batch_inference import BatchObserved, Progress, Re
 from frugal.operator.decision.conditions import Job, JobState
 from frugal.operator.decision.decide import ClusterState, Settings, decide
 from frugal.operator.manifests import batch_jobs
+from frugal.schema.artifact_format import FileEntry, Manifest, Profile, ProfileRow, Score, Variant
 
 # Findings accepted, by kube-score test name, and why.
 ACCEPTED = {
@@ -77,13 +78,22 @@ def children() -> list[dict[str, Any]]:
         },
     })  # fmt: skip
     variants = [
-        {"name": "fp32", "sizeBytes": 4000, "steps": [], "metric": {"name": "accuracy", "value": 0.97, "drop": 0.0}},
-        {"name": "int8", "sizeBytes": 1000, "steps": ["quantization:dynamic-int8"],
-         "metric": {"name": "accuracy", "value": 0.968, "drop": 0.002}},
+        Variant(name="fp32", file="variants/fp32/model.onnx", steps=(), inputs=(), outputs=(), size_bytes=4000,
+                metric=Score(name="accuracy", value=0.97, baseline=0.97, drop=0.0), latency=None),
+        Variant(name="int8", file="variants/int8/model.onnx", steps=("quantization:dynamic-int8",), inputs=(),
+                outputs=(), size_bytes=1000, metric=Score(name="accuracy", value=0.968, baseline=0.97, drop=0.002),
+                latency=None),
     ]  # fmt: skip
-    measured = {"variants": [{"name": "fp32", "latencyP95Ms": 5, "throughputRps": 500},
-                             {"name": "int8", "latencyP95Ms": 4, "throughputRps": 900}]}  # fmt: skip
-    found = artifact_files.Artifacts({"variants": variants}, {}, {"cpu-small": measured, "gpu-t4": measured})
+    manifest = Manifest(model="digits", generation=1, source="zoo://digits-mlp", created_at="2026-01-01T00:00:00Z",
+                        files={v.file: FileEntry(sha256="0" * 64, size_bytes=v.size_bytes) for v in variants},
+                        variants=tuple(variants))  # fmt: skip
+    rows = (ProfileRow(name="fp32", shards=1, batch_size=32, latency_p95_ms=5, throughput_rps=500),
+            ProfileRow(name="int8", shards=1, batch_size=32, latency_p95_ms=4, throughput_rps=900))  # fmt: skip
+    measured = {
+        name: Profile(hardware_profile=name, provider="CPUExecutionProvider", variants=rows)
+        for name in ("cpu-small", "gpu-t4")
+    }
+    found = artifact_files.Artifacts(manifest, None, measured)
     settings = Settings(image="registry.example/frugal:0.1.0", storage_uri="pvc://frugal-artifacts",
                         network_policies=True)  # fmt: skip
     done = Job(JobState.SUCCEEDED, name="done")

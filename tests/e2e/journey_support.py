@@ -19,6 +19,7 @@ from controlplane_harness import REPO_ROOT
 
 from frugal.operator.local.evaluation import held_out, infer_body
 from frugal.operator.manifests.container_commands import SERVING_PORT
+from frugal.schema.artifact_format import Variant
 
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-images.sh"
 JOURNEY_NAMESPACE = "frugal"
@@ -150,7 +151,7 @@ def infer(endpoint: str, model: str, body: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(output["data"], dtype=np.float64).reshape(output["shape"])
 
 
-def held_out_accuracy(endpoint: str, model: str, entry: Mapping[str, Any]) -> tuple[float, int]:
+def held_out_accuracy(endpoint: str, model: str, entry: Variant) -> tuple[float, int]:
     """Accuracy of the served model on the zoo model's held-out data, sent in batches."""
     data = held_out("zoo://digits-mlp")
     assert data.labels is not None

@@ -40,6 +40,7 @@ from journey_support import (
 from prometheus_harness import Prometheus
 
 from frugal.operator.manifests.container_commands import GRPC_PORT, SERVING_PORT
+from frugal.schema.artifact_format import read_manifest
 
 PIPELINE_TIMEOUT_S = 1200.0
 RELEASE = "frugal"
@@ -197,23 +198,22 @@ def test_the_model_answers_over_its_cluster_ip_with_the_held_out_accuracy(
     address = service_ip(cluster, "digits")
     manifest_uri = served["artifacts"]["uri"]  # pvc://frugal-artifacts/<ns>/digits/gen-1
     claim_path = manifest_uri.removeprefix("pvc://frugal-artifacts/")
-    manifest = json.loads((cluster.volume_path("frugal-artifacts") / claim_path / "manifest.json").read_text())
-    variant = served["selected"]["variant"]
-    entry = next(v for v in manifest["variants"] if v["name"] == variant)
+    manifest = read_manifest(cluster.volume_path("frugal-artifacts") / claim_path)
+    entry = manifest.variant(served["selected"]["variant"])
     accuracy, rows = held_out_accuracy(f"http://{address}:{SERVING_PORT}", "digits", entry)
-    assert rows > 100
+    assert rows > 100 and entry.metric is not None
     # Dynamic INT8 quantizes activations per request batch, so another batching may flip a row or two.
-    assert accuracy == pytest.approx(entry["metric"]["value"], abs=0.005), (accuracy, entry["metric"])
+    assert accuracy == pytest.approx(entry.metric.value, abs=0.005), (accuracy, entry.metric)
     assert accuracy >= 0.95
 
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(f"{address}:{GRPC_PORT}")
     assert client.is_model_ready("digits")
-    spec = entry["inputs"][0]
-    tensor = grpcclient.InferInput(spec["name"], [1, *spec["shape"][1:]], spec["datatype"])
-    tensor.set_data_from_numpy(np.zeros([1, *spec["shape"][1:]], dtype=np.float32))
-    answer = client.infer("digits", [tensor]).as_numpy(entry["outputs"][0]["name"])
+    spec = entry.inputs[0]
+    tensor = grpcclient.InferInput(spec.name, [1, *spec.shape[1:]], spec.datatype)
+    tensor.set_data_from_numpy(np.zeros([1, *spec.shape[1:]], dtype=np.float32))
+    answer = client.infer("digits", [tensor]).as_numpy(entry.outputs[0].name)
     assert answer is not None and answer.shape[0] == 1
 
 

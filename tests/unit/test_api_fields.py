@@ -17,6 +17,7 @@ from typing import Any
 
 import pydantic
 import pytest
+from test_decide import manifest_of, profile_of
 from test_validation import full_hwp, full_md
 
 from frugal.operator.api import crds, models
@@ -77,21 +78,21 @@ def run_every_phase() -> None:
         profiles[name] = parse_hardware_profile(body)
     settings = Settings(image="img", storage_uri="file:///store", allow_host_path=True)
     done = Job(JobState.SUCCEEDED, name="x")
-    manifest = {
-        "variants": [
+    manifest = manifest_of(
+        [
             {
                 "name": "fp32",
                 "sizeBytes": 4000,
                 "steps": [],
-                "metric": {"name": "f1", "value": 0.97, "drop": 0.0},
+                "metric": {"name": "f1", "value": 0.97, "baseline": 0.97, "drop": 0.0},
             }
         ]
-    }
-    measured = {"variants": [{"name": "fp32", "latencyP95Ms": 3, "throughputRps": 1500}]}
-    artifacts = artifact_files.Artifacts(manifest, {}, {name: measured for name in profiles})
+    )
+    measured = [{"name": "fp32", "latencyP95Ms": 3, "throughputRps": 1500}]
+    artifacts = artifact_files.Artifacts(manifest, None, {name: profile_of(name, measured) for name in profiles})
     states = [
         (ClusterState(), None),
-        (ClusterState(compression=done), artifact_files.Artifacts(manifest, {}, {})),
+        (ClusterState(compression=done), artifact_files.Artifacts(manifest, None, {})),
         (
             ClusterState(compression=done, profiling=dict.fromkeys(profiles, done), pod_monitors=True),
             artifacts,
@@ -167,7 +168,7 @@ def run_every_batch_phase(profiles: dict[str, Any]) -> None:
         observed = BatchObserved(model, workers=workers, aggregate=aggregate, progress=progress, summary=found,
                                  selected=selected)  # fmt: skip
         decision = decide_batch(job, profiles, locations, observed, "img")
-        selected = decision.status.get("selected")
+        selected = models.BatchInferenceStatus.from_status(decision.status).selected
 
 
 def schema_fields(

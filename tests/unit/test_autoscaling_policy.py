@@ -25,7 +25,7 @@ from frugal.operator.decision.observations import (
 )
 
 TARGETS = Targets(
-    latency_p95_ms=50.0,
+    slo_p95_ms=50.0,
     capacity_rps=100.0,
     min_replicas=1,
     max_replicas=8,
@@ -260,7 +260,7 @@ def test_histogram_quantile_interpolates_and_handles_inf_and_empty() -> None:
 
 
 def test_a_slow_p95_from_a_trickle_of_requests_neither_scales_nor_cuts_the_capacity() -> None:
-    targets = Targets(latency_p95_ms=5.0, capacity_rps=4944.0, max_replicas=3)
+    targets = Targets(slo_p95_ms=5.0, capacity_rps=4944.0, max_replicas=3)
     trickle = Observation((ShardObservation(request_rate=6.0, latency_p95_ms=6.7, replicas=1, ready=1),))
     answer, memory = recommend(trickle, (1,), targets, Memory(), 0.0)
     assert answer.replicas == (1,) and memory.capacity_rps == (4944.0,)
@@ -272,7 +272,7 @@ def test_a_slow_p95_from_a_trickle_of_requests_neither_scales_nor_cuts_the_capac
 def test_a_growing_queue_teaches_the_capacity_so_the_next_tick_does_not_scale_back() -> None:
     answers = run([(0.0, one(285.0, 4.0, 1, queue=1.0)), (2.0, one(285.0, 4.0, 1, queue=12.0))]
                   + [(2.0 + 2 * t, one(400.0, 4.2, 1)) for t in range(1, 10)], (1,),
-                  Targets(latency_p95_ms=5.0, capacity_rps=4944.0, max_replicas=4,
+                  Targets(slo_p95_ms=5.0, capacity_rps=4944.0, max_replicas=4,
                           stabilization_window_s=10.0))  # fmt: skip
     counts = [a.replicas[0] for a in answers]
     assert counts[1] >= 2 and answers[1].reason is ScaleReason.QUEUE_GROWING
@@ -281,9 +281,9 @@ def test_a_growing_queue_teaches_the_capacity_so_the_next_tick_does_not_scale_ba
 
 def test_targets_refuse_what_the_policy_cannot_work_with() -> None:
     with pytest.raises(ValueError, match="capacity greater than 0"):
-        Targets(latency_p95_ms=5.0, capacity_rps=0.0)
+        Targets(slo_p95_ms=5.0, capacity_rps=0.0)
     with pytest.raises(ValueError, match="max_replicas"):
-        Targets(latency_p95_ms=5.0, capacity_rps=10.0, min_replicas=3, max_replicas=2)
+        Targets(slo_p95_ms=5.0, capacity_rps=10.0, min_replicas=3, max_replicas=2)
 
 
 def test_a_restarted_replica_counts_its_buckets_from_zero() -> None:
@@ -294,7 +294,7 @@ def test_a_restarted_replica_counts_its_buckets_from_zero() -> None:
     assert sample.get("latency_p95_seconds") == pytest.approx(0.0095)  # all 40 new ones in the first bucket
 
 
-SLEEPY = Targets(latency_p95_ms=50.0, capacity_rps=100.0, min_replicas=0, max_replicas=4,
+SLEEPY = Targets(slo_p95_ms=50.0, capacity_rps=100.0, min_replicas=0, max_replicas=4,
                  stabilization_window_s=30.0, scale_to_zero_after_s=60.0)  # fmt: skip
 
 
@@ -364,7 +364,7 @@ def test_a_growing_queue_adds_what_its_growth_per_second_needs() -> None:
 
 
 def test_a_capacity_estimate_that_is_too_low_rises_by_probing_and_stops_below_an_overshoot() -> None:
-    low = Targets(latency_p95_ms=50.0, capacity_rps=100.0, max_replicas=80, stabilization_window_s=60.0)
+    low = Targets(slo_p95_ms=50.0, capacity_rps=100.0, max_replicas=80, stabilization_window_s=60.0)
     current, memory, capacities = (50,), Memory(), []
     for tick in range(40):  # 3500 req/s, each replica really does 250 within the SLO, p95 5 ms
         now = tick * 15.0
@@ -399,7 +399,7 @@ def test_what_the_fronts_hold_is_read_per_model_and_wakes_a_model_at_zero() -> N
     # At zero replicas no shard has series, and that is not stale: only held requests say "demand".
     asleep = observation("ml", "digits", (0,), (0,), {}, held_requests=held[("ml", "digits")])
     assert asleep.stale is None and asleep.demand
-    targets = Targets(latency_p95_ms=50.0, capacity_rps=100.0, min_replicas=0, scale_to_zero_after_s=60.0)
+    targets = Targets(slo_p95_ms=50.0, capacity_rps=100.0, min_replicas=0, scale_to_zero_after_s=60.0)
     answer, _ = recommend(asleep, (0,), targets, Memory(), 0.0)
     assert answer.replicas == (1,) and answer.reason is ScaleReason.WAKING
     quiet = observation("ml", "other", (0,), (0,), {}, held_requests=held[("ml", "other")])

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from frugal.serving.batch import BatchConfig, BatchError, config_from, parse_config, price
-from frugal.serving.batch_data import FileInfo, Shard, check_column, local_path, parquet_rows, plan
-from frugal.serving.batch_worker import worker_index
+from frugal.serving.batch.engine import BatchConfig, BatchError, config_from, parse_config, price
+from frugal.serving.batch.inputs import FileInfo, Shard, check_column, local_path, parquet_rows, plan
+from frugal.serving.batch.worker_command import worker_index
 from frugal.serving.server.artifacts import TensorSpec
 
 MINIMAL = '{"input": "d.npz", "output": "out", "artifacts": "art", "variant": "fp32"}'

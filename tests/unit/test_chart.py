@@ -153,7 +153,7 @@ def _serving_registry() -> CollectorRegistry:
 def _operator_registry() -> CollectorRegistry:
     from frugal.operator.api.spec import parse_model_deployment
     from frugal.operator.decision.conditions import Phase
-    from frugal.operator.manifests.serving_objects import Selection
+    from frugal.operator.decision.planner import Option
     from frugal.operator.telemetry import OperatorMetrics
 
     metrics = OperatorMetrics()
@@ -168,7 +168,7 @@ def _operator_registry() -> CollectorRegistry:
     )
     variants = [{"name": "fp32", "sizeBytes": 1000, "accepted": True,
                  "metric": {"name": "accuracy", "value": 0.97, "drop": 0.0}}]  # fmt: skip
-    metrics.observe(md, Selection("fp32", "cpu", 1), [{"index": 0, "replicas": 2}], variants)
+    metrics.observe(md, Option("fp32", "cpu", 1), {"shards": [{"index": 0, "replicas": 2}], "variants": variants})
     metrics.autoscaled(("ml", "digits", "digits"), [2], "Steady", 0.5, 30.0, power_capped=False)
     metrics.assessed("ml", "digits", Phase.SERVING, {})
     return metrics.registry

@@ -210,12 +210,13 @@ def test_merge_keeps_transition_time_while_status_is_unchanged() -> None:
     first = merge([], [Condition(READY, False, Reason.DEPLOYING, "waiting")], 1, "t1")
     same = merge(first, [Condition(READY, False, Reason.DEPLOYING, "still waiting")], 1, "t2")
     flipped = merge(same, [Condition(READY, True, Reason.SERVING, "serving")], 1, "t3")
-    assert first[0]["lastTransitionTime"] == "t1" and first[0]["status"] == "False"
-    assert same[0]["lastTransitionTime"] == "t1" and same[0]["message"] == "still waiting"
-    assert flipped[0]["lastTransitionTime"] == "t3" and flipped[0]["status"] == "True"
-    assert flipped[0]["observedGeneration"] == 1
+    assert first[0].last_transition_time == "t1" and first[0].status == "False"
+    assert same[0].last_transition_time == "t1" and same[0].message == "still waiting"
+    assert flipped[0].last_transition_time == "t3" and flipped[0].status == "True"
+    assert flipped[0].observed_generation == 1
+    assert flipped[0].to_patch()["lastTransitionTime"] == "t3"
     unknown = merge([], [Condition(PROFILED, None, Reason.WAITING_FOR_COMPRESSION, "w")], 2, "t")
-    assert unknown[0]["status"] == "Unknown"
+    assert unknown[0].status == "Unknown"
 
 
 def test_a_pod_the_scheduler_cannot_place_degrades_without_failing() -> None:

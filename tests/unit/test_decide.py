@@ -15,13 +15,16 @@ from frugal.operator.decision.decide import (
     artifacts_to_remove,
     decide,
     host_path_refusal,
+)
+from frugal.operator.decision.planner import Option
+from frugal.operator.decision.revisions import (
     pipeline_hash,
     rollover_from_status,
     with_effective_generation,
     with_revision,
 )
 from frugal.operator.manifests import serving_objects
-from frugal.operator.manifests.serving_objects import Selection
+from frugal.schema.artifact_format import Manifest, Profile, Report
 
 BODY: dict[str, Any] = {
     "apiVersion": "frugal.dev/v1alpha1",
@@ -51,38 +54,99 @@ PROFILES = {"cpu": profile("cpu", "0.10", 20), "gpu": profile("gpu", "0.50", 70)
 MD = parse_model_deployment(BODY)
 SETTINGS = Settings(image="img", storage_uri="file:///store", allow_host_path=True)  # a local store
 DONE = Job(JobState.SUCCEEDED, name="x")
-MANIFEST = {
-    "variants": [
+
+
+def manifest_of(variants: list[dict[str, Any]]) -> Manifest:
+    """manifest.json as compression writes it, around `variants` (name, sizeBytes, steps, metric)."""
+    files = {v["name"]: f"variants/{v['name']}/model.onnx" for v in variants}
+    return Manifest.model_validate(
+        {
+            "model": "digits",
+            "generation": 1,
+            "source": "zoo://digits-mlp",
+            "createdAt": "2026-01-01T00:00:00Z",
+            "files": {files[v["name"]]: {"sha256": "0" * 64, "sizeBytes": v["sizeBytes"]} for v in variants},
+            "variants": [
+                {"file": files[v["name"]], "inputs": [], "outputs": [], "latency": None, **v} for v in variants
+            ],
+        }
+    )
+
+
+def profile_of(name: str, rows: list[dict[str, Any]]) -> Profile:
+    """profiles/<name>.json as the profiling Job writes it, with `rows` (name, latencyP95Ms, throughputRps)."""
+    return Profile.model_validate(
+        {
+            "hardwareProfile": name,
+            "provider": "CPUExecutionProvider",
+            "variants": [{"shards": 1, "batchSize": 32, **row} for row in rows],
+        }
+    )
+
+
+def report_of(latencies: dict[str, dict[str, Any]]) -> Report:
+    """report.json as compression writes it, with each named variant's latency (batchMs, throughputPerS)."""
+    return Report.model_validate(
+        {
+            "model": "digits",
+            "source": "zoo://digits-mlp",
+            "metric": "accuracy",
+            "budget": {"metric": None, "maxDrop": 0.01, "minValue": None},
+            "servingBatchSize": 32,
+            "ranking": list(latencies),
+            "chosen": {},
+            "variants": [
+                {
+                    "name": name,
+                    "steps": [],
+                    "status": "kept",
+                    "reason": None,
+                    "sizeBytes": 1000,
+                    "metric": None,
+                    "latency": {"batch1Ms": 1, "batchSize": 32, "batchSpread": 0.0, "threads": 1, **latency},
+                    "chosen": False,
+                    "chosenAs": [],
+                }
+                for name, latency in latencies.items()
+            ],
+        }
+    )
+
+
+MANIFEST = manifest_of(
+    [
         {
             "name": "fp32",
             "sizeBytes": 4000,
             "steps": [],
-            "metric": {"name": "accuracy", "value": 0.97, "drop": 0.0},
+            "metric": {"name": "accuracy", "value": 0.97, "baseline": 0.97, "drop": 0.0},
         },
         {
             "name": "int8",
             "sizeBytes": 1000,
             "steps": ["quantization:dynamic-int8"],
-            "metric": {"name": "accuracy", "value": 0.968, "drop": 0.002},
+            "metric": {"name": "accuracy", "value": 0.968, "baseline": 0.97, "drop": 0.002},
         },
     ]
-}
+)
 PROFILED = artifact_files.Artifacts(
     MANIFEST,
-    {},
+    None,
     {
-        "cpu": {
-            "variants": [
+        "cpu": profile_of(
+            "cpu",
+            [
                 {"name": "fp32", "latencyP95Ms": 30, "throughputRps": 500},
                 {"name": "int8", "latencyP95Ms": 15, "throughputRps": 900},
-            ]
-        },
-        "gpu": {
-            "variants": [
+            ],
+        ),
+        "gpu": profile_of(
+            "gpu",
+            [
                 {"name": "fp32", "latencyP95Ms": 3, "throughputRps": 1500},
                 {"name": "int8", "latencyP95Ms": 3, "throughputRps": 1560},
-            ]
-        },
+            ],
+        ),
     },
 )
 
@@ -153,7 +217,7 @@ def test_first_pass_creates_the_compression_job_once() -> None:
 
 def test_after_compression_one_profiling_job_per_candidate() -> None:
     decision = decide(
-        MD, PROFILES, ClusterState(compression=DONE), artifact_files.Artifacts(MANIFEST, {}, {}), SETTINGS
+        MD, PROFILES, ClusterState(compression=DONE), artifact_files.Artifacts(MANIFEST, None, {}), SETTINGS
     )
     assert kinds(decision) == [("Job", "digits-g1-profile-cpu"), ("Job", "digits-g1-profile-gpu")]
     assert decision.assessment.phase is Phase.PROFILING
@@ -254,15 +318,9 @@ def test_nothing_feasible_fails_with_the_planners_reason() -> None:
 def test_single_profile_with_failed_profiling_falls_back_to_the_report() -> None:
     body = copy.deepcopy(BODY)
     body["spec"]["serving"]["hardwareProfiles"] = ["cpu"]
-    report = {
-        "variants": [
-            {
-                "name": "fp32",
-                "latency": {"batch1Ms": 1, "batchMs": 5, "batchSize": 32, "throughputPerS": 6400},
-            },
-            {"name": "int8", "latency": {"batch1Ms": 1, "batchMs": 4, "batchSize": 32}},
-        ]
-    }
+    report = report_of(
+        {"fp32": {"batchMs": 5, "throughputPerS": 6400}, "int8": {"batchMs": 4, "throughputPerS": 8000}}
+    )
     found = artifact_files.Artifacts(MANIFEST, report, {})
     state = ClusterState(compression=DONE, profiling={"cpu": Job(JobState.FAILED, "oom", "p")})
     decision = decide(parse_model_deployment(body), PROFILES, state, found, SETTINGS)
@@ -272,7 +330,7 @@ def test_single_profile_with_failed_profiling_falls_back_to_the_report() -> None
 
 
 def test_report_numbers_are_read_from_the_compression_reports_latency() -> None:
-    report = {"variants": [{"name": "int8", "latency": {"batchMs": 4, "batchSize": 32}}]}
+    report = report_of({"int8": {"batchMs": 4, "throughputPerS": 8000}})
     variants = artifact_files.planner_variants(artifact_files.Artifacts(MANIFEST, report, {}))
     int8 = next(v for v in variants if v.name == "int8")
     assert (int8.report_latency_p95_ms, int8.report_throughput_rps) == (4.0, 8000.0)
@@ -404,19 +462,19 @@ def rolling_over(md: Any, state: ClusterState, status: dict[str, Any]) -> Any:
 
 def test_the_deploy_time_plan_is_what_a_rollover_moves_away_from() -> None:
     decision = decide(MD, POOLS, SERVED, PROFILED, SETTINGS)
-    assert decision.selection == Selection("int8", "cpu", 1)
+    assert decision.selection == Option("int8", "cpu", 1)
     assert rollover_from_status(MD, {}) is None
 
 
 def test_a_rollover_applies_the_next_revisions_shards_with_the_new_profiles_scheduling() -> None:
     rollover = rollover_from_status(MD, replan_status())
     assert rollover is not None and rollover.revision == 1 and rollover.replicas == 3
-    assert rollover.selection == Selection("int8", "gpu", 1)
-    assert rollover.previous == Selection("int8", "cpu", 1)
+    assert rollover.selection == Option("int8", "gpu", 1)
+    assert rollover.previous == Option("int8", "cpu", 1)
     # the new revision has no Deployment yet; the endpoint still selects revision 0
     state = dataclasses.replace(SERVED, shard_replicas={}, shard_ready={})
     decision = rolling_over(MD, state, replan_status())
-    assert decision.selection == Selection("int8", "gpu", 1)
+    assert decision.selection == Option("int8", "gpu", 1)
     by_name = {(o["kind"], o["metadata"]["name"]): o for o in decision.apply}
     shard = ("digits-g1-r1-shard-0",)
     for kind in ("Deployment", "Service", "PodDisruptionBudget"):
@@ -502,7 +560,7 @@ def test_a_replan_of_another_generation_is_ignored() -> None:
     assert rollover_from_status(md, replan_status(generation=1)) is None
     state = ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE}, live_generation=1)
     decision = rolling_over(md, state, replan_status(generation=1))
-    assert decision.selection == Selection("int8", "cpu", 1)  # the plan's choice, afresh
+    assert decision.selection == Option("int8", "cpu", 1)  # the plan's choice, afresh
     assert ("Deployment", "digits-g2-shard-0") in kinds(decision)
     assert not any("-r1-" in name for _, name in kinds(decision))
     assert rollover_from_status(MD, {"replan": {**replan_status()["replan"], "revision": 0}}) is None

@@ -15,7 +15,7 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_operator_folder_never_shadows_the_standard_library() -> None:
     result = run_python(
-        "import operator, frugal.operator, frugal.serving, frugal.compression; "
+        "import operator, frugal.operator, frugal.serving, frugal.compression, frugal.schema; "
         "operator.itemgetter; import collections; print(operator.__file__)"
     )
     assert result.returncode == 0, result.stderr
@@ -23,7 +23,7 @@ def test_the_operator_folder_never_shadows_the_standard_library() -> None:
 
 
 def test_component_folders_are_namespace_portions() -> None:
-    for folder in ("operator", "serving", "compression"):
+    for folder in ("operator", "serving", "compression", "schema"):
         assert not (ROOT / folder / "__init__.py").exists(), f"{folder}/__init__.py would shadow or break the mapping"
         assert (ROOT / folder / "py.typed").exists()
 
@@ -79,7 +79,7 @@ def test_no_module_imports_itself_through_others() -> None:
 def test_no_two_modules_share_a_file_name() -> None:
     """A file's name says what it holds: no commands.py, pods.py or cli.py in two places."""
     names: dict[str, list[str]] = {}
-    for folder in ("operator", "serving", "compression"):
+    for folder in ("operator", "serving", "compression", "schema"):
         for path in (ROOT / folder).rglob("*.py"):
             if path.name not in ("__init__.py", "__main__.py"):
                 names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
@@ -93,3 +93,39 @@ def test_no_two_test_files_share_a_base_name() -> None:
     for path in (ROOT / "tests").rglob("test_*.py"):
         names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
     assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
+
+
+# Keys only a ModelDeployment's or BatchInference's status, or an artifact file, has: read them
+# through operator.api.models or frugal.schema, never as raw dict keys.
+STATUS_AND_ARTIFACT_KEYS = [
+    "selected", "variants", "replan", "planAtLoad", "hardwareProfile", "throughputRps", "latencyP95Ms",
+    "lastRolloverTime", "pipelineHash", "desiredReplicas", "capacityRps", "loadRps", "costPer1kRequests",
+    "fromCostPer1kRequests", "sizeBytes", "sha256", "schemaVersion", "throughputPerS", "batch1Ms", "batchMs",
+    "batchSpread", "servingBatchSize", "chosenAs", "speedupBatch", "sizeRatio", "meetsSlo",
+    "joulesPerRequest", "energyPerRequestJoules", "perHour", "per1kRequests", "rowsPerSecond", "shardsDone",
+    "shardsTotal", "rowsDone", "rowsTotal", "perMillionRows", "grpcEndpoint", "requestRate",
+    "observedGeneration",
+]
+RAW_READS_ALLOWED = {
+    # the labels a server is started with (--labels), not a status
+    ("serving/server/service.py", "hardwareProfile"),
+    # the batch aggregator's summary file: a contract of its own, not yet in frugal.schema
+    ("operator/decision/batch_inference.py", "rowsPerSecond"),
+}
+
+
+def test_status_and_artifact_fields_are_read_only_through_their_models() -> None:
+    import re
+
+    read = re.compile(r'(?:\.get\(|\[)"(' + "|".join(STATUS_AND_ARTIFACT_KEYS) + r')"(?!\]\s*=[^=])')
+    found = []
+    for folder in ("operator", "serving", "compression"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            where = str(path.relative_to(ROOT))
+            if where == "operator/api/models.py":
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                for match in read.finditer(line):
+                    if (where, match.group(1)) not in RAW_READS_ALLOWED:
+                        found.append(f"{where}:{number}: {line.strip()}")
+    assert found == [], "read these through ModelDeploymentStatus / BatchInferenceStatus / frugal.schema:\n" + "\n".join(found)

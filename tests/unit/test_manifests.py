@@ -18,8 +18,8 @@ from frugal.operator.api.spec import (
     parse_hardware_profile,
     parse_model_deployment,
 )
+from frugal.operator.decision.planner import Option
 from frugal.operator.manifests import batch_jobs, container_commands, jobs, names, pod_specs, serving_objects
-from frugal.operator.manifests.serving_objects import Selection
 from frugal.operator.manifests.storage import CLAIMS_MOUNT, POD_MOUNT, claim_volume_name, locate
 
 MD: dict[str, Any] = {
@@ -341,7 +341,7 @@ def test_profiling_job_uses_the_profiles_image_provider_and_pool() -> None:
 
 @pytest.mark.parametrize("index", [0, 1])
 def test_shard_deployment(index: int) -> None:
-    selection = Selection("int8", "gpu-t4", 2)
+    selection = Option("int8", "gpu-t4", 2)
     deployment = serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, selection, index)
     template = deployment["spec"]["template"]
     container = template["spec"]["containers"][0]
@@ -369,7 +369,7 @@ def test_shard_deployment(index: int) -> None:
 
 
 def test_serving_set_has_deployment_service_and_pdb_per_shard() -> None:
-    selection = Selection("int8", "gpu-t4", 2)
+    selection = Option("int8", "gpu-t4", 2)
     objects = [
         obj
         for index in range(selection.shards)
@@ -411,7 +411,7 @@ def test_endpoint_service_follows_the_live_generation() -> None:
 
 
 def test_grpc_is_served_and_exposed_wherever_rest_is_except_through_the_front() -> None:
-    selection = Selection("int8", "gpu-t4", 2)
+    selection = Option("int8", "gpu-t4", 2)
     deployment = serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, selection, 0)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8080, "grpc": 8081}
@@ -484,7 +484,7 @@ def test_batch_jobs_end_at_the_authors_deadline_or_at_a_documented_default() -> 
 
 def every_pod_template() -> dict[str, dict[str, Any]]:
     """The pod template of every kind of workload the operator creates, by what it is."""
-    selection = Selection("int8", "gpu-t4", 1)
+    selection = Option("int8", "gpu-t4", 1)
     score, aggregate = batch_children(batch())
     workloads = {
         "compress": jobs.desired_compression_job(md_with(compression__distillation={"workers": 2}), GPU, IMAGE, ARTIFACTS),
@@ -532,7 +532,7 @@ def test_object_stores_are_not_artifact_locations_yet() -> None:
 def test_pod_monitor_scrapes_every_serving_pod_of_the_model() -> None:
     monitor = serving_objects.desired_pod_monitor(SPEC)
     deployment = serving_objects.desired_shard_deployment(
-        SPEC, GPU, IMAGE, ARTIFACTS, Selection("int8", "gpu-t4", 2), 1
+        SPEC, GPU, IMAGE, ARTIFACTS, Option("int8", "gpu-t4", 2), 1
     )
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert all(pod_labels[k] == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
@@ -580,7 +580,7 @@ def test_network_policies_select_the_pods_they_confine() -> None:
     from frugal.operator.manifests.network_policies import desired_network_policies
 
     serving, jobs_policy, rendezvous = desired_network_policies(SPEC, "observability")
-    shard = serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, Selection("int8", "gpu-t4", 1), 0)
+    shard = serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, Option("int8", "gpu-t4", 1), 0)
     compress = jobs.desired_compression_job(SPEC, GPU, IMAGE, ARTIFACTS)
     profile = jobs.desired_profiling_job(SPEC, GPU, IMAGE, ARTIFACTS)
     # The next generation's compression Job: another Job of the same ModelDeployment.
@@ -618,9 +618,9 @@ def test_network_policies_select_the_pods_they_confine() -> None:
 
 
 def test_every_serving_pod_counts_answers_against_the_specs_latency_target() -> None:
-    selection = Selection("int8", "gpu-t4", 2)
+    selection = Option("int8", "gpu-t4", 2)
     for index in (0, 1):
         deployment = serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, selection, index)
         command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
-        assert float(command[command.index("--latency-target-ms") + 1]) == SPEC.latency_p95_ms
+        assert float(command[command.index("--latency-target-ms") + 1]) == SPEC.slo_p95_ms
         assert "--max-body-bytes" not in command  # derived by the server from the model's own inputs

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from frugal.operator.api.spec import ModelDeploymentSpec, parse_model_deployment
-from frugal.operator.manifests.serving_objects import Selection
+from frugal.operator.decision.planner import Option
 from frugal.operator.telemetry import OperatorMetrics
 
-SELECTION = Selection(variant="int8-dynamic", profile="cpu-small", shards=2)
+SELECTION = Option(variant="int8-dynamic", profile="cpu-small", shards=2)
 SHARDS = [{"index": 0, "replicas": 3}, {"index": 1, "replicas": 2}]
 
 
@@ -36,7 +36,7 @@ def autoscaled(metrics: OperatorMetrics, name: str, cost: float, reason: str = "
 
 def test_the_slo_is_exported_in_seconds_beside_cost_and_replicas() -> None:
     metrics = OperatorMetrics()
-    metrics.observe(model_deployment("digits", slo_ms=40), SELECTION, SHARDS)
+    metrics.observe(model_deployment("digits", slo_ms=40), SELECTION, {"shards": SHARDS})
     autoscaled(metrics, "digits", 1.25)
     per_model = {"namespace": "ml", "model": "digits", "model_deployment": "digits"}
     assert value(metrics, "frugal_slo_latency_p95_seconds", **per_model) == 0.04
@@ -48,7 +48,7 @@ def test_the_slo_is_exported_in_seconds_beside_cost_and_replicas() -> None:
 
 def test_model_is_the_served_name_the_serving_pods_export() -> None:
     metrics = OperatorMetrics()
-    metrics.observe(model_deployment("digits-sharded", model="digits"), SELECTION, SHARDS)
+    metrics.observe(model_deployment("digits-sharded", model="digits"), SELECTION, {"shards": SHARDS})
     assert {s["model"] for s in series(metrics, "frugal_replicas")} == {"digits"}
     assert series(metrics, "frugal_slo_latency_p95_seconds")[0]["model_deployment"] == "digits-sharded"
     assert series(metrics, "frugal_cost_per_hour_usd") == []  # no cost known yet: no series
@@ -56,9 +56,9 @@ def test_model_is_the_served_name_the_serving_pods_export() -> None:
 
 def test_two_deployments_of_one_model_keep_their_own_series() -> None:
     metrics = OperatorMetrics()
-    metrics.observe(model_deployment("digits", slo_ms=50), SELECTION, SHARDS)
+    metrics.observe(model_deployment("digits", slo_ms=50), SELECTION, {"shards": SHARDS})
     autoscaled(metrics, "digits", 1.0)
-    metrics.observe(model_deployment("digits-sharded", model="digits", slo_ms=80), SELECTION, SHARDS)
+    metrics.observe(model_deployment("digits-sharded", model="digits", slo_ms=80), SELECTION, {"shards": SHARDS})
     autoscaled(metrics, "digits-sharded", 2.0)
     metrics.forget("ml", "digits")
     assert [s["model_deployment"] for s in series(metrics, "frugal_slo_latency_p95_seconds")] == [
@@ -72,11 +72,11 @@ def test_two_deployments_of_one_model_keep_their_own_series() -> None:
 def test_a_new_observation_replaces_shards_that_went_away_and_forget_clears_all() -> None:
     metrics = OperatorMetrics()
     md = model_deployment("digits")
-    metrics.observe(md, SELECTION, SHARDS)
+    metrics.observe(md, SELECTION, {"shards": SHARDS})
     autoscaled(metrics, "digits", 1.0, reason="LatencyAboveSLO")
     autoscaled(metrics, "digits", 3.0, reason="Steady")
     assert [s["reason"] for s in series(metrics, "frugal_autoscaler_reason")] == ["Steady"]
-    metrics.observe(md, Selection("fp32", "gpu-t4", 1), [{"index": 0, "replicas": 1}])
+    metrics.observe(md, Option("fp32", "gpu-t4", 1), {"shards": [{"index": 0, "replicas": 1}]})
     assert [(s["shard"], s["variant"]) for s in series(metrics, "frugal_replicas")] == [("0", "fp32")]
     metrics.forget("ml", "digits")
     metrics.forget("ml", "digits")  # twice is harmless (delete handler retried)
@@ -133,7 +133,7 @@ def test_the_compression_report_is_one_series_per_variant_and_follows_status() -
         {"name": "int8", "sizeBytes": 1000, "accepted": False, "metric": {"name": "f1", "value": 0.7, "drop": 0.2}},
         {"name": "unscored", "sizeBytes": 900, "accepted": False, "metric": {}},
     ]
-    metrics.observe(model_deployment("digits"), SELECTION, SHARDS, report)
+    metrics.observe(model_deployment("digits"), SELECTION, {"shards": SHARDS, "variants": report})
     per = {"namespace": "ml", "model": "digits", "model_deployment": "digits"}
     assert value(metrics, "frugal_variant_size_bytes", **per, variant="int8") == 1000
     assert value(metrics, "frugal_variant_accepted", **per, variant="fp32") == 1
@@ -141,7 +141,7 @@ def test_the_compression_report_is_one_series_per_variant_and_follows_status() -
     assert value(metrics, "frugal_variant_metric", **per, variant="int8", metric="f1") == 0.7
     assert value(metrics, "frugal_variant_metric_drop", **per, variant="int8", metric="f1") == 0.2
     assert {s["variant"] for s in series(metrics, "frugal_variant_metric")} == {"fp32", "int8"}
-    metrics.observe(model_deployment("digits"), SELECTION, SHARDS, report[:1])  # a new generation's report
+    metrics.observe(model_deployment("digits"), SELECTION, {"shards": SHARDS, "variants": report[:1]})  # a new generation's report
     assert {s["variant"] for s in series(metrics, "frugal_variant_size_bytes")} == {"fp32"}
     metrics.forget("ml", "digits")
     assert series(metrics, "frugal_variant_size_bytes") == series(metrics, "frugal_variant_metric") == []

@@ -13,10 +13,18 @@ from pathlib import Path
 import pytest
 
 from frugal.operator.decision import decide
-from frugal.operator.decision.planner import Measurement, Objectives, Plan, Profile, Variant, plan, price
+from frugal.operator.decision.planner import (
+    Measurement,
+    Objectives,
+    Option,
+    Plan,
+    Profile,
+    Variant,
+    plan,
+    price,
+)
 from frugal.operator.decision.replanning import (
     ROLLOVER_REASONS,
-    Choice,
     ReplanDecision,
     ReplanMemory,
     ReplanReason,
@@ -36,8 +44,8 @@ THROUGHPUT = {"cpu-small": 50.0, "gpu-l4": 1000.0}
 MODEL = Variant(
     "int8", 1000, 0.0, measurements=(Measurement("cpu-small", 20, 50), Measurement("gpu-l4", 3, 1000))
 )
-ON_CPU = Choice("int8", "cpu-small", 1)
-ON_GPU = Choice("int8", "gpu-l4", 1)
+ON_CPU = Option("int8", "cpu-small", 1)
+ON_GPU = Option("int8", "gpu-l4", 1)
 
 SETTINGS = ReplanSettings()  # 300 s window, 10% tolerance, 600 s cooldown
 TICK_S = 30.0
@@ -73,7 +81,7 @@ def cost_per_1k(profile: Profile, load: float) -> float:
 
 def run(
     ticks: Iterable[tuple[float, Plan]],
-    running: Choice,
+    running: Option,
     settings: ReplanSettings = SETTINGS,
     memory: ReplanMemory | None = None,
 ) -> list[tuple[float, ReplanDecision]]:
@@ -122,14 +130,14 @@ def test_a_few_requests_a_second_go_to_the_cpu_and_hundreds_to_the_gpu() -> None
     assert cost_per_1k(CPU, 5.0) < cost_per_1k(GPU, 5.0)
     assert cost_per_1k(GPU, 500.0) < cost_per_1k(CPU, 500.0)
     quiet, busy, unknown = plan_at(5.0), plan_at(500.0), plan_at(None)
-    assert quiet.chosen is not None and Choice.of(quiet.chosen) == ON_CPU
-    assert busy.chosen is not None and Choice.of(busy.chosen) == ON_GPU
+    assert quiet.chosen is not None and Option.of(quiet.chosen) == ON_CPU
+    assert busy.chosen is not None and Option.of(busy.chosen) == ON_GPU
     cpu_row = busy.option("int8", "cpu-small", 1)
     assert cpu_row is not None and cpu_row.replicas == 10  # ceil(500 / 50)
     # Without a load every option runs one replica flat out (L = T), where the GPU is cheaper per
     # request: the choice a deploy-time plan makes for a model that then sees a few requests a second.
     assert formula(GPU, 1000.0, 1000.0)[2] < formula(CPU, 50.0, 50.0)[2]
-    assert unknown.chosen is not None and Choice.of(unknown.chosen) == ON_GPU
+    assert unknown.chosen is not None and Option.of(unknown.chosen) == ON_GPU
     assert {r.replicas for r in unknown.table} == {1}
 
 
@@ -211,7 +219,7 @@ def test_a_different_better_option_restarts_the_timer() -> None:
     ticks = steady(500.0, 0.0, 180.0, plans) + steady(5000.0, 180.0, 900.0, plans)
     decisions = run(ticks, ON_CPU)
     moved = rollovers(decisions)
-    assert [(t, d.target) for t, d in moved] == [(180.0 + SETTINGS.window_s, Choice("int8", "gpu-big", 1))]
+    assert [(t, d.target) for t, d in moved] == [(180.0 + SETTINGS.window_s, Option("int8", "gpu-big", 1))]
 
 
 def test_costs_crossing_within_the_tolerance_never_roll_over() -> None:
@@ -235,13 +243,13 @@ def test_costs_crossing_within_the_tolerance_never_roll_over() -> None:
     ticks = [tick for load, start in phases for tick in steady(load, start, start + 400.0, plans)]
     chosen = {(at_load.chosen.profile if at_load.chosen else None) for _, at_load in ticks}
     assert chosen == {"gpu-a", "gpu-b"}
-    held = run(ticks, Choice("int8", "gpu-a", 1))
+    held = run(ticks, Option("int8", "gpu-a", 1))
     assert rollovers(held) == []
     assert {d.reason for _, d in held} == {ReplanReason.WITHIN_TOLERANCE, ReplanReason.ALREADY_CHEAPEST}
     within = next(d for _, d in held if d.reason is ReplanReason.WITHIN_TOLERANCE)
     assert "within the 10% tolerance" in within.message
     # Without the tolerance the same loads would move it back and forth.
-    assert len(rollovers(run(ticks, Choice("int8", "gpu-a", 1), ReplanSettings(cost_tolerance=0.0)))) > 1
+    assert len(rollovers(run(ticks, Option("int8", "gpu-a", 1), ReplanSettings(cost_tolerance=0.0)))) > 1
 
 
 def test_costs_oscillating_across_the_tolerance_roll_over_once() -> None:
@@ -286,13 +294,13 @@ def test_an_infeasible_running_option_rolls_over_at_once_even_in_a_cooldown() ->
         "int8", 1000, 0.0, measurements=(Measurement("cpu-small", 80, 50), Measurement("gpu-l4", 3, 1000))
     )
     at_load = plan_at(5.0, variants=(slow_on_cpu,))
-    assert at_load.chosen is not None and Choice.of(at_load.chosen) == ON_GPU  # the CPU misses the SLO
+    assert at_load.chosen is not None and Option.of(at_load.chosen) == ON_GPU  # the CPU misses the SLO
     decision, memory = replan(at_load, ON_CPU, SETTINGS, ReplanMemory(last_rollover_at=90.0), 100.0)
     assert decision.roll_over and decision.reason is ReplanReason.RUNNING_INFEASIBLE
     assert decision.target == ON_GPU
     assert "exceeds the SLO" in decision.message and str(ON_GPU) in decision.message
     assert memory == ReplanMemory(last_rollover_at=100.0)
-    gone = Choice("int8", "cpu-old", 1)  # not in the plan's table at all
+    gone = Option("int8", "cpu-old", 1)  # not in the plan's table at all
     absent, _ = replan(at_load, gone, SETTINGS, ReplanMemory(), 100.0)
     assert absent.roll_over and absent.reason is ReplanReason.RUNNING_INFEASIBLE
     assert "not among the options planned" in absent.message

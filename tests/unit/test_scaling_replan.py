@@ -10,7 +10,8 @@ import pytest
 
 from frugal.operator.api.spec import parse_hardware_profile, parse_model_deployment
 from frugal.operator.decision import scaling
-from frugal.operator.decision.replanning import Choice, ReplanMemory, ReplanReason
+from frugal.operator.decision.planner import Option
+from frugal.operator.decision.replanning import ReplanMemory, ReplanReason
 
 
 def hwp(name: str, cost: str, idle: float, peak: float) -> Any:
@@ -38,7 +39,7 @@ STATUS: dict[str, Any] = {
     "variants": [{"name": "int8", "sizeBytes": 1000, "metric": {"name": "accuracy", "drop": 0.0},
                   "profiles": MEASURED}],
 }  # fmt: skip
-ON_BIG, ON_SMALL = Choice("int8", "big", 1), Choice("int8", "small", 1)
+ON_BIG, ON_SMALL = Option("int8", "big", 1), Option("int8", "small", 1)
 
 
 def md_with(**autoscaling: Any) -> Any:
@@ -154,7 +155,7 @@ def test_the_replanned_condition_names_both_options_and_their_costs() -> None:
 def test_the_reconcilers_status_writes_keep_the_replanned_condition() -> None:
     # The autoscaler writes Replanned and asks the reconciler to act at once: the reconciler's own
     # status write must keep the condition, as it keeps MetricsAvailable and PowerCapped.
-    from frugal.operator.cluster.reconciler import FOREIGN_CONDITIONS
+    from frugal.operator.control.reconciler import FOREIGN_CONDITIONS
 
     assert {scaling.REPLANNED, scaling.METRICS_AVAILABLE, scaling.POWER_CAPPED} <= FOREIGN_CONDITIONS
 

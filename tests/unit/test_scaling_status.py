@@ -10,7 +10,7 @@ from frugal.operator.decision.autoscaling import Memory, Observation, ShardObser
 from frugal.operator.decision.scaling import autoscaling_conditions, capacity_from_status, observed_status
 
 TARGETS = Targets(
-    latency_p95_ms=50.0, capacity_rps=100.0, max_replicas=4, cost_per_replica_hour=0.36,
+    slo_p95_ms=50.0, capacity_rps=100.0, max_replicas=4, cost_per_replica_hour=0.36,
     price_per_kwh=0.15, idle_watts=10.0, max_watts=60.0,
 )  # fmt: skip
 

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
+from frugal.schema.artifact_format import TensorSpec
 from frugal.serving import profiling
 from frugal.serving.datatypes import OIP_TO_NUMPY, ONNX_TO_OIP, ORT_TO_OIP, TABLE, Datatype, oip_of_numpy
 from frugal.serving.server.codec import DATATYPES, ProtocolError, datatype_of
@@ -68,7 +69,7 @@ def test_unknown_types_keep_their_errors_and_fallbacks() -> None:
 
 
 def test_profiling_fills_every_datatype_with_its_own_type() -> None:
-    signature = [{"name": name, "datatype": name, "shape": [-1, 2]} for name in OIP_TO_NUMPY]
+    signature = [TensorSpec(name=name, datatype=name, shape=(-1, 2)) for name in OIP_TO_NUMPY]
     inputs = profiling.example_inputs(signature, batch=3)
     for name, dtype in OIP_TO_NUMPY.items():
         assert inputs[name].shape == (3, 2)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from test_manifests import ARTIFACTS, GPU, IMAGE, SPEC
 
+from frugal.operator.decision.planner import Option
 from frugal.operator.manifests import jobs, pod_specs, serving_objects
-from frugal.operator.manifests.serving_objects import Selection
 from frugal.serving.serve_command import env_name
 
 
 def test_every_shard_mounts_an_emptydir_and_points_the_server_at_it() -> None:
-    selection = Selection("int8-dynamic", "gpu-t4", 2)
+    selection = Option("int8-dynamic", "gpu-t4", 2)
     for index in range(2):
         deployment = serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, selection, index)
         pod = deployment["spec"]["template"]["spec"]

@@ -43,8 +43,22 @@ def write_variant(root: Path, payloads: dict[str, bytes]) -> Manifest:
     doc = {
         "schemaVersion": 1,
         "model": "m",
+        "generation": 1,
+        "source": "test://verify-cache",
+        "createdAt": "2026-01-01T00:00:00Z",
         "files": files,
-        "variants": [{"name": "v", "file": f"variants/v/{first}"}],
+        "variants": [
+            {
+                "name": "v",
+                "file": f"variants/v/{first}",
+                "steps": [],
+                "inputs": [],
+                "outputs": [],
+                "sizeBytes": len(payloads[first]),
+                "metric": None,
+                "latency": None,
+            }
+        ],
     }
     (root / "manifest.json").write_text(json.dumps(doc))
     return parse_manifest(json.dumps(doc))
