@@ -19,6 +19,7 @@ profile: only the prices differ, not the throughput (a GPU would score MiniLM fa
 
     python benchmarks/batch.py                       # both models, the defaults below
     python benchmarks/batch.py --models digits --repeats 1
+    python benchmarks/batch.py --smoke                # seconds: digits, 4,096 rows, to see it runs
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def artifacts(model: str) -> Path:
 
 def smallest_variant(directory: Path) -> str:
     """The compressed variant the benchmark scores: the smallest the compression kept."""
-    manifest = json.loads((directory / "manifest.json").read_text())
-    return str(min(manifest["variants"], key=lambda v: v.get("sizeBytes") or 0)["name"])
+    from frugal.schema.artifact_format import read_manifest
+
+    return min(read_manifest(directory).variants, key=lambda v: v.size_bytes).name
 
 
 def rows_of(model: str, count: int) -> dict[str, np.ndarray]:
@@ -158,8 +160,8 @@ class EngineRun:
 def engine(
     data: Path, directory: Path, variant: str, workers: int, batch: int, rows_per_shard: int
 ) -> EngineRun:
-    from frugal.serving.batch import BatchConfig
-    from frugal.serving.batch_local import run_local
+    from frugal.serving.batch.engine import BatchConfig
+    from frugal.serving.batch.local_runner import run_local
 
     with tempfile.TemporaryDirectory(prefix="frugal-batch-bench-") as out:
         config = BatchConfig.model_validate(
@@ -278,6 +280,14 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--price-per-kwh", type=float, default=0.15)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, to see it runs: digits, 4,096 rows in shards of 1,024, 1 round (flags given as well "
+        "still apply)",
+    )
+    if "--smoke" in sys.argv[1:]:
+        parser.set_defaults(models="digits", digits_rows=4096, digits_rows_per_shard=[1024], repeats=1)
     args = parser.parse_args()
     print(json.dumps(machine()), file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="frugal-batch-data-") as folder:

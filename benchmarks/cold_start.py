@@ -31,13 +31,13 @@ The artifact files are in the page cache in every run unless ``--evict-page-cach
 
     python benchmarks/cold_start.py                          # digits + MiniLM, 1 and 2 shards, 5 repeats
     python benchmarks/cold_start.py --model minilm --shards 2 --repeat 3 --json
+    python benchmarks/cold_start.py --smoke                  # seconds: digits, 1 and 2 shards, 1 wake
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -62,6 +62,7 @@ import autoscaling  # the examples, their cached compression and the machine des
 
 from frugal.operator.api.spec import ModelDeploymentSpec
 from frugal.operator.manifests import container_commands
+from frugal.schema.artifact_format import sha256_file
 from frugal.serving.server import artifacts
 
 READY = re.compile(r"ready on (http://[\d.]+:\d+)")
@@ -125,6 +126,8 @@ def serve_commands(
         argv = _local(container_commands.serve(md, str(directory), variant, index, shards, following))
         argv[argv.index("--host") + 1] = "127.0.0.1"
         argv[argv.index("--port") + 1] = str(ports[index])
+        # Every pod has 8081 to itself; processes here share loopback: any free port (the server prints it).
+        argv[argv.index("--grpc-port") + 1] = "0"
         argv += ["--verify-cache-dir", str(cache)]
         commands.append(argv if cpu is None else ["taskset", "-c", str(cpu), *argv])
     return commands
@@ -265,11 +268,7 @@ def hash_seconds(files: Sequence[Path], repeat: int) -> list[float]:
     for _ in range(repeat):
         began = time.perf_counter()
         for path in files:
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                while block := handle.read(1 << 20):
-                    digest.update(block)
-            digest.hexdigest()
+            sha256_file(path)
         times.append(time.perf_counter() - began)
     return times
 
@@ -371,6 +370,13 @@ def main() -> int:
         "--evict-page-cache", action="store_true", help="drop the variant's files from the page cache first"
     )
     parser.add_argument("--json", action="store_true", help="print every start as JSON, not the table")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, to see it runs: digits, 1 and 2 shards, 1 wake per row (flags given as well still apply)",
+    )
+    if "--smoke" in sys.argv[1:]:
+        parser.set_defaults(model=["digits"], repeat=1)
     args = parser.parse_args()
     before = autoscaling.machine()
     results = [

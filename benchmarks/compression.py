@@ -7,6 +7,7 @@ same run.
 
     .venv/bin/python -m benchmarks.compression [--repeats 7] [--threads 1]
         [--only digits|minilm|minilm-structure|students] [--out DIR] [--students DIR]
+    .venv/bin/python -m benchmarks.compression --smoke   # seconds: digits, 1 round, to see it runs
 
 ``--students DIR`` adds a table for MiniLM students trained elsewhere (``benchmarks/distill_minilm.py``
 on a GPU): every ``*.pt`` state dict in DIR is loaded as ``model.format: pytorch`` with
@@ -17,6 +18,7 @@ held-out sentences and timed in the same interleaved rounds as the teacher.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,31 @@ def table(title: str, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def student_files(folder: Path, out: Path) -> list[Path]:
+    """One state dict per student: every ``NAME.pt`` in `folder` as it is, and the parts
+    ``NAME.part-0.pt``, ``NAME.part-1.pt``, ... that ``distill_minilm`` writes merged into ``out/NAME.pt``."""
+    import torch
+
+    students: dict[str, list[tuple[int, Path]]] = {}
+    for path in sorted(folder.glob("*.pt")):
+        name, _, index = path.stem.rpartition(".part-")
+        if name and index.isdigit():
+            students.setdefault(name, []).append((int(index), path))
+        else:
+            students[path.stem] = [(-1, path)]
+    files = []
+    for name, parts in students.items():
+        if parts[0][0] < 0:
+            files.append(parts[0][1])
+            continue
+        merged: dict[str, torch.Tensor] = {}
+        for _, path in sorted(parts):
+            merged.update(torch.load(path, map_location="cpu", weights_only=True))
+        files.append(out / f"{name}.pt")
+        torch.save(merged, files[-1])
+    return files
+
+
 def students_table(folder: Path, out: Path, repeats: int, threads: int) -> str:
     from frugal.compression.evaluate import Evaluator
     from frugal.compression.export import export_onnx
@@ -113,7 +140,7 @@ def students_table(folder: Path, out: Path, repeats: int, threads: int) -> str:
             teacher.module, teacher.validation, teacher.inputs, teacher.outputs, out / "fp32.onnx"
         )
     }
-    for state in sorted(folder.glob("*.pt")):
+    for state in student_files(folder, out):
         model = {"uri": str(state), "format": "pytorch", "architecture": minilm.NAME}
         source = load_source(CompressionConfig.model_validate({"model": model, "output": str(out)}))
         assert source.module is not None
@@ -147,15 +174,24 @@ def main() -> None:
     parser.add_argument("--only", choices=[*sorted(RUNS), "students"])
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per timed session")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--students", type=Path, help="folder of MiniLM student state dicts (*.pt)")
+    parser.add_argument(
+        "--students", type=Path, help="folder of MiniLM student state dicts (*.pt, or distill_minilm's parts)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, to see it runs: digits only, 1 timing round (every run's config is still "
+        "validated; flags given as well still apply)",
+    )
+    if "--smoke" in sys.argv[1:]:
+        parser.set_defaults(only="digits", repeats=1)
     args = parser.parse_args()
     if args.only == "students" and not args.students:
         parser.error("--only students needs --students DIR")
     out = args.out or Path(tempfile.mkdtemp(prefix="frugal-bench-"))
-    for key, settings in RUNS.items():
-        if args.only and args.only != key:
-            continue
-        config = CompressionConfig.model_validate(
+    # Every run's config is checked before the first one starts (and with --smoke, which runs one).
+    configs = {
+        key: CompressionConfig.model_validate(
             {
                 **settings,
                 "output": str(out / key),
@@ -164,6 +200,11 @@ def main() -> None:
                 "servingBatchSize": 32,
             }
         )
+        for key, settings in RUNS.items()
+    }
+    for key, config in configs.items():
+        if args.only and args.only != key:
+            continue
         result = compress(config)
         print(table(key, result.report), flush=True)
         print()

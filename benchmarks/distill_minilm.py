@@ -11,6 +11,7 @@ teacher's), split into parts under 15 MB (``--half`` stores FP16 to halve the tr
 ``model.format: pytorch`` with ``model.architecture: all-minilm-l6-v2``.
 
     python -m benchmarks.distill_minilm --layers 4 [--ffn-removed 0.3] --minutes 4 --out DIR
+    python -m benchmarks.distill_minilm --smoke [--out DIR]    # seconds: a check that it runs
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +39,9 @@ from frugal.compression.zoo import corpus, minilm
 
 VOCABULARY = "bert.embeddings.word_embeddings.weight"
 PART_BYTES = 15 * 1024 * 1024
+# --smoke: every step of a real run (layer choice, FFN cut if asked, training, scoring, the parts
+# written) at sizes that take seconds on a CPU; the student it writes is not worth keeping.
+SMOKE = {"layers": 5, "sentences": 256, "pairs": 64, "crops": 64, "batch": 16, "minutes": 0.05}
 
 
 def augmented(sentences: list[str], seed: int, pairs: int, crops: int) -> list[str]:
@@ -103,15 +109,28 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=20000)
     p.add_argument("--crops", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--sentences", type=int, default=10**9, help="at most this many training sentences")
+    p.add_argument("--out", type=Path, help="where the state dict goes (required but with --smoke)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, to see it runs: 5 layers, 256 sentences, 3 s of training, into a temporary "
+        "folder unless --out (flags given as well still apply)",
+    )
+    if "--smoke" in sys.argv[1:]:
+        p.set_defaults(**SMOKE)
     args = p.parse_args()
+    if args.out is None:
+        if not args.smoke:
+            p.error("--out is required")
+        args.out = Path(tempfile.mkdtemp(prefix="frugal-distill-smoke-"))
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     device = pick_device()
     torch.backends.cuda.matmul.allow_tf32 = False
 
     teacher = minilm.teacher()
-    sentences = corpus.training_sentences(10**9)
+    sentences = corpus.training_sentences(args.sentences)
     texts = augmented(sentences, args.seed, args.pairs, args.crops)
     tokens = minilm.tokenize(texts)
     ids, mask = torch.from_numpy(tokens["input_ids"]), torch.from_numpy(tokens["attention_mask"])

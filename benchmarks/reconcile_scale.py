@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/reconcile_scale.py [--count 200] [--interval 10]
     .venv/bin/python benchmarks/reconcile_scale.py --serving --count 1000 [--autoscale-interval 5] [--ticks 4]
                                                    [--drift]
+    .venv/bin/python benchmarks/reconcile_scale.py --smoke      # seconds: --serving with 5, to see it runs
 
 Starts etcd + kube-apiserver (+ kube-controller-manager) with the control-plane tier's harness,
 applies the CRDs, one HardwareProfile and N ModelDeployments in one `kubectl apply`, runs the
@@ -48,7 +49,6 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "controlplane"))
 
-import controlplane_harness
 from controlplane_harness import CRD_DIR, ControlPlane, ensure_binaries, free_port
 
 PROFILE = """apiVersion: frugal.dev/v1alpha1
@@ -72,28 +72,14 @@ NAMESPACE = "bench"
 FIRST = "md-0000"  # the ModelDeployment whose Jobs run for real in --serving mode
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
 WRITES_TARGET = 5.0  # API writes per second, steady state
+# --smoke: every stage of --serving, at sizes that take seconds (the numbers mean nothing).
+SMOKE = {"count": 5, "interval": 2.0, "timeout": 180.0, "serving": True, "autoscale_interval": 1.0,
+         "ticks": 2, "scrape_interval": 1.0}  # fmt: skip
 
 
 # The tier's API server hands out Service IPs from a /24 (254): 1,000 served ModelDeployments need two
 # ClusterIP Services each (the shard's and the endpoint's).
-SERVICE_RANGE = "--service-cluster-ip-range=10.96.0.0/16"
-
-
-class BenchControlPlane(ControlPlane):
-    """The control-plane tier's cluster with a Service IP range that holds thousands of Services."""
-
-    def _start_apiserver(self) -> None:
-        original = controlplane_harness.start_server
-
-        def wider(name: str, argv: list[Any], workdir: Path) -> controlplane_harness.ServerProcess:
-            argv = [SERVICE_RANGE if str(a).startswith("--service-cluster-ip-range=") else a for a in argv]
-            return original(name, argv, workdir)
-
-        controlplane_harness.start_server = wider
-        try:
-            super()._start_apiserver()
-        finally:
-            controlplane_harness.start_server = original
+SERVICE_RANGE = "10.96.0.0/16"
 
 
 def metric(text: str, name: str) -> float:
@@ -137,6 +123,21 @@ def deployment_ready(deployment: Mapping[str, Any]) -> bool:
     )
 
 
+def complete_status() -> dict[str, Any]:
+    """What the Job controller writes once a Job's one pod succeeded (the control-plane tier's
+    ``operator_harness.complete_job`` writes the same, one kubectl call at a time)."""
+    from operator_harness import now
+
+    stamp = now()
+    return {
+        "startTime": stamp, "completionTime": stamp, "active": 0, "ready": 0, "succeeded": 1,
+        "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "message": ""},
+            {"type": "Complete", "status": "True", "reason": "CompletionsReached", "message": ""},
+        ],
+    }  # fmt: skip
+
+
 def ready_status(deployment: Mapping[str, Any]) -> dict[str, Any]:
     """What the deployment controller writes once every replica is ready (no pods exist here)."""
     replicas = int(deployment["spec"].get("replicas", 1))
@@ -171,7 +172,7 @@ class PlayedControllers:
 
     def run_for_real(self, role: str, deadline: float) -> float:
         """Wait for FIRST's `role` Job, run its command as a pod would, record the outcome."""
-        from operator_harness import job_outcome, now, run_job_command
+        from operator_harness import run_job_command
 
         while True:
             jobs = [j for j in self.children("batch/v1", "Job", role) if self.owner(j) == FIRST]
@@ -186,7 +187,7 @@ class PlayedControllers:
         took = time.monotonic() - started
         if proc.returncode != 0:
             raise RuntimeError(f"{job['metadata']['name']} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-        self._patch_status("batch/v1", "Job", job["metadata"]["name"], job_outcome(now(), True, ""))
+        self._patch_status("batch/v1", "Job", job["metadata"]["name"], complete_status())
         return took
 
     def copy_artifacts(self, count: int) -> None:
@@ -200,8 +201,6 @@ class PlayedControllers:
     def step(self) -> tuple[int, int]:
         """Complete every unfinished Job and ready every unready serving Deployment (one pass);
         returns (Jobs, Deployments) patched."""
-        from operator_harness import job_outcome, now
-
         jobs = [
             j
             for role in ("compression", "profiling")
@@ -212,7 +211,7 @@ class PlayedControllers:
             d for d in self.children("apps/v1", "Deployment", "serving") if not deployment_ready(d)
         ]
         calls: list[tuple[str, str, str, dict[str, Any]]] = [
-            ("batch/v1", "Job", j["metadata"]["name"], job_outcome(now(), True, "")) for j in jobs
+            ("batch/v1", "Job", j["metadata"]["name"], complete_status()) for j in jobs
         ]
         calls += [("apps/v1", "Deployment", d["metadata"]["name"], ready_status(d)) for d in deployments]
         list(self.pool.map(lambda c: self._patch_status(c[0], c[1], c[2], c[3], check=False), calls))
@@ -402,6 +401,23 @@ def metrics_unavailable(played: PlayedControllers) -> int:
     return count
 
 
+def wait_watchable(cluster: ControlPlane, timeout: float = 60.0) -> None:
+    """Wait until every CRD's resource can be watched: Established comes before the API server's watch
+    cache for it is ready, and an operator started in between logs a 429 ("storage is (re)initializing")
+    per resource before kopf retries, which would count among the operator log's errors below."""
+    import yaml
+
+    deadline = time.monotonic() + timeout
+    for path in sorted(Path(CRD_DIR).glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())["spec"]
+        served = next(v["name"] for v in spec["versions"] if v.get("served"))
+        url = f"/apis/{spec['group']}/{served}/{spec['names']['plural']}?watch=true&timeoutSeconds=1"
+        while cluster.kubectl("get", "--raw", url, check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} cannot be watched after {timeout:.0f} s")
+            time.sleep(0.2)
+
+
 def log_problems(log: Path, limit: int = 20) -> list[str]:
     lines = log.read_text(errors="replace").splitlines()
     return [line for line in lines if re.search(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback", line)][:limit]
@@ -424,11 +440,24 @@ def main() -> int:
         "and two resyncs), in which every settled ModelDeployment is reconciled and re-applied once",
     )
     parser.add_argument("--scrape-interval", type=float, default=5.0, help="Prometheus' (with --serving)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a check that the benchmark runs (about 30 s): --serving with 5 ModelDeployments, 1 s intervals, "
+        "2 ticks (flags given as well still apply)",
+    )
+    if "--smoke" in sys.argv[1:]:
+        parser.set_defaults(**SMOKE)
     args = parser.parse_args()
+    if args.smoke and args.drift:
+        parser.error("--drift measures a 600 s period: not with --smoke")
     with tempfile.TemporaryDirectory(prefix="frugal-bench-") as tmp:
         # --serving plays the Job and deployment controllers itself: nothing else may write the statuses.
-        cluster = BenchControlPlane(
-            ensure_binaries(), Path(tmp) / "cp", with_controller_manager=not args.serving
+        cluster = ControlPlane(
+            ensure_binaries(),
+            Path(tmp) / "cp",
+            with_controller_manager=not args.serving,
+            service_cluster_ip_range=SERVICE_RANGE,
         )
         cluster.start()
         operator: subprocess.Popen[bytes] | None = None
@@ -438,6 +467,7 @@ def main() -> int:
         try:
             cluster.kubectl("apply", "-f", CRD_DIR)
             cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", CRD_DIR)
+            wait_watchable(cluster)
             cluster.kubectl("create", "namespace", "bench")
             cluster.kubectl("apply", "-f", "-", input=PROFILE)
             port = free_port()
@@ -447,6 +477,7 @@ def main() -> int:
                 "frugal.operator.cluster.operator_command",
                 "--kubeconfig",
                 str(cluster.kubeconfig),
+                "--allow-host-path",  # file:// storage: a directory of this machine, as in the tier's tests
                 "--storage-uri",
                 f"file://{tmp}/artifacts",
                 "--metrics-port",
@@ -539,7 +570,7 @@ def main() -> int:
                 print(f"ticks longer than the interval       {over[0]:.0f} of {over[1]:.0f} (whole run)")
             sys.stdout.flush()
             if args.drift:
-                from frugal.operator.cluster.reconciler import DRIFT_SECONDS
+                from frugal.operator.control.reconciler import DRIFT_SECONDS
 
                 drift = drift_period(port, DRIFT_SECONDS + 2 * args.interval + args.autoscale_interval)
                 print(

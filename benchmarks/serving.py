@@ -24,6 +24,7 @@ in ONNX Runtime from a small custom model class, as a user of that server would 
     python benchmarks/serving.py --kserve-python K/bin/python --mlserver-python M/bin/python
     python benchmarks/serving.py --kserve-python auto --mlserver-python auto   # venvs from the locks
     python benchmarks/serving.py --forward-probe          # REST binary vs gRPC stage-to-stage hop
+    python benchmarks/serving.py --smoke                  # seconds: digits, frugal vs raw, to see it runs
 """
 
 from __future__ import annotations
@@ -137,19 +138,48 @@ def workloads(names: list[str], seq: int) -> list[Workload]:
 
 
 def artifacts_for(workload: Workload) -> Path:
+    """An artifact directory with the workload's model as its one variant, its manifest complete per
+    the artifact contract (what compression writes; no metric or latency: nothing measured them)."""
+    from frugal.serving.datatypes import ONNX_TO_OIP
+
     directory = CACHE / f"artifacts-{workload.name}"
-    model = directory / "variants/int8-dynamic/model.onnx"
+    relative = "variants/int8-dynamic/model.onnx"
+    model = directory / relative
     model.parent.mkdir(parents=True, exist_ok=True)
     data = workload.path.read_bytes()
     model.write_bytes(data)
-    digest = hashlib.sha256(data).hexdigest()
+    graph = onnx.load_from_string(data).graph
+
+    def specs(values: Any) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": v.name,
+                "datatype": ONNX_TO_OIP[v.type.tensor_type.elem_type],
+                "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim],
+            }
+            for v in values
+        ]
+
+    initializers = {i.name for i in graph.initializer}
     manifest = {
         "schemaVersion": 1,
         "model": workload.name,
         "generation": 1,
         "source": "benchmark",
-        "files": {"variants/int8-dynamic/model.onnx": {"sha256": digest, "sizeBytes": len(data)}},
-        "variants": [{"name": "int8-dynamic", "file": "variants/int8-dynamic/model.onnx"}],
+        "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": {relative: {"sha256": hashlib.sha256(data).hexdigest(), "sizeBytes": len(data)}},
+        "variants": [
+            {
+                "name": "int8-dynamic",
+                "file": relative,
+                "steps": ["quantization:dynamic-int8"],
+                "inputs": specs(v for v in graph.input if v.name not in initializers),
+                "outputs": specs(graph.output),
+                "sizeBytes": len(data),
+                "metric": None,
+                "latency": None,
+            }
+        ],
     }
     (directory / "manifest.json").write_text(json.dumps(manifest))
     return directory
@@ -257,6 +287,14 @@ def tree_cpu_seconds(root: int) -> float:
         tree.update(children)
         frontier += children
     return sum(stats[pid][1] for pid in tree if pid in stats) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -655,6 +693,14 @@ def main() -> int:
     parser.add_argument(
         "--forward-probe", action="store_true", help="only time one stage-to-stage hop, REST binary vs gRPC"
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, to see it runs: digits, 0.5 s phases, 4 clients, on a free port; no peer unless "
+        "--kserve-python/--mlserver-python is given (flags given as well still apply)",
+    )
+    if "--smoke" in sys.argv[1:]:
+        parser.set_defaults(models="digits", duration=0.5, concurrency=4, port=free_port())
     args = parser.parse_args()
     if args.forward_probe:
         forward_probe(args.port + 30, args.seq)
@@ -671,7 +717,7 @@ def main() -> int:
     for workload in workloads(args.models.split(","), args.seq):
         rows += median_rows([run_once(workload, args) for _ in range(args.repeat)])
     print(
-        f"{args.repeat} run(s) of {args.duration:.0f} s phases, {args.concurrency} clients, "
+        f"{args.repeat} run(s) of {args.duration:g} s phases, {args.concurrency} clients, "
         f"{args.threads} intra-op thread(s), max batch {args.max_batch_size}, "
         f"MLServer parallel_workers {{{args.mlserver_workers}}}"
     )
