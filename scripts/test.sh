@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: install, prepare the real control plane and node, build the
 # container images, lint, type-check, check the import contracts, then run every tier (unit, component,
-# controlplane, e2e, system). The e2e tier runs a real node (kubelet, containerd, runc): it needs root.
+# controlplane, e2e, system, and every benchmark in its smoke mode). The e2e tier runs a real node
+# (kubelet, containerd, runc): it needs root.
 # Extra arguments go to pytest, e.g. scripts/test.sh tests/unit -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
