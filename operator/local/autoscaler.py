@@ -21,16 +21,14 @@ profile, shards) has been cheaper per request beyond the tolerance for the windo
 replicas start beside the running ones and take the traffic before the old ones stop) and scales the
 new option from then on, its policy memory started afresh.
 
-It also keeps what the summary reports: every scale event and rollover, the highest count each shard
-reached, replica-seconds per shard and the servers' energy counters (``frugal_energy_joules_total``,
-read at each scrape, before a replica stops and at the end); the cost prices every option's
-replica-seconds at its own profile.
+Its account (:class:`frugal.operator.local.accounting.RunAccount`) keeps what the summary reports:
+every scale event and rollover, the highest count each shard reached, replica-seconds per shard and
+the servers' energy counters, read at each scrape, before a replica stops and at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import threading
 import time
 import urllib.error
@@ -44,74 +42,15 @@ from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision import autoscaling, observations, replanning, scaling
 from frugal.operator.decision.revisions import Rollover, rollover_from_status, with_revision
 from frugal.operator.decision.tick import RolloverOrder, TickInput, TickMemory, rollover_not_written, run_tick
+from frugal.operator.local.accounting import RolloverEvent, RunAccount, ScaleEvent
 from frugal.operator.local.kubelet import Served
 from frugal.operator.local.monitoring import observe_served
-from frugal.operator.local.replicas import Replica, Shard
+from frugal.operator.local.replicas import Replica
 from frugal.operator.telemetry import OperatorMetrics
 
 SCRAPE_TIMEOUT_SECONDS = 2.0
-ENERGY = "frugal_energy_joules_total"
-SECONDS_PER_HOUR = 3600.0
-JOULES_PER_KWH = 3.6e6
 
 Report = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ScaleEvent:
-    """A change of replica counts: seconds since the autoscaler started, the new counts, why."""
-
-    t: float
-    replicas: tuple[int, ...]
-    reason: str
-    reasons: tuple[str, ...]  # per shard
-    message: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "t": round(self.t, 1),
-            "replicas": list(self.replicas),
-            "reason": self.reason,
-            "reasons": list(self.reasons),
-            "message": self.message,
-        }
-
-
-@dataclass(frozen=True)
-class RolloverEvent:
-    """A re-planning rollover: when (seconds since the autoscaler started), between which options, at
-    which load and costs, and how long the switch took."""
-
-    t: float
-    from_option: str
-    to_option: str
-    reason: str
-    load_rps: float | None
-    from_cost_per_1k: float | None
-    to_cost_per_1k: float | None
-    switch_seconds: float
-    message: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "t": round(self.t, 1),
-            "from": self.from_option,
-            "to": self.to_option,
-            "reason": self.reason,
-            "loadRps": None if self.load_rps is None else round(self.load_rps, 1),
-            "fromCostPer1kRequests": _money(self.from_cost_per_1k),
-            "toCostPer1kRequests": _money(self.to_cost_per_1k),
-            "switchSeconds": round(self.switch_seconds, 2),
-            "message": self.message,
-        }
-
-
-@dataclass
-class _Energy:
-    """A replica's energy counter: when the run started counting (0 for later replicas) and the last read."""
-
-    baseline: float = 0.0
-    last: float = 0.0
 
 
 @dataclass
@@ -129,7 +68,6 @@ class LocalAutoscaler:
     roll_over: Callable[[Rollover], float] | None = None
     replan_settings: replanning.ReplanSettings | None = None
     last_replan: replanning.ReplanDecision | None = None
-    rollovers: list[RolloverEvent] = field(default_factory=list)
     revision: int = 0
     # The operator's series of this run (frugal up --prometheus-targets), set from every tick.
     metrics: OperatorMetrics | None = None
@@ -138,23 +76,26 @@ class LocalAutoscaler:
     # status.replan as the operator's autoscaler would have written it at the last rollover.
     _replan_status: Mapping[str, Any] | None = field(default=None, init=False, repr=False)
     last: autoscaling.Recommendation | None = None
-    events: list[ScaleEvent] = field(default_factory=list)
     desired: list[int] = field(init=False)
-    peak_replicas: list[int] = field(init=False)
     started: float = 0.0
+    # What the run cost: replica-seconds, energy, scale events and rollovers, for the summary.
+    account: RunAccount = field(init=False)
     _previous: dict[str, observations.Scrape] = field(default_factory=dict, init=False, repr=False)
-    _energy: dict[str, _Energy] = field(default_factory=dict, init=False, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    # (shards, their profile) of the options served before a rollover, for the summary.
-    _served_before: list[tuple[list[Shard], HardwareProfileSpec]] = field(
-        default_factory=list, init=False, repr=False
-    )
 
     def __post_init__(self) -> None:
-        self.peak_replicas = []
+        self.account = RunAccount(self.md)
         self._adopt(self.profile, self.capacity_rps)
+
+    @property
+    def events(self) -> list[ScaleEvent]:
+        return self.account.events
+
+    @property
+    def rollovers(self) -> list[RolloverEvent]:
+        return self.account.rollovers
 
     def _adopt(
         self, profile: HardwareProfileSpec, capacity_rps: float, stabilization_window_s: float | None = None
@@ -169,7 +110,7 @@ class LocalAutoscaler:
         if stabilization_window_s is not None:
             self.targets = dataclasses.replace(self.targets, stabilization_window_s=stabilization_window_s)
         self.desired = [len(shard.active()) for shard in self.served.shards]
-        self.peak_replicas = _highest(self.peak_replicas, self.desired)
+        self.account.reached(self.desired)
         for shard in self.served.shards:
             shard.on_retire = self._last_read
 
@@ -185,9 +126,7 @@ class LocalAutoscaler:
             for replica in shard.ready():
                 scrape = self._scrape(replica)
                 if scrape is not None:
-                    self._energy[replica.name] = _Energy(
-                        scrape.counters.get(ENERGY, 0.0), scrape.counters.get(ENERGY, 0.0)
-                    )
+                    self.account.count_from(replica.name, scrape.counters)
         if self.enabled:
             self._thread = threading.Thread(target=self._run, name="frugal-autoscaler", daemon=True)
             self._thread.start()
@@ -264,7 +203,7 @@ class LocalAutoscaler:
             self.last = recommendation
             if outcome.scale:
                 self.desired = list(recommendation.replicas)
-                self.peak_replicas = _highest(self.peak_replicas, self.desired)
+                self.account.reached(self.desired)
                 event = ScaleEvent(
                     now - self.started,
                     recommendation.replicas,
@@ -303,7 +242,7 @@ class LocalAutoscaler:
             return False
         self._replan_status = order.replan_status
         self.revision = order.rollover.revision
-        self._served_before.append(before)
+        self.account.served_before(*before)
         row = (
             None
             if self.served.decision.plan is None
@@ -344,8 +283,7 @@ class LocalAutoscaler:
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return None
         scrape = observations.parse_scrape(text, self.clock())
-        energy = self._energy.setdefault(replica.name, _Energy())
-        energy.last = scrape.counters.get(ENERGY, energy.last)
+        self.account.read(replica.name, scrape.counters)
         return scrape
 
     def _last_read(self, replica: Replica) -> None:
@@ -361,24 +299,12 @@ class LocalAutoscaler:
         for shard in self.served.shards:
             for replica in shard.ready():
                 self._scrape(replica)
-        replica_seconds: list[float] = []
-        replica_cost = 0.0
-        for shards, profile in [*self._served_before, (self.served.shards, self.profile)]:
-            for shard in shards:
-                seconds = sum(r.seconds_within(self.started, end) for r in shard.replicas)
-                replica_cost += seconds * float(profile.cost_per_hour) / SECONDS_PER_HOUR
-                replica_seconds += [0.0] * (shard.index + 1 - len(replica_seconds))
-                replica_seconds[shard.index] += seconds
-        joules = sum(max(0.0, e.last - e.baseline) for e in self._energy.values())
-        cost = replica_cost + joules / JOULES_PER_KWH * float(self.md.price_per_kwh)
+        summary = self.account.summary(self.started, end, self.served.shards, self.profile)
+        order = ("replicaSeconds", "peakReplicas")
         return {
-            "replicaSeconds": [round(s, 1) for s in replica_seconds],
-            "peakReplicas": list(self.peak_replicas),
+            **{key: summary[key] for key in order},
             "finalReplicas": list(self.desired),
-            "costUsd": round(cost, 8),
-            "energyJoules": round(joules, 1),
-            "scaleEvents": [e.as_dict() for e in self.events],
-            "rollovers": [e.as_dict() for e in self.rollovers],
+            **{key: value for key, value in summary.items() if key not in order},
             "wakeWaitsMs": [round(w * 1000.0, 1) for w in self.served.wake_waits()],
         }
 
@@ -389,11 +315,6 @@ class LocalAutoscaler:
         active = tuple(len(s.active()) for s in self.served.shards)
         starting = sum(len(s.starting()) for s in self.served.shards)
         return active, starting, reason
-
-
-def _highest(highest: list[int], counts: list[int]) -> list[int]:
-    """The highest count per shard index so far (options of different shard counts included)."""
-    return [max(a, b) for a, b in itertools.zip_longest(highest, counts, fillvalue=0)]
 
 
 def for_served(
@@ -430,7 +351,3 @@ def for_served(
     if stabilization_window is not None:
         scaler.targets = dataclasses.replace(scaler.targets, stabilization_window_s=stabilization_window)
     return scaler
-
-
-def _money(value: float | None) -> float | None:
-    return None if value is None else float(f"{value:.4g}")
