@@ -483,7 +483,7 @@ class _AppliedObjects:
         meta = obj["metadata"]
         wanted = (obj["apiVersion"], obj["kind"], meta.get("namespace") or "", meta["name"])
         with self._guard:
-            return any(key[1:] == wanted for key in self._seen)
+            return any((manager, *wanted) in self._seen for manager in (FIELD_MANAGER, AUTOSCALER_FIELD_MANAGER))
 
     def remember(self, obj: Mapping[str, Any], manager: str) -> None:
         labels = obj["metadata"].get("labels") or {}

@@ -182,10 +182,11 @@ class LocalAutoscaler:
         )
         now = self.clock()
         previous = self._memory
+        status = ModelDeploymentStatus.from_status(self._status())
         outcome = run_tick(
             TickInput(
-                with_revision(self.md, rollover_from_status(self.md, self._status())),
-                ModelDeploymentStatus.from_status(self._status()),
+                with_revision(self.md, rollover_from_status(self.md, status)),
+                status,
                 self.targets,
                 current,
                 tuple(ready_counts),
