@@ -150,6 +150,9 @@ def served(installed: Any, measured: dict[str, Any]) -> dict[str, Any]:
     with MemoryWatch(cluster, JOURNEY_NAMESPACE, "batch.kubernetes.io/job-name=digits-g1-compress") as memory:
         cluster.kubectl("apply", "-n", JOURNEY_NAMESPACE, "-f", "-", input=yaml.safe_dump_all(documents))
         status = wait_serving(cluster, "digits")
+    # Serving means the shard's pods are Ready; the endpoint controller and kube-proxy program the
+    # Service's address after that, on their own time, and until then a connection is refused.
+    cluster.wait_service_endpoints(JOURNEY_NAMESPACE, "digits")
     measured["digits: apply -> Serving (s)"] = round(time.monotonic() - started, 1)
     mib = 1024 * 1024
     limit = next(d for d in documents if d["kind"] == "HardwareProfile")["spec"]["resources"]["limits"]["memory"]
