@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from frugal.operator.decision.decide import Settings
+from frugal.operator.decision.operator_settings import Settings
 from frugal.operator.manifests import images
 from frugal.operator.manifests.storage import STORAGE_SCHEMES
 
@@ -156,34 +156,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
-    """Merge parsed flags with `environ` (flags win); raise OptionError naming the flag or variable."""
-    defaults = Options()
-    raw = {dest: _pick(args, environ, dest) for dest in ENVIRONMENT}
-    image = _value(raw["workload_image"], str, defaults.settings.image)
-    storage_uri = _value(raw["storage_uri"], _storage_uri, defaults.settings.storage_uri)
-    pvc_root = _value(raw["pvc_root"], Path, None)
-    serving_image = _value(raw["serving_image"], str, "")
-    gpu_image = _value(raw["gpu_image"], str, "")
+Raw = tuple[str, Any] | None  # (where the value came from, the value) or None when neither was given
+
+
+def settings_from(raw: Mapping[str, Raw]) -> Settings:
+    """The operator's Settings from the merged flags and variables (`raw`: :func:`_pick` by argparse dest)."""
+    defaults = Settings()
+    image = _value(raw["workload_image"], str, defaults.image)
+    storage_uri = _value(raw["storage_uri"], _storage_uri, defaults.storage_uri)
+    pvc_root = _value(raw["pvc_root"], Path, defaults.pvc_root)
+    serving_image = _value(raw["serving_image"], str, defaults.serving_image)
+    gpu_image = _value(raw["gpu_image"], str, defaults.gpu_image)
     for target, given in (("serving", serving_image), ("gpu", gpu_image)):
         if not given:
             try:
                 images.sibling(image, target)
             except ValueError as error:
                 raise OptionError(str(error)) from None
-    settings = Settings(
+    return Settings(
         image=image,
         serving_image=serving_image,
         gpu_image=gpu_image,
-        front_placement=_value(raw["front_placement"], _placement, {}),
+        front_placement=_value(raw["front_placement"], _placement, defaults.front_placement),
         storage_uri=storage_uri,
         pvc_root=pvc_root,
-        allow_host_path=_value(raw["allow_host_path"], _boolean, False),
-        network_policies=_value(raw["network_policies"], _boolean, False),
-        monitoring_namespace=_value(raw["monitoring_namespace"], _namespace, defaults.settings.monitoring_namespace),
+        allow_host_path=_value(raw["allow_host_path"], _boolean, defaults.allow_host_path),
+        network_policies=_value(raw["network_policies"], _boolean, defaults.network_policies),
+        monitoring_namespace=_value(raw["monitoring_namespace"], _namespace, defaults.monitoring_namespace),
     )
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
+    """Merge parsed flags with `environ` (flags win); raise OptionError naming the flag or variable."""
+    defaults = Options()
+    raw = {dest: _pick(args, environ, dest) for dest in ENVIRONMENT}
     return Options(
-        settings=settings,
+        settings=settings_from(raw),
         namespaces=_value(raw["namespace"], _namespaces, ()),
         metrics_port=_value(raw["metrics_port"], _port, defaults.metrics_port),
         metrics_host=_value(raw["metrics_host"], str, defaults.metrics_host),
@@ -195,9 +203,6 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
         kubeconfig=args.kubeconfig,
         log_level=_value(raw["log_level"], _log_level, defaults.log_level),
     )
-
-
-Raw = tuple[str, Any] | None  # (where the value came from, the value) or None when neither was given
 
 
 def _pick(args: argparse.Namespace, environ: Mapping[str, str], dest: str) -> Raw:

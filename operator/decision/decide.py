@@ -4,60 +4,27 @@ the plan and the status.
 Nothing here talks to the cluster or the disk: the reconciler gathers :class:`ClusterState` and the
 artifacts, calls :func:`decide`, then applies what it says. Jobs are only created when absent (their
 pod templates are immutable); serving objects are applied on every pass, which corrects drift.
+
+:func:`decide` runs its phases in order (compress → profile → plan → serve) over one frozen
+:class:`_Context`; each either adds to it or ends the pass with the :class:`Decision`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec
 from frugal.operator.decision import artifact_files, planner
 from frugal.operator.decision.conditions import ABSENT_JOB, Assessment, Job, JobState, Observed, conditions
+from frugal.operator.decision.operator_settings import Settings
 from frugal.operator.decision.planner import Option
 from frugal.operator.decision.pod_problems import PodProblem
 from frugal.operator.decision.revisions import Rollover, pipeline_hash, with_revision
-from frugal.operator.manifests import images, jobs, names, network_policies, serving_objects
+from frugal.operator.manifests import jobs, names, network_policies, serving_objects
 from frugal.operator.manifests.serving_objects import Live
 from frugal.operator.manifests.storage import ArtifactLocation, OwnDirectory, locate, own_directory
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The operator's own configuration (command-line flags)."""
-
-    # The full image (compression); the serving and gpu images default to its siblings
-    # (manifests.images): "" means derived.
-    image: str = images.DEFAULT_FULL
-    serving_image: str = ""
-    gpu_image: str = ""
-    storage_uri: str = "pvc://frugal-artifacts"
-    pvc_root: Path | None = None
-    # file:// URIs: a directory of the node (hostPath) or of the pod's image. For `frugal up` and a
-    # single-node development cluster only; off, the operator refuses them with a condition.
-    allow_host_path: bool = False
-    # NetworkPolicies for every ModelDeployment's pods (manifests.network_policies), admitting
-    # Prometheus from `monitoring_namespace`.
-    network_policies: bool = False
-    monitoring_namespace: str = "monitoring"
-    # nodeSelector and tolerations of the always-on fronts: the operator's own (the chart passes them).
-    front_placement: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def serving_default(self) -> str:
-        return self.serving_image or images.sibling(self.image, "serving")
-
-    @property
-    def gpu_default(self) -> str:
-        return self.gpu_image or images.sibling(self.image, "gpu")
-
-    def compression_image(self, profile: HardwareProfileSpec) -> str:
-        return images.compression(self.image, self.gpu_default, profile)
-
-    def serving_image_for(self, profile: HardwareProfileSpec) -> str:
-        return images.serving(self.serving_default, self.gpu_default, profile)
 
 
 @dataclass(frozen=True)
@@ -140,6 +107,33 @@ def file_uri_refusal(uris: Mapping[str, str], local_command: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Choice:
+    """What the plan phase chose to serve, and why."""
+
+    candidate: planner.Candidate
+    reason: str
+    initial_replicas: int  # of each shard that does not exist yet
+
+
+@dataclass(frozen=True)
+class _Context:
+    """One pass of :func:`decide`: its inputs, and what the phases so far have added."""
+
+    md: ModelDeploymentSpec
+    profiles: Mapping[str, HardwareProfileSpec]
+    cluster: ClusterState
+    found: artifact_files.Artifacts | artifact_files.ArtifactError | None
+    settings: Settings
+    rollover: Rollover | None
+    location: ArtifactLocation
+    observed: Observed
+    apply: tuple[dict[str, Any], ...] = ()
+    status: Mapping[str, Any] = field(default_factory=dict)
+    plan: planner.Plan | None = None
+    choice: _Choice | None = None
+
+
 def decide(
     md: ModelDeploymentSpec,
     profiles: Mapping[str, HardwareProfileSpec],
@@ -151,135 +145,219 @@ def decide(
     """`rollover`: serve its option under its revision instead of the plan's choice (when the plan
     still finds that option feasible)."""
     md = with_revision(md, rollover)
-    gen = md.owner.generation
-    previous = cluster.live_generation if cluster.live_generation not in (None, gen) else None
-    missing = tuple(p for p in needed_profiles(md) if p not in profiles)
-    if missing:
-        observed = Observed(gen, missing_profiles=missing, previous_generation_live=previous)
-        return Decision((), None, conditions(observed), {}, observed=observed)
-    refused = host_path_refusal(md, settings)
-    if refused:
-        observed = Observed(gen, host_path_error=refused, previous_generation_live=previous)
-        return Decision((), None, conditions(observed), {}, observed=observed)
-    location = locate(md.storage_uri or settings.storage_uri, md.owner, settings.pvc_root)
-    to_apply: list[dict[str, Any]] = []
-    if settings.network_policies:  # before any pod: the Jobs' pods are confined from their start
-        to_apply += network_policies.desired_network_policies(md, settings.monitoring_namespace)
-    compression = cluster.compression
-    if compression.state is JobState.ABSENT:
-        to_apply += _compression_objects(md, profiles, location, settings)
-        compression = Job(JobState.RUNNING, name=to_apply[-1]["metadata"]["name"])
-    observed = Observed(
-        gen, compression=compression, previous_generation_live=previous, pod_problem=cluster.pod_problem
+    refused = _refusal(md, profiles, cluster, settings)
+    if refused is not None:
+        return refused
+    context = _Context(
+        md,
+        profiles,
+        cluster,
+        found,
+        settings,
+        rollover,
+        location=locate(md.storage_uri or settings.storage_uri, md.owner, settings.pvc_root),
+        observed=Observed(
+            md.owner.generation,
+            previous_generation_live=_previous_generation(md, cluster),
+            pod_problem=cluster.pod_problem,
+        ),
     )
-    if cluster.compression.state is not JobState.SUCCEEDED:
-        return _decision(to_apply, location, observed, {})
-    if isinstance(found, artifact_files.ArtifactError) or found is None:
-        error = str(found) if found is not None else _unreadable(location)
-        return _decision(to_apply, location, _with(observed, artifacts_error=error), {})
-    for name in md.serving_profiles:
-        if cluster.profiling.get(name, Job(JobState.ABSENT)).state is JobState.ABSENT:
-            to_apply.append(jobs.desired_profiling_job(md, profiles[name], settings.serving_image_for(profiles[name]), location))
-    profiling = {p: cluster.profiling.get(p, Job(JobState.ABSENT)) for p in md.serving_profiles}
-    observed = _with(observed, profiling=profiling)
-    status: dict[str, Any] = {
-        "artifacts": {"uri": location.uri, "generation": gen, "pipelineHash": pipeline_hash(md)}
-    }
-    if any(j.state in (JobState.ABSENT, JobState.RUNNING) for j in profiling.values()):
-        return _decision(to_apply, location, observed, status)
-    return _plan_and_serve(
-        md, profiles, cluster, found, settings, location, to_apply, observed, status, rollover
-    )
+    for phase in (_compress, _profile, _plan):
+        outcome = phase(context)
+        if isinstance(outcome, Decision):
+            return outcome
+        context = outcome
+    return _serve(context)
 
 
-def _plan_and_serve(
+def _refusal(
     md: ModelDeploymentSpec,
     profiles: Mapping[str, HardwareProfileSpec],
     cluster: ClusterState,
-    found: artifact_files.Artifacts,
     settings: Settings,
-    location: ArtifactLocation,
-    to_apply: list[dict[str, Any]],
-    observed: Observed,
-    status: dict[str, Any],
-    rollover: Rollover | None,
-) -> Decision:
+) -> Decision | None:
+    """The decision for a ModelDeployment that cannot start here (a HardwareProfile it names is
+    missing, or it uses file:// where hostPath is not allowed), or None."""
+    previous = _previous_generation(md, cluster)
+    missing = tuple(p for p in needed_profiles(md) if p not in profiles)
+    if missing:
+        observed = Observed(md.owner.generation, missing_profiles=missing, previous_generation_live=previous)
+    elif refused := host_path_refusal(md, settings):
+        observed = Observed(md.owner.generation, host_path_error=refused, previous_generation_live=previous)
+    else:
+        return None
+    return Decision((), None, conditions(observed), {}, observed=observed)
+
+
+def _compress(context: _Context) -> _Context | Decision:
+    """The NetworkPolicies and the compression Job; the pass goes on once the Job succeeded and its
+    artifacts could be read."""
+    md, settings, cluster = context.md, context.settings, context.cluster
+    objects: list[dict[str, Any]] = []
+    if settings.network_policies:  # before any pod: the Jobs' pods are confined from their start
+        objects += network_policies.desired_network_policies(md, settings.monitoring_namespace)
+    compression = cluster.compression
+    if compression.state is JobState.ABSENT:
+        objects += _compression_objects(context)
+        compression = Job(JobState.RUNNING, name=objects[-1]["metadata"]["name"])
+    context = _adding(context, objects, compression=compression)
+    if cluster.compression.state is not JobState.SUCCEEDED:
+        return _decision(context)
+    if not isinstance(context.found, artifact_files.Artifacts):
+        error = str(context.found) if context.found is not None else _unreadable(context.location)
+        return _decision(context, artifacts_error=error)
+    return context
+
+
+def _profile(context: _Context) -> _Context | Decision:
+    """A profiling Job per serving profile; the pass goes on once every one has finished."""
+    md, profiles = context.md, context.profiles
+    profiling = {p: context.cluster.profiling.get(p, ABSENT_JOB) for p in md.serving_profiles}
+    objects = [
+        jobs.desired_profiling_job(
+            md, profiles[name], context.settings.serving_image_for(profiles[name]), context.location
+        )
+        for name in md.serving_profiles
+        if profiling[name].state is JobState.ABSENT
+    ]
+    artifacts = {
+        "uri": context.location.uri,
+        "generation": md.owner.generation,
+        "pipelineHash": pipeline_hash(md),
+    }
+    context = replace(
+        _adding(context, objects, profiling=profiling), status={**context.status, "artifacts": artifacts}
+    )
+    if any(j.state in (JobState.ABSENT, JobState.RUNNING) for j in profiling.values()):
+        return _decision(context)
+    return context
+
+
+def _plan(context: _Context) -> _Context | Decision:
+    """The plan over the profiled variants and the option to serve: the plan's choice, or the
+    rollover's while the plan still finds it feasible."""
+    md, found, rollover = context.md, context.found, context.rollover
+    assert isinstance(found, artifact_files.Artifacts)  # _compress goes no further without them
     try:
         variants = artifact_files.planner_variants(found)
         plan = planner.plan(
-            variants, [planner_profile(profiles[p]) for p in md.serving_profiles], objectives(md)
+            variants, [planner_profile(context.profiles[p]) for p in md.serving_profiles], objectives(md)
         )
     except (artifact_files.ArtifactError, planner.PlanningError) as error:
-        return _decision(to_apply, location, _with(observed, plan_error=str(error)), status)
-    status["variants"] = variant_table(found, plan, md)
-    observed = _with(observed, used_fallback=plan.used_fallback)
+        return _decision(context, plan_error=str(error))
+    context = replace(
+        context,
+        observed=replace(context.observed, used_fallback=plan.used_fallback),
+        plan=plan,
+        status={**context.status, "variants": variant_table(found, plan, md)},
+    )
     if plan.chosen is None:
-        return _decision(to_apply, location, _with(observed, plan_error=plan.reason), status, plan)
-    chosen, reason, initial = plan.chosen, plan.reason, md.initial_replicas
+        return _decision(context, plan_error=plan.reason)
+    choice = _Choice(plan.chosen, plan.reason, md.initial_replicas)
     replanned = None if rollover is None else plan.option(*_option(rollover.selection))
     if rollover is not None and replanned is not None and replanned.feasible:
-        chosen, initial = replanned, max(1, min(rollover.replicas, md.spec.autoscaling.max_replicas))
-        reason = f"re-planned at the observed load (status.replan); at deploy time: {plan.reason}"
-    selection = Option(chosen.variant, chosen.profile, chosen.shards)
-    profile = profiles[chosen.profile]
-    replicas = {i: cluster.shard_replicas.get(i, initial) for i in range(selection.shards)}
-    for index in range(selection.shards):
-        to_apply += serving_objects.desired_shard(
-            md, profile, settings.serving_image_for(profile), location, selection, index
+        choice = _Choice(
+            replanned,
+            f"re-planned at the observed load (status.replan); at deploy time: {plan.reason}",
+            max(1, min(rollover.replicas, md.spec.autoscaling.max_replicas)),
         )
+    return replace(context, choice=choice)
+
+
+def _serve(context: _Context) -> Decision:
+    """The chosen option's shards, the objects in front of them, and the status of what serves."""
+    md, cluster, choice = context.md, context.cluster, context.choice
+    assert choice is not None  # _plan goes no further without one
+    chosen = choice.candidate
+    selection = Option(chosen.variant, chosen.profile, chosen.shards)
+    profile = context.profiles[chosen.profile]
+    shards = range(selection.shards)
+    replicas = {i: cluster.shard_replicas.get(i, choice.initial_replicas) for i in shards}
+    ready = tuple(cluster.shard_ready.get(i, 0) for i in shards)
+    live = all(r >= 1 for r in ready)
+    image = context.settings.serving_image_for(profile)
+    shard_objects = [
+        piece
+        for index in shards
+        for piece in serving_objects.desired_shard(md, profile, image, context.location, selection, index)
+    ]
     scale = tuple(
         serving_objects.desired_replicas(md.owner, index, replicas[index])
-        for index in range(selection.shards)
+        for index in shards
         if index not in cluster.shard_replicas
     )
-    ready = tuple(cluster.shard_ready.get(i, 0) for i in range(selection.shards))
-    live = all(r >= 1 for r in ready)
-    current = Live.of(md.owner)
-    before = None if cluster.live_generation is None else Live(cluster.live_generation, cluster.live_revision)
-    live_now = current if live or before is None else None
-    delete: tuple[tuple[str, str, str], ...] = ()
-    if serving_objects.has_front(md):
-        # The front's upstream moves like the endpoint did; the endpoint itself always selects the front.
-        if live_now is not None:
-            to_apply.append(serving_objects.desired_live_service(md, live_now))
-        to_apply.append(serving_objects.desired_front(md, settings.serving_default, settings.front_placement))
-        to_apply.append(serving_objects.desired_endpoint_service(md, before or current))
-    else:
-        if live_now is not None:
-            to_apply.append(serving_objects.desired_endpoint_service(md, live_now))
-        if cluster.front_exists:
-            delete = (
-                ("apps/v1", "Deployment", names.front(md.owner)),
-                ("v1", "Service", names.live_service(md.owner)),
-            )
-    if cluster.pod_monitors:
-        to_apply.append(serving_objects.desired_pod_monitor(md))
-    rolling_over_from = None
-    if before is not None and before.generation == current.generation and before != current:
-        previous = rollover.previous if rollover is not None else None
-        rolling_over_from = f"revision {before.revision}" + (
-            f" ({previous.variant} on {previous.profile})" if previous is not None else ""
-        )
-    observed = _with(
-        observed,
+    fronting, delete = _endpoint_objects(context, live)
+    monitor = [serving_objects.desired_pod_monitor(md)] if cluster.pod_monitors else []
+    context = _adding(
+        context,
+        (*shard_objects, *fronting, *monitor),
         planned=f"{chosen.variant} on {chosen.profile}",
         shards_desired=tuple(replicas.values()),
         shards_ready=ready,
-        rolling_over_from=rolling_over_from,
+        rolling_over_from=_rolling_over_from(context),
     )
-    status.update(_serving_status(md, chosen, reason, replicas, ready))
+    status = {**context.status, **_serving_status(md, chosen, choice.reason, replicas, ready)}
     return Decision(
-        tuple(to_apply),
-        location,
-        conditions(observed),
+        context.apply,
+        context.location,
+        conditions(context.observed),
         status,
-        plan,
+        context.plan,
         selection,
         live,
-        observed,
+        context.observed,
         scale,
         delete,
     )
+
+
+def _endpoint_objects(
+    context: _Context, live: bool
+) -> tuple[list[dict[str, Any]], tuple[tuple[str, str, str], ...]]:
+    """The endpoint Service (and with scale to zero, the front and its upstream Service) to apply,
+    and the front's objects to delete once the model no longer scales to zero. The endpoint moves to
+    the current revision once every shard has a ready replica, or at once when nothing served before."""
+    md = context.md
+    current = Live.of(md.owner)
+    before = _live_before(context.cluster)
+    live_now = current if live or before is None else None
+    if serving_objects.has_front(md):
+        # The front's upstream moves like the endpoint did; the endpoint itself always selects the front.
+        upstream = [] if live_now is None else [serving_objects.desired_live_service(md, live_now)]
+        front = serving_objects.desired_front(
+            md, context.settings.serving_default, context.settings.front_placement
+        )
+        return [*upstream, front, serving_objects.desired_endpoint_service(md, before or current)], ()
+    endpoint = [] if live_now is None else [serving_objects.desired_endpoint_service(md, live_now)]
+    if not context.cluster.front_exists:
+        return endpoint, ()
+    return endpoint, (
+        ("apps/v1", "Deployment", names.front(md.owner)),
+        ("v1", "Service", names.live_service(md.owner)),
+    )
+
+
+def _rolling_over_from(context: _Context) -> str | None:
+    """What still serves while a re-planning rollover's new revision starts (None: no rollover)."""
+    current = Live.of(context.md.owner)
+    before = _live_before(context.cluster)
+    if before is None or before.generation != current.generation or before == current:
+        return None
+    previous = context.rollover.previous if context.rollover is not None else None
+    return f"revision {before.revision}" + (
+        f" ({previous.variant} on {previous.profile})" if previous is not None else ""
+    )
+
+
+def _live_before(cluster: ClusterState) -> Live | None:
+    """What the endpoint reached before this pass (None: nothing served yet)."""
+    return None if cluster.live_generation is None else Live(cluster.live_generation, cluster.live_revision)
+
+
+def _previous_generation(md: ModelDeploymentSpec, cluster: ClusterState) -> int | None:
+    """The older generation that still serves while this one starts."""
+    live = cluster.live_generation
+    return live if live not in (None, md.owner.generation) else None
 
 
 def _option(selection: Option) -> tuple[str, str, int]:
@@ -372,14 +450,12 @@ def _serving_status(
     }
 
 
-def _compression_objects(
-    md: ModelDeploymentSpec,
-    profiles: Mapping[str, HardwareProfileSpec],
-    location: ArtifactLocation,
-    settings: Settings,
-) -> list[dict[str, Any]]:
-    profile = profiles[md.compression_profile]
-    job = jobs.desired_compression_job(md, profile, settings.compression_image(profile), location)
+def _compression_objects(context: _Context) -> list[dict[str, Any]]:
+    md = context.md
+    profile = context.profiles[md.compression_profile]
+    job = jobs.desired_compression_job(
+        md, profile, context.settings.compression_image(profile), context.location
+    )
     service = jobs.desired_distillation_service(md)
     return [job] if service is None else [service, job]
 
@@ -392,15 +468,14 @@ def _unreadable(location: ArtifactLocation) -> str:
     )
 
 
-def _with(observed: Observed, **changes: Any) -> Observed:
-    return replace(observed, **changes)
+def _adding(context: _Context, objects: Iterable[dict[str, Any]], **observed: Any) -> _Context:
+    """`context` with `objects` to apply after its own, and these changes to what it observed."""
+    return replace(context, apply=(*context.apply, *objects), observed=replace(context.observed, **observed))
 
 
-def _decision(
-    to_apply: list[dict[str, Any]],
-    location: ArtifactLocation | None,
-    observed: Observed,
-    status: dict[str, Any],
-    plan: planner.Plan | None = None,
-) -> Decision:
-    return Decision(tuple(to_apply), location, conditions(observed), status, plan, observed=observed)
+def _decision(context: _Context, **observed: Any) -> Decision:
+    """The decision of a pass that goes no further than `context`, with these changes to what it observed."""
+    seen = replace(context.observed, **observed)
+    return Decision(
+        context.apply, context.location, conditions(seen), dict(context.status), context.plan, observed=seen
+    )

@@ -25,7 +25,8 @@ from frugal.operator.api.spec import parse_batch_inference, parse_hardware_profi
 from frugal.operator.decision import artifact_files, scaling
 from frugal.operator.decision.batch_inference import BatchObserved, Progress, ResolvedModel, decide_batch
 from frugal.operator.decision.conditions import Job, JobState
-from frugal.operator.decision.decide import ClusterState, Settings, artifacts_to_remove, decide
+from frugal.operator.decision.decide import ClusterState, artifacts_to_remove, decide
+from frugal.operator.decision.operator_settings import Settings
 from frugal.operator.decision.replanning import ReplanMemory
 from frugal.operator.manifests import batch_jobs, container_commands
 from frugal.operator.telemetry import OperatorMetrics

@@ -11,11 +11,11 @@ from frugal.operator.decision import artifact_files
 from frugal.operator.decision.conditions import Job, JobState, Phase, Reason
 from frugal.operator.decision.decide import (
     ClusterState,
-    Settings,
     artifacts_to_remove,
     decide,
     host_path_refusal,
 )
+from frugal.operator.decision.operator_settings import Settings
 from frugal.operator.decision.planner import Option
 from frugal.operator.decision.revisions import (
     pipeline_hash,

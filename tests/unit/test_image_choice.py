@@ -9,7 +9,8 @@ from test_decide import DONE, MD, PROFILED, PROFILES, profile
 
 from frugal.operator.api.spec import parse_hardware_profile
 from frugal.operator.cluster.operator_command import OptionError, build_parser, resolve
-from frugal.operator.decision.decide import ClusterState, Settings, decide
+from frugal.operator.decision.decide import ClusterState, decide
+from frugal.operator.decision.operator_settings import Settings
 from frugal.operator.manifests import images
 
 SETTINGS = Settings(image="registry.example/frugal:1.2", storage_uri="file:///store", allow_host_path=True)

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from frugal.operator.api.spec import Owner, SpecError, parse_model_deployment
-from frugal.operator.decision.decide import Settings, artifacts_to_remove
+from frugal.operator.decision.decide import artifacts_to_remove
+from frugal.operator.decision.operator_settings import Settings
 from frugal.operator.manifests import batch_jobs
 from frugal.operator.manifests.storage import NotConfined, locate, own_directory
 

@@ -31,7 +31,8 @@ from frugal.operator.decision import artifact_files, scaling, status_writes
 from frugal.operator.decision.autoscaling import Memory, Observation, ShardObservation, recommend
 from frugal.operator.decision.batch_inference import BatchObserved, Progress, ResolvedModel, decide_batch
 from frugal.operator.decision.conditions import Assessment, Condition, Job, JobState
-from frugal.operator.decision.decide import ClusterState, Settings, decide
+from frugal.operator.decision.decide import ClusterState, decide
+from frugal.operator.decision.operator_settings import Settings
 from frugal.operator.decision.replanning import ReplanMemory
 from frugal.operator.decision.revisions import rollover_from_status
 from frugal.operator.manifests import batch_jobs
