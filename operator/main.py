@@ -83,18 +83,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--stabilization-window",
-        type=float,
+        type=int,
         default=None,
         metavar="SECONDS",
-        help="scale-down window of the local autoscaler (default: spec.autoscaling.stabilizationWindowSeconds)",
+        help="scale-down window: sets spec.autoscaling.stabilizationWindowSeconds of this run",
     )
     up.add_argument(
         "--replan-window",
-        type=float,
+        type=int,
         default=None,
         metavar="SECONDS",
-        help="how long another option must stay cheaper before the run moves to it "
-        "(default: spec.autoscaling.replanning.windowSeconds)",
+        help="how long another option must stay cheaper before the run moves to it: sets "
+        "spec.autoscaling.replanning.windowSeconds of this run",
     )
     up.add_argument(
         "--prometheus-targets",

@@ -98,6 +98,11 @@ class Reconciler:
         self._pod_monitors: bool | None = None
         self._applied = _AppliedObjects(drift_seconds, clock)
         self._last_pass: dict[tuple[str, str], float] = {}
+        self._decisions: dict[tuple[str, str], decide.Decision] = {}
+
+    def last_decision(self, namespace: str, name: str) -> decide.Decision | None:
+        """The decision of the last pass over `namespace/name` (what it serves, its plan), if any."""
+        return self._decisions.get((namespace, name))
 
     def resync(self, body: Mapping[str, Any]) -> Assessment | None:
         """The periodic pass: a settled ModelDeployment (its status describes its spec and it waits on
@@ -163,6 +168,7 @@ class Reconciler:
         state = self._observe(md)
         found = self._artifacts(md, profiles, state)
         decision = decide.decide(md, profiles, state, found, self.settings, rollover)
+        self._decisions[(md.owner.namespace, md.owner.name)] = decision
         for deployment in (o for o in decision.apply if o["kind"] == "Deployment"):
             shard = deployment["metadata"]["labels"].get(names.LABEL_SHARD)
             if shard is not None and int(shard) not in state.shard_replicas:
@@ -260,6 +266,7 @@ class Reconciler:
             log.warning("%s/%s: %s", owner.namespace, owner.name, kept)
             self.poster(body)("Warning", ARTIFACTS_KEPT, str(kept))
         self._last_pass.pop((owner.namespace, owner.name), None)
+        self._decisions.pop((owner.namespace, owner.name), None)
         self._applied.forget(owner.namespace, names.LABEL_MD, owner.name)
         if self.metrics:
             self.metrics.forget(owner.namespace, owner.name)

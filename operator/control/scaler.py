@@ -42,7 +42,7 @@ from frugal.operator.api.spec import (
 from frugal.operator.control.port import AUTOSCALER_FIELD_MANAGER, ApiError, ClusterPort, MetricsSource
 from frugal.operator.control.reconciler import Reconciler
 from frugal.operator.decision import observations, scaling, status_writes
-from frugal.operator.decision.autoscaling import Recommendation, Targets
+from frugal.operator.decision.autoscaling import Targets
 from frugal.operator.decision.conditions import Condition
 from frugal.operator.decision.revisions import as_served
 from frugal.operator.decision.tick import (
@@ -120,7 +120,7 @@ class Autoscaler:
                 self.metrics.tick_duration.observe(time.perf_counter() - started)
             stop.wait(max(0.0, interval - (time.perf_counter() - started)))
 
-    def tick(self) -> list[tuple[Scaled, Recommendation]]:
+    def tick(self) -> list[tuple[Scaled, TickOutcome]]:
         """One pass over every served ModelDeployment; returns what it decided for each."""
         scaled, profiles = self._served()
         reading = self.metrics_source.read([item.source for item in scaled])
@@ -163,12 +163,16 @@ class Autoscaler:
             ):
                 memory = status_not_written(outcome, memory)
             self._memory[item.key] = memory
-            decided.append((item, outcome.recommendation))
+            decided.append((item, outcome))
         for key in set(self._memory) - {item.key for item in scaled}:
             del self._memory[key]
         return decided
 
     # -- what to scale ---------------------------------------------------------------------------------
+
+    def scaled(self) -> list[Scaled]:
+        """What the next tick would scale, and with which targets (read fresh)."""
+        return self._served()[0]
 
     def _served(self) -> tuple[list[Scaled], dict[str, HardwareProfileSpec]]:
         bodies = self._list(API_VERSION, "ModelDeployment", {})

@@ -38,7 +38,7 @@ from frugal.operator.api.spec import (
 from frugal.operator.decision import artifact_files, batch_placement
 from frugal.operator.decision.decide import planner_profile
 from frugal.operator.local import evaluation
-from frugal.operator.local.kubelet import LocalCluster, LocalRunError
+from frugal.operator.local.local_cluster import LocalCluster, LocalRunError
 from frugal.operator.local.up_command import load_resources, resource_body
 from frugal.operator.manifests import batch_jobs
 

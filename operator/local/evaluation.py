@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from frugal.operator.local.kubelet import Served
 from frugal.operator.local.loadgen import LoadStats
+from frugal.operator.local.local_cluster import Served
 from frugal.schema.artifact_format import Manifest, Variant, read_manifest
 
 CHECK_BATCH = 64

@@ -27,7 +27,7 @@ from typing import Any
 
 from frugal.operator.api.spec import ModelDeploymentSpec
 from frugal.operator.decision.conditions import Phase
-from frugal.operator.local.kubelet import Served
+from frugal.operator.local.local_cluster import Served
 from frugal.operator.local.replicas import Shard
 from frugal.operator.telemetry import OperatorMetrics, serve
 

@@ -11,7 +11,10 @@ front of the ready replicas.
 * Retiring a replica never drops a request: it leaves the balancer first, the requests it is still
   answering finish, then it gets SIGTERM (the server drains again on its side) and is waited for.
 * A replica that exits on its own is reaped: out of the balancer, and replaced at the next
-  :meth:`Shard.scale_to`.
+  :meth:`Shard.scale_to`; one that fails to start is remembered (:attr:`Shard.failures`), so the
+  runner can back off as a kubelet does.
+* A shard that is not :attr:`~Shard.routable` keeps its ready replicas out of the balancer until
+  :meth:`Shard.route` (a rollover's first stage waits for its Service to select it).
 
 Every replica's start and stop times are kept, for the replica-seconds of the summary.
 """
@@ -82,6 +85,11 @@ class Shard:
     replicas: list[Replica] = field(default_factory=list)
     # Called with a replica just before it is stopped (its last metrics are read then).
     on_retire: Callable[[Replica], None] | None = None
+    # Whether ready replicas join the balancer (see route()).
+    routable: bool = True
+    # Why replicas failed to start, oldest first, and when the last one did.
+    failures: list[str] = field(default_factory=list)
+    failed_at: float | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
     _serial: int = field(default=0, init=False)
     _closing: bool = field(default=False, init=False)
@@ -146,8 +154,18 @@ class Shard:
         with self._lock:
             if self._closing or replica.retiring:
                 return
-            self.host.add(self.balancer, replica.url)
+            if self.routable:
+                self.host.add(self.balancer, replica.url)
             replica.ready_at = time.monotonic()
+
+    def route(self) -> None:
+        """From now on route to this shard's ready replicas (those ready already join at once)."""
+        with self._lock:
+            if self.routable or self._closing:
+                return
+            self.routable = True
+            for replica in self.ready():
+                self.host.add(self.balancer, replica.url)
 
     def scale_to(self, count: int) -> None:
         """Start or retire replicas until `count` are active; returns at once (work goes on in threads)."""
@@ -170,6 +188,8 @@ class Shard:
             self.admit(replica)
         except ReplicaFailed as error:
             if not replica.retiring:
+                self.failures.append(str(error))
+                self.failed_at = time.monotonic()
                 self.report(f"serving: shard {self.index}: {error}")
             return
         if replica.ready_at is not None:

@@ -1,8 +1,8 @@
 """`frugal validate` and `frugal up`: the user-facing local commands.
 
-`up` validates the YAML exactly as the API server would, runs the operator's pipeline on this
-machine (:mod:`frugal.operator.local.kubelet`), checks the served model on held-out data, drives an
-optional local load (steady, or an open-loop ramp) with a live status line while the local
+`up` validates the YAML exactly as the API server would, runs the operator's own reconciler on this
+machine (:mod:`frugal.operator.local.local_cluster`), checks the served model on held-out data, drives
+an optional local load (steady, or an open-loop ramp) with a live status line while the operator's
 autoscaler (:mod:`frugal.operator.local.autoscaler`) resizes every shard, and ends with a summary.
 """
 
@@ -33,7 +33,7 @@ from frugal.operator.api.spec import (
 )
 from frugal.operator.decision import planner
 from frugal.operator.local import autoscaler, evaluation, loadgen
-from frugal.operator.local.kubelet import LocalCluster, LocalRunError, Served
+from frugal.operator.local.local_cluster import LocalCluster, LocalRunError, Served
 from frugal.operator.local.monitoring import Monitoring
 
 EXIT_INVALID = 2
@@ -61,8 +61,8 @@ class LoadOptions:
     concurrency: int = 8
     peak_rps: float | None = None
     scale_interval: float = 5.0
-    stabilization_window: float | None = None  # None: the spec's stabilizationWindowSeconds
-    replan_window: float | None = None  # None: spec.autoscaling.replanning.windowSeconds
+    stabilization_window: int | None = None  # sets spec.autoscaling.stabilizationWindowSeconds
+    replan_window: int | None = None  # sets spec.autoscaling.replanning.windowSeconds
 
 
 LOG_WIDTH = 140  # columns when stderr is not a terminal (a log, CI): the plan table fits on one line a row
@@ -79,7 +79,7 @@ def up(
     try:
         resources = load_resources(files)
         deployment, profiles = _pick(resources)
-        md = parse_model_deployment(resource_body(deployment))
+        md = parse_model_deployment(with_overrides(resource_body(deployment), load))
         profile_specs = {p.metadata.name: parse_hardware_profile(resource_body(p)) for p in profiles}
         _check_profiles_defined(md, profile_specs, files)
     except (ValidationFailed, SpecError, ValueError) as error:
@@ -129,17 +129,7 @@ def _run(
     except LocalRunError as error:
         console.print(f"[red]failed[/]: {error}", highlight=False)
         return EXIT_FAILED
-    scaler = autoscaler.for_served(
-        served,
-        md,
-        profile_specs,
-        load.scale_interval,
-        report,
-        load.stabilization_window,
-        roll_over=lambda rollover: cluster.roll_over(served, rollover),
-        replan_window=load.replan_window,
-        metrics=metrics,
-    )
+    scaler = autoscaler.for_served(served, load.scale_interval, report, metrics=metrics)
     if monitoring is not None:
         monitoring.watch(md, served)
     if served.decision.plan is not None:
@@ -177,8 +167,8 @@ def _serve_and_report(
         f"  held-out {check.metric} of the served model: {check.value:.4f} on {check.rows} rows",
         highlight=False,
     )
-    targets = scaler.targets
     if scaler.enabled:
+        targets = scaler.targets
         console.print(
             f"  autoscaling every {load.scale_interval:g}s: {targets.floor}..{targets.max_replicas} replicas per "
             f"shard, SLO p95 {targets.slo_p95_ms:g} ms, profiled capacity {targets.capacity_rps:.0f} req/s "
@@ -208,7 +198,7 @@ def _serve_and_report(
         assert load.peak_rps is not None
         ramp = loadgen.Ramp(load.peak_rps, load.duration)
         console.print(f"  load: open-loop ramp {ramp.describe()}", highlight=False)
-        if scaler.enabled and ramp.quiet_seconds < targets.stabilization_window_s + 2 * load.scale_interval:
+        if scaler.enabled and ramp.quiet_seconds < scaler.targets.stabilization_window_s + 2 * load.scale_interval:
             console.print(
                 f"  note: the quiet tail ({ramp.quiet_seconds:.0f}s) is shorter than the scale-down window "
                 f"({targets.stabilization_window_s:g}s) and two ticks: replicas may not come down before the "
@@ -338,6 +328,17 @@ def _check_profiles_defined(
             f"HardwareProfile {', '.join(missing)} is not defined in {', '.join(files)}: add the file that "
             "defines it to the command, e.g. frugal up <deployment>.yaml examples/hardwareprofiles.yaml"
         )
+
+
+def with_overrides(body: dict[str, Any], load: LoadOptions) -> dict[str, Any]:
+    """The ModelDeployment as this run serves it: --stabilization-window and --replan-window set
+    spec.autoscaling's fields, so the operator's autoscaler reads them from the spec as in a cluster."""
+    autoscaling = body.setdefault("spec", {}).setdefault("autoscaling", {})
+    if load.stabilization_window is not None:
+        autoscaling["stabilizationWindowSeconds"] = load.stabilization_window
+    if load.replan_window is not None:
+        autoscaling.setdefault("replanning", {})["windowSeconds"] = load.replan_window
+    return body
 
 
 def resource_body(resource: Resource) -> dict[str, Any]:

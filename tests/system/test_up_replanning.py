@@ -7,7 +7,8 @@ a replica a few percent busy ``cool`` is again. This machine stands in for both 
 measured capacities are alike: the prices make the difference, as they would between a CPU pool and
 a GPU pool.
 
-The run, in this process (LocalCluster and the local autoscaler, what `frugal up` runs):
+The run, in this process (LocalCluster and the local autoscaler: the operator's reconciler and
+autoscaler over the in-memory store, what `frugal up` runs):
 
 1. a trickle of requests → the run moves from ``cool`` to ``hot``;
 2. the load rises → it moves back to ``cool``, with every request of both switches answered;
@@ -30,12 +31,16 @@ from typing import Any
 import pytest
 import yaml
 
+from frugal.operator.api.models import ModelDeploymentStatus
 from frugal.operator.api.spec import parse_hardware_profile, parse_model_deployment
+from frugal.operator.control.reconciler import Reconciler
+from frugal.operator.control.scaler import Autoscaler
 from frugal.operator.decision import scaling
 from frugal.operator.decision.autoscaling import ScaleReason
 from frugal.operator.local import evaluation, loadgen
 from frugal.operator.local.autoscaler import LocalAutoscaler, for_served
-from frugal.operator.local.kubelet import LocalCluster, Served
+from frugal.operator.local.local_cluster import LocalCluster, Served
+from frugal.operator.manifests import names
 
 ROOT = Path(__file__).resolve().parents[2]
 IDLE_S = 4
@@ -117,14 +122,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     lines: list[str] = []
     cluster = LocalCluster(md, profiles, tmp_path_factory.mktemp("replan"), report=lines.append)
     served = cluster.run()
-    scaler = for_served(
-        served,
-        md,
-        profiles,
-        0.5,
-        lines.append,
-        roll_over=lambda rollover: cluster.roll_over(served, rollover),
-    )
+    scaler = for_served(served, 0.5, lines.append)
     model = evaluation.ServedModel.load(served)
     load = Load(f"{served.endpoint}/v2/models/{served.model_name}/infer", evaluation.request_bodies(model))
     scaler.start()
@@ -198,6 +196,29 @@ def test_the_choice_follows_the_load_and_no_request_fails(run: Run) -> None:
     old = [replica for shards in served.retired for shard in shards for replica in shard.replicas]
     assert old and all(not shard.active() for shards in served.retired for shard in shards)
     wait_until(lambda: all(r.stopped_at is not None for r in old), 30, "the old replicas to stop", run.lines)
+
+
+def test_the_operators_own_reconciler_and_autoscaler_did_it(run: Run) -> None:
+    """The run's status, Events and replica counts were written by the operator's classes into the
+    store, as they are into the API server in a cluster: frugal up has no loop of its own."""
+    served, scaler = run.served, run.scaler
+    cluster = served.cluster
+    assert type(cluster.reconciler) is Reconciler and type(scaler.autoscaler) is Autoscaler
+    body = cluster.store.get("frugal.dev/v1alpha1", "ModelDeployment", "default", "digits")
+    assert body is not None
+    status = ModelDeploymentStatus.from_body(body)
+    assert status.phase == "Serving" and status.replan is not None and status.replan.revision == 2
+    assert status.selected is not None and status.selected.hardware_profile == COOL
+    replanned = status.condition("Replanned")
+    assert replanned is not None and replanned.status == "True"
+    reasons = [e["reason"] for e in cluster.store.find("v1", "Event", "default", {})]
+    # The reconciler's phase Events and the autoscaler's re-planning Events.
+    assert {"PhaseCompressing", "PhaseProfiling", "PhaseServing"} <= set(reasons), reasons
+    assert reasons.count("Replanned") >= len(scaler.rollovers) == 2
+    # One revision left, the one the endpoint routes to; the runner wrote its readiness back.
+    [shard] = cluster.store.find("apps/v1", "Deployment", "default", {names.LABEL_ROLE: "serving"})
+    assert shard["metadata"]["name"] == served.shards[0].name and "-r2-" in shard["metadata"]["name"]
+    assert shard["status"]["readyReplicas"] >= 1
 
 
 def test_idle_scales_to_zero_and_the_next_request_is_answered(run: Run) -> None:

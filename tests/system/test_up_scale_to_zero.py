@@ -25,7 +25,7 @@ from frugal.operator.api.spec import parse_hardware_profile, parse_model_deploym
 from frugal.operator.decision.autoscaling import ScaleReason
 from frugal.operator.local.autoscaler import LocalAutoscaler, for_served
 from frugal.operator.local.balancer import Balancer, Hold
-from frugal.operator.local.kubelet import LocalCluster, Served
+from frugal.operator.local.local_cluster import LocalCluster, Served
 
 ROOT = Path(__file__).resolve().parents[2]
 IDLE_S = 3
@@ -54,7 +54,7 @@ def sleepy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, L
     profiles = {"local-cpu": parse_hardware_profile(profile_body)}
     lines: list[str] = []
     served = LocalCluster(md, profiles, tmp_path_factory.mktemp("zero"), report=lines.append).run()
-    scaler = for_served(served, md, profiles, interval=0.5, report=lines.append)
+    scaler = for_served(served, interval=0.5, report=lines.append)
     scaler.start()
     try:
         yield served, scaler

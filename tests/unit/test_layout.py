@@ -129,3 +129,23 @@ def test_status_and_artifact_fields_are_read_only_through_their_models() -> None
                     if (where, match.group(1)) not in RAW_READS_ALLOWED:
                         found.append(f"{where}:{number}: {line.strip()}")
     assert found == [], "read these through ModelDeploymentStatus / BatchInferenceStatus / frugal.schema:\n" + "\n".join(found)
+
+
+# The decisions of a control loop; `frugal up` gets them from the operator's own classes.
+LOOP_DECISIONS = frozenset({"decide", "run_tick", "recommend", "replan", "replan_at_load", "plan_at_load"})
+
+
+def test_frugal_up_runs_the_operators_loops_and_has_none_of_its_own() -> None:
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "operator" / "local").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if called in LOOP_DECISIONS:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {called}()")
+    assert found == [], "operator/local calls a loop's decision itself; run control/ against the store:\n" + "\n".join(
+        found
+    )
