@@ -114,7 +114,6 @@ def _build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--workdir", default=None, help="where the model's pipeline and zoo:// inputs go")
     batch.add_argument("--workers", type=int, default=None, help="worker processes (default: the placement's)")
     batch.add_argument("--overwrite", action="store_true", help="replace a finished run's outputs")
-    batch.add_argument("--retries", type=int, default=2, help="restarts per worker that dies (default 2)")
 
     validate = commands.add_parser(
         "validate", help="check YAML against the CRDs' schemas and rules, as the API server would"
@@ -142,12 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return validate_files(args.files)
     if args.command == "batch":
-        if (args.workers is not None and args.workers < 1) or args.retries < 0:
-            print("frugal batch: --workers must be at least 1 and --retries at least 0", file=sys.stderr)
+        if args.workers is not None and args.workers < 1:
+            print("frugal batch: --workers must be at least 1", file=sys.stderr)
             return 2
         from frugal.operator.local.batch_command import batch as run_batch
 
-        return run_batch(args.files, args.workdir, args.workers, args.overwrite, args.retries)
+        return run_batch(args.files, args.workdir, args.workers, args.overwrite)
     if args.load == "ramp" and (args.rps is None or args.rps <= 0 or args.duration is None):
         print("frugal up: --load ramp needs --rps PEAK (above 0) and --for SECONDS", file=sys.stderr)
         return 2

@@ -1,13 +1,13 @@
-"""`frugal batch`: a BatchInference on this machine, placed as the operator places it.
+"""`frugal batch`: a BatchInference on this machine, run by the operator's own reconcilers.
 
 The files hold one BatchInference, the HardwareProfiles it may use and, when ``model.modelDeployment``
-names one, that ModelDeployment: its pipeline runs first (compression and profiling, the Jobs
-`frugal up` runs) and the batch scores with the variant it would serve. The placement is the
-operator's (:func:`frugal.operator.decision.batch_placement.place`: cost per row at the profiled
-throughput), shown as a table; then N worker processes score the shards (a dead one is restarted
-and resumes), the shards are joined in input order, and the summary is printed (also as one JSON
-line on stdout). ``zoo://<name>`` as the input means the built-in model's held-out data, for trying
-it out; in a cluster the input is a claim.
+names one, that ModelDeployment. They go into the in-memory API store with the operator's
+ModelDeployment reconciler (the model's pipeline: compression and profiling) and its BatchInference
+reconciler, which places the batch (cost per row at the profiled throughput, shown as a table from
+``status.plan``) and creates the scoring and aggregation Jobs; the process runner runs them as
+processes (:mod:`frugal.operator.local.local_batch`). The summary is printed (also as one JSON line on
+stdout). ``zoo://<name>`` as the input means the built-in model's held-out data, written to a file
+here first, for trying it out; in a cluster the input is a claim.
 """
 
 from __future__ import annotations
@@ -27,18 +27,19 @@ from frugal.operator.api import (
     ModelDeployment,
     ValidationFailed,
 )
+from frugal.operator.api.models import BatchInferenceStatus, BatchPlanRow, BatchSelected
 from frugal.operator.api.spec import (
     BatchInferenceSpec,
     HardwareProfileSpec,
+    ModelDeploymentSpec,
     SpecError,
     parse_batch_inference,
     parse_hardware_profile,
     parse_model_deployment,
 )
-from frugal.operator.decision import artifact_files, batch_placement
-from frugal.operator.decision.decide import planner_profile
 from frugal.operator.local import evaluation
-from frugal.operator.local.local_cluster import LocalCluster, LocalRunError
+from frugal.operator.local.local_batch import LocalBatch
+from frugal.operator.local.local_cluster import LocalRunError
 from frugal.operator.local.up_command import load_resources, resource_body
 from frugal.operator.manifests import batch_jobs
 
@@ -46,9 +47,7 @@ EXIT_INVALID = 2
 EXIT_FAILED = 1
 
 
-def batch(
-    files: Sequence[str], workdir: str | None, workers: int | None, overwrite: bool, retries: int = 2
-) -> int:
+def batch(files: Sequence[str], workdir: str | None, workers: int | None, overwrite: bool) -> int:
     console = Console(stderr=True)
     try:
         job, profiles, deployments = _load(files)
@@ -58,78 +57,96 @@ def batch(
     directory = Path(workdir or Path.home() / ".cache" / "frugal" / "batch" / job.owner.name)
     directory.mkdir(parents=True, exist_ok=True)
     report = lambda line: console.print(f"  {line}", highlight=False, markup=False)  # noqa: E731
+    from frugal.serving.batch import engine
+
     try:
-        variant, artifacts, price, candidates = _model(job, profiles, deployments, directory, report)
+        md = _model_deployment(job, deployments)
+        _profiles(job.hardware_profiles or (md.serving_profiles if md else ()), profiles)
         input_path = _input(job.input_uri, directory)
         output_path = _path(job.output_uri, "spec.output.uri")
-    except (LocalRunError, ValueError) as error:
+        if not (overwrite or job.overwrite):
+            engine.refuse_finished(output_path)  # before the pipeline runs, not after
+    except (ValueError, engine.BatchError) as error:
+        console.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_INVALID
+    body = _as_run(job, input_path, workers, overwrite)
+    needed = _needed_profiles(job, md, profiles)
+    shown = _Progress(console, job.owner.name)
+    try:
+        status = LocalBatch(body, needed, md, directory / "pipeline", report).run(shown.update)
+    except LocalRunError as error:
         console.print(f"failed: {error}", highlight=False, markup=False, soft_wrap=True)
-        return EXIT_FAILED if isinstance(error, LocalRunError) else EXIT_INVALID
-    from frugal.serving.batch import engine
-    from frugal.serving.batch import local_runner as batch_local
-
-    base = engine.BatchConfig.model_validate(
-        {
-            "input": str(input_path),
-            "output": str(output_path),
-            "artifacts": str(artifacts),
-            "variant": variant,
-            "batchSize": job.spec.batch_size,
-            "rowsPerShard": job.spec.rows_per_shard,
-            "overwrite": overwrite or job.overwrite,
-        }
-    )
-    try:
-        run = engine.plan_run(base)  # read only: the output's rules apply when the workers start
-    except engine.BatchError as error:
-        console.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
-        return EXIT_INVALID
-    rows = sum(shard.rows for shard in run.shards)
-    throughput = artifact_files.throughput(
-        artifact_files.read(artifacts, [p.name for p in candidates]), variant
-    )
-    request = batch_placement.Request(
-        rows,
-        workers or job.spec.workers,
-        job.spec.max_workers,
-        None if job.spec.deadline_seconds is None else float(job.spec.deadline_seconds),
-        price,
-    )
-    placement = batch_placement.place([planner_profile(p) for p in candidates], throughput, request)
-    console.print(_plan_table(job.owner.name, rows, placement))
-    if placement.chosen is None:
-        console.print(f"failed: {placement.reason}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_FAILED
-    chosen = placement.chosen
-    profile = profiles[chosen.profile]
-    config = base.model_copy(
-        update={
-            "execution_provider": profile.execution_provider,
-            "cost_per_hour": float(profile.cost_per_hour),
-            "idle_watts": profile.idle_watts,
-            "max_watts": profile.max_watts,
-            "price_per_kwh": price,
-        }
-    )
-    console.print(
-        f"[bold]frugal batch[/]: {rows} rows of {input_path} in {len(run.shards)} shards, {chosen.workers} "
-        f"worker(s) on {chosen.profile} (this machine stands in for it), variant {variant}",
-        highlight=False,
-    )
-    try:
-        engine.check(config)  # the output's rules (refuse a finished run, or overwrite it) and the model
-    except engine.BatchError as error:
-        console.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
-        return EXIT_INVALID
-    try:
-        summary = batch_local.run_local(config, chosen.workers, retries)
-    except engine.BatchError as error:
-        console.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
+    if status.phase != "Succeeded":
+        console.print(f"failed: {status.message}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_FAILED
-    document = json.loads(engine.summary_json(summary))
+    document = json.loads(engine.Layout(output_path).summary.read_text())
     console.print(_summary_table(document, output_path))
-    print(json.dumps({"hardwareProfile": chosen.profile, "output": str(output_path), **document}), flush=True)
+    selected = status.selected.hardware_profile if status.selected else None
+    print(json.dumps({"hardwareProfile": selected, "output": str(output_path), **document}), flush=True)
     return 0
+
+
+class _Progress:
+    """The placement table once the reconciler has placed the batch, then each change of progress."""
+
+    def __init__(self, console: Console, name: str) -> None:
+        self.console, self.name = console, name
+        self.placed = False
+        self.last: tuple[int | None, int | None] | None = None
+
+    def update(self, status: BatchInferenceStatus) -> None:
+        if not self.placed and status.plan and status.selected is not None:
+            self.placed = True
+            rows = status.progress.rows_total if status.progress else None
+            self.console.print(_plan_table(self.name, rows, status.plan, status.selected))
+        if status.progress is not None and status.phase == "Running":
+            now = (status.progress.shards_done, status.progress.shards_total)
+            if now != self.last and now[1]:
+                self.last = now
+                self.console.print(f"  scoring: {now[0]}/{now[1]} shards done", highlight=False)
+
+
+def _model_deployment(
+    job: BatchInferenceSpec, deployments: Mapping[str, ModelDeploymentSpec]
+) -> ModelDeploymentSpec | None:
+    if job.artifacts is not None:
+        return None
+    name = str(job.model_deployment)
+    md = deployments.get(name)
+    if md is None:
+        raise ValueError(
+            f"spec.model.modelDeployment: ModelDeployment {name} is not in the files given: add its YAML "
+            "to the command (its pipeline runs first), or use spec.model.artifacts"
+        )
+    return md
+
+
+def _needed_profiles(
+    job: BatchInferenceSpec, md: ModelDeploymentSpec | None, profiles: Mapping[str, HardwareProfileSpec]
+) -> dict[str, HardwareProfileSpec]:
+    """The profiles the run needs: the batch's candidates and the model's pipeline's."""
+    wanted = [*job.hardware_profiles]
+    if md is not None:
+        wanted += [md.compression_profile, *md.serving_profiles]
+    return {name: profiles[name] for name in dict.fromkeys(wanted) if name in profiles}
+
+
+def _as_run(
+    job: BatchInferenceSpec, input_path: Path, workers: int | None, overwrite: bool
+) -> dict[str, Any]:
+    """The BatchInference as this run applies it: the input as a file (zoo:// data written out),
+    --workers and --overwrite set in its spec."""
+    body = job.resource.to_dict()
+    body["metadata"]["namespace"] = job.owner.namespace
+    spec = body["spec"]
+    spec["input"]["uri"] = f"file://{input_path}"
+    if workers is not None:
+        spec["workers"] = workers
+        spec["maxWorkers"] = max(workers, spec.get("maxWorkers", workers))
+    if overwrite:
+        spec["output"]["overwrite"] = True
+    return body
 
 
 def _load(
@@ -150,44 +167,6 @@ def _load(
         if isinstance(r, ModelDeployment)
     }
     return parse_batch_inference(resource_body(jobs[0])), profiles, deployments
-
-
-def _model(
-    job: BatchInferenceSpec,
-    profiles: Mapping[str, HardwareProfileSpec],
-    deployments: Mapping[str, Any],
-    directory: Path,
-    report: Any,
-) -> tuple[str, Path, float, list[HardwareProfileSpec]]:
-    """(variant, artifacts directory, price per kWh, candidate profiles)."""
-    if job.artifacts is not None:
-        names = job.hardware_profiles
-        return (
-            job.artifacts.variant,
-            _path(job.artifacts.uri, "spec.model.artifacts.uri"),
-            0.15,
-            _profiles(names, profiles),
-        )
-    name = str(job.model_deployment)
-    md = deployments.get(name)
-    if md is None:
-        raise ValueError(
-            f"spec.model.modelDeployment: ModelDeployment {name} is not in the files given: add its YAML "
-            "to the command (its pipeline runs first), or use spec.model.artifacts"
-        )
-    names = job.hardware_profiles or md.serving_profiles
-    md_profiles = {
-        p: profiles[p] for p in dict.fromkeys((md.compression_profile, *md.serving_profiles)) if p in profiles
-    }
-    decision = LocalCluster(md, md_profiles, directory / "pipeline", report).plan()
-    assert decision.selection is not None and decision.location is not None
-    assert decision.location.operator_path is not None
-    return (
-        decision.selection.variant,
-        decision.location.operator_path,
-        float(md.price_per_kwh),
-        _profiles(names, profiles),
-    )
 
 
 def _profiles(names: Sequence[str], profiles: Mapping[str, HardwareProfileSpec]) -> list[HardwareProfileSpec]:
@@ -220,18 +199,21 @@ def _path(uri: str, field: str) -> Path:
     return location.operator_path
 
 
-def _plan_table(name: str, rows: int, placement: batch_placement.Placement) -> Table:
-    table = Table(title=f"frugal batch: {name}, {rows} rows: cost per row on each candidate")
+def _plan_table(name: str, rows: int | None, plan: Sequence[BatchPlanRow], selected: BatchSelected) -> Table:
+    table = Table(
+        title=f"frugal batch: {name}, {rows if rows is not None else '?'} rows: cost per row on each candidate"
+    )
     for column in ("profile", "rows/s per worker", "workers", "seconds", "$ per 1M rows", "verdict"):
         table.add_column(column)
-    for option in placement.options:
-        verdict = "chosen" if option is placement.chosen else (option.rejection or "dearer")
+    for row in plan:
+        chosen = row.hardware_profile == selected.hardware_profile
+        verdict = "chosen" if chosen else (row.reason or "dearer") if not row.feasible else "dearer"
         table.add_row(
-            option.profile,
-            "-" if option.rows_per_second is None else f"{option.rows_per_second:.0f}",
-            str(option.workers),
-            "-" if option.seconds is None else f"{option.seconds:.0f}",
-            "-" if option.cost_per_million_rows is None else f"{option.cost_per_million_rows:.4g}",
+            str(row.hardware_profile),
+            "-" if row.rows_per_second is None else f"{row.rows_per_second:.0f}",
+            str(row.workers),
+            "-" if row.seconds is None else f"{row.seconds:.0f}",
+            "-" if row.cost_per_million_rows is None else f"{float(row.cost_per_million_rows):.4g}",
             verdict,
         )
     return table

@@ -12,7 +12,7 @@ here works with the same manifests in a cluster.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,26 +53,16 @@ class LocalCluster:
     runner: ProcessRunner | None = field(default=None, init=False)
     # Set when the endpoint holds a request at zero replicas (the autoscaler wakes on it).
     demand: threading.Event = field(default_factory=threading.Event, init=False)
-    _stop: threading.Event = field(default_factory=threading.Event, init=False)
-    _thread: threading.Thread | None = field(default=None, init=False)
+    _loop: ControlLoop | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.reconciler = Reconciler(self.store, self.settings, metrics=self.metrics)
-        self.store.subscribe(self._print_event)
-        for profile in self.profiles.values():
-            body = profile.resource.to_dict()
-            body["metadata"].pop("namespace", None)  # cluster-scoped
-            self.store.create(body)
-        body = self.md.resource.to_dict()
-        body["metadata"]["namespace"] = self.md.owner.namespace
-        self.store.create(body)
+        self.reconciler = Reconciler(self.store, local_settings(self.workdir), metrics=self.metrics)
+        self.store.subscribe(event_printer(self.report))
+        put(self.store, self.profiles.values(), [self.md])
 
     @property
     def settings(self) -> Settings:
-        # On one machine file:// is this machine's own directories: what frugal up is for.
-        return Settings(
-            image="local", storage_uri=f"file://{self.workdir / 'artifacts'}", allow_host_path=True
-        )
+        return self.reconciler.settings
 
     @property
     def owner(self) -> Owner:
@@ -110,9 +100,8 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop reconciling, then drain and stop every replica and balancer."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
+        if self._loop is not None:
+            self._loop.stop()
         if self.runner is not None:
             self.runner.stop()
 
@@ -124,26 +113,19 @@ class LocalCluster:
             self.store, owner, self.workdir, self.report, port, hold, self.demand.set, serve=serve
         )
         self.runner.start()
-        self._thread = threading.Thread(target=self._reconcile, name="frugal-up-reconciler", daemon=True)
-        self._thread.start()
-        return self.runner
-
-    def _reconcile(self) -> None:
         owner = self.md.owner
-        while not self._stop.is_set():
-            seen = self.store.resource_version
-            try:
-                self.reconciler.reconcile_named(owner.namespace, owner.name)
-            except Exception as error:  # the operator logs and retries; so does this loop
-                self.report(f"reconciler: {type(error).__name__}: {error}")
-            self.store.wait_for_change(seen, RESYNC_SECONDS)
+        self._loop = ControlLoop(
+            self.store, [lambda: self.reconciler.reconcile_named(owner.namespace, owner.name)], self.report
+        )
+        self._loop.start()
+        return self.runner
 
     def _wait(self, done: Callable[[ModelDeploymentStatus], bool], runner: ProcessRunner) -> None:
         version = 0
         while True:
             status = ModelDeploymentStatus.from_body(self._body())
             if status.phase == "Failed":
-                raise LocalRunError(_explain(status))
+                raise LocalRunError(explain(status))
             if done(status):
                 return
             if failures := runner.failures():
@@ -151,14 +133,7 @@ class LocalCluster:
             version = self.store.wait_for_change(version, 1.0)
 
     def _body(self) -> dict[str, Any]:
-        owner = self.md.owner
-        body = self.store.get(API_VERSION, "ModelDeployment", owner.namespace, owner.name)
-        assert body is not None  # created in __post_init__, deleted by nobody
-        return body
-
-    def _print_event(self, kind: str, obj: Mapping[str, Any]) -> None:
-        if kind == "ADDED" and obj.get("kind") == "Event":
-            self.report(f"event: {obj.get('type')} {obj.get('reason')}: {obj.get('message')}")
+        return get(self.store, "ModelDeployment", self.md.owner)
 
 
 @dataclass
@@ -211,7 +186,80 @@ class Served:
         self.cluster.stop()
 
 
-def _explain(status: ModelDeploymentStatus) -> str:
+@dataclass
+class ControlLoop:
+    """The operator's handlers on one machine: every pass runs after each change to the store, and
+    every ``RESYNC_SECONDS`` when nothing changes (the operator's timer)."""
+
+    store: Store
+    passes: Sequence[Callable[[], object]]
+    report: Report
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="frugal-local-operator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            seen = self.store.resource_version
+            for one_pass in self.passes:
+                try:
+                    one_pass()
+                except Exception as error:  # the operator logs and retries; so does this loop
+                    self.report(f"reconciler: {type(error).__name__}: {error}")
+            self.store.wait_for_change(seen, RESYNC_SECONDS)
+
+
+def local_settings(workdir: Path) -> Settings:
+    """The operator's settings on one machine: file:// is this machine's own directories (what a local
+    run is for), the artifacts under `workdir`."""
+    return Settings(image="local", storage_uri=f"file://{workdir / 'artifacts'}", allow_host_path=True)
+
+
+def put(
+    store: Store,
+    profiles: Iterable[HardwareProfileSpec],
+    deployments: Iterable[ModelDeploymentSpec],
+    others: Iterable[Mapping[str, Any]] = (),
+) -> None:
+    """Create the run's resources in the store as `kubectl apply` would (profiles are cluster-scoped)."""
+    for profile in profiles:
+        body = profile.resource.to_dict()
+        body["metadata"].pop("namespace", None)
+        store.create(body)
+    for md in deployments:
+        body = md.resource.to_dict()
+        body["metadata"]["namespace"] = md.owner.namespace
+        store.create(body)
+    for other in others:
+        store.create(other)
+
+
+def get(store: Store, kind: str, owner: Owner) -> dict[str, Any]:
+    body = store.get(API_VERSION, kind, owner.namespace, owner.name)
+    assert body is not None  # created by the run, deleted by nobody
+    return body
+
+
+def event_printer(report: Report) -> Callable[[str, Mapping[str, Any]], None]:
+    """A store listener printing every Event the loops post, as `kubectl get events -w` would."""
+
+    def show(kind: str, obj: Mapping[str, Any]) -> None:
+        if kind == "ADDED" and obj.get("kind") == "Event":
+            report(f"event: {obj.get('type')} {obj.get('reason')}: {obj.get('message')}")
+
+    return show
+
+
+def explain(status: ModelDeploymentStatus) -> str:
+    """Why a ModelDeployment failed: its phase, message and every condition that is False."""
     failing = [c for c in status.conditions if c.status == "False" and c.message]
     detail = "; ".join(f"{c.type}: {c.reason}: {c.message}" for c in failing)
     return f"phase {status.phase}: {status.message}" + (f" ({detail})" if detail else "")

@@ -47,6 +47,7 @@ from frugal.operator.manifests import names, pod_specs
 THREADS_ENV = "FRUGAL_INTRA_OP_THREADS"
 # The compression component's ranks meet through this file when it is set (no port to pick).
 RENDEZVOUS_FILE_ENV = "FRUGAL_RENDEZVOUS_FILE"
+COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
 # How often readiness is looked at when the store says nothing (replicas become ready on their own).
 SYNC_SECONDS = 0.2
 FIRST_BACKOFF_SECONDS = 2.0
@@ -90,11 +91,12 @@ class ProcessRunner:
 
     def __post_init__(self) -> None:
         self.host = BalancerHost()
-        self.endpoint = self.host.start(
-            names.endpoint_service(self.owner), self.port, self.hold, self._demand
-        )
-        if self.serve:
-            self.report(f"serving: endpoint balancer on {self.endpoint.url}")
+        name = names.endpoint_service(self.owner)
+        if not self.serve:
+            self.endpoint = Balancer(name)  # never listens: nothing is served
+            return
+        self.endpoint = self.host.start(name, self.port, self.hold, self._demand)
+        self.report(f"serving: endpoint balancer on {self.endpoint.url}")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="frugal-up-runner", daemon=True)
@@ -345,35 +347,42 @@ def run_job(job: Mapping[str, Any], namespace: str, log_path: Path) -> str | Non
     """Run every pod a Job asks for (an Indexed Job's completions at once) and wait for them; None when
     all succeeded, else the last line the output ended with.
 
-    Each pod's output goes to `log_path`; the first pod's is also shown here as it runs. The ranks of
-    an Indexed Job meet through a file beside the log, not a port picked here and released before
-    rank 0 binds it.
+    An Indexed Job's index that fails is run again up to ``backoffLimitPerIndex`` times, as the Job
+    controller does (a batch worker resumes from the shards it finished); other Jobs run once, so a
+    failing pipeline step fails at once on this machine. Each pod's output goes to `log_path`; the
+    first pod's is also shown here as it runs. The ranks of an Indexed Job meet through a file beside
+    the log, not a port picked here and released before rank 0 binds it.
     """
     spec = job["spec"]
     container = processes.only_container(spec["template"])
     argv = processes.local_argv(container["command"])
-    completions = int(spec.get("completions", 1)) if spec.get("completionMode") == "Indexed" else 1
+    indexed = spec.get("completionMode") == "Indexed"
+    completions = int(spec.get("completions", 1)) if indexed else 1
+    attempts = 1 + (int(spec.get("backoffLimitPerIndex", 0)) if indexed else 0)
     rendezvous_file = log_path.with_suffix(".rendezvous")
     rendezvous_file.unlink(missing_ok=True)
     rendezvous = {RENDEZVOUS_FILE_ENV: str(rendezvous_file)} if completions > 1 else {}
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    codes: dict[int, int] = {}
+
+    def run_index(index: int, log: IO[bytes]) -> None:
+        for _ in range(attempts):
+            # Kubernetes sets the index in every pod of an Indexed Job, whatever the container declares.
+            pod = {COMPLETION_INDEX_ENV: str(index)} if indexed else {}
+            env = processes.local_env(container, namespace, index, {**rendezvous, **pod})
+            worker = processes.start(argv, env, subprocess.PIPE)
+            _copy(worker.stdout, log, index == 0)
+            codes[index] = worker.wait()
+            if codes[index] == 0:
+                return
+
     with log_path.open("ab") as log:
-        workers = [
-            processes.start(
-                argv, processes.local_env(container, namespace, index, rendezvous), subprocess.PIPE
-            )
-            for index in range(completions)
-        ]
-        copiers = [
-            threading.Thread(target=_copy, args=(p.stdout, log, index == 0), daemon=True)
-            for index, p in enumerate(workers)
-        ]
-        for copier in copiers:
-            copier.start()
-        codes = [worker.wait() for worker in workers]
-        for copier in copiers:
-            copier.join(timeout=5)
-    return None if all(code == 0 for code in codes) else last_line(log_path)
+        pods = [threading.Thread(target=run_index, args=(i, log), daemon=True) for i in range(completions)]
+        for pod in pods:
+            pod.start()
+        for pod in pods:
+            pod.join()
+    return None if all(codes.get(i) == 0 for i in range(completions)) else last_line(log_path)
 
 
 def _copy(source: IO[bytes] | None, log: IO[bytes], show: bool) -> None:

@@ -354,6 +354,14 @@ def _locked(layout: Layout) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def refuse_finished(output: Path) -> None:
+    """Raise BatchError when `output` holds a finished run: what a run without overwrite refuses, asked
+    before anything starts."""
+    layout = Layout(output)
+    if layout.predictions.exists():
+        raise _refuse_finished(layout)
+
+
 def _refuse_finished(layout: Layout) -> BatchError:
     return BatchError(
         f"output {layout.output} already exists (it holds {PREDICTIONS} of a finished run): "

@@ -132,7 +132,9 @@ def test_status_and_artifact_fields_are_read_only_through_their_models() -> None
 
 
 # The decisions of a control loop; `frugal up` gets them from the operator's own classes.
-LOOP_DECISIONS = frozenset({"decide", "run_tick", "recommend", "replan", "replan_at_load", "plan_at_load"})
+LOOP_DECISIONS = frozenset(
+    {"decide", "run_tick", "recommend", "replan", "replan_at_load", "plan_at_load", "decide_batch", "place"}
+)
 
 
 def test_frugal_up_runs_the_operators_loops_and_has_none_of_its_own() -> None:
