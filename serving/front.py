@@ -1,15 +1,22 @@
 """`frugal front`: the always-on front of a model that may scale to zero (the cluster's activator).
 
 A ModelDeployment with ``minReplicas: 0`` is called through its endpoint Service, which selects this
-front; the front forwards every request, as it came, to the live generation's first shard (the
-``--upstream`` Service) and returns the answer as it is. When the upstream refuses the connection —
+front; the front forwards every request, as it came (its request-target byte for byte: no ``..``
+resolved, nothing re-quoted), to the live generation's first shard (the ``--upstream`` Service) and
+returns the answer as it is. When the upstream refuses the connection —
 a Service with no ready endpoint does exactly that — the request is *held*: it waits, and the front
 retries the connection every ``--retry-interval-ms`` until a replica answers. Meanwhile the gauge
 ``frugal_front_held_requests`` counts what waits; the operator's autoscaler reads it through
 Prometheus and wakes the model. Clients see a slow first answer, never a refusal.
 
-Bounds, so nothing hangs: at most ``--hold-max-requests`` requests wait at once and each waits at
-most ``--hold-deadline-s``; past either the answer is 503 with ``Retry-After`` and a JSON ``error``.
+Bounds, so nothing hangs and memory stays bounded: the front keeps at most ``--hold-max-requests``
+requests at once (held, or on their way to a replica), counted before their body is read, each body
+at most ``--max-body-bytes`` (the operator passes the model's own limit and sizes the pair to the
+pod's memory; see docs/serving.md); a held request waits at most ``--hold-deadline-s``. Past the
+bound or the deadline the answer is 503 with ``Retry-After`` and a JSON ``error``. A client that goes
+away frees its place at once: its handler is cancelled (`Front.runner`), so an abandoned request is
+neither counted as held nor forwarded at the wake. A request aiohttp cannot parse (the client's
+fault) is logged on one line at DEBUG, not as an ERROR with a traceback.
 A request whose connection fails after it reached a replica is not retried (it may have run): 502.
 Each of these failures is a `frugal.serving.server.failures.ServingError` carrying its status, answered
 in one place (`error_response`). The front's settings are declared once, as the fields of `FrontConfig`.
@@ -29,19 +36,35 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from yarl import URL
 
-from frugal.serving.server.failures import BadGateway, DeadlineExceeded, HoldFull, NoReplica, ServingError
+from frugal.schema.request_limits import SMALLEST_LIMIT
+from frugal.serving.server.client_faults import one_line, quiet_client_faults
+from frugal.serving.server.failures import (
+    BadGateway,
+    ClientClosed,
+    DeadlineExceeded,
+    HoldFull,
+    InvalidInput,
+    NoReplica,
+    PayloadTooLarge,
+    ServingError,
+)
 from frugal.serving.server.settings import Setting, add_arguments, declared
 
 log = logging.getLogger("frugal.front")
+# What aiohttp's server logs for the front (`Front.runner`): a request it could not parse is the client's
+# fault, logged on one line at DEBUG instead of an ERROR with a traceback.
+http_log = quiet_client_faults(logging.getLogger("frugal.front.http"))
 
 # Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those aiohttp sets.
 HOP_BY_HOP = frozenset(
@@ -56,7 +79,8 @@ HOLD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.
 @dataclass(frozen=True)
 class Hold:
     """How a front keeps requests that arrive while no replica runs (a model waking from zero): at
-    most `max_requests` wait, each at most `deadline_s`; past either, 503 with Retry-After."""
+    most `max_requests` wait, each at most `deadline_s`; past either, 503 with Retry-After. (`frugal
+    front` counts every request it keeps against `max_requests`, held or forwarded: each holds a body.)"""
 
     max_requests: int = 256
     deadline_s: float = 60.0
@@ -74,6 +98,8 @@ def json_error(status: int, message: str, retry_after_s: int | None = None) -> w
 def error_response(exc: ServingError) -> web.Response:
     """The one place the front's failures become answers: the status and Retry-After their class carries."""
     return json_error(exc.http_status, exc.message, exc.retry_after_s)
+
+
 
 
 class FrontMetrics:
@@ -120,18 +146,30 @@ class Front:
         self.retry_interval_s = retry_interval_s
         self.max_body_bytes = max_body_bytes
         self.timeout = aiohttp.ClientTimeout(total=upstream_timeout_s, sock_connect=2)
+        self.kept = 0  # requests in the front now (body being read, held or forwarded): each may hold a body
         self.held = 0
         self._session: aiohttp.ClientSession | None = None
+        # The front's own routes, matched on the request-target exactly as sent (anything else is forwarded).
+        self._own: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
+            "/v2/health/live": self._healthy,
+            "/v2/health/ready": self._healthy,
+            "/metrics": self._metrics,
+        }
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes)
-        app.router.add_get("/v2/health/live", self._healthy)
-        app.router.add_get("/v2/health/ready", self._healthy)
-        app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
         return app
+
+    def runner(self) -> web.AppRunner:
+        """The front's server. A client that goes away cancels its request's handler, so a held request
+        frees its place (and the held gauge) at once and is never forwarded; aiohttp's own log of a
+        request it could not parse goes to `http_log`, one line at DEBUG."""
+        return web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, handler_cancellation=True, logger=http_log
+        )
 
     async def _open(self, _: web.Application) -> None:
         # auto_decompress off: bodies pass through byte for byte, with their Content-Encoding.
@@ -152,12 +190,15 @@ class Front:
         )
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        own = self._own.get(request.raw_path.partition("?")[0])
+        if own is not None and request.method in ("GET", "HEAD"):
+            return await own(request)
         try:
             response = await self._proxy(request)
+        except ClientClosed:
+            return web.Response(status=ClientClosed.http_status)  # nobody to answer, not counted
         except ServingError as exc:
             response = error_response(exc)
-        except web.HTTPException as exc:  # aiohttp's own refusal, e.g. a body over the limit: its status
-            response = json_error(exc.status, exc.reason or "bad request")
         except Exception as exc:  # never let one request take the front down
             log.exception("front: request failed")
             response = error_response(BadGateway(f"front: {type(exc).__name__}: {exc}"))
@@ -165,9 +206,35 @@ class Front:
         return response
 
     async def _proxy(self, request: web.Request) -> web.Response:
-        """The upstream's answer, or a `ServingError`: the hold is full or past its deadline (503), the
-        upstream did not answer in time (504) or failed after the request reached it (502)."""
-        body = await request.read()
+        """The upstream's answer, or a `ServingError`: the front is full or the hold past its deadline
+        (503), the body is too large (413) or malformed (400), the upstream did not answer in time (504)
+        or failed after the request reached it (502)."""
+        if self.kept >= self.hold.max_requests:  # before the body is read: what bounds the front's memory
+            raise HoldFull(
+                f"front: {self.kept} requests already wait here (for a replica or its answer); retry shortly"
+            )
+        self.kept += 1
+        try:
+            body = await self._read(request)
+            return await self._hold_and_forward(request, body)
+        finally:
+            self.kept -= 1
+
+    async def _read(self, request: web.Request) -> bytes:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(
+                f"request body is larger than --max-body-bytes ({self.max_body_bytes})"
+            ) from None
+        except ConnectionResetError:  # aiohttp's "Connection lost" while the body was arriving
+            log.debug("front: client %s went away before its request body arrived", request.remote)
+            raise ClientClosed("client closed the connection before the request body arrived") from None
+        except HttpProcessingError as exc:  # a body aiohttp could not parse, e.g. a broken chunk
+            log.debug("front: malformed request body from %s: %s", request.remote, one_line(exc.message))
+            raise InvalidInput(f"malformed request body: {one_line(exc.message)}") from None
+
+    async def _hold_and_forward(self, request: web.Request, body: bytes) -> web.Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -182,10 +249,6 @@ class Front:
                 except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                     waited = loop.time() - started
                     if not holding:
-                        if self.held >= self.hold.max_requests:
-                            raise HoldFull(
-                                f"front: {self.held} requests already wait for a replica; retry shortly"
-                            ) from exc
                         holding = True
                         self.held += 1
                         self.metrics.held.inc()
@@ -196,6 +259,10 @@ class Front:
                             retry_after_s=max(1, round(self.hold.deadline_s / 4)),
                         ) from exc
                     await asyncio.sleep(min(self.retry_interval_s, self.hold.deadline_s - waited))
+        except asyncio.CancelledError:  # the client went away (Front.runner), or the front stops
+            if holding:
+                log.debug("front: a held request's client went away after %.1fs", loop.time() - started)
+            raise
         except TimeoutError:
             raise DeadlineExceeded(f"front: {self.upstream} did not answer in time") from None
         except aiohttp.ClientError as exc:
@@ -215,13 +282,21 @@ def _why(exc: aiohttp.ClientError) -> object:
     return exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else "connect timed out"
 
 
+def request_target(request: web.Request) -> str:
+    """The request-target as the client sent it: path and query byte for byte (``..`` not resolved,
+    nothing decoded or re-quoted); for the absolute form a proxy would send, its path and query."""
+    raw = request.raw_path
+    return raw if raw.startswith("/") else URL(raw, encoded=True).raw_path_qs
+
+
 async def forward(
     session: aiohttp.ClientSession, request: web.Request, base: str, headers: dict[str, str], body: bytes
 ) -> web.Response:
-    """`request` sent on to `base` with the same method, path, query, end-to-end headers and body;
-    the answer as it came, less the hop-by-hop headers."""
+    """`request` sent on to `base` with the same method, request-target (`request_target`), end-to-end
+    headers and body; the answer as it came, less the hop-by-hop headers."""
+    url = URL(base + request_target(request), encoded=True)
     async with session.request(
-        request.method, base + request.rel_url.raw_path_qs, headers=headers, data=body, allow_redirects=False
+        request.method, url, headers=headers, data=body, allow_redirects=False
     ) as answer:
         payload = await answer.read()
         kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -245,13 +320,23 @@ class FrontConfig:
     host: Annotated[str, Setting("address to listen on (0.0.0.0 in a pod)")] = "127.0.0.1"
     port: Annotated[int, Setting("port to listen on (0: any free port, printed when ready)")] = 8080
     hold_max_requests: Annotated[
-        int, Setting("requests that may wait for a replica at once (503 beyond)")
+        int,
+        Setting(
+            "requests the front keeps at once, held or on their way to a replica (503 beyond); with "
+            "--max-body-bytes, what bounds its memory"
+        ),
     ] = Hold.max_requests
     hold_deadline_s: Annotated[float, Setting("longest a request waits for a replica (503 past it)")] = (
         Hold.deadline_s
     )
     retry_interval_ms: Annotated[float, Setting("pause between connection attempts while holding")] = 100.0
-    max_body_bytes: Annotated[int, Setting("largest request body accepted (413 beyond)")] = 64 * 1024 * 1024
+    max_body_bytes: Annotated[
+        int,
+        Setting(
+            "largest request body accepted, 413 beyond (the operator passes the model's own limit, derived "
+            "as frugal serve derives it)"
+        ),
+    ] = SMALLEST_LIMIT
     log_level: Annotated[str, Setting("DEBUG, INFO, WARNING or ERROR")] = "INFO"
 
 
@@ -281,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--hold-max-requests/--hold-deadline-s: {error}")
     if config.retry_interval_ms <= 0:
         parser.error("--retry-interval-ms must be above 0")
+    if config.max_body_bytes <= 0:
+        parser.error("--max-body-bytes must be above 0")
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -294,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve(front: Front, host: str, port: int) -> None:
-    runner = web.AppRunner(front.app(), access_log=None, handle_signals=False)
+    runner = front.runner()
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

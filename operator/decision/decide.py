@@ -324,8 +324,10 @@ def _endpoint_objects(
     if serving_objects.has_front(md):
         # The front's upstream moves like the endpoint did; the endpoint itself always selects the front.
         upstream = [] if live_now is None else [serving_objects.desired_live_service(md, live_now)]
+        assert isinstance(context.found, artifact_files.Artifacts) and context.choice is not None
+        served = context.found.manifest.variant(context.choice.candidate.variant)
         front = serving_objects.desired_front(
-            md, context.settings.serving_default, context.settings.front_placement
+            md, context.settings.serving_default, context.settings.front_placement, inputs=served.inputs
         )
         return [*upstream, front, serving_objects.desired_endpoint_service(md, before or current)], ()
     endpoint = [] if live_now is None else [serving_objects.desired_endpoint_service(md, live_now)]

@@ -133,8 +133,11 @@ def serve(
     return command
 
 
-def front(md: ModelDeploymentSpec, upstream: str, hold_deadline_s: float) -> list[str]:
-    """The always-on front of a model that scales to zero (`frugal front`)."""
+def front(
+    md: ModelDeploymentSpec, upstream: str, hold_deadline_s: float, *, hold_requests: int, max_body_bytes: int
+) -> list[str]:
+    """The always-on front of a model that scales to zero (`frugal front`): it keeps at most
+    `hold_requests` requests at once, each body at most `max_body_bytes` (``serving_objects.FrontBounds``)."""
     return [
         "frugal",
         "front",
@@ -149,9 +152,11 @@ def front(md: ModelDeploymentSpec, upstream: str, hold_deadline_s: float) -> lis
         "--port",
         str(SERVING_PORT),
         "--hold-max-requests",
-        str(md.max_queue_size),
+        str(hold_requests),
         "--hold-deadline-s",
         f"{hold_deadline_s:g}",
+        "--max-body-bytes",
+        str(max_body_bytes),
     ]
 
 

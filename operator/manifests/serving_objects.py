@@ -12,22 +12,28 @@ to and which moves between generations as the endpoint would.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec, Owner
 from frugal.operator.manifests import container_commands, names, pod_specs
 from frugal.operator.manifests.storage import ArtifactLocation
+from frugal.schema.artifact_format import TensorSpec
+from frugal.schema.request_limits import body_limit
 
 DRAIN_SECONDS = 5
 TERMINATION_GRACE_SECONDS = 30
 # How long the front holds a request for a model waking from zero: a pod start plus a model load.
 HOLD_DEADLINE_SECONDS = 60
-FRONT_RESOURCES = {
-    "requests": {"cpu": "50m", "memory": "64Mi", "ephemeral-storage": "64Mi"},
-    "limits": {"cpu": "1", "memory": "256Mi", "ephemeral-storage": "256Mi"},
-}
+MIB = 1024 * 1024
+# The front's memory (FrontBounds): its own process (about 40 MiB idle, measured; its memory request)
+# and the requests it keeps, each at most BODY_COPIES x the body limit: the body, and either the copy
+# aiohttp makes as it finishes reading it or the replica's answer.
+FRONT_MEMORY_LIMIT = 256 * MIB
+FRONT_PROCESS_MEMORY = 64 * MIB
+BODY_COPIES = 2
+FRONT_BOUNDS_ANNOTATION = "frugal.dev/front-bounds"
 
 
 class ServingOption(Protocol):
@@ -244,28 +250,90 @@ def front_selector(owner: Owner) -> dict[str, str]:
     return {names.LABEL_MD: owner.name, names.LABEL_ROLE: "front"}
 
 
+@dataclass(frozen=True)
+class FrontBounds:
+    """What a model's front may keep in memory: at most `requests` requests at once (held, or on their
+    way to a replica), each body at most `max_body_bytes`, within `memory_limit` bytes.
+
+    The rule: the body limit is the model's own, derived from the served variant's inputs exactly as
+    ``frugal serve`` derives its ``--max-body-bytes``; `requests` is ``maxQueueSize``, capped so that
+    ``FRONT_PROCESS_MEMORY + requests x BODY_COPIES x max_body_bytes`` fits FRONT_MEMORY_LIMIT. When not
+    even one request fits (a body limit above 96 MiB), the front keeps one and its memory limit grows to
+    fit it."""
+
+    max_body_bytes: int
+    requests: int
+    memory_limit: int
+    max_queue_size: int
+
+    @classmethod
+    def of(cls, md: ModelDeploymentSpec, inputs: Sequence[TensorSpec]) -> FrontBounds:
+        body = body_limit(inputs, md.max_batch_size)
+        per_request = BODY_COPIES * body
+        fits = (FRONT_MEMORY_LIMIT - FRONT_PROCESS_MEMORY) // per_request
+        requests = max(1, min(md.max_queue_size, fits))
+        needed = FRONT_PROCESS_MEMORY + requests * per_request
+        memory = max(FRONT_MEMORY_LIMIT, -(-needed // MIB) * MIB)
+        return cls(body, requests, memory, md.max_queue_size)
+
+    def describe(self) -> str:
+        """One line for the front Deployment's annotation: the bound and why it fits."""
+        capped = (
+            "" if self.requests == self.max_queue_size else f" (maxQueueSize {self.max_queue_size}, capped)"
+        )
+        return (
+            f"keeps at most {self.requests} request{'' if self.requests == 1 else 's'}{capped} of at most {self.max_body_bytes} bytes (the model's "
+            f"body limit): {FRONT_PROCESS_MEMORY // MIB}Mi + {self.requests} x {BODY_COPIES} x "
+            f"{self.max_body_bytes} B fits its {self.memory_limit // MIB}Mi memory limit"
+        )
+
+    def resources(self) -> dict[str, dict[str, str]]:
+        return {
+            "requests": {
+                "cpu": "50m",
+                "memory": f"{FRONT_PROCESS_MEMORY // MIB}Mi",
+                "ephemeral-storage": "64Mi",
+            },
+            "limits": {"cpu": "1", "memory": f"{self.memory_limit // MIB}Mi", "ephemeral-storage": "256Mi"},
+        }
+
+
 def desired_front(
-    md: ModelDeploymentSpec, image: str, placement: Mapping[str, Any] | None = None
+    md: ModelDeploymentSpec,
+    image: str,
+    placement: Mapping[str, Any] | None = None,
+    *,
+    inputs: Sequence[TensorSpec],
 ) -> dict[str, Any]:
     """The always-on front of a model that may scale to zero: it holds requests while no replica
     runs (its held-requests gauge wakes the model) and forwards them to ``<name>-live``. One replica,
-    owned by the operator's apply (the autoscaler never scales it); its template does not change
-    between generations, so a rollout does not restart it. `placement` (``nodeSelector``,
-    ``tolerations``) puts it where the operator runs, not on the model's pool: a front on a GPU pool
-    would keep a GPU node alive while the model sleeps."""
+    owned by the operator's apply (the autoscaler never scales it); its template changes only with the
+    served variant's `inputs` or the batching settings (`FrontBounds`), so a rollout of the same model
+    does not restart it. `placement` (``nodeSelector``, ``tolerations``) puts it where the operator
+    runs, not on the model's pool: a front on a GPU pool would keep a GPU node alive while the model
+    sleeps."""
     upstream = (
         f"http://{names.live_service(md.owner)}.{md.owner.namespace}.svc:{container_commands.SERVING_PORT}"
     )
+    bounds = FrontBounds.of(md, inputs)
     metadata = names.metadata(md.owner, names.front(md.owner), "front")
+    metadata["annotations"] = {FRONT_BOUNDS_ANNOTATION: bounds.describe()}
     template_labels = {k: v for k, v in metadata["labels"].items() if k != names.LABEL_GENERATION}
+    command = container_commands.front(
+        md,
+        upstream,
+        HOLD_DEADLINE_SECONDS,
+        hold_requests=bounds.requests,
+        max_body_bytes=bounds.max_body_bytes,
+    )
     container = {
         "name": "front",
         "image": image,
-        "command": container_commands.front(md, upstream, HOLD_DEADLINE_SECONDS),
+        "command": command,
         "env": list(pod_specs.SCRATCH_ENV),
         "securityContext": dict(pod_specs.CONTAINER_SECURITY),
         "volumeMounts": [{"name": pod_specs.SCRATCH_VOLUME, "mountPath": pod_specs.SCRATCH_PATH}],
-        "resources": FRONT_RESOURCES,
+        "resources": bounds.resources(),
         "ports": [{"name": "http", "containerPort": container_commands.SERVING_PORT, "protocol": "TCP"}],
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=6),

@@ -35,12 +35,15 @@ from grpc import aio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from frugal.serving.server import grpc_transport
+from frugal.serving.server.client_faults import quiet_client_faults
 from frugal.serving.server.codec import HEADER_LENGTH, decode_request, encode_response
 from frugal.serving.server.failures import ClientClosed, PayloadTooLarge, ServingError, unexpected
 from frugal.serving.server.service import ModelService, load_model
 from frugal.serving.server.settings import ServeConfig, flag
 
 log = logging.getLogger("frugal.serving")
+# aiohttp's own log of the server: a request it could not parse is one line at DEBUG (client_faults).
+HTTP_LOG = quiet_client_faults(logging.getLogger("frugal.serving.http"))
 
 SERVER_NAME = "frugal"
 SERVER_VERSION = "0.1.0"
@@ -286,7 +289,7 @@ async def serve(config: ServeConfig) -> int:
     registry = CollectorRegistry(auto_describe=True)
     service = ModelService(config, loaded, registry)
     app = build_app(service, registry)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, logger=HTTP_LOG)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, shutdown_timeout=config.request_timeout_ms / 1000)
     await site.start()

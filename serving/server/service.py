@@ -10,6 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from frugal.schema.request_limits import body_limit
 from frugal.serving.server import artifacts, runtime
 from frugal.serving.server.artifacts import Manifest, TensorSpec, Variant
 from frugal.serving.server.batching import Batcher, Tensors
@@ -19,7 +20,7 @@ from frugal.serving.server.forward import NextStage
 from frugal.serving.server.metrics import MetricLabels, ServerMetrics
 from frugal.serving.server.power import BusyClock, EstimatedPower, PowerSource, open_nvml
 from frugal.serving.server.settings import ServeConfig
-from frugal.serving.server.signature import body_limit, check_request
+from frugal.serving.server.signature import check_request
 
 log = logging.getLogger("frugal.serving")
 

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from frugal.serving.server.artifacts import TensorSpec
 from frugal.serving.server.codec import InferRequest
 from frugal.serving.server.failures import ProtocolError
-
-# What the largest request the server must take looks like, when --max-body-bytes is not given: this many
-# rows (or the server's batch, if larger), every other dimension the model leaves open at DYNAMIC_DIM,
-# written as JSON, whose numbers take up to JSON_BYTES_PER_ELEMENT characters ("-1.2345678901234567e-05,").
-REQUEST_ROWS = 256
-DYNAMIC_DIM = 512
-JSON_BYTES_PER_ELEMENT = 24
-BYTES_ELEMENT = 1024  # a BYTES element (a string) has no size in the signature
-ENVELOPE_BYTES = 64 * 1024  # names, datatypes, shapes, parameters
-SMALLEST_LIMIT = 1024 * 1024
 
 
 def check_request(request: InferRequest, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> int:
@@ -58,14 +47,3 @@ def _check_tensor(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> No
                 f"{where} has shape {list(shape)} but the model expects {list(spec.shape)} "
                 f"(dim {axis} must be {want})"
             )
-
-
-def body_limit(inputs: Sequence[TensorSpec], max_batch_size: int) -> int:
-    """The largest request body worth reading for a model with these inputs (see REQUEST_ROWS)."""
-    rows = max(REQUEST_ROWS, max_batch_size)
-    per_row = 0
-    for spec in inputs:
-        open_dims = [DYNAMIC_DIM if size < 0 else size for size in spec.shape[1:]]
-        element = BYTES_ELEMENT if spec.datatype == "BYTES" else JSON_BYTES_PER_ELEMENT
-        per_row += math.prod(open_dims) * element
-    return max(SMALLEST_LIMIT, rows * per_row + ENVELOPE_BYTES)

@@ -26,8 +26,8 @@ from serving_support import (
     write_artifacts,
 )
 
+from frugal.schema.request_limits import REQUEST_ROWS, SMALLEST_LIMIT, body_limit
 from frugal.serving.server.artifacts import TensorSpec
-from frugal.serving.server.signature import REQUEST_ROWS, SMALLEST_LIMIT, body_limit
 
 NARROW, WIDE = "narrow", "wide"
 WIDE_INPUT = 4096

@@ -477,7 +477,7 @@ def test_the_serving_image_serves_the_model_and_fronts_it_read_only_as_65532(
 
         address = podman("inspect", "--format", "{{.NetworkSettings.IPAddress}}", server).stdout.strip()
         upstream = f"http://{address}:{container_commands.SERVING_PORT}"
-        front = container_commands.front(md, upstream, 30)
+        front = container_commands.front(md, upstream, 30, hold_requests=8, max_body_bytes=1024 * 1024)
         publish = f"127.0.0.1:{front_port}:{container_commands.SERVING_PORT}"
         with container(images["serving"], front, "--publish", publish) as fronted:
             front_base = f"http://127.0.0.1:{front_port}"

@@ -121,3 +121,32 @@ def test_the_hold_is_bounded_and_has_a_deadline() -> None:
     (held, held_retry, held_s), (over, over_retry, over_s) = asyncio.run(scenario())
     assert held == 503 and held_retry and 0.4 <= held_s < 5  # waited out its deadline, then 503
     assert over == 503 and over_retry and over_s < 0.4  # the bound was reached: refused at once
+
+
+def test_a_client_that_hangs_up_while_held_frees_its_place_at_once() -> None:
+    """Defect class: abandoned held requests. A client gone while held must not keep a place in the
+    bound (the next request would be refused) nor count as demand."""
+
+    async def scenario() -> tuple[int, int, int, float]:
+        balancer = Balancer("shard-0", Hold(max_requests=1, deadline_s=2.0))
+        url = await balancer.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                gone = asyncio.create_task(session.post(f"{url}/v2/models/m/infer", data=REQUEST))
+                await asyncio.sleep(0.2)  # held
+                held_before = balancer.held
+                gone.cancel()  # the client hangs up
+                await asyncio.gather(gone, return_exceptions=True)
+                await asyncio.sleep(0.2)
+                held_after = balancer.held
+                started = time.monotonic()
+                async with session.post(f"{url}/v2/models/m/infer", data=REQUEST) as answer:
+                    await answer.read()
+                    return held_before, held_after, answer.status, time.monotonic() - started
+        finally:
+            await balancer.close()
+
+    held_before, held_after, status, waited = asyncio.run(scenario())
+    assert held_before == 1 and held_after == 0
+    # Held in turn (the place was free) until its own deadline, not refused at once for a ghost.
+    assert status == 503 and waited >= 1.5

@@ -106,7 +106,7 @@ def test_a_front_runs_with_the_operators_placement_not_on_the_models_pool() -> N
                      "autoscaling": {"minReplicas": 0}}}  # fmt: skip
     md = parse_model_deployment(body)
     placement = {"nodeSelector": {"pool": "system"}, "tolerations": [{"key": "pool", "operator": "Exists"}]}
-    pod = serving_objects.desired_front(md, "img", placement)["spec"]["template"]["spec"]
+    pod = serving_objects.desired_front(md, "img", placement, inputs=())["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "system"} and pod["tolerations"] == placement["tolerations"]
-    bare = serving_objects.desired_front(md, "img")["spec"]["template"]["spec"]
+    bare = serving_objects.desired_front(md, "img", inputs=())["spec"]["template"]["spec"]
     assert "nodeSelector" not in bare and "tolerations" not in bare

@@ -21,6 +21,7 @@ from frugal.operator.api.spec import (
 from frugal.operator.decision.planner import Option
 from frugal.operator.manifests import batch_jobs, container_commands, jobs, names, pod_specs, serving_objects
 from frugal.operator.manifests.storage import CLAIMS_MOUNT, POD_MOUNT, claim_volume_name, locate
+from frugal.schema.artifact_format import TensorSpec
 
 MD: dict[str, Any] = {
     "apiVersion": "frugal.dev/v1alpha1",
@@ -71,6 +72,7 @@ def md_with(**spec_changes: Any) -> ModelDeploymentSpec:
 
 
 SPEC = md_with()
+DIGITS_INPUTS = (TensorSpec(name="input", datatype="FP32", shape=(-1, 64)),)  # the served variant's inputs
 ARTIFACTS = locate("pvc://frugal-artifacts/store", SPEC.owner)
 
 
@@ -438,7 +440,7 @@ def test_a_model_that_may_scale_to_zero_is_reached_through_its_front() -> None:
     live = serving_objects.desired_live_service(SPEC, serving_objects.Live(2))
     assert live["metadata"]["name"] == "digits-live"
     assert live["spec"]["selector"][names.LABEL_GENERATION] == "2"
-    front = serving_objects.desired_front(SPEC, "img:1")
+    front = serving_objects.desired_front(SPEC, "img:1", inputs=DIGITS_INPUTS)
     pod = front["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -490,7 +492,7 @@ def every_pod_template() -> dict[str, dict[str, Any]]:
         "compress": jobs.desired_compression_job(md_with(compression__distillation={"workers": 2}), GPU, IMAGE, ARTIFACTS),
         "profile": jobs.desired_profiling_job(SPEC, GPU, IMAGE, ARTIFACTS),
         "shard": serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, selection, 0),
-        "front": serving_objects.desired_front(SPEC, IMAGE),
+        "front": serving_objects.desired_front(SPEC, IMAGE, inputs=DIGITS_INPUTS),
         "batch-score": score,
         "batch-aggregate": aggregate,
     }  # fmt: skip

@@ -11,7 +11,7 @@ from typing import Annotated
 import grpc
 import orjson
 import pytest
-from test_manifests import ARTIFACTS, GPU, IMAGE, SPEC
+from test_manifests import ARTIFACTS, DIGITS_INPUTS, GPU, IMAGE, SPEC
 
 from frugal.operator.decision.planner import Option
 from frugal.operator.manifests import serving_objects
@@ -113,7 +113,7 @@ def test_the_operators_serving_pod_parses_with_frugal_serve() -> None:
 
 
 def test_the_operators_front_parses_with_frugal_front() -> None:
-    (container,) = serving_objects.desired_front(SPEC, IMAGE)["spec"]["template"]["spec"]["containers"]
+    (container,) = serving_objects.desired_front(SPEC, IMAGE, inputs=DIGITS_INPUTS)["spec"]["template"]["spec"]["containers"]
     command = [*container.get("command", []), *container.get("args", [])]
     assert command[:2] == ["frugal", "front"]
     args = front.build_parser({}).parse_args(command[2:])

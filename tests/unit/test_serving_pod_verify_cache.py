@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from test_manifests import ARTIFACTS, GPU, IMAGE, SPEC
+from test_manifests import ARTIFACTS, DIGITS_INPUTS, GPU, IMAGE, SPEC
 
 from frugal.operator.decision.planner import Option
 from frugal.operator.manifests import jobs, pod_specs, serving_objects
@@ -32,7 +32,7 @@ def test_every_shard_mounts_an_emptydir_and_points_the_server_at_it() -> None:
 
 def test_jobs_and_the_front_get_no_verify_cache() -> None:
     job = jobs.desired_compression_job(SPEC, GPU, IMAGE, ARTIFACTS)
-    front = serving_objects.desired_front(SPEC, IMAGE)
+    front = serving_objects.desired_front(SPEC, IMAGE, inputs=DIGITS_INPUTS)
     for pod in (job["spec"]["template"]["spec"], front["spec"]["template"]["spec"]):
         assert pod_specs.VERIFY_CACHE_VOLUME not in {v["name"] for v in pod["volumes"]}
         for container in pod["containers"]:
