@@ -68,3 +68,37 @@ def test_a_finished_output_is_left_alone_unless_overwrite_is_asked(runs: dict[st
     replaced = run(tmp, tmp / "one", "--workers", "1", "--overwrite")
     assert replaced.returncode == 0, replaced.stderr[-3000:]
     assert predictions.stat().st_mtime_ns != before
+
+
+def test_artifacts_straight_from_frugal_compress_are_placed_by_the_reports_throughput(tmp_path: Path) -> None:
+    """Defect class: local and cluster paths disagreeing. `frugal batch` on the output of `frugal
+    compress` (no profiling run) failed with "no throughput measured", while the operator falls back to
+    the compression report's throughput; the local command now runs the operator's own reconciler."""
+    artifacts = tmp_path / "artifacts"
+    compressed = subprocess.run(
+        [*FRUGAL, "compress", "--model", "zoo://digits-mlp", "--quantization", "dynamic-int8", "--out", str(artifacts)],
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert compressed.returncode == 0, compressed.stderr[-3000:]
+    document = {
+        "apiVersion": "frugal.dev/v1alpha1",
+        "kind": "BatchInference",
+        "metadata": {"name": "from-compress"},
+        "spec": {
+            "model": {"artifacts": {"uri": f"file://{artifacts}", "variant": "int8-dynamic"}},
+            "hardwareProfiles": ["local-cpu"],
+            "input": {"uri": "zoo://digits-mlp"},
+            "output": {"uri": f"file://{tmp_path / 'out'}", "overwrite": False},
+            "maxWorkers": 1,
+            "batchSize": 64,
+            "rowsPerShard": 128,
+        },
+    }
+    path = tmp_path / "batch.yaml"
+    path.write_text(yaml.safe_dump(document))
+    argv = [*FRUGAL, "batch", str(path), str(ROOT / "examples" / "digits.yaml"), "--workdir", str(tmp_path / "work")]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["rows"] == 450 and summary["hardwareProfile"] == "local-cpu"
+    assert (tmp_path / "out" / "predictions.npz").is_file()
