@@ -115,13 +115,15 @@ class BatchReconciler:
             model = _with_throughput(model, locations[ARTIFACTS], candidate_names(batch, profiles))
         workers = self.reconciler.job(ns, batch_jobs.job_name(batch.owner, "score"))
         aggregate = self.reconciler.job(ns, batch_jobs.job_name(batch.owner, "aggregate"))
-        progress, summary = _progress(
+        progress, summary, unreadable = _progress(
             locations.get(ARTIFACTS),
             None if model is None else model.variant,
             locations[INPUT],
             locations[OUTPUT],
             batch.spec.rows_per_shard,
         )
+        if unreadable is not None and input_error is None and summary is None:
+            input_error = unreadable
         observed = BatchObserved(
             model=model,
             model_error=model_error,
@@ -203,17 +205,22 @@ def _progress(
     input_location: Location,
     output: Location,
     rows_per_shard: int,
-) -> tuple[Progress, Mapping[str, Any] | None]:
-    """Shards done (their markers) and the summary, read from the output as the operator sees it, and
-    the shards in all, planned from the input's metadata as the workers plan them. Read only: the
-    output's rules (refuse, overwrite) are the workers' to apply."""
+) -> tuple[Progress, Mapping[str, Any] | None, str | None]:
+    """Shards done (their markers) and the summary, read from the output as the operator sees it, the
+    shards in all, planned from the input's metadata as the workers plan them, and why the input
+    cannot be planned (when the operator sees it, no worker could plan it either). Read only: the
+    output's rules (refuse, overwrite) are the workers' to apply.
+
+    The input is anyone's file: whatever reading it raises stays with this BatchInference (its
+    status says so) and never reaches the loop that reconciles every other one."""
     from frugal.serving.batch import engine
     from frugal.serving.batch import inputs as batch_data
     from frugal.serving.server import artifacts as artifact_format
 
     if output.operator_path is None:
-        return Progress(), None
+        return Progress(), None, None
     total_shards = total_rows = None
+    unreadable: str | None = None
     if (
         input_location.operator_path is not None
         and artifacts is not None
@@ -228,20 +235,33 @@ def _progress(
             ]
             shards = batch_data.plan(files, rows_per_shard)
             total_shards, total_rows = len(shards), sum(shard.rows for shard in shards)
-        except (batch_data.BatchError, artifact_format.ArtifactError, OSError):
-            pass
+        except batch_data.BatchError as error:
+            # The same bytes the workers would read (declaring more rows than they hold, say): refused
+            # before any Job. An input missing here may be on a claim the operator does not mount.
+            if input_location.operator_path.exists():
+                unreadable = f"spec.input.uri {input_location.uri} cannot be scored: {error}"
+        except (artifact_format.ArtifactError, OSError):
+            pass  # the model's files are another condition's; a transient read error, the next poll's
+        except Exception as error:  # one user's file must not stop every other batch
+            log.warning("BatchInference input %s cannot be planned", input_location.uri, exc_info=True)
+            unreadable = (
+                f"spec.input.uri {input_location.uri} is unreadable: {type(error).__name__}: "
+                f"{batch_data.one_line(error)}"
+            )[:2048]
     layout = engine.Layout(output.operator_path)
-    markers = [
-        marker
-        for path in sorted(layout.shards.glob(f"part-*{engine.MARKER_SUFFIX}"))
-        if layout.shards.is_dir() and (marker := engine.read_marker(path)) is not None
-    ]
+    markers: list[engine.Marker] = []
     summary = None
-    if layout.summary.is_file():
-        try:
+    try:
+        if layout.shards.is_dir() and not layout.shards.is_symlink():
+            markers = [
+                marker
+                for path in sorted(layout.shards.glob(f"part-*{engine.MARKER_SUFFIX}"))
+                if (marker := engine.read_marker(path)) is not None
+            ]
+        if layout.summary.is_file() and not layout.summary.is_symlink():
             summary = json.loads(layout.summary.read_text())
-        except (OSError, ValueError):
-            summary = None
+    except Exception:  # the output is anyone's directory too: no progress, and no crash
+        log.warning("BatchInference output %s cannot be read", output.uri, exc_info=True)
     return (
         Progress(
             shards_done=len(markers),
@@ -254,4 +274,5 @@ def _progress(
             else 0.0,
         ),
         summary,
+        unreadable,
     )

@@ -28,6 +28,12 @@ markers that record another input or model (another file, rows, file size or mti
 sha256) are an error, or with ``overwrite`` are removed with their outputs. A worker killed while
 writing leaves a ``shards/.part-*.tmp`` file behind (harmless; overwrite removes it with ``shards/``).
 
+Nothing is written through a link planted inside the output: a symbolic link where the batch expects
+``shards/``, a part file, a marker, ``predictions.npz``, ``summary.json`` or the lock is refused with
+a BatchError naming it (with or without overwrite), and every file is created and renamed relative to
+its directory opened with ``O_NOFOLLOW`` (``shards/``; the output directory itself is the user's to
+choose, link or not), so a link swapped in after the check is not followed either.
+
 Every input file is checked against the model's inputs from its metadata before anything is
 written or removed. What only the rows can tell (nulls, rows of a list column of different lengths)
 shows when that shard is read: the worker stops there with the error, the shards before it kept.
@@ -46,13 +52,14 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISLNK
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
@@ -342,16 +349,66 @@ def _load_model(config: BatchConfig, directory: Path, manifest: Manifest, varian
 @contextlib.contextmanager
 def _locked(layout: Layout) -> Iterator[None]:
     """The output's lock: settling (refusing, discarding) and aggregating happen one process at a time."""
+    lock = layout.output / LOCK
     try:
         layout.output.mkdir(parents=True, exist_ok=True)
-        fd = os.open(layout.output / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as exc:
+        if lock.is_symlink():
+            raise _planted(lock) from None
         raise BatchError(f"output {layout.output} is not writable: {exc.strerror}") from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _planted(path: Path) -> BatchError:
+    try:
+        target = f" (to {os.readlink(path)})"
+    except OSError:
+        target = ""
+    return BatchError(
+        f"{path} is a symbolic link{target} inside the batch's output: a batch writes only real files and "
+        "directories there and never through a link; remove it or choose another output"
+    )
+
+
+def _refuse_links(layout: Layout) -> None:
+    """Raise BatchError when a symbolic link stands where the batch writes: ``shards/``, anything in it,
+    ``predictions.npz``, ``summary.json`` or the lock."""
+    for path in (layout.shards, layout.predictions, layout.summary, layout.output / LOCK):
+        if path.is_symlink():
+            raise _planted(path)
+    if layout.shards.is_dir():
+        with os.scandir(layout.shards) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    raise _planted(Path(entry.path))
+
+
+def _open_dir(directory: Path, follow: bool = False) -> int:
+    """`directory` opened to create and rename files in relative to it; a link in its place is refused
+    (unless `follow`: the output directory itself, which the user names)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        return os.open(directory, flags)
+    except OSError:
+        if not follow and directory.is_symlink():
+            raise _planted(directory) from None
+        raise
+
+
+def _make_dir(directory: Path) -> None:
+    """Create `directory` (its parent exists); one already there must be a real directory, not a link."""
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        if directory.is_symlink():
+            raise _planted(directory) from None
+        if not directory.is_dir():
+            raise BatchError(f"{directory} is not a directory; remove it or choose another output") from None
 
 
 def refuse_finished(output: Path) -> None:
@@ -380,6 +437,9 @@ def read_marker(path: Path) -> Marker | None:
 def finished(run: Run, shard: Shard) -> Marker | None:
     """The shard's marker when the shard is done for this run: a marker of this input and model, and
     its outputs beside it."""
+    for path in (run.layout.marker(shard.index), run.layout.part(shard.index)):
+        if path.is_symlink():
+            raise _planted(path)
     marker = read_marker(run.layout.marker(shard.index))
     if marker is None or not run.matches(marker) or not run.layout.part(shard.index).is_file():
         return None
@@ -397,6 +457,7 @@ def _settle(run: Run) -> None:
     refuse or (overwrite) remove markers of another input or model. A matching unfinished run stays."""
     layout, overwrite = run.layout, run.config.overwrite
     with _locked(layout):
+        _refuse_links(layout)
         if layout.predictions.exists():
             if not overwrite:
                 raise _refuse_finished(layout)
@@ -415,38 +476,73 @@ def _settle(run: Run) -> None:
             f"{layout.shards} holds {len(stale)} shard(s) of another input or model (e.g. {stale[0].name}): "
             "pass overwrite (--overwrite) to replace them or choose another output"
         )
-    for path in stale:
-        path.unlink(missing_ok=True)
-        path.with_suffix(".npz").unlink(missing_ok=True)
+    if not stale:
+        return
+    shards = _open_dir(layout.shards)  # removed relative to it: a link swapped in is not followed
+    try:
+        for path in stale:
+            for name in (path.name, path.with_suffix(".npz").name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=shards)
+    finally:
+        os.close(shards)
 
 
-def _write_atomically(target: Path, write: Callable[[IO[bytes]], object], durable: bool = True) -> None:
+def _write_atomically(
+    layout: Layout, target: Path, write: Callable[[IO[bytes]], object], durable: bool = True
+) -> None:
     """Write through a temporary file in the same directory, then rename: readers see all or nothing.
     `durable` syncs the data to disk before the rename, so a machine crash cannot leave the name
-    pointing at lost data; a marker is written without it (see `_score`)."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    pointing at lost data; a marker is written without it (see `_score`). Both happen relative to the
+    directory opened without following a link (see the module's docstring), and a link at `target`
+    is refused rather than replaced."""
+    directory = _open_dir(target.parent, follow=target.parent == layout.output)
     try:
-        os.fchmod(handle, FILE_MODE)
-        with os.fdopen(handle, "wb") as out:
-            write(out)
-            out.flush()
-            if durable:
-                os.fsync(out.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+        if _is_link_at(target.name, directory):
+            raise _planted(target)
+        temporary, handle = _create_temporary(target.name, directory)
+        try:
+            os.fchmod(handle, FILE_MODE)
+            with os.fdopen(handle, "wb") as out:
+                write(out)
+                out.flush()
+                if durable:
+                    os.fsync(out.fileno())
+            os.replace(temporary, target.name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=directory)
+            raise
+    finally:
+        os.close(directory)
 
 
-def _write_npz(target: Path, arrays: Mapping[str, np.ndarray]) -> None:
+def _is_link_at(name: str, directory: int) -> bool:
+    try:
+        return S_ISLNK(os.lstat(name, dir_fd=directory).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _create_temporary(name: str, directory: int) -> tuple[str, int]:
+    """A new file ``.<name>.<random>.tmp`` in `directory` (created, never opened through a link)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        temporary = f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return temporary, os.open(temporary, flags, FILE_MODE, dir_fd=directory)
+        except FileExistsError:
+            continue
+
+
+def _write_npz(layout: Layout, target: Path, arrays: Mapping[str, np.ndarray]) -> None:
     savez: Callable[..., None] = np.savez  # its stub types **kwds as its own flags
-    _write_atomically(target, lambda out: savez(out, **arrays))
+    _write_atomically(layout, target, lambda out: savez(out, **arrays))
 
 
-def _write_json(target: Path, document: BaseModel, durable: bool = True) -> None:
+def _write_json(layout: Layout, target: Path, document: BaseModel, durable: bool = True) -> None:
     text = document.model_dump_json(by_alias=True, indent=2).encode()
-    _write_atomically(target, lambda out: out.write(text), durable)
+    _write_atomically(layout, target, lambda out: out.write(text), durable)
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -482,7 +578,7 @@ def run_worker(config: BatchConfig, index: int, count: int) -> WorkerResult:
     run, model = _prepare(config)
     mine = run.shards[index::count]
     reader = ShardReader(run.inputs)
-    run.layout.shards.mkdir(parents=True, exist_ok=True)
+    _make_dir(run.layout.shards)
     computed = rows = 0
     busy = 0.0
     for position, shard in enumerate(mine, 1):
@@ -504,7 +600,7 @@ def _score(run: Run, model: OnnxModel, reader: ShardReader, shard: Shard, index:
     outputs = infer(
         model, reader.read(shard), run.config.batch_size, f"{shard.file}: rows {shard.start}-{shard.stop}"
     )
-    _write_npz(run.layout.part(shard.index), outputs)
+    _write_npz(run.layout, run.layout.part(shard.index), outputs)
     marker = Marker.model_validate(
         {
             **run.expected(shard),
@@ -519,7 +615,7 @@ def _score(run: Run, model: OnnxModel, reader: ShardReader, shard: Shard, index:
     )
     # Not synced: the outputs it vouches for are, and a marker lost or cut short by a machine crash
     # only makes the shard run again (one sync per shard instead of two; a sync costs ~5 ms here).
-    _write_json(run.layout.marker(shard.index), marker, durable=False)
+    _write_json(run.layout, run.layout.marker(shard.index), marker, durable=False)
     return marker
 
 
@@ -560,13 +656,14 @@ def aggregate(config: BatchConfig) -> Summary:
     run = _open_run(config, directory, manifest, variant, _signature(config, directory, manifest, variant))
     layout = run.layout
     with _locked(layout):
+        _refuse_links(layout)
         if layout.predictions.exists() and not config.overwrite:
             raise _refuse_finished(layout)
         markers = _finished_markers(run)
         outputs = _join(run, markers)
         summary = summarise(run, markers, outputs)
-        _write_json(layout.summary, summary)
-        _write_npz(layout.predictions, outputs)
+        _write_json(layout, layout.summary, summary)
+        _write_npz(layout, layout.predictions, outputs)
     return summary
 
 

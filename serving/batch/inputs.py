@@ -12,6 +12,15 @@ metadata (an ``.npz`` member's header, a ``.parquet`` footer), so a worker does 
 dataset to find its share; what only the rows can tell (the lengths of a list column's rows, nulls)
 is checked when a shard is read. Every problem is a :class:`BatchError` with a one-line message
 naming the file, the input and what the model expects.
+
+Metadata is declared, not measured: a 400-byte ``.npz`` can declare 10^12 rows, and planning a
+shard per ``rowsPerShard`` of them would take every process that plans it (each worker, and the
+operator's progress poll every 10 s) out of memory. So every declared size is checked against the
+bytes that back it before anything is planned: an ``.npz`` member's rows against the member's stored
+bytes (stored: exactly; deflated: the most deflate can inflate them to, 1032 to 1; other zip methods
+are refused), a ``.parquet`` footer's rows against its row groups and the bytes of its column
+chunks (at most `PARQUET_ROWS_PER_BYTE` rows a byte, far above what any encoding reaches), and the
+plan itself to `MAX_SHARDS` shards, counted before a shard is made.
 """
 
 from __future__ import annotations
@@ -31,6 +40,9 @@ from frugal.serving.server.artifacts import TensorSpec
 
 SUFFIXES = (".npz", ".parquet")
 PVC_ROOT_ENV = "FRUGAL_PVC_ROOT"
+DEFLATE_MAX_RATIO = 1032  # deflate's largest expansion: a 258-byte match in about two bits
+PARQUET_ROWS_PER_BYTE = 4096  # pyarrow writes a constant column at ~300 rows a byte at most
+MAX_SHARDS = 100_000  # a plan this size is ~15 MB in each process that makes it
 
 
 class BatchError(Exception):
@@ -141,12 +153,14 @@ def describe(path: Path, specs: Sequence[TensorSpec]) -> FileInfo:
 
 
 def _npz_columns(path: Path) -> dict[str, Column]:
-    """Each array's shape and dtype from its ``.npy`` header, without reading the array."""
+    """Each array's shape and dtype from its ``.npy`` header, without reading the array, after checking
+    that the member's real bytes can hold what the header declares."""
     columns: dict[str, Column] = {}
     try:
+        size = path.stat().st_size
         with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
-                if member.endswith(".npy"):
+            for member in archive.infolist():
+                if member.filename.endswith(".npy"):
                     with archive.open(member) as handle:
                         version = np.lib.format.read_magic(handle)
                         read = (
@@ -155,10 +169,45 @@ def _npz_columns(path: Path) -> dict[str, Column]:
                             else np.lib.format.read_array_header_2_0
                         )
                         shape, _, dtype = read(handle)
-                    columns[member.removesuffix(".npy")] = Column(tuple(shape), np.dtype(dtype))
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+                        header = handle.tell()
+                    name = member.filename.removesuffix(".npy")
+                    _check_npy_size(path, name, member, size, header, tuple(shape), np.dtype(dtype))
+                    columns[name] = Column(tuple(shape), np.dtype(dtype))
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as exc:
+        # zipfile: RuntimeError for an encrypted member, NotImplementedError for an unknown method
         raise BatchError(f"cannot read {path} as .npz ({one_line(exc)})") from None
     return columns
+
+
+def _check_npy_size(
+    path: Path, name: str, member: zipfile.ZipInfo, archive_size: int, header: int,
+    shape: tuple[int, ...], dtype: np.dtype[Any],
+) -> None:  # fmt: skip
+    """Refuse a header whose shape the member's bytes cannot back: stored, the array is the bytes after
+    the header; deflated, the most those bytes inflate to (every row counted as one byte at least, so
+    rows of nothing cannot be declared by the trillion either)."""
+    where = f"{path}: array {name!r}"
+    if any(d < 0 for d in shape):
+        raise BatchError(f"{where} declares the shape {list(shape)}, with a negative dimension")
+    rows = shape[0] if shape else 1
+    row_bytes = int(np.prod(shape[1:], dtype=object)) * dtype.itemsize if shape else dtype.itemsize
+    needed = rows * max(row_bytes, 1)
+    stored = min(member.compress_size, archive_size)
+    if member.compress_type == zipfile.ZIP_STORED:
+        holds, how = min(stored, member.file_size) - header, ""
+    elif member.compress_type == zipfile.ZIP_DEFLATED:
+        holds = min(member.file_size, stored * DEFLATE_MAX_RATIO) - header
+        how = f" once inflated ({stored} bytes deflated, {DEFLATE_MAX_RATIO}× at most)"
+    else:
+        raise BatchError(
+            f"{where} is compressed with zip method {member.compress_type}; a batch reads .npz members "
+            "stored or deflated (as np.savez and np.savez_compressed write them)"
+        )
+    if needed > holds:
+        raise BatchError(
+            f"{where} declares {rows} rows but holds {max(holds, 0)} bytes{how}: its {dtype} rows of "
+            f"{list(shape[1:])} need {needed} bytes (the header does not match the data)"
+        )
 
 
 def _pyarrow() -> Any:
@@ -172,11 +221,15 @@ def _pyarrow() -> Any:
 
 
 def _parquet_columns(path: Path) -> dict[str, Column]:
-    """Each column's rank, fixed list sizes and leaf dtype from the file's footer."""
+    """Each column's rank, fixed list sizes and leaf dtype from the file's footer, after checking the
+    footer's row count against its row groups and the bytes of its column chunks."""
     pa = _pyarrow()
     try:
+        size = path.stat().st_size
         handle = pa.parquet.ParquetFile(path)
-        rows, schema = handle.metadata.num_rows, handle.schema_arrow
+        metadata, schema = handle.metadata, handle.schema_arrow
+        rows = metadata.num_rows
+        _check_parquet_size(path, metadata, size)
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise BatchError(f"cannot read {path} as .parquet ({one_line(exc)})") from None
     columns: dict[str, Column] = {}
@@ -188,6 +241,33 @@ def _parquet_columns(path: Path) -> dict[str, Column]:
             leaf = leaf.value_type
         columns[field.name] = Column(tuple(shape), _leaf_dtype(leaf))
     return columns
+
+
+def _check_parquet_size(path: Path, metadata: Any, size: int) -> None:
+    """The footer's rows must be its row groups' rows, every column chunk must lie inside the file, and
+    the rows must fit in the chunks' bytes at `PARQUET_ROWS_PER_BYTE` rows a byte at most."""
+    rows = metadata.num_rows
+    groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+    in_groups = sum(group.num_rows for group in groups)
+    if rows < 0 or in_groups != rows or any(group.num_rows < 0 for group in groups):
+        raise BatchError(f"{path}: the footer declares {rows} rows but its row groups hold {in_groups} rows")
+    data = 0
+    for group in groups:
+        for index in range(group.num_columns):
+            chunk = group.column(index)
+            start = min(o for o in (chunk.dictionary_page_offset, chunk.data_page_offset) if o is not None)
+            length = chunk.total_compressed_size
+            if start < 0 or length < 0 or start + length > size:
+                raise BatchError(
+                    f"{path}: column {chunk.path_in_schema!r} declares {length} bytes at offset {start} "
+                    f"but the file holds {size} bytes"
+                )
+            data += length
+    if rows > PARQUET_ROWS_PER_BYTE * data:
+        raise BatchError(
+            f"{path}: declares {rows} rows but holds {data} bytes of column data (at most "
+            f"{PARQUET_ROWS_PER_BYTE} rows a byte: the footer does not match the data)"
+        )
 
 
 def _is_list(pa: Any, kind: Any) -> bool:
@@ -224,7 +304,14 @@ class Shard:
 
 def plan(files: Sequence[FileInfo], rows_per_shard: int) -> list[Shard]:
     """Every file cut into ranges of `rows_per_shard` rows (the last of a file may be shorter); an empty
-    file has no shards."""
+    file has no shards. More than `MAX_SHARDS` is a BatchError, counted before a shard is made."""
+    count = sum(-(-info.rows // rows_per_shard) for info in files)
+    if count > MAX_SHARDS:
+        rows = sum(info.rows for info in files)
+        raise BatchError(
+            f"the input's {rows} rows in shards of {rows_per_shard} rows are {count} shards, more than the "
+            f"{MAX_SHARDS} a batch plans: raise rowsPerShard to {-(-rows // MAX_SHARDS)} or more"
+        )
     shards: list[Shard] = []
     for info in files:
         for start in range(0, info.rows, rows_per_shard):
@@ -264,7 +351,15 @@ class ShardReader:
         try:
             with np.load(path, allow_pickle=False) as handle:
                 return {name: handle[name] for name in names}
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            zipfile.BadZipFile,
+            EOFError,
+            RuntimeError,
+            NotImplementedError,
+        ) as exc:
             raise BatchError(f"cannot read {path} as .npz ({one_line(exc)})") from None
 
     @staticmethod

@@ -21,6 +21,13 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     )
 
 
+def compressed_digits(out: Path) -> Path:
+    """The digits MLP compressed by the project's own `frugal compress` into `out` (fp32 and int8-dynamic)."""
+    done = run_cli("--model", "zoo://digits-mlp", "--quantization", "dynamic-int8", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
 def assert_user_error(out: Path, *args: str, mentions: str) -> None:
     """``frugal compress ARGS --out OUT`` refuses with one line mentioning ``mentions``, exit 2, and
     leaves neither the artifact nor a staging directory."""

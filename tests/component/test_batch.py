@@ -25,7 +25,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from compression_support import run_cli
+from compression_support import compressed_digits
 from sklearn.datasets import load_digits
 
 from frugal.serving.batch.engine import BatchConfig, BatchError, aggregate, run_worker
@@ -40,10 +40,7 @@ COPIES, SHARDS = 20, 1124  # the many_shards input: 20 × 1,797 rows in shards o
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The digits MLP compressed by the project's own `frugal compress` (fp32 and int8-dynamic)."""
-    out = tmp_path_factory.mktemp("artifacts") / "digits"
-    done = run_cli("--model", "zoo://digits-mlp", "--quantization", "dynamic-int8", "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    return out
+    return compressed_digits(tmp_path_factory.mktemp("artifacts") / "digits")
 
 
 @pytest.fixture(scope="module")
