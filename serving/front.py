@@ -58,8 +58,16 @@ from frugal.serving.server.failures import (
     NoReplica,
     PayloadTooLarge,
     ServingError,
+    echo,
 )
-from frugal.serving.server.settings import Setting, add_arguments, declared
+from frugal.serving.server.settings import (
+    LOG_LEVELS,
+    Setting,
+    StartupError,
+    add_arguments,
+    cannot_listen,
+    declared,
+)
 
 log = logging.getLogger("frugal.front")
 # What aiohttp's server logs for the front (`Front.runner`): a request it could not parse is the client's
@@ -201,7 +209,7 @@ class Front:
             response = error_response(exc)
         except Exception as exc:  # never let one request take the front down
             log.exception("front: request failed")
-            response = error_response(BadGateway(f"front: {type(exc).__name__}: {exc}"))
+            response = error_response(BadGateway(f"front: {type(exc).__name__}: {one_line(exc)}"))
         self.metrics.answered(response.status)
         return response
 
@@ -266,7 +274,7 @@ class Front:
         except TimeoutError:
             raise DeadlineExceeded(f"front: {self.upstream} did not answer in time") from None
         except aiohttp.ClientError as exc:
-            raise BadGateway(f"front: {self.upstream} failed: {exc}") from None
+            raise BadGateway(f"front: {self.upstream} failed: {one_line(exc)}") from None  # may quote the URL
         finally:
             if holding:
                 self.held -= 1
@@ -368,6 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--retry-interval-ms must be above 0")
     if config.max_body_bytes <= 0:
         parser.error("--max-body-bytes must be above 0")
+    if not _is_base_url(config.upstream):
+        parser.error(f"--upstream {echo(config.upstream)}: use a base URL such as http://md-live.ns.svc:8080")
+    if config.log_level.upper() not in LOG_LEVELS:
+        parser.error(f"--log-level {echo(config.log_level)} must be one of {', '.join(LOG_LEVELS)}")
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -376,15 +388,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     front = Front(
         config.upstream, hold, metrics, registry, config.retry_interval_ms / 1000.0, config.max_body_bytes
     )
-    asyncio.run(_serve(front, config.host, config.port))
+    try:
+        asyncio.run(_serve(front, config.host, config.port))
+    except StartupError as error:
+        print(f"frugal front: {error}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _is_base_url(text: str) -> bool:
+    try:
+        url = URL(text)
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and bool(url.host)
 
 
 async def _serve(front: Front, host: str, port: int) -> None:
     runner = front.runner()
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()  # closes the upstream session the app opened
+        raise cannot_listen(host, port, "--port", exc) from None
     bound = next(a for a in runner.addresses if isinstance(a, tuple))
     print(f"frugal front: forwarding to {front.upstream} on http://{host}:{bound[1]}", flush=True)
     stop = asyncio.Event()

@@ -4,7 +4,8 @@ Every flag can also come from an environment variable (FRUGAL_ + the flag in upp
 `--max-batch-size` ↔ FRUGAL_MAX_BATCH_SIZE) so a pod template can set them; a flag wins over its
 variable. Each setting (flag, variable, type, default, help) is declared once, as a field of
 `ServeConfig` in serving/server/settings.py; this parser is derived from those fields. Exit codes: 0
-after a clean shutdown, 2 for bad settings, 1 when the artifacts cannot be served.
+after a clean shutdown; 2 for input it cannot use, on one line naming the flag to change (a bad
+setting, a port in use, artifacts it cannot serve); 1 for a run that failed.
 """
 
 from __future__ import annotations
@@ -73,16 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from frugal.serving.server.app import serve
-    from frugal.serving.server.artifacts import ArtifactError
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(serve(config))
-    except ArtifactError as exc:
-        print(f"frugal serve: cannot serve: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # e.g. an unknown execution provider, an unsplittable shard
-        print(f"frugal serve: {exc}", file=sys.stderr)
+    except ValueError as exc:  # a StartupError (a port in use, artifacts it cannot serve), an unknown
+        print(f"frugal serve: {exc}", file=sys.stderr)  # execution provider, an unsplittable shard
         return 2
     except RuntimeError as exc:  # ONNX Runtime refusing the model file
         print(f"frugal serve: ONNX Runtime cannot load the variant: {exc}", file=sys.stderr)

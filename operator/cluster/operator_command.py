@@ -6,7 +6,8 @@
 
 Every flag has an environment variable (the Helm chart sets them); a flag given on the command line
 wins over its variable, and an empty variable counts as unset. Exit codes: 0 after a clean stop,
-2 for a bad flag or variable.
+2 for a bad flag or variable, or one it cannot start with (a port in use, a kubeconfig that does not
+load), printed on one line naming the flag to change.
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 from frugal.operator.decision.operator_settings import Settings
 from frugal.operator.manifests import images
 from frugal.operator.manifests.storage import STORAGE_SCHEMES
+from frugal.serving.server.failures import one_line
+from frugal.serving.server.settings import StartupError, cannot_listen, port_in_use
+
+if TYPE_CHECKING:
+    from frugal.operator.cluster.apply import Cluster
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_METRICS_PORT = 8000
@@ -320,7 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if options.kubeconfig:
         os.environ["KUBECONFIG"] = options.kubeconfig
-    run(options)
+    try:
+        run(options)
+    except StartupError as error:
+        print(f"frugal operator: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -332,19 +342,21 @@ def run(options: Options) -> None:
 
     from frugal.operator import telemetry as metrics
     from frugal.operator.cluster import handlers
-    from frugal.operator.cluster.apply import Cluster
     from frugal.operator.cluster.prometheus import PrometheusMetrics
     from frugal.operator.control.batch_reconciler import BatchReconciler
     from frugal.operator.control.reconciler import Reconciler
     from frugal.operator.control.scaler import Autoscaler
 
     operator_metrics = metrics.OperatorMetrics()
-    server = (
-        metrics.serve(operator_metrics, options.metrics_port, options.metrics_host)
-        if options.metrics_port
-        else None
-    )
-    cluster = Cluster.from_kubeconfig(options.kubeconfig, on_request=operator_metrics.count_request)
+    cluster = _cluster(options.kubeconfig, operator_metrics.count_request)
+    if options.health_port and (in_use := port_in_use(options.metrics_host, options.health_port)):
+        raise cannot_listen(options.metrics_host, options.health_port, "--health-port", in_use)
+    server = None
+    if options.metrics_port:
+        try:
+            server = metrics.serve(operator_metrics, options.metrics_port, options.metrics_host)
+        except OSError as exc:
+            raise cannot_listen(options.metrics_host, options.metrics_port, "--metrics-port", exc) from None
     reconciler = Reconciler(cluster, options.settings, operator_metrics)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, reconciler, options.interval, BatchReconciler(cluster, reconciler))
@@ -378,6 +390,24 @@ def run(options: Options) -> None:
         ticking.join(timeout=10)
         if server is not None:
             server.shutdown()
+
+
+def _cluster(kubeconfig: str | None, on_request: Callable[[str], None]) -> Cluster:
+    """The API client of the in-cluster config, else of the kubeconfig; `StartupError` when neither loads."""
+    import yaml
+    from kubernetes.config import ConfigException
+
+    from frugal.operator.cluster.apply import Cluster
+
+    if kubeconfig and not os.access(kubeconfig, os.R_OK):
+        raise StartupError(f"cannot read the kubeconfig {kubeconfig}", "--kubeconfig")
+    try:
+        return Cluster.from_kubeconfig(kubeconfig, on_request=on_request)
+    except (ConfigException, OSError, yaml.YAMLError) as exc:
+        why = one_line(exc).rstrip(".")
+        problem = f"the kubeconfig {kubeconfig}: {why}" if kubeconfig else f"no in-cluster config nor kubeconfig ({why})"
+        remedy = None if kubeconfig else "pass --kubeconfig FILE"
+        raise StartupError(problem, "--kubeconfig", remedy) from None
 
 
 def _configure(settings: Any, **_: Any) -> None:

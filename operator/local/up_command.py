@@ -44,8 +44,8 @@ def validate_files(files: Sequence[str]) -> int:
     console = Console(stderr=True)
     try:
         resources = load_resources(files)
-    except ValidationFailed as error:
-        console.print(str(error), markup=False, highlight=False)
+    except (ValidationFailed, ValueError) as error:
+        console.print(str(error), markup=False, highlight=False, soft_wrap=True)
         return EXIT_INVALID
     for resource in resources:
         console.print(f"ok  {resource.kind} {resource.metadata.name}", highlight=False)

@@ -39,7 +39,7 @@ from frugal.serving.server.client_faults import quiet_client_faults
 from frugal.serving.server.codec import HEADER_LENGTH, decode_request, encode_response
 from frugal.serving.server.failures import ClientClosed, PayloadTooLarge, ServingError, unexpected
 from frugal.serving.server.service import ModelService, load_model
-from frugal.serving.server.settings import ServeConfig, flag
+from frugal.serving.server.settings import ServeConfig, cannot_listen, flag
 
 log = logging.getLogger("frugal.serving")
 # aiohttp's own log of the server: a request it could not parse is one line at DEBUG (client_faults).
@@ -292,13 +292,22 @@ async def serve(config: ServeConfig) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None, logger=HTTP_LOG)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, shutdown_timeout=config.request_timeout_ms / 1000)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise cannot_listen(config.host, config.port, "--port", exc) from None
     grpc_server: aio.Server | None = None
     grpc_port = config.grpc_port
     if grpc_port >= 0:
-        grpc_server, grpc_port = await grpc_transport.start_server(
-            service, config.host, config.grpc_port, SERVER_NAME, SERVER_VERSION, EXTENSIONS
-        )
+        try:
+            grpc_server, grpc_port = await grpc_transport.start_server(
+                service, config.host, config.grpc_port, SERVER_NAME, SERVER_VERSION, EXTENSIONS
+            )
+        except OSError as exc:
+            await runner.cleanup()
+            remedy = "pass another --grpc-port (or -1: no gRPC)"
+            raise cannot_listen(config.host, config.grpc_port, "--grpc-port", exc, remedy) from None
     await service.start()
     port = _bound_port(runner, config.port)
     log.info(

@@ -9,17 +9,12 @@ truncated line at DEBUG; everything else passes as aiohttp logged it. Used by ``
 from __future__ import annotations
 
 import logging
-import re
 
 from aiohttp.http_exceptions import HttpProcessingError
 
+from frugal.serving.server.failures import one_line
 
-def one_line(text: object, limit: int = 300) -> str:
-    """`text` fit for one log line: whitespace runs (newlines included) as one space, other control
-    characters escaped, at most `limit` characters (what a client sent may be in it)."""
-    flat = re.sub(r"\s+", " ", str(text)).strip()
-    flat = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in flat)
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+__all__ = ["ClientFaults", "client_caused", "one_line", "quiet_client_faults"]
 
 
 def client_caused(exc: BaseException | None) -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from frugal.serving.datatypes import OIP_TO_NUMPY, oip_of_numpy
-from frugal.serving.server.failures import ProtocolError  # failures.InvalidInput, the codecs' name
+from frugal.serving.server.failures import ProtocolError, echo  # ProtocolError: failures.InvalidInput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -60,7 +60,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     try:
         length = int(header_length)
     except ValueError:
-        raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {header_length[:40]!r}") from None
+        raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {echo(repr(header_length))}") from None
     if not 0 <= length <= len(body):
         raise ProtocolError(f"{HEADER_LENGTH} is {length} but the body has {len(body)} bytes")
     return body[:length], body[length:]
@@ -89,7 +89,7 @@ def decode_request(body: bytes, header_length: str | None = None) -> InferReques
     for index, raw in enumerate(raw_inputs):
         name, datatype, array, used = _decode_tensor(raw, f"inputs[{index}]", binary, offset)
         if name in inputs:
-            raise ProtocolError(f"input '{name}' appears more than once in 'inputs'")
+            raise ProtocolError(f"input '{echo(name)}' appears more than once in 'inputs'")
         inputs[name], datatypes[name] = array, datatype
         offset += used
     if offset != len(binary):
@@ -152,10 +152,12 @@ def _decode_tensor(raw: Any, where: str, binary: bytes, offset: int) -> tuple[st
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise ProtocolError(f"{where}.name must be a non-empty string")
-    where = f"input '{name}'"
+    where = f"input '{echo(name)}'"
     datatype = raw.get("datatype")
     if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise ProtocolError(f"{where}: unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
+        raise ProtocolError(
+            f"{where}: unknown datatype {echo(repr(datatype))}; use one of {', '.join(DATATYPES)}"
+        )
     shape = _shape(raw.get("shape"), where)
     count = math.prod(shape)
     parameters = _parameters(raw.get("parameters"), f"{where}.parameters")
@@ -181,7 +183,9 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):
-        raise ProtocolError(f"{where}: 'shape' must be a list of non-negative integers, got {value!r:.80}")
+        raise ProtocolError(
+            f"{where}: 'shape' must be a list of non-negative integers, got {echo(repr(value))}"
+        )
     return tuple(value)
 
 
@@ -205,7 +209,7 @@ def from_binary(chunk: bytes, datatype: str, shape: tuple[int, ...], count: int,
     dtype = DATATYPES[datatype]
     if len(chunk) != count * dtype.itemsize:
         raise ProtocolError(
-            f"{where}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, "
+            f"{where}: shape {echo(list(shape))} of {datatype} needs {count * dtype.itemsize} bytes, "
             f"binary_data_size is {len(chunk)}"
         )
     return np.frombuffer(chunk, dtype=dtype).reshape(shape)
@@ -241,7 +245,9 @@ def _from_json(data: Any, datatype: str, shape: tuple[int, ...], count: int, whe
     else:
         array = _numeric(data, datatype, where)
     if array.size != count:
-        raise ProtocolError(f"{where}: shape {list(shape)} needs {count} elements, data has {array.size}")
+        raise ProtocolError(
+            f"{where}: shape {echo(list(shape))} needs {count} elements, data has {array.size}"
+        )
     return array.reshape(shape)
 
 

@@ -26,14 +26,38 @@ INTERNAL), logged with its traceback.
 499 is nginx's status for a client that went away: it is never sent, only kept out of the counts of
 answers. gRPC codes are `grpc.StatusCode` member names, so this module needs no grpc import (the
 front and the operator's local balancer import serving without the gRPC stack).
+
+A string the client sent (a model, version, tensor or datatype name, a request-target) goes into a
+message or a log line only through `echo`: one line, control characters escaped, at most
+`ECHO_LIMIT` characters. Unbounded, a 100 KB name made the answer itself too large: over gRPC the
+client's metadata limit dropped the stream and a NOT_FOUND arrived as RESOURCE_EXHAUSTED, the
+"queue full, retry" status, for a request that can never succeed.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import ClassVar, Literal
 
 log = logging.getLogger("frugal.serving")
+
+ECHO_LIMIT = 200  # characters of a client's string quoted in an error message or a log line
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """`text` fit for one log line: whitespace runs (newlines included) as one space, other control
+    characters escaped, at most `limit` characters (what a client sent may be in it)."""
+    flat = re.sub(r"\s+", " ", str(text)).strip()
+    flat = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in flat)
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def echo(text: object) -> str:
+    """Something the client sent, fit to quote back in an error message or a log line (`one_line`,
+    at most `ECHO_LIMIT` characters)."""
+    return one_line(text, ECHO_LIMIT)
+
 
 GrpcCode = Literal[
     "INVALID_ARGUMENT",
@@ -150,4 +174,4 @@ def unexpected(exc: Exception, what: str = "inference failed") -> ServingError:
     if isinstance(exc, ServingError):
         return exc
     log.error("%s", what, exc_info=exc)
-    return InferenceFailed(f"{what}: {type(exc).__name__}: {exc}")
+    return InferenceFailed(f"{what}: {type(exc).__name__}: {one_line(exc)}")  # a runtime may quote input

@@ -24,7 +24,7 @@ from frugal.serving.server.codec import (
     array_from_bytes,
     array_to_bytes,
 )
-from frugal.serving.server.failures import ProtocolError
+from frugal.serving.server.failures import ProtocolError, echo
 
 # OIP datatype → the InferTensorContents field that carries it (FP16 has none: raw only).
 CONTENTS_FIELD: Mapping[str, str] = {
@@ -73,7 +73,7 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
         if not tensor.name:
             raise ProtocolError(f"inputs[{index}].name must be a non-empty string")
         if tensor.name in inputs:
-            raise ProtocolError(f"input '{tensor.name}' appears more than once in 'inputs'")
+            raise ProtocolError(f"input '{echo(tensor.name)}' appears more than once in 'inputs'")
         chunk = raw[index] if raw else None
         inputs[tensor.name] = _decode_tensor(tensor, index, chunk)
         datatypes[tensor.name] = tensor.datatype
@@ -89,13 +89,15 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
 
 
 def _decode_tensor(tensor: Any, index: int, chunk: bytes | None) -> np.ndarray:
-    where = f"input '{tensor.name}'"
+    where = f"input '{echo(tensor.name)}'"
     datatype = tensor.datatype
     if datatype not in DATATYPES:
-        raise ProtocolError(f"{where}: unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
+        raise ProtocolError(
+            f"{where}: unknown datatype {echo(repr(datatype))}; use one of {', '.join(DATATYPES)}"
+        )
     shape = tuple(int(d) for d in tensor.shape)
     if any(d < 0 for d in shape):
-        raise ProtocolError(f"{where}: 'shape' must be non-negative integers, got {list(shape)}")
+        raise ProtocolError(f"{where}: 'shape' must be non-negative integers, got {echo(list(shape))}")
     typed = [name for name in _ALL_FIELDS if len(getattr(tensor.contents, name))]
     if chunk is not None:
         if typed:
@@ -112,7 +114,7 @@ def _from_raw(chunk: bytes, datatype: str, shape: tuple[int, ...], where: str) -
         needed = count * DATATYPES[datatype].itemsize
         if len(chunk) != needed:
             raise ProtocolError(
-                f"{where}: shape {list(shape)} of {datatype} needs {needed} bytes, raw_input_contents has "
+                f"{where}: shape {echo(list(shape))} of {datatype} needs {needed} bytes, raw_input_contents has "
                 f"{len(chunk)}"
             )
     return array_from_bytes(chunk, datatype, shape, where)
@@ -135,7 +137,7 @@ def _from_contents(
     values = getattr(contents, field)
     if len(values) != count:
         raise ProtocolError(
-            f"{where}: shape {list(shape)} needs {count} elements, contents.{field} has {len(values)}"
+            f"{where}: shape {echo(list(shape))} needs {count} elements, contents.{field} has {len(values)}"
         )
     dtype = DATATYPES[datatype]
     if datatype == "BYTES":
@@ -156,7 +158,7 @@ def parameters_of(parameters: Mapping[str, Any], where: str) -> dict[str, Any]:
     for key, parameter in parameters.items():
         choice = parameter.WhichOneof("parameter_choice")
         if choice is None:
-            raise ProtocolError(f"{where}['{key}'] has no value")
+            raise ProtocolError(f"{where}['{echo(key)}'] has no value")
         found[key] = getattr(parameter, choice)
     return found
 

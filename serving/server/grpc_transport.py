@@ -27,6 +27,7 @@ from tritonclient.grpc import service_pb2_grpc
 from frugal.serving.server import grpc_codec
 from frugal.serving.server.failures import ServingError, unexpected
 from frugal.serving.server.service import ModelService
+from frugal.serving.server.settings import port_in_use
 
 log = logging.getLogger("frugal.serving")
 
@@ -172,6 +173,9 @@ async def start_server(
     server.add_generic_rpc_handlers(
         (handlers(InferenceServicer(service, server_name, server_version, extensions)),)
     )
+    in_use = port_in_use(host, port) if port else None  # before grpc's C core tries, fails and logs it
+    if in_use is not None:
+        raise in_use
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as exc:  # grpc's "Failed to bind to address"

@@ -12,14 +12,14 @@ from prometheus_client import CollectorRegistry
 
 from frugal.schema.request_limits import body_limit
 from frugal.serving.server import artifacts, runtime
-from frugal.serving.server.artifacts import Manifest, TensorSpec, Variant
+from frugal.serving.server.artifacts import ArtifactError, Manifest, TensorSpec, Variant
 from frugal.serving.server.batching import Batcher, Tensors
 from frugal.serving.server.codec import InferRequest
-from frugal.serving.server.failures import ModelNotFound, ProtocolError
+from frugal.serving.server.failures import ModelNotFound, ProtocolError, echo, one_line
 from frugal.serving.server.forward import NextStage
 from frugal.serving.server.metrics import MetricLabels, ServerMetrics
 from frugal.serving.server.power import BusyClock, EstimatedPower, PowerSource, open_nvml
-from frugal.serving.server.settings import ServeConfig
+from frugal.serving.server.settings import ServeConfig, StartupError
 from frugal.serving.server.signature import check_request
 
 log = logging.getLogger("frugal.serving")
@@ -37,10 +37,23 @@ class LoadedModel:
 
 
 def load_model(config: ServeConfig) -> LoadedModel:
-    """Verify the variant against the manifest and open an ONNX Runtime session for this server's stage."""
-    manifest = artifacts.load_manifest(config.artifacts)
-    variant = manifest.variant(config.variant)
-    path = artifacts.verify_variant(config.artifacts, manifest, variant, config.verify_cache_dir)
+    """Verify the variant against the manifest and open an ONNX Runtime session for this server's stage.
+
+    Artifacts it cannot serve (no manifest, a variant the manifest does not list, a file that is missing,
+    changed or not ONNX) raise `StartupError` naming the flag to change."""
+    try:
+        manifest = artifacts.load_manifest(config.artifacts)
+    except ArtifactError as exc:
+        remedy = "pass --artifacts a directory `frugal compress` wrote"
+        raise StartupError(str(exc), "--artifacts", remedy) from None
+    try:
+        variant = manifest.variant(config.variant)
+    except ArtifactError as exc:
+        raise StartupError(str(exc), "--variant") from None
+    try:
+        path = artifacts.verify_variant(config.artifacts, manifest, variant, config.verify_cache_dir)
+    except ArtifactError as exc:
+        raise StartupError(str(exc), "--artifacts") from None
     size = sum(path.parent.joinpath(f).stat().st_size for f in _basenames(manifest, variant))
     choice = runtime.provider_chain(config.execution_provider, runtime.ort.get_available_providers())
     if choice.fallback:
@@ -57,7 +70,7 @@ def load_model(config: ServeConfig) -> LoadedModel:
     except ValueError:
         raise  # our own messages (e.g. more shards than nodes)
     except Exception as exc:  # ONNX Runtime's and onnx's load errors have no common base class
-        raise artifacts.ArtifactError(f"cannot load {path} as an ONNX model: {exc}") from None
+        raise StartupError(f"cannot load {path} as an ONNX model: {one_line(exc)}", "--artifacts") from None
     if model.active_providers[0] != choice.providers[0]:
         log.warning(
             "ONNX Runtime could not start %s (active: %s); serving on the fallback",
@@ -174,9 +187,9 @@ class ModelService:
     def check_model(self, name: str, version: str | None) -> None:
         """Raise `ModelNotFound` saying why, unless `name` (and `version`, when given) is served here."""
         if name != self.name:
-            raise ModelNotFound(f"model '{name}' is not served here; this server serves '{self.name}'")
+            raise ModelNotFound(f"model '{echo(name)}' is not served here; this server serves '{self.name}'")
         if version and version != self.version:
-            raise ModelNotFound(f"model '{name}' has no version '{version}'; it has '{self.version}'")
+            raise ModelNotFound(f"model '{name}' has no version '{echo(version)}'; it has '{self.version}'")
 
     async def close(self) -> None:
         self.ready = False

@@ -6,12 +6,19 @@ A field annotated `Annotated[T, Setting(help)]` is a setting: its name gives the
 its default the default; a field without a default is required. `frugal serve`'s parser is derived
 from these fields (`add_arguments`), and so is the front's (`frugal.serving.front.FrontConfig`). A
 field without `Setting` (`power_interval_s`) is no flag: only code sets it.
+
+A setting the process cannot start with (a port already in use, an artifact directory without a
+manifest, a variant the manifest does not list) is a `StartupError`: the command prints it as one line
+naming the problem and the flag to change, and exits 2, the exit code of every `frugal` command for
+input it cannot use.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import socket
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 ENV_PREFIX = "FRUGAL_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,33 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
+class StartupError(ValueError):
+    """A setting a process cannot start with. `str(error)` is the line to print after the command's
+    name: the problem, then what to change (`port 8080 is in use: pass another --port`)."""
+
+    def __init__(self, problem: str, flag: str, remedy: str | None = None) -> None:
+        super().__init__(f"{problem}: {remedy or 'pass another ' + flag}")
+        self.flag = flag
+
+
+def port_in_use(host: str, port: int) -> OSError | None:
+    """The EADDRINUSE listening on `host:port` fails with now, or None; a probe for servers whose own
+    failure to bind says too little (grpc's C core says only "Failed to bind", and logs it itself)."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.create_server(address, family=family):
+            return None
+    except OSError as exc:
+        return exc if exc.errno == errno.EADDRINUSE else None  # any other failure: the server's own says it
+
+
+def cannot_listen(host: str, port: int, flag: str, error: OSError, remedy: str | None = None) -> StartupError:
+    """`error` from listening on `host:port` as the `StartupError` naming `flag`."""
+    if error.errno == errno.EADDRINUSE:
+        return StartupError(f"port {port} is in use", flag, remedy)
+    return StartupError(f"cannot listen on {host}:{port} ({error.strerror or error})", flag, remedy)
+
+
 def optional_path(text: str) -> Path | None:
     """A path, or None for an empty value (an env var set to "" turns the setting off)."""
     return Path(text) if text.strip() else None
@@ -231,6 +266,8 @@ class ServeConfig:
             )
         elif self.grpc_port > 0 and self.grpc_port == self.port:
             found.append(f"--grpc-port {self.grpc_port} must differ from --port")
+        if self.log_level.upper() not in LOG_LEVELS:
+            found.append(f"--log-level {self.log_level} must be one of {', '.join(LOG_LEVELS)}")
         return found
 
 

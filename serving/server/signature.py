@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from frugal.serving.server.artifacts import TensorSpec
 from frugal.serving.server.codec import InferRequest
-from frugal.serving.server.failures import ProtocolError
+from frugal.serving.server.failures import ProtocolError, echo
 
 
 def check_request(request: InferRequest, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> int:
@@ -14,7 +14,7 @@ def check_request(request: InferRequest, inputs: Sequence[TensorSpec], outputs: 
     expected = {spec.name: spec for spec in inputs}
     for name in request.inputs:
         if name not in expected:
-            raise ProtocolError(f"unknown input '{name}'; the model's inputs are {', '.join(expected)}")
+            raise ProtocolError(f"unknown input '{echo(name)}'; the model's inputs are {', '.join(expected)}")
     for name, spec in expected.items():
         if name not in request.inputs:
             raise ProtocolError(f"missing input '{name}' ({spec.datatype} {list(spec.shape)})")
@@ -24,7 +24,7 @@ def check_request(request: InferRequest, inputs: Sequence[TensorSpec], outputs: 
         for wanted in request.outputs:
             if wanted.name not in known:
                 raise ProtocolError(
-                    f"unknown output '{wanted.name}'; the model's outputs are {', '.join(sorted(known))}"
+                    f"unknown output '{echo(wanted.name)}'; the model's outputs are {', '.join(sorted(known))}"
                 )
     sizes = {array.shape[0] if array.ndim else 1 for array in request.inputs.values()}
     if len(sizes) > 1:
@@ -38,12 +38,12 @@ def _check_tensor(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> No
         raise ProtocolError(f"{where} has datatype {datatype} but the model expects {spec.datatype}")
     if spec.shape and len(shape) != len(spec.shape):
         raise ProtocolError(
-            f"{where} has shape {list(shape)} but the model expects rank {len(spec.shape)} "
+            f"{where} has shape {echo(list(shape))} but the model expects rank {len(spec.shape)} "
             f"({list(spec.shape)}, -1 = any size)"
         )
     for axis, (got, want) in enumerate(zip(shape, spec.shape, strict=False)):
         if want >= 0 and got != want:
             raise ProtocolError(
-                f"{where} has shape {list(shape)} but the model expects {list(spec.shape)} "
+                f"{where} has shape {echo(list(shape))} but the model expects {list(spec.shape)} "
                 f"(dim {axis} must be {want})"
             )

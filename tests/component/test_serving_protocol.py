@@ -302,7 +302,7 @@ def test_refuses_a_variant_whose_sha256_does_not_match(tmp_path: Path) -> None:
     model_file = directory / "variants/fp32/model.onnx"
     model_file.write_bytes(model_file.read_bytes()[:-1] + b"\x00")
     done = subprocess.run(serve_command(directory, "fp32"), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1
+    assert done.returncode == 2  # input it cannot use: every frugal command's code for that
     assert "sha256 of variants/fp32/model.onnx is" in done.stderr and "manifest says" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -311,7 +311,7 @@ def test_bad_settings_exit_2_with_a_message(tmp_path: Path) -> None:
     directory = write_artifacts(tmp_path / "a", MODEL, {"fp32": mlp()})
     unknown = subprocess.run(serve_command(directory, "int4"), capture_output=True, text=True, timeout=120)
     assert (
-        unknown.returncode == 1 and "variant 'int4' is not in the manifest (variants: fp32)" in unknown.stderr
+        unknown.returncode == 2 and "variant 'int4' is not in the manifest (variants: fp32)" in unknown.stderr
     )
     shards = subprocess.run(
         [*serve_command(directory, "fp32"), "--shard-count", "2"], capture_output=True, text=True, timeout=120
@@ -354,5 +354,5 @@ def test_a_file_that_is_not_onnx_is_refused_with_a_message(tmp_path: Path) -> No
     manifest["files"]["variants/fp32/model.onnx"]["sizeBytes"] = len(b"not a model")
     (directory / "manifest.json").write_text(json.dumps(manifest))
     done = subprocess.run(serve_command(directory, "fp32"), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and "cannot load" in done.stderr and "as an ONNX model" in done.stderr
+    assert done.returncode == 2 and "cannot load" in done.stderr and "as an ONNX model" in done.stderr
     assert "Traceback" not in done.stderr

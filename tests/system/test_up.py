@@ -109,6 +109,13 @@ def test_up_rejects_an_invalid_resource_naming_the_field(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
+def test_validate_names_a_missing_file_in_one_line_and_exits_2(tmp_path: Path) -> None:
+    """Defect class: one exit code for bad input. A missing file was a traceback and exit 1."""
+    result = frugal("validate", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2 and "no such file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_validate_accepts_every_example() -> None:
     result = frugal("validate", *sorted(str(p) for p in (ROOT / "examples").glob("*.yaml")))
     assert result.returncode == 0, result.stderr
