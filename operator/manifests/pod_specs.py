@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from frugal.operator.api.spec import HardwareProfileSpec
@@ -60,6 +61,7 @@ def scheduling(profile: HardwareProfileSpec) -> dict[str, Any]:
 
 # The extended resource each accelerator kind is scheduled by (device plugins register these names).
 ACCELERATOR_RESOURCES = {"nvidia-gpu": "nvidia.com/gpu", "google-tpu": "google.com/tpu"}
+MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 
 
 def resources(profile: HardwareProfileSpec) -> dict[str, Any]:
@@ -70,11 +72,17 @@ def resources(profile: HardwareProfileSpec) -> dict[str, Any]:
     requests.setdefault("ephemeral-storage", EPHEMERAL_REQUEST)
     limits.setdefault("ephemeral-storage", EPHEMERAL_LIMIT)
     extended = ACCELERATOR_RESOURCES.get(profile.accelerator_kind)
-    if extended is not None:
+    if extended is not None and not _names_a_slice(requests, limits):
         limits.setdefault(extended, str(profile.accelerator_count))
     elif profile.accelerator_kind == "cpu":
         requests.setdefault("cpu", str(profile.accelerator_count))
     return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
+
+
+def _names_a_slice(*resources: Mapping[str, Any]) -> bool:
+    """Whether the profile asks for a MIG slice (``nvidia.com/mig-<profile>``): then that slice is the
+    accelerator, and a whole ``nvidia.com/gpu`` beside it would ask for a GPU and a slice at once."""
+    return any(name.startswith(MIG_RESOURCE_PREFIX) for found in resources for name in found)
 
 
 def volumes(artifacts: ArtifactLocation) -> list[dict[str, Any]]:

@@ -626,3 +626,26 @@ def test_every_serving_pod_counts_answers_against_the_specs_latency_target() -> 
         command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
         assert float(command[command.index("--latency-target-ms") + 1]) == SPEC.slo_p95_ms
         assert "--max-body-bytes" not in command  # derived by the server from the model's own inputs
+
+
+def test_a_mig_profile_asks_for_exactly_its_slice_and_no_whole_gpu() -> None:
+    """Defect class: scheduling asks. A HardwareProfile naming a MIG slice also got `nvidia.com/gpu: 1`,
+    so its pods asked for a whole GPU and a slice, and scheduled on neither as intended."""
+    body = {
+        "metadata": {"name": "a100-1g"},
+        "spec": {
+            "accelerator": {"kind": "nvidia-gpu", "model": "A100", "count": 1, "memoryGiB": 10},
+            "resources": {"limits": {"nvidia.com/mig-1g.10gb": 1, "memory": "8Gi"}},
+            "executionProvider": "CUDAExecutionProvider",
+            "costPerHour": "0.40",
+            "power": {"idleWatts": 10, "maxWatts": 50},
+        },
+    }
+    container = jobs.desired_compression_job(SPEC, parse_hardware_profile(body), IMAGE, ARTIFACTS)["spec"][
+        "template"
+    ]["spec"]["containers"][0]
+    limits = container["resources"]["limits"]
+    assert limits["nvidia.com/mig-1g.10gb"] == "1" and "nvidia.com/gpu" not in limits
+    # A whole-GPU profile still gets its count.
+    whole = jobs.desired_compression_job(SPEC, GPU, IMAGE, ARTIFACTS)["spec"]["template"]["spec"]["containers"][0]
+    assert whole["resources"]["limits"]["nvidia.com/gpu"] == "1"
