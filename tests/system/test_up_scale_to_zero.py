@@ -133,12 +133,10 @@ def test_a_client_that_hangs_up_while_held_frees_its_place_at_once() -> None:
         try:
             async with aiohttp.ClientSession() as session:
                 gone = asyncio.create_task(session.post(f"{url}/v2/models/m/infer", data=REQUEST))
-                await asyncio.sleep(0.2)  # held
-                held_before = balancer.held
+                held_before = await until(lambda: balancer.held == 1, balancer)
                 gone.cancel()  # the client hangs up
                 await asyncio.gather(gone, return_exceptions=True)
-                await asyncio.sleep(0.2)
-                held_after = balancer.held
+                held_after = await until(lambda: balancer.held == 0, balancer)
                 started = time.monotonic()
                 async with session.post(f"{url}/v2/models/m/infer", data=REQUEST) as answer:
                     await answer.read()
@@ -150,3 +148,11 @@ def test_a_client_that_hangs_up_while_held_frees_its_place_at_once() -> None:
     assert held_before == 1 and held_after == 0
     # Held in turn (the place was free) until its own deadline, not refused at once for a ghost.
     assert status == 503 and waited >= 1.5
+
+
+async def until(condition: Any, balancer: Balancer, timeout: float = 1.5) -> int:
+    """Yield to the balancer until `condition` holds (or `timeout`); the held count then."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return balancer.held
