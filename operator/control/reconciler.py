@@ -51,6 +51,7 @@ from frugal.operator.decision.conditions import (
     as_status,
     conditions,
 )
+from frugal.operator.decision.planner import Option
 from frugal.operator.manifests import names, serving_objects
 from frugal.operator.manifests.events import desired_event
 from frugal.operator.manifests.storage import NotConfined, locate
@@ -176,9 +177,15 @@ class Reconciler:
                     "apps/v1", "Deployment", md.owner.namespace, deployment["metadata"]["name"]
                 )
         in_the_way = self._not_ours([*decision.apply, *decision.scale], md.owner.uid)
-        rejected = self._apply_all(decision.apply, skip=in_the_way) or self._apply_all(
-            decision.scale, AUTOSCALER_FIELD_MANAGER, skip=in_the_way
-        )
+        kept_in_place: list[str] = []
+        rejected = self._apply_all(
+            decision.apply, skip=in_the_way, kept_in_place=kept_in_place
+        ) or self._apply_all(decision.scale, AUTOSCALER_FIELD_MANAGER, skip=in_the_way)
+        status_fields = decision.status
+        if kept_in_place and decision.selection is not None:
+            replacement = self._replacement(md, body, decision.selection, kept_in_place)
+            status_fields = {**decision.status, "replan": replacement}
+            emit("Normal", revisions.REPLACE_REASON, str(replacement["message"])[:1024])
         for api_version, kind, name in decision.delete:
             self.cluster.delete(api_version, kind, md.owner.namespace, name)
             self._applied.forget_object(api_version, kind, md.owner.namespace, name)
@@ -191,7 +198,7 @@ class Reconciler:
             )
         elif decision.prune_superseded:
             self._prune_superseded(md)
-        self._write_status(body, assessment, decision.status, emit)
+        self._write_status(body, assessment, status_fields, emit)
         self._record_metrics(md, decision, assessment, state)
         return decision.assessment
 
@@ -217,13 +224,23 @@ class Reconciler:
         objects: Sequence[Mapping[str, Any]],
         manager: str = FIELD_MANAGER,
         skip: Sequence[tuple[str, str]] = (),
+        kept_in_place: list[str] | None = None,
     ) -> str | None:
         """Apply every object that differs from what this operator last applied (an object is applied
         again after `drift_seconds`, which also undoes hand edits), except those in `skip`; an object
-        the API server refuses (4xx) becomes a message, not a crash loop."""
+        the API server refuses (4xx) becomes a message, not a crash loop.
+
+        An existing object whose immutable fields differ (what an earlier operator version wrote) is
+        not a failure: a Job keeps running or stays finished as it is (its outcome is what counts); a
+        serving Deployment is named in `kept_in_place` and the rest of the serving shards' objects
+        are left as they are, so what serves keeps serving until the caller replaces it under a
+        new revision (:func:`revisions.replacement_status`)."""
         rejected = []
         for obj in objects:
             if (obj["kind"], obj["metadata"]["name"]) in skip:
+                continue
+            serving = (obj["metadata"].get("labels") or {}).get(names.LABEL_ROLE) == "serving"
+            if kept_in_place and serving:
                 continue
             if obj["kind"] in SKIPPABLE_KINDS and not self._applied.changed(obj, manager):
                 continue
@@ -233,10 +250,30 @@ class Reconciler:
             except ApiError as error:
                 if error.status not in (400, 403, 422):
                     raise
-                rejected.append(f"{obj['kind']} {obj['metadata']['name']}: {error}")
+                what = f"{obj['kind']} {obj['metadata']['name']}"
+                if error.status == 422 and revisions.refused_in_place(obj["kind"], str(error)):
+                    if obj["kind"] == "Job":
+                        log.info("%s: kept as it is (%s)", what, error)
+                        continue
+                    if serving and kept_in_place is not None:
+                        kept_in_place.append(what)
+                        continue
+                rejected.append(f"{what}: {error}")
         if not rejected:
             return None
         return "the API server refused " + "; ".join(rejected) + ": check the HardwareProfile and the spec"
+
+    def _replacement(
+        self, md: ModelDeploymentSpec, body: Mapping[str, Any], selection: Option, refused: Sequence[str]
+    ) -> dict[str, Any]:
+        """status.replan of a rollover that replaces the refused serving Deployments, starting the
+        new revision at the replicas the first of them runs now."""
+        name = refused[0].split(" ", 1)[1]
+        existing = self.cluster.get("apps/v1", "Deployment", md.owner.namespace, name) or {}
+        replicas = int((existing.get("spec") or {}).get("replicas", md.initial_replicas))
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status = body.get("status") or {}
+        return revisions.replacement_status(md, status, selection, replicas, ", ".join(refused), now)
 
     def poster(self, body: Mapping[str, Any]) -> Emit:
         """An Emit that posts core/v1 Events about `body` (failures are logged, never raised)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, replace
+from typing import Any
 
 from frugal.operator.api.models import ModelDeploymentStatus, StatusLike
 from frugal.operator.api.models import Option as StatusOption
@@ -87,3 +88,51 @@ def as_served(md: ModelDeploymentSpec, status: StatusLike) -> tuple[ModelDeploym
     md = with_effective_generation(md, status)
     rollover = rollover_from_status(md, status)
     return with_revision(md, rollover), rollover
+
+
+# status.replan.reason of a rollover that replaces objects the API server will not update in place.
+REPLACE_REASON = "Replace"
+
+
+def refused_in_place(kind: str, message: str) -> bool:
+    """Whether an API server's refusal (422) says a field of an existing `kind` cannot change in
+    place: a Deployment's spec.selector, a Job's spec.template (what an older operator wrote)."""
+    return kind in ("Deployment", "Job") and "field is immutable" in message
+
+
+def replacement_status(
+    md: ModelDeploymentSpec,
+    status: StatusLike,
+    running: Option,
+    replicas: int,
+    refused: str,
+    timestamp: str,
+) -> dict[str, Any]:
+    """status.replan that serves `running` again under the next revision: new Deployments with new
+    names start beside the ones the API server refused to update in place (`refused`), and, as with
+    any rollover, the endpoint moves only once they are ready and the old ones go after it."""
+    previous = ModelDeploymentStatus.from_status(status).replan
+    same_generation = previous is not None and previous.generation == md.owner.generation
+    last = (previous.revision or 0) if previous is not None and same_generation else 0
+    revision = max(last, md.owner.revision) + 1
+    option = StatusOption(
+        variant=running.variant, hardware_profile=running.profile, shards=running.shards
+    ).to_patch()
+    message = (
+        f"{REPLACE_REASON}: {refused} cannot be updated in place (an immutable field differs, e.g. it was "
+        f"written by an earlier operator version); revision {revision} replaces it with the same option "
+        f"({running}), started beside it: the endpoint moves once it is ready, then the old one is deleted"
+    )
+    return {
+        "generation": md.owner.generation,
+        "revision": revision,
+        "selected": option,
+        "from": option,
+        "replicas": max(1, replicas),
+        "loadRps": None,
+        "costPer1kRequests": None,
+        "fromCostPer1kRequests": None,
+        "reason": REPLACE_REASON,
+        "message": message[:4096],
+        "lastRolloverTime": timestamp,
+    }

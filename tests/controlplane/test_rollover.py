@@ -20,12 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,15 +32,13 @@ from operator_harness import (
     condition,
     events_for,
     get,
-    http,
     kubectl_json,
-    mark_ready,
     run_and_finish,
-    serve_from_template,
     status_of,
     wait_for,
     wait_object,
 )
+from played_serving import REVISION, Load, PlayedKubelet
 from prometheus_harness import Prometheus
 
 from frugal.operator.api.spec import parse_hardware_profile, parse_model_deployment
@@ -56,8 +49,6 @@ HUNGRY = "replan-power-hungry"  # cheap to rent, 1 W idle, 1000 W flat out
 FLAT = "replan-power-flat"  # dearer, about 20 W whatever the load
 OLD, NEW = f"{NAME}-g1-shard-0", f"{NAME}-g1-r1-shard-0"
 RATE_RPS = 10.0
-REVISION = "frugal.dev/revision"
-REQUEST = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}]}
 
 
 def manifests(prometheus_url: str) -> tuple[str, dict[str, Any]]:
@@ -85,168 +76,12 @@ def manifests(prometheus_url: str) -> tuple[str, dict[str, Any]]:
     return yaml.safe_dump_all([md, *profiles.values()]), profiles
 
 
-class PlayedKubelet:
-    """Servers for every serving Deployment of the model (as many as its spec.replicas), reported
-    ready; and the endpoint Service's routing to the revision it selects."""
-
-    def __init__(self, cluster: ControlPlane, prometheus: Prometheus, namespace: str, workdir: Path) -> None:
-        self.cluster, self.prometheus, self.namespace, self.workdir = cluster, prometheus, namespace, workdir
-        self.servers: dict[str, list[tuple[subprocess.Popen[bytes], int]]] = {}
-        self.revision_of: dict[str, str] = {}
-        self.endpoint_revision: str | None = None
-        self.inflight: dict[int, int] = {}
-        # Deployments whose servers run but are not reported ready yet (a pod still starting).
-        self.hold_ready: set[str] = set()
-        self.lock = threading.Lock()
-
-    def pick(self, turn: int) -> int | None:
-        """A port of the revision the endpoint selects (the Service's part), counted in flight."""
-        with self.lock:
-            ports = [
-                port
-                for name, servers in self.servers.items()
-                if self.revision_of[name] == self.endpoint_revision
-                for _, port in servers
-            ]
-            if not ports:
-                return None
-            port = ports[turn % len(ports)]
-            self.inflight[port] = self.inflight.get(port, 0) + 1
-            return port
-
-    def done(self, port: int) -> None:
-        with self.lock:
-            self.inflight[port] -= 1
-
-    def sync(self) -> None:
-        selector = f"frugal.dev/model-deployment={NAME},app.kubernetes.io/component=serving"
-        # Deployments first, then the endpoint: the operator moves the endpoint before it deletes.
-        deployments = {
-            d["metadata"]["name"]: d
-            for d in kubectl_json(self.cluster, "get", "deployments", "-n", self.namespace, "-l", selector)[
-                "items"
-            ]
-        }
-        endpoint = get(self.cluster, "service", self.namespace, NAME)
-        with self.lock:
-            if endpoint is not None:
-                self.endpoint_revision = endpoint["spec"]["selector"].get(REVISION)
-        changed = False
-        for name in [n for n in self.servers if n not in deployments]:
-            self._retire(name)
-            changed = True
-        for name, deployment in deployments.items():
-            wanted = int(deployment["spec"].get("replicas", 0))
-            running = self.servers.setdefault(name, [])
-            self.revision_of[name] = deployment["metadata"]["labels"][REVISION]
-            while len(running) < wanted:
-                server, port = serve_from_template(deployment, self.workdir)
-                wait_ready(server, port)
-                with self.lock:
-                    running.append((server, port))
-                changed = True
-            while len(running) > wanted:
-                with self.lock:
-                    server, _ = running.pop()
-                server.send_signal(signal.SIGTERM)
-                server.wait(30)
-                changed = True
-            ready = int((deployment.get("status") or {}).get("readyReplicas", 0))
-            if wanted and ready < wanted and name not in self.hold_ready:
-                mark_ready(self.cluster, deployment)
-        if changed:
-            self.prometheus.set_targets(
-                (f"127.0.0.1:{port}", {"pod": f"{name}-{i}"})
-                for name, servers in self.servers.items()
-                for i, (_, port) in enumerate(servers)
-            )
-
-    def _retire(self, name: str) -> None:
-        """A deleted Deployment: out of the routing, its requests finished, then its servers stopped."""
-        with self.lock:
-            assert self.revision_of[name] != self.endpoint_revision, (
-                f"{name} was deleted while the endpoint still selects its revision"
-            )
-            servers = self.servers.pop(name)
-        ports = {port for _, port in servers}
-        deadline = time.monotonic() + 10
-        while any(self.inflight.get(port, 0) for port in ports):
-            assert time.monotonic() < deadline, "requests to a deleted Deployment's servers never finished"
-            time.sleep(0.05)
-        for server, _ in servers:
-            server.send_signal(signal.SIGTERM)
-        for server, _ in servers:
-            server.wait(30)
-
-    def running(self, name: str) -> int:
-        with self.lock:
-            return len(self.servers.get(name, []))
-
-    def stop(self) -> None:
-        with self.lock:
-            every = [server for servers in self.servers.values() for server, _ in servers]
-            self.servers.clear()
-        for server in every:
-            server.send_signal(signal.SIGTERM)
-        for server in every:
-            server.wait(30)
-
-
-def wait_ready(server: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + 60
-    while http("GET", f"http://127.0.0.1:{port}/v2/health/ready")[0] != 200:
-        assert server.poll() is None, f"server on {port} exited {server.returncode}"
-        assert time.monotonic() < deadline, f"server on {port} not ready"
-        time.sleep(0.2)
-
-
-class Load:
-    """An open-loop client at about RATE_RPS through the endpoint; every answer recorded by revision."""
-
-    def __init__(self, kubelet: PlayedKubelet) -> None:
-        self.kubelet = kubelet
-        self.stop_event = threading.Event()
-        self.answers: list[tuple[str | None, int]] = []
-        self._thread = threading.Thread(target=self._client, daemon=True)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop_event.set()
-        self._thread.join(15)
-
-    def _client(self) -> None:
-        turn = 0
-        while not self.stop_event.wait(1.0 / RATE_RPS):
-            port = self.kubelet.pick(turn)
-            turn += 1
-            if port is None:
-                self.answers.append((None, 0))
-                continue
-            try:
-                code, _ = http("POST", f"http://127.0.0.1:{port}/v2/models/{NAME}/infer", REQUEST)
-            finally:
-                self.kubelet.done(port)
-            with self.kubelet.lock:
-                revision = next(
-                    (
-                        self.kubelet.revision_of[n]
-                        for n, s in self.kubelet.servers.items()
-                        if port in {p for _, p in s}
-                    ),
-                    "retired",
-                )
-            self.answers.append((revision, code))
-
-
 @pytest.fixture(scope="module")
 def live(crds_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("replanning")
     args = ["--autoscale-interval", "1", "--rate-window", "10s"]
     with autoscaled_namespace(crds_installed, work, "replanning", args) as (operator, prometheus, namespace):
-        kubelet = PlayedKubelet(crds_installed, prometheus, namespace, work)
+        kubelet = PlayedKubelet(crds_installed, prometheus, namespace, work, NAME)
         try:
             yield {"operator": operator, "prometheus": prometheus, "kubelet": kubelet, "namespace": namespace,
                    "work": work}  # fmt: skip
@@ -323,7 +158,7 @@ def test_a_replan_brings_up_the_new_revision_before_it_moves_the_endpoint_and_de
     assert kubelet.endpoint_revision == "0" and kubelet.running(OLD) == 1
 
     kubelet.hold_ready.add(NEW)  # the new revision's servers start, but are reported ready only below
-    with Load(kubelet) as load:
+    with Load(kubelet, RATE_RPS) as load:
         replan = wait_for(
             "status.replan",
             lambda: synced(lambda: status_of(cluster, ns, NAME).get("replan")),
