@@ -51,6 +51,12 @@ class OperatorMetrics:
             "Requests the operator sent to the API server that write (apply, patch, create, delete).",
             registry=self.registry,
         )
+        self.leader = Gauge(
+            "frugal_operator_leader",
+            "1 while this operator process leads (holds the leader Lease, or runs without election) and "
+            "reconciles; 0 while it stands by.",
+            registry=self.registry,
+        )
         self.desired_replicas = Gauge(
             "frugal_autoscaler_desired_replicas",
             "Replicas per shard the autoscaler asked for on its last tick.",

@@ -3,11 +3,19 @@
     frugal operator [--namespace NS ...] [--workload-image IMAGE] [--storage-uri URI] [--pvc-root DIR]
                     [--metrics-port 8000] [--health-port 8080] [--interval 10] [--kubeconfig FILE]
                     [--prometheus-url URL] [--autoscale-interval 15]
+                    [--lease-namespace NS] [--lease-name NAME] [--no-leader-election]
+                    [--lease-duration 15] [--renew-deadline 10] [--retry-period 2]
+
+With a lease namespace (--lease-namespace, else POD_NAMESPACE, which the chart sets from the downward
+API) replicas elect a leader on the Lease NAME there (`frugal.operator.cluster.leader`): a standby
+answers its liveness URL and waits; only the leader runs kopf's handlers and the autoscaler. A leader
+that cannot renew within the renew deadline exits at once with status 1 (its pod restarts as a
+standby); on SIGTERM it stops and releases the Lease so a standby takes over within a retry period.
 
 Every flag has an environment variable (the Helm chart sets them); a flag given on the command line
 wins over its variable, and an empty variable counts as unset. Exit codes: 0 after a clean stop,
-2 for a bad flag or variable, or one it cannot start with (a port in use, a kubeconfig that does not
-load), printed on one line naming the flag to change.
+1 when leadership is lost, 2 for a bad flag or variable, or one it cannot start with (a port in use, a
+kubeconfig that does not load), printed on one line naming the flag to change.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
+from frugal.operator.cluster import leader
+from frugal.operator.cluster.leader import DEFAULT_LEASE_NAME, Timing
 from frugal.operator.decision.operator_settings import Settings
 from frugal.operator.manifests import images
 from frugal.operator.manifests.storage import STORAGE_SCHEMES
@@ -31,12 +41,25 @@ from frugal.serving.server.failures import one_line
 from frugal.serving.server.settings import StartupError, cannot_listen, port_in_use
 
 if TYPE_CHECKING:
+    import threading
+
     from frugal.operator.cluster.apply import Cluster
+    from frugal.operator.telemetry import OperatorMetrics
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_METRICS_PORT = 8000
 DEFAULT_HEALTH_PORT = 8080
 HEALTH_PATH = "/healthz"
+LOST_LEADERSHIP_EXIT = 1
+# What the leader runs (kopf and the control loops), imported before standing by.
+LEADER_MODULES = (
+    "kopf",
+    "frugal.operator.cluster.handlers",
+    "frugal.operator.cluster.prometheus",
+    "frugal.operator.control.batch_reconciler",
+    "frugal.operator.control.reconciler",
+    "frugal.operator.control.scaler",
+)
 T = TypeVar("T")
 
 
@@ -55,6 +78,15 @@ class Options:
     rate_window: str = "1m"
     kubeconfig: str | None = None
     log_level: str = "INFO"
+    leader_election: bool = True
+    lease_namespace: str | None = None  # None: no election (a single run outside a cluster)
+    lease_name: str = DEFAULT_LEASE_NAME
+    timing: Timing = field(default_factory=Timing)
+
+    @property
+    def elects(self) -> bool:
+        """Whether replicas elect a leader: on, and a namespace for the Lease is known."""
+        return self.leader_election and self.lease_namespace is not None
 
     @property
     def liveness_endpoint(self) -> str | None:
@@ -89,7 +121,16 @@ ENVIRONMENT = {
     "autoscale_interval": "FRUGAL_AUTOSCALE_INTERVAL",
     "rate_window": "FRUGAL_RATE_WINDOW",
     "log_level": "FRUGAL_LOG_LEVEL",
+    "leader_election": "FRUGAL_LEADER_ELECTION",
+    "lease_namespace": "FRUGAL_LEASE_NAMESPACE",
+    "lease_name": "FRUGAL_LEASE_NAME",
+    "lease_duration": "FRUGAL_LEASE_DURATION",
+    "renew_deadline": "FRUGAL_RENEW_DEADLINE",
+    "retry_period": "FRUGAL_RETRY_PERIOD",
 }
+# The namespace of the Lease when neither --lease-namespace nor its variable is given: the pod's own
+# (the chart sets it from the downward API).
+POD_NAMESPACE = "POD_NAMESPACE"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
            help="range of the autoscaler's rate() and histogram_quantile() queries; at least 4 scrape intervals")  # fmt: skip
     option("--log-level", dest="log_level", metavar="LEVEL", default=defaults.log_level,
            help=", ".join(LOG_LEVELS))  # fmt: skip
+    parser.add_argument("--no-leader-election", dest="leader_election", action="store_const", const="false",
+                        help="run as the only replica, without a Lease, even where a lease namespace is known "
+                        f"[{ENVIRONMENT['leader_election']}=false; default on]")  # fmt: skip
+    option("--lease-namespace", dest="lease_namespace", metavar="NS",
+           help=f"namespace of the leader-election Lease; default ${POD_NAMESPACE} (the chart sets it), and "
+           "without either no election: one replica only")  # fmt: skip
+    option("--lease-name", dest="lease_name", metavar="NAME", default=defaults.lease_name,
+           help="name of the leader-election Lease (coordination.k8s.io/v1)")  # fmt: skip
+    option("--lease-duration", dest="lease_duration", metavar="SECONDS", default=defaults.timing.lease_duration_s,
+           help="how long a standby waits after the leader's last renewal before taking over")  # fmt: skip
+    option("--renew-deadline", dest="renew_deadline", metavar="SECONDS", default=defaults.timing.renew_deadline_s,
+           help="a leader that has not renewed the Lease for this long exits (status 1); below --lease-duration")  # fmt: skip
+    option("--retry-period", dest="retry_period", metavar="SECONDS", default=defaults.timing.retry_period_s,
+           help="how often the leader renews and a standby tries; below --renew-deadline")  # fmt: skip
     parser.add_argument(
         "--kubeconfig",
         metavar="FILE",
@@ -208,7 +263,34 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
         rate_window=_value(raw["rate_window"], _duration, defaults.rate_window),
         kubeconfig=args.kubeconfig,
         log_level=_value(raw["log_level"], _log_level, defaults.log_level),
+        leader_election=_value(raw["leader_election"], _boolean, defaults.leader_election),
+        lease_namespace=_lease_namespace(raw["lease_namespace"], environ),
+        lease_name=_value(raw["lease_name"], _dns_label, defaults.lease_name),
+        timing=_timing(raw),
     )
+
+
+def _lease_namespace(raw: Raw, environ: Mapping[str, str]) -> str | None:
+    if raw is None and environ.get(POD_NAMESPACE, "").strip():
+        raw = (POD_NAMESPACE, environ[POD_NAMESPACE])
+    return _value(raw, _namespace, None)
+
+
+TIMING_DESTS = ("lease_duration", "renew_deadline", "retry_period")
+
+
+def _timing(raw: Mapping[str, Raw]) -> Timing:
+    defaults = Timing()
+    timing = Timing(
+        lease_duration_s=_value(raw["lease_duration"], _positive, defaults.lease_duration_s),
+        renew_deadline_s=_value(raw["renew_deadline"], _positive, defaults.renew_deadline_s),
+        retry_period_s=_value(raw["retry_period"], _positive, defaults.retry_period_s),
+    )
+    if problem := timing.problem():
+        given = [f"{source}={text}" for source, text in filter(None, (raw[d] for d in TIMING_DESTS))]
+        shown = f"{timing.retry_period_s:g} < {timing.renew_deadline_s:g} < {timing.lease_duration_s:g} s"
+        raise OptionError(f"{', '.join(given) or 'the defaults'}: {problem} (not {shown})")
+    return timing
 
 
 def _pick(args: argparse.Namespace, environ: Mapping[str, str], dest: str) -> Raw:
@@ -238,6 +320,13 @@ def _namespace(text: str) -> str:
     name = text.strip()
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
         raise ValueError("not a namespace name (lowercase letters, digits and '-', at most 63)")
+    return name
+
+
+def _dns_label(text: str) -> str:
+    name = text.strip()
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+        raise ValueError("not a DNS label (lowercase letters, digits and '-', at most 63)")
     return name
 
 
@@ -335,17 +424,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(options: Options) -> None:
-    """Run the operator until interrupted (blocking)."""
+    """Run the operator until interrupted (blocking). With election, stand by until this process holds
+    the Lease; only then start kopf and the autoscaler."""
+    import importlib
     import threading
 
-    import kopf
-
     from frugal.operator import telemetry as metrics
-    from frugal.operator.cluster import handlers
-    from frugal.operator.cluster.prometheus import PrometheusMetrics
-    from frugal.operator.control.batch_reconciler import BatchReconciler
-    from frugal.operator.control.reconciler import Reconciler
-    from frugal.operator.control.scaler import Autoscaler
 
     operator_metrics = metrics.OperatorMetrics()
     cluster = _cluster(options.kubeconfig, operator_metrics.count_request)
@@ -357,27 +441,65 @@ def run(options: Options) -> None:
             server = metrics.serve(operator_metrics, options.metrics_port, options.metrics_host)
         except OSError as exc:
             raise cannot_listen(options.metrics_host, options.metrics_port, "--metrics-port", exc) from None
-    reconciler = Reconciler(cluster, options.settings, operator_metrics)
-    registry = kopf.OperatorRegistry()
-    handlers.register(registry, reconciler, options.interval, BatchReconciler(cluster, reconciler))
-    prometheus = PrometheusMetrics(options.rate_window, on_query=operator_metrics.prometheus_queries.inc)
-    autoscaler = Autoscaler(
-        cluster,
-        reconciler,
-        prometheus,
-        options.prometheus_url,
-        operator_metrics,
-        options.rate_window,
-        options.namespaces,
-    )
     stop = threading.Event()
-    ticking = threading.Thread(
-        target=autoscaler.run, args=(options.autoscale_interval, stop), name="autoscaler", daemon=True
-    )
-    ticking.start()
-    kopf.on.login(registry=registry)(kopf.login_via_client)
-    kopf.on.startup(registry=registry)(_configure)
+    elector = None
+    for module in LEADER_MODULES:  # before standing by: a new leader starts reconciling at once
+        importlib.import_module(module)
     try:
+        if options.elects:
+            # Its own client, uncounted: frugal_operator_api_*_total stay the reconcilers' traffic.
+            elector = _elector(options, _cluster(options.kubeconfig, lambda _method: None))
+            if not _stand_by(elector, options, stop):
+                return
+        operator_metrics.leader.set(1)
+        _lead(cluster, options, operator_metrics, stop, elector)
+    finally:
+        stop.set()
+        operator_metrics.leader.set(0)
+        if server is not None:
+            server.shutdown()
+
+
+def _lead(
+    cluster: Cluster,
+    options: Options,
+    operator_metrics: OperatorMetrics,
+    stop: threading.Event,
+    elector: leader.Elector | None,
+) -> None:
+    """kopf's handlers and the autoscaler, until kopf stops (SIGTERM, SIGINT); then release the Lease."""
+    import threading
+
+    import kopf
+
+    from frugal.operator.cluster import handlers
+    from frugal.operator.cluster.prometheus import PrometheusMetrics
+    from frugal.operator.control.batch_reconciler import BatchReconciler
+    from frugal.operator.control.reconciler import Reconciler
+    from frugal.operator.control.scaler import Autoscaler
+
+    keeping = [] if elector is None else elector.keep(stop, lambda: _lost(elector))
+    ticking = None
+    try:
+        reconciler = Reconciler(cluster, options.settings, operator_metrics)
+        registry = kopf.OperatorRegistry()
+        handlers.register(registry, reconciler, options.interval, BatchReconciler(cluster, reconciler))
+        prometheus = PrometheusMetrics(options.rate_window, on_query=operator_metrics.prometheus_queries.inc)
+        autoscaler = Autoscaler(
+            cluster,
+            reconciler,
+            prometheus,
+            options.prometheus_url,
+            operator_metrics,
+            options.rate_window,
+            options.namespaces,
+        )
+        ticking = threading.Thread(
+            target=autoscaler.run, args=(options.autoscale_interval, stop), name="autoscaler", daemon=True
+        )
+        ticking.start()
+        kopf.on.login(registry=registry)(kopf.login_via_client)
+        kopf.on.startup(registry=registry)(_configure)
         kopf.run(
             registry=registry,
             standalone=True,
@@ -387,9 +509,84 @@ def run(options: Options) -> None:
         )
     finally:
         stop.set()
-        ticking.join(timeout=10)
-        if server is not None:
-            server.shutdown()
+        if ticking is not None:
+            ticking.join(timeout=10)
+        for thread in keeping:
+            thread.join(timeout=options.timing.retry_period_s + 5)
+        # Hand over only once nothing of ours writes any more; else let the Lease expire.
+        if elector is not None and not any(t.is_alive() for t in [*keeping, *filter(None, [ticking])]):
+            elector.release()
+
+
+def _elector(options: Options, cluster: Cluster) -> leader.Elector:
+    namespace = options.lease_namespace
+    assert namespace is not None
+    return leader.Elector(cluster, namespace, options.lease_name, leader.new_identity(), options.timing)
+
+
+def _stand_by(elector: leader.Elector, options: Options, stop: threading.Event) -> bool:
+    """Wait to lead, answering the liveness URL meanwhile (a standby is live, not broken: its probe must
+    not restart it); SIGTERM or SIGINT ends the wait. True once leading."""
+    import signal
+
+    health = _standby_health(elector, options) if options.health_port else None
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        leading = elector.wait_to_lead(stop)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if health is not None:
+            health.shutdown()
+            health.server_close()
+    if leading and stop.is_set():  # the signal came as the Lease did: hand it straight back
+        elector.release()
+        return False
+    return leading
+
+
+def _standby_health(elector: leader.Elector, options: Options) -> Any:
+    """A tiny HTTP server on the health port until this process leads (then kopf's takes the port):
+    GET /healthz answers 200 while the elector keeps trying, 503 once a try hangs past a lease."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    stale_after = options.timing.lease_duration_s + 2 * options.timing.retry_period_s
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] != HEALTH_PATH:
+                self.send_error(404)
+                return
+            live = time.monotonic() - elector.tried_at < stale_after
+            body = json.dumps({"leader": False, "live": live}).encode()
+            self.send_response(200 if live else 503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:  # probes every few seconds: not worth a log line
+            pass
+
+    host = options.metrics_host.strip("[]")
+    server = ThreadingHTTPServer((host, options.health_port), Health)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="standby-health", daemon=True).start()
+    return server
+
+
+def _lost(elector: leader.Elector) -> None:
+    """Leadership lost (not renewed within the renew deadline, or another holds the Lease): stop at once,
+    before anyone may take over, so two leaders never reconcile; the pod restarts as a standby."""
+    logging.getLogger(__name__).error(
+        "Lost the Lease %s/%s as %s: exiting with status %d (the pod restarts as a standby)",
+        elector.namespace, elector.name, elector.identity, LOST_LEADERSHIP_EXIT,
+    )  # fmt: skip
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(LOST_LEADERSHIP_EXIT)
 
 
 def _cluster(kubeconfig: str | None, on_request: Callable[[str], None]) -> Cluster:
