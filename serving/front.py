@@ -5,9 +5,12 @@ front; the front forwards every request, as it came (its request-target byte for
 resolved, nothing re-quoted), to the live generation's first shard (the ``--upstream`` Service) and
 returns the answer as it is. When the upstream refuses the connection —
 a Service with no ready endpoint does exactly that — the request is *held*: it waits, and the front
-retries the connection every ``--retry-interval-ms`` until a replica answers. Meanwhile the gauge
-``frugal_front_held_requests`` counts what waits; the operator's autoscaler reads it through
-Prometheus and wakes the model. Clients see a slow first answer, never a refusal.
+retries the connection every ``--retry-interval-ms`` until a replica answers. While it holds, it wakes
+the model itself (``--wake-service``: `frugal.serving.front_wake`, through its own ServiceAccount
+token; ``--self-wake off`` leaves it to the operator), and the gauge ``frugal_front_held_requests``
+counts what waits, which the operator's autoscaler reads through Prometheus to size the wake. Clients
+see a slow first answer, never a refusal. gRPC (``--grpc-port``) is proxied the same way, method by
+method, as bytes (`frugal.serving.front_grpc`), held under the same bound and deadline.
 
 Bounds, so nothing hangs and memory stays bounded: the front keeps at most ``--hold-max-requests``
 requests at once (held, or on their way to a replica), counted before their body is read, each body
@@ -38,6 +41,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 import aiohttp
@@ -48,6 +52,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from yarl import URL
 
 from frugal.schema.request_limits import SMALLEST_LIMIT
+from frugal.serving.front_wake import SERVICE_ACCOUNT_DIR, KubeAccess, Result, Waker, in_cluster_url
 from frugal.serving.server.client_faults import one_line, quiet_client_faults
 from frugal.serving.server.failures import (
     BadGateway,
@@ -67,6 +72,7 @@ from frugal.serving.server.settings import (
     add_arguments,
     cannot_listen,
     declared,
+    port_in_use,
 )
 
 log = logging.getLogger("frugal.front")
@@ -128,10 +134,17 @@ class FrontMetrics:
             "frugal_front_requests", "Requests through the front, by the HTTP status answered",
             [*names, "code"], registry=registry,
         )  # fmt: skip
+        self._wakes = Counter(
+            "frugal_front_wakes", "Wakes the front made of its model at zero, by result (woken, awake, failed)",
+            [*names, "result"], registry=registry,
+        )  # fmt: skip
         self._values = values
 
     def answered(self, status: int) -> None:
         self._requests.labels(*self._values, str(status)).inc()
+
+    def woke(self, result: Result) -> None:
+        self._wakes.labels(*self._values, result.value).inc()
 
 
 class Front:
@@ -146,8 +159,11 @@ class Front:
         retry_interval_s: float,
         max_body_bytes: int,
         upstream_timeout_s: float = 300.0,
+        waker: Waker | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
+        self.waker = waker
+        self.upstream_timeout_s = upstream_timeout_s
         self.hold = hold
         self.metrics = metrics
         self.registry = registry
@@ -184,10 +200,54 @@ class Front:
         self._session = aiohttp.ClientSession(
             timeout=self.timeout, auto_decompress=False, connector=aiohttp.TCPConnector(limit=0)
         )
+        if self.waker is not None:
+            await self.waker.open()
 
     async def _close(self, _: web.Application) -> None:
         if self._session is not None:
             await self._session.close()
+        if self.waker is not None:
+            await self.waker.close()
+
+    # -- what REST and gRPC share: the bound, the held gauge, the wake ----------------------------------
+
+    def take(self, what: str = "requests") -> None:
+        """Count one more request kept here, or raise HoldFull past the bound (before any body is read)."""
+        if self.kept >= self.hold.max_requests:
+            raise HoldFull(
+                f"front: {self.kept} {what} already wait here (for a replica or its answer); retry shortly"
+            )
+        self.kept += 1
+
+    def release(self) -> None:
+        self.kept -= 1
+
+    @property
+    def hold_deadline_s(self) -> float:
+        return self.hold.deadline_s
+
+    def answered(self, status: int) -> None:
+        self.metrics.answered(status)
+
+    def start_holding(self) -> None:
+        self.held += 1
+        self.metrics.held.inc()
+
+    def stop_holding(self, waited_s: float) -> None:
+        self.held -= 1
+        self.metrics.held.dec()
+        self.metrics.hold_duration.observe(waited_s)
+
+    def poke(self) -> None:
+        """A request is held: wake the model, unless a wake runs or just ran (`Waker.poke`)."""
+        if self.waker is not None:
+            self.waker.poke(self.held)
+
+    def no_replica(self, why: object) -> NoReplica:
+        return NoReplica(
+            f"front: no replica answered within {self.hold.deadline_s:g}s ({why}); retry shortly",
+            retry_after_s=max(1, round(self.hold.deadline_s / 4)),
+        )
 
     async def _healthy(self, _: web.Request) -> web.Response:
         return web.json_response({"live": True, "ready": True})
@@ -217,16 +277,12 @@ class Front:
         """The upstream's answer, or a `ServingError`: the front is full or the hold past its deadline
         (503), the body is too large (413) or malformed (400), the upstream did not answer in time (504)
         or failed after the request reached it (502)."""
-        if self.kept >= self.hold.max_requests:  # before the body is read: what bounds the front's memory
-            raise HoldFull(
-                f"front: {self.kept} requests already wait here (for a replica or its answer); retry shortly"
-            )
-        self.kept += 1
+        self.take()  # before the body is read: what bounds the front's memory
         try:
             body = await self._read(request)
             return await self._hold_and_forward(request, body)
         finally:
-            self.kept -= 1
+            self.release()
 
     async def _read(self, request: web.Request) -> bytes:
         try:
@@ -258,14 +314,10 @@ class Front:
                     waited = loop.time() - started
                     if not holding:
                         holding = True
-                        self.held += 1
-                        self.metrics.held.inc()
+                        self.start_holding()
                     if waited >= self.hold.deadline_s:
-                        raise NoReplica(
-                            f"front: no replica answered within {self.hold.deadline_s:g}s ({_why(exc)}); "
-                            "retry shortly",
-                            retry_after_s=max(1, round(self.hold.deadline_s / 4)),
-                        ) from exc
+                        raise self.no_replica(_why(exc)) from exc
+                    self.poke()
                     await asyncio.sleep(min(self.retry_interval_s, self.hold.deadline_s - waited))
         except asyncio.CancelledError:  # the client went away (Front.runner), or the front stops
             if holding:
@@ -277,9 +329,7 @@ class Front:
             raise BadGateway(f"front: {self.upstream} failed: {one_line(exc)}") from None  # may quote the URL
         finally:
             if holding:
-                self.held -= 1
-                self.metrics.held.dec()
-                self.metrics.hold_duration.observe(loop.time() - started)
+                self.stop_holding(loop.time() - started)
 
     async def _forward(self, request: web.Request, headers: dict[str, str], body: bytes) -> web.Response:
         assert self._session is not None
@@ -316,6 +366,16 @@ async def forward(
 ENV_PREFIX = "FRUGAL_FRONT_"
 
 
+def on_off(text: str) -> bool:
+    """`on`/`off` (also true/false, yes/no, 1/0) as a switch."""
+    value = text.strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"{text!r}: use on or off")
+
+
 @dataclass(frozen=True)
 class FrontConfig:
     """`frugal front`'s settings: each field is a flag and a FRUGAL_FRONT_* variable (settings.Setting)."""
@@ -327,6 +387,16 @@ class FrontConfig:
     namespace: Annotated[str, Setting("the metrics' namespace label")] = ""
     host: Annotated[str, Setting("address to listen on (0.0.0.0 in a pod)")] = "127.0.0.1"
     port: Annotated[int, Setting("port to listen on (0: any free port, printed when ready)")] = 8080
+    grpc_upstream: Annotated[
+        str,
+        Setting(
+            "host:port of the model's first shard's OIP gRPC service, e.g. md-live.ns.svc:8081 (blank: "
+            "the front does not proxy gRPC)"
+        ),
+    ] = ""
+    grpc_port: Annotated[
+        int, Setting("port the front takes gRPC on, with --grpc-upstream (0: any free port, printed when ready)")
+    ] = 8081
     hold_max_requests: Annotated[
         int,
         Setting(
@@ -346,6 +416,30 @@ class FrontConfig:
         ),
     ] = SMALLEST_LIMIT
     log_level: Annotated[str, Setting("DEBUG, INFO, WARNING or ERROR")] = "INFO"
+    self_wake: Annotated[
+        bool,
+        Setting(
+            "on: while it holds a request, the front scales the model's live shards from 0 to 1 replica "
+            "itself (needs --wake-service); off: only the operator's autoscaler wakes the model",
+            parse=on_off,
+        ),
+    ] = True
+    wake_service: Annotated[
+        str,
+        Setting(
+            "the Service (in --namespace) whose frugal.dev/wake-deployments annotation names the "
+            "Deployments to wake, e.g. md-live (blank: the front does not wake the model)"
+        ),
+    ] = ""
+    kube_api_url: Annotated[
+        str, Setting("the API server to wake the model through (blank: in a pod, KUBERNETES_SERVICE_HOST/PORT)")
+    ] = ""
+    kube_token_file: Annotated[
+        Path, Setting("bearer token of the front's ServiceAccount (re-read at every wake)")
+    ] = SERVICE_ACCOUNT_DIR / "token"
+    kube_ca_file: Annotated[
+        str, Setting("CA bundle the API server's certificate is checked against (blank: the system's)")
+    ] = str(SERVICE_ACCOUNT_DIR / "ca.crt")
 
 
 SETTINGS = declared(FrontConfig, ENV_PREFIX)
@@ -383,17 +477,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if config.grpc_upstream and not _is_host_port(config.grpc_upstream):
+        parser.error(f"--grpc-upstream {echo(config.grpc_upstream)}: use host:port, e.g. md-live.ns.svc:8081")
+    access = _kube_access(parser, config, dict(os.environ))
     registry = CollectorRegistry()
     metrics = FrontMetrics(registry, config.model_name, {"namespace": config.namespace})
+    waker = None if access is None else Waker(access, metrics.woke)
     front = Front(
-        config.upstream, hold, metrics, registry, config.retry_interval_ms / 1000.0, config.max_body_bytes
-    )
+        config.upstream, hold, metrics, registry, config.retry_interval_ms / 1000.0, config.max_body_bytes,
+        waker=waker,
+    )  # fmt: skip
     try:
-        asyncio.run(_serve(front, config.host, config.port))
+        asyncio.run(_serve(front, config))
     except StartupError as error:
         print(f"frugal front: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _kube_access(
+    parser: argparse.ArgumentParser, config: FrontConfig, environ: dict[str, str]
+) -> KubeAccess | None:
+    """How the front wakes its model, or None when it does not (--self-wake off, or no --wake-service)."""
+    if not (config.self_wake and config.wake_service):
+        return None
+    api_url = config.kube_api_url or in_cluster_url(environ)
+    if not api_url or not _is_base_url(api_url):
+        parser.error(
+            f"--kube-api-url {echo(api_url or '')}: --wake-service needs the API server's URL "
+            "(in a pod, KUBERNETES_SERVICE_HOST gives it), or pass --self-wake off"
+        )
+    if not config.namespace:
+        parser.error("--namespace is required to wake the model (--wake-service)")
+    if not config.kube_token_file.is_file():
+        parser.error(f"--kube-token-file {echo(str(config.kube_token_file))}: no such file (--self-wake off?)")
+    ca_file = Path(config.kube_ca_file) if config.kube_ca_file.strip() else None
+    if ca_file is not None and not ca_file.is_file():
+        parser.error(f"--kube-ca-file {echo(config.kube_ca_file)}: no such file")
+    return KubeAccess(api_url, config.kube_token_file, ca_file, config.namespace, config.wake_service)
+
+
+def _is_host_port(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 def _is_base_url(text: str) -> bool:
@@ -404,7 +530,8 @@ def _is_base_url(text: str) -> bool:
     return url.scheme in ("http", "https") and bool(url.host)
 
 
-async def _serve(front: Front, host: str, port: int) -> None:
+async def _serve(front: Front, config: FrontConfig) -> None:
+    host, port = config.host, config.port
     runner = front.runner()
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -415,12 +542,34 @@ async def _serve(front: Front, host: str, port: int) -> None:
         raise cannot_listen(host, port, "--port", exc) from None
     bound = next(a for a in runner.addresses if isinstance(a, tuple))
     print(f"frugal front: forwarding to {front.upstream} on http://{host}:{bound[1]}", flush=True)
+    grpc_server = None
+    if config.grpc_upstream:
+        from frugal.serving import front_grpc  # the gRPC stack only where gRPC is proxied
+
+        if config.grpc_port and (in_use := port_in_use(host, config.grpc_port)) is not None:
+            await runner.cleanup()
+            raise cannot_listen(host, config.grpc_port, "--grpc-port", in_use)
+        grpc_server, proxy, grpc_bound = await front_grpc.start(
+            front, config.grpc_upstream, host, config.grpc_port, config.retry_interval_ms / 1000.0
+        )
+        print(f"frugal front: gRPC to {config.grpc_upstream} on {host}:{grpc_bound}", flush=True)
+    if front.waker is None:
+        log.info("front: self-wake off: the operator's autoscaler alone wakes the model")
+    else:
+        access = front.waker.access
+        log.info("front: wakes the Deployments %s/%s names, through %s", access.namespace, access.service,
+                 access.api_url)  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await runner.cleanup()  # finishes the requests in flight, held ones included, up to aiohttp's grace
+    # Both finish the requests in flight, held ones included (REST up to aiohttp's grace).
+    if grpc_server is not None:
+        await asyncio.gather(runner.cleanup(), grpc_server.stop(front.hold_deadline_s))
+        await proxy.close()
+    else:
+        await runner.cleanup()
 
 
 if __name__ == "__main__":

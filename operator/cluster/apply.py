@@ -28,6 +28,10 @@ RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
     (API_VERSION, "BatchInference"): (f"/apis/{API_VERSION}", "batchinferences", True),
     ("monitoring.coreos.com/v1", "PodMonitor"): ("/apis/monitoring.coreos.com/v1", "podmonitors", True),
     ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies", True),
+    ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts", True),
+    ("rbac.authorization.k8s.io/v1", "Role"): ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    ("coordination.k8s.io/v1", "Lease"): ("/apis/coordination.k8s.io/v1", "leases", True),
 }
 
 
@@ -64,6 +68,11 @@ class Cluster:
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         return self._call("POST", self._path(obj["apiVersion"], obj["kind"], meta.get("namespace")), body=obj)
+
+    def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT `obj` whole; with metadata.resourceVersion set, a 409 says someone wrote it since."""
+        meta = obj["metadata"]
+        return self._call("PUT", self._path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]), body=obj)
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:

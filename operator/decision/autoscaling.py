@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 
@@ -207,6 +207,7 @@ def recommend(
             memory,
         )
     if targets.scale_to_zero_after_s is not None and targets.min_replicas == 0:
+        memory = _woken_elsewhere(current, memory, now)
         asleep = _zero_or_wake(observation, current, targets, memory, now)
         if asleep is not None:
             return asleep
@@ -246,6 +247,17 @@ def _last_demand(observation: Observation, memory: Memory, now: float) -> float:
     if observation.demand or memory.last_demand_at is None:
         return now
     return memory.last_demand_at
+
+
+def _woken_elsewhere(current: Sequence[int], memory: Memory, now: float) -> Memory:
+    """A model this policy put to sleep that runs again was woken by its front (which scales the live
+    shards from 0 to 1 itself when it holds a request): that wake is demand, seen now, so the idle
+    window starts again instead of the model going back to zero before the front's request is served
+    or its held requests reach the metrics."""
+    last = memory.recommendations[-1][1] if memory.recommendations else None
+    if last is None or any(last) or not any(current):
+        return memory
+    return replace(memory, last_demand_at=now)
 
 
 def _zero_or_wake(

@@ -322,20 +322,35 @@ def _endpoint_objects(
     before = _live_before(context.cluster)
     live_now = current if live or before is None else None
     if serving_objects.has_front(md):
-        # The front's upstream moves like the endpoint did; the endpoint itself always selects the front.
-        upstream = [] if live_now is None else [serving_objects.desired_live_service(md, live_now)]
         assert isinstance(context.found, artifact_files.Artifacts) and context.choice is not None
+        # The front's upstream, and what the front may wake, move like the endpoint did (and are kept
+        # up to date for a live revision asleep at zero); the endpoint itself always selects the front.
+        target = live_now if live_now is not None or before != current else current
+        shards = context.choice.candidate.shards
+        upstream = (
+            []
+            if target is None
+            else [
+                *serving_objects.desired_front_access(md, target, shards),
+                serving_objects.desired_live_service(md, target, shards),
+            ]
+        )
         served = context.found.manifest.variant(context.choice.candidate.variant)
         front = serving_objects.desired_front(
             md, context.settings.serving_default, context.settings.front_placement, inputs=served.inputs
         )
-        return [*upstream, front, serving_objects.desired_endpoint_service(md, before or current)], ()
+        fronted = serving_objects.desired_endpoint_service(md, before or current)
+        return [serving_objects.desired_front_account(md), *upstream, front, fronted], ()
     endpoint = [] if live_now is None else [serving_objects.desired_endpoint_service(md, live_now)]
     if not context.cluster.front_exists:
         return endpoint, ()
+    identity = names.front_identity(md.owner)
     return endpoint, (
         ("apps/v1", "Deployment", names.front(md.owner)),
         ("v1", "Service", names.live_service(md.owner)),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding", identity),
+        ("rbac.authorization.k8s.io/v1", "Role", identity),
+        ("v1", "ServiceAccount", identity),
     )
 
 

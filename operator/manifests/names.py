@@ -86,6 +86,11 @@ def live_service(owner: Owner) -> str:
     return bounded(owner.name, "live")
 
 
+def front_identity(owner: Owner) -> str:
+    """The front's ServiceAccount, and the Role and RoleBinding that let it wake the model (one name)."""
+    return bounded(owner.name, "front")
+
+
 def labels(owner: Owner, component: str, **extra: str) -> dict[str, str]:
     """The app.kubernetes.io/* labels plus frugal's own selectors."""
     result = {

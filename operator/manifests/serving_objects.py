@@ -7,7 +7,10 @@ Service (named after the ModelDeployment) selects the front shard of whichever (
 is live, and only moves once the new one is ready. With ``minReplicas: 0`` the endpoint
 Service selects the front (`frugal front`, one Deployment per ModelDeployment, not per generation)
 instead, and the live generation's first shard is behind ``<name>-live``, which the front forwards
-to and which moves between generations as the endpoint would.
+to and which moves between generations as the endpoint would. ``<name>-live`` also names the live
+revision's shard Deployments (`frugal.schema.wake_annotation`), which the front scales from 0 to 1 itself
+when it holds a request, as the ServiceAccount, Role and RoleBinding ``<name>-front`` allow
+(:func:`desired_front_role`: that Service and those Deployments' scale, nothing else).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from frugal.operator.manifests import container_commands, names, pod_specs
 from frugal.operator.manifests.storage import ArtifactLocation
 from frugal.schema.artifact_format import TensorSpec
 from frugal.schema.request_limits import body_limit
+from frugal.schema.wake_annotation import WAKE_ANNOTATION, wake_annotation
 
 DRAIN_SECONDS = 5
 TERMINATION_GRACE_SECONDS = 30
@@ -217,7 +221,8 @@ def has_front(md: ModelDeploymentSpec) -> bool:
 
 
 def desired_endpoint_service(md: ModelDeploymentSpec, live: Live) -> dict[str, Any]:
-    """The model's stable endpoint: the front shard of the live (generation, revision), or the front."""
+    """The model's stable endpoint: the front shard of the live (generation, revision), or the front
+    (which proxies REST and gRPC alike, on the same port names)."""
     metadata = names.metadata(md.owner, names.endpoint_service(md.owner), "endpoint")
     selector = front_selector(md.owner) if has_front(md) else shard_selector(md.owner, 0, live)
     if not has_front(md):
@@ -227,17 +232,17 @@ def desired_endpoint_service(md: ModelDeploymentSpec, live: Live) -> dict[str, A
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata,
-        # The front speaks REST only (it holds requests while no replica runs): gRPC clients of a
-        # model that scales to zero call <name>-live, and a request there does not wake the model.
-        "spec": {"selector": selector, "ports": [_service_port()] if has_front(md) else _serving_ports()},
+        "spec": {"selector": selector, "ports": _serving_ports()},
     }
 
 
-def desired_live_service(md: ModelDeploymentSpec, live: Live) -> dict[str, Any]:
-    """Behind the front: the live revision's first shard (moves once a new one is ready)."""
+def desired_live_service(md: ModelDeploymentSpec, live: Live, shards: int) -> dict[str, Any]:
+    """Behind the front: the live revision's first shard (moves once a new one is ready); its
+    annotation names the revision's `shards` Deployments, the ones the front wakes."""
     metadata = names.metadata(md.owner, names.live_service(md.owner), "endpoint")
     metadata["labels"][names.LABEL_GENERATION] = str(live.generation)
     metadata["labels"][names.LABEL_REVISION] = str(live.revision)
+    metadata["annotations"] = {WAKE_ANNOTATION: wake_annotation(live_shards(md.owner, live, shards))}
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -248,6 +253,65 @@ def desired_live_service(md: ModelDeploymentSpec, live: Live) -> dict[str, Any]:
 
 def front_selector(owner: Owner) -> dict[str, str]:
     return {names.LABEL_MD: owner.name, names.LABEL_ROLE: "front"}
+
+
+def live_shards(owner: Owner, live: Live, shards: int) -> list[str]:
+    """The Deployments of the live (generation, revision)'s `shards` shards, front shard first."""
+    if shards < 1:
+        raise ValueError("a revision has at least one shard")
+    return [names.shard(owner, index, live.generation, live.revision) for index in range(shards)]
+
+
+def desired_front_account(md: ModelDeploymentSpec) -> dict[str, Any]:
+    """The front's ServiceAccount. It mounts no token by itself: only the front's pod asks for one."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": names.metadata(md.owner, names.front_identity(md.owner), "front"),
+        "automountServiceAccountToken": False,
+    }
+
+
+def desired_front_access(md: ModelDeploymentSpec, live: Live, shards: int) -> list[dict[str, Any]]:
+    """The front's Role (:func:`desired_front_role`) and the RoleBinding giving it to the front's
+    account, in that order: the API server checks a binding against the Role it names, which must exist."""
+    name = names.front_identity(md.owner)
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": names.metadata(md.owner, name, "front"),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": md.owner.namespace}],
+    }
+    return [desired_front_role(md, live, shards), binding]
+
+
+def desired_front_role(md: ModelDeploymentSpec, live: Live, shards: int) -> dict[str, Any]:
+    """What the front may do with its token: read ``<name>-live`` (the annotation naming the Deployments
+    to wake) and get or patch the scale of exactly the live revision's shard Deployments. Moves with
+    the live revision, in the same pass as ``<name>-live``'s selector. No list, no watch, no other
+    Deployment: a stolen token can at most wake this model, or scale its live shards, which the
+    autoscaler corrects on its next tick."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": names.metadata(md.owner, names.front_identity(md.owner), "front"),
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["services"],
+                "verbs": ["get"],
+                "resourceNames": [names.live_service(md.owner)],
+            },
+            {
+                "apiGroups": ["apps"],
+                "resources": ["deployments/scale"],
+                "verbs": ["get", "patch"],
+                # Never empty: an empty resourceNames would allow every Deployment of the namespace.
+                "resourceNames": live_shards(md.owner, live, shards),
+            },
+        ],
+    }
 
 
 @dataclass(frozen=True)
@@ -306,7 +370,9 @@ def desired_front(
     inputs: Sequence[TensorSpec],
 ) -> dict[str, Any]:
     """The always-on front of a model that may scale to zero: it holds requests while no replica
-    runs (its held-requests gauge wakes the model) and forwards them to ``<name>-live``. One replica,
+    runs, scales the live shards from 0 to 1 itself (as ``<name>-front``, :func:`desired_front_role`;
+    its held-requests gauge tells the autoscaler too) and forwards them, REST and gRPC, to
+    ``<name>-live``. One replica,
     owned by the operator's apply (the autoscaler never scales it); its template changes only with the
     served variant's `inputs` or the batching settings (`FrontBounds`), so a rollout of the same model
     does not restart it. `placement` (``nodeSelector``, ``tolerations``) puts it where the operator
@@ -326,6 +392,11 @@ def desired_front(
         hold_requests=bounds.requests,
         max_body_bytes=bounds.max_body_bytes,
     )
+    command += [
+        "--grpc-port", str(container_commands.GRPC_PORT),
+        "--grpc-upstream", f"{names.live_service(md.owner)}.{md.owner.namespace}.svc:{container_commands.GRPC_PORT}",
+        "--wake-service", names.live_service(md.owner),
+    ]  # fmt: skip
     container = {
         "name": "front",
         "image": image,
@@ -334,7 +405,10 @@ def desired_front(
         "securityContext": dict(pod_specs.CONTAINER_SECURITY),
         "volumeMounts": [{"name": pod_specs.SCRATCH_VOLUME, "mountPath": pod_specs.SCRATCH_PATH}],
         "resources": bounds.resources(),
-        "ports": [{"name": "http", "containerPort": container_commands.SERVING_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": container_commands.SERVING_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": container_commands.GRPC_PORT, "protocol": "TCP"},
+        ],
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=6),
         # A crash's last log lines become its termination message (`kubectl describe pod` shows them).
@@ -358,7 +432,9 @@ def desired_front(
                     },
                 },
                 "spec": {
-                    "automountServiceAccountToken": False,
+                    # Its token (in-cluster path) lets the front wake the model: desired_front_role.
+                    "serviceAccountName": names.front_identity(md.owner),
+                    "automountServiceAccountToken": True,
                     "enableServiceLinks": False,
                     # Held requests may wait HOLD_DEADLINE_SECONDS: let them finish on shutdown.
                     "terminationGracePeriodSeconds": HOLD_DEADLINE_SECONDS + DRAIN_SECONDS,
@@ -377,9 +453,8 @@ def endpoint_url(owner: Owner) -> str:
 
 
 def grpc_endpoint(md: ModelDeploymentSpec) -> str:
-    """host:port of the OIP gRPC service: the endpoint, or `<name>-live` for a model behind its front."""
-    service = names.live_service(md.owner) if has_front(md) else names.endpoint_service(md.owner)
-    return f"{service}.{md.owner.namespace}.svc:{container_commands.GRPC_PORT}"
+    """host:port of the OIP gRPC service: the endpoint (behind it, the front of a model at zero)."""
+    return f"{names.endpoint_service(md.owner)}.{md.owner.namespace}.svc:{container_commands.GRPC_PORT}"
 
 
 def _next_stage_url(owner: Owner, index: int, shards: int) -> str | None:

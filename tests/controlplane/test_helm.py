@@ -107,6 +107,11 @@ OPERATOR_ACCESS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("monitoring.coreos.com", "podmonitors", "", ("get", "list", "create", "patch")),
     ("apiextensions.k8s.io", "customresourcedefinitions", "", ("list", "watch")),  # kopf's scanning
     ("", "namespaces", "", ("list", "watch")),  # kopf, when it watches some namespaces
+    # The scale-to-zero front's identity, and what its Role grants (the operator must hold it to grant it).
+    ("", "serviceaccounts", "", ("get", "create", "patch", "delete")),
+    ("rbac.authorization.k8s.io", "roles", "", ("get", "create", "patch", "delete")),
+    ("rbac.authorization.k8s.io", "rolebindings", "", ("get", "create", "patch", "delete")),
+    ("apps", "deployments", "scale", ("get", "patch")),
 )
 # ... and what it must not be: least privilege is part of the chart's contract.
 OPERATOR_DENIED = (
@@ -114,6 +119,8 @@ OPERATOR_DENIED = (
     ("frugal.dev", "modeldeployments", "", ("delete", "create")),
     ("frugal.dev", "hardwareprofiles", "", ("patch",)),
     ("", "pods", "", ("create", "delete")),
+    ("rbac.authorization.k8s.io", "clusterroles", "", ("create", "patch")),
+    ("rbac.authorization.k8s.io", "clusterrolebindings", "", ("create", "patch")),
     ("apiextensions.k8s.io", "customresourcedefinitions", "", ("create", "patch")),
 )
 
@@ -153,6 +160,7 @@ def test_rbac_covers_every_kind_the_operator_talks_to() -> None:
     from frugal.operator.cluster.apply import RESOURCES
 
     granted = {(group, resource) for group, resource, _, _ in OPERATOR_ACCESS}
+    granted.add(("coordination.k8s.io", "leases"))  # a Role in the release namespace: test_leader_election
     used = {
         (api_version.rpartition("/")[0], plural) for (api_version, _), (_, plural, _) in RESOURCES.items()
     }

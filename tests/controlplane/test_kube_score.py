@@ -133,7 +133,8 @@ def batch_children() -> list[dict[str, Any]]:
 def test_the_operators_children_have_no_critical_finding(tmp_path: Path) -> None:
     objects = children()
     kinds = {o["kind"] for o in objects}
-    assert kinds == {"Job", "Service", "Deployment", "PodDisruptionBudget", "PodMonitor", "NetworkPolicy"}, kinds
+    assert kinds == {"Job", "Service", "Deployment", "PodDisruptionBudget", "PodMonitor", "NetworkPolicy",
+                     "ServiceAccount", "Role", "RoleBinding"}, kinds  # fmt: skip
     assert {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"} >= {"digits-front", "digits-g1-shard-1"}
     path = tmp_path / "children.yaml"
     path.write_text(yaml.safe_dump_all(objects))

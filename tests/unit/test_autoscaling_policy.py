@@ -405,3 +405,22 @@ def test_what_the_fronts_hold_is_read_per_model_and_wakes_a_model_at_zero() -> N
     quiet = observation("ml", "other", (0,), (0,), {}, held_requests=held[("ml", "other")])
     answer, _ = recommend(quiet, (0,), targets, Memory(), 0.0)
     assert answer.replicas == (0,) and answer.reason is ScaleReason.IDLE
+
+
+def test_a_model_its_front_woke_stays_awake_for_the_idle_window_from_the_wake() -> None:
+    # Put to sleep by the policy, then woken by its front (1 replica set by someone else) before any
+    # held request or request rate reaches the metrics: the wake itself is the demand.
+    quiet = Observation((shard(0.0, None, 0),))
+    asleep, memory = recommend(quiet, (0,), SLEEPY, Memory(last_demand_at=0.0), 100.0)
+    assert asleep.replicas == (0,) and asleep.reason is ScaleReason.IDLE
+    woken = Observation((shard(0.0, None, 1),))
+    answer, memory = recommend(woken, (1,), SLEEPY, memory, 101.0)
+    assert answer.replicas == (1,) and memory.last_demand_at == 101.0
+    for now in (130.0, 160.0):  # within scaleToZeroAfterSeconds of the wake: no flap back to zero
+        answer, memory = recommend(woken, (1,), SLEEPY, memory, now)
+        assert answer.replicas == (1,), now
+    answer, _ = recommend(woken, (1,), SLEEPY, memory, 161.0)
+    assert answer.replicas == (0,) and answer.reason is ScaleReason.IDLE  # idle for the window since
+    # Without a sleep of its own to compare with (a restarted operator), a running model is not "woken".
+    _, fresh = recommend(woken, (1,), SLEEPY, Memory(last_demand_at=0.0), 200.0)
+    assert fresh.last_demand_at == 0.0

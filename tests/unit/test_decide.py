@@ -393,6 +393,10 @@ def test_a_scaled_to_zero_model_still_serves_and_keeps_its_live_generation() -> 
     assert decision.assessment.condition("Ready").status is True
     assert decision.assessment.phase is Phase.SERVING
     assert ("Deployment", "digits-front") in kinds(decision) and decision.delete == ()
+    # asleep, the live revision is still what the front reaches and may wake (e.g. after an upgrade)
+    assert {("Role", "digits-front"), ("RoleBinding", "digits-front"), ("Service", "digits-live")} <= set(
+        kinds(decision)
+    )
 
 
 def test_a_new_generation_of_a_fronted_model_moves_the_live_service_only_once_ready() -> None:
@@ -406,13 +410,40 @@ def test_a_new_generation_of_a_fronted_model_moves_the_live_service_only_once_re
     assert live["spec"]["selector"]["frugal.dev/generation"] == "2" and done.prune_superseded
 
 
+def test_what_the_front_may_wake_moves_with_the_live_service_and_only_then() -> None:
+    state = ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE}, live_generation=1,
+                         front_exists=True)  # fmt: skip
+    rolling = decide(scale_to_zero_md(2), PROFILES, state, PROFILED, SETTINGS)
+    # While generation 2 starts, the Role and its binding are left as they are (naming generation 1's
+    # shards, still live); the front's account is applied on every pass.
+    assert ("Role", "digits-front") not in kinds(rolling) and ("RoleBinding", "digits-front") not in kinds(rolling)
+    assert ("ServiceAccount", "digits-front") in kinds(rolling)
+    ready = dataclasses.replace(state, shard_replicas={0: 1}, shard_ready={0: 1})
+    done = decide(scale_to_zero_md(2), PROFILES, ready, PROFILED, SETTINGS)
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in done.apply}
+    role, live = by_name[("Role", "digits-front")], by_name[("Service", "digits-live")]
+    order = kinds(done)
+    assert order.index(("Role", "digits-front")) < order.index(("RoleBinding", "digits-front"))
+    scale_rule = next(r for r in role["rules"] if r["resources"] == ["deployments/scale"])
+    assert scale_rule["resourceNames"] == ["digits-g2-shard-0"]
+    assert live["metadata"]["annotations"]["frugal.dev/wake-deployments"] == "digits-g2-shard-0"
+    front = by_name[("Deployment", "digits-front")]["spec"]["template"]["spec"]
+    assert front["serviceAccountName"] == by_name[("RoleBinding", "digits-front")]["subjects"][0]["name"]
+
+
 def test_raising_minreplicas_from_0_removes_the_front_and_points_the_endpoint_at_the_model() -> None:
     state = ClusterState(
         compression=DONE, profiling={"cpu": DONE, "gpu": DONE}, shard_replicas={0: 1}, shard_ready={0: 1},
         live_generation=1, front_exists=True,
     )  # fmt: skip
     decision = decide(MD, PROFILES, state, PROFILED, SETTINGS)
-    assert decision.delete == (("apps/v1", "Deployment", "digits-front"), ("v1", "Service", "digits-live"))
+    assert decision.delete == (
+        ("apps/v1", "Deployment", "digits-front"),
+        ("v1", "Service", "digits-live"),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding", "digits-front"),
+        ("rbac.authorization.k8s.io/v1", "Role", "digits-front"),
+        ("v1", "ServiceAccount", "digits-front"),
+    )
     endpoint = next(o for o in decision.apply if o["metadata"]["name"] == "digits")
     assert endpoint["spec"]["selector"]["frugal.dev/shard"] == "0"
     assert ("Deployment", "digits-front") not in kinds(decision)

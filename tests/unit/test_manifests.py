@@ -22,6 +22,7 @@ from frugal.operator.decision.planner import Option
 from frugal.operator.manifests import batch_jobs, container_commands, jobs, names, pod_specs, serving_objects
 from frugal.operator.manifests.storage import CLAIMS_MOUNT, POD_MOUNT, claim_volume_name, locate
 from frugal.schema.artifact_format import TensorSpec
+from frugal.schema.wake_annotation import WAKE_ANNOTATION, deployments_to_wake
 
 MD: dict[str, Any] = {
     "apiVersion": "frugal.dev/v1alpha1",
@@ -412,7 +413,7 @@ def test_endpoint_service_follows_the_live_generation() -> None:
     assert replanned["metadata"]["labels"][names.LABEL_REVISION] == "1"
 
 
-def test_grpc_is_served_and_exposed_wherever_rest_is_except_through_the_front() -> None:
+def test_grpc_is_served_and_exposed_wherever_rest_is_through_the_front_too() -> None:
     selection = Option("int8", "gpu-t4", 2)
     deployment = serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, selection, 0)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -424,28 +425,37 @@ def test_grpc_is_served_and_exposed_wherever_rest_is_except_through_the_front() 
 
     both = {"http": (8080, "http"), "grpc": (8081, "grpc")}
     assert ports(serving_objects.desired_shard_service(SPEC, selection, 1)) == both
-    assert ports(serving_objects.desired_live_service(SPEC, serving_objects.Live(3))) == both
+    assert ports(serving_objects.desired_live_service(SPEC, serving_objects.Live(3), 1)) == both
     always_on = md_with(autoscaling__minReplicas=1)
     assert ports(serving_objects.desired_endpoint_service(always_on, serving_objects.Live(3))) == both
-    # the front holds REST requests while no replica runs; it has no gRPC port to offer
-    assert ports(serving_objects.desired_endpoint_service(SPEC, serving_objects.Live(3))) == {"http": (8080, "http")}
+    # the front holds gRPC calls as it holds REST requests: the endpoint offers both, on the front's ports
+    assert ports(serving_objects.desired_endpoint_service(SPEC, serving_objects.Live(3))) == both
+    front = serving_objects.desired_front(SPEC, IMAGE, inputs=DIGITS_INPUTS)
+    (container,) = front["spec"]["template"]["spec"]["containers"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8080, "grpc": 8081}
+    command = container["command"]
+    assert command[command.index("--grpc-port") + 1] == "8081"
+    assert command[command.index("--grpc-upstream") + 1] == "digits-live.ml.svc:8081"
     assert serving_objects.grpc_endpoint(always_on) == "digits.ml.svc:8081"
-    assert serving_objects.grpc_endpoint(SPEC) == "digits-live.ml.svc:8081"
+    assert serving_objects.grpc_endpoint(SPEC) == "digits.ml.svc:8081"
 
 
 def test_a_model_that_may_scale_to_zero_is_reached_through_its_front() -> None:
     assert SPEC.min_replicas == 0
     endpoint = serving_objects.desired_endpoint_service(SPEC, serving_objects.Live(2))
     assert endpoint["spec"]["selector"] == serving_objects.front_selector(SPEC.owner)
-    live = serving_objects.desired_live_service(SPEC, serving_objects.Live(2))
+    live = serving_objects.desired_live_service(SPEC, serving_objects.Live(2), 1)
     assert live["metadata"]["name"] == "digits-live"
     assert live["spec"]["selector"][names.LABEL_GENERATION] == "2"
     front = serving_objects.desired_front(SPEC, "img:1", inputs=DIGITS_INPUTS)
     pod = front["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    # its own token, of its own account: what lets it wake the model (test_the_front_may_wake_...)
+    assert pod["automountServiceAccountToken"] is True and pod["serviceAccountName"] == "digits-front"
     command = container["command"]
+    assert command[command.index("--wake-service") + 1] == "digits-live"
     assert command[command.index("--hold-max-requests") + 1] == str(SPEC.max_queue_size)
     assert float(command[command.index("--hold-deadline-s") + 1]) == serving_objects.HOLD_DEADLINE_SECONDS
     # held requests may take the whole deadline: the grace period lets them finish on shutdown
@@ -453,6 +463,32 @@ def test_a_model_that_may_scale_to_zero_is_reached_through_its_front() -> None:
     monitor = serving_objects.desired_pod_monitor(SPEC)
     roles = monitor["spec"]["selector"]["matchExpressions"][0]["values"]
     assert set(roles) == {"serving", "front"}
+
+
+def test_the_front_may_wake_exactly_the_live_revisions_shards_and_read_only_its_upstream() -> None:
+    live = serving_objects.Live(3, 2)
+    role = serving_objects.desired_front_role(SPEC, live, 2)
+    service_rule, scale_rule = role["rules"]
+    assert service_rule == {"apiGroups": [""], "resources": ["services"], "verbs": ["get"],
+                            "resourceNames": ["digits-live"]}  # fmt: skip
+    assert scale_rule == {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"],
+                          "resourceNames": ["digits-g3-r2-shard-0", "digits-g3-r2-shard-1"]}  # fmt: skip
+    # the names are the shard Deployments' own, and the same list the front reads off <name>-live
+    assert scale_rule["resourceNames"] == [names.shard(SPEC.owner, i, 3, 2) for i in range(2)]
+    upstream = serving_objects.desired_live_service(SPEC, live, 2)
+    assert deployments_to_wake(upstream["metadata"]["annotations"][WAKE_ANNOTATION]) == tuple(
+        scale_rule["resourceNames"]
+    )
+    with pytest.raises(ValueError):  # an empty resourceNames would allow every Deployment in the namespace
+        serving_objects.desired_front_role(SPEC, live, 0)
+    account = serving_objects.desired_front_account(SPEC)
+    same_role, binding = serving_objects.desired_front_access(SPEC, live, 2)
+    assert same_role == role
+    assert account["kind"] == "ServiceAccount" and account["automountServiceAccountToken"] is False
+    assert binding["roleRef"]["name"] == role["metadata"]["name"] == account["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "digits-front", "namespace": "ml"}]
+    for obj in (account, binding, role):  # garbage-collected with the ModelDeployment
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == SPEC.owner.uid
 
 
 def batch(**spec: Any) -> BatchInferenceSpec:
