@@ -2,12 +2,15 @@
 
 Settings come from ``--config FILE`` (JSON or YAML) or ``--config-json STRING`` (the shape of
 ``CompressionConfig``, camelCase), then flags override them. User mistakes print one line to stderr
-and exit 2, leaving no artifact directory behind.
+and exit 2, leaving no artifact directory behind. A full artifacts volume (ENOSPC, EDQUOT) prints one
+line naming the directory and exits 1 (a run that failed and may pass once space is freed: the Job
+retries it); nothing half-written is left either.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -21,6 +24,9 @@ from .config import CompressionConfig
 from .errors import CompressionError
 
 EXIT_USER_ERROR = 2
+EXIT_RUN_FAILED = 1
+# A full artifacts volume (or quota): a run that may pass once space is freed, not a bad input.
+VOLUME_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def parser() -> argparse.ArgumentParser:
@@ -225,11 +231,25 @@ def main(argv: list[str] | None = None) -> int:
     except CompressionError as exc:
         print(f"frugal compress: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:
+        if exc.errno not in VOLUME_FULL:
+            raise
+        print(f"frugal compress: error: {volume_full(config.output, exc)}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     if args.json:
         print(json.dumps(result.report, indent=2))
     else:
         _print_table(result.report)
     return 0
+
+
+def volume_full(output: Path, error: OSError) -> str:
+    """One line for a write the artifacts volume had no room for (nothing was left behind: the
+    artifact is staged beside `output` and renamed into place only when complete)."""
+    return (
+        f"no space left on the artifacts volume: writing {output} failed ({error.strerror}); "
+        f"free space on the volume that holds {output.parent} or give it more room, then run the compression again"
+    )
 
 
 def _run(config: CompressionConfig, quiet: bool) -> Any:

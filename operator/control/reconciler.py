@@ -72,7 +72,16 @@ FOREIGN_CONDITIONS = status_writes.AUTOSCALER_CONDITIONS
 # Settled objects are re-read and re-applied this often even when no event says anything changed.
 DRIFT_SECONDS = 600.0
 # Kinds applied on every pass, so an unchanged one can be skipped (Jobs are only built when absent).
-SKIPPABLE_KINDS = frozenset({"Deployment", "Service", "PodDisruptionBudget", "PodMonitor", "NetworkPolicy"})
+SKIPPABLE_KINDS = frozenset(
+    {"Deployment", "Service", "PodDisruptionBudget", "PodMonitor", "NetworkPolicy"}
+    | {"ServiceAccount", "Role", "RoleBinding"}  # the scale-to-zero front's identity
+)
+# The scale-to-zero front's identity (one of each per ModelDeployment, named names.front_identity).
+FRONT_IDENTITY_KINDS = (
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("v1", "ServiceAccount"),
+)
 # Phases that wait on something the operator watches (its Jobs, its Deployments, and their pods in
 # trouble: handlers.py) or on nothing.
 SETTLED_PHASES = frozenset({"Compressing", "Profiling", "Deploying", "Serving", "Failed"})
@@ -87,8 +96,13 @@ class Reconciler:
         drift_seconds: float = DRIFT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         read_artifacts: ReadArtifacts = artifact_files.read,
+        keep_decisions: bool = False,
     ):
+        """`keep_decisions`: remember each ModelDeployment's last decision (`last_decision`), which
+        `frugal up` reads; the operator does not, since a decision holds every object it applies and
+        the plan (tens of KB per ModelDeployment; BENCHMARKS.md, operator memory)."""
         self.cluster = cluster
+        self.keep_decisions = keep_decisions
         self.read_artifacts = read_artifacts
         self.settings = settings
         self.metrics = metrics
@@ -169,7 +183,8 @@ class Reconciler:
         state = self._observe(md)
         found = self._artifacts(md, profiles, state)
         decision = decide.decide(md, profiles, state, found, self.settings, rollover)
-        self._decisions[(md.owner.namespace, md.owner.name)] = decision
+        if self.keep_decisions:
+            self._decisions[(md.owner.namespace, md.owner.name)] = decision
         for deployment in (o for o in decision.apply if o["kind"] == "Deployment"):
             shard = deployment["metadata"]["labels"].get(names.LABEL_SHARD)
             if shard is not None and int(shard) not in state.shard_replicas:
@@ -291,6 +306,8 @@ class Reconciler:
         owner = owner_of(body)
         selector = {names.LABEL_MD: owner.name, names.LABEL_MANAGED_BY: names.MANAGED_BY}
         delete_all(self.cluster, (*SERVING_KINDS, *JOB_KINDS, *POLICY_KINDS), owner.namespace, selector)
+        for api_version, kind in FRONT_IDENTITY_KINDS:  # one of each, by name: no list needed
+            self.cluster.delete(api_version, kind, owner.namespace, names.front_identity(owner))
         try:
             md = parse_model_deployment(body)
         except SpecError:

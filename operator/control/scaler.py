@@ -83,6 +83,19 @@ class Scaled:
         return (self.prometheus_url or "", self.power_source)
 
 
+def unreachable(error: BaseException) -> bool:
+    """Whether `error` says the API server could not be reached or is not answering yet (a
+    connection refused or reset, a timeout, 5xx): nothing this process did wrong."""
+    if isinstance(error, ApiError):
+        return error.status >= 500 or error.status == 429
+    return isinstance(error, OSError) or type(error).__module__.split(".")[0] == "urllib3"
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}"
+
+
 class Autoscaler:
     def __init__(
         self,
@@ -114,8 +127,11 @@ class Autoscaler:
             started = time.perf_counter()
             try:
                 self.tick()
-            except Exception:
-                log.exception("autoscaler tick failed")
+            except Exception as error:
+                if unreachable(error):  # an API server restarting: one line per tick, not a traceback
+                    log.warning("autoscaler tick failed, retried in %gs: %s", interval, _one_line(error))
+                else:
+                    log.exception("autoscaler tick failed")
             if self.metrics:
                 self.metrics.tick_duration.observe(time.perf_counter() - started)
             stop.wait(max(0.0, interval - (time.perf_counter() - started)))

@@ -157,7 +157,8 @@ def _compressed(o: Observed) -> Condition:
             False,
             Reason.COMPRESSION_FAILED,
             f"compression Job {job.name} failed: {job.message or 'see its pod logs'}; fix the spec "
-            "(a change starts a new generation)",
+            f"(a change starts a new generation), or what the message names outside it and delete Job {job.name} "
+            "to run it again",
         )
     if job.state is JobState.ABSENT:
         return Condition(COMPRESSED, False, Reason.COMPRESSION_PENDING, "compression Job not created yet")

@@ -290,6 +290,21 @@ class ControlPlane:
         for name in reversed(list(self.servers)):
             self.servers[name].stop()
 
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver (SIGTERM, as a node drain or a crash-free restart would); etcd and the
+        controller-manager keep running. :meth:`start_apiserver` brings it back as it was."""
+        self.servers["kube-apiserver"].stop()
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver again with the flags, port and certificates it had; returns once ready."""
+        stopped = self.servers["kube-apiserver"]
+        assert stopped.proc.poll() is not None, "kube-apiserver is still running: stop_apiserver() first"
+        argv = [str(arg) for arg in stopped.proc.args]
+        self.servers["kube-apiserver"] = start_server(
+            "kube-apiserver", argv, self.workdir, self.apiserver_env
+        )
+        self._wait_ready()
+
     def log_tail(self, name: str = "kube-apiserver", lines: int = 60) -> str:
         server = self.servers.get(name)
         return server.log_tail(lines) if server else f"({name} was not started)"

@@ -170,6 +170,7 @@ class Load:
         self.url, self.payload, self.pause_s = url, json.dumps(body).encode(), pause_s
         self.codes: dict[int, int] = {}
         self.first_answer_at: float | None = None  # time.monotonic() of the first 200
+        self.failed_at: list[float] = []  # time.monotonic() of each answer that was not a 200
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._clients = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
@@ -192,6 +193,8 @@ class Load:
                 self.codes[code] = self.codes.get(code, 0) + 1
                 if code == 200 and self.first_answer_at is None:
                     self.first_answer_at = time.monotonic()
+                if code != 200:
+                    self.failed_at.append(time.monotonic())
             if self.pause_s:
                 self._stop.wait(self.pause_s)
 

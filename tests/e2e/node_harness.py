@@ -1172,6 +1172,11 @@ class RealCluster:
                 uids.add(labels.get("io.kubernetes.pod.uid", f"(no pod: {container})"))
         return uids
 
+    def kill_container(self, container_id: str, signal_name: str = "SIGKILL") -> None:
+        """Send `signal_name` to a container's main process through containerd (`containerd://<id>`
+        as the kubelet reports it): no preStop hook, no grace period, as when its process crashes."""
+        self._ctr(self.containerd_socket, "tasks", "kill", "--signal", signal_name, container_id.removeprefix("containerd://"))
+
     def isolation_drops(self) -> int:
         """How many packets the isolation rules have dropped (from or to the bridge by another interface)."""
         total = 0

@@ -3,8 +3,8 @@
 `helm install` with the images `scripts/build-images.sh` built, in a namespace that enforces the
 restricted Pod Security Standard; the artifacts claim bound to a PersistentVolume the test provides
 as a provisioner would; the node labelled and tainted as one pool; `kubectl apply` of the digits
-example. Then the model is asked over its Service's ClusterIP (REST and gRPC), the operator pod is
-replaced mid-pipeline, the failures a new user meets (an image the node does not have, a Job killed
+example. Then the model is asked over its Service's ClusterIP (REST and gRPC), the leading operator
+pod (of the chart's two) is deleted mid-pipeline and the standby finishes, the failures a new user meets (an image the node does not have, a Job killed
 at its memory limit) are read back from the conditions, and `helm uninstall` keeps the CRDs and the
 claim. Nothing here runs a pod's command as a process of the test.
 """
@@ -129,13 +129,32 @@ def operator_diagnostics(cluster: Any) -> str:
     return f"--- pods ---\n{pods}\n--- operator log ---\n{logs}\n--- events ---\n{events.stdout[-4000:]}"
 
 
-def test_the_operator_runs_as_the_charts_pod_under_the_restricted_standard(installed: Any) -> None:
+OPERATOR_PODS = "app.kubernetes.io/name=frugal"
+LEASE = RELEASE  # the chart names the Lease after the release (frugal.fullname)
+
+
+def leader_pod(cluster: Any) -> str | None:
+    """The operator pod that holds the leader-election Lease (its identity is the pod's name + a suffix)."""
+    proc = cluster.kubectl("get", "lease", LEASE, "-n", JOURNEY_NAMESPACE, "-o", "json", check=False)
+    if proc.returncode != 0:
+        return None
+    holder = json.loads(proc.stdout)["spec"].get("holderIdentity") or ""
+    return holder.rsplit("_", 1)[0] or None
+
+
+def test_the_operator_runs_as_the_charts_two_pods_under_the_restricted_standard(installed: Any) -> None:
     cluster = installed
-    [pod] = pods_of(cluster, JOURNEY_NAMESPACE, "app.kubernetes.io/name=frugal")
-    assert pod["spec"]["serviceAccountName"] == RELEASE
-    assert pod["spec"]["securityContext"]["runAsUser"] == 65532
-    [state] = container_states(pod)
-    assert state.container_id.startswith("containerd://") and state.ready and state.restarts == 0
+    pods = pods_of(cluster, JOURNEY_NAMESPACE, OPERATOR_PODS)
+    assert len(pods) == 2, [p["metadata"]["name"] for p in pods]  # the chart's default: a leader and a standby
+    for pod in pods:
+        assert pod["spec"]["serviceAccountName"] == RELEASE
+        assert pod["spec"]["securityContext"]["runAsUser"] == 65532
+        [state] = container_states(pod)
+        assert state.container_id.startswith("containerd://") and state.ready and state.restarts == 0
+    leading = wait_until(
+        "one operator pod leading", lambda: leader_pod(cluster), 60.0, lambda: operator_diagnostics(cluster)
+    )
+    assert leading in {p["metadata"]["name"] for p in pods}
     labels = json.loads(cluster.kubectl("get", "namespace", JOURNEY_NAMESPACE, "-o", "json").stdout)["metadata"]
     assert labels["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
@@ -230,11 +249,11 @@ def wait_serving(cluster: Any, name: str) -> dict[str, Any]:
     return status
 
 
-def test_distillation_workers_meet_by_dns_and_a_replaced_operator_pod_converges(
-    installed: Any, served: dict[str, Any]
+def test_distillation_workers_meet_by_dns_and_the_standby_takes_over_from_a_deleted_leader(
+    installed: Any, served: dict[str, Any], measured: dict[str, Any]
 ) -> None:
-    """Two distillation workers rendezvous over TCP at the headless Service's DNS name; the operator
-    pod is deleted while they run, and its replacement (the Deployment's new pod) finishes the job."""
+    """Two distillation workers rendezvous over TCP at the headless Service's DNS name; the leading
+    operator pod is deleted while they run, and the standby takes the Lease over and finishes the job."""
     cluster = installed
     md = digits_on("digits-distilled", "local-cpu")
     md["spec"]["compression"]["distillation"] = {"workers": 2, "student": {"widthFactor": 0.5}, "epochs": 1}
@@ -248,12 +267,18 @@ def test_distillation_workers_meet_by_dns_and_a_replaced_operator_pod_converges(
         PIPELINE_TIMEOUT_S,
         lambda: operator_diagnostics(cluster),
     )
-    [before] = pods_of(cluster, JOURNEY_NAMESPACE, "app.kubernetes.io/name=frugal")
-    cluster.kubectl("delete", "pod", before["metadata"]["name"], "-n", JOURNEY_NAMESPACE, "--wait=false")
+    before = leader_pod(cluster)
+    standbys = {p["metadata"]["name"] for p in pods_of(cluster, JOURNEY_NAMESPACE, OPERATOR_PODS)} - {before}
+    assert before is not None and len(standbys) == 1, (before, standbys)
+    deleted = time.monotonic()
+    cluster.kubectl("delete", "pod", before, "-n", JOURNEY_NAMESPACE, "--wait=false")
+    after = wait_until("the standby leading", lambda: (p := leader_pod(cluster)) in standbys and p, 120.0,
+                       lambda: operator_diagnostics(cluster))  # fmt: skip
+    measured["operator: leader pod deleted -> standby leads (s)"] = round(time.monotonic() - deleted, 1)
     status = wait_serving(cluster, "digits-distilled")
-    [after] = pods_of(cluster, JOURNEY_NAMESPACE, "app.kubernetes.io/name=frugal")
-    assert after["metadata"]["uid"] != before["metadata"]["uid"]
-    assert all(s.ready and s.restarts == 0 for s in container_states(after))
+    pods = pods_of(cluster, JOURNEY_NAMESPACE, OPERATOR_PODS)
+    assert before not in {p["metadata"]["name"] for p in pods} and after in {p["metadata"]["name"] for p in pods}
+    assert all(s.restarts == 0 for p in pods for s in container_states(p))
 
     workers = pods_of(cluster, JOURNEY_NAMESPACE, selector)
     assert sorted(p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] for p in workers) == ["0", "1"]
@@ -355,6 +380,50 @@ def test_load_adds_real_pods_and_the_scale_down_drains_without_a_failed_request(
                              f"involvedObject.name={AUTOSCALED}", "-o", "json").stdout  # fmt: skip
     reasons = {e["reason"] for e in json.loads(events)["items"]}
     assert {"ScaledUp", "ScaledDown"} <= reasons, reasons
+
+
+def test_a_sigkilled_serving_pod_fails_only_requests_sent_its_way_and_comes_back(
+    installed: Any, served: dict[str, Any], measured: dict[str, Any]
+) -> None:
+    """Two replicas under load through the Service's ClusterIP; one container gets SIGKILL (no preStop,
+    no drain: a crash). What fails is what that pod held or was sent before the kubelet marked it
+    unready and kube-proxy dropped it; the kubelet restarts the container, and once it is Ready again
+    no request fails. Counted and timed here (docs/operations.md, "Faults and what you see")."""
+    cluster = installed
+    cluster.kubectl("patch", "modeldeployment", AUTOSCALED, "-n", JOURNEY_NAMESPACE, "--type=merge",
+                    "-p", json.dumps({"spec": {"autoscaling": {"minReplicas": 2}}}))  # fmt: skip
+    pods = wait_until(
+        "two replicas Ready", lambda: len(p := ready_pods(shard_pods(cluster, AUTOSCALED))) == 2 and p,
+        SCALE_TIMEOUT_S, lambda: operator_diagnostics(cluster),
+    )  # fmt: skip
+    cluster.wait_service_endpoints(JOURNEY_NAMESPACE, AUTOSCALED)
+    url = f"http://{service_ip(cluster, AUTOSCALED)}:{SERVING_PORT}/v2/models/{AUTOSCALED}/infer"
+    victim = pods[0]
+    [state] = container_states(victim)
+    with Load(url, ONE_ROW, clients=2, pause_s=0.01) as load:
+        wait_until("50 answers before the kill", lambda: load.answered() >= 50, 60.0, lambda: str(load.codes))
+        killed = time.monotonic()
+        cluster.kill_container(state.container_id)
+
+        def back() -> bool:
+            pod = next((p for p in shard_pods(cluster, AUTOSCALED) if p["metadata"]["uid"] == victim["metadata"]["uid"]), None)
+            return pod is not None and all(s.ready and s.restarts == 1 for s in container_states(pod))
+
+        wait_until("the killed container restarted and Ready", back, 180.0, lambda: operator_diagnostics(cluster))
+        ready_again = time.monotonic() - killed
+        cluster.wait_service_endpoints(JOURNEY_NAMESPACE, AUTOSCALED)
+        settled = load.answered() + 100
+        wait_until("100 more answers", lambda: load.answered() >= settled, 60.0, lambda: str(load.codes))
+    failures = [t - killed for t in load.failed_at]
+    measured["serving pod SIGKILLed under load: failed requests, of answered"] = [len(failures), load.answered()]
+    measured["serving pod SIGKILLed: failures within (s of the kill)"] = round(max(failures, default=0.0), 2)
+    measured["serving pod SIGKILLed -> Ready again (s)"] = round(ready_again, 1)
+    print(f"fault: serving-pod-sigkill failed_requests={len(failures)} answered={load.answered()} "
+          f"failures_within_s={max(failures, default=0.0):.2f} ready_again_s={ready_again:.1f}")  # fmt: skip
+    # Every failure came after the kill and before the pod was Ready again; none before, none after.
+    assert all(0 <= t <= ready_again for t in failures), failures
+    cluster.kubectl("patch", "modeldeployment", AUTOSCALED, "-n", JOURNEY_NAMESPACE, "--type=merge",
+                    "-p", json.dumps({"spec": {"autoscaling": {"minReplicas": 1}}}))  # fmt: skip
 
 
 def test_a_model_at_zero_wakes_on_a_request_to_its_front(

@@ -250,3 +250,15 @@ def test_the_store_removes_only_what_a_manager_stopped_sending(manager: str) -> 
     found = store.get("v1", "Service", NS, "s")
     assert found is not None and found["spec"] == {"a": 1, "b": 2, "d": 4}
     assert found["metadata"]["generation"] == 3
+
+
+def test_an_unreachable_api_server_is_told_apart_from_a_defect() -> None:
+    """The autoscaler logs one line per tick while the API server restarts, a traceback otherwise."""
+    import urllib3
+
+    from frugal.operator.control.port import ApiError
+    from frugal.operator.control.scaler import unreachable
+
+    refused = urllib3.exceptions.MaxRetryError(None, "/apis", ConnectionRefusedError(111, "refused"))
+    assert unreachable(refused) and unreachable(ConnectionResetError()) and unreachable(ApiError(503, "x"))
+    assert not unreachable(ApiError(422, "invalid")) and not unreachable(KeyError("spec"))
