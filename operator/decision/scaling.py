@@ -147,7 +147,12 @@ def plan_at_load_status(
         (selected.shards if selected else None) or 1,
     )
     cheapest = plan.chosen
-    replan = {} if decision is None else {"reason": decision.reason.value, "message": decision.message[:4096]}
+    # None, not absent: the status is merge-patched, and a reason from before must not stay behind.
+    replan = (
+        {"reason": None, "message": None}
+        if decision is None
+        else {"reason": decision.reason.value, "message": decision.message[:4096]}
+    )
     load = plan.objectives.expected_rps
     return {
         **replan,

@@ -94,6 +94,9 @@ def test_the_plan_at_the_observed_load_prices_every_option_from_status_and_marks
     assert idle is not None and idle.chosen is not None and idle.chosen.profile == "small"
     idle_table = plan_at_load_status(idle, status)
     assert idle_table is not None and idle_table["loadRps"] == 0.0
+    # Without a re-planning decision the reason and message are cleared, not left out: the status is
+    # merge-patched, so an absent key would keep the last decision's words.
+    assert idle_table["reason"] is None and idle_table["message"] is None
     # Idle at minReplicas 0 costs nothing anywhere (it scales to zero): nothing to re-plan for.
     sleepy = parse_model_deployment({**md.resource.to_dict(), "metadata": {"name": "digits", "namespace": "ml",
                                                                           "uid": "u", "generation": 1}}
