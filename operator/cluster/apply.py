@@ -35,6 +35,23 @@ RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
 }
 
 
+# Objects per list request: the operator's memory holds one page of whole objects at a time.
+LIST_PAGE = 250
+# What the API server returns that the operator never reads: who wrote which field, and kopf's copy
+# of the spec it last handled (each as large as the rest of a ModelDeployment).
+UNREAD_ANNOTATIONS = ("kopf.zalando.org/last-handled-configuration",)
+
+
+def slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` without metadata.managedFields and the annotations no caller reads."""
+    metadata = obj.get("metadata") or {}
+    metadata.pop("managedFields", None)
+    annotations = metadata.get("annotations") or {}
+    for key in UNREAD_ANNOTATIONS:
+        annotations.pop(key, None)
+    return obj
+
+
 class Cluster:
     """The control loops' port (:class:`~frugal.operator.control.port.ClusterPort`) on the API server,
     through one ApiClient."""
@@ -85,11 +102,19 @@ class Cluster:
     def find(
         self, api_version: str, kind: str, namespace: str | None, selector: Mapping[str, str]
     ) -> list[dict[str, Any]]:
+        """Every object of `kind` matching `selector`, read `LIST_PAGE` at a time (a list of thousands
+        is never parsed at once) and each kept without what no caller reads (`slim`)."""
         query = [("labelSelector", ",".join(f"{k}={v}" for k, v in selector.items()))] if selector else []
-        items: list[dict[str, Any]] = self._call("GET", self._path(api_version, kind, namespace), query).get(
-            "items", []
-        )
-        return items
+        path = self._path(api_version, kind, namespace)
+        items: list[dict[str, Any]] = []
+        token = None
+        while True:
+            paging = [("limit", str(LIST_PAGE))] + ([("continue", token)] if token else [])
+            page = self._call("GET", path, query + paging)
+            items.extend(slim(item) for item in page.get("items", []))
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
 
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         body = {"propagationPolicy": "Background"}

@@ -56,7 +56,9 @@ class LocalCluster:
     _loop: ControlLoop | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.reconciler = Reconciler(self.store, local_settings(self.workdir), metrics=self.metrics)
+        self.reconciler = Reconciler(
+            self.store, local_settings(self.workdir), metrics=self.metrics, keep_decisions=True
+        )
         self.store.subscribe(event_printer(self.report))
         put(self.store, self.profiles.values(), [self.md])
 
