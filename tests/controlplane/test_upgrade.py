@@ -123,27 +123,31 @@ def serve_then_swap(env: dict[str, Any], fixture: Path) -> tuple[Operator, Playe
         kubelet.sync()
         return status_of(cluster, ns, NAME).get("phase") == "Serving"
 
-    wait_for("phase Serving", serving, operator)
-    uid = (get(cluster, "modeldeployment", ns, NAME) or {})["metadata"]["uid"]
-    if os.environ.get("FRUGAL_CAPTURE_UPGRADE_FIXTURES") and fixture == CURRENT_FIXTURE:
-        fixture.parent.mkdir(parents=True, exist_ok=True)
-        fixture.write_text(
-            "# The serving objects this operator writes for the test's model (tests/controlplane/test_upgrade.py),\n"
-            "# captured from it: a later version's upgrade test starts from them unchanged.\n"
-            + capture(cluster, ns, uid, work)
-        )
-    operator.stop()
-    kubelet.stop()
-    for obj in serving_objects(cluster, ns):
-        cluster.kubectl("delete", obj["kind"].lower(), obj["metadata"]["name"], "-n", ns, "--wait=true")
-    cluster.kubectl(
-        "apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "--force-conflicts", "-f", "-",
-        input=render(fixture, ns, uid, work),
-    )  # fmt: skip
-    kubelet.sync()
-    port = kubelet.pick(0)
-    assert port is not None, "the fixture's endpoint selects none of its pods"
-    kubelet.done(port)
+    try:
+        wait_for("phase Serving", serving, operator)
+        uid = (get(cluster, "modeldeployment", ns, NAME) or {})["metadata"]["uid"]
+        if os.environ.get("FRUGAL_CAPTURE_UPGRADE_FIXTURES") and fixture == CURRENT_FIXTURE:
+            fixture.parent.mkdir(parents=True, exist_ok=True)
+            fixture.write_text(
+                "# The serving objects this operator writes for the test's model (tests/controlplane/"
+                "test_upgrade.py),\n# captured from it: a later version's upgrade test starts from them "
+                "unchanged.\n" + capture(cluster, ns, uid, work)
+            )
+        operator.stop()
+        kubelet.stop()
+        for obj in serving_objects(cluster, ns):
+            cluster.kubectl("delete", obj["kind"].lower(), obj["metadata"]["name"], "-n", ns, "--wait=true")
+        cluster.kubectl(
+            "apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "--force-conflicts", "-f", "-",
+            input=render(fixture, ns, uid, work),
+        )  # fmt: skip
+        kubelet.sync()
+        port = kubelet.pick(0)
+        assert port is not None, "the fixture's endpoint selects none of its pods"
+        kubelet.done(port)
+    except BaseException:
+        kubelet.stop()  # no server process outlives a failed test
+        raise
     return operator, kubelet, ns
 
 
