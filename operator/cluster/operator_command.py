@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
-from frugal.operator.cluster import leader
+from frugal.operator.cluster import leader, standby
 from frugal.operator.cluster.leader import DEFAULT_LEASE_NAME, Timing
+from frugal.operator.cluster.standby import HEALTH_PATH
 from frugal.operator.decision.operator_settings import Settings
 from frugal.operator.manifests import images
 from frugal.operator.manifests.storage import STORAGE_SCHEMES
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_METRICS_PORT = 8000
 DEFAULT_HEALTH_PORT = 8080
-HEALTH_PATH = "/healthz"
-LOST_LEADERSHIP_EXIT = 1
 # What the leader runs (kopf and the control loops), imported before standing by.
 LEADER_MODULES = (
     "kopf",
@@ -449,7 +448,8 @@ def run(options: Options) -> None:
         if options.elects:
             # Its own client, uncounted: frugal_operator_api_*_total stay the reconcilers' traffic.
             elector = _elector(options, _cluster(options.kubeconfig, lambda _method: None))
-            if not _stand_by(elector, options, stop):
+            health = (options.metrics_host, options.health_port) if options.health_port else None
+            if not standby.stand_by(elector, stop, health):
                 return
         operator_metrics.leader.set(1)
         _lead(cluster, options, operator_metrics, stop, elector)
@@ -478,7 +478,7 @@ def _lead(
     from frugal.operator.control.reconciler import Reconciler
     from frugal.operator.control.scaler import Autoscaler
 
-    keeping = [] if elector is None else elector.keep(stop, lambda: _lost(elector))
+    keeping = [] if elector is None else elector.keep(stop, lambda: standby.lost(elector))
     ticking = None
     try:
         reconciler = Reconciler(cluster, options.settings, operator_metrics)
@@ -522,71 +522,6 @@ def _elector(options: Options, cluster: Cluster) -> leader.Elector:
     namespace = options.lease_namespace
     assert namespace is not None
     return leader.Elector(cluster, namespace, options.lease_name, leader.new_identity(), options.timing)
-
-
-def _stand_by(elector: leader.Elector, options: Options, stop: threading.Event) -> bool:
-    """Wait to lead, answering the liveness URL meanwhile (a standby is live, not broken: its probe must
-    not restart it); SIGTERM or SIGINT ends the wait. True once leading."""
-    import signal
-
-    health = _standby_health(elector, options) if options.health_port else None
-    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        leading = elector.wait_to_lead(stop)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        if health is not None:
-            health.shutdown()
-            health.server_close()
-    if leading and stop.is_set():  # the signal came as the Lease did: hand it straight back
-        elector.release()
-        return False
-    return leading
-
-
-def _standby_health(elector: leader.Elector, options: Options) -> Any:
-    """A tiny HTTP server on the health port until this process leads (then kopf's takes the port):
-    GET /healthz answers 200 while the elector keeps trying, 503 once a try hangs past a lease."""
-    import threading
-    import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    stale_after = options.timing.lease_duration_s + 2 * options.timing.retry_period_s
-
-    class Health(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?")[0] != HEALTH_PATH:
-                self.send_error(404)
-                return
-            live = time.monotonic() - elector.tried_at < stale_after
-            body = json.dumps({"leader": False, "live": live}).encode()
-            self.send_response(200 if live else 503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: Any) -> None:  # probes every few seconds: not worth a log line
-            pass
-
-    host = options.metrics_host.strip("[]")
-    server = ThreadingHTTPServer((host, options.health_port), Health)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="standby-health", daemon=True).start()
-    return server
-
-
-def _lost(elector: leader.Elector) -> None:
-    """Leadership lost (not renewed within the renew deadline, or another holds the Lease): stop at once,
-    before anyone may take over, so two leaders never reconcile; the pod restarts as a standby."""
-    logging.getLogger(__name__).error(
-        "Lost the Lease %s/%s as %s: exiting with status %d (the pod restarts as a standby)",
-        elector.namespace, elector.name, elector.identity, LOST_LEADERSHIP_EXIT,
-    )  # fmt: skip
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    os._exit(LOST_LEADERSHIP_EXIT)
 
 
 def _cluster(kubeconfig: str | None, on_request: Callable[[str], None]) -> Cluster:
