@@ -145,3 +145,95 @@ def test_the_compression_report_is_one_series_per_variant_and_follows_status() -
     assert {s["variant"] for s in series(metrics, "frugal_variant_size_bytes")} == {"fp32"}
     metrics.forget("ml", "digits")
     assert series(metrics, "frugal_variant_size_bytes") == series(metrics, "frugal_variant_metric") == []
+
+
+def test_a_new_report_drops_every_series_of_the_variants_that_went_away() -> None:
+    metrics = OperatorMetrics()
+    scored = {"name": "int8", "sizeBytes": 1000, "accepted": True, "metric": {"value": 0.8, "drop": -0.1}}
+    metrics.observe(model_deployment("digits"), SELECTION, {"shards": SHARDS, "variants": [scored]})
+    per = {"namespace": "ml", "model": "digits", "model_deployment": "digits", "variant": "int8"}
+    assert value(metrics, "frugal_variant_metric", **per, metric="accuracy") == 0.8  # no metric name: accuracy
+    assert value(metrics, "frugal_variant_metric_drop", **per, metric="accuracy") == 0.0  # never below 0
+    metrics.observe(model_deployment("digits"), SELECTION, {"shards": SHARDS, "variants": [{"name": "fp32"}]})
+    for name in ("frugal_variant_size_bytes", "frugal_variant_accepted"):
+        assert [s["variant"] for s in series(metrics, name)] == ["fp32"], name
+    assert value(metrics, "frugal_variant_size_bytes", **{**per, "variant": "fp32"}) == 0
+    assert series(metrics, "frugal_variant_metric") == series(metrics, "frugal_variant_metric_drop") == []
+
+
+def test_a_new_decision_replaces_the_desired_shards_and_observe_keeps_the_cost() -> None:
+    metrics = OperatorMetrics()
+    metrics.autoscaled(("ml", "digits", "digits"), [3, 2], "Steady", 1.0, 40.0, power_capped=False)
+    metrics.autoscaled(("ml", "digits", "digits"), [4], "Steady", 2.0, 50.0, power_capped=False)
+    assert [s["shard"] for s in series(metrics, "frugal_autoscaler_desired_replicas")] == ["0"]
+    assert [s["reason"] for s in series(metrics, "frugal_autoscaler_reason")] == ["Steady"]
+    metrics.observe(model_deployment("digits"), SELECTION, {"shards": SHARDS})
+    per_model = {"namespace": "ml", "model": "digits", "model_deployment": "digits"}
+    assert value(metrics, "frugal_cost_per_hour_usd", **per_model) == 2.0
+    assert value(metrics, "frugal_autoscaler_power_capped", **per_model) == 0
+
+
+def test_another_served_model_name_drops_the_series_under_the_old_one() -> None:
+    metrics = OperatorMetrics()
+    metrics.observe(model_deployment("digits", model="digits-v1"), SELECTION, {"shards": SHARDS})
+    autoscaled(metrics, "digits", 1.0)  # as ("ml", "digits", "digits"): the served name differs
+    assert series(metrics, "frugal_slo_latency_p95_seconds") == series(metrics, "frugal_replicas") == []
+    assert {s["model"] for s in series(metrics, "frugal_autoscaler_power_watts")} == {"digits"}
+
+
+def test_forget_drops_a_model_deployment_that_was_only_assessed() -> None:
+    from frugal.operator.decision.conditions import Phase
+
+    metrics = OperatorMetrics()
+    metrics.assessed("ml", "digits", Phase.PENDING, {"profiling": 2})
+    metrics.assessed("ml", "other", Phase.SERVING, {})
+    assert series(metrics, "frugal_replicas") == []  # no model known: none of the per-model series
+    metrics.forget("ml", "digits")
+    metrics.forget("ml", "digits")
+    for name in ("frugal_model_deployment_phase", "frugal_model_deployment_failed_jobs"):
+        assert {s["model_deployment"] for s in series(metrics, name)} == {"other"}, name
+
+
+def test_the_exposition_names_each_gauge_with_its_help_and_type_even_before_any_model() -> None:
+    from prometheus_client import generate_latest
+
+    metrics = OperatorMetrics()
+    header = "# HELP frugal_replicas Desired serving replicas per shard.\n# TYPE frugal_replicas gauge\n"
+    assert header in generate_latest(metrics.registry).decode()
+    metrics.observe(model_deployment("digits"), SELECTION, {"shards": SHARDS[:1]})
+    sample = ('frugal_replicas{hardware_profile="cpu-small",model="digits",model_deployment="digits",'
+              'namespace="ml",shard="0",variant="int8-dynamic"} 3.0\n')  # fmt: skip
+    assert header + sample in generate_latest(metrics.registry).decode()
+    assert [list(s) for s in series(metrics, "frugal_replicas")] == [
+        ["namespace", "model", "model_deployment", "shard", "variant", "hardware_profile"]
+    ]
+
+
+def test_a_scrape_while_other_threads_update_sees_whole_model_deployments() -> None:
+    import threading
+
+    metrics = OperatorMetrics()
+    mds = [model_deployment(f"digits-{i}") for i in range(20)]
+    done = threading.Event()
+
+    def churn() -> None:
+        while not done.is_set():
+            for md in mds:
+                metrics.observe(md, SELECTION, {"shards": SHARDS})
+                autoscaled(metrics, md.owner.name, 1.0)
+                metrics.forget("ml", md.owner.name)
+
+    workers = [threading.Thread(target=churn) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        for _ in range(50):
+            replicas = series(metrics, "frugal_replicas")
+            shards = {s["model_deployment"]: 0 for s in replicas}
+            for s in replicas:
+                shards[s["model_deployment"]] += 1
+            assert set(shards.values()) <= {2}
+    finally:
+        done.set()
+        for worker in workers:
+            worker.join()
