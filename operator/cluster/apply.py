@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from frugal.operator.api.crds import API_VERSION
@@ -37,6 +37,10 @@ RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
 
 # Objects per list request: the operator's memory holds one page of whole objects at a time.
 LIST_PAGE = 250
+# Connections kept open to the API server: one for each thread that calls it (kopf's handlers, the
+# periodic resync, the autoscaler, the leader's renewals), where the client's default (five per CPU)
+# would close and reopen some.
+API_CONNECTIONS = 32
 # What the API server returns that the operator never reads: who wrote which field, and kopf's copy
 # of the spec it last handled (each as large as the rest of a ModelDeployment).
 UNREAD_ANNOTATIONS = ("kopf.zalando.org/last-handled-configuration",)
@@ -72,7 +76,9 @@ class Cluster:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config(config_file=kubeconfig)
-        return cls(client.ApiClient(), on_request)
+        configuration = client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = API_CONNECTIONS
+        return cls(client.ApiClient(configuration), on_request)
 
     def apply(self, obj: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
         """Server-side apply `obj` under `field_manager` (conflicts forced)."""
@@ -102,19 +108,23 @@ class Cluster:
     def find(
         self, api_version: str, kind: str, namespace: str | None, selector: Mapping[str, str]
     ) -> list[dict[str, Any]]:
-        """Every object of `kind` matching `selector`, read `LIST_PAGE` at a time (a list of thousands
-        is never parsed at once) and each kept without what no caller reads (`slim`)."""
+        """Every object of `kind` matching `selector`, each kept without what no caller reads (`slim`)."""
+        return [item for page in self.pages(api_version, kind, namespace, selector) for item in page]
+
+    def pages(
+        self, api_version: str, kind: str, namespace: str | None, selector: Mapping[str, str]
+    ) -> Iterator[list[dict[str, Any]]]:
+        """`find`'s objects, `LIST_PAGE` at a time (a list of thousands is never parsed at once)."""
         query = [("labelSelector", ",".join(f"{k}={v}" for k, v in selector.items()))] if selector else []
         path = self._path(api_version, kind, namespace)
-        items: list[dict[str, Any]] = []
         token = None
         while True:
             paging = [("limit", str(LIST_PAGE))] + ([("continue", token)] if token else [])
             page = self._call("GET", path, query + paging)
-            items.extend(slim(item) for item in page.get("items", []))
             token = (page.get("metadata") or {}).get("continue")
+            yield [slim(item) for item in page.pop("items", None) or []]
             if not token:
-                return items
+                return
 
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         body = {"propagationPolicy": "Background"}

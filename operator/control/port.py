@@ -10,7 +10,7 @@ Implemented by :mod:`frugal.operator.cluster` (the Kubernetes API, Prometheus) a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +41,13 @@ class ClusterPort(Protocol):
         self, api_version: str, kind: str, namespace: str | None, selector: Mapping[str, str]
     ) -> list[dict[str, Any]]: ...
 
+    def pages(
+        self, api_version: str, kind: str, namespace: str | None, selector: Mapping[str, str]
+    ) -> Iterator[list[dict[str, Any]]]:
+        """What `find` returns, a page at a time: a caller that keeps only what it reads of each
+        object never holds thousands of them."""
+        ...
+
     def apply(self, obj: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
         """Server-side apply under `field_manager`: the fields it sends become its own."""
         ...
@@ -56,6 +63,14 @@ class ClusterPort(Protocol):
         ...
 
     def has_api(self, group_version: str, plural: str) -> bool: ...
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether `error` says the API server could not be reached or is not answering yet (a
+    connection refused or reset, a timeout, 5xx): nothing this process did wrong."""
+    if isinstance(error, ApiError):
+        return error.status >= 500 or error.status == 429
+    return isinstance(error, OSError) or type(error).__module__.split(".")[0] == "urllib3"
 
 
 def delete_all(

@@ -2,7 +2,8 @@
 
 The decision is :func:`frugal.operator.decision.tick.tick`; this class only reads and writes. Every
 tick costs a constant number of requests whatever the number of models: three lists (the
-ModelDeployments, the serving Deployments, the HardwareProfiles) and one read of the metrics source
+ModelDeployments, the serving Deployments, the HardwareProfiles, each read a page at a time and
+never held whole) and one read of each metrics source
 (in a cluster, per Prometheus server, one query per metric for every model at once:
 :class:`frugal.operator.cluster.prometheus.PrometheusMetrics`). Writes
 happen only when something changed: a replica count (applied to ``spec.replicas`` alone, under the
@@ -25,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,15 @@ from frugal.operator.api.spec import (
     parse_hardware_profile,
     parse_model_deployment,
 )
-from frugal.operator.control.port import AUTOSCALER_FIELD_MANAGER, ApiError, ClusterPort, MetricsSource
+from frugal.operator.control.port import (
+    AUTOSCALER_FIELD_MANAGER,
+    ApiError,
+    ClusterPort,
+    MetricsKey,
+    MetricsReading,
+    MetricsSource,
+    unreachable,
+)
 from frugal.operator.control.reconciler import Reconciler
 from frugal.operator.decision import observations, scaling, status_writes
 from frugal.operator.decision.autoscaling import Targets
@@ -59,6 +68,8 @@ from frugal.operator.telemetry import OperatorMetrics
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_SECONDS = 15.0
+# A serving revision: (namespace, ModelDeployment, generation, revision), as its Deployments' labels say.
+Revision = tuple[str, str, str, str]
 
 
 @dataclass
@@ -81,14 +92,6 @@ class Scaled:
     @property
     def source(self) -> tuple[str, str]:
         return (self.prometheus_url or "", self.power_source)
-
-
-def unreachable(error: BaseException) -> bool:
-    """Whether `error` says the API server could not be reached or is not answering yet (a
-    connection refused or reset, a timeout, 5xx): nothing this process did wrong."""
-    if isinstance(error, ApiError):
-        return error.status >= 500 or error.status == 429
-    return isinstance(error, OSError) or type(error).__module__.split(".")[0] == "urllib3"
 
 
 def _one_line(error: BaseException) -> str:
@@ -126,7 +129,8 @@ class Autoscaler:
         while not stop.is_set():
             started = time.perf_counter()
             try:
-                self.tick()
+                for _ in self._ticks():
+                    pass  # nothing of a model is kept once it is decided
             except Exception as error:
                 if unreachable(error):  # an API server restarting: one line per tick, not a traceback
                     log.warning("autoscaler tick failed, retried in %gs: %s", interval, _one_line(error))
@@ -138,70 +142,94 @@ class Autoscaler:
 
     def tick(self) -> list[tuple[Scaled, TickOutcome]]:
         """One pass over every served ModelDeployment; returns what it decided for each."""
-        scaled, profiles = self._served()
-        reading = self.metrics_source.read([item.source for item in scaled])
+        return list(self._ticks())
+
+    def _ticks(self) -> Iterator[tuple[Scaled, TickOutcome]]:
+        """One pass, a model at a time: only one page of ModelDeployments is held at once, and each
+        metrics source is read once, when the first model that needs it comes up."""
+        profiles, shards = self._profiles(), self._shards()
+        readings: dict[MetricsKey, MetricsReading] = {}
         now = self._clock()
-        decided = []
-        for item in scaled:
-            seen = observations.observation(
-                item.md.owner.namespace,
-                item.md.model_name,
+        decided: set[tuple[str, str]] = set()
+        for body in self._each(API_VERSION, "ModelDeployment", {}):
+            item = self._scaled(body, profiles, shards)
+            if item is None:
+                continue
+            if item.source not in readings:
+                readings[item.source] = self.metrics_source.read([item.source])
+            decided.add(item.key)
+            yield item, self._decide(item, readings[item.source], profiles, now)
+        for key in set(self._memory) - decided:
+            del self._memory[key]
+
+    def _decide(
+        self,
+        item: Scaled,
+        reading: MetricsReading,
+        profiles: Mapping[str, HardwareProfileSpec],
+        now: float,
+    ) -> TickOutcome:
+        seen = observations.observation(
+            item.md.owner.namespace,
+            item.md.model_name,
+            item.replicas,
+            item.ready,
+            reading.samples.get(item.source, {}),
+            reading.failures.get(item.source),
+            reading.held.get(item.source, {}).get((item.md.owner.namespace, item.md.model_name), 0.0),
+        )
+        previous = self._memory.get(item.key, TickMemory())
+        outcome = run_tick(
+            TickInput(
+                item.md,
+                item.status,
+                item.targets,
                 item.replicas,
                 item.ready,
-                reading.samples.get(item.source, {}),
-                reading.failures.get(item.source),
-                reading.held.get(item.source, {}).get((item.md.owner.namespace, item.md.model_name), 0.0),
-            )
-            previous = self._memory.get(item.key, TickMemory())
-            outcome = run_tick(
-                TickInput(
-                    item.md,
-                    item.status,
-                    item.targets,
-                    item.replicas,
-                    item.ready,
-                    seen,
-                    profiles,
-                    now,
-                    self._wall_clock(),
-                    scaling.replan_settings(item.md),
-                ),
-                previous,
-            )
-            memory = outcome.memory
-            self._actuate(item, outcome)
-            if outcome.rollover is not None and not self._roll_over(item, outcome):
-                memory = rollover_not_written(outcome, previous)
-            if self.metrics:
-                self.metrics.recommended(item.md, outcome.recommendation, dict(outcome.observed))
-            if outcome.status_patch is not None and not self._write_status(
-                item, dict(outcome.status_patch), outcome.conditions
-            ):
-                memory = status_not_written(outcome, memory)
-            self._memory[item.key] = memory
-            decided.append((item, outcome))
-        for key in set(self._memory) - {item.key for item in scaled}:
-            del self._memory[key]
-        return decided
+                seen,
+                profiles,
+                now,
+                self._wall_clock(),
+                scaling.replan_settings(item.md),
+            ),
+            previous,
+        )
+        memory = outcome.memory
+        self._actuate(item, outcome)
+        if outcome.rollover is not None and not self._roll_over(item, outcome):
+            memory = rollover_not_written(outcome, previous)
+        if self.metrics:
+            self.metrics.recommended(item.md, outcome.recommendation, dict(outcome.observed))
+        if outcome.status_patch is not None and not self._write_status(
+            item, dict(outcome.status_patch), outcome.conditions
+        ):
+            memory = status_not_written(outcome, memory)
+        self._memory[item.key] = memory
+        return outcome
 
     # -- what to scale ---------------------------------------------------------------------------------
 
     def scaled(self) -> list[Scaled]:
         """What the next tick would scale, and with which targets (read fresh)."""
-        return self._served()[0]
+        profiles, shards = self._profiles(), self._shards()
+        found = (self._scaled(body, profiles, shards) for body in self._each(API_VERSION, "ModelDeployment", {}))
+        return [item for item in found if item is not None]
 
-    def _served(self) -> tuple[list[Scaled], dict[str, HardwareProfileSpec]]:
-        bodies = self._list(API_VERSION, "ModelDeployment", {})
-        selector = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_ROLE: "serving"}
-        deployments = self._list("apps/v1", "Deployment", selector)
+    def _profiles(self) -> dict[str, HardwareProfileSpec]:
         profiles: dict[str, HardwareProfileSpec] = {}
         for body in self.cluster.find(API_VERSION, "HardwareProfile", None, {}):
             try:
                 profiles[body["metadata"]["name"]] = parse_hardware_profile(body)
             except SpecError:
                 continue
-        by_revision: dict[tuple[str, str, str, str], dict[int, Mapping[str, Any]]] = {}
-        for deployment in deployments:
+        return profiles
+
+    def _shards(self) -> dict[Revision, dict[int, tuple[int, int]]]:
+        """(replicas, ready replicas) of every serving Deployment, by revision and shard index; a
+        Deployment is reduced to these two numbers as its page is read."""
+        selector = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_ROLE: "serving"}
+        by_revision: dict[Revision, dict[int, tuple[int, int]]] = {}
+        for deployment in self._each("apps/v1", "Deployment", selector):
             labels = deployment["metadata"].get("labels") or {}
             where = (
                 deployment["metadata"]["namespace"],
@@ -209,25 +237,25 @@ class Autoscaler:
                 labels.get(names.LABEL_GENERATION, ""),
                 labels.get(names.LABEL_REVISION, "0"),
             )
-            by_revision.setdefault(where, {})[int(labels.get(names.LABEL_SHARD, 0))] = deployment
-        result = []
-        for body in bodies:
-            item = self._scaled(body, profiles, by_revision)
-            if item is not None:
-                result.append(item)
-        return result, profiles
+            counts = (
+                int(deployment["spec"].get("replicas", 1)),
+                int((deployment.get("status") or {}).get("readyReplicas", 0)),
+            )
+            by_revision.setdefault(where, {})[int(labels.get(names.LABEL_SHARD, 0))] = counts
+        return by_revision
 
-    def _list(self, api_version: str, kind: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
-        """Every namespace the operator watches: one list call cluster-wide, or one per namespace."""
-        if not self.namespaces:
-            return self.cluster.find(api_version, kind, None, selector)
-        return [obj for ns in self.namespaces for obj in self.cluster.find(api_version, kind, ns, selector)]
+    def _each(self, api_version: str, kind: str, selector: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+        """Every namespace the operator watches (one list cluster-wide, or one per namespace), a page
+        at a time."""
+        for namespace in self.namespaces or (None,):
+            for page in self.cluster.pages(api_version, kind, namespace, selector):
+                yield from page
 
     def _scaled(
         self,
         body: Mapping[str, Any],
         profiles: Mapping[str, HardwareProfileSpec],
-        by_revision: Mapping[tuple[str, str, str, str], Mapping[int, Mapping[str, Any]]],
+        by_revision: Mapping[Revision, Mapping[int, tuple[int, int]]],
     ) -> Scaled | None:
         status = ModelDeploymentStatus.from_body(body)
         selected = status.selected
@@ -244,8 +272,8 @@ class Autoscaler:
         count = selected.shards or 1
         if profile is None or capacity is None or sorted(shards) != list(range(count)):
             return None
-        replicas = tuple(int(shards[i]["spec"].get("replicas", 1)) for i in range(count))
-        ready = tuple(int((shards[i].get("status") or {}).get("readyReplicas", 0)) for i in range(count))
+        replicas = tuple(shards[i][0] for i in range(count))
+        ready = tuple(shards[i][1] for i in range(count))
         url, power_source = scaling.metrics_source(md, self.default_prometheus_url)
         try:
             # A model with minReplicas 0 is called through its front, which holds requests at zero.

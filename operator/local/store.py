@@ -27,7 +27,7 @@ import copy
 import itertools
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +68,11 @@ class Store:
                 and (namespace is None or ns == namespace)
                 and _matches(obj, selector)
             ]
+
+    def pages(
+        self, api_version: str, kind: str, namespace: str | None, selector: Mapping[str, str]
+    ) -> Iterator[list[dict[str, Any]]]:
+        yield self.find(api_version, kind, namespace, selector)
 
     def has_api(self, group_version: str, plural: str) -> bool:
         return (group_version, plural) in self._apis
