@@ -2,13 +2,14 @@
 
 Registered on an explicit registry by :func:`register` (nothing happens at import time). Events on
 the Jobs and Deployments the operator manages, and on their pods in trouble, wake their
-ModelDeployment up at once; a timer passes
-over every ModelDeployment periodically, which costs nothing for settled ones
-(:meth:`Reconciler.resync`).
+ModelDeployment up at once. A ModelDeployment's handlers only queue its name for the reconciler's
+workers (:meth:`Reconciler.run`), which also run the periodic pass (costing nothing for settled
+ones): kopf is the event source, and no object's body waits in memory for a worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +32,6 @@ BATCH_PROGRESS_SECONDS = 10.0
 def register(
     registry: kopf.OperatorRegistry,
     reconciler: Reconciler,
-    interval: float,
     batches: BatchReconciler | None = None,
 ) -> None:
     """Register every handler of the operator on `registry`."""
@@ -41,12 +41,9 @@ def register(
     @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
-    def reconcile(body: kopf.Body, **_: Any) -> None:
-        reconciler.reconcile(body)
-
-    @kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=interval, registry=registry)
-    def resync(body: kopf.Body, **_: Any) -> None:
-        reconciler.resync(body)
+    async def reconcile(namespace: str | None, name: str | None, **_: Any) -> None:
+        if namespace and name:
+            reconciler.enqueue(namespace, name)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup", registry=registry)
     def cleanup(body: kopf.Body, **_: Any) -> None:
@@ -57,11 +54,15 @@ def register(
     @kopf.on.event("", "v1", "pods", id="pod-in-trouble", labels=MANAGED, when=_in_trouble, registry=registry)
     @kopf.on.event("batch", "v1", "jobs", id="job-changed", labels=MANAGED, registry=registry)
     @kopf.on.event("apps", "v1", "deployments", id="deployment-changed", labels=MANAGED, registry=registry)
-    def child_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    async def child_changed(namespace: str | None, labels: Mapping[str, str], type: str | None, **_: Any) -> None:
+        if type is None:
+            # The listing when the operator starts: each owner's own resume handler passes over it
+            # once, where this would pass once per child (about four times per ModelDeployment).
+            return
         if namespace and names.LABEL_MD in labels:
-            reconciler.reconcile_named(namespace, labels[names.LABEL_MD])
+            reconciler.enqueue(namespace, labels[names.LABEL_MD])
         if namespace and batches is not None and batch_jobs.LABEL_BATCH in labels:
-            batches.reconcile_named(namespace, labels[batch_jobs.LABEL_BATCH])
+            await asyncio.to_thread(batches.reconcile_named, namespace, labels[batch_jobs.LABEL_BATCH])
 
 
 def _in_trouble(body: kopf.Body, **_: Any) -> bool:

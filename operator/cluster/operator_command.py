@@ -479,11 +479,11 @@ def _lead(
     from frugal.operator.control.scaler import Autoscaler
 
     keeping = [] if elector is None else elector.keep(stop, lambda: standby.lost(elector))
-    ticking = None
+    writers: list[threading.Thread] = []  # the autoscaler's ticks and the periodic resync
     try:
         reconciler = Reconciler(cluster, options.settings, operator_metrics)
         registry = kopf.OperatorRegistry()
-        handlers.register(registry, reconciler, options.interval, BatchReconciler(cluster, reconciler))
+        handlers.register(registry, reconciler, BatchReconciler(cluster, reconciler))
         prometheus = PrometheusMetrics(options.rate_window, on_query=operator_metrics.prometheus_queries.inc)
         autoscaler = Autoscaler(
             cluster,
@@ -494,10 +494,14 @@ def _lead(
             options.rate_window,
             options.namespaces,
         )
-        ticking = threading.Thread(
-            target=autoscaler.run, args=(options.autoscale_interval, stop), name="autoscaler", daemon=True
-        )
-        ticking.start()
+        writers = [
+            threading.Thread(
+                target=autoscaler.run, args=(options.autoscale_interval, stop), name="autoscaler", daemon=True
+            ),
+            threading.Thread(target=reconciler.run, args=(options.interval, stop), name="reconcile", daemon=True),
+        ]
+        for thread in writers:
+            thread.start()
         kopf.on.login(registry=registry)(kopf.login_via_client)
         kopf.on.startup(registry=registry)(_configure)
         kopf.run(
@@ -509,12 +513,12 @@ def _lead(
         )
     finally:
         stop.set()
-        if ticking is not None:
-            ticking.join(timeout=10)
+        for thread in writers:
+            thread.join(timeout=10)
         for thread in keeping:
             thread.join(timeout=options.timing.retry_period_s + 5)
         # Hand over only once nothing of ours writes any more; else let the Lease expire.
-        if elector is not None and not any(t.is_alive() for t in [*keeping, *filter(None, [ticking])]):
+        if elector is not None and not any(t.is_alive() for t in [*keeping, *writers]):
             elector.release()
 
 

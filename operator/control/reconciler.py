@@ -38,7 +38,9 @@ from frugal.operator.control.port import (
     ApiError,
     ClusterPort,
     delete_all,
+    unreachable,
 )
+from frugal.operator.control.workqueue import WorkQueue
 from frugal.operator.decision import artifact_files, decide, pod_problems, revisions, status_writes
 from frugal.operator.decision.conditions import (
     ABSENT_JOB,
@@ -56,6 +58,7 @@ from frugal.operator.manifests import names, serving_objects
 from frugal.operator.manifests.events import desired_event
 from frugal.operator.manifests.storage import NotConfined, locate
 from frugal.operator.telemetry import OperatorMetrics
+from frugal.serving.server.failures import one_line
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,10 @@ FOREIGN_CONDITIONS = status_writes.AUTOSCALER_CONDITIONS
 
 # Settled objects are re-read and re-applied this often even when no event says anything changed.
 DRIFT_SECONDS = 600.0
+# Passes over different ModelDeployments that run at once (kopf ran its handlers in a pool of about
+# this size), and how often an idle worker looks whether it was told to stop.
+WORKERS = 4
+WORKER_POLL_SECONDS = 0.5
 # Kinds applied on every pass, so an unchanged one can be skipped (Jobs are only built when absent).
 SKIPPABLE_KINDS = frozenset(
     {"Deployment", "Service", "PodDisruptionBudget", "PodMonitor", "NetworkPolicy"}
@@ -112,23 +119,61 @@ class Reconciler:
         self._guard = threading.Lock()
         self._pod_monitors: bool | None = None
         self._applied = _AppliedObjects(drift_seconds, clock)
-        self._last_pass: dict[tuple[str, str], float] = {}
+        # When each ModelDeployment was last passed over, and whether that pass left it settled.
+        self._passes: dict[tuple[str, str], tuple[float, bool]] = {}
+        self.queue: WorkQueue[tuple[str, str]] = WorkQueue()
         self._decisions: dict[tuple[str, str], decide.Decision] = {}
 
     def last_decision(self, namespace: str, name: str) -> decide.Decision | None:
         """The decision of the last pass over `namespace/name` (what it serves, its plan), if any."""
         return self._decisions.get((namespace, name))
 
-    def resync(self, body: Mapping[str, Any]) -> Assessment | None:
-        """The periodic pass: a settled ModelDeployment (its status describes its spec and it waits on
-        watched children or nothing) costs no API request until `drift_seconds` have passed."""
-        owner = owner_of(body)
-        status = ModelDeploymentStatus.from_body(body)
-        settled = status.observed_generation == owner.generation and status.phase in SETTLED_PHASES
-        last = self._last_pass.get((owner.namespace, owner.name))
-        if settled and last is not None and self._clock() - last < self.drift_seconds:
-            return None
-        return self.reconcile(body)
+    def due(self) -> list[tuple[str, str]]:
+        """The ModelDeployments the periodic pass reconciles now: those the last pass left unsettled
+        (or failed on), and settled ones whose last pass is `drift_seconds` old. A settled
+        ModelDeployment costs no API request in between; its children's events wake it."""
+        with self._guard:
+            passes = list(self._passes.items())
+        return resync_due(passes, self._clock(), self.drift_seconds)
+
+    def enqueue(self, namespace: str, name: str) -> None:
+        """Have a worker of `run` pass over `namespace/name` (once, however often it is asked)."""
+        self.queue.add((namespace, name))
+
+    def run(self, interval: float, stop: threading.Event, workers: int = WORKERS) -> None:
+        """Until `stop`: pass over what is queued, `workers` at a time, and every `interval` seconds
+        queue what `due` names.
+
+        The watch handlers only queue names (handlers.py), so no body waits for a worker; and the
+        periodic pass is this one loop, where a kopf timer per object would keep a task and the last
+        body of each (about 65 KB per ModelDeployment; BENCHMARKS.md, operator memory)."""
+        threads = [
+            threading.Thread(target=self._work, args=(stop,), name=f"reconcile-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        while not stop.wait(interval):
+            for key in self.due():
+                self.queue.add(key)
+        for thread in threads:
+            thread.join()
+
+    def _work(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            key = self.queue.get(timeout=WORKER_POLL_SECONDS)
+            if key is None:
+                continue
+            try:
+                self.reconcile_named(*key)
+            except Exception as error:
+                if unreachable(error):  # an API server restarting: one line, not a traceback
+                    log.warning("reconcile of %s/%s failed, tried again at the next periodic pass: %s",
+                                *key, one_line(error))  # fmt: skip
+                else:
+                    log.exception("reconcile of %s/%s failed; tried again at the next periodic pass", *key)
+            finally:
+                self.queue.done(key)
 
     def lock(self, namespace: str, name: str) -> threading.Lock:
         """The lock every writer of `namespace/name`'s status holds (the reconciler and the autoscaler)."""
@@ -138,7 +183,11 @@ class Reconciler:
         """Reconcile the ModelDeployment `namespace/name` (read fresh under its lock)."""
         with self._lock(namespace, name):
             body = self.cluster.get(API_VERSION, "ModelDeployment", namespace, name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
+            if body is None:
+                with self._guard:
+                    self._passes.pop((namespace, name), None)
+                return None
+            if body["metadata"].get("deletionTimestamp"):
                 return None
             return self._timed(body, self.poster(body))
 
@@ -156,10 +205,15 @@ class Reconciler:
 
     def _timed(self, body: Mapping[str, Any], emit: Emit) -> Assessment:
         owner = owner_of(body)
-        self._last_pass[(owner.namespace, owner.name)] = self._clock()
+        key, when = (owner.namespace, owner.name), self._clock()
+        with self._guard:
+            self._passes[key] = (when, False)
         started = time.perf_counter()
         try:
-            return self._reconcile(body, emit)
+            assessment = self._reconcile(body, emit)
+            with self._guard:
+                self._passes[key] = (when, assessment.phase.value in SETTLED_PHASES)
+            return assessment
         except Exception:
             if self.metrics:
                 self.metrics.errors.labels(namespace=owner_of(body).namespace).inc()
@@ -319,9 +373,10 @@ class Reconciler:
         except NotConfined as kept:
             log.warning("%s/%s: %s", owner.namespace, owner.name, kept)
             self.poster(body)("Warning", ARTIFACTS_KEPT, str(kept))
-        self._last_pass.pop((owner.namespace, owner.name), None)
+        with self._guard:
+            self._passes.pop((owner.namespace, owner.name), None)
         self._decisions.pop((owner.namespace, owner.name), None)
-        self._applied.forget(owner.namespace, names.LABEL_MD, owner.name)
+        self._applied.forget(owner.namespace, owner.name)
         if self.metrics:
             self.metrics.forget(owner.namespace, owner.name)
 
@@ -451,7 +506,7 @@ class Reconciler:
             SERVING_KINDS, ns, shards, keep={names.LABEL_REVISION: str(md.owner.revision)}
         )
         if deleted:
-            self._applied.forget(md.owner.namespace, names.LABEL_MD, md.owner.name)
+            self._applied.forget(md.owner.namespace, md.owner.name)
 
     def _record_metrics(
         self, md: ModelDeploymentSpec, decision: decide.Decision, assessment: Assessment, state: decide.ClusterState
@@ -491,6 +546,13 @@ class Reconciler:
         _emit_transitions(old, assessment, emit)
 
 
+def resync_due(
+    passes: Sequence[tuple[tuple[str, str], tuple[float, bool]]], now: float, drift_seconds: float
+) -> list[tuple[str, str]]:
+    """Of `passes` ((namespace, name), (when, settled)), those a periodic pass at `now` reconciles."""
+    return [key for key, (when, settled) in passes if not settled or now - when >= drift_seconds]
+
+
 def _in_the_way_message(md: ModelDeploymentSpec, objects: Sequence[tuple[str, str]]) -> str:
     named = ", ".join(f"{kind} {name}" for kind, name in objects)
     return (
@@ -523,7 +585,8 @@ class _AppliedObjects:
     def __init__(self, drift_seconds: float, clock: Callable[[], float]) -> None:
         self._drift = drift_seconds
         self._clock = clock
-        self._seen: dict[tuple[str, str, str, str, str], tuple[str, float, Mapping[str, str]]] = {}
+        # (manager, apiVersion, kind, namespace, name) -> (digest, when applied, owning ModelDeployment)
+        self._seen: dict[tuple[str, str, str, str, str], tuple[bytes, float, str]] = {}
         self._guard = threading.Lock()
 
     @staticmethod
@@ -547,21 +610,21 @@ class _AppliedObjects:
             return any((manager, *wanted) in self._seen for manager in (FIELD_MANAGER, AUTOSCALER_FIELD_MANAGER))
 
     def remember(self, obj: Mapping[str, Any], manager: str) -> None:
-        labels = obj["metadata"].get("labels") or {}
+        owner = (obj["metadata"].get("labels") or {}).get(names.LABEL_MD, "")
         with self._guard:
-            self._seen[self._key(obj, manager)] = (_digest(obj), self._clock(), dict(labels))
+            self._seen[self._key(obj, manager)] = (_digest(obj), self._clock(), owner)
 
     def forget_object(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         with self._guard:
             for key in [k for k in self._seen if k[1:] == (api_version, kind, namespace, name)]:
                 del self._seen[key]
 
-    def forget(self, namespace: str, label: str, value: str) -> None:
-        """Forget every object in `namespace` labelled `label=value` (deleted, or about to be)."""
+    def forget(self, namespace: str, model_deployment: str) -> None:
+        """Forget every object of `namespace/model_deployment` (deleted, or about to be)."""
         with self._guard:
-            for key in [k for k, v in self._seen.items() if k[3] == namespace and v[2].get(label) == value]:
+            for key in [k for k, v in self._seen.items() if k[3] == namespace and v[2] == model_deployment]:
                 del self._seen[key]
 
 
-def _digest(obj: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+def _digest(obj: Mapping[str, Any]) -> bytes:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).digest()

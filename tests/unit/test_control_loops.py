@@ -9,6 +9,8 @@ status, and a fixed metrics source plays Prometheus. Everything here runs in wel
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 from test_decide import BODY, PROFILED
 
 from frugal.operator.control.port import AUTOSCALER_FIELD_MANAGER, MetricsKey, MetricsReading
-from frugal.operator.control.reconciler import Reconciler
+from frugal.operator.control.reconciler import Reconciler, resync_due
 from frugal.operator.control.scaler import Autoscaler
 from frugal.operator.decision import observations
 from frugal.operator.decision.decide import Settings
@@ -76,7 +78,11 @@ class Loops:
         self.metrics = FixedMetrics()
         settings = Settings(image="img", storage_uri="file:///store", allow_host_path=True)
         self.reconciler = Reconciler(
-            self.store, settings, drift_seconds=drift_seconds, read_artifacts=lambda *_: PROFILED
+            self.store,
+            settings,
+            drift_seconds=drift_seconds,
+            clock=self.clock,
+            read_artifacts=lambda *_: PROFILED,
         )
         self.scaler = Autoscaler(
             self.store, self.reconciler, self.metrics, clock=self.clock, wall_clock=self.clock
@@ -146,6 +152,45 @@ def test_one_pass_at_a_time_from_compression_to_serving() -> None:
     # Every child belongs to the ModelDeployment: deleting it collects them all.
     loops.store.delete(API, "ModelDeployment", NS, NAME)
     assert loops.names("apps/v1", "Deployment") == [] and loops.names("batch/v1", "Job") == []
+
+
+def test_the_periodic_pass_takes_the_unsettled_the_failed_and_the_drifted_only() -> None:
+    passes = [(("ns", "settled"), (100.0, True)), (("ns", "unsettled"), (100.0, False)), (("ns", "old"), (0.0, True))]
+    assert resync_due(passes, now=650.0, drift_seconds=600.0) == [("ns", "unsettled"), ("ns", "old")]
+    loops = Loops()
+    assert loops.reconciler.due() == []  # nothing passed over yet: kopf's resume handler does that
+    assert loops.reconcile()["phase"] == "Compressing"
+    assert loops.reconciler.due() == []  # settled: waits on its Job, whose events wake it
+    loops.clock.now += 600.0
+    assert loops.reconciler.due() == [(NS, NAME)]  # the drift pass re-applies its children once
+    loops.reconcile()
+
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("the pass broke")
+
+    loops.reconciler._reconcile = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        loops.reconcile()
+    assert loops.reconciler.due() == [(NS, NAME)]  # tried again at the next pass
+
+
+def test_the_resync_loop_reconciles_what_is_due_and_forgets_the_deleted() -> None:
+    loops = Loops()
+    loops.reconcile()
+    loops.store.delete(API, "ModelDeployment", NS, NAME)
+    loops.clock.now += 600.0
+    assert loops.reconciler.due() == [(NS, NAME)]
+    stop = threading.Event()
+    resync = threading.Thread(target=loops.reconciler.run, args=(0.01, stop))
+    resync.start()
+    try:
+        deadline = time.monotonic() + 10.0
+        while loops.reconciler.due() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        resync.join()
+    assert loops.reconciler.due() == []
 
 
 def test_replicas_belong_to_the_autoscaler_and_the_operators_applies_leave_them() -> None:
@@ -256,8 +301,7 @@ def test_an_unreachable_api_server_is_told_apart_from_a_defect() -> None:
     """The autoscaler logs one line per tick while the API server restarts, a traceback otherwise."""
     import urllib3
 
-    from frugal.operator.control.port import ApiError
-    from frugal.operator.control.scaler import unreachable
+    from frugal.operator.control.port import ApiError, unreachable
 
     refused = urllib3.exceptions.MaxRetryError(None, "/apis", ConnectionRefusedError(111, "refused"))
     assert unreachable(refused) and unreachable(ConnectionResetError()) and unreachable(ApiError(503, "x"))
