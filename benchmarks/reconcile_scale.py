@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/reconcile_scale.py [--count 200] [--interval 10]
     .venv/bin/python benchmarks/reconcile_scale.py --serving --count 1000 [--autoscale-interval 5] [--ticks 4]
                                                    [--drift]
+    .venv/bin/python benchmarks/reconcile_scale.py --serving --clone --count 5000 --timeout 1800
     .venv/bin/python benchmarks/reconcile_scale.py --smoke      # seconds: --serving with 5, to see it runs
 
 Starts etcd + kube-apiserver (+ kube-controller-manager) with the control-plane tier's harness,
@@ -23,7 +24,10 @@ statuses, and no server process runs: Prometheus has no series for the models, s
 holds every count with MetricsAvailable=False. Once the first ticks have written that, a steady state
 is measured over ``--ticks`` autoscaler ticks: API requests and writes per second (the operator's
 counters, and the API server's own count over all clients), Prometheus queries per tick and per
-second, and the mean tick duration. ``--drift`` adds one whole drift period (600 s): the one pass in
+second, and the mean tick duration. ``--clone`` brings only ``md-0000`` to Serving, stops the operator,
+writes N-1 settled copies of it straight to the API server (``settled_clones.py``) and measures a
+fresh operator starting on all N instead: what an operator restart, an upgrade or a failover meets.
+``--drift`` adds one whole drift period (600 s): the one pass in
 which every settled ModelDeployment is read and its children applied again, to undo hand edits.
 """
 
@@ -423,6 +427,50 @@ def log_problems(log: Path, limit: int = 20) -> list[str]:
     return [line for line in lines if re.search(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback", line)][:limit]
 
 
+def stop_operator(operator: subprocess.Popen[bytes]) -> None:
+    operator.send_signal(signal.SIGINT)
+    try:
+        operator.wait(30)
+    except subprocess.TimeoutExpired:
+        print("the operator did not stop within 30 s of SIGINT: killed", file=sys.stderr)
+        operator.kill()
+        operator.wait()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def clone_and_restart(
+    played: PlayedControllers, count: int, argv: list[str], env: Mapping[str, str], log_path: Path, port: int
+) -> dict[str, Any]:
+    """--clone: with the operator stopped, write the settled copies and their artifacts, then start a
+    fresh operator on all `count` (its log appended to the first one's)."""
+    from settled_clones import clone
+
+    started = time.monotonic()
+    written = clone(
+        played.api, NAMESPACE, FIRST, count, {"Job": lambda _: complete_status(), "Deployment": ready_status}
+    )
+    played.copy_artifacts(count)
+    cloned = time.monotonic() - started
+    log = log_path.open("ab")
+    operator = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:  # its /metrics answers once it has started
+        try:
+            scrape(port)
+            break
+        except OSError:
+            if time.monotonic() > deadline or operator.poll() is not None:
+                raise RuntimeError("the restarted operator's /metrics never answered") from None
+            time.sleep(0.5)
+    return {"operator": operator, "cloned": cloned, "objects": written}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=200)
@@ -441,6 +489,13 @@ def main() -> int:
     )
     parser.add_argument("--scrape-interval", type=float, default=5.0, help="Prometheus' (with --serving)")
     parser.add_argument(
+        "--clone",
+        action="store_true",
+        help="with --serving: bring only md-0000 to Serving, stop the operator, write N-1 settled copies of "
+        "it straight to the API server (benchmarks/settled_clones.py), and measure a fresh operator that "
+        "starts on N settled ModelDeployments: its time to settle, its peak and its settled memory",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="a check that the benchmark runs (about 30 s): --serving with 5 ModelDeployments, 1 s intervals, "
@@ -451,6 +506,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke and args.drift:
         parser.error("--drift measures a 600 s period: not with --smoke")
+    if args.clone and not args.serving:
+        parser.error("--clone needs --serving")
+    applied_count = 1 if args.clone else args.count
     with tempfile.TemporaryDirectory(prefix="frugal-bench-") as tmp:
         # --serving plays the Job and deployment controllers itself: nothing else may write the statuses.
         cluster = ControlPlane(
@@ -506,16 +564,16 @@ def main() -> int:
             operator = subprocess.Popen(argv, env=cluster.env, stdout=log, stderr=subprocess.STDOUT)
             time.sleep(3)  # the operator is watching before the burst arrives
             started = time.monotonic()
-            cluster.kubectl("apply", "-f", "-", input="".join(MD.format(index=i) for i in range(args.count)))
+            cluster.kubectl("apply", "-f", "-", input="".join(MD.format(index=i) for i in range(applied_count)))
             applied = time.monotonic() - started
             while time.monotonic() - started < args.timeout:
                 current = phases(cluster)
-                if len(current) == args.count and all(p == "Compressing" for p in current):
+                if len(current) == applied_count and all(p == "Compressing" for p in current):
                     break
                 time.sleep(1)
             else:
                 print(
-                    f"timed out: {sum(p == 'Compressing' for p in phases(cluster))}/{args.count} Compressing"
+                    f"timed out: {sum(p == 'Compressing' for p in phases(cluster))}/{applied_count} Compressing"
                 )
                 return 1
             stable = time.monotonic() - started
@@ -524,7 +582,7 @@ def main() -> int:
             reconciles = metric(text, "frugal_operator_reconcile_duration_seconds_count")
             requests = metric(text, "frugal_operator_api_requests_total")
             duration = metric(text, "frugal_operator_reconcile_duration_seconds_sum")
-            print(f"ModelDeployments                     {args.count}")
+            print(f"ModelDeployments                     {applied_count}")
             print(f"kubectl apply of all of them         {applied:.1f} s")
             print(f"time until all Compressing           {stable:.1f} s")
             print(f"reconciles (incl. {args.interval:g}s resyncs)      {reconciles:.0f}")
@@ -535,7 +593,11 @@ def main() -> int:
                 return 0
 
             played = PlayedControllers(cluster, Path(tmp) / "artifacts", Path(tmp))
-            took = bring_to_serving(played, args.count, args.timeout)
+            took = bring_to_serving(played, applied_count, args.timeout)
+            if args.clone:
+                stop_operator(operator)
+                restarted = clone_and_restart(played, args.count, argv, cluster.env, log_path, port)
+                operator = restarted.pop("operator")
             waited, quiet = settle(port, args.autoscale_interval, args.timeout)
             unavailable = metrics_unavailable(played)
             steady = steady_state(cluster, port, args.ticks, args.autoscale_interval)
@@ -544,13 +606,22 @@ def main() -> int:
             print(
                 f"{FIRST} compression + profiling (real)  {took['compress']:.1f} s + {took['profile']:.1f} s"
             )
-            print(f"then all {args.count} Serving               {took['others']:.1f} s (Job/kubelet played)")
+            if args.clone:
+                print(
+                    f"{args.count - 1} settled copies written         {restarted['cloned']:.1f} s "
+                    f"({restarted['objects']:.0f} objects)"
+                )
+            else:
+                print(f"then all {args.count} Serving               {took['others']:.1f} s (Job/kubelet played)")
             print(
                 f"MetricsAvailable=False               {unavailable}/{args.count} (no series in Prometheus)"
             )
             print(
                 f"writes and reconciles stopped after  {waited:.1f} s" + ("" if quiet else " (did NOT stop)")
+                + (" of the restarted operator's start" if args.clone else "")
             )
+            if args.clone:
+                print(f"restarted operator RSS, settled      {rss_mib(operator.pid):.0f} MiB")
             print(
                 f"steady state: window                 {steady['window']:.1f} s, {steady['ticks']:.0f} ticks {every}"
             )
@@ -597,13 +668,7 @@ def main() -> int:
                 played.close()
             try:
                 if operator is not None:
-                    operator.send_signal(signal.SIGINT)
-                    try:
-                        operator.wait(30)
-                    except subprocess.TimeoutExpired:
-                        print("the operator did not stop within 30 s of SIGINT: killed", file=sys.stderr)
-                        operator.kill()
-                        operator.wait()
+                    stop_operator(operator)
             finally:
                 if prometheus is not None:
                     prometheus.stop()
