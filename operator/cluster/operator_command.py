@@ -547,9 +547,16 @@ def _cluster(kubeconfig: str | None, on_request: Callable[[str], None]) -> Clust
 
 
 def _configure(settings: Any, **_: Any) -> None:
+    from frugal.operator.cluster.apply import LIST_PAGE
+
     settings.posting.level = logging.WARNING  # our own Events say what happened; kopf's INFO logs stay logs
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Memory at thousands of objects: kopf lists each kind a page at a time (else all at once, when it
+    # starts), and its worker per object, which keeps that object's last body, exits 0.5 s after the
+    # object goes quiet (else 5 s: after a start's listing, every body at once).
+    settings.watching.chunk_size = LIST_PAGE
+    settings.queueing.idle_timeout = 0.5
 
 
 if __name__ == "__main__":
