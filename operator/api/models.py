@@ -6,6 +6,7 @@ defaults first: fields the schema defaults are required here, so defaults live o
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from decimal import Decimal
@@ -249,17 +250,24 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+@functools.cache
+def _fields_by_key(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
+    """`model`'s fields by JSON key, each with the model nested in it (if any): worked out once per
+    model, since the autoscaler reads every served ModelDeployment's status on every tick."""
+    return {json_key(name, info): _nested_model(info.annotation) for name, info in model.model_fields.items()}
+
+
 def _known_keys(model: type[BaseModel], data: Any) -> Any:
     """A copy of `data` without the keys `model` does not know, through nested objects and arrays
     (plain dicts and lists throughout: the caller's body is never changed)."""
     if not isinstance(data, Mapping):
         return _plain(data)
-    fields = {json_key(name, info): info for name, info in model.model_fields.items()}
+    fields = _fields_by_key(model)
     known: dict[str, Any] = {}
     for key, value in data.items():
         if key not in fields:
             continue
-        nested = _nested_model(fields[key].annotation)
+        nested = fields[key]
         if nested is not None and isinstance(value, list | tuple):
             known[key] = [_known_keys(nested, item) for item in value]
         elif nested is not None:
