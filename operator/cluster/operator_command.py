@@ -429,7 +429,9 @@ def run(options: Options) -> None:
     import threading
 
     from frugal.operator import telemetry as metrics
+    from frugal.operator.cluster import memory
 
+    memory.keep_large_buffers_out_of_the_heap()
     operator_metrics = metrics.OperatorMetrics()
     cluster = _cluster(options.kubeconfig, operator_metrics.count_request)
     if options.health_port and (in_use := port_in_use(options.metrics_host, options.health_port)):
@@ -441,6 +443,7 @@ def run(options: Options) -> None:
         except OSError as exc:
             raise cannot_listen(options.metrics_host, options.metrics_port, "--metrics-port", exc) from None
     stop = threading.Event()
+    memory.trim_periodically(stop)
     elector = None
     for module in LEADER_MODULES:  # before standing by: a new leader starts reconciling at once
         importlib.import_module(module)
