@@ -54,11 +54,9 @@ def register(
     @kopf.on.event("", "v1", "pods", id="pod-in-trouble", labels=MANAGED, when=_in_trouble, registry=registry)
     @kopf.on.event("batch", "v1", "jobs", id="job-changed", labels=MANAGED, registry=registry)
     @kopf.on.event("apps", "v1", "deployments", id="deployment-changed", labels=MANAGED, registry=registry)
-    async def child_changed(namespace: str | None, labels: Mapping[str, str], type: str | None, **_: Any) -> None:
-        if type is None:
-            # The listing when the operator starts: each owner's own resume handler passes over it
-            # once, where this would pass once per child (about four times per ModelDeployment).
-            return
+    async def child_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+        # Listings count too (kopf lists again after a watch expires: an event may have been missed);
+        # at a start they cost nothing extra, the owner's name already waits in the queue.
         if namespace and names.LABEL_MD in labels:
             reconciler.enqueue(namespace, labels[names.LABEL_MD])
         if namespace and batches is not None and batch_jobs.LABEL_BATCH in labels:
