@@ -106,6 +106,24 @@ def test_reconcile_scale() -> None:
     assert re.match(r"\d+", value("operator log: warnings/errors"))
 
 
+def test_reconcile_scale_clone() -> None:
+    """md-0000 to Serving, four settled copies of it written to the API server, and a fresh operator
+    that starts on all five and settles without a warning."""
+    ran = run_smoke("reconcile_scale.py", "--clone")
+
+    def value(label: str) -> str:
+        found = re.search(rf"^{re.escape(label)}\s+(\S.*)$", ran.stdout, re.M)
+        assert found, f"no line {label!r} in:\n{ran.stdout}"
+        return found.group(1)
+
+    assert value("ModelDeployments") == "1"  # applied and brought through its pipeline
+    assert re.fullmatch(r"[\d.]+ s \(\d+ objects\)", value("4 settled copies written"))
+    assert value("MetricsAvailable=False").startswith("5/5")  # the restarted operator scales all five
+    assert "did NOT stop" not in value("writes and reconciles stopped after")
+    assert re.match(r"\d+ MiB", value("restarted operator RSS, settled"))
+    assert value("operator log: warnings/errors") == "0"
+
+
 def test_serving() -> None:
     """frugal over REST JSON, REST binary and gRPC, raw ONNX Runtime, and KServe as the one peer (its
     venv is the one the component tier's KServe tests use; MLServer's is not built for tests)."""
