@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
+import functools
 import threading
-
-log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's default, kept fixed instead of rising
 TRIM_SECONDS = 30.0
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    """Looked up once: `find_library` runs `ldconfig` in a subprocess."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
