@@ -92,6 +92,14 @@ class NodeError(RuntimeError):
     """The node could not be prepared or started (the message carries the servers' log tails)."""
 
 
+def orphaned_image_refs(listing: str) -> list[str]:
+    """The `sha256:<id>` references in a `ctr images ls` listing whose image no named reference points
+    at (REF TYPE DIGEST ... columns; DIGEST is the manifest's)."""
+    rows = [row.split() for row in listing.splitlines()[1:] if len(row.split()) >= 3]
+    named = {row[2] for row in rows if not row[0].startswith("sha256:")}
+    return [row[0] for row in rows if row[0].startswith("sha256:") and row[2] not in named]
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("FRUGAL_CACHE_DIR") or Path.home() / ".cache" / "frugal")
 
@@ -1056,7 +1064,18 @@ class RealCluster:
         if wanted and all(self._has_image(name, digest) for name, digest in wanted.items()):
             return False
         self._ctr(self.containerd_socket, "images", "import", "--snapshotter", "overlayfs", archive)
+        self._forget_replaced_images()
         return True
+
+    def _forget_replaced_images(self) -> None:
+        """Delete the CRI plugin's `sha256:<id>` references to images no name points at any more.
+
+        The CRI plugin keeps such a reference for every image it has seen; re-importing a tag moves the
+        tag but leaves the old image's reference, so each rebuilt image (3.5 GB for the full one) would
+        stay in the cache for good. Deleting the reference lets containerd's collector free its layers."""
+        orphans = orphaned_image_refs(self.image_listing())
+        if orphans:
+            self._ctr(self.containerd_socket, "images", "rm", "--sync", *orphans, check=False)
 
     def _has_image(self, name: str, digest: str) -> bool:
         listing = self._ctr(
@@ -1155,6 +1174,10 @@ class RealCluster:
 
     def api_client(self) -> Any:
         return self.control.api_client()
+
+    def image_listing(self) -> str:
+        """`ctr images ls` of the node's k8s.io namespace."""
+        return self._ctr(self.containerd_socket, "images", "ls").stdout
 
     def load_images(self, archives: Iterable[Path]) -> list[Path]:
         """Import OCI/Docker archives into the node's containerd (k8s.io namespace), skipping those

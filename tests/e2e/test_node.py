@@ -26,6 +26,7 @@ from node_harness import (
     cni_conflist,
     corefile,
     has_capability,
+    orphaned_image_refs,
     parse_taint,
     reverse_zone,
     split_node_labels,
@@ -149,6 +150,17 @@ def test_the_node_runs_only_this_sessions_pods_and_keeps_its_images(real_cluster
     pods = json.loads(real_cluster.kubectl("get", "pods", "-A", "-o", "json").stdout)["items"]
     assert real_cluster.running_pod_uids() <= {pod["metadata"]["uid"] for pod in pods}
     assert real_cluster.load_images([real_cluster.nodebin.busybox_archive]) == []
+    assert orphaned_image_refs(real_cluster.image_listing()) == []
+
+
+def test_a_rebuilt_images_old_id_reference_is_the_one_forgotten() -> None:
+    listing = (
+        "REF TYPE DIGEST SIZE PLATFORMS LABELS\n"
+        "localhost/frugal:0.1.0 application/vnd.oci.image.manifest.v1+json sha256:new 3.4GiB linux/amd64 -\n"
+        "sha256:newconfig application/vnd.oci.image.manifest.v1+json sha256:new 3.4GiB linux/amd64 -\n"
+        "sha256:oldconfig application/vnd.oci.image.manifest.v1+json sha256:old 3.4GiB linux/amd64 -\n"
+    )
+    assert orphaned_image_refs(listing) == ["sha256:oldconfig"]
 
 
 def test_the_node_is_ready_with_the_labels_and_taints_it_was_given(real_cluster: RealCluster) -> None:
