@@ -2,8 +2,9 @@
 
 The folders `operator/`, `serving/`, `compression/` and `schema/` have no `__init__.py` so that
 running Python from the repo root never shadows the standard library's `operator` module; setuptools
-maps them to `frugal.operator`, `frugal.serving`, `frugal.compression` and `frugal.schema` (the
-artifact files' models, shared by the other three). `crds/` ships as package data so the local
+maps them to `frugal.operator`, `frugal.serving`, `frugal.compression`, `frugal.schema` (the
+artifact files' models, shared by the other three) and `frugal.storage` (file and object-store
+locations, shared the same way). `crds/` ships as package data so the local
 validator reads the very files the API server gets.
 """
 
@@ -14,6 +15,7 @@ COMPONENTS = {
     "frugal.serving": "serving",
     "frugal.compression": "compression",
     "frugal.schema": "schema",
+    "frugal.storage": "storage",
     "frugal.operator.crds": "crds",
 }
 

@@ -28,7 +28,7 @@ import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, Protocol, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -71,9 +71,7 @@ class MissingArtifactFile(ArtifactError):
 class _File(BaseModel):
     """Part of a file our own writers write: camelCase keys, nothing unknown, immutable."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
 # ------------------------------------------------------------------------------------ shared parts
@@ -191,7 +189,14 @@ class ReportRow(_File):
     @model_serializer(mode="wrap")
     def _without_unknown_ratios(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        for key in ("size_ratio", "speedup_batch", "speedup_batch1", "sizeRatio", "speedupBatch", "speedupBatch1"):
+        for key in (
+            "size_ratio",
+            "speedup_batch",
+            "speedup_batch1",
+            "sizeRatio",
+            "speedupBatch",
+            "speedupBatch1",
+        ):
             if key in data and data[key] is None:
                 del data[key]
         return data
@@ -239,6 +244,17 @@ class Profile(_File):
 # ------------------------------------------------------------------------------------ files
 
 
+class Folder(Protocol):
+    """Where an artifact directory's files are read and written: a ``pathlib.Path`` here, or a prefix in
+    an object store (``frugal.storage``'s ``UPath``, pathlib's API over fsspec)."""
+
+    def __truediv__(self, name: str) -> Folder: ...
+
+    def read_bytes(self) -> bytes: ...
+
+    def write_bytes(self, data: bytes) -> int: ...
+
+
 def sha256_file(path: Path) -> str:
     """The hex sha256 of a file's bytes, read 1 MiB at a time."""
     digest = hashlib.sha256()
@@ -252,22 +268,24 @@ def file_entry(path: Path) -> FileEntry:
     return FileEntry(sha256=sha256_file(path), size_bytes=path.stat().st_size)
 
 
-def profile_path(directory: Path, hardware_profile: str) -> Path:
+def profile_path(directory: Folder, hardware_profile: str) -> Folder:
     return directory / PROFILES / f"{hardware_profile}.json"
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
-    return _write(directory / MANIFEST, manifest)
+    path = directory / MANIFEST
+    _write(path, manifest)
+    return path
 
 
 def write_report(directory: Path, report: Report) -> Path:
-    return _write(directory / REPORT, report)
+    path = directory / REPORT
+    _write(path, report)
+    return path
 
 
-def write_profile(directory: Path, profile: Profile) -> Path:
-    path = profile_path(directory, profile.hardware_profile)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return _write(path, profile)
+def write_profile(directory: Folder, profile: Profile) -> Folder:
+    return _write(profile_path(directory, profile.hardware_profile), profile)
 
 
 def document(model: BaseModel) -> dict[str, Any]:
@@ -276,15 +294,15 @@ def document(model: BaseModel) -> dict[str, Any]:
     return data
 
 
-def read_manifest(directory: Path) -> Manifest:
+def read_manifest(directory: Folder) -> Manifest:
     return parse_manifest(_read(directory / MANIFEST), str(directory / MANIFEST))
 
 
-def read_report(directory: Path) -> Report:
+def read_report(directory: Folder) -> Report:
     return parse_report(_read(directory / REPORT), str(directory / REPORT))
 
 
-def read_profile(directory: Path, hardware_profile: str) -> Profile:
+def read_profile(directory: Folder, hardware_profile: str) -> Profile:
     path = profile_path(directory, hardware_profile)
     profile = parse_profile(_read(path), str(path))
     if profile.hardware_profile != hardware_profile:
@@ -312,13 +330,13 @@ def parse_profile(text: str | bytes, where: str = PROFILES) -> Profile:
 _M = TypeVar("_M", bound=_File)
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Folder) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
         raise MissingArtifactFile(f"{path} is missing") from None
     except OSError as exc:
-        raise ArtifactError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ArtifactError(f"cannot read {path}: {type(exc).__name__}: {exc.strerror or exc}") from None
 
 
 def _parse(model: type[_M], text: str | bytes, where: str, version: int, remedy: str) -> _M:
@@ -386,9 +404,14 @@ def _field_path(loc: Sequence[int | str]) -> str:
     return text or "(the document)"
 
 
-def _write(path: Path, model: BaseModel) -> Path:
-    """Write atomically: a temporary file in the same folder, renamed over the target."""
+def _write(path: Folder, model: BaseModel) -> Folder:
+    """Write whole: a local file through a temporary name and a rename; an object store's path (any
+    other type, such as frugal.storage's) by one PUT, which is atomic there."""
     data = (json.dumps(document(model), indent=2) + "\n").encode()
+    if not isinstance(path, Path):
+        path.write_bytes(data)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:

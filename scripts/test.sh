@@ -22,6 +22,6 @@ echo "== ruff" >&2
 echo "== import contracts" >&2
 "$VENV/bin/lint-imports"
 echo "== mypy" >&2
-"$VENV/bin/mypy" -p frugal.operator -p frugal.serving -p frugal.compression -p frugal.schema
+"$VENV/bin/mypy" -p frugal.operator -p frugal.serving -p frugal.compression -p frugal.schema -p frugal.storage
 echo "== pytest" >&2
 "$VENV/bin/python" -m pytest "${@:-tests}"

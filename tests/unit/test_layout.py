@@ -15,7 +15,7 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_operator_folder_never_shadows_the_standard_library() -> None:
     result = run_python(
-        "import operator, frugal.operator, frugal.serving, frugal.compression, frugal.schema; "
+        "import operator, frugal.operator, frugal.serving, frugal.compression, frugal.schema, frugal.storage; "
         "operator.itemgetter; import collections; print(operator.__file__)"
     )
     assert result.returncode == 0, result.stderr
@@ -23,7 +23,7 @@ def test_the_operator_folder_never_shadows_the_standard_library() -> None:
 
 
 def test_component_folders_are_namespace_portions() -> None:
-    for folder in ("operator", "serving", "compression", "schema"):
+    for folder in ("operator", "serving", "compression", "schema", "storage"):
         assert not (ROOT / folder / "__init__.py").exists(), f"{folder}/__init__.py would shadow or break the mapping"
         assert (ROOT / folder / "py.typed").exists()
 
@@ -79,7 +79,7 @@ def test_no_module_imports_itself_through_others() -> None:
 def test_no_two_modules_share_a_file_name() -> None:
     """A file's name says what it holds: no commands.py, pods.py or cli.py in two places."""
     names: dict[str, list[str]] = {}
-    for folder in ("operator", "serving", "compression", "schema"):
+    for folder in ("operator", "serving", "compression", "schema", "storage"):
         for path in (ROOT / folder).rglob("*.py"):
             if path.name not in ("__init__.py", "__main__.py"):
                 names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
