@@ -5,6 +5,14 @@ Settings come from ``--config FILE`` (JSON or YAML) or ``--config-json STRING`` 
 and exit 2, leaving no artifact directory behind. A full artifacts volume (ENOSPC, EDQUOT) prints one
 line naming the directory and exits 1 (a run that failed and may pass once space is freed: the Job
 retries it); nothing half-written is left either.
+
+An output that is an object store's URI (``--out s3://bucket/prefix``) is compressed into a staging
+directory under the process's temporary directory (a writable ``emptyDir`` in a pod) and then
+published there with :func:`frugal.storage.object_store.publish`, ``manifest.json`` last; the
+destination's old ``manifest.json`` is deleted before compressing, which also checks the keys, the
+bucket and the write permission before any work. A refusal (keys, bucket, policy) is bad input: one
+line naming the URI and the error's class, exit 2, and no ``manifest.json`` at the destination; any
+other failure of the store (unreachable, a timeout) is a run that failed: the same line, exit 1.
 """
 
 from __future__ import annotations
@@ -12,13 +20,17 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from frugal.schema.artifact_format import Report
+from frugal.schema.artifact_format import MANIFEST, Report
+from frugal.storage import object_store
+from frugal.storage.object_store import ObjectStoreError
 
 from .config import CompressionConfig
 from .errors import CompressionError
@@ -77,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=["accuracy", "f1", "cosine"])
     p.add_argument("--max-drop", type=float, help="largest allowed metric drop (e.g. 0.01)")
     p.add_argument("--min-value", type=float, help="absolute floor on the metric")
-    p.add_argument("--out", type=Path, help="artifact directory to write")
+    p.add_argument("--out", help="artifact directory to write, or an s3:// URI to publish it to")
     p.add_argument("--name", help="model name used in URLs")
     p.add_argument("--generation", type=int)
     p.add_argument("--batch-size", type=int, help="serving batch size to time")
@@ -204,7 +216,17 @@ def _distillation_flags(args: argparse.Namespace, raw: dict[str, Any]) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> CompressionConfig:
-    raw = merged_settings(args)
+    return validated(merged_settings(args))
+
+
+def object_store_output(raw: dict[str, Any]) -> str | None:
+    """The settings' output when it is an object store's URI (compressed locally, then published)."""
+    output = raw.get("output")
+    return output if isinstance(output, str) and object_store.is_object_store(output) else None
+
+
+def validated(raw: dict[str, Any]) -> CompressionConfig:
+    """The merged settings as a `CompressionConfig` (raises CompressionError naming the field)."""
     if "model" not in raw:
         raise CompressionError("no model given: pass --model URI or model.uri in --config")
     if "output" not in raw:
@@ -219,15 +241,29 @@ def config_from_args(args: argparse.Namespace) -> CompressionConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    staging: Path | None = None
     try:
-        config = config_from_args(args)
+        raw = merged_settings(args)
+        destination = object_store_output(raw)
+        if destination is not None:
+            staging = Path(tempfile.mkdtemp(prefix="frugal-compress-"))
+            raw["output"] = str(staging / "artifact")
+        config = validated(raw)
         from .distributed import worker_rank
 
         if worker_rank() > 0:
             from .steps.distillation import run_worker
 
             return run_worker(config)
+        if destination is not None:
+            target = _destination(destination)
+            object_store.remove(target / MANIFEST)
         result = _run(config, quiet=args.quiet)
+        if destination is not None:
+            object_store.publish(config.output, target)
+    except ObjectStoreError as exc:
+        print(f"frugal compress: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR if exc.refused else EXIT_RUN_FAILED
     except CompressionError as exc:
         print(f"frugal compress: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -236,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"frugal compress: error: {volume_full(config.output, exc)}", file=sys.stderr)
         return EXIT_RUN_FAILED
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     if args.json:
         print(json.dumps(result.report, indent=2))
     else:
@@ -250,6 +289,13 @@ def volume_full(output: Path, error: OSError) -> str:
         f"no space left on the artifacts volume: writing {output} failed ({error.strerror}); "
         f"free space on the volume that holds {output.parent} or give it more room, then run the compression again"
     )
+
+
+def _destination(uri: str) -> object_store.Location:
+    try:
+        return object_store.location(uri)
+    except (ValueError, ImportError) as exc:
+        raise CompressionError(f"output: {exc}") from None
 
 
 def _run(config: CompressionConfig, quiet: bool) -> Any:

@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from frugal.storage import object_store
+
 from . import zoo
 from .config import CompressionConfig
 from .errors import CompressionError
@@ -91,6 +93,8 @@ def fetch(uri: str, field: str) -> Path:
         fs.get_file(remote, str(partial))
     except Exception as exc:  # each backend raises its own errors (FileNotFoundError, ClientError, ...)
         partial.unlink(missing_ok=True)
+        if object_store.is_object_store(uri) and not (failed := object_store.failure(uri, exc)).refused:
+            raise failed from None  # unreachable, a timeout: a run that failed (exit 1), not bad input
         raise CompressionError(f"{field}: cannot fetch {uri} ({type(exc).__name__}: {exc})") from exc
     partial.replace(local)
     return local

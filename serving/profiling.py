@@ -6,6 +6,12 @@ of the manifest's signature at the serving batch size, and writes ``DIR/profiles
 (atomically; both files are :mod:`frugal.schema.artifact_format`'s). Only ONNX Runtime and numpy
 are needed, so it runs in the serving image.
 
+``--artifacts s3://bucket/prefix`` profiles a generation in an object store: its manifest and every
+variant's files are fetched into a temporary directory (:mod:`frugal.serving.server.fetch`), each file
+checked against the manifest's sha256, and the profile is PUT back as one object. A refusal (keys,
+bucket, policy) is one line naming the URI and the error's class, exit 2 (exit 1 for a store that
+failed otherwise: unreachable, a timeout).
+
 A request's p95 latency is the p95 of one batch's run time plus the batching delay. One replica's
 throughput is the batch size divided by the median batch time plus the server's own per-request
 cost (``--request-overhead-ms``, HTTP and JSON handling, 0.2 ms by default), so a tiny model is not
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +38,8 @@ from frugal.schema.artifact_format import (
     write_profile,
 )
 from frugal.serving.datatypes import OIP_TO_NUMPY
+from frugal.storage import object_store
+from frugal.storage.object_store import Location, ObjectStoreError
 
 # The numeric datatypes example_inputs fills (OIP name → numpy scalar type); BYTES gets b"0".
 DTYPES: dict[str, type[np.generic]] = {
@@ -91,7 +100,9 @@ def profile(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="frugal-profile", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--artifacts", required=True, type=Path, help="the generation's artifact directory")
+    parser.add_argument(
+        "--artifacts", required=True, help="the generation's artifact directory, or its s3:// URI"
+    )
     parser.add_argument("--hardware-profile", required=True, help="name of the HardwareProfile measured on")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=0.0)
@@ -99,28 +110,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--request-overhead-ms", type=float, default=0.2, help="server cost per request")
     args = parser.parse_args(argv)
-    if not (args.artifacts / "manifest.json").is_file():
-        print(
-            f"error: {args.artifacts}/manifest.json not found: --artifacts must name a compression output",
-            file=sys.stderr,
-        )
+    try:
+        source = object_store.location(args.artifacts)
+    except ValueError as exc:
+        print(f"error: --artifacts: {exc}", file=sys.stderr)
         return 2
     try:
-        rows = profile(
-            args.artifacts,
-            args.batch_size,
-            args.max_delay_ms,
-            args.provider,
-            args.repeats,
-            args.request_overhead_ms,
-        )
+        with tempfile.TemporaryDirectory(prefix="frugal-profile-") as scratch:
+            directory = _local(source, Path(scratch))
+            if directory is None:
+                print(
+                    f"error: {args.artifacts}/manifest.json not found: --artifacts must name a compression output",
+                    file=sys.stderr,
+                )
+                return 2
+            rows = profile(
+                directory,
+                args.batch_size,
+                args.max_delay_ms,
+                args.provider,
+                args.repeats,
+                args.request_overhead_ms,
+            )
+        result = Profile(hardware_profile=args.hardware_profile, provider=args.provider, variants=tuple(rows))
+        _write_profile(source, result)
+    except ObjectStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if exc.refused else 1
     except ArtifactError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = Profile(hardware_profile=args.hardware_profile, provider=args.provider, variants=tuple(rows))
-    write_profile(args.artifacts, result)
     print(f"profiled {len(rows)} variant(s) on {args.hardware_profile}")
     return 0
+
+
+def _local(source: Location, scratch: Path) -> Path | None:
+    """The artifact directory on this machine: `source` itself (None when it has no manifest.json), or
+    its manifest and every variant's files fetched into `scratch` and checked against the manifest."""
+    if not object_store.is_remote(source):
+        assert isinstance(source, Path)
+        return source if (source / "manifest.json").is_file() else None
+    from frugal.serving.server.artifacts import check_variant
+    from frugal.serving.server.fetch import describe_missing, fetch_artifacts
+
+    try:
+        fetched = fetch_artifacts(source, scratch)
+    except FileNotFoundError as exc:  # no manifest, or no bucket: the cause says which
+        raise describe_missing(str(source), exc) from None
+    for variant in fetched.manifest.variants:
+        check_variant(scratch, fetched.manifest, variant)
+    print(fetched.summary(str(source)), file=sys.stderr)
+    return scratch
+
+
+def _write_profile(destination: Location, result: Profile) -> None:
+    """``profiles/NAME.json`` beside the manifest: a local file atomically, an object by one PUT (whose
+    refusal is an ObjectStoreError naming the object)."""
+    try:
+        write_profile(destination, result)
+    except Exception as exc:  # s3fs's OSError subclasses and botocore's own
+        if not object_store.is_remote(destination):
+            raise
+        where = destination / "profiles" / f"{result.hardware_profile}.json"
+        raise object_store.failure(str(where), exc) from None
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from frugal.serving.server.settings import (
     missing,
     parse_labels,
 )
+from frugal.storage.object_store import ObjectStoreError
 
 __all__ = ["ENV_PREFIX", "build_parser", "env_name", "main", "parse_config", "parse_labels"]
 
@@ -83,4 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except RuntimeError as exc:  # ONNX Runtime refusing the model file
         print(f"frugal serve: ONNX Runtime cannot load the variant: {exc}", file=sys.stderr)
+        return 1
+    except ObjectStoreError as exc:  # --artifacts s3://... unreachable or failing (a refusal is a ValueError)
+        print(f"frugal serve: {exc}", file=sys.stderr)
         return 1

@@ -78,6 +78,8 @@ from frugal.serving.batch.inputs import (
 )
 from frugal.serving.server import artifacts
 from frugal.serving.server.artifacts import ArtifactError, Manifest, TensorSpec, Variant
+from frugal.storage import object_store
+from frugal.storage.object_store import ObjectStoreError
 
 if TYPE_CHECKING:
     from frugal.serving.server.runtime import OnnxModel
@@ -123,7 +125,8 @@ class BatchConfig(_Model):
 
     input: str  # an .npz, a .parquet or a directory of them (name order = input order)
     output: str  # a directory
-    artifacts: str  # an artifact directory as `frugal compress` writes it
+    artifacts: str  # an artifact directory as `frugal compress` writes it, or the s3:// URI it published to
+    fetch_dir: str | None = Field(None, alias="fetchDir")  # where s3:// artifacts are fetched to
     variant: str  # a variant name in its manifest
     batch_size: int = Field(64, alias="batchSize", ge=1)
     rows_per_shard: int = Field(1024, alias="rowsPerShard", ge=1)
@@ -297,12 +300,38 @@ class Run:
 
 
 def _manifest(config: BatchConfig) -> tuple[Path, Manifest, Variant]:
-    directory = local_path(config.artifacts, "artifacts")
+    directory = _artifact_dir(config)
     try:
         manifest = artifacts.load_manifest(directory)
         return directory, manifest, manifest.variant(config.variant)
     except ArtifactError as exc:
         raise BatchError(f"artifacts: {exc}") from None
+
+
+def _artifact_dir(config: BatchConfig) -> Path:
+    """The artifact directory on this machine: `artifacts` itself, or for an object store's URI the
+    directory its manifest and the variant's files were fetched into (as `frugal serve` does; the
+    files are verified afterwards like any local artifact). Workers sharing it fetch safely together."""
+    if not object_store.is_object_store(config.artifacts):
+        return local_path(config.artifacts, "artifacts")
+    from frugal.serving.server.fetch import default_fetch_dir, describe_missing, fetch_artifacts
+
+    uri = config.artifacts
+    target = local_path(config.fetch_dir, "fetchDir") if config.fetch_dir else default_fetch_dir(uri)
+    try:
+        fetched = fetch_artifacts(object_store.location(uri), target, [config.variant])
+    except FileNotFoundError as exc:
+        raise BatchError(f"artifacts: {describe_missing(uri, exc)}") from None
+    except ObjectStoreError as exc:
+        if not exc.refused:
+            raise  # unreachable, a timeout: a crash the Job retries
+        raise BatchError(f"artifacts: {exc}") from None
+    except ArtifactError as exc:
+        raise BatchError(f"artifacts: {exc}") from None
+    except OSError as exc:
+        raise BatchError(f"fetchDir: cannot write {target}: {exc.strerror or exc}") from None
+    log.info("%s", fetched.summary(uri))
+    return target
 
 
 def _open_run(config: BatchConfig, directory: Path, manifest: Manifest, variant: Variant,

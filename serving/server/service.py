@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -21,6 +22,8 @@ from frugal.serving.server.metrics import MetricLabels, ServerMetrics
 from frugal.serving.server.power import BusyClock, EstimatedPower, PowerSource, open_nvml
 from frugal.serving.server.settings import ServeConfig, StartupError
 from frugal.serving.server.signature import check_request
+from frugal.storage import object_store
+from frugal.storage.object_store import ObjectStoreError
 
 log = logging.getLogger("frugal.serving")
 
@@ -41,8 +44,9 @@ def load_model(config: ServeConfig) -> LoadedModel:
 
     Artifacts it cannot serve (no manifest, a variant the manifest does not list, a file that is missing,
     changed or not ONNX) raise `StartupError` naming the flag to change."""
+    directory = local_artifacts(config)
     try:
-        manifest = artifacts.load_manifest(config.artifacts)
+        manifest = artifacts.load_manifest(directory)
     except ArtifactError as exc:
         remedy = "pass --artifacts a directory `frugal compress` wrote"
         raise StartupError(str(exc), "--artifacts", remedy) from None
@@ -51,7 +55,7 @@ def load_model(config: ServeConfig) -> LoadedModel:
     except ArtifactError as exc:
         raise StartupError(str(exc), "--variant") from None
     try:
-        path = artifacts.verify_variant(config.artifacts, manifest, variant, config.verify_cache_dir)
+        path = artifacts.verify_variant(directory, manifest, variant, config.verify_cache_dir)
     except ArtifactError as exc:
         raise StartupError(str(exc), "--artifacts") from None
     size = sum(path.parent.joinpath(f).stat().st_size for f in _basenames(manifest, variant))
@@ -88,6 +92,38 @@ def load_model(config: ServeConfig) -> LoadedModel:
         log.warning("warm-up with synthetic zeros failed, the first requests warm the session: %s", exc)
         warm = 1.0
     return LoadedModel(manifest, variant, model, model.inputs, outputs, size, warm)
+
+
+def local_artifacts(config: ServeConfig) -> Path:
+    """The artifact directory on this machine: `--artifacts` itself, or for an object store's URI the
+    `--fetch-dir` its manifest and the variant's files were just fetched into (logged with bytes and
+    seconds; verified afterwards like any local directory)."""
+    source = config.artifacts
+    if not object_store.is_remote(source):
+        assert isinstance(source, Path)
+        return source
+    from frugal.serving.server.fetch import default_fetch_dir, describe_missing, fetch_artifacts
+
+    uri = str(source)
+    target = config.fetch_dir or default_fetch_dir(uri)
+    try:
+        fetched = fetch_artifacts(source, target, [config.variant])
+    except FileNotFoundError as exc:
+        raise StartupError(str(describe_missing(uri, exc)), "--artifacts") from None
+    except ObjectStoreError as exc:
+        if not exc.refused:
+            raise  # unreachable, a timeout: a run that failed (exit 1), not a setting to change
+        raise StartupError(
+            str(exc), "--artifacts", "fix the keys or the bucket's policy, or pass another --artifacts"
+        ) from None
+    except ArtifactError as exc:
+        raise StartupError(
+            str(exc), "--artifacts", "pass --artifacts a URI `frugal compress` published to"
+        ) from None
+    except OSError as exc:
+        raise StartupError(f"cannot write {target}: {exc.strerror or exc}", "--fetch-dir") from None
+    log.info("%s", fetched.summary(uri))
+    return target
 
 
 def _basenames(manifest: Manifest, variant: Variant) -> list[str]:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+from frugal.storage.object_store import Location, location
+
 ENV_PREFIX = "FRUGAL_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -175,7 +177,13 @@ def optional_path(text: str) -> Path | None:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    artifacts: Annotated[Path, Setting("artifact directory holding manifest.json (required)")]
+    artifacts: Annotated[
+        Location,
+        Setting(
+            "artifact directory holding manifest.json, or its s3:// URI (fetched into --fetch-dir) (required)",
+            parse=location,
+        ),
+    ]
     variant: Annotated[str, Setting("variant name from the manifest, e.g. int8-dynamic (required)")]
     model_name: Annotated[str | None, Setting("name in the OIP URLs (default: the manifest's model)")] = None
     host: Annotated[str, Setting("address to listen on (0.0.0.0 in a pod)")] = "127.0.0.1"
@@ -227,6 +235,14 @@ class ServeConfig:
         Setting(
             "writable directory remembering files already checked against the manifest, so an unchanged "
             "file is not hashed again on the next start (default: none, hash every start)",
+            parse=optional_path,
+        ),
+    ] = None
+    fetch_dir: Annotated[
+        Path | None,
+        Setting(
+            "local directory an s3:// --artifacts is fetched into (default: one per URI under the "
+            "temporary directory); files already there that match the manifest are kept",
             parse=optional_path,
         ),
     ] = None

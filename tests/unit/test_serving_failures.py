@@ -89,7 +89,7 @@ def test_every_flag_and_variable_of_frugal_serve_is_declared_once_on_serve_confi
         "--max-delay-ms", "--max-queue-size", "--request-timeout-ms", "--max-body-bytes",
         "--latency-target-ms", "--execution-provider", "--intra-op-threads", "--shard-index",
         "--shard-count", "--next-stage", "--idle-watts", "--max-watts", "--labels", "--inline-below-ms",
-        "--shutdown-grace-s", "--verify-cache-dir", "--log-level",
+        "--shutdown-grace-s", "--verify-cache-dir", "--fetch-dir", "--log-level",
     ]  # fmt: skip
     assert all(s.env == "FRUGAL_" + s.flag[2:].replace("-", "_").upper() for s in SETTINGS)
     assert [s.name for s in SETTINGS if s.required] == ["artifacts", "variant"]
