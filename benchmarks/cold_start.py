@@ -29,9 +29,26 @@ limit); the two shards get different CPUs where there are two.
 The artifact files are in the page cache in every run unless ``--evict-page-cache`` drops them
 (``posix_fadvise(DONTNEED)``) before each start, as on a node that has not read them yet.
 
+``--source`` says where the artifacts come from. ``local``: the directory on this disk, as a pod's
+claim mounts it. ``bucket``: ``s3://`` in a real S3 server on loopback (SeaweedFS's
+S3 gateway, ``tests/s3_harness.py``; the variant's files and ``manifest.json`` published there with
+``object_store.publish``), served with the keys and ``FSSPEC_S3`` in the environment as a pod gets
+them, and a fresh empty ``--fetch-dir`` and verify cache per start: a new pod, which fetches, verifies
+and loads. ``bucket-refetch``: the same URI with the fetch directory and verify cache kept from an
+earlier start: a container restart in the same pod (both are emptyDirs), which downloads nothing but
+``manifest.json``. Its fetch directory is filled by one discarded start, then, once the download is
+older than the verify cache's racy window (``artifacts.RACY_WINDOW_S``), a second discarded start
+records it in the verify cache. Bucket rows are compared with the local row of the same verify cache
+(``bucket`` with ``cold``, ``bucket-refetch`` with ``warm``); "fetch" is the server's own
+``fetched N file(s), B bytes from ... in S s`` line (10 ms resolution). With ``--evict-page-cache`` the
+S3 server's data files and the kept fetch directories are evicted too. By default all three sources
+run when the S3 server starts, ``local`` alone (with a warning) when it cannot.
+
     python benchmarks/cold_start.py                          # digits + MiniLM, 1 and 2 shards, 5 repeats
     python benchmarks/cold_start.py --model minilm --shards 2 --repeat 3 --json
+    python benchmarks/cold_start.py --model digits --shards 1 --source local bucket
     python benchmarks/cold_start.py --smoke                  # seconds: digits, 1 and 2 shards, 1 wake
+                                                             # (the bucket sources at 1 shard only)
 """
 
 from __future__ import annotations
@@ -51,8 +68,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +81,21 @@ from frugal.operator.api.spec import ModelDeploymentSpec
 from frugal.operator.manifests import container_commands
 from frugal.schema.artifact_format import sha256_file
 from frugal.serving.server import artifacts
+from frugal.storage import object_store
+from frugal.storage.object_store import ACCESS_KEY_ID, SECRET_ACCESS_KEY, ObjectStore
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 READY = re.compile(r"ready on (http://[\d.]+:\d+)")
 VERIFIED = re.compile(
     r"verified variant '[^']+': (\d+) file\(s\), (\d+) bytes in ([\d.]+) ms; (\d+) hashed in ([\d.]+) ms, "
     r"(\d+) trusted"
 )
+FETCHED = re.compile(
+    r"fetched (\d+) file\(s\), (\d+) bytes from \S+ into .* in ([\d.]+) s; (\d+) already there"
+)
 TIMEOUT_S = 180.0
+SOURCES = ("local", "bucket", "bucket-refetch")
+BUCKET = "frugal-cold-start"
 
 
 @dataclass
@@ -87,6 +112,11 @@ class Start:
     hash_s: float  # of which hashing
     hashed: int  # files hashed, all shards
     trusted: int  # files trusted from the verify cache, all shards
+    source: str = "local"  # "local", "bucket" or "bucket-refetch"
+    fetch_s: float | None = None  # the slowest shard's fetch (its log line); None from a local directory
+    fetched: int = 0  # files downloaded, all shards (manifest.json not counted)
+    fetched_bytes: int = 0
+    kept: int = 0  # files already in the fetch directory, all shards
 
     @property
     def ready_to_answer_s(self) -> float:
@@ -116,19 +146,27 @@ def server_cpus(shards: int) -> list[int | None]:
 
 
 def serve_commands(
-    md: ModelDeploymentSpec, directory: Path, variant: str, shards: int, caches: Sequence[Path]
+    md: ModelDeploymentSpec,
+    artifacts_at: str,
+    variant: str,
+    shards: int,
+    caches: Sequence[Path],
+    fetch_dirs: Sequence[Path] | None = None,
 ) -> list[list[str]]:
-    """The operator's serve command for each shard, on loopback ports, with its verify cache."""
+    """The operator's serve command for each shard, on loopback ports, with its verify cache (and, for
+    an ``s3://`` `artifacts_at`, its own fetch directory, as each pod has its own /tmp)."""
     ports = [_free_port() for _ in range(shards)]
     commands = []
     for index, (cpu, cache) in enumerate(zip(server_cpus(shards), caches, strict=True)):
         following = f"http://127.0.0.1:{ports[index + 1]}" if index + 1 < shards else None
-        argv = _local(container_commands.serve(md, str(directory), variant, index, shards, following))
+        argv = _local(container_commands.serve(md, artifacts_at, variant, index, shards, following))
         argv[argv.index("--host") + 1] = "127.0.0.1"
         argv[argv.index("--port") + 1] = str(ports[index])
         # Every pod has 8081 to itself; processes here share loopback: any free port (the server prints it).
         argv[argv.index("--grpc-port") + 1] = "0"
         argv += ["--verify-cache-dir", str(cache)]
+        if fetch_dirs is not None:
+            argv += ["--fetch-dir", str(fetch_dirs[index])]
         commands.append(argv if cpu is None else ["taskset", "-c", str(cpu), *argv])
     return commands
 
@@ -178,11 +216,25 @@ class Process:
         if match is None:
             raise RuntimeError(f"no verification line in the server's log:\n{''.join(self.log)[-3000:]}")
         ms = 1e-3
-        return float(match.group(3)) * ms, float(match.group(5)) * ms, int(match.group(4)), int(match.group(6))
+        return (
+            float(match.group(3)) * ms,
+            float(match.group(5)) * ms,
+            int(match.group(4)),
+            int(match.group(6)),
+        )
+
+    def fetch(self) -> tuple[float, int, int, int]:
+        """(fetch seconds, files downloaded, bytes downloaded, files kept) from the server's log line."""
+        match = FETCHED.search("".join(self.log))
+        if match is None:
+            raise RuntimeError(f"no fetch line in the server's log:\n{''.join(self.log)[-3000:]}")
+        return float(match.group(3)), int(match.group(1)), int(match.group(2)), int(match.group(4))
 
 
 def _post(url: str, body: bytes) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as reply:
             return int(reply.status), reply.read()
@@ -202,25 +254,84 @@ def two_rows(bodies: Sequence[bytes]) -> bytes:
 
 
 def evict(files: Sequence[Path]) -> None:
-    """Drop the files' pages from the page cache (clean pages; no root needed)."""
+    """Drop the files' pages from the page cache (written back first: only clean pages go; no root
+    needed)."""
     for path in files:
         with path.open("rb") as handle:
+            os.fsync(handle.fileno())
             os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def files_under(directories: Sequence[Path]) -> list[Path]:
+    return [p for d in directories if d.is_dir() for p in sorted(d.rglob("*")) if p.is_file()]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """The S3 server this run publishes to, and what a serving process needs to read from it."""
+
+    store: ObjectStore
+    endpoint: str
+    data_dir: Path  # the server's own files (evicted with --evict-page-cache)
+    startup_s: float
+    env: dict[str, str] = field(repr=False)  # FSSPEC_S3 and the keys, as a pod's container gets them
+
+    def publish(self, model: str, directory: Path, files: Sequence[Path]) -> str:
+        """`manifest.json` and the variant's `files` under ``s3://frugal-cold-start/<model>``; returns the
+        URI. (Only those: the rest of the directory, MiniLM's other variants, would not be fetched.)"""
+        uri = f"s3://{BUCKET}/{model}"
+        with tempfile.TemporaryDirectory(prefix="frugal-publish-") as staging:
+            for path in [directory / "manifest.json", *files]:
+                link = Path(staging) / path.relative_to(directory)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(path)
+            object_store.publish(Path(staging), object_store.location(uri, self.store))
+        return uri
+
+
+@contextlib.contextmanager
+def s3_bucket(workdir: Path) -> Iterator[Bucket]:
+    """SeaweedFS's S3 gateway on loopback (the tests' harness, ``tests/s3_harness.py``) with one bucket,
+    stopped on exit."""
+    sys.path.append(str(REPO_ROOT / "tests"))
+    from s3_harness import REGION, running_s3_server
+
+    with running_s3_server(workdir) as server:
+        admin = server.identities["admin"]
+        keys = {ACCESS_KEY_ID: admin.access_key, SECRET_ACCESS_KEY: admin.secret_key}
+        store = ObjectStore(
+            endpoint=server.endpoint_url, region=REGION, addressing_style="path", credentials=keys
+        )
+        server.make_bucket(BUCKET)
+        yield Bucket(
+            store,
+            server.endpoint_url,
+            workdir / "data",
+            server.startup_seconds,
+            {**store.environment(), **keys},
+        )
 
 
 def wake(
     model: str,
     md: ModelDeploymentSpec,
-    directory: Path,
+    directory: Path | str,
     variant: str,
     shards: int,
     caches: Sequence[Path],
     body: bytes,
     label: str = "primer",
+    source: str = "local",
+    fetch_dirs: Sequence[Path] | None = None,
+    bucket: Bucket | None = None,
 ) -> Start:
-    """Spawn every shard at once; time until all are ready and until an infer through shard 0 answers."""
+    """Spawn every shard at once; time until all are ready and until an infer through shard 0 answers.
+    `directory`: the local artifact directory, or with `bucket` its ``s3://`` URI (each shard fetching
+    into its own of `fetch_dirs`)."""
     env = {k: v for k, v in os.environ.items() if k != "FRUGAL_VERIFY_CACHE_DIR"}
-    commands = serve_commands(md, directory, variant, shards, caches)
+    if bucket is not None:
+        env |= bucket.env
+    commands = serve_commands(md, str(directory), variant, shards, caches, fetch_dirs)
     begin = time.perf_counter()
     processes = [Process(argv, env) for argv in commands]
     try:
@@ -248,6 +359,7 @@ def wake(
             process.stop()
     checks = [p.verification() for p in processes]
     slowest = max(checks)
+    fetches = [p.fetch() for p in processes] if bucket is not None else []
     return Start(
         model=model,
         shards=shards,
@@ -259,6 +371,11 @@ def wake(
         hash_s=slowest[1],
         hashed=sum(c[2] for c in checks),
         trusted=sum(c[3] for c in checks),
+        source=source,
+        fetch_s=max(f[0] for f in fetches) if fetches else None,
+        fetched=sum(f[1] for f in fetches),
+        fetched_bytes=sum(f[2] for f in fetches),
+        kept=sum(f[3] for f in fetches),
     )
 
 
@@ -283,7 +400,18 @@ def chosen_variant(model: str, directory: Path, override: str | None) -> str:
     return str(autoscaling.profile_and_plan(md, hp, directory)["variant"])
 
 
-def run_model(model: str, shard_counts: Sequence[int], repeat: int, variant: str | None, drop: bool) -> dict[str, Any]:
+def run_model(
+    model: str,
+    shard_counts: Sequence[int],
+    repeat: int,
+    variant: str | None,
+    drop: bool,
+    sources: Sequence[str] = ("local",),
+    bucket: Bucket | None = None,
+    bucket_shard_counts: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Every row of one model: per shard count, each source's verify cache states, `repeat` wakes each.
+    The bucket sources run at `bucket_shard_counts` only (default: every shard count)."""
     md, _ = autoscaling.load_example(model)
     directory = autoscaling.CACHE / model
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -294,24 +422,63 @@ def run_model(model: str, shard_counts: Sequence[int], repeat: int, variant: str
     size = sum(f.stat().st_size for f in files)
     body = two_rows(autoscaling.EXAMPLES[model].request_bodies())
     hashing = hash_seconds(files, max(repeat, 3))
+    uri = bucket.publish(model, directory, files) if bucket is not None else None
     starts: list[Start] = []
     for shards in shard_counts:
+        remote = [s for s in sources if s != "local" and shards in (bucket_shard_counts or shard_counts)]
         with tempfile.TemporaryDirectory(prefix="frugal-verify-") as scratch:
-            kept = [Path(scratch) / f"warm-{i}" for i in range(shards)]  # filled by the first cold start
-            wake(model, md, directory, name, shards, [Path(scratch) / f"primer-{i}" for i in range(shards)], body)
+
+            def dirs(name: str, shards: int = shards, scratch: str = scratch) -> list[Path]:
+                return [Path(scratch) / f"{name}-{i}" for i in range(shards)]
+
+            kept = dirs("warm")  # filled by the first cold start
+            kept_fetch, kept_fetch_cache = dirs("fetch-kept"), dirs("fetch-kept-verify")
+            wake(model, md, directory, name, shards, dirs("primer"), body)
+            if remote:
+                assert bucket is not None and uri is not None
+                # Fills the kept fetch directory (and pulls s3fs and botocore into the page cache); the
+                # second start, once the download is older than the racy window, records it in the
+                # verify cache, as a restart long after the pod's first start would find it.
+                wake(
+                    model, md, uri, name, shards, kept_fetch_cache, body, fetch_dirs=kept_fetch, bucket=bucket
+                )
+                time.sleep(artifacts.RACY_WINDOW_S + 0.1)
+                wake(
+                    model, md, uri, name, shards, kept_fetch_cache, body, fetch_dirs=kept_fetch, bucket=bucket
+                )
+            evicted = [*files, *files_under(kept_fetch)]  # and the S3 server's files, as they are then
             for trial in range(repeat):
-                fresh = [Path(scratch) / f"cold-{trial}-{i}" for i in range(shards)]
-                # Alternate which comes first so that neither pays for the other's position.
-                order = [("cold", kept if trial == 0 else fresh), ("warm", kept)]
-                for label, caches in order if trial % 2 == 0 else order[::-1]:
+                # (source, verify cache, verify cache dirs, fetch dirs): each bucket start a new pod's.
+                order: list[tuple[str, str, list[Path], list[Path] | None]] = []
+                if "local" in sources:
+                    order += [("local", "cold", kept if trial == 0 else dirs(f"cold-{trial}"), None)]
+                    order += [("local", "warm", kept, None)]
+                if "bucket" in remote:
+                    order += [
+                        ("bucket", "cold", dirs(f"new-pod-verify-{trial}"), dirs(f"new-pod-fetch-{trial}"))
+                    ]
+                if "bucket-refetch" in remote:
+                    order += [("bucket-refetch", "warm", kept_fetch_cache, kept_fetch)]
+                # Alternate the order so that no row pays for its position.
+                for source, label, caches, fetch_dirs in order if trial % 2 == 0 else order[::-1]:
                     if drop:
-                        evict(files)
-                    start = wake(model, md, directory, name, shards, caches, body, label)
+                        evict([*evicted, *(files_under([bucket.data_dir]) if bucket else [])])
+                    at = directory if source == "local" else uri
+                    assert at is not None
+                    start = wake(
+                        model, md, at, name, shards, caches, body, label, source, fetch_dirs,
+                        bucket if source != "local" else None,
+                    )  # fmt: skip
                     starts.append(start)
+                    fetched = (
+                        f", fetch {start.fetch_s:.2f} s ({start.fetched} fetched, {start.kept} kept)"
+                        if start.fetch_s is not None
+                        else ""
+                    )
                     print(
-                        f"  {model} shards={shards} {label} #{trial + 1}: ready {start.ready_s:.3f} s, "
+                        f"  {model} shards={shards} {source} {label} #{trial + 1}: ready {start.ready_s:.3f} s, "
                         f"first answer {start.first_answer_s:.3f} s (verify {start.verify_s * 1000:.1f} ms, "
-                        f"{start.hashed} hashed, {start.trusted} trusted)",
+                        f"{start.hashed} hashed, {start.trusted} trusted{fetched})",
                         file=sys.stderr,
                     )
     return {
@@ -319,6 +486,7 @@ def run_model(model: str, shard_counts: Sequence[int], repeat: int, variant: str
         "variant": name,
         "files": [str(f.relative_to(directory)) for f in files],
         "size_bytes": size,
+        "uri": uri,
         "hash_seconds": hashing,
         "starts": [asdict(s) | {"ready_to_answer_s": s.ready_to_answer_s} for s in starts],
     }
@@ -329,21 +497,33 @@ def _median(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def table(results: list[dict[str, Any]]) -> str:
+    """One row per (shards, verify cache, source): each bucket row under the local row it is compared
+    with ("vs local": its spawn → first answer over the local row's)."""
     lines = [
-        "| model | variant (MB) | shards | verify cache | spawn → ready s | ready → first answer ms "
-        "| spawn → first answer s | verifying in the server ms | files hashed / trusted |",
-        "|---|---|---:|---|---:|---:|---:|---:|---|",
+        "| model | variant (MB) | shards | verify cache | source | spawn → ready s | ready → first answer ms "
+        "| spawn → first answer s | vs local | fetch (s) | verifying in the server ms | files hashed / trusted "
+        "| files fetched / kept |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for result in results:
-        groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        groups: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
         for start in result["starts"]:
-            groups.setdefault((start["shards"], start["cache"]), []).append(start)
-        for (shards, cache), rows in groups.items():
+            groups.setdefault((start["shards"], start["cache"], start.get("source", "local")), []).append(
+                start
+            )
+        for shards, cache, source in sorted(groups, key=lambda k: (k[0], k[1], SOURCES.index(k[2]))):
+            rows = groups[(shards, cache, source)]
+            answer = _median(rows, "first_answer_s")
+            peer = groups.get((shards, cache, "local"))
+            versus = f"{answer / _median(peer, 'first_answer_s'):.2f}x" if peer else "-"
+            remote = source != "local"
+            fetch = f"{_median(rows, 'fetch_s'):.2f}" if remote else "-"
+            moved = f"{rows[0]['fetched']} / {rows[0]['kept']}" if remote else "-"
             lines.append(
                 f"| {result['model']} | {result['variant']} ({result['size_bytes'] / 1e6:.2f}) | {shards} "
-                f"| {cache} | {_median(rows, 'ready_s'):.3f} | {_median(rows, 'ready_to_answer_s') * 1000:.1f} "
-                f"| {_median(rows, 'first_answer_s'):.3f} | {_median(rows, 'verify_s') * 1000:.1f} "
-                f"| {rows[0]['hashed']} / {rows[0]['trusted']} |"
+                f"| {cache} | {source} | {_median(rows, 'ready_s'):.3f} "
+                f"| {_median(rows, 'ready_to_answer_s') * 1000:.1f} | {answer:.3f} | {versus} | {fetch} "
+                f"| {_median(rows, 'verify_s') * 1000:.1f} | {rows[0]['hashed']} / {rows[0]['trusted']} | {moved} |"
             )
     return "\n".join(lines)
 
@@ -361,7 +541,9 @@ def hashing_lines(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=("digits", "minilm"), nargs="+", default=["digits", "minilm"])
     parser.add_argument("--shards", type=int, nargs="+", default=[1, 2], help="shard counts to wake")
     parser.add_argument("--repeat", type=int, default=5, help="wakes per row (medians are printed)")
@@ -369,29 +551,75 @@ def main() -> int:
     parser.add_argument(
         "--evict-page-cache", action="store_true", help="drop the variant's files from the page cache first"
     )
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        nargs="+",
+        help="where the artifacts come from (default: all three, local alone if the S3 server cannot start)",
+    )
     parser.add_argument("--json", action="store_true", help="print every start as JSON, not the table")
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="seconds, to see it runs: digits, 1 and 2 shards, 1 wake per row (flags given as well still apply)",
+        help="seconds, to see it runs: digits, 1 and 2 shards (the bucket sources 1), 1 wake per row "
+        "(flags given as well still apply)",
     )
     if "--smoke" in sys.argv[1:]:
         parser.set_defaults(model=["digits"], repeat=1)
     args = parser.parse_args()
+    sources = args.source or list(SOURCES)
     before = autoscaling.machine()
-    results = [
-        run_model(model, args.shards, args.repeat, args.variant, args.evict_page_cache) for model in args.model
-    ]
+    with contextlib.ExitStack() as stack:
+        bucket = None
+        if any(s != "local" for s in sources):
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="frugal-cold-start-s3-")))
+            try:
+                bucket = stack.enter_context(s3_bucket(workdir))
+            except Exception as exc:  # no weed binary, or it would not start: S3ServerError
+                if args.source:
+                    raise
+                print(
+                    f"warning: no S3 server ({type(exc).__name__}: {exc}); local rows only", file=sys.stderr
+                )
+                sources = ["local"]
+        bucket_shards = [min(args.shards)] if args.smoke else None
+        results = [
+            run_model(
+                model,
+                args.shards,
+                args.repeat,
+                args.variant,
+                args.evict_page_cache,
+                sources,
+                bucket,
+                bucket_shards,
+            )
+            for model in args.model
+        ]
     after = [round(x, 2) for x in os.getloadavg()]
     command = "python benchmarks/cold_start.py " + " ".join(sys.argv[1:])
+    s3 = {"endpoint": bucket.endpoint, "startup_s": bucket.startup_s} if bucket else None
     if args.json:
-        print(json.dumps({"command": command, "machine": before, "loadavg_after": after, "results": results}, indent=1))
+        print(
+            json.dumps(
+                {"command": command, "machine": before, "loadavg_after": after, "sources": sources, "s3": s3,
+                 "results": results},
+                indent=1,
+            )
+        )  # fmt: skip
         return 0
     print(f"```\n{command.strip()}\n```\n")
     print(
         f"Machine: {before['nproc']} CPUs ({before['cpu']}), Python {before['python']}, ONNX Runtime "
         f"{before['onnxruntime']}; load average {before['loadavg']} before, {after} after. Medians of "
-        f"{args.repeat} wakes per row; page cache {'evicted' if args.evict_page_cache else 'warm'}.\n"
+        f"{args.repeat} wakes per row; page cache {'evicted' if args.evict_page_cache else 'warm'}. Sources: "
+        f"{', '.join(sources)}"
+        + (
+            f" (SeaweedFS's S3 gateway at {bucket.endpoint}, on loopback, started in {bucket.startup_s:.1f} s)"
+            if bucket
+            else ""
+        )
+        + ".\n"
     )
     print(table(results))
     print()

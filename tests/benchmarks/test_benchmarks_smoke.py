@@ -36,16 +36,31 @@ def test_batch() -> None:
 
 
 def test_cold_start() -> None:
-    """Waking 1 and 2 shards of digits (each with its own REST and gRPC port), verify cache cold and warm."""
+    """Waking 1 and 2 shards of digits (each with its own REST and gRPC port), verify cache cold and warm,
+    from the local directory; and 1 shard from a bucket (the S3 harness's server), as a new pod and as a
+    container restart that keeps its fetch directory."""
     ran = run_smoke("cold_start.py")
     rows = ran.table("| model | variant (MB) | shards | verify cache |")
-    found = {(row["shards"], row["verify cache"]): row for row in rows}
-    assert set(found) == {("1", "cold"), ("1", "warm"), ("2", "cold"), ("2", "warm")}
-    for (shards, cache), row in found.items():
+    found = {(row["shards"], row["verify cache"], row["source"]): row for row in rows}
+    assert set(found) == {
+        ("1", "cold", "local"),
+        ("1", "warm", "local"),
+        ("2", "cold", "local"),
+        ("2", "warm", "local"),
+        ("1", "cold", "bucket"),
+        ("1", "warm", "bucket-refetch"),
+    }
+    for (shards, cache, source), row in found.items():
         assert number(row["spawn → first answer s"]) >= number(row["spawn → ready s"]) > 0
         hashed, trusted = (int(n) for n in row["files hashed / trusted"].split(" / "))
         # Cold: every shard hashes its file; warm: every shard trusts its verify cache.
         assert (hashed, trusted) == ((int(shards), 0) if cache == "cold" else (0, int(shards)))
+        if source == "local":
+            assert number(row["vs local"]) == 1.0 and row["fetch (s)"] == "-"
+            continue
+        assert number(row["vs local"]) > 0 and number(row["fetch (s)"]) >= 0
+        # A new pod downloads the variant's file; a restart finds it whole in its fetch directory.
+        assert row["files fetched / kept"] == ("1 / 0" if source == "bucket" else "0 / 1")
 
 
 def test_compression(tmp_path: Path) -> None:
