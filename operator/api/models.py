@@ -154,6 +154,13 @@ class Storage(ApiModel):
     retain_artifacts: bool
 
 
+class ObjectStore(ApiModel):
+    secret_name: str | None = None
+    endpoint: str | None = None
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"]
+
+
 class ModelDeploymentSpec(ApiModel):
     model: ModelSource
     data: Data | None = None
@@ -161,6 +168,7 @@ class ModelDeploymentSpec(ApiModel):
     serving: Serving
     autoscaling: Autoscaling
     storage: Storage
+    object_store: ObjectStore | None = None
 
 
 # --- Status ---------------------------------------------------------------------------------------

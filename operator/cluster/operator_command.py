@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
+from pydantic import ValidationError
+
+from frugal.operator.api.models import ObjectStore
 from frugal.operator.cluster import leader, standby
 from frugal.operator.cluster.leader import DEFAULT_LEASE_NAME, Timing
 from frugal.operator.cluster.standby import HEALTH_PATH
@@ -108,6 +111,7 @@ ENVIRONMENT = {
     "gpu_image": "FRUGAL_GPU_IMAGE",
     "front_placement": "FRUGAL_FRONT_PLACEMENT",
     "storage_uri": "FRUGAL_STORAGE_URI",
+    "object_store": "FRUGAL_OBJECT_STORE",
     "allow_host_path": "FRUGAL_ALLOW_HOST_PATH",
     "network_policies": "FRUGAL_NETWORK_POLICIES",
     "monitoring_namespace": "FRUGAL_MONITORING_NAMESPACE",
@@ -161,7 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
            '"tolerations": [...]}: the chart passes the operator pod\'s own, so fronts stay off the '
            "models' (GPU) pools")  # fmt: skip
     option("--storage-uri", dest="storage_uri", metavar="URI", default=defaults.settings.storage_uri,
-           help="artifact store for ModelDeployments without spec.storage.uri (pvc://<claim>/<path> or file:///<path>)")  # fmt: skip
+           help="artifact store for ModelDeployments without spec.storage.uri (s3://<bucket>/<prefix>, "
+           "pvc://<claim>/<path> or file:///<path>)")  # fmt: skip
+    option("--object-store", dest="object_store", metavar="JSON",
+           help='how pods and the operator reach s3:// URIs of ModelDeployments without spec.objectStore, as '
+           '{"secretName": ..., "endpoint": ..., "region": ..., "addressingStyle": "auto|path|virtual"}; the '
+           "Secret is looked up in each ModelDeployment's namespace")  # fmt: skip
     parser.add_argument("--allow-host-path", dest="allow_host_path", action="store_const", const="true",
                         help="accept file:// URIs in ModelDeployments and --storage-uri: a directory of the "
                         "node (hostPath, writable) or of the image. For a single-node development cluster "
@@ -240,6 +249,7 @@ def settings_from(raw: Mapping[str, Raw]) -> Settings:
         front_placement=_value(raw["front_placement"], _placement, defaults.front_placement),
         storage_uri=storage_uri,
         pvc_root=pvc_root,
+        object_store=_value(raw["object_store"], _object_store, defaults.object_store),
         allow_host_path=_value(raw["allow_host_path"], _boolean, defaults.allow_host_path),
         network_policies=_value(raw["network_policies"], _boolean, defaults.network_policies),
         monitoring_namespace=_value(raw["monitoring_namespace"], _namespace, defaults.monitoring_namespace),
@@ -313,6 +323,22 @@ def _placement(text: str) -> dict[str, Any]:
     if not isinstance(value.get("nodeSelector", {}), dict) or not isinstance(value.get("tolerations", []), list):
         raise ValueError("nodeSelector must be a mapping and tolerations a list")
     return {key: item for key, item in value.items() if item}
+
+
+def _object_store(text: str) -> ObjectStore | None:
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError('expected {"secretName": ..., "endpoint": ..., "region": ..., "addressingStyle": ...}')
+    try:
+        return ObjectStore.model_validate({"addressingStyle": "auto", **value})
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise ValueError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
 
 
 def _namespace(text: str) -> str:
@@ -390,7 +416,7 @@ def _http_url(text: str) -> str:
 
 def _storage_uri(text: str) -> str:
     if urlparse(text.strip()).scheme not in STORAGE_SCHEMES:
-        raise ValueError("use pvc://<claim>/<path> or file:///<path> (object stores are not yet supported)")
+        raise ValueError("use s3://<bucket>/<prefix>, pvc://<claim>/<path> or file:///<path>")
     return text.strip()
 
 

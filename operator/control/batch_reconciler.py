@@ -40,6 +40,7 @@ from frugal.operator.decision.batch_inference import (
 )
 from frugal.operator.manifests import batch_jobs
 from frugal.operator.manifests.batch_jobs import ARTIFACTS, INPUT, OUTPUT, Location
+from frugal.storage import object_store
 
 log = logging.getLogger(__name__)
 KIND = "BatchInference"
@@ -160,6 +161,14 @@ class BatchReconciler:
                 None,
                 f"ModelDeployment {name} has not chosen a variant yet (phase {md_status.phase})",
                 (md.serving_profiles),
+            )
+        if object_store.is_object_store(str(artifacts)):
+            return (
+                None,
+                f"ModelDeployment {name} keeps its artifacts in a bucket ({artifacts}); a BatchInference "
+                "reads them from a claim only, so far: compress it with pvc:// storage, or name artifacts "
+                "on a claim in spec.model.artifacts",
+                md.serving_profiles,
             )
         price = float(md.price_per_kwh)
         return ResolvedModel(str(variant), str(artifacts), price_per_kwh=price), None, md.serving_profiles

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from frugal.operator.api.crds import API_VERSION
@@ -28,6 +27,7 @@ from frugal.operator.api.spec import (
     parse_model_deployment,
 )
 from frugal.operator.control.applied_objects import AppliedObjects
+from frugal.operator.control.artifact_access import artifact_directory, remove_prefix
 from frugal.operator.control.port import (
     AUTOSCALER_FIELD_MANAGER,
     FIELD_MANAGER,
@@ -55,8 +55,9 @@ from frugal.operator.decision.conditions import (
 from frugal.operator.decision.planner import Option
 from frugal.operator.manifests import names, serving_objects
 from frugal.operator.manifests.events import desired_event
-from frugal.operator.manifests.storage import NotConfined, locate
+from frugal.operator.manifests.storage import NotConfined, OwnPrefix
 from frugal.operator.telemetry import OperatorMetrics
+from frugal.schema.artifact_format import ArtifactError
 from frugal.serving.server.failures import one_line
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 ARTIFACTS_KEPT = "ArtifactsKept"
 Emit = Callable[[str, str, str], None]  # (type: Normal|Warning, reason, message)
 # How a generation's artifact files are read (the directory, the profiles to read results of).
-ReadArtifacts = Callable[[Path, Sequence[str]], artifact_files.Artifacts]
+ReadArtifacts = Callable[[artifact_files.Folder, Sequence[str]], artifact_files.Artifacts]
 WARNING_REASONS = FAILURE_REASONS | {Reason.REPLICAS_UNAVAILABLE}
 # Condition types another writer of the status owns (the autoscaler's).
 FOREIGN_CONDITIONS = status_writes.AUTOSCALER_CONDITIONS
@@ -366,10 +367,14 @@ class Reconciler:
         except SpecError:
             return
         try:
-            if (artifacts := decide.artifacts_to_remove(md, self.settings)) is not None:
+            artifacts = decide.artifacts_to_remove(md, self.settings)
+            if isinstance(artifacts, OwnPrefix):
+                access = decide.artifact_location(md, self.settings).access
+                remove_prefix(self.cluster, artifacts, access, owner.namespace)
+            elif artifacts is not None:
                 artifacts.check_links()
                 shutil.rmtree(artifacts.path, ignore_errors=True)
-        except NotConfined as kept:
+        except (NotConfined, ArtifactError) as kept:
             log.warning("%s/%s: %s", owner.namespace, owner.name, kept)
             self.poster(body)("Warning", ARTIFACTS_KEPT, str(kept))
         with self._guard:
@@ -484,11 +489,12 @@ class Reconciler:
             p not in profiles for p in decide.needed_profiles(md)
         ):
             return None
-        location = locate(md.storage_uri or self.settings.storage_uri, md.owner, self.settings.pvc_root)
-        if location.operator_path is None:
-            return None
+        location = decide.artifact_location(md, self.settings)
         try:
-            return self.read_artifacts(location.operator_path, md.serving_profiles)
+            directory = artifact_directory(self.cluster, location, md.owner.namespace)
+            if directory is None:
+                return None
+            return self.read_artifacts(directory, md.serving_profiles)
         except artifact_files.ArtifactError as error:
             return error
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from frugal.operator.decision.planner import Measurement, Variant
 from frugal.schema.artifact_format import (
     ArtifactError,
+    Folder,
     Manifest,
     MissingArtifactFile,
     Profile,
@@ -24,7 +24,7 @@ from frugal.schema.artifact_format import (
     read_report,
 )
 
-__all__ = ["ArtifactError", "Artifacts", "planner_variants", "read", "throughput", "variant_steps"]
+__all__ = ["ArtifactError", "Artifacts", "Folder", "planner_variants", "read", "throughput", "variant_steps"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Artifacts:
     profiles: Mapping[str, Profile]  # by hardware profile: those measured so far
 
 
-def read(directory: Path, profile_names: Sequence[str]) -> Artifacts:
+def read(directory: Folder, profile_names: Sequence[str]) -> Artifacts:
     """Load manifest.json (required), report.json and each profile's results (optional: not yet
     written is fine, unreadable or invalid is an ArtifactError)."""
     try:

@@ -24,7 +24,14 @@ from frugal.operator.decision.pod_problems import PodProblem
 from frugal.operator.decision.revisions import Rollover, pipeline_hash, with_revision
 from frugal.operator.manifests import jobs, names, network_policies, serving_objects
 from frugal.operator.manifests.serving_objects import Live
-from frugal.operator.manifests.storage import ArtifactLocation, OwnDirectory, locate, own_directory
+from frugal.operator.manifests.storage import (
+    ArtifactLocation,
+    OwnDirectory,
+    OwnPrefix,
+    locate,
+    own_directory,
+    store_access,
+)
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ def needed_profiles(md: ModelDeploymentSpec) -> tuple[str, ...]:
     return tuple(dict.fromkeys((md.compression_profile, *md.serving_profiles)))
 
 
-def artifacts_to_remove(md: ModelDeploymentSpec, settings: Settings) -> OwnDirectory | None:
+def artifacts_to_remove(md: ModelDeploymentSpec, settings: Settings) -> OwnDirectory | OwnPrefix | None:
     """When a ModelDeployment is deleted: the directory of all its generations' artifacts, as the
     operator sees it, unless spec.storage.retainArtifacts keeps them (or the operator cannot see it).
     Raises :class:`~frugal.operator.manifests.storage.NotConfined` when that directory is not the
@@ -80,6 +87,13 @@ def artifacts_to_remove(md: ModelDeploymentSpec, settings: Settings) -> OwnDirec
         return None  # a refused ModelDeployment never wrote artifacts: nothing of the node's to remove
     storage_uri = md.storage_uri or settings.storage_uri
     return own_directory(storage_uri, settings.storage_uri, md.owner, settings.pvc_root)
+
+
+def artifact_location(md: ModelDeploymentSpec, settings: Settings) -> ArtifactLocation:
+    """Where `md`'s current generation keeps its artifacts, and how its pods reach its object store."""
+    storage_uri = md.storage_uri or settings.storage_uri
+    access = store_access(md.spec.object_store, settings.object_store, [*md.uris.values(), storage_uri])
+    return locate(storage_uri, md.owner, settings.pvc_root, access)
 
 
 def host_path_refusal(md: ModelDeploymentSpec, settings: Settings) -> str | None:
@@ -155,7 +169,7 @@ def decide(
         found,
         settings,
         rollover,
-        location=locate(md.storage_uri or settings.storage_uri, md.owner, settings.pvc_root),
+        location=artifact_location(md, settings),
         observed=Observed(
             md.owner.generation,
             previous_generation_live=_previous_generation(md, cluster),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from frugal.operator.api.models import ObjectStore
 from frugal.operator.api.spec import HardwareProfileSpec
 from frugal.operator.manifests import images
 
@@ -25,6 +26,9 @@ class Settings:
     gpu_image: str = ""
     storage_uri: str = "pvc://frugal-artifacts"
     pvc_root: Path | None = None
+    # How pods (and the operator) reach object stores for ModelDeployments without spec.objectStore;
+    # its secretName names a Secret in each ModelDeployment's namespace.
+    object_store: ObjectStore | None = None
     # file:// URIs: a directory of the node (hostPath) or of the pod's image. For `frugal up` and a
     # single-node development cluster only; off, the operator refuses them with a condition.
     allow_host_path: bool = False

@@ -120,7 +120,7 @@ def container(
         "name": name,
         "image": image,
         "command": command,
-        "env": [*SCRATCH_ENV, *env],
+        "env": [*SCRATCH_ENV, *env, *artifacts.env()],
         "securityContext": dict(CONTAINER_SECURITY),
         "volumeMounts": volume_mounts(artifacts, read_only),
         # A failed run's last log lines become the pod's termination message, which the operator

@@ -5,8 +5,9 @@
 - ``pvc://claim/sub/dir`` — a PersistentVolumeClaim mounted in pods at :data:`POD_MOUNT`; the operator
   reads it under its own ``--pvc-root`` (the chart mounts the default claim there);
 
-Object stores are not artifact locations yet: the CRD rejects them, and :func:`locate` refuses them
-(the operator's ``--default-storage`` goes through it too).
+- ``s3://bucket/prefix`` — an object store: pods mount nothing, the components read and write the URI
+  themselves (``frugal.storage``), and the operator reads manifests, reports and profiles through it
+  with the keys of the ModelDeployment's object-store Secret (:class:`StoreAccess`).
 
 Each ModelDeployment generation gets ``<root>/<namespace>/<name>/gen-<N>``.
 
@@ -37,41 +38,89 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from frugal.operator.api import models
 from frugal.operator.api.spec import Owner, has_parent_segment
 from frugal.operator.manifests import names
+from frugal.storage import object_store
 
 POD_MOUNT = "/var/lib/frugal/artifacts"
 VOLUME_NAME = "artifacts"
 CLAIMS_MOUNT = "/var/lib/frugal/claims"
 PVC_ROOT_ENV = "FRUGAL_PVC_ROOT"
-STORAGE_SCHEMES = ("file", "pvc")  # what spec.storage.uri's pattern in the CRD admits
+STORAGE_SCHEMES = ("file", "pvc", "s3")  # what spec.storage.uri's pattern in the CRD admits
+
+
+@dataclass(frozen=True)
+class StoreAccess:
+    """How a ModelDeployment's pods reach its object store: the settings as fsspec's ``FSSPEC_S3``, the
+    keys as references to the Secret (its values never enter a manifest)."""
+
+    secret_name: str | None
+    settings: object_store.ObjectStore
+
+    def env(self) -> list[dict[str, Any]]:
+        env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in self.settings.environment().items()]
+        if self.secret_name:
+            for key in object_store.CREDENTIAL_KEYS:
+                ref = {"name": self.secret_name, "key": key}
+                if key == object_store.SESSION_TOKEN:
+                    ref["optional"] = True  # type: ignore[assignment]
+                env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+        return env
+
+
+def store_access(
+    spec_store: models.ObjectStore | None, default: models.ObjectStore | None, uris: Iterable[str]
+) -> StoreAccess | None:
+    """The object-store access of pods that use `uris`: None when none is an object store; else the
+    spec's ``objectStore``, or the operator's default, or (neither) the pods' own ambient credentials."""
+    if not any(object_store.is_object_store(uri) for uri in uris):
+        return None
+    chosen = spec_store or default
+    if chosen is None:
+        return StoreAccess(None, object_store.ObjectStore())
+    settings = object_store.ObjectStore(chosen.endpoint, chosen.region, chosen.addressing_style)
+    return StoreAccess(chosen.secret_name, settings)
 
 
 @dataclass(frozen=True)
 class ArtifactLocation:
-    """A generation's artifact directory: its URI, its path inside pods, and the volume that holds it."""
+    """A generation's artifact directory: its URI, its path inside pods (the URI itself for an object
+    store, which pods reach without a volume), the volume that holds it, and how pods reach the
+    ModelDeployment's object store, if it uses one."""
 
     uri: str
     pod_path: str
-    volume: dict[str, Any]
+    volume: dict[str, Any] | None
     operator_path: Path | None
+    access: StoreAccess | None = None
 
     def mount(self, read_only: bool) -> list[dict[str, Any]]:
+        if self.volume is None:
+            return []
         return [{"name": VOLUME_NAME, "mountPath": self.volume_mount_path, "readOnly": read_only}]
 
     @property
     def volume_mount_path(self) -> str:
-        if "hostPath" in self.volume:
+        if self.volume is not None and "hostPath" in self.volume:
             return str(self.volume["hostPath"]["path"])
         return POD_MOUNT
 
     def volumes(self) -> list[dict[str, Any]]:
-        return [self.volume]
+        return [] if self.volume is None else [self.volume]
+
+    def env(self) -> list[dict[str, Any]]:
+        """What pods need to reach the object store (nothing without one)."""
+        return [] if self.access is None else self.access.env()
+
+    @property
+    def in_object_store(self) -> bool:
+        return object_store.is_object_store(self.uri)
 
     @property
     def claim(self) -> str | None:
         """The PersistentVolumeClaim that holds the artifacts, if any."""
-        if "persistentVolumeClaim" not in self.volume:
+        if self.volume is None or "persistentVolumeClaim" not in self.volume:
             return None
         return str(self.volume["persistentVolumeClaim"]["claimName"])
 
@@ -119,15 +168,27 @@ def claim_mounts(
     return volumes, mounts
 
 
-def locate(root_uri: str, owner: Owner, pvc_root: Path | None = None) -> ArtifactLocation:
-    """The artifact directory of `owner`'s current generation under `root_uri`."""
+def locate(
+    root_uri: str, owner: Owner, pvc_root: Path | None = None, access: StoreAccess | None = None
+) -> ArtifactLocation:
+    """The artifact directory of `owner`'s current generation under `root_uri`; `access`: how the
+    ModelDeployment's pods reach its object store (:func:`store_access`)."""
     suffix = posixpath.join(owner.namespace, owner.name, f"gen-{owner.generation}")
     parsed = urlparse(root_uri)
+    if object_store.is_object_store(root_uri):
+        if not parsed.netloc or has_parent_segment(parsed.path):
+            raise ValueError(
+                f"artifact storage {root_uri!r}: use s3://<bucket>/<prefix> without '..' segments"
+            )
+        uri = (
+            f"{parsed.scheme}://{parsed.netloc}/{posixpath.join(parsed.path.strip('/'), suffix).lstrip('/')}"
+        )
+        return ArtifactLocation(uri, uri, None, None, access)
     if parsed.scheme == "file":
         root = posixpath.normpath(parsed.path or "/")
         path = posixpath.join(root, suffix)
         volume = {"name": VOLUME_NAME, "hostPath": {"path": root, "type": "DirectoryOrCreate"}}
-        return ArtifactLocation(f"file://{path}", path, volume, Path(path))
+        return ArtifactLocation(f"file://{path}", path, volume, Path(path), access)
     if (pvc := split_pvc(root_uri)) is not None:
         claim, sub = pvc
         if has_parent_segment(sub):  # the CRD refuses these; the deletion cleanup must never climb out
@@ -136,11 +197,11 @@ def locate(root_uri: str, owner: Owner, pvc_root: Path | None = None) -> Artifac
         volume = {"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": claim}}
         operator_path = None if pvc_root is None else pvc_root / claim / sub / suffix
         return ArtifactLocation(
-            f"pvc://{claim}/{posixpath.join(sub, suffix)}", pod_path, volume, operator_path
+            f"pvc://{claim}/{posixpath.join(sub, suffix)}", pod_path, volume, operator_path, access
         )
     raise ValueError(
-        f"artifact storage {root_uri!r} is not supported: use pvc://<claim>/<path> or file:///<path> "
-        "(object stores are not yet supported for artifacts)"
+        f"artifact storage {root_uri!r} is not supported: use s3://<bucket>/<prefix>, pvc://<claim>/<path> "
+        "or file:///<path>"
     )
 
 
@@ -163,9 +224,16 @@ class OwnDirectory:
             raise NotConfined(f"{self.path} resolves to {resolved} through a symbolic link: artifacts kept")
 
 
+@dataclass(frozen=True)
+class OwnPrefix:
+    """What deleting a ModelDeployment removes from a bucket: every object under ``uri/``."""
+
+    uri: str
+
+
 def own_directory(
     storage_uri: str, default_uri: str, owner: Owner, pvc_root: Path | None
-) -> OwnDirectory | None:
+) -> OwnDirectory | OwnPrefix | None:
     """The directory of all `owner`'s generations under `storage_uri`, as the operator sees it (None:
     it cannot), checked to lie inside the owner's own directory of the layout (see the module's
     docstring; `default_uri` is the operator's --storage-uri). Pure: the paths are normalized as text,
@@ -174,6 +242,12 @@ def own_directory(
     if parsed.scheme == "file":  # hostPath allowed: a single-node development cluster, or `frugal up`
         root = Path(posixpath.normpath(parsed.path or "/"))
         return OwnDirectory(_below(root, "", owner.namespace, owner.name), root)
+    if object_store.is_object_store(storage_uri):  # a bucket is confined as a claim is
+        operators = urlparse(default_uri)
+        same_bucket = (operators.scheme, operators.netloc) == (parsed.scheme, parsed.netloc)
+        root = Path("/") / parsed.netloc
+        target = _confined(root, operators.path if same_bucket else "", parsed.path, owner, storage_uri)
+        return OwnPrefix(f"{parsed.scheme}://{target.relative_to('/')}")
     pvc = split_pvc(storage_uri)
     if pvc is None:
         raise ValueError(f"artifact storage {storage_uri!r} is not supported")
@@ -183,6 +257,13 @@ def own_directory(
     default = split_pvc(default_uri)
     base = default[1] if default is not None and default[0] == claim else ""
     root = _below(pvc_root, "", claim)
+    return OwnDirectory(_confined(root, base, sub, owner, storage_uri), root)
+
+
+def _confined(root: Path, base: str, sub: str, owner: Owner, storage_uri: str) -> Path:
+    """`root/sub/<namespace>/<name>`, checked to lie inside `root/base/<namespace>/<name>`, the owner's
+    own directory of the operator's layout (`base`: the operator's sub-path on this claim or bucket)."""
+    base, sub = base.strip("/"), sub.strip("/")
     own = _below(root, base, owner.namespace, owner.name)
     target = _below(root, sub, owner.namespace, owner.name)
     if not target.is_relative_to(own):
@@ -191,7 +272,7 @@ def own_directory(
             "directory, and could be another's: artifacts kept (use the operator's storage, or a sub-path "
             f"under {posixpath.join(base, owner.namespace, owner.name)}/)"
         )
-    return OwnDirectory(target, root)
+    return target
 
 
 def _below(root: Path, sub: str, *names_: str) -> Path:

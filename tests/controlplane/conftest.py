@@ -8,18 +8,34 @@ binaries. All of them run as local processes on 127.0.0.1; the admin identity is
 
 What does not exist: a kubelet or a container runtime — Pods are stored but never run — and, but in
 `test_scheduling` (its own control plane with kube-scheduler and registered Nodes), a scheduler or
-nodes. Nothing is mocked. If the control plane cannot be built or started, every test here errors:
-this tier never skips.
+nodes. ``s3_server`` is a real S3 server (SeaweedFS) for the tests of artifacts in a bucket. Nothing
+is mocked. If the control plane cannot be built or started, every test here errors: this tier never
+skips.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
 from controlplane_harness import CRD_DIR, ControlPlane, ensure_binaries
+
+# Appended, not prepended: tests/ only has to provide s3_harness, never to shadow an installed module.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from s3_harness import S3Server, running_s3_server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server on loopback (SeaweedFS's S3 gateway, ``tests/s3_harness.py``), started only when a
+    test asks for it; one that cannot start errors the test, never skips it."""
+    with running_s3_server(tmp_path_factory.mktemp("s3-server")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ would.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -39,12 +40,14 @@ IDENTITY_RELEASE = "frugal-identity"
 IDENTITY_USER = f"system:serviceaccount:frugal-system:{IDENTITY_RELEASE}"
 
 
-def chart_identity(cluster: ControlPlane, workdir: Path, namespace: str = "frugal-system") -> Path:
+def chart_identity(
+    cluster: ControlPlane, workdir: Path, namespace: str = "frugal-system", values: Sequence[str] = ()
+) -> Path:
     """A kubeconfig holding the chart's own ServiceAccount token, bound by nothing but the chart's
-    rendered RBAC (helm template, default values): run the operator with it and a verb the code needs
-    and the chart lacks fails the test that needs it."""
+    rendered RBAC (helm template, default values but `values`, helm flags): run the operator with it
+    and a verb the code needs and the chart lacks fails the test that needs it."""
     rendered = cluster.helm(
-        "template", IDENTITY_RELEASE, CHART, "--namespace", namespace, "--set", "crds.install=false"
+        "template", IDENTITY_RELEASE, CHART, "--namespace", namespace, "--set", "crds.install=false", *values
     ).stdout
     rbac = [d for d in yaml.safe_load_all(rendered) if d and d.get("kind") in CHART_RBAC_KINDS]
     accounts = [d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount"]
@@ -174,22 +177,42 @@ def condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
 
 
-def pod_env(container: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, str]:
-    """The container's env as a process sees it: values as written, fieldRefs from `fields`."""
+def pod_env(
+    container: Mapping[str, Any], fields: Mapping[str, str], cluster: ControlPlane | None = None
+) -> dict[str, str]:
+    """The container's env as a process sees it: values as written, fieldRefs from `fields`, and
+    secretKeyRefs read from the Secret in the pod's namespace (`fields["metadata.namespace"]`), as the
+    kubelet reads them: a missing Secret or key fails unless the reference is optional."""
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     for entry in container.get("env", []):
         if "value" in entry:
             env[entry["name"]] = entry["value"]
+        elif "secretKeyRef" in entry["valueFrom"]:
+            assert cluster is not None, f"{entry['name']} comes from a Secret: pass the cluster"
+            value = secret_key(cluster, fields["metadata.namespace"], entry["valueFrom"]["secretKeyRef"])
+            if value is not None:
+                env[entry["name"]] = value
         else:
             env[entry["name"]] = fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
     return env
 
 
-def run_job_command(job: Mapping[str, Any], workdir: Path) -> subprocess.CompletedProcess[str]:
+def secret_key(cluster: ControlPlane, namespace: str, ref: Mapping[str, Any]) -> str | None:
+    secret = get(cluster, "secret", namespace, ref["name"])
+    data = (secret or {}).get("data") or {}
+    if ref["key"] not in data:
+        assert ref.get("optional"), f"CreateContainerConfigError: Secret {namespace}/{ref['name']} has no {ref['key']}"
+        return None
+    return base64.b64decode(data[ref["key"]]).decode()
+
+
+def run_job_command(
+    job: Mapping[str, Any], workdir: Path, cluster: ControlPlane | None = None
+) -> subprocess.CompletedProcess[str]:
     container = job["spec"]["template"]["spec"]["containers"][0]
     fields = {"metadata.namespace": job["metadata"]["namespace"]}
-    return subprocess.run(container["command"], env=pod_env(container, fields), cwd=workdir, capture_output=True,
-                          text=True, timeout=300, check=False)  # fmt: skip
+    return subprocess.run(container["command"], env=pod_env(container, fields, cluster), cwd=workdir,
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
 
 
 def now() -> str:
@@ -279,7 +302,7 @@ def run_and_finish(
     """Run the Job's command here, as its pod would run; a success is recorded in the Job's status, a
     failure through the pod's status as the kubelet writes it (the Job controller then fails the Job,
     or retries it: exit code 2 fails it at once, by the Job's podFailurePolicy)."""
-    proc = run_job_command(job, workdir)
+    proc = run_job_command(job, workdir, cluster)
     if proc.returncode == 0:
         complete_job(cluster, job)
     else:
@@ -307,7 +330,11 @@ def mark_ready(cluster: ControlPlane, deployment: Mapping[str, Any]) -> None:
 
 
 def serve_from_template(
-    deployment: Mapping[str, Any], workdir: Path, next_stage: str | None = None, port: int | None = None
+    deployment: Mapping[str, Any],
+    workdir: Path,
+    next_stage: str | None = None,
+    port: int | None = None,
+    cluster: ControlPlane | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start the pod template's server command with its env, on a loopback port (a free one by default)."""
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -318,7 +345,7 @@ def serve_from_template(
     command[command.index("--grpc-port") + 1] = "0"  # pods each have 8081; processes here share loopback
     if next_stage is not None:
         command[command.index("--next-stage") + 1] = next_stage
-    env = pod_env(container, {"metadata.namespace": deployment["metadata"]["namespace"]})
+    env = pod_env(container, {"metadata.namespace": deployment["metadata"]["namespace"]}, cluster)
     with (workdir / f"serve-{port}.log").open("wb") as log:  # a file, so a chatty server never blocks
         proc = subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
     return proc, port

@@ -161,6 +161,7 @@ def test_rbac_covers_every_kind_the_operator_talks_to() -> None:
 
     granted = {(group, resource) for group, resource, _, _ in OPERATOR_ACCESS}
     granted.add(("coordination.k8s.io", "leases"))  # a Role in the release namespace: test_leader_election
+    granted.add(("", "secrets"))  # get by name, only objectStore.secretNames: test_bucket_artifacts
     used = {
         (api_version.rpartition("/")[0], plural) for (api_version, _), (_, plural, _) in RESOURCES.items()
     }

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from frugal.operator.api.models import ObjectStore
 from frugal.operator.api.spec import (
     BatchInferenceSpec,
     ModelDeploymentSpec,
@@ -18,6 +19,8 @@ from frugal.operator.api.spec import (
     parse_hardware_profile,
     parse_model_deployment,
 )
+from frugal.operator.decision.decide import artifact_location
+from frugal.operator.decision.operator_settings import Settings
 from frugal.operator.decision.planner import Option
 from frugal.operator.manifests import batch_jobs, container_commands, jobs, names, pod_specs, serving_objects
 from frugal.operator.manifests.storage import CLAIMS_MOUNT, POD_MOUNT, claim_volume_name, locate
@@ -562,9 +565,52 @@ def test_artifact_locations(root: str, uri: str, pod_path: str, volume_key: str)
     assert volume_key in location.volume
 
 
-def test_object_stores_are_not_artifact_locations_yet() -> None:
-    with pytest.raises(ValueError, match="use pvc://<claim>/<path> or file:///<path>"):
-        locate("s3://bucket/x", SPEC.owner)
+BUCKET_MD = md_with(
+    storage={"uri": "s3://models/frugal/", "retainArtifacts": True},
+    objectStore={"secretName": "bucket-keys", "endpoint": "http://store:8333", "addressingStyle": "path"},
+)
+
+
+def test_a_bucket_is_an_artifact_location_that_pods_reach_without_a_volume() -> None:
+    location = artifact_location(BUCKET_MD, Settings(image=IMAGE))
+    assert location.uri == location.pod_path == "s3://models/frugal/ml/digits/gen-3"
+    assert location.operator_path is None and location.claim is None
+    pods = {
+        "compression": jobs.desired_compression_job(BUCKET_MD, GPU, IMAGE, location)["spec"]["template"]["spec"],
+        "profiling": jobs.desired_profiling_job(BUCKET_MD, GPU, IMAGE, location)["spec"]["template"]["spec"],
+        "serving": serving_objects.desired_shard_deployment(
+            BUCKET_MD, GPU, IMAGE, location, Option("int8", "gpu-t4", 2), 1
+        )["spec"]["template"]["spec"],
+    }
+    for role, pod in pods.items():
+        container = pod["containers"][0]
+        assert "artifacts" not in {v["name"] for v in pod["volumes"]}, role
+        assert location.uri in json.dumps(container["command"]), role
+        env = {e["name"]: e for e in container["env"]}
+        assert json.loads(env["FSSPEC_S3"]["value"]) == {
+            "endpoint_url": "http://store:8333",
+            "config_kwargs": {"s3": {"addressing_style": "path"}},
+        }, role
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "bucket-keys", role
+        assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def test_the_operators_object_store_applies_only_where_a_uri_is_in_a_bucket() -> None:
+    default = ObjectStore(secret_name="team-keys", addressing_style="auto")
+    settings = Settings(image=IMAGE, object_store=default)
+    on_claim = artifact_location(SPEC, settings)
+    assert on_claim.access is None and on_claim.env() == []
+    model_in_bucket = md_with(model={"uri": "s3://models/digits.onnx", "format": "onnx"})
+    access = artifact_location(model_in_bucket, settings).access
+    assert access is not None and access.secret_name == "team-keys" and access.settings.environment() == {}
+    own = artifact_location(BUCKET_MD, settings).access
+    assert own is not None and own.secret_name == "bucket-keys"  # the spec's objectStore wins
+
+
+def test_other_object_stores_are_not_artifact_locations_yet() -> None:
+    with pytest.raises(ValueError, match="use s3://<bucket>/<prefix>, pvc://<claim>/<path> or file:///<path>"):
+        locate("gs://bucket/x", SPEC.owner)
 
 
 def test_pod_monitor_scrapes_every_serving_pod_of_the_model() -> None:

@@ -15,7 +15,7 @@ from frugal.operator.api.spec import Owner, SpecError, parse_model_deployment
 from frugal.operator.decision.decide import artifacts_to_remove
 from frugal.operator.decision.operator_settings import Settings
 from frugal.operator.manifests import batch_jobs
-from frugal.operator.manifests.storage import NotConfined, locate, own_directory
+from frugal.operator.manifests.storage import NotConfined, OwnPrefix, locate, own_directory
 
 
 def body(**spec: Any) -> dict[str, Any]:
@@ -115,6 +115,24 @@ def test_a_sub_path_that_could_meet_another_model_deployments_directory_is_never
     """The target would be `aliased`; nothing says it is not someone else's, so nothing is deleted."""
     with pytest.raises(NotConfined, match=rf"{aliased} is not inside .* own directory"):
         own_directory(storage, default, owner(namespace, name), ROOT)
+
+
+@pytest.mark.parametrize(
+    ("storage", "default", "expected"),
+    [
+        ("s3://models/frugal", "s3://models/frugal", "s3://models/frugal/ml/digits"),
+        ("s3://models/frugal/ml/digits/v2", "s3://models/frugal/", "s3://models/frugal/ml/digits/v2/ml/digits"),
+        ("s3://team-bucket", "s3://models/frugal", "s3://team-bucket/ml/digits"),  # another bucket: its root
+        ("s3://models/frugal", "pvc://frugal-artifacts", None),  # on the operator's bucket's root: aliased
+        ("s3://models/frugal/team", "s3://models/frugal", None),  # namespace 'team', name 'ml' lives there
+    ],
+)
+def test_a_bucket_prefix_is_confined_as_a_claims_directory_is(storage: str, default: str, expected: str | None) -> None:
+    if expected is None:
+        with pytest.raises(NotConfined):
+            own_directory(storage, default, owner("ml", "digits"), None)
+    else:
+        assert own_directory(storage, default, owner("ml", "digits"), None) == OwnPrefix(expected)
 
 
 @pytest.mark.parametrize(

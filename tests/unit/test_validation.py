@@ -345,7 +345,7 @@ def full_md() -> dict[str, Any]:
         },
         data={
             "validation": {"uri": "file:///data/val.npz", "maxSamples": 500},
-            "calibration": {"uri": "pvc://data/calib.npz"},
+            "calibration": {"uri": "s3://datasets/calib.npz"},
         },
         compression={
             "hardwareProfile": "gpu-a100",
@@ -376,6 +376,12 @@ def full_md() -> dict[str, Any]:
             "prometheus": {"url": "http://prometheus-operated.monitoring:9090"},
         },
         storage={"uri": "pvc://models/frugal", "retainArtifacts": False},
+        objectStore={
+            "secretName": "bucket-keys",
+            "endpoint": "http://seaweedfs.storage:8333",
+            "region": "us-east-1",
+            "addressingStyle": "path",
+        },
     )
     document["status"] = FULL_STATUS
     return document

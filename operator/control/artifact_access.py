@@ -1,0 +1,87 @@
+"""Where the operator itself reads a generation's artifacts: its own view of the volume, or the object
+store with the keys of the ModelDeployment's object-store Secret.
+
+The keys are read from the API server for each pass that reads artifacts and handed only to the
+object-store client: they are never logged, and never written into a status, an Event or a manifest
+(the pods get references to the Secret, :class:`~frugal.operator.manifests.storage.StoreAccess`).
+The chart grants ``get`` on the Secret names it is given, nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+
+from upath import UPath
+
+from frugal.operator.control.port import ApiError, ClusterPort
+from frugal.operator.manifests.storage import ArtifactLocation, OwnPrefix, StoreAccess
+from frugal.schema.artifact_format import ArtifactError
+from frugal.storage import object_store
+
+
+def artifact_directory(
+    cluster: ClusterPort, location: ArtifactLocation, namespace: str
+) -> object_store.Location | None:
+    """The artifact directory as the operator reads it (None: it cannot see the volume). Raises
+    :class:`ArtifactError` when the object store's Secret is missing or unreadable."""
+    if not location.in_object_store:
+        return location.operator_path
+    return _opened(cluster, location.uri, location.access, namespace)
+
+
+def remove_prefix(
+    cluster: ClusterPort, prefix: OwnPrefix, access: StoreAccess | None, namespace: str
+) -> None:
+    """Delete every object under `prefix` (a deleted ModelDeployment's artifacts in a bucket). Raises
+    :class:`ArtifactError` naming the URI and the error class when the store refuses or fails (the
+    objects are then kept, and the caller says so in an Event)."""
+    folder = _opened(cluster, prefix.uri, access, namespace)
+    try:
+        folder.fs.rm(folder.path + "/", recursive=True)
+    except FileNotFoundError:
+        return  # nothing was ever written there
+    except Exception as error:
+        raise ArtifactError(f"artifacts kept: {object_store.failure(prefix.uri, error)}") from None
+
+
+def _opened(cluster: ClusterPort, uri: str, access: StoreAccess | None, namespace: str) -> UPath:
+    settings = access.settings if access is not None else object_store.ObjectStore()
+    credentials = {}
+    if access is not None and access.secret_name:
+        credentials = secret_keys(cluster, namespace, access.secret_name)
+    return UPath(uri, **dataclasses.replace(settings, credentials=credentials).storage_options())
+
+
+def secret_keys(cluster: ClusterPort, namespace: str, name: str) -> dict[str, str]:
+    """The object-store keys of Secret `namespace/name` (those of :data:`object_store.CREDENTIAL_KEYS`
+    it holds)."""
+    where = f"Secret {namespace}/{name} (spec.objectStore.secretName, or the operator's --object-store)"
+    try:
+        secret = cluster.get("v1", "Secret", namespace, name)
+    except ApiError as error:
+        if error.status == 403:
+            raise ArtifactError(
+                f"the operator may not read {where}: add {name!r} to the chart's objectStore.secretNames"
+            ) from None
+        raise
+    if secret is None:
+        raise ArtifactError(
+            f"{where} does not exist: create it with the keys {object_store.ACCESS_KEY_ID} and "
+            f"{object_store.SECRET_ACCESS_KEY}"
+        )
+    data = secret.get("data") or {}
+    keys: dict[str, str] = {}
+    for key in object_store.CREDENTIAL_KEYS:
+        if key in data:
+            try:
+                keys[key] = base64.b64decode(data[key], validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                raise ArtifactError(f"{where}: the value of {key} is not base64 of UTF-8 text") from None
+        elif key in (secret.get("stringData") or {}):  # a Secret as `frugal up` keeps it, never encoded
+            keys[key] = str(secret["stringData"][key])
+    missing = [k for k in (object_store.ACCESS_KEY_ID, object_store.SECRET_ACCESS_KEY) if k not in keys]
+    if missing:
+        raise ArtifactError(f"{where} has no {' or '.join(missing)}")
+    return keys
