@@ -25,8 +25,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -101,12 +102,8 @@ class ObjectStore:
         return options
 
 
-def scheme(uri: str) -> str:
-    return urlparse(uri).scheme
-
-
 def is_object_store(uri: str) -> bool:
-    return scheme(uri) in OBJECT_STORE_SCHEMES
+    return urlparse(uri).scheme in OBJECT_STORE_SCHEMES
 
 
 def location(uri: str | Path, store: ObjectStore | None = None) -> Location:
@@ -128,10 +125,6 @@ def is_remote(path: Location) -> bool:
     return isinstance(path, UPath) and getattr(path, "protocol", "") in OBJECT_STORE_SCHEMES
 
 
-def uri_of(path: Location) -> str:
-    return str(path) if isinstance(path, UPath) else f"file://{path.resolve()}"
-
-
 def failure(uri: str, error: BaseException) -> ObjectStoreError:
     """An :class:`ObjectStoreError` naming the URI and the class of `error`, and what to check for it."""
     kind = type(error).__name__
@@ -146,34 +139,16 @@ def failure(uri: str, error: BaseException) -> ObjectStoreError:
     return failed
 
 
-def read_bytes(path: Location) -> bytes:
-    """The object's or file's bytes; an object store's refusal is an :class:`ObjectStoreError`, a missing
-    object FileNotFoundError (as for a file)."""
+@contextlib.contextmanager
+def _replacing(target: Path, suffix: str) -> Iterator[str]:
+    """A temporary file beside `target`, renamed over it when the block ends and removed if it raises:
+    a crash leaves no partial file under the real name."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+    os.close(handle)
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # OSError subclasses from s3fs, and botocore's own (a malformed endpoint)
-        if not isinstance(path, UPath):
-            raise
-        raise failure(str(path), exc) from None
-
-
-def write_bytes(path: Location, data: bytes) -> None:
-    """Write one file or object whole: a local file through a temporary name and a rename, an object by
-    one PUT (atomic by itself)."""
-    if isinstance(path, UPath):
-        try:
-            path.write_bytes(data)
-        except Exception as exc:
-            raise failure(str(path), exc) from None
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temporary, path)
+        yield temporary
+        os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
@@ -218,13 +193,12 @@ def publish(directory: Path, destination: Location, last: Iterable[str] = ("mani
             remove(destination / name)
     for relative in ordered:
         target = destination / relative
+        if not isinstance(target, UPath):
+            with _replacing(target, ".tmp") as temporary:
+                shutil.copyfile(directory / relative, temporary)
+            continue
         try:
-            if isinstance(target, UPath):
-                target.fs.put_file(str(directory / relative), target.path)
-            else:
-                write_bytes(target, (directory / relative).read_bytes())
-        except ObjectStoreError:
-            raise
+            target.fs.put_file(str(directory / relative), target.path)  # one PUT: whole or nothing
         except Exception as exc:
             raise failure(str(target), exc) from None
     return ordered
@@ -240,27 +214,20 @@ def download(source: Location, relative_files: Iterable[str], target: Path) -> l
         pure = PurePosixPath(relative)
         if pure.is_absolute() or ".." in pure.parts:
             raise ValueError(f"{relative!r} is not a path inside {source}")
-        local = target / pure
-        local.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".part")
-        os.close(handle)
-        remote = source / relative
-        try:
+        local, remote = target / pure, source / relative
+        with _replacing(local, ".part") as temporary:
             if isinstance(remote, UPath):
-                try:
-                    remote.fs.get_file(remote.path, temporary)
-                except FileNotFoundError:
-                    raise
-                except Exception as exc:
-                    raise failure(str(remote), exc) from None
+                _get(remote, temporary)
             else:
-                with remote.open("rb") as src, open(temporary, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-            os.replace(temporary, local)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+                shutil.copyfile(remote, temporary)
         written.append(local)
     return written
+
+
+def _get(remote: UPath, local: str) -> None:
+    try:
+        remote.fs.get_file(remote.path, local)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise failure(str(remote), exc) from None

@@ -51,7 +51,9 @@ def _opened(cluster: ClusterPort, uri: str, access: StoreAccess | None, namespac
     credentials = {}
     if access is not None and access.secret_name:
         credentials = secret_keys(cluster, namespace, access.secret_name)
-    return UPath(uri, **dataclasses.replace(settings, credentials=credentials).storage_options())
+    opened = object_store.location(uri, dataclasses.replace(settings, credentials=credentials))
+    assert isinstance(opened, UPath), uri  # only object-store URIs come here
+    return opened
 
 
 def secret_keys(cluster: ClusterPort, namespace: str, name: str) -> dict[str, str]:

@@ -32,7 +32,8 @@ Nothing is written through a link planted inside the output: a symbolic link whe
 ``shards/``, a part file, a marker, ``predictions.npz``, ``summary.json`` or the lock is refused with
 a BatchError naming it (with or without overwrite), and every file is created and renamed relative to
 its directory opened with ``O_NOFOLLOW`` (``shards/``; the output directory itself is the user's to
-choose, link or not), so a link swapped in after the check is not followed either.
+choose, link or not), so a link swapped in after the check is not followed either
+(:mod:`frugal.serving.batch.output_dir`).
 
 Every input file is checked against the model's inputs from its metadata before anything is
 written or removed. What only the rows can tell (nulls, rows of a list column of different lengths)
@@ -48,23 +49,21 @@ so the config can carry a hardware profile's power as the operator writes it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
-import secrets
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from stat import S_ISLNK
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from frugal.serving.batch import output_dir
 from frugal.serving.batch.inputs import (
     BatchError,
     FileInfo,
@@ -75,6 +74,13 @@ from frugal.serving.batch.inputs import (
     local_path,
     one_line,
     plan,
+)
+from frugal.serving.batch.output_dir import (
+    MARKER_SUFFIX,
+    Layout,
+    Marker,
+    read_marker,
+    refuse_finished,
 )
 from frugal.serving.server import artifacts
 from frugal.serving.server.artifacts import ArtifactError, Manifest, TensorSpec, Variant
@@ -102,6 +108,7 @@ __all__ = [
     "plan_run",
     "price",
     "read_marker",
+    "refuse_finished",
     "run_worker",
     "summary_json",
 ]
@@ -109,11 +116,8 @@ __all__ = [
 log = logging.getLogger("frugal.serving.batch")
 
 CONFIG_ENV = "FRUGAL_BATCH_CONFIG"  # the config as JSON text, as the operator's Jobs pass it
-SHARDS, PREDICTIONS, SUMMARY, LOCK = "shards", "predictions.npz", "summary.json", ".batch.lock"
-MARKER_SUFFIX = ".done"
 SECONDS_PER_HOUR = 3600.0
 JOULES_PER_KWH = 3.6e6
-FILE_MODE = 0o644  # readable by whoever reads the results (mkstemp's own is 0600)
 
 
 class _Model(BaseModel):
@@ -169,29 +173,6 @@ def _read_config(path: Path | None, environ: Mapping[str, str]) -> BatchConfig:
     raise BatchError(f"no config: pass --config FILE or set {CONFIG_ENV} to the config's JSON")
 
 
-class Marker(BaseModel):
-    """A finished shard: which rows of which input it holds, how long it took, and who computed it.
-    ``inputSize``/``inputMtimeNs`` and ``modelSha256`` tell a resumed run's shards from another's."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
-
-    shard: int
-    file: str  # the input file's name
-    start: int
-    stop: int
-    rows: int
-    input_size: int = Field(alias="inputSize")
-    input_mtime_ns: int = Field(alias="inputMtimeNs")
-    model_sha256: str = Field(alias="modelSha256")
-    seconds: float  # reading, scoring and writing the shard
-    started_at: float = Field(alias="startedAt")  # Unix time
-    finished_at: float = Field(alias="finishedAt")
-    worker: int  # the worker's index
-    workers: int  # the worker count it was started with
-    pid: int
-    host: str  # the machine (in a pod: the pod's name), so pids of different pods stay apart
-
-
 class Summary(BaseModel):
     """`summary.json`: what the batch did and what it cost (None where the config gives no price)."""
 
@@ -237,31 +218,6 @@ def price(busy_seconds: float, config: BatchConfig) -> tuple[float | None, float
 
 
 # ------------------------------------------------------------------------------------------ the run
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a batch writes inside its output directory."""
-
-    output: Path
-
-    @property
-    def shards(self) -> Path:
-        return self.output / SHARDS
-
-    @property
-    def predictions(self) -> Path:
-        return self.output / PREDICTIONS
-
-    @property
-    def summary(self) -> Path:
-        return self.output / SUMMARY
-
-    def part(self, shard: int) -> Path:
-        return self.shards / f"part-{shard:05d}.npz"
-
-    def marker(self, shard: int) -> Path:
-        return self.shards / f"part-{shard:05d}{MARKER_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -375,121 +331,27 @@ def _load_model(config: BatchConfig, directory: Path, manifest: Manifest, varian
 # ------------------------------------------------------------------------------------------ output
 
 
-@contextlib.contextmanager
-def _locked(layout: Layout) -> Iterator[None]:
-    """The output's lock: settling (refusing, discarding) and aggregating happen one process at a time."""
-    lock = layout.output / LOCK
-    try:
-        layout.output.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        if lock.is_symlink():
-            raise _planted(lock) from None
-        raise BatchError(f"output {layout.output} is not writable: {exc.strerror}") from None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _planted(path: Path) -> BatchError:
-    try:
-        target = f" (to {os.readlink(path)})"
-    except OSError:
-        target = ""
-    return BatchError(
-        f"{path} is a symbolic link{target} inside the batch's output: a batch writes only real files and "
-        "directories there and never through a link; remove it or choose another output"
-    )
-
-
-def _refuse_links(layout: Layout) -> None:
-    """Raise BatchError when a symbolic link stands where the batch writes: ``shards/``, anything in it,
-    ``predictions.npz``, ``summary.json`` or the lock."""
-    for path in (layout.shards, layout.predictions, layout.summary, layout.output / LOCK):
-        if path.is_symlink():
-            raise _planted(path)
-    if layout.shards.is_dir():
-        with os.scandir(layout.shards) as entries:
-            for entry in entries:
-                if entry.is_symlink():
-                    raise _planted(Path(entry.path))
-
-
-def _open_dir(directory: Path, follow: bool = False) -> int:
-    """`directory` opened to create and rename files in relative to it; a link in its place is refused
-    (unless `follow`: the output directory itself, which the user names)."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-    try:
-        return os.open(directory, flags)
-    except OSError:
-        if not follow and directory.is_symlink():
-            raise _planted(directory) from None
-        raise
-
-
-def _make_dir(directory: Path) -> None:
-    """Create `directory` (its parent exists); one already there must be a real directory, not a link."""
-    try:
-        os.mkdir(directory)
-    except FileExistsError:
-        if directory.is_symlink():
-            raise _planted(directory) from None
-        if not directory.is_dir():
-            raise BatchError(f"{directory} is not a directory; remove it or choose another output") from None
-
-
-def refuse_finished(output: Path) -> None:
-    """Raise BatchError when `output` holds a finished run: what a run without overwrite refuses, asked
-    before anything starts."""
-    layout = Layout(output)
-    if layout.predictions.exists():
-        raise _refuse_finished(layout)
-
-
-def _refuse_finished(layout: Layout) -> BatchError:
-    return BatchError(
-        f"output {layout.output} already exists (it holds {PREDICTIONS} of a finished run): "
-        "pass overwrite (--overwrite) or choose another output"
-    )
-
-
-def read_marker(path: Path) -> Marker | None:
-    """The marker at `path`, or None when there is none (or it is unreadable: then it is redone)."""
-    try:
-        return Marker.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError):
-        return None
-
-
 def finished(run: Run, shard: Shard) -> Marker | None:
     """The shard's marker when the shard is done for this run: a marker of this input and model, and
     its outputs beside it."""
     for path in (run.layout.marker(shard.index), run.layout.part(shard.index)):
         if path.is_symlink():
-            raise _planted(path)
+            raise output_dir.planted(path)
     marker = read_marker(run.layout.marker(shard.index))
     if marker is None or not run.matches(marker) or not run.layout.part(shard.index).is_file():
         return None
     return marker
 
 
-def _markers(layout: Layout) -> dict[Path, Marker | None]:
-    if not layout.shards.is_dir():
-        return {}
-    return {path: read_marker(path) for path in sorted(layout.shards.glob(f"part-*{MARKER_SUFFIX}"))}
-
-
 def _settle(run: Run) -> None:
     """Apply the output rules before a worker starts: refuse or (overwrite) discard a finished run;
     refuse or (overwrite) remove markers of another input or model. A matching unfinished run stays."""
     layout, overwrite = run.layout, run.config.overwrite
-    with _locked(layout):
-        _refuse_links(layout)
+    with output_dir.locked(layout):
+        output_dir.refuse_links(layout)
         if layout.predictions.exists():
             if not overwrite:
-                raise _refuse_finished(layout)
+                raise output_dir.refused_finished(layout)
             log.info("overwrite: removing the finished run in %s", layout.output)
             layout.summary.unlink(missing_ok=True)
             shutil.rmtree(layout.shards, ignore_errors=True)
@@ -498,7 +360,9 @@ def _settle(run: Run) -> None:
     # run only ever add matching markers, and removing a stale one twice is harmless. An unreadable
     # marker (one cut short by a machine crash) is not another run's: its shard is simply redone.
     stale = [
-        path for path, marker in _markers(layout).items() if marker is not None and not run.matches(marker)
+        path
+        for path, marker in output_dir.markers_in(layout).items()
+        if marker is not None and not run.matches(marker)
     ]
     if stale and not overwrite:
         raise BatchError(
@@ -507,7 +371,7 @@ def _settle(run: Run) -> None:
         )
     if not stale:
         return
-    shards = _open_dir(layout.shards)  # removed relative to it: a link swapped in is not followed
+    shards = output_dir.open_dir(layout.shards)  # removed relative to it: a link swapped in is not followed
     try:
         for path in stale:
             for name in (path.name, path.with_suffix(".npz").name):
@@ -515,63 +379,6 @@ def _settle(run: Run) -> None:
                     os.unlink(name, dir_fd=shards)
     finally:
         os.close(shards)
-
-
-def _write_atomically(
-    layout: Layout, target: Path, write: Callable[[IO[bytes]], object], durable: bool = True
-) -> None:
-    """Write through a temporary file in the same directory, then rename: readers see all or nothing.
-    `durable` syncs the data to disk before the rename, so a machine crash cannot leave the name
-    pointing at lost data; a marker is written without it (see `_score`). Both happen relative to the
-    directory opened without following a link (see the module's docstring), and a link at `target`
-    is refused rather than replaced."""
-    directory = _open_dir(target.parent, follow=target.parent == layout.output)
-    try:
-        if _is_link_at(target.name, directory):
-            raise _planted(target)
-        temporary, handle = _create_temporary(target.name, directory)
-        try:
-            os.fchmod(handle, FILE_MODE)
-            with os.fdopen(handle, "wb") as out:
-                write(out)
-                out.flush()
-                if durable:
-                    os.fsync(out.fileno())
-            os.replace(temporary, target.name, src_dir_fd=directory, dst_dir_fd=directory)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary, dir_fd=directory)
-            raise
-    finally:
-        os.close(directory)
-
-
-def _is_link_at(name: str, directory: int) -> bool:
-    try:
-        return S_ISLNK(os.lstat(name, dir_fd=directory).st_mode)
-    except FileNotFoundError:
-        return False
-
-
-def _create_temporary(name: str, directory: int) -> tuple[str, int]:
-    """A new file ``.<name>.<random>.tmp`` in `directory` (created, never opened through a link)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    while True:
-        temporary = f".{name}.{secrets.token_hex(4)}.tmp"
-        try:
-            return temporary, os.open(temporary, flags, FILE_MODE, dir_fd=directory)
-        except FileExistsError:
-            continue
-
-
-def _write_npz(layout: Layout, target: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    savez: Callable[..., None] = np.savez  # its stub types **kwds as its own flags
-    _write_atomically(layout, target, lambda out: savez(out, **arrays))
-
-
-def _write_json(layout: Layout, target: Path, document: BaseModel, durable: bool = True) -> None:
-    text = document.model_dump_json(by_alias=True, indent=2).encode()
-    _write_atomically(layout, target, lambda out: out.write(text), durable)
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -607,7 +414,7 @@ def run_worker(config: BatchConfig, index: int, count: int) -> WorkerResult:
     run, model = _prepare(config)
     mine = run.shards[index::count]
     reader = ShardReader(run.inputs)
-    _make_dir(run.layout.shards)
+    output_dir.make_dir(run.layout.shards)
     computed = rows = 0
     busy = 0.0
     for position, shard in enumerate(mine, 1):
@@ -629,7 +436,7 @@ def _score(run: Run, model: OnnxModel, reader: ShardReader, shard: Shard, index:
     outputs = infer(
         model, reader.read(shard), run.config.batch_size, f"{shard.file}: rows {shard.start}-{shard.stop}"
     )
-    _write_npz(run.layout, run.layout.part(shard.index), outputs)
+    output_dir.write_npz(run.layout, run.layout.part(shard.index), outputs)
     marker = Marker.model_validate(
         {
             **run.expected(shard),
@@ -644,7 +451,7 @@ def _score(run: Run, model: OnnxModel, reader: ShardReader, shard: Shard, index:
     )
     # Not synced: the outputs it vouches for are, and a marker lost or cut short by a machine crash
     # only makes the shard run again (one sync per shard instead of two; a sync costs ~5 ms here).
-    _write_json(run.layout, run.layout.marker(shard.index), marker, durable=False)
+    output_dir.write_json(run.layout, run.layout.marker(shard.index), marker, durable=False)
     return marker
 
 
@@ -684,15 +491,15 @@ def aggregate(config: BatchConfig) -> Summary:
     directory, manifest, variant = _manifest(config)
     run = _open_run(config, directory, manifest, variant, _signature(config, directory, manifest, variant))
     layout = run.layout
-    with _locked(layout):
-        _refuse_links(layout)
+    with output_dir.locked(layout):
+        output_dir.refuse_links(layout)
         if layout.predictions.exists() and not config.overwrite:
-            raise _refuse_finished(layout)
+            raise output_dir.refused_finished(layout)
         markers = _finished_markers(run)
         outputs = _join(run, markers)
         summary = summarise(run, markers, outputs)
-        _write_json(layout, layout.summary, summary)
-        _write_npz(layout, layout.predictions, outputs)
+        output_dir.write_json(layout, layout.summary, summary)
+        output_dir.write_npz(layout, layout.predictions, outputs)
     return summary
 
 

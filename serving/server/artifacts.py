@@ -164,7 +164,7 @@ class VerifyCache:
         current = self.read()
         for path in verified:
             current.pop(str(path), None)
-        kept = [e for e in current.values() if _still(e)]
+        kept = [e for e in current.values() if still_as_recorded(e)]
         fresh = [
             _CacheEntry(
                 path=str(path),
@@ -186,7 +186,7 @@ class VerifyCache:
             log.warning("cannot write the verify cache %s (%s); the next start hashes again", self.path, exc)
 
 
-def _still(entry: _CacheEntry) -> bool:
+def still_as_recorded(entry: _CacheEntry) -> bool:
     """Whether the entry's file is still there with the recorded stat tuple (else it is dropped)."""
     try:
         return FileStat.of(Path(entry.path)) == entry.stat

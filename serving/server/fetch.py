@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from frugal.schema.artifact_format import MANIFEST, sha256_file
 from frugal.storage import object_store
 from frugal.storage.object_store import Location
 
-from .artifacts import ArtifactError, Manifest, load_manifest, variant_files
+from .artifacts import ArtifactError, Manifest, VerifyCache, load_manifest, still_as_recorded, variant_files
 
 
 @dataclass(frozen=True)
@@ -64,25 +64,44 @@ def wanted_files(manifest: Manifest, variants: Iterable[str] | None) -> list[str
     return files
 
 
-def up_to_date(local: Path, size_bytes: int, sha256: str) -> bool:
-    """Whether the local copy already holds exactly the manifest's file."""
+def up_to_date(local: Path, size_bytes: int, sha256: str, vouched: Mapping[str, str] | None = None) -> bool:
+    """Whether the local copy already holds exactly the manifest's file: hashed, unless the verify
+    cache vouches for it (`vouched`: path -> sha256 of the files whose stat tuple it recorded)."""
     try:
-        return local.is_file() and local.stat().st_size == size_bytes and sha256_file(local) == sha256
+        if not local.is_file() or local.stat().st_size != size_bytes:
+            return False
+        if vouched is not None and vouched.get(str(local.resolve())) == sha256:
+            return True
+        return sha256_file(local) == sha256
     except OSError:
         return False
 
 
-def fetch_artifacts(source: Location, target: Path, variants: Iterable[str] | None = None) -> Fetched:
+def vouched_files(cache_dir: Path | None) -> dict[str, str]:
+    """The files the verify cache in `cache_dir` trusts now (their stat tuple unchanged), by path."""
+    if cache_dir is None:
+        return {}
+    return {path: e.sha256 for path, e in VerifyCache(cache_dir).read().items() if still_as_recorded(e)}
+
+
+def fetch_artifacts(
+    source: Location, target: Path, variants: Iterable[str] | None = None, verify_cache_dir: Path | None = None
+) -> Fetched:
     """Copy `source`'s manifest.json and the files of `variants` (every variant when None) into
-    `target`. Raises FileNotFoundError naming ``manifest.json`` when there is none, ObjectStoreError for
-    a refusal, ArtifactError for a manifest it cannot use or a variant it does not list."""
+    `target`, keeping a copy already there that matches the manifest (trusted without hashing when the
+    verify cache in `verify_cache_dir` vouches for it, as the server then does). Raises
+    FileNotFoundError naming ``manifest.json`` when there is none, ObjectStoreError for a refusal,
+    ArtifactError for a manifest it cannot use or a variant it does not list."""
     started = time.perf_counter()
     target.mkdir(parents=True, exist_ok=True)
     object_store.download(source, [MANIFEST], target)
     manifest = load_manifest(target)
     files = wanted_files(manifest, variants)
+    vouched = vouched_files(verify_cache_dir)
     kept = [
-        f for f in files if up_to_date(target / f, manifest.files[f].size_bytes, manifest.files[f].sha256)
+        f
+        for f in files
+        if up_to_date(target / f, manifest.files[f].size_bytes, manifest.files[f].sha256, vouched)
     ]
     missing = [f for f in files if f not in kept]
     try:

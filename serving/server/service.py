@@ -107,7 +107,7 @@ def local_artifacts(config: ServeConfig) -> Path:
     uri = str(source)
     target = config.fetch_dir or default_fetch_dir(uri)
     try:
-        fetched = fetch_artifacts(source, target, [config.variant])
+        fetched = fetch_artifacts(source, target, [config.variant], config.verify_cache_dir)
     except FileNotFoundError as exc:
         raise StartupError(str(describe_missing(uri, exc)), "--artifacts") from None
     except ObjectStoreError as exc:

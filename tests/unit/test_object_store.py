@@ -10,7 +10,14 @@ import pytest
 from upath import UPath
 
 from frugal.schema import artifact_format as schema
-from frugal.serving.server.fetch import default_fetch_dir, fetch_artifacts, up_to_date, wanted_files
+from frugal.serving.server.artifacts import FileStat, VerifyCache
+from frugal.serving.server.fetch import (
+    default_fetch_dir,
+    fetch_artifacts,
+    up_to_date,
+    vouched_files,
+    wanted_files,
+)
 from frugal.serving.server.settings import ServeConfig
 from frugal.storage import object_store
 from frugal.storage.object_store import ObjectStore, ObjectStoreError, failure, location, publish_order
@@ -214,3 +221,17 @@ def test_refusals_are_bad_input_and_the_rest_a_failed_run() -> None:
     assert failure("s3://b/k", NoCredentialsError()).refused
     unreachable = failure("s3://b/k", EndpointConnectionError())
     assert not unreachable.refused and str(unreachable) == "s3://b/k: EndpointConnectionError"
+
+
+def test_a_file_the_verify_cache_vouches_for_is_kept_without_hashing_and_a_changed_one_is_not(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    recorded = "0" * 64  # not the file's sha256: only trust could keep it
+    assert up_to_date(path, 3, recorded, {str(path.resolve()): recorded})
+    cache = tmp_path / "verify-cache"
+    VerifyCache(cache).record({path.resolve(): (FileStat.of(path), recorded)})
+    assert vouched_files(cache) == {str(path.resolve()): recorded}
+    path.write_bytes(b"xyz")  # same size, a new ctime: the cache no longer vouches for it
+    assert vouched_files(cache) == {} and vouched_files(None) == {}
