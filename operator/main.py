@@ -32,6 +32,10 @@ DELEGATED: dict[str, tuple[str, str]] = {
         "frugal.serving.batch.aggregate_command",
         "join a batch's finished shards into its predictions and summary",
     ),
+    "model-cache": (
+        "frugal.serving.model_cache_command",
+        "the node's model cache agent: publish verified variants that serving pods offer, evict the least used",
+    ),
 }
 
 

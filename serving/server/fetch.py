@@ -93,9 +93,7 @@ def fetch_artifacts(
     FileNotFoundError naming ``manifest.json`` when there is none, ObjectStoreError for a refusal,
     ArtifactError for a manifest it cannot use or a variant it does not list."""
     started = time.perf_counter()
-    target.mkdir(parents=True, exist_ok=True)
-    object_store.download(source, [MANIFEST], target)
-    manifest = load_manifest(target)
+    manifest = fetch_manifest(source, target)
     files = wanted_files(manifest, variants)
     vouched = vouched_files(verify_cache_dir)
     kept = [
@@ -110,6 +108,13 @@ def fetch_artifacts(
         raise ArtifactError(f"{MANIFEST}: {exc}") from None
     size = sum(path.stat().st_size for path in written)
     return Fetched(target, manifest, tuple(missing), tuple(kept), size, time.perf_counter() - started)
+
+
+def fetch_manifest(source: Location, target: Path) -> Manifest:
+    """Copy `source`'s manifest.json into `target` (always: it names what the rest must be) and read it."""
+    target.mkdir(parents=True, exist_ok=True)
+    object_store.download(source, [MANIFEST], target)
+    return load_manifest(target)
 
 
 def describe_missing(uri: str, error: FileNotFoundError) -> ArtifactError:

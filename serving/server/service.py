@@ -6,14 +6,13 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from frugal.schema.request_limits import body_limit
-from frugal.serving.server import artifacts, runtime
-from frugal.serving.server.artifacts import ArtifactError, Manifest, TensorSpec, Variant
+from frugal.serving.server import artifacts, model_files, runtime
+from frugal.serving.server.artifacts import Manifest, TensorSpec, Variant
 from frugal.serving.server.batching import Batcher, Tensors
 from frugal.serving.server.codec import InferRequest
 from frugal.serving.server.failures import ModelNotFound, ProtocolError, echo, one_line
@@ -22,8 +21,6 @@ from frugal.serving.server.metrics import MetricLabels, ServerMetrics
 from frugal.serving.server.power import BusyClock, EstimatedPower, PowerSource, open_nvml
 from frugal.serving.server.settings import ServeConfig, StartupError
 from frugal.serving.server.signature import check_request
-from frugal.storage import object_store
-from frugal.storage.object_store import ObjectStoreError
 
 log = logging.getLogger("frugal.serving")
 
@@ -44,20 +41,8 @@ def load_model(config: ServeConfig) -> LoadedModel:
 
     Artifacts it cannot serve (no manifest, a variant the manifest does not list, a file that is missing,
     changed or not ONNX) raise `StartupError` naming the flag to change."""
-    directory = local_artifacts(config)
-    try:
-        manifest = artifacts.load_manifest(directory)
-    except ArtifactError as exc:
-        remedy = "pass --artifacts a directory `frugal compress` wrote"
-        raise StartupError(str(exc), "--artifacts", remedy) from None
-    try:
-        variant = manifest.variant(config.variant)
-    except ArtifactError as exc:
-        raise StartupError(str(exc), "--variant") from None
-    try:
-        path = artifacts.verify_variant(directory, manifest, variant, config.verify_cache_dir)
-    except ArtifactError as exc:
-        raise StartupError(str(exc), "--artifacts") from None
+    resolved = model_files.resolve(config)
+    path, manifest, variant = resolved.path, resolved.manifest, resolved.variant
     size = sum(path.parent.joinpath(f).stat().st_size for f in _basenames(manifest, variant))
     choice = runtime.provider_chain(config.execution_provider, runtime.ort.get_available_providers())
     if choice.fallback:
@@ -92,38 +77,6 @@ def load_model(config: ServeConfig) -> LoadedModel:
         log.warning("warm-up with synthetic zeros failed, the first requests warm the session: %s", exc)
         warm = 1.0
     return LoadedModel(manifest, variant, model, model.inputs, outputs, size, warm)
-
-
-def local_artifacts(config: ServeConfig) -> Path:
-    """The artifact directory on this machine: `--artifacts` itself, or for an object store's URI the
-    `--fetch-dir` its manifest and the variant's files were just fetched into (logged with bytes and
-    seconds; verified afterwards like any local directory)."""
-    source = config.artifacts
-    if not object_store.is_remote(source):
-        assert isinstance(source, Path)
-        return source
-    from frugal.serving.server.fetch import default_fetch_dir, describe_missing, fetch_artifacts
-
-    uri = str(source)
-    target = config.fetch_dir or default_fetch_dir(uri)
-    try:
-        fetched = fetch_artifacts(source, target, [config.variant], config.verify_cache_dir)
-    except FileNotFoundError as exc:
-        raise StartupError(str(describe_missing(uri, exc)), "--artifacts") from None
-    except ObjectStoreError as exc:
-        if not exc.refused:
-            raise  # unreachable, a timeout: a run that failed (exit 1), not a setting to change
-        raise StartupError(
-            str(exc), "--artifacts", "fix the keys or the bucket's policy, or pass another --artifacts"
-        ) from None
-    except ArtifactError as exc:
-        raise StartupError(
-            str(exc), "--artifacts", "pass --artifacts a URI `frugal compress` published to"
-        ) from None
-    except OSError as exc:
-        raise StartupError(f"cannot write {target}: {exc.strerror or exc}", "--fetch-dir") from None
-    log.info("%s", fetched.summary(uri))
-    return target
 
 
 def _basenames(manifest: Manifest, variant: Variant) -> list[str]:

@@ -246,6 +246,14 @@ class ServeConfig:
             parse=optional_path,
         ),
     ] = None
+    node_cache: Annotated[
+        Path | None,
+        Setting(
+            "the node's model cache (variants/ read-only, inbox/ writable): a variant found there is "
+            "served without fetching or hashing; one verified here is offered to it (default: none)",
+            parse=optional_path,
+        ),
+    ] = None
     log_level: Annotated[str, Setting("DEBUG, INFO, WARNING or ERROR")] = "INFO"
     power_interval_s: float = 1.0  # how often power is sampled; no flag
 
