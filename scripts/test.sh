@@ -10,6 +10,8 @@ scripts/bootstrap.sh dev
 scripts/controlplane-binaries.sh
 scripts/prometheus-binary.sh
 scripts/seaweedfs-binary.sh  # the component tier's S3 server (SeaweedFS's S3 gateway)
+scripts/fake-gcs-server-binary.sh  # its GCS emulator (fake-gcs-server)
+scripts/azurite-binary.sh  # its Azure Blob Storage emulator (Azurite, from npm)
 scripts/kube-score-binary.sh
 scripts/node-binaries.sh
 echo "== images: the Containerfile's serving and full targets (cached by the hash of what goes in)" >&2

@@ -33,15 +33,48 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+import fsspec
 from upath import UPath
 
-OBJECT_STORE_SCHEMES = ("s3",)
+# gcsfs's stable filesystem for gs:// and gcs://, not its experimental one (the default since gcsfs
+# 2026): that one first asks a gRPC control plane for each bucket's layout (zonal, hierarchical), which
+# emulators and private endpoints do not serve, and waits 60 s for it each time.
+for _scheme in ("gs", "gcs"):
+    fsspec.register_implementation(_scheme, "gcsfs.core.GCSFileSystem", clobber=True)
+
+Provider = Literal["s3", "gcs", "azure"]
+# Each scheme's provider: s3fs for s3://, gcsfs for gs:// and gcs://, adlfs for az:// and abfs://.
+PROVIDERS: dict[str, Provider] = {"s3": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure"}
+OBJECT_STORE_SCHEMES = tuple(PROVIDERS)
 FSSPEC_S3_ENV = "FSSPEC_S3"
+# fsspec applies FSSPEC_<PROTOCOL> to a filesystem class whose protocols include it (gcsfs: gs, gcs;
+# adlfs: abfs, az, abfss), whichever scheme a URI uses.
+FSSPEC_ENV: dict[Provider, str] = {"s3": FSSPEC_S3_ENV, "gcs": "FSSPEC_GCS", "azure": "FSSPEC_AZ"}
 # The Secret's keys, which are also the environment variables botocore reads them from.
 ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
 SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 SESSION_TOKEN = "AWS_SESSION_TOKEN"
 CREDENTIAL_KEYS = (ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN)
+# GCS: a service-account JSON key, the Secret's key `key.json`, which pods get as a read-only file
+# named by GOOGLE_APPLICATION_CREDENTIALS (google-auth's default credentials, which gcsfs uses).
+GCS_KEY_FILE = "key.json"
+GCS_CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
+# Azure: any one of these Secret keys, which are also the environment variables adlfs reads.
+AZURE_ACCOUNT_KEY = "AZURE_STORAGE_ACCOUNT_KEY"
+AZURE_SAS_TOKEN = "AZURE_STORAGE_SAS_TOKEN"
+AZURE_CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
+AZURE_CREDENTIAL_KEYS = (AZURE_ACCOUNT_KEY, AZURE_SAS_TOKEN, AZURE_CONNECTION_STRING)
+# The Secret keys each provider's clients read, and those of them a Secret must hold (all, or any one).
+PROVIDER_KEYS: dict[Provider, tuple[str, ...]] = {
+    "s3": CREDENTIAL_KEYS,
+    "gcs": (GCS_KEY_FILE,),
+    "azure": AZURE_CREDENTIAL_KEYS,
+}
+REQUIRED_KEYS: dict[Provider, tuple[tuple[str, ...], Literal["all", "any"]]] = {
+    "s3": ((ACCESS_KEY_ID, SECRET_ACCESS_KEY), "all"),
+    "gcs": ((GCS_KEY_FILE,), "all"),
+    "azure": (AZURE_CREDENTIAL_KEYS, "any"),
+}
 
 # Errors retrying cannot fix: the keys or the policy refused, no such bucket or object, no keys at all.
 REFUSALS = frozenset(
@@ -67,16 +100,36 @@ class ObjectStoreError(OSError):
 
 @dataclass(frozen=True)
 class ObjectStore:
-    """How to reach an S3-compatible store: settings anyone may see, and keys that only go where needed."""
+    """How to reach an object store: settings anyone may see, and keys that only go where needed.
+
+    One set of settings serves whichever provider a URI's scheme names (:data:`PROVIDERS`): `endpoint`
+    is s3fs's and gcsfs's ``endpoint_url`` and, for Azure, the blob service's ``https://`` URL (adlfs's
+    ``account_host``, for Azurite or a sovereign cloud); `region` and `addressing_style` are S3's,
+    `project` GCS's, `account_name` Azure's storage account."""
 
     endpoint: str | None = None
     region: str | None = None
     addressing_style: AddressingStyle = "auto"
     credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
+    project: str | None = None
+    account_name: str | None = None
 
-    def settings(self) -> dict[str, Any]:
-        """s3fs options without keys: what ``FSSPEC_S3`` carries."""
+    def settings(self, provider: Provider = "s3") -> dict[str, Any]:
+        """`provider`'s fsspec options without keys: what ``FSSPEC_S3``/``FSSPEC_GCS``/``FSSPEC_AZ``
+        carries."""
         options: dict[str, Any] = {}
+        if provider == "gcs":
+            if self.endpoint:
+                options["endpoint_url"] = self.endpoint
+            if self.project:
+                options["project"] = self.project
+            return options
+        if provider == "azure":
+            if self.account_name:
+                options["account_name"] = self.account_name
+            if self.endpoint:
+                options["account_host"] = self.endpoint.removeprefix("https://").rstrip("/")
+            return options
         if self.endpoint:
             options["endpoint_url"] = self.endpoint
         if self.region:
@@ -85,21 +138,38 @@ class ObjectStore:
             options["config_kwargs"] = {"s3": {"addressing_style": self.addressing_style}}
         return options
 
-    def environment(self) -> dict[str, str]:
-        """The environment that gives a process these settings (keys excluded: they come from a Secret)."""
-        settings = self.settings()
-        return {FSSPEC_S3_ENV: json.dumps(settings, sort_keys=True)} if settings else {}
+    def environment(self, providers: Iterable[Provider] = ("s3",)) -> dict[str, str]:
+        """The environment that gives a process these settings for each of `providers` (keys excluded:
+        they come from a Secret)."""
+        return {
+            FSSPEC_ENV[provider]: json.dumps(settings, sort_keys=True)
+            for provider in dict.fromkeys(providers)
+            if (settings := self.settings(provider))
+        }
 
-    def storage_options(self) -> dict[str, Any]:
-        """s3fs options with the keys, for a process that holds them itself (the operator)."""
-        options = self.settings()
-        if ACCESS_KEY_ID in self.credentials:
-            options["key"] = self.credentials[ACCESS_KEY_ID]
-        if SECRET_ACCESS_KEY in self.credentials:
-            options["secret"] = self.credentials[SECRET_ACCESS_KEY]
-        if SESSION_TOKEN in self.credentials:
-            options["token"] = self.credentials[SESSION_TOKEN]
+    def storage_options(self, provider: Provider = "s3") -> dict[str, Any]:
+        """`provider`'s fsspec options with the keys, for a process that holds them itself (the
+        operator)."""
+        options = self.settings(provider)
+        keys = {
+            "s3": {ACCESS_KEY_ID: "key", SECRET_ACCESS_KEY: "secret", SESSION_TOKEN: "token"},
+            "azure": {
+                AZURE_ACCOUNT_KEY: "account_key",
+                AZURE_SAS_TOKEN: "sas_token",
+                AZURE_CONNECTION_STRING: "connection_string",
+            },
+        }.get(provider, {})
+        options.update(
+            {option: self.credentials[key] for key, option in keys.items() if key in self.credentials}
+        )
+        if provider == "gcs" and GCS_KEY_FILE in self.credentials:
+            options["token"] = json.loads(self.credentials[GCS_KEY_FILE])  # gcsfs: a service-account dict
         return options
+
+
+def provider_of(uri: str) -> Provider | None:
+    """The object-store provider of `uri`'s scheme (None: not an object store)."""
+    return PROVIDERS.get(urlparse(uri).scheme)
 
 
 def is_object_store(uri: str) -> bool:
@@ -108,15 +178,17 @@ def is_object_store(uri: str) -> bool:
 
 def location(uri: str | Path, store: ObjectStore | None = None) -> Location:
     """`uri` as a path: a ``Path`` for ``file://`` and plain paths, a ``UPath`` for an object store
-    (with `store`'s settings and keys when given; otherwise fsspec's configuration and botocore's
-    environment)."""
+    (with `store`'s settings and keys for the URI's provider when given; otherwise fsspec's
+    configuration and the environment the provider's client reads)."""
     text = str(uri)
     parsed = urlparse(text)
     if parsed.scheme in ("", "file"):
         return Path(parsed.path if parsed.scheme else text)
     if parsed.scheme not in OBJECT_STORE_SCHEMES:
-        raise ValueError(f"{text!r}: scheme {parsed.scheme!r} is not supported (use file://, s3://)")
-    options = store.storage_options() if store is not None else {}
+        raise ValueError(
+            f"{text!r}: scheme {parsed.scheme!r} is not supported (use file://, s3://, gs://, az://)"
+        )
+    options = store.storage_options(PROVIDERS[parsed.scheme]) if store is not None else {}
     return UPath(text, **options)
 
 
@@ -126,17 +198,48 @@ def is_remote(path: Location) -> bool:
 
 
 def failure(uri: str, error: BaseException) -> ObjectStoreError:
-    """An :class:`ObjectStoreError` naming the URI and the class of `error`, and what to check for it."""
-    kind = type(error).__name__
+    """An :class:`ObjectStoreError` naming the URI and the class of `error`, and what to check for it.
+    Every provider's refusals take the same kinds (:func:`refusal_kind`); the message then names the
+    kind and, in parentheses, the client's own class (never the error's text, which may quote a key)."""
+    original = type(error).__name__
+    kind = refusal_kind(error)
+    missing_keys = {
+        "gcs": f"a service-account key file named by {GCS_CREDENTIALS_ENV}",
+        "azure": f"{AZURE_ACCOUNT_KEY}, {AZURE_SAS_TOKEN} or {AZURE_CONNECTION_STRING}",
+    }.get(provider_of(uri) or "s3", f"{ACCESS_KEY_ID} and {SECRET_ACCESS_KEY}")
     hint = {
         "PermissionError": "the credentials were refused or do not allow this (check the Secret's keys "
         "and the bucket's policy)",
         "FileNotFoundError": "no such bucket or object",
-        "NoCredentialsError": "no keys were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+        "NoCredentialsError": f"no keys were found (set {missing_keys})",
     }.get(kind, "")
-    failed = ObjectStoreError(f"{uri}: {kind}" + (f": {hint}" if hint else ""))
+    named = kind if kind == original else f"{kind} ({original})"
+    failed = ObjectStoreError(f"{uri}: {named}" + (f": {hint}" if hint else ""))
     failed.kind = kind
     return failed
+
+
+def refusal_kind(error: BaseException) -> str:
+    """The class name of `error`, or for a provider's own refusal the kind it stands for: a refused
+    or insufficient key (HTTP 401/403, azure-core's ClientAuthenticationError, azure-storage's
+    AzureSigningError for a key that is not base64, gcsfs's ``Forbidden`` OSError) is ``PermissionError``, no such bucket, container or object (404, ResourceNotFoundError)
+    ``FileNotFoundError``, no keys at all (google-auth's DefaultCredentialsError, azure-identity's
+    CredentialUnavailableError) ``NoCredentialsError``."""
+    kind = type(error).__name__
+    if kind in REFUSALS:
+        return kind
+    status = next(
+        (v for a in ("status_code", "code") if isinstance(v := getattr(error, a, None), int)), None
+    )  # azure-core's HttpResponseError.status_code, gcsfs's HttpError.code
+    if kind in ("ClientAuthenticationError", "AzureSigningError") or status in (401, 403):
+        return "PermissionError"
+    if type(error) is OSError and str(error).startswith("Forbidden"):  # gcsfs's answer to a 403
+        return "PermissionError"
+    if kind in ("ResourceNotFoundError", "ContainerNotFound") or status == 404:
+        return "FileNotFoundError"
+    if kind in ("DefaultCredentialsError", "CredentialUnavailableError"):
+        return "NoCredentialsError"
+    return kind
 
 
 @contextlib.contextmanager
@@ -170,6 +273,17 @@ def remove(path: Location) -> None:
         return
     try:  # S3 answers a delete of a missing key with success; FileNotFoundError means no bucket
         path.fs.rm_file(path.path)
+    except FileNotFoundError as exc:  # gcsfs and adlfs: no such object, or no such bucket or container
+        if PROVIDERS.get(path.protocol) == "s3" or not _bucket_exists(path):
+            raise failure(str(path), exc) from None
+    except Exception as exc:
+        raise failure(str(path), exc) from None
+
+
+def _bucket_exists(path: UPath) -> bool:
+    bucket = path.path.split("/", 1)[0]
+    try:
+        return bool(path.fs.exists(bucket))
     except Exception as exc:
         raise failure(str(path), exc) from None
 

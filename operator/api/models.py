@@ -159,6 +159,8 @@ class ObjectStore(ApiModel):
     endpoint: str | None = None
     region: str | None = None
     addressing_style: Literal["auto", "path", "virtual"]
+    project: str | None = None  # GCS
+    account_name: str | None = None  # Azure
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -419,6 +421,7 @@ class BatchInferenceSpec(ApiModel):
     deadline_seconds: int | None = None
     batch_size: int
     rows_per_shard: int
+    object_store: ObjectStore | None = None
 
 
 class BatchSelected(StatusModel):

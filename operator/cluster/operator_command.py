@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import posixpath
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -113,6 +114,7 @@ ENVIRONMENT = {
     "storage_uri": "FRUGAL_STORAGE_URI",
     "object_store": "FRUGAL_OBJECT_STORE",
     "allow_host_path": "FRUGAL_ALLOW_HOST_PATH",
+    "node_cache_root": "FRUGAL_NODE_CACHE_ROOT",
     "network_policies": "FRUGAL_NETWORK_POLICIES",
     "monitoring_namespace": "FRUGAL_MONITORING_NAMESPACE",
     "pvc_root": "FRUGAL_PVC_ROOT",
@@ -165,17 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
            '"tolerations": [...]}: the chart passes the operator pod\'s own, so fronts stay off the '
            "models' (GPU) pools")  # fmt: skip
     option("--storage-uri", dest="storage_uri", metavar="URI", default=defaults.settings.storage_uri,
-           help="artifact store for ModelDeployments without spec.storage.uri (s3://<bucket>/<prefix>, "
-           "pvc://<claim>/<path> or file:///<path>)")  # fmt: skip
+           help="artifact store for ModelDeployments without spec.storage.uri (s3://, gs:// or "
+           "az://<bucket>/<prefix>, pvc://<claim>/<path> or file:///<path>)")  # fmt: skip
     option("--object-store", dest="object_store", metavar="JSON",
-           help='how pods and the operator reach s3:// URIs of ModelDeployments without spec.objectStore, as '
-           '{"secretName": ..., "endpoint": ..., "region": ..., "addressingStyle": "auto|path|virtual"}; the '
-           "Secret is looked up in each ModelDeployment's namespace")  # fmt: skip
+           help="how pods and the operator reach s3://, gs:// and az:// URIs of ModelDeployments without "
+           'spec.objectStore, as {"secretName": ..., "endpoint": ..., "region": ..., "addressingStyle": '
+           '"auto|path|virtual", "project": ... (GCS), "accountName": ... (Azure)}; the Secret is looked up '
+           "in each ModelDeployment's namespace")  # fmt: skip
     parser.add_argument("--allow-host-path", dest="allow_host_path", action="store_const", const="true",
                         help="accept file:// URIs in ModelDeployments and --storage-uri: a directory of the "
                         "node (hostPath, writable) or of the image. For a single-node development cluster "
                         f"only: anyone who may create a ModelDeployment could mount any node path "
                         f"[{ENVIRONMENT['allow_host_path']}=true; default off]")  # fmt: skip
+    option("--node-cache-root", dest="node_cache_root", metavar="PATH",
+           help="the nodes' model cache directory (the chart's modelCache.hostPath, where its DaemonSet runs "
+           "frugal model-cache): serving pods share verified variants there through a claim per namespace; "
+           "default: no node cache")  # fmt: skip
     parser.add_argument("--network-policies", dest="network_policies", action="store_const", const="true",
                         help="give every ModelDeployment's pods NetworkPolicies: serving reachable from its "
                         "namespace and the monitoring namespace, compression pods only from each other on the "
@@ -251,6 +258,7 @@ def settings_from(raw: Mapping[str, Raw]) -> Settings:
         pvc_root=pvc_root,
         object_store=_value(raw["object_store"], _object_store, defaults.object_store),
         allow_host_path=_value(raw["allow_host_path"], _boolean, defaults.allow_host_path),
+        node_cache_root=_value(raw["node_cache_root"], _absolute_path, defaults.node_cache_root),
         network_policies=_value(raw["network_policies"], _boolean, defaults.network_policies),
         monitoring_namespace=_value(raw["monitoring_namespace"], _namespace, defaults.monitoring_namespace),
     )
@@ -325,6 +333,13 @@ def _placement(text: str) -> dict[str, Any]:
     return {key: item for key, item in value.items() if item}
 
 
+def _absolute_path(text: str) -> str:
+    path = posixpath.normpath(text)
+    if not text.startswith("/") or ".." in text.split("/"):
+        raise ValueError("expected an absolute path without '..' segments, e.g. /var/lib/frugal/model-cache")
+    return path
+
+
 def _object_store(text: str) -> ObjectStore | None:
     if not text.strip():
         return None
@@ -333,7 +348,10 @@ def _object_store(text: str) -> ObjectStore | None:
     except json.JSONDecodeError as error:
         raise ValueError(f"not JSON: {error}") from None
     if not isinstance(value, dict):
-        raise ValueError('expected {"secretName": ..., "endpoint": ..., "region": ..., "addressingStyle": ...}')
+        raise ValueError(
+            'expected {"secretName": ..., "endpoint": ..., "region": ..., "addressingStyle": ..., '
+            '"project": ..., "accountName": ...}'
+        )
     try:
         return ObjectStore.model_validate({"addressingStyle": "auto", **value})
     except ValidationError as error:
@@ -416,7 +434,7 @@ def _http_url(text: str) -> str:
 
 def _storage_uri(text: str) -> str:
     if urlparse(text.strip()).scheme not in STORAGE_SCHEMES:
-        raise ValueError("use s3://<bucket>/<prefix>, pvc://<claim>/<path> or file:///<path>")
+        raise ValueError("use s3://, gs:// or az://<bucket>/<prefix>, pvc://<claim>/<path> or file:///<path>")
     return text.strip()
 
 

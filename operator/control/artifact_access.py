@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import json
 
 from upath import UPath
 
@@ -28,7 +29,7 @@ def artifact_directory(
     :class:`ArtifactError` when the object store's Secret is missing or unreadable."""
     if not location.in_object_store:
         return location.operator_path
-    return _opened(cluster, location.uri, location.access, namespace)
+    return opened(cluster, location.uri, location.access, namespace)
 
 
 def remove_prefix(
@@ -37,7 +38,7 @@ def remove_prefix(
     """Delete every object under `prefix` (a deleted ModelDeployment's artifacts in a bucket). Raises
     :class:`ArtifactError` naming the URI and the error class when the store refuses or fails (the
     objects are then kept, and the caller says so in an Event)."""
-    folder = _opened(cluster, prefix.uri, access, namespace)
+    folder = opened(cluster, prefix.uri, access, namespace)
     try:
         folder.fs.rm(folder.path + "/", recursive=True)
     except FileNotFoundError:
@@ -46,19 +47,26 @@ def remove_prefix(
         raise ArtifactError(f"artifacts kept: {object_store.failure(prefix.uri, error)}") from None
 
 
-def _opened(cluster: ClusterPort, uri: str, access: StoreAccess | None, namespace: str) -> UPath:
+def opened(cluster: ClusterPort, uri: str, access: StoreAccess | None, namespace: str) -> UPath:
+    """`uri` (an object store's) opened with the keys of `access`'s Secret in `namespace` (none named:
+    the operator's ambient credentials). Raises :class:`ArtifactError` when the Secret cannot be read."""
     settings = access.settings if access is not None else object_store.ObjectStore()
     credentials = {}
-    if access is not None and access.secret_name:
-        credentials = secret_keys(cluster, namespace, access.secret_name)
+    provider = object_store.provider_of(uri)
+    if access is not None and access.secret_name and provider is not None:
+        credentials = secret_keys(cluster, namespace, access.secret_name, provider)
     opened = object_store.location(uri, dataclasses.replace(settings, credentials=credentials))
     assert isinstance(opened, UPath), uri  # only object-store URIs come here
     return opened
 
 
-def secret_keys(cluster: ClusterPort, namespace: str, name: str) -> dict[str, str]:
-    """The object-store keys of Secret `namespace/name` (those of :data:`object_store.CREDENTIAL_KEYS`
-    it holds)."""
+def secret_keys(
+    cluster: ClusterPort, namespace: str, name: str, provider: object_store.Provider = "s3"
+) -> dict[str, str]:
+    """`provider`'s keys in Secret `namespace/name` (those of :data:`object_store.PROVIDER_KEYS` it
+    holds): S3's two or three, GCS's ``key.json`` (checked to be a JSON object), one or more of Azure's."""
+    required, needs = object_store.REQUIRED_KEYS[provider]
+    wanted = " and ".join(required) if needs == "all" else "one of " + ", ".join(required)
     where = f"Secret {namespace}/{name} (spec.objectStore.secretName, or the operator's --object-store)"
     try:
         secret = cluster.get("v1", "Secret", namespace, name)
@@ -69,13 +77,10 @@ def secret_keys(cluster: ClusterPort, namespace: str, name: str) -> dict[str, st
             ) from None
         raise
     if secret is None:
-        raise ArtifactError(
-            f"{where} does not exist: create it with the keys {object_store.ACCESS_KEY_ID} and "
-            f"{object_store.SECRET_ACCESS_KEY}"
-        )
+        raise ArtifactError(f"{where} does not exist: create it with the keys {wanted}")
     data = secret.get("data") or {}
     keys: dict[str, str] = {}
-    for key in object_store.CREDENTIAL_KEYS:
+    for key in object_store.PROVIDER_KEYS[provider]:
         if key in data:
             try:
                 keys[key] = base64.b64decode(data[key], validate=True).decode()
@@ -83,7 +88,16 @@ def secret_keys(cluster: ClusterPort, namespace: str, name: str) -> dict[str, st
                 raise ArtifactError(f"{where}: the value of {key} is not base64 of UTF-8 text") from None
         elif key in (secret.get("stringData") or {}):  # a Secret as `frugal up` keeps it, never encoded
             keys[key] = str(secret["stringData"][key])
-    missing = [k for k in (object_store.ACCESS_KEY_ID, object_store.SECRET_ACCESS_KEY) if k not in keys]
-    if missing:
+    missing = [k for k in required if k not in keys]
+    if missing and (needs == "all" or len(missing) == len(required)):
         raise ArtifactError(f"{where} has no {' or '.join(missing)}")
+    if object_store.GCS_KEY_FILE in keys and not _json_object(keys[object_store.GCS_KEY_FILE]):
+        raise ArtifactError(f"{where}: {object_store.GCS_KEY_FILE} is not a service-account JSON key")
     return keys
+
+
+def _json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False

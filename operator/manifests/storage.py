@@ -5,9 +5,11 @@
 - ``pvc://claim/sub/dir`` — a PersistentVolumeClaim mounted in pods at :data:`POD_MOUNT`; the operator
   reads it under its own ``--pvc-root`` (the chart mounts the default claim there);
 
-- ``s3://bucket/prefix`` — an object store: pods mount nothing, the components read and write the URI
-  themselves (``frugal.storage``), and the operator reads manifests, reports and profiles through it
-  with the keys of the ModelDeployment's object-store Secret (:class:`StoreAccess`).
+- ``s3://bucket/prefix``, ``gs://bucket/prefix``, ``az://container/prefix`` — an object store: pods
+  mount no volume for it, the components read and write the URI themselves (``frugal.storage``), and
+  the operator reads manifests, reports and profiles through it with the keys of the ModelDeployment's
+  object-store Secret (:class:`StoreAccess`). The keys reach pods as environment variables (S3, Azure)
+  or, for GCS, as the Secret's ``key.json`` mounted read-only at :data:`KEY_MOUNT`.
 
 Each ModelDeployment generation gets ``<root>/<namespace>/<name>/gen-<N>``.
 
@@ -47,26 +49,57 @@ POD_MOUNT = "/var/lib/frugal/artifacts"
 VOLUME_NAME = "artifacts"
 CLAIMS_MOUNT = "/var/lib/frugal/claims"
 PVC_ROOT_ENV = "FRUGAL_PVC_ROOT"
-STORAGE_SCHEMES = ("file", "pvc", "s3")  # what spec.storage.uri's pattern in the CRD admits
+# what spec.storage.uri's pattern in the CRD admits
+STORAGE_SCHEMES = ("file", "pvc", *object_store.OBJECT_STORE_SCHEMES)
+KEY_VOLUME = "object-store-key"
+KEY_MOUNT = "/var/run/secrets/frugal/object-store"  # the GCS key file: <KEY_MOUNT>/key.json
+KEY_FILE_MODE = 0o440  # read-only, owner root and the pod's fsGroup
 
 
 @dataclass(frozen=True)
 class StoreAccess:
-    """How a ModelDeployment's pods reach its object store: the settings as fsspec's ``FSSPEC_S3``, the
-    keys as references to the Secret (its values never enter a manifest)."""
+    """How a ModelDeployment's pods reach its object store: the settings as fsspec's ``FSSPEC_S3``,
+    ``FSSPEC_GCS`` or ``FSSPEC_AZ`` for each provider its URIs name, the keys as references to the Secret
+    (its values never enter a manifest): S3's and Azure's as environment variables, GCS's key file as a
+    read-only Secret volume that ``GOOGLE_APPLICATION_CREDENTIALS`` names."""
 
     secret_name: str | None
     settings: object_store.ObjectStore
+    providers: tuple[object_store.Provider, ...] = ("s3",)
 
     def env(self) -> list[dict[str, Any]]:
-        env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in self.settings.environment().items()]
-        if self.secret_name:
-            for key in object_store.CREDENTIAL_KEYS:
-                ref = {"name": self.secret_name, "key": key}
-                if key == object_store.SESSION_TOKEN:
-                    ref["optional"] = True  # type: ignore[assignment]
+        env: list[dict[str, Any]] = [
+            {"name": k, "value": v} for k, v in self.settings.environment(self.providers).items()
+        ]
+        if not self.secret_name:
+            return env
+        for provider in self.providers:
+            if provider == "gcs":
+                path = posixpath.join(KEY_MOUNT, object_store.GCS_KEY_FILE)
+                env.append({"name": object_store.GCS_CREDENTIALS_ENV, "value": path})
+                continue
+            required, needs = object_store.REQUIRED_KEYS[provider]
+            for key in object_store.PROVIDER_KEYS[provider]:
+                ref: dict[str, Any] = {"name": self.secret_name, "key": key}
+                if needs == "any" or key not in required:
+                    ref["optional"] = True
                 env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
         return env
+
+    def volumes(self) -> list[dict[str, Any]]:
+        """The GCS key file's Secret volume (only its ``key.json``), where a GCS URI is in use."""
+        if not self.secret_name or "gcs" not in self.providers:
+            return []
+        key = object_store.GCS_KEY_FILE
+        secret = {
+            "secretName": self.secret_name,
+            "items": [{"key": key, "path": key}],
+            "defaultMode": KEY_FILE_MODE,
+        }
+        return [{"name": KEY_VOLUME, "secret": secret}]
+
+    def mounts(self) -> list[dict[str, Any]]:
+        return [{"name": v["name"], "mountPath": KEY_MOUNT, "readOnly": True} for v in self.volumes()]
 
 
 def store_access(
@@ -74,13 +107,20 @@ def store_access(
 ) -> StoreAccess | None:
     """The object-store access of pods that use `uris`: None when none is an object store; else the
     spec's ``objectStore``, or the operator's default, or (neither) the pods' own ambient credentials."""
-    if not any(object_store.is_object_store(uri) for uri in uris):
+    providers = tuple(sorted({p for uri in uris if (p := object_store.provider_of(uri)) is not None}))
+    if not providers:
         return None
     chosen = spec_store or default
     if chosen is None:
-        return StoreAccess(None, object_store.ObjectStore())
-    settings = object_store.ObjectStore(chosen.endpoint, chosen.region, chosen.addressing_style)
-    return StoreAccess(chosen.secret_name, settings)
+        return StoreAccess(None, object_store.ObjectStore(), providers)
+    settings = object_store.ObjectStore(
+        chosen.endpoint,
+        chosen.region,
+        chosen.addressing_style,
+        project=chosen.project,
+        account_name=chosen.account_name,
+    )
+    return StoreAccess(chosen.secret_name, settings, providers)
 
 
 @dataclass(frozen=True)
@@ -96,9 +136,10 @@ class ArtifactLocation:
     access: StoreAccess | None = None
 
     def mount(self, read_only: bool) -> list[dict[str, Any]]:
+        keys = [] if self.access is None else self.access.mounts()
         if self.volume is None:
-            return []
-        return [{"name": VOLUME_NAME, "mountPath": self.volume_mount_path, "readOnly": read_only}]
+            return keys
+        return [{"name": VOLUME_NAME, "mountPath": self.volume_mount_path, "readOnly": read_only}, *keys]
 
     @property
     def volume_mount_path(self) -> str:
@@ -107,7 +148,9 @@ class ArtifactLocation:
         return POD_MOUNT
 
     def volumes(self) -> list[dict[str, Any]]:
-        return [] if self.volume is None else [self.volume]
+        """The artifacts' volume (none for an object store) and the GCS key file's, if any."""
+        keys = [] if self.access is None else self.access.volumes()
+        return keys if self.volume is None else [self.volume, *keys]
 
     def env(self) -> list[dict[str, Any]]:
         """What pods need to reach the object store (nothing without one)."""
@@ -178,7 +221,7 @@ def locate(
     if object_store.is_object_store(root_uri):
         if not parsed.netloc or has_parent_segment(parsed.path):
             raise ValueError(
-                f"artifact storage {root_uri!r}: use s3://<bucket>/<prefix> without '..' segments"
+                f"artifact storage {root_uri!r}: use {parsed.scheme}://<bucket>/<prefix> without '..' segments"
             )
         uri = (
             f"{parsed.scheme}://{parsed.netloc}/{posixpath.join(parsed.path.strip('/'), suffix).lstrip('/')}"
@@ -200,8 +243,8 @@ def locate(
             f"pvc://{claim}/{posixpath.join(sub, suffix)}", pod_path, volume, operator_path, access
         )
     raise ValueError(
-        f"artifact storage {root_uri!r} is not supported: use s3://<bucket>/<prefix>, pvc://<claim>/<path> "
-        "or file:///<path>"
+        f"artifact storage {root_uri!r} is not supported: use s3://, gs:// or az://<bucket>/<prefix>, "
+        "pvc://<claim>/<path> or file:///<path>"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from upath import UPath
@@ -55,8 +56,71 @@ def test_location_is_a_path_for_files_and_a_upath_for_s3() -> None:
     assert isinstance(remote, UPath) and object_store.is_remote(remote) and str(remote) == "s3://bucket/gen-1"
     assert not object_store.is_remote(location("/srv/a"))
     assert object_store.is_object_store("s3://b/k") and not object_store.is_object_store("file:///x")
-    with pytest.raises(ValueError, match="'gs' is not supported"):
-        location("gs://bucket/x")
+    with pytest.raises(ValueError, match="'https' is not supported"):
+        location("https://host/x")
+
+
+@pytest.mark.parametrize(
+    ("uri", "provider"),
+    [
+        ("s3://b/k", "s3"),
+        ("gs://b/k", "gcs"),
+        ("gcs://b/k", "gcs"),
+        ("az://c/k", "azure"),
+        ("abfs://c/k", "azure"),
+    ],
+)
+def test_gcs_and_azure_uris_are_object_store_locations(uri: str, provider: str) -> None:
+    assert object_store.provider_of(uri) == provider and object_store.is_object_store(uri)
+    remote = location(uri)
+    assert isinstance(remote, UPath) and object_store.is_remote(remote) and str(remote) == uri
+    assert object_store.provider_of("file:///x") is None and object_store.provider_of("pvc://c/x") is None
+
+
+def test_each_providers_settings_go_to_its_own_fsspec_variable_without_keys() -> None:
+    key_json = json.dumps({"type": "service_account", "private_key": SECRET})
+    store = ObjectStore(
+        endpoint="https://store.example:9443/acct",
+        region="eu-west-1",
+        project="frugal-models",
+        account_name="frugalmodels",
+        credentials={"key.json": key_json, "AZURE_STORAGE_ACCOUNT_KEY": SECRET},
+    )
+    assert store.settings("gcs") == {
+        "endpoint_url": "https://store.example:9443/acct",
+        "project": "frugal-models",
+    }
+    assert store.settings("azure") == {
+        "account_name": "frugalmodels",
+        "account_host": "store.example:9443/acct",
+    }
+    env = store.environment(("gcs", "azure"))
+    assert list(env) == ["FSSPEC_GCS", "FSSPEC_AZ"]
+    assert json.loads(env["FSSPEC_AZ"]) == store.settings("azure") and SECRET not in json.dumps(env)
+    assert store.storage_options("azure")["account_key"] == SECRET
+    assert store.storage_options("gcs")["token"] == json.loads(key_json)  # gcsfs takes the key as a dict
+    assert "key" not in store.storage_options("s3") and store.storage_options("s3")["endpoint_url"]
+    assert ObjectStore().environment(("s3", "gcs", "azure")) == {}
+    sas = ObjectStore(credentials={"AZURE_STORAGE_SAS_TOKEN": "sv=1&sig=x"}).storage_options("azure")
+    assert sas == {"sas_token": "sv=1&sig=x"}
+
+
+def test_fsspec_applies_the_variables_to_every_scheme_of_the_provider() -> None:
+    import fsspec.config
+    import gcsfs.core
+    from adlfs import AzureBlobFileSystem
+
+    conf: dict[str, dict[str, Any]] = {}
+    env = ObjectStore(endpoint="http://gcs:4443", project="p", account_name="acct").environment(
+        ("gcs", "azure")
+    )
+    fsspec.config.set_conf_env(conf, env)
+    assert fsspec.config.apply_config(gcsfs.core.GCSFileSystem, {}, conf) == {
+        "endpoint_url": "http://gcs:4443",
+        "project": "p",
+    }
+    assert fsspec.config.apply_config(AzureBlobFileSystem, {}, conf)["account_name"] == "acct"
+    assert fsspec.get_filesystem_class("gs") is gcsfs.core.GCSFileSystem  # the stable one (see object_store)
 
 
 def test_failure_names_the_uri_and_the_class_only() -> None:
@@ -207,6 +271,38 @@ def test_serve_takes_an_s3_uri_and_a_fetch_dir() -> None:
     local, _ = parse_config(["--artifacts", "/a", "--variant", "fp32"], {})
     assert local.artifacts == Path("/a") and local.fetch_dir is None
     assert isinstance(ServeConfig(artifacts=Path("/a"), variant="v").artifacts, Path)
+
+
+def test_each_providers_refusals_take_the_same_kinds_and_no_key_is_quoted() -> None:
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+    )
+    from azure.storage.blob._shared.authentication import AzureSigningError
+    from gcsfs.retry import HttpError
+    from google.auth.exceptions import DefaultCredentialsError
+
+    denied = HttpResponseError(f"signature mismatch for {SECRET}")
+    denied.status_code = 403
+    cases = [
+        ("az://c/k", denied, "PermissionError", "HttpResponseError"),
+        ("az://c/k", ClientAuthenticationError(SECRET), "PermissionError", "ClientAuthenticationError"),
+        ("az://c/k", AzureSigningError(SECRET), "PermissionError", "AzureSigningError"),
+        ("az://c/k", ResourceNotFoundError(SECRET), "FileNotFoundError", "ResourceNotFoundError"),
+        ("gs://b/k", HttpError({"code": 401, "message": SECRET}), "PermissionError", "HttpError"),
+        ("gs://b/k", OSError(f"Forbidden: b/k\n{SECRET}"), "PermissionError", "OSError"),
+        ("gs://b/k", DefaultCredentialsError(SECRET), "NoCredentialsError", "DefaultCredentialsError"),
+    ]
+    for uri, error, kind, original in cases:
+        failed = failure(uri, error)
+        assert failed.kind == kind and failed.refused, (error, str(failed))
+        assert str(failed).startswith(f"{uri}: {kind} ({original})") and SECRET not in str(failed)
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in str(failure("gs://b/k", DefaultCredentialsError()))
+    unreachable = failure("az://c/k", ServiceRequestError(SECRET))
+    assert not unreachable.refused and str(unreachable) == "az://c/k: ServiceRequestError"
+    assert not failure("gs://b/k", HttpError({"code": 503})).refused
 
 
 def test_refusals_are_bad_input_and_the_rest_a_failed_run() -> None:

@@ -54,6 +54,17 @@ def test_host_path_is_off_unless_the_flag_or_the_variable_turns_it_on() -> None:
     assert options(env={"FRUGAL_ALLOW_HOST_PATH": "false"}).settings.allow_host_path is False
 
 
+def test_the_node_cache_is_off_unless_its_root_is_given_as_an_absolute_path() -> None:
+    assert options(env=CHART_ENV).settings.node_cache_root is None
+    assert options("--node-cache-root", "/var/lib/frugal/model-cache/").settings.node_cache_root == (
+        "/var/lib/frugal/model-cache"
+    )
+    assert options(env={"FRUGAL_NODE_CACHE_ROOT": "/cache"}).settings.node_cache_root == "/cache"
+    for bad in ("cache", "/var/../etc"):
+        with pytest.raises(OptionError, match=r"absolute path without '\.\.'"):
+            options("--node-cache-root", bad)
+
+
 def test_network_policies_are_off_unless_asked_for_and_name_the_monitoring_namespace() -> None:
     assert options(env=CHART_ENV).settings.network_policies is False
     got = options("--network-policies", "--monitoring-namespace", "obs", env=CHART_ENV).settings
@@ -76,7 +87,7 @@ def test_empty_variables_count_as_unset() -> None:
         ((), {"FRUGAL_LOG_LEVEL": "verbose"}, "FRUGAL_LOG_LEVEL='verbose': use one of DEBUG, INFO"),
         (("--interval", "0"), {}, "--interval='0': must be greater than 0"),
         (("--namespace", " , "), {}, "--namespace=' , ': name at least one namespace"),
-        ((), {"FRUGAL_STORAGE_URI": "gs://b/frugal"}, "FRUGAL_STORAGE_URI='gs://b/frugal': use s3://<bucket>/<prefix>"),
+        ((), {"FRUGAL_STORAGE_URI": "https://b/frugal"}, "FRUGAL_STORAGE_URI='https://b/frugal': use s3://, gs:// or az://<bucket>/<prefix>"),
         ((), {"FRUGAL_OBJECT_STORE": '{"addressingStyle": "dns"}'}, "FRUGAL_OBJECT_STORE='{\"addressingStyle\": \"dns\"}': addressingStyle: "),
         ((), {"FRUGAL_ALLOW_HOST_PATH": "maybe"}, "FRUGAL_ALLOW_HOST_PATH='maybe': expected true or false"),
         (("--monitoring-namespace", "Mon_itoring"), {}, "--monitoring-namespace='Mon_itoring': not a namespace"),

@@ -381,6 +381,8 @@ def full_md() -> dict[str, Any]:
             "endpoint": "http://seaweedfs.storage:8333",
             "region": "us-east-1",
             "addressingStyle": "path",
+            "project": "frugal-models",
+            "accountName": "frugalmodels",
         },
     )
     document["status"] = FULL_STATUS
