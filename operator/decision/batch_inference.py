@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from frugal.operator.api.models import BatchSelected
+from frugal.operator.api.models import BatchSelected, ObjectStore
 from frugal.operator.api.spec import BatchInferenceSpec, HardwareProfileSpec
 from frugal.operator.decision import batch_placement
 from frugal.operator.decision.conditions import ABSENT_JOB, Condition, Job, JobState
 from frugal.operator.decision.decide import file_uri_refusal, planner_profile
 from frugal.operator.manifests import batch_jobs
 from frugal.operator.manifests.batch_jobs import Location
+from frugal.operator.manifests.storage import StoreAccess, store_access
 
 
 class BatchPhase(StrEnum):
@@ -44,6 +45,7 @@ class ResolvedModel:
     throughput: Mapping[str, float] = field(default_factory=dict)
     report_throughput: float | None = None
     price_per_kwh: float = 0.15
+    object_store: ObjectStore | None = None  # the ModelDeployment's spec.objectStore, when one is named
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class BatchObserved:
     model: ResolvedModel | None = None
     model_error: str | None = None
     input_error: str | None = None
+    # Why the object store's keys cannot be read (a Secret missing or not readable by the operator)
+    store_error: str | None = None
     missing_profiles: tuple[str, ...] = ()
     workers: Job = ABSENT_JOB
     aggregate: Job = ABSENT_JOB
@@ -86,10 +90,12 @@ def decide_batch(
     observed: BatchObserved,
     image: str | Callable[[HardwareProfileSpec], str],
     allow_host_path: bool = False,
+    default_store: ObjectStore | None = None,
 ) -> BatchDecision:
     """`image`: the workers' image, or what gives it for their profile (the operator's
     Settings.serving_image_for). `allow_host_path`: file:// URIs are accepted (the operator's
-    --allow-host-path), else refused."""
+    --allow-host-path), else refused. `default_store`: the operator's object store (--object-store),
+    for s3:// locations when neither the batch nor its ModelDeployment names one."""
     if (refused := refusal(batch, allow_host_path)) is not None:
         return refused
     if observed.missing_profiles:
@@ -105,6 +111,8 @@ def decide_batch(
         return _stopped(
             BatchPhase.PENDING, PLANNED, reason, observed.model_error or "the model is not known yet"
         )
+    if observed.store_error:
+        return _stopped(BatchPhase.PENDING, PLANNED, "ObjectStoreUnreadable", observed.store_error)
     if observed.input_error:
         return _stopped(BatchPhase.FAILED, PLANNED, "InputUnreadable", observed.input_error)
     model = observed.model
@@ -137,11 +145,14 @@ def decide_batch(
     worker_image = image if isinstance(image, str) else image(profile)
     workers = selected.workers
     config = batch_jobs.worker_config(batch, locations, model.variant, profile, model.price_per_kwh)
+    access = batch_store_access(batch, model, locations, default_store)
     planned = Condition(PLANNED, True, "Placed", selected.reason or "")
     status.update(_progress_status(observed.progress, profile, model.price_per_kwh))
     to_apply: list[dict[str, Any]] = []
     if observed.workers.state is JobState.ABSENT:
-        to_apply.append(batch_jobs.desired_worker_job(batch, profile, worker_image, locations, config, workers))
+        to_apply.append(
+            batch_jobs.desired_worker_job(batch, profile, worker_image, locations, config, workers, access)
+        )
     if observed.workers.state is JobState.FAILED:
         failed = Condition(SCORED, False, "WorkerFailed", _failure(observed.workers, "scoring"))
         return BatchDecision((), BatchPhase.FAILED, failed.message, (planned, failed), status)
@@ -152,7 +163,9 @@ def decide_batch(
         SCORED, True, "AllShardsScored", _progress_message(observed.progress, workers, profile)
     )
     if observed.aggregate.state is JobState.ABSENT:
-        to_apply.append(batch_jobs.desired_aggregate_job(batch, profile, worker_image, locations, config))
+        to_apply.append(
+            batch_jobs.desired_aggregate_job(batch, profile, worker_image, locations, config, access)
+        )
     if observed.aggregate.state is JobState.FAILED:
         failed = Condition(COMPLETE, False, "AggregationFailed", _failure(observed.aggregate, "aggregation"))
         return BatchDecision((), BatchPhase.FAILED, failed.message, (planned, scored, failed), status)
@@ -171,6 +184,19 @@ def candidate_names(
 ) -> tuple[str, ...]:
     """spec.hardwareProfiles, else every profile given (the ModelDeployment's serving profiles)."""
     return batch.hardware_profiles or tuple(profiles)
+
+
+def batch_store_access(
+    batch: BatchInferenceSpec,
+    model: ResolvedModel | None,
+    locations: Mapping[str, Location],
+    default_store: ObjectStore | None,
+) -> StoreAccess | None:
+    """How the batch's pods (and the operator, reading progress) reach the object store of its s3://
+    locations: the batch's spec.objectStore, else its ModelDeployment's, else the operator's; None
+    when no location is in a bucket."""
+    spec_store = batch.spec.object_store or (model.object_store if model is not None else None)
+    return store_access(spec_store, default_store, [location.uri for location in locations.values()])
 
 
 def refusal(batch: BatchInferenceSpec, allow_host_path: bool) -> BatchDecision | None:

@@ -16,7 +16,9 @@ its node's disk.
 
 Volumes: each pvc:// claim the batch names (input, output, artifacts) is mounted once at
 ``<CLAIMS_MOUNT>/<claim>`` (writable if the output is on it), each file:// location as a hostPath at
-its own path (for ``frugal up``-style single-node use).
+its own path (for ``frugal up``-style single-node use). An s3:// location needs no volume: the pods
+read and write the bucket themselves, with the store's settings and references to its Secret's keys
+as environment (:class:`~frugal.operator.manifests.storage.StoreAccess`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from urllib.parse import urlparse
 
 from frugal.operator.api.spec import BatchInferenceSpec, HardwareProfileSpec, Owner, has_parent_segment
 from frugal.operator.manifests import names, pod_specs, storage
+from frugal.operator.manifests.storage import StoreAccess
+from frugal.storage import object_store
 
 CONFIG_ENV = "FRUGAL_BATCH_CONFIG"
 LABEL_BATCH = "frugal.dev/batch-inference"
@@ -42,21 +46,32 @@ INPUT, OUTPUT, ARTIFACTS = "input", "output", "artifacts"
 
 @dataclass(frozen=True)
 class Location:
-    """A URI as a pod sees it and as the operator sees it (None: it cannot)."""
+    """A URI as a pod sees it and as the operator sees it on its own filesystem (None: it cannot; a
+    bucket's objects the operator reads with the store's keys instead)."""
 
     uri: str
     pod_path: str
     operator_path: Path | None
 
+    @property
+    def in_object_store(self) -> bool:
+        return object_store.is_object_store(self.uri)
+
 
 def locate(uri: str, pvc_root: Path | None) -> Location:
     parsed = urlparse(uri)
+    if object_store.is_object_store(uri):
+        if not parsed.netloc or has_parent_segment(parsed.path):  # the CRD refuses these too
+            raise ValueError(f"{uri!r}: use s3://<bucket>/<key or prefix> without '..' segments")
+        return Location(uri, uri, None)
     if parsed.scheme == "file":
         path = posixpath.normpath(parsed.path or "/")
         return Location(uri, path, Path(path))
     pvc = storage.split_pvc(uri)
     if pvc is None:
-        raise ValueError(f"{uri!r}: a batch reads and writes pvc://<claim>/<path> or file:///<path>")
+        raise ValueError(
+            f"{uri!r}: a batch reads and writes s3://<bucket>/<prefix>, pvc://<claim>/<path> or file:///<path>"
+        )
     claim, sub = pvc
     if has_parent_segment(sub):  # the CRD refuses these; never address outside the named claim path
         raise ValueError(f"{uri!r}: '..' path segments are not allowed")
@@ -111,8 +126,10 @@ def desired_worker_job(
     locations: Mapping[str, Location],
     config: Mapping[str, Any],
     workers: int,
+    access: StoreAccess | None = None,
 ) -> dict[str, Any]:
-    """The Indexed Job of `workers` scoring pods on `profile`'s pool."""
+    """The Indexed Job of `workers` scoring pods on `profile`'s pool; `access`: how they reach the
+    object store of the batch's s3:// locations."""
     command = ["frugal", "batch-worker", "--count", str(workers)]
     spec = {
         "completionMode": "Indexed",
@@ -122,7 +139,7 @@ def desired_worker_job(
         "maxFailedIndexes": 0,
         "activeDeadlineSeconds": batch.spec.deadline_seconds or SCORE_DEADLINE_SECONDS,
     }
-    return _job(batch, "score", "batch-worker", profile, image, locations, config, command, spec)
+    return _job(batch, "score", "batch-worker", profile, image, locations, config, command, spec, access)
 
 
 def desired_aggregate_job(
@@ -131,6 +148,7 @@ def desired_aggregate_job(
     image: str,
     locations: Mapping[str, Location],
     config: Mapping[str, Any],
+    access: StoreAccess | None = None,
 ) -> dict[str, Any]:
     """The Job that joins the shards in input order (on the workers' profile: its image has the runtime)."""
     command = ["frugal", "batch-aggregate"]
@@ -144,6 +162,7 @@ def desired_aggregate_job(
         config,
         command,
         {"backoffLimit": RETRIES_PER_INDEX, "activeDeadlineSeconds": AGGREGATE_DEADLINE_SECONDS},
+        access,
     )
 
 
@@ -157,6 +176,7 @@ def _job(
     config: Mapping[str, Any],
     command: list[str],
     spec: dict[str, Any],
+    access: StoreAccess | None,
 ) -> dict[str, Any]:
     owner = batch.owner
     job_labels = labels(owner, component)
@@ -168,9 +188,14 @@ def _job(
         "env": [
             *pod_specs.SCRATCH_ENV,
             {"name": CONFIG_ENV, "value": json.dumps(dict(config), sort_keys=True)},
+            *(access.env() if access is not None else []),
         ],
         "securityContext": dict(pod_specs.CONTAINER_SECURITY),
-        "volumeMounts": [*mounts, {"name": pod_specs.SCRATCH_VOLUME, "mountPath": pod_specs.SCRATCH_PATH}],
+        "volumeMounts": [
+            *mounts,
+            *(access.mounts() if access is not None else []),
+            {"name": pod_specs.SCRATCH_VOLUME, "mountPath": pod_specs.SCRATCH_PATH},
+        ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if resources := pod_specs.resources(profile):
@@ -180,7 +205,7 @@ def _job(
         "automountServiceAccountToken": False,
         "securityContext": dict(pod_specs.POD_SECURITY),
         "containers": [container],
-        "volumes": [*volumes, pod_specs.scratch_volume()],
+        "volumes": [*volumes, *(access.volumes() if access is not None else []), pod_specs.scratch_volume()],
         **pod_specs.scheduling(profile),
     }
     metadata = {
@@ -199,6 +224,8 @@ def _volumes(locations: Mapping[str, Location]) -> tuple[list[dict[str, Any]], l
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     for role, location in locations.items():
+        if location.in_object_store:
+            continue
         pvc = storage.split_pvc(location.uri)
         if pvc is not None:
             claims[pvc[0]] = claims.get(pvc[0], False) or role == OUTPUT

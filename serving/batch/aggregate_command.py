@@ -15,6 +15,7 @@ from pathlib import Path
 
 from frugal.serving.batch.engine import BatchError, aggregate, config_from, summary_json
 from frugal.serving.batch.worker_command import setup_logging
+from frugal.storage.object_store import ObjectStoreError
 
 PROG = "frugal batch-aggregate"
 
@@ -38,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BatchError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except ObjectStoreError as exc:  # not refused: unreachable, a timeout, a failed run the Job retries
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
     print(summary_json(summary))
     return 0
 

@@ -18,7 +18,7 @@ The output directory (nothing else is written there)::
     <output>/shards/part-00000.done   its marker (JSON, see Marker): rows, seconds, worker, pid, host, ...
     <output>/predictions.npz          every output, the shards concatenated in input order
     <output>/summary.json             rows, shards, workers, seconds, rows/s, busy seconds, cost, energy
-    <output>/.batch.lock              taken (fcntl) while a process settles or aggregates the output
+    <output>/.batch.lock              taken (fcntl) while a process settles or aggregates (not in a bucket)
 
 ``predictions.npz`` marks a finished run: without ``overwrite`` a worker or aggregator refuses to
 touch it. With ``overwrite`` the first process to find it (under the lock, so concurrent workers do
@@ -35,6 +35,18 @@ its directory opened with ``O_NOFOLLOW`` (``shards/``; the output directory itse
 choose, link or not), so a link swapped in after the check is not followed either
 (:mod:`frugal.serving.batch.output_dir`).
 
+In an object store (``input``/``output`` as ``s3://bucket/prefix``, the connection from the environment
+as for artifacts) the layout is the same, less the lock, and there are no links to refuse. A bucket
+has no rename: each object is one PUT of bytes serialised in memory, whole or absent, the part before
+its marker and the summary before the predictions (:mod:`frugal.serving.batch.bucket_output`). No two
+workers write the same object: worker ``i`` owns shards ``i, i+n, ...``, an Indexed Job starts a pod's
+replacement only once it is gone, and a shard's bytes are the same whoever computes them. Overwrite
+takes no lock: a process that finds ``predictions.npz`` removes ``summary.json``, then only the shard
+objects whose LastModified is not later than the predictions' (the finished run's: a concurrent
+worker's fresh shards are later and stay), then ``predictions.npz``. An input object's identity in a
+marker is its size and LastModified. A store's refusal (a key, the policy, no bucket) is a BatchError
+naming the URI and the error's class; an unreachable store is a crash the Job retries.
+
 Every input file is checked against the model's inputs from its metadata before anything is
 written or removed. What only the rows can tell (nulls, rows of a list column of different lengths)
 shows when that shard is read: the worker stops there with the error, the shards before it kept.
@@ -48,27 +60,29 @@ so the config can carry a hardware profile's power as the operator writes it.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import logging
 import os
-import shutil
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from frugal.serving.batch import output_dir
+from frugal.serving.batch.batch_config import CONFIG_ENV, BatchConfig, config_from, parse_config
+from frugal.serving.batch.bucket_output import BucketOutput
 from frugal.serving.batch.inputs import (
     BatchError,
     FileInfo,
     Shard,
     ShardReader,
+    data_location,
     describe,
     input_files,
     local_path,
@@ -78,14 +92,16 @@ from frugal.serving.batch.inputs import (
 from frugal.serving.batch.output_dir import (
     MARKER_SUFFIX,
     Layout,
+    LocalOutput,
     Marker,
+    OutputFiles,
     read_marker,
     refuse_finished,
 )
 from frugal.serving.server import artifacts
 from frugal.serving.server.artifacts import ArtifactError, Manifest, TensorSpec, Variant
 from frugal.storage import object_store
-from frugal.storage.object_store import ObjectStoreError
+from frugal.storage.object_store import Location, ObjectStoreError, is_remote
 
 if TYPE_CHECKING:
     from frugal.serving.server.runtime import OnnxModel
@@ -115,62 +131,8 @@ __all__ = [
 
 log = logging.getLogger("frugal.serving.batch")
 
-CONFIG_ENV = "FRUGAL_BATCH_CONFIG"  # the config as JSON text, as the operator's Jobs pass it
 SECONDS_PER_HOUR = 3600.0
 JOULES_PER_KWH = 3.6e6
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-
-class BatchConfig(_Model):
-    """One batch: what to score, with which variant, where the results go, and its prices."""
-
-    input: str  # an .npz, a .parquet or a directory of them (name order = input order)
-    output: str  # a directory
-    artifacts: str  # an artifact directory as `frugal compress` writes it, or the s3:// URI it published to
-    fetch_dir: str | None = Field(None, alias="fetchDir")  # where s3:// artifacts are fetched to
-    variant: str  # a variant name in its manifest
-    batch_size: int = Field(64, alias="batchSize", ge=1)
-    rows_per_shard: int = Field(1024, alias="rowsPerShard", ge=1)
-    overwrite: bool = False
-    execution_provider: str = Field("CPUExecutionProvider", alias="executionProvider")
-    intra_op_threads: int | None = Field(None, alias="intraOpThreads", ge=1)
-    verify_cache_dir: str | None = Field(None, alias="verifyCacheDir")
-    cost_per_hour: float | None = Field(None, alias="costPerHour", ge=0)
-    idle_watts: float | None = Field(None, alias="idleWatts", ge=0)
-    max_watts: float | None = Field(None, alias="maxWatts", ge=0)
-    price_per_kwh: float | None = Field(None, alias="pricePerKWh", ge=0)
-
-
-def parse_config(text: str | bytes, where: str) -> BatchConfig:
-    """A config from JSON text; a BatchError naming every invalid field on one line."""
-    try:
-        return BatchConfig.model_validate_json(text)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or '(root)'}: {error['msg']}" for error in exc.errors()
-        )
-        raise BatchError(f"config {where} is invalid: {problems}") from None
-
-
-def config_from(path: Path | None, environ: Mapping[str, str], overwrite: bool = False) -> BatchConfig:
-    """The CLIs' config: the file given, else the JSON in ``$FRUGAL_BATCH_CONFIG`` (the operator's
-    Jobs); `overwrite` (a CLI's ``--overwrite``) turns the config's overwrite on."""
-    config = _read_config(path, environ)
-    return config.model_copy(update={"overwrite": True}) if overwrite else config
-
-
-def _read_config(path: Path | None, environ: Mapping[str, str]) -> BatchConfig:
-    if path is not None:
-        try:
-            return parse_config(path.read_bytes(), str(path))
-        except OSError as exc:
-            raise BatchError(f"cannot read the config {path}: {exc.strerror}") from None
-    if environ.get(CONFIG_ENV):
-        return parse_config(environ[CONFIG_ENV], f"${CONFIG_ENV}")
-    raise BatchError(f"no config: pass --config FILE or set {CONFIG_ENV} to the config's JSON")
 
 
 class Summary(BaseModel):
@@ -233,18 +195,24 @@ class Run:
     inputs: tuple[TensorSpec, ...]
     files: tuple[FileInfo, ...]
     shards: tuple[Shard, ...]
+    output: OutputFiles
+
+    @functools.cached_property
+    def by_path(self) -> dict[Location, FileInfo]:
+        return {info.path: info for info in self.files}
 
     def expected(self, shard: Shard) -> dict[str, Any]:
-        """The marker fields that identify `shard` of this run's input and model."""
-        stat = shard.file.stat()
+        """The marker fields that identify `shard` of this run's input and model (the file's size and
+        modification time as planning found them; an object's LastModified)."""
+        info = self.by_path[shard.file]
         return {
             "shard": shard.index,
             "file": shard.file.name,
             "start": shard.start,
             "stop": shard.stop,
             "rows": shard.rows,
-            "input_size": stat.st_size,
-            "input_mtime_ns": stat.st_mtime_ns,
+            "input_size": info.size,
+            "input_mtime_ns": info.mtime_ns,
             "model_sha256": self.model_sha256,
         }
 
@@ -293,15 +261,16 @@ def _artifact_dir(config: BatchConfig) -> Path:
 def _open_run(config: BatchConfig, directory: Path, manifest: Manifest, variant: Variant,
               inputs: Sequence[TensorSpec]) -> Run:  # fmt: skip
     """The run's shards after checking every input file's metadata against `inputs`."""
-    root = local_path(config.input, "input")
+    root = data_location(config.input, "input")
     files = tuple(describe(path, inputs) for path in input_files(root))
     shards = tuple(plan(files, config.rows_per_shard))
     if not shards:
         raise BatchError(f"input {root} has no rows")
     entry = manifest.files.get(variant.file)
     sha = entry.sha256 if entry is not None else ""
-    layout = Layout(local_path(config.output, "output"))
-    return Run(config, layout, directory, manifest, variant, sha, tuple(inputs), files, shards)
+    layout = Layout(data_location(config.output, "output"))
+    output = BucketOutput(layout) if is_remote(layout.output) else LocalOutput(layout)
+    return Run(config, layout, directory, manifest, variant, sha, tuple(inputs), files, shards, output)
 
 
 def _load_model(config: BatchConfig, directory: Path, manifest: Manifest, variant: Variant) -> OnnxModel:
@@ -334,11 +303,9 @@ def _load_model(config: BatchConfig, directory: Path, manifest: Manifest, varian
 def finished(run: Run, shard: Shard) -> Marker | None:
     """The shard's marker when the shard is done for this run: a marker of this input and model, and
     its outputs beside it."""
-    for path in (run.layout.marker(shard.index), run.layout.part(shard.index)):
-        if path.is_symlink():
-            raise output_dir.planted(path)
+    run.output.refuse_links(run.layout.marker(shard.index), run.layout.part(shard.index))
     marker = read_marker(run.layout.marker(shard.index))
-    if marker is None or not run.matches(marker) or not run.layout.part(shard.index).is_file():
+    if marker is None or not run.matches(marker) or not run.output.is_file(run.layout.part(shard.index)):
         return None
     return marker
 
@@ -347,15 +314,12 @@ def _settle(run: Run) -> None:
     """Apply the output rules before a worker starts: refuse or (overwrite) discard a finished run;
     refuse or (overwrite) remove markers of another input or model. A matching unfinished run stays."""
     layout, overwrite = run.layout, run.config.overwrite
-    with output_dir.locked(layout):
-        output_dir.refuse_links(layout)
-        if layout.predictions.exists():
+    with run.output.guarded():
+        if run.output.exists(layout.predictions):
             if not overwrite:
                 raise output_dir.refused_finished(layout)
             log.info("overwrite: removing the finished run in %s", layout.output)
-            layout.summary.unlink(missing_ok=True)
-            shutil.rmtree(layout.shards, ignore_errors=True)
-            layout.predictions.unlink()  # last: until it is gone the run still reads as finished
+            run.output.discard_finished()
     # Outside the lock (reading every marker takes a while on a big run): concurrent workers of this
     # run only ever add matching markers, and removing a stale one twice is harmless. An unreadable
     # marker (one cut short by a machine crash) is not another run's: its shard is simply redone.
@@ -369,21 +333,33 @@ def _settle(run: Run) -> None:
             f"{layout.shards} holds {len(stale)} shard(s) of another input or model (e.g. {stale[0].name}): "
             "pass overwrite (--overwrite) to replace them or choose another output"
         )
-    if not stale:
-        return
-    shards = output_dir.open_dir(layout.shards)  # removed relative to it: a link swapped in is not followed
-    try:
-        for path in stale:
-            for name in (path.name, path.with_suffix(".npz").name):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=shards)
-    finally:
-        os.close(shards)
+    if stale:
+        run.output.remove_shards(stale)
 
 
 # ------------------------------------------------------------------------------------------ worker
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
+
+def _refusals_are_batch_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """An object store's refusal (keys, policy, no bucket) as a BatchError, which it is: bad input that
+    retrying cannot fix. Its message names the URI and the error's class, never a key."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except ObjectStoreError as exc:
+            if not exc.refused:
+                raise  # unreachable, a timeout: a crash the Job retries
+            raise BatchError(str(exc)) from None
+
+    return wrapper
+
+
+@_refusals_are_batch_errors
 def check(config: BatchConfig) -> Run:
     """Everything a worker checks before scoring, without scoring: the variant's files, that ONNX
     Runtime loads it, every input file against its inputs, and the output rules (with overwrite this
@@ -391,6 +367,7 @@ def check(config: BatchConfig) -> Run:
     return _prepare(config)[0]
 
 
+@_refusals_are_batch_errors
 def plan_run(config: BatchConfig) -> Run:
     """The run's shards from the input files' metadata, checked against the variant's inputs, without
     touching the output (what a placement needs to know before anything is written or removed).
@@ -407,6 +384,7 @@ def _prepare(config: BatchConfig) -> tuple[Run, OnnxModel]:
     return run, model
 
 
+@_refusals_are_batch_errors
 def run_worker(config: BatchConfig, index: int, count: int) -> WorkerResult:
     """Score shards ``index, index+count, ...`` that have no marker yet (one log line per shard)."""
     if count < 1 or not 0 <= index < count:
@@ -414,7 +392,7 @@ def run_worker(config: BatchConfig, index: int, count: int) -> WorkerResult:
     run, model = _prepare(config)
     mine = run.shards[index::count]
     reader = ShardReader(run.inputs)
-    output_dir.make_dir(run.layout.shards)
+    run.output.prepare()
     computed = rows = 0
     busy = 0.0
     for position, shard in enumerate(mine, 1):
@@ -436,7 +414,7 @@ def _score(run: Run, model: OnnxModel, reader: ShardReader, shard: Shard, index:
     outputs = infer(
         model, reader.read(shard), run.config.batch_size, f"{shard.file}: rows {shard.start}-{shard.stop}"
     )
-    output_dir.write_npz(run.layout, run.layout.part(shard.index), outputs)
+    run.output.write_npz(run.layout.part(shard.index), outputs)
     marker = Marker.model_validate(
         {
             **run.expected(shard),
@@ -451,7 +429,7 @@ def _score(run: Run, model: OnnxModel, reader: ShardReader, shard: Shard, index:
     )
     # Not synced: the outputs it vouches for are, and a marker lost or cut short by a machine crash
     # only makes the shard run again (one sync per shard instead of two; a sync costs ~5 ms here).
-    output_dir.write_json(run.layout, run.layout.marker(shard.index), marker, durable=False)
+    run.output.write_json(run.layout.marker(shard.index), marker, durable=False)
     return marker
 
 
@@ -484,6 +462,7 @@ def _signature(
     return _load_model(config, directory, manifest, variant).inputs
 
 
+@_refusals_are_batch_errors
 def aggregate(config: BatchConfig) -> Summary:
     """Join every shard's outputs in input order into ``predictions.npz`` and write ``summary.json``
     (the summary first: a run with predictions always has one). Raises BatchError when a shard is not
@@ -491,15 +470,14 @@ def aggregate(config: BatchConfig) -> Summary:
     directory, manifest, variant = _manifest(config)
     run = _open_run(config, directory, manifest, variant, _signature(config, directory, manifest, variant))
     layout = run.layout
-    with output_dir.locked(layout):
-        output_dir.refuse_links(layout)
-        if layout.predictions.exists() and not config.overwrite:
+    with run.output.guarded():
+        if run.output.exists(layout.predictions) and not config.overwrite:
             raise output_dir.refused_finished(layout)
         markers = _finished_markers(run)
         outputs = _join(run, markers)
         summary = summarise(run, markers, outputs)
-        output_dir.write_json(layout, layout.summary, summary)
-        output_dir.write_npz(layout, layout.predictions, outputs)
+        run.output.write_json(layout.summary, summary)
+        run.output.write_npz(layout.predictions, outputs)
     return summary
 
 
@@ -520,8 +498,9 @@ def _join(run: Run, markers: Sequence[Marker]) -> dict[str, np.ndarray]:
     for marker in markers:
         part = run.layout.part(marker.shard)
         try:
-            with np.load(part, allow_pickle=False) as handle:
-                arrays = {name: handle[name] for name in handle.files}
+            arrays = run.output.load_npz(part)
+        except ObjectStoreError:
+            raise
         except (OSError, ValueError) as exc:
             raise BatchError(
                 f"{part} is unreadable ({one_line(exc)}): delete {run.layout.marker(marker.shard).name} "

@@ -1,6 +1,8 @@
 """A batch's input: which files, how many rows, cut into shards, checked against the model's inputs.
 
-The input is an ``.npz`` file, a ``.parquet`` file, or a directory of such files read in name order.
+The input is an ``.npz`` file, a ``.parquet`` file, or a directory of such files read in name order;
+in an object store (``s3://bucket/key``), one such object or every such object directly under a prefix,
+likewise in name order (:func:`data_location`).
 An ``.npz`` holds one array per model input (other keys, e.g. ``labels``, are ignored), as the
 compression component's data files do; a ``.parquet`` holds one column per input, each row a scalar
 or a (nested) list of one length (a vector or matrix input), as `frugal.compression.loaders` reads
@@ -9,7 +11,7 @@ them. Serving never imports compression, so the reading is written again here.
 Each file is cut into ranges of ``rowsPerShard`` rows, numbered across files in input order, so
 every worker and the aggregator derive the same shards from the input alone. Planning reads only
 metadata (an ``.npz`` member's header, a ``.parquet`` footer), so a worker does not read the whole
-dataset to find its share; what only the rows can tell (the lengths of a list column's rows, nulls)
+dataset to find its share (an object's metadata comes in ranged reads of its file object); what only the rows can tell (the lengths of a list column's rows, nulls)
 is checked when a shard is read. Every problem is a :class:`BatchError` with a one-line message
 naming the file, the input and what the model expects.
 
@@ -25,24 +27,32 @@ plan itself to `MAX_SHARDS` shards, counted before a shard is made.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlparse
 
 import numpy as np
+from upath import UPath
 
 from frugal.serving.datatypes import oip_of_numpy
 from frugal.serving.server.artifacts import TensorSpec
+from frugal.storage import object_io, object_store
+from frugal.storage.object_store import Location, ObjectStoreError, is_remote
 
 SUFFIXES = (".npz", ".parquet")
 PVC_ROOT_ENV = "FRUGAL_PVC_ROOT"
 DEFLATE_MAX_RATIO = 1032  # deflate's largest expansion: a 258-byte match in about two bits
 PARQUET_ROWS_PER_BYTE = 4096  # pyarrow writes a constant column at ~300 rows a byte at most
 MAX_SHARDS = 100_000  # a plan this size is ~15 MB in each process that makes it
+METADATA_BLOCK = 1 << 16  # an object's metadata is read in ranges of this many bytes
+# What a format's reader raises for bytes it cannot parse; anything else reading an object is the store's.
+NPZ_ERRORS = (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError)
+FORMAT_ERRORS = (ValueError, KeyError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError)
 
 
 class BatchError(Exception):
@@ -68,10 +78,27 @@ def local_path(uri: str, field: str) -> Path:
     raise BatchError(f"{field}: {uri}: a batch reads local paths, file:// or pvc:// (not {parsed.scheme}://)")
 
 
-def input_files(root: Path) -> list[Path]:
-    """The input's files in input order: the file itself, or a directory's data files by name."""
+def data_location(uri: str, field: str) -> Location:
+    """Where a batch reads its input or writes its output: an object store's URI (``s3://``) as a
+    ``UPath`` whose connection comes from the environment (``FSSPEC_S3``, ``AWS_*``), anything else as
+    :func:`local_path` makes it."""
+    if object_store.is_object_store(uri):
+        return object_store.location(uri)
+    scheme = urlparse(uri).scheme
+    if scheme not in ("", "file", "pvc"):
+        raise BatchError(
+            f"{field}: {uri}: a batch reads local paths, file://, pvc:// or s3:// (not {scheme}://)"
+        )
+    return local_path(uri, field)
+
+
+def input_files(root: Location) -> list[Location]:
+    """The input's files in input order: the file itself, or a directory's data files by name (in an
+    object store: the object, or the objects directly under the prefix)."""
+    if isinstance(root, UPath):
+        return _input_objects(root)
     if root.is_dir():
-        files = sorted(
+        files: list[Location] = sorted(
             (p for p in root.iterdir() if p.suffix.lower() in SUFFIXES and not p.name.startswith(".")),
             key=lambda p: p.name,
         )
@@ -86,6 +113,25 @@ def input_files(root: Path) -> list[Path]:
     return [root]
 
 
+def _input_objects(root: UPath) -> list[Location]:
+    try:
+        prefix = object_io.is_prefix(root)
+    except FileNotFoundError:
+        raise BatchError(f"input {root} does not exist") from None
+    if not prefix:
+        if root.suffix.lower() not in SUFFIXES:
+            raise BatchError(f"input {root} is neither an .npz nor a .parquet object (nor a prefix of them)")
+        return [root]
+    files: list[Location] = [
+        entry.path
+        for entry in object_io.list_objects(root)
+        if entry.path.suffix.lower() in SUFFIXES and not entry.path.name.startswith(".")
+    ]
+    if not files:
+        raise BatchError(f"input {root} holds no .npz or .parquet objects")
+    return files
+
+
 # ------------------------------------------------------------------------------------------ checks
 
 
@@ -94,7 +140,7 @@ def describe_spec(spec: TensorSpec) -> str:
 
 
 def check_column(
-    path: Path, spec: TensorSpec, shape: Sequence[int | None], dtype: np.dtype[Any] | None
+    path: Location, spec: TensorSpec, shape: Sequence[int | None], dtype: np.dtype[Any] | None
 ) -> None:
     """The column must have the spec's rank, fixed dimensions and datatype (None: not known yet)."""
     where = f"{path}: input {spec.name!r}"
@@ -128,15 +174,21 @@ class Column:
 
 @dataclass(frozen=True)
 class FileInfo:
-    path: Path
+    path: Location
     rows: int
+    size: int = 0  # bytes, and the modification time (an object's LastModified): what the markers record
+    mtime_ns: int = 0
 
 
-def describe(path: Path, specs: Sequence[TensorSpec]) -> FileInfo:
-    """The file's row count, after checking from its metadata that it holds every input as the model
-    expects it (raises BatchError)."""
-    columns = _parquet_columns(path) if path.suffix.lower() == ".parquet" else _npz_columns(path)
-    kind = "column" if path.suffix.lower() == ".parquet" else "array"
+def describe(path: Location, specs: Sequence[TensorSpec]) -> FileInfo:
+    """The file's row count, size and modification time, after checking from its metadata that it holds
+    every input as the model expects it (raises BatchError; an object store's failure reading it is an
+    ObjectStoreError)."""
+    parquet = _is_parquet(path)
+    with _reading(path):
+        size, mtime_ns = object_io.identity(path)
+        columns = _parquet_columns(path, size) if parquet else _npz_columns(path, size)
+    kind = "column" if parquet else "array"
     rows: set[int | None] = set()
     for spec in specs:
         if spec.name not in columns:
@@ -149,38 +201,75 @@ def describe(path: Path, specs: Sequence[TensorSpec]) -> FileInfo:
         rows.add(column.shape[0])
     if len(rows) > 1:
         raise BatchError(f"{path}: the inputs have different numbers of rows {sorted(r or 0 for r in rows)}")
-    return FileInfo(path, int(rows.pop() or 0))
+    return FileInfo(path, int(rows.pop() or 0), size, mtime_ns)
 
 
-def _npz_columns(path: Path) -> dict[str, Column]:
-    """Each array's shape and dtype from its ``.npy`` header, without reading the array, after checking
-    that the member's real bytes can hold what the header declares."""
-    columns: dict[str, Column] = {}
+def _is_parquet(path: Location) -> bool:
+    return path.suffix.lower() == ".parquet"
+
+
+@contextlib.contextmanager
+def _reading(path: Location) -> Iterator[None]:
+    """What reading `path` raises, as a batch reports it: bytes its format's reader cannot parse as a
+    BatchError "cannot read", and for an object anything else (a refused key, an unreachable store)
+    as the ObjectStoreError naming it. (zipfile raises RuntimeError for an encrypted member,
+    NotImplementedError for an unknown method; pyarrow its own exceptions.)"""
+    parquet = _is_parquet(path)
+    arrow = (_pyarrow().ArrowException,) if parquet else ()
     try:
-        size = path.stat().st_size
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.infolist():
-                if member.filename.endswith(".npy"):
-                    with archive.open(member) as handle:
-                        version = np.lib.format.read_magic(handle)
-                        read = (
-                            np.lib.format.read_array_header_1_0
-                            if version == (1, 0)
-                            else np.lib.format.read_array_header_2_0
-                        )
-                        shape, _, dtype = read(handle)
-                        header = handle.tell()
-                    name = member.filename.removesuffix(".npy")
-                    _check_npy_size(path, name, member, size, header, tuple(shape), np.dtype(dtype))
-                    columns[name] = Column(tuple(shape), np.dtype(dtype))
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as exc:
-        # zipfile: RuntimeError for an encrypted member, NotImplementedError for an unknown method
-        raise BatchError(f"cannot read {path} as .npz ({one_line(exc)})") from None
+        yield
+    except (BatchError, ObjectStoreError):
+        raise
+    except Exception as exc:
+        if is_remote(path) and not isinstance(exc, FORMAT_ERRORS + arrow):
+            raise object_store.failure(str(path), exc) from None
+        if isinstance(exc, (OSError, ValueError, *arrow) if parquet else NPZ_ERRORS):
+            raise BatchError(
+                f"cannot read {path} as {'.parquet' if parquet else '.npz'} ({one_line(exc)})"
+            ) from None
+        raise
+
+
+@contextlib.contextmanager
+def _source(
+    path: Location, size: int | None = None, block_size: int | None = None
+) -> Iterator[Path | IO[bytes]]:
+    """What a format's reader opens: a local path as it is, an object as a file object whose reads are
+    ranged GETs of `block_size` bytes (the object's `size` known, no HEAD is asked again)."""
+    if not isinstance(path, UPath):
+        yield path
+        return
+    options: dict[str, Any] = {"size": size} if size is not None else {}
+    if block_size is not None:
+        options["block_size"] = block_size
+    with path.open("rb", **options) as handle:
+        yield handle
+
+
+def _npz_columns(path: Location, size: int) -> dict[str, Column]:
+    """Each array's shape and dtype from its ``.npy`` header, without reading the array, after checking
+    that the member's real bytes (the archive being `size` bytes) can hold what the header declares."""
+    columns: dict[str, Column] = {}
+    with _source(path, size, METADATA_BLOCK) as source, zipfile.ZipFile(source) as archive:
+        for member in archive.infolist():
+            if member.filename.endswith(".npy"):
+                with archive.open(member) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(handle)
+                    header = handle.tell()
+                name = member.filename.removesuffix(".npy")
+                _check_npy_size(path, name, member, size, header, tuple(shape), np.dtype(dtype))
+                columns[name] = Column(tuple(shape), np.dtype(dtype))
     return columns
 
 
 def _check_npy_size(
-    path: Path, name: str, member: zipfile.ZipInfo, archive_size: int, header: int,
+    path: Location, name: str, member: zipfile.ZipInfo, archive_size: int, header: int,
     shape: tuple[int, ...], dtype: np.dtype[Any],
 ) -> None:  # fmt: skip
     """Refuse a header whose shape the member's bytes cannot back: stored, the array is the bytes after
@@ -220,18 +309,15 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
-def _parquet_columns(path: Path) -> dict[str, Column]:
+def _parquet_columns(path: Location, size: int) -> dict[str, Column]:
     """Each column's rank, fixed list sizes and leaf dtype from the file's footer, after checking the
-    footer's row count against its row groups and the bytes of its column chunks."""
+    footer's row count against its row groups and the bytes (`size` in all) of its column chunks."""
     pa = _pyarrow()
-    try:
-        size = path.stat().st_size
-        handle = pa.parquet.ParquetFile(path)
+    with _source(path, size, METADATA_BLOCK) as source:
+        handle = pa.parquet.ParquetFile(source)
         metadata, schema = handle.metadata, handle.schema_arrow
-        rows = metadata.num_rows
-        _check_parquet_size(path, metadata, size)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise BatchError(f"cannot read {path} as .parquet ({one_line(exc)})") from None
+    rows = metadata.num_rows
+    _check_parquet_size(path, metadata, size)
     columns: dict[str, Column] = {}
     for field in schema:
         shape: list[int | None] = [rows]
@@ -243,7 +329,7 @@ def _parquet_columns(path: Path) -> dict[str, Column]:
     return columns
 
 
-def _check_parquet_size(path: Path, metadata: Any, size: int) -> None:
+def _check_parquet_size(path: Location, metadata: Any, size: int) -> None:
     """The footer's rows must be its row groups' rows, every column chunk must lie inside the file, and
     the rows must fit in the chunks' bytes at `PARQUET_ROWS_PER_BYTE` rows a byte at most."""
     rows = metadata.num_rows
@@ -289,7 +375,7 @@ class Shard:
     """Rows ``start:stop`` of one input file; ``index`` counts shards across files in input order."""
 
     index: int
-    file: Path
+    file: Location
     start: int
     stop: int
 
@@ -325,7 +411,7 @@ class ShardReader:
 
     def __init__(self, specs: Sequence[TensorSpec]) -> None:
         self.specs = tuple(specs)
-        self._file: Path | None = None
+        self._file: Location | None = None
         self._arrays: Mapping[str, Any] = {}
 
     def read(self, shard: Shard) -> dict[str, np.ndarray]:
@@ -339,28 +425,14 @@ class ShardReader:
             rows[spec.name] = array
         return rows
 
-    def _load(self, path: Path) -> Mapping[str, Any]:
+    def _load(self, path: Location) -> Mapping[str, Any]:
         names = [spec.name for spec in self.specs]
-        if path.suffix.lower() == ".parquet":
-            pa = _pyarrow()
-            try:
-                table = pa.parquet.read_table(path, columns=names)
-            except (OSError, ValueError, pa.ArrowException) as exc:
-                raise BatchError(f"cannot read {path} as .parquet ({one_line(exc)})") from None
-            return {name: table.column(name) for name in names}
-        try:
-            with np.load(path, allow_pickle=False) as handle:
+        with _reading(path), _source(path) as source:
+            if _is_parquet(path):
+                table = _pyarrow().parquet.read_table(source, columns=names)
+                return {name: table.column(name) for name in names}
+            with np.load(source, allow_pickle=False) as handle:
                 return {name: handle[name] for name in names}
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            zipfile.BadZipFile,
-            EOFError,
-            RuntimeError,
-            NotImplementedError,
-        ) as exc:
-            raise BatchError(f"cannot read {path} as .npz ({one_line(exc)})") from None
 
     @staticmethod
     def _rows(shard: Shard, column: Any, name: str) -> np.ndarray:
@@ -369,7 +441,7 @@ class ShardReader:
         return parquet_rows(column.slice(shard.start, shard.rows), shard.file, name)
 
 
-def parquet_rows(column: Any, path: Path, name: str) -> np.ndarray:
+def parquet_rows(column: Any, path: Location, name: str) -> np.ndarray:
     """A (chunked) Arrow column as one array: a list level becomes a dimension when all its rows have
     one length (fixed-size lists always do); nulls and ragged rows are a BatchError."""
     pa = _pyarrow()

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from frugal.serving.batch import output_dir
 from frugal.serving.batch.engine import (
-    MARKER_SUFFIX,
     BatchConfig,
     BatchError,
     Summary,
@@ -87,7 +87,7 @@ def run_local(
             for i in range(workers)
         ]
         with _reporter(progress, len(run.shards)) as report:
-            _supervise(pool, retries, lambda: report(_done(run.layout.shards), len(run.shards)))
+            _supervise(pool, retries, lambda: report(_done(run.layout), len(run.shards)))
     return aggregate(settled)
 
 
@@ -96,9 +96,9 @@ def _worker_argv(config_file: Path, index: int, count: int) -> list[str]:
             "--count", str(count)]  # fmt: skip
 
 
-def _done(shards: Path) -> int:
-    with contextlib.suppress(OSError):
-        return sum(1 for _ in shards.glob(f"part-*{MARKER_SUFFIX}"))
+def _done(layout: output_dir.Layout) -> int:
+    with contextlib.suppress(OSError):  # a bucket's failure too: the progress bar waits for the next tick
+        return len(output_dir.marker_paths(layout))
     return 0
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from frugal.serving.batch.engine import BatchError, config_from, run_worker
+from frugal.storage.object_store import ObjectStoreError
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 PROG = "frugal batch-worker"
@@ -64,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BatchError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except ObjectStoreError as exc:  # not refused: unreachable, a timeout, a failed run the Job retries
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
     logging.getLogger("frugal.serving.batch").info(
         "worker %d of %d: %d shard(s), %d computed (%d rows in %.2f s), %d done before",
         result.index, result.count, result.shards, result.computed, result.rows, result.seconds, result.skipped,

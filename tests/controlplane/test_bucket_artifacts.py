@@ -6,28 +6,36 @@ there with the keys of the Secret the spec names (it is allowed `get` on that Se
 chart's RBAC), and the serving pod fetches, verifies and serves its variant from the bucket. The test
 plays the kubelet as the rest of this tier does, including its part with Secrets: a pod's
 ``secretKeyRef`` is read from the API server (`operator_harness.pod_env`).
+
+examples/digits-batch-bucket.yaml then scores .parquet objects with that model, its output in a bucket
+too, and its predictions must equal a run of the same config on local files.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from controlplane_harness import EXAMPLES_DIR, ControlPlane
 from operator_harness import (
     Operator,
     chart_identity,
+    complete_job,
     condition,
     create_namespace,
     events_for,
     http,
     kubectl_json,
     mark_ready,
+    pod_env,
     run_and_finish,
     serve_from_template,
     status_of,
@@ -37,6 +45,7 @@ from operator_harness import (
 from s3_harness import S3Identity, S3Server
 
 BUCKET = "frugal-models"
+DATA_BUCKET = "frugal-data"  # what examples/digits-batch-bucket.yaml reads and writes
 PREFIX = "artifacts"
 SECRET = "frugal-bucket"  # what examples/digits-bucket.yaml names
 READ_ONLY_SECRET = "frugal-bucket-read-only"
@@ -246,27 +255,117 @@ def test_deleting_a_model_deployment_that_keeps_nothing_empties_its_prefix_and_o
     assert objects_under(s3_server, neighbour) == [f"{neighbour}/gen-1/manifest.json"]
 
 
-def test_a_batch_of_a_model_in_a_bucket_says_it_reads_claims_only_so_far(
-    served: dict[str, Any], operator: Operator
+def parquet_objects(s3_server: S3Server, prefix: str, local: Path) -> int:
+    """The zoo's held-out digits as three .parquet objects under `prefix/` (one 64-float list per row),
+    and the same files in `local`; returns the rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from frugal.compression import zoo
+
+    rows = np.asarray(zoo.load("digits-mlp").validation.inputs["input"], dtype=np.float32)
+    local.mkdir(parents=True)
+    fs = s3_server.filesystem("admin")
+    for index, part in enumerate(np.array_split(rows, 3)):
+        column = pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1), pa.float32()), 64)
+        name = f"part-{index}.parquet"
+        pq.write_table(pa.table({"input": column}), local / name)
+        fs.put_file(str(local / name), f"{prefix}/{name}")
+    return len(rows)
+
+
+def run_index(cluster: ControlPlane, job: dict[str, Any], index: int, workdir: Path) -> subprocess.CompletedProcess[str]:
+    """One completion index's pod: its command, its Secret's keys (as the kubelet reads secretKeyRefs)
+    and JOB_COMPLETION_INDEX as the Job controller sets it."""
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = pod_env(container, {"metadata.namespace": job["metadata"]["namespace"]}, cluster)
+    return subprocess.run(container["command"], env={**env, "JOB_COMPLETION_INDEX": str(index)}, cwd=workdir,
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+
+
+def test_a_batch_over_parquet_objects_writes_its_predictions_to_the_bucket_as_a_local_run_does(
+    served: dict[str, Any], operator: Operator, s3_server: S3Server, tmp_path: Path
 ) -> None:
-    """Not supported yet (issue 31), and said so in the BatchInference's status rather than failing the
-    operator's pass over it."""
+    """examples/digits-batch-bucket.yaml: the model's artifacts, the input and the output all in
+    buckets, no claim anywhere; progress read from the bucket's markers with the Secret's keys."""
     cluster, ns = operator.cluster, served["namespace"]
-    batch = {
-        "apiVersion": "frugal.dev/v1alpha1",
-        "kind": "BatchInference",
-        "metadata": {"name": "scores", "namespace": ns},
-        "spec": {
-            "model": {"modelDeployment": "digits-bucket"},
-            "input": {"uri": "pvc://data/digits.npz"},
-            "output": {"uri": "pvc://data/scores"},
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(batch))
+    s3_server.make_bucket(DATA_BUCKET)
+    rows = parquet_objects(s3_server, f"{DATA_BUCKET}/digits", tmp_path / "digits")
+    [document] = [d for d in yaml.safe_load_all((EXAMPLES_DIR / "digits-batch-bucket.yaml").read_text()) if d]
+    document["metadata"]["namespace"] = ns
+    document["spec"]["objectStore"]["endpoint"] = s3_server.endpoint_url
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(document))
+    name = document["metadata"]["name"]
 
-    def said() -> dict[str, Any] | None:
-        body = kubectl_json(cluster, "get", "batchinference", "scores", "-n", ns)
-        text = json.dumps((body.get("status") or {}).get("conditions") or [])
-        return body if "keeps its artifacts in a bucket" in text else None
+    def status() -> dict[str, Any]:
+        found: dict[str, Any] = kubectl_json(cluster, "get", "batchinference", name, "-n", ns).get("status") or {}
+        return found
 
-    wait_for("a condition saying bucket artifacts are not read yet", said, operator)
+    score = wait_object(cluster, operator, "job", ns, f"{name}-g1-score")
+    pod = score["spec"]["template"]["spec"]
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v or "hostPath" in v], pod["volumes"]
+    first = run_index(cluster, score, 0, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    partial = wait_for("progress read from the bucket",
+                       lambda: (s := status()).get("progress", {}).get("shardsDone", 0) > 0 and s, operator)  # fmt: skip
+    assert partial["phase"] == "Running"
+    assert partial["progress"]["shardsTotal"] == 6 and partial["progress"]["shardsDone"] == 3  # 0, 2 and 4
+    second = run_index(cluster, score, 1, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    complete_job(cluster, score)
+    aggregate = wait_object(cluster, operator, "job", ns, f"{name}-g1-aggregate")
+    joined = run_and_finish(cluster, aggregate, tmp_path)
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    done = wait_for("phase Succeeded", lambda: (s := status()).get("phase") == "Succeeded" and s, operator)
+    output = f"s3://{DATA_BUCKET}/scores/digits"
+    assert done["outputUri"] == output and done["progress"]["rowsDone"] == rows
+
+    # The same config with the input and the output on this machine: the same predictions, row for row.
+    container = score["spec"]["template"]["spec"]["containers"][0]
+    config = json.loads(next(e["value"] for e in container["env"] if e["name"] == "FRUGAL_BATCH_CONFIG"))
+    config.update(input=str(tmp_path / "digits"), output=str(tmp_path / "local-scores"))
+    (tmp_path / "local.json").write_text(json.dumps(config))
+    env = pod_env(container, {"metadata.namespace": ns}, cluster)
+    for command in (["frugal", "batch-worker", "--config", "local.json"], ["frugal", "batch-aggregate", "--config", "local.json"]):
+        alone = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+        assert alone.returncode == 0, alone.stderr[-3000:]
+    fs = s3_server.filesystem("admin")
+    ours = np.load(io.BytesIO(fs.cat_file(f"{DATA_BUCKET}/scores/digits/predictions.npz")))
+    theirs = np.load(tmp_path / "local-scores" / "predictions.npz")
+    assert sorted(ours.files) == sorted(theirs.files) and len(ours[ours.files[0]]) == rows
+    for array in ours.files:
+        np.testing.assert_array_equal(ours[array], theirs[array])
+
+    keys = s3_server.identities["admin"]
+    seen = json.dumps([status(), events_for(cluster, ns, name), score, aggregate]) + operator.log.read_text(
+        errors="replace") + first.stderr + second.stderr + joined.stderr  # fmt: skip
+    assert keys.secret_key not in seen and keys.access_key not in seen
+
+
+def test_a_batch_whose_keys_the_bucket_refuses_fails_before_any_job_naming_the_uri_and_the_error(
+    served: dict[str, Any], operator: Operator, s3_server: S3Server
+) -> None:
+    """The operator plans the batch from the input's footers with the batch's own Secret; a key the
+    store refuses would refuse every worker too, so the batch fails at once, saying which URI and why,
+    and the key appears nowhere."""
+    cluster, ns = operator.cluster, served["namespace"]
+    admin = s3_server.identities["admin"]
+    wrong = S3Identity("wrong", admin.access_key, "not-the-secret-key", admin.actions)
+    create_secret(cluster, ns, READ_ONLY_SECRET, wrong)
+    [document] = [d for d in yaml.safe_load_all((EXAMPLES_DIR / "digits-batch-bucket.yaml").read_text()) if d]
+    document["metadata"].update(name="refused-scores", namespace=ns)
+    document["spec"]["objectStore"].update(endpoint=s3_server.endpoint_url, secretName=READ_ONLY_SECRET)
+    document["spec"]["output"]["uri"] = f"s3://{DATA_BUCKET}/scores/refused"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(document))
+
+    def failed() -> dict[str, Any] | None:
+        body = kubectl_json(cluster, "get", "batchinference", "refused-scores", "-n", ns)
+        status: dict[str, Any] = body.get("status") or {}
+        return status if status.get("phase") == "Failed" else None
+
+    status = wait_for("the batch Failed", failed, operator)
+    planned = condition(status, "Planned")
+    assert planned["reason"] == "InputUnreadable", planned
+    assert f"s3://{DATA_BUCKET}/digits" in planned["message"] and "PermissionError" in planned["message"], planned
+    assert kubectl_json(cluster, "get", "jobs", "-n", ns, "-l", "frugal.dev/batch-inference=refused-scores")["items"] == []
+    assert wrong.secret_key not in json.dumps(status) + operator.log.read_text(errors="replace")

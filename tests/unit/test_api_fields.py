@@ -131,7 +131,9 @@ def full_batch() -> dict[str, Any]:
         "spec": {
             "model": {"artifacts": {"uri": "pvc://models/digits", "variant": "fp32"}},
             "input": {"uri": "pvc://data/digits.npz"},
-            "output": {"uri": "pvc://data/scores", "overwrite": True},
+            "output": {"uri": "s3://scores/digits", "overwrite": True},
+            "objectStore": {"secretName": "keys", "endpoint": "http://s3.storage:8333", "region": "us-east-1",
+                            "addressingStyle": "path"},
             "hardwareProfiles": ["cpu-small", "gpu-t4"],
             "workers": 2,
             "maxWorkers": 4,
