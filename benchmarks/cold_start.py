@@ -41,12 +41,18 @@ until the verify cache has recorded the download (it does once the file is older
 window, ``artifacts.RACY_WINDOW_S``). Bucket rows are compared with the local row of the same verify cache
 (``bucket`` with ``cold``, ``bucket-refetch`` with ``warm``); "fetch" is the server's own
 ``fetched N file(s), B bytes from ... in S s`` line (10 ms resolution). With ``--evict-page-cache`` the
-S3 server's data files and the kept fetch directories are evicted too. By default all three sources
-run when the S3 server starts, ``local`` alone (with a warning) when it cannot.
+S3 server's data files and the kept fetch directories are evicted too. ``node-cache``: a new pod (the
+bucket's URI, a fresh fetch directory and verify cache) on a node whose model cache already holds the
+variant (``--node-cache ROOT``, filled once before the timed starts: ``cold_start_node_cache.py``), which
+fetches only ``manifest.json`` and hashes nothing; compared with ``bucket`` (a new pod without the cache)
+and the local cold row; "from the node cache" is the server's ``... from the node cache at ... in X ms``
+line (reading the manifest from the bucket and the lookup). With ``--evict-page-cache`` the cache entry's
+files are evicted too (a cache filled long ago). By default all four sources run when the S3 server
+starts, ``local`` alone (with a warning) when it cannot.
 
     python benchmarks/cold_start.py                          # digits + MiniLM, 1 and 2 shards, 5 repeats
     python benchmarks/cold_start.py --model minilm --shards 2 --repeat 3 --json
-    python benchmarks/cold_start.py --model digits --shards 1 --source local bucket
+    python benchmarks/cold_start.py --model digits --shards 1 --source local bucket node-cache
     python benchmarks/cold_start.py --smoke                  # seconds: digits, 1 and 2 shards, 1 wake
                                                              # (the bucket sources at 1 shard only)
 """
@@ -55,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -67,7 +74,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +82,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import autoscaling  # the examples, their cached compression and the machine description
+import cold_start_node_cache as node_cache
 from cold_start_bucket import Bucket, s3_bucket
 from cold_start_report import SOURCES, hashing_lines, table
 
@@ -110,11 +118,13 @@ class Start:
     hash_s: float  # of which hashing
     hashed: int  # files hashed, all shards
     trusted: int  # files trusted from the verify cache, all shards
-    source: str = "local"  # "local", "bucket" or "bucket-refetch"
+    source: str = "local"  # "local", "bucket", "bucket-refetch" or "node-cache"
     fetch_s: float | None = None  # the slowest shard's fetch (its log line); None from a local directory
     fetched: int = 0  # files downloaded, all shards (manifest.json not counted)
     fetched_bytes: int = 0
     kept: int = 0  # files already in the fetch directory, all shards
+    cached: int = 0  # files loaded from the node cache (neither fetched nor hashed), all shards
+    cache_s: float | None = None  # the slowest shard's "from the node cache" line; None without the cache
 
     @property
     def ready_to_answer_s(self) -> float:
@@ -150,9 +160,11 @@ def serve_commands(
     shards: int,
     caches: Sequence[Path],
     fetch_dirs: Sequence[Path] | None = None,
+    node_cache_root: Path | None = None,
 ) -> list[list[str]]:
     """The operator's serve command for each shard, on loopback ports, with its verify cache (and, for
-    an ``s3://`` `artifacts_at`, its own fetch directory, as each pod has its own /tmp)."""
+    an ``s3://`` `artifacts_at`, its own fetch directory, as each pod has its own /tmp; and the node's
+    model cache when given)."""
     ports = [_free_port() for _ in range(shards)]
     commands = []
     for index, (cpu, cache) in enumerate(zip(server_cpus(shards), caches, strict=True)):
@@ -165,6 +177,8 @@ def serve_commands(
         argv += ["--verify-cache-dir", str(cache)]
         if fetch_dirs is not None:
             argv += ["--fetch-dir", str(fetch_dirs[index])]
+        if node_cache_root is not None:
+            argv += ["--node-cache", str(node_cache_root)]
         commands.append(argv if cpu is None else ["taskset", "-c", str(cpu), *argv])
     return commands
 
@@ -276,14 +290,17 @@ def wake(
     source: str = "local",
     fetch_dirs: Sequence[Path] | None = None,
     bucket: Bucket | None = None,
+    node_cache_root: Path | None = None,
+    hold: Callable[[], None] | None = None,
 ) -> Start:
     """Spawn every shard at once; time until all are ready and until an infer through shard 0 answers.
     `directory`: the local artifact directory, or with `bucket` its ``s3://`` URI (each shard fetching
-    into its own of `fetch_dirs`)."""
+    into its own of `fetch_dirs`); `node_cache_root`: served with ``--node-cache``; `hold`: called
+    after the answer, before the servers stop."""
     env = {k: v for k, v in os.environ.items() if k != "FRUGAL_VERIFY_CACHE_DIR"}
     if bucket is not None:
         env |= bucket.env
-    commands = serve_commands(md, str(directory), variant, shards, caches, fetch_dirs)
+    commands = serve_commands(md, str(directory), variant, shards, caches, fetch_dirs, node_cache_root)
     begin = time.perf_counter()
     processes = [Process(argv, env) for argv in commands]
     try:
@@ -306,12 +323,26 @@ def wake(
                 raise RuntimeError(f"{url} answered {status} (attempt {attempts}): {reply[:500]!r}")
             time.sleep(0.005)
         answered = time.perf_counter()
+        if hold is not None:
+            hold()
     finally:
         for process in processes:
             process.stop()
-    checks = [p.verification() for p in processes]
-    slowest = max(checks)
-    fetches = [p.fetch() for p in processes] if bucket is not None else []
+    if source == node_cache.SOURCE:
+        found = node_cache.start_fields(["".join(p.log) for p in processes], fetch_dirs or [])
+    else:
+        checks = [p.verification() for p in processes]
+        fetches = [p.fetch() for p in processes] if bucket is not None else []
+        found = {
+            "verify_s": max(checks)[0],
+            "hash_s": max(checks)[1],
+            "hashed": sum(c[2] for c in checks),
+            "trusted": sum(c[3] for c in checks),
+            "fetch_s": max(f[0] for f in fetches) if fetches else None,
+            "fetched": sum(f[1] for f in fetches),
+            "fetched_bytes": sum(f[2] for f in fetches),
+            "kept": sum(f[3] for f in fetches),
+        }
     return Start(
         model=model,
         shards=shards,
@@ -319,15 +350,8 @@ def wake(
         ready_s=ready_at - begin,
         first_answer_s=answered - begin,
         attempts=attempts,
-        verify_s=slowest[0],
-        hash_s=slowest[1],
-        hashed=sum(c[2] for c in checks),
-        trusted=sum(c[3] for c in checks),
         source=source,
-        fetch_s=max(f[0] for f in fetches) if fetches else None,
-        fetched=sum(f[1] for f in fetches),
-        fetched_bytes=sum(f[2] for f in fetches),
-        kept=sum(f[3] for f in fetches),
+        **found,
     )
 
 
@@ -410,7 +434,14 @@ def run_model(
                     raise RuntimeError(
                         f"the verify cache never recorded the fetched files: {kept_fetch_cache}"
                     )
-            evicted = [*files, *files_under(kept_fetch)]  # and the S3 server's files, as they are then
+            root = Path(scratch) / "node-cache"  # the node's model cache, filled once
+            if node_cache.SOURCE in remote:
+                assert uri is not None
+                fill = functools.partial(wake, model, md, uri, name, shards, dirs("fill-verify"), body,
+                                         fetch_dirs=dirs("fill-fetch"), bucket=bucket, node_cache_root=root)  # fmt: skip
+                node_cache.fill(root, directory, name, fill)
+            # What --evict-page-cache drops before each start (and the S3 server's files, as they are then).
+            evicted = [*files, *files_under(kept_fetch), *files_under([root / node_cache.VARIANTS])]
             for trial in range(repeat):
                 # (source, verify cache, verify cache dirs, fetch dirs): each bucket start a new pod's.
                 order: list[tuple[str, str, list[Path], list[Path] | None]] = []
@@ -423,6 +454,10 @@ def run_model(
                     ]
                 if "bucket-refetch" in remote:
                     order += [("bucket-refetch", "warm", kept_fetch_cache, kept_fetch)]
+                if node_cache.SOURCE in remote:  # a new pod on a node whose cache holds the variant
+                    order += [
+                        (node_cache.SOURCE, "cold", dirs(f"cached-{trial}"), dirs(f"cached-fetch-{trial}"))
+                    ]
                 # Alternate the order so that no row pays for its position.
                 for source, label, caches, fetch_dirs in order if trial % 2 == 0 else order[::-1]:
                     if drop:
@@ -431,18 +466,17 @@ def run_model(
                     assert at is not None
                     start = wake(
                         model, md, at, name, shards, caches, body, label, source, fetch_dirs,
-                        bucket if source != "local" else None,
+                        bucket if source != "local" else None, root if source == node_cache.SOURCE else None,
                     )  # fmt: skip
                     starts.append(start)
-                    fetched = (
-                        f", fetch {start.fetch_s:.2f} s ({start.fetched} fetched, {start.kept} kept)"
-                        if start.fetch_s is not None
-                        else ""
-                    )
+                    did = f"verify {start.verify_s * 1000:.1f} ms, {start.hashed} hashed, {start.trusted} trusted"
+                    if start.fetch_s is not None:
+                        did += f", fetch {start.fetch_s:.2f} s ({start.fetched} fetched, {start.kept} kept)"
+                    if start.cache_s is not None:
+                        did = f"{start.cached} from the node cache in {start.cache_s * 1000:.1f} ms, nothing hashed"
                     print(
                         f"  {model} shards={shards} {source} {label} #{trial + 1}: ready {start.ready_s:.3f} s, "
-                        f"first answer {start.first_answer_s:.3f} s (verify {start.verify_s * 1000:.1f} ms, "
-                        f"{start.hashed} hashed, {start.trusted} trusted{fetched})",
+                        f"first answer {start.first_answer_s:.3f} s ({did})",
                         file=sys.stderr,
                     )
     return {
@@ -471,7 +505,7 @@ def main() -> int:
         "--source",
         choices=SOURCES,
         nargs="+",
-        help="where the artifacts come from (default: all three, local alone if the S3 server cannot start)",
+        help="where the artifacts come from (default: all four, local alone if the S3 server cannot start)",
     )
     parser.add_argument("--json", action="store_true", help="print every start as JSON, not the table")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""The S3 server `cold_start.py --source bucket|bucket-refetch` reads artifacts from: SeaweedFS's S3
+"""The S3 server `cold_start.py --source bucket|bucket-refetch|node-cache` reads: SeaweedFS's S3
 gateway on loopback (the tests' harness, ``tests/s3_harness.py``) with one bucket, and what a serving
 process needs in its environment to read it, as a pod's container gets it."""
 

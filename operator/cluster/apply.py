@@ -21,7 +21,9 @@ RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("v1", "Service"): ("/api/v1", "services", True),
     ("v1", "Event"): ("/api/v1", "events", True),
     ("v1", "Pod"): ("/api/v1", "pods", True),
-    ("v1", "Secret"): ("/api/v1", "secrets", True),  # read only: object-store keys (artifact_access)
+    ("v1", "Secret"): ("/api/v1", "secrets", True),
+    ("v1", "PersistentVolume"): ("/api/v1", "persistentvolumes", False),  # the node cache's, one per namespace
+    ("v1", "PersistentVolumeClaim"): ("/api/v1", "persistentvolumeclaims", True),  # read only: object-store keys (artifact_access)
     ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments", True),
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets", True),
     (API_VERSION, "ModelDeployment"): (f"/apis/{API_VERSION}", "modeldeployments", True),

@@ -22,7 +22,7 @@ from frugal.operator.decision.operator_settings import Settings
 from frugal.operator.decision.planner import Option
 from frugal.operator.decision.pod_problems import PodProblem
 from frugal.operator.decision.revisions import Rollover, pipeline_hash, with_revision
-from frugal.operator.manifests import jobs, names, network_policies, serving_objects
+from frugal.operator.manifests import jobs, names, network_policies, node_cache_volumes, serving_objects
 from frugal.operator.manifests.serving_objects import Live
 from frugal.operator.manifests.storage import (
     ArtifactLocation,
@@ -290,10 +290,16 @@ def _serve(context: _Context) -> Decision:
     ready = tuple(cluster.shard_ready.get(i, 0) for i in shards)
     live = all(r >= 1 for r in ready)
     image = context.settings.serving_image_for(profile)
+    cache_root = context.settings.node_cache_root
     shard_objects = [
-        piece
-        for index in shards
-        for piece in serving_objects.desired_shard(md, profile, image, context.location, selection, index)
+        *(node_cache_volumes.desired(md.owner.namespace, cache_root) if cache_root else []),
+        *(
+            piece
+            for index in shards
+            for piece in serving_objects.desired_shard(
+                md, profile, image, context.location, selection, index, node_cache=bool(cache_root)
+            )
+        ),
     ]
     scale = tuple(
         serving_objects.desired_replicas(md.owner, index, replicas[index])

@@ -32,6 +32,9 @@ class Settings:
     # file:// URIs: a directory of the node (hostPath) or of the pod's image. For `frugal up` and a
     # single-node development cluster only; off, the operator refuses them with a condition.
     allow_host_path: bool = False
+    # The nodes' model cache directory (the chart's DaemonSet serves it): serving pods share verified
+    # variants there through a claim per namespace (manifests.node_cache); None: no cache.
+    node_cache_root: str | None = None
     # NetworkPolicies for every ModelDeployment's pods (manifests.network_policies), admitting
     # Prometheus from `monitoring_namespace`.
     network_policies: bool = False

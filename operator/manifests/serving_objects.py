@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from frugal.operator.api.spec import HardwareProfileSpec, ModelDeploymentSpec, Owner
 from frugal.operator.manifests import container_commands, names, pod_specs
+from frugal.operator.manifests import node_cache_volumes as node_cache_pieces
 from frugal.operator.manifests.storage import ArtifactLocation
 from frugal.schema.artifact_format import TensorSpec
 from frugal.schema.request_limits import body_limit
@@ -73,10 +74,11 @@ def desired_shard(
     artifacts: ArtifactLocation,
     selection: ServingOption,
     index: int,
+    node_cache: bool = False,
 ) -> list[dict[str, Any]]:
     """One shard of the current generation: its Deployment, Service and PodDisruptionBudget."""
     return [
-        desired_shard_deployment(md, profile, image, artifacts, selection, index),
+        desired_shard_deployment(md, profile, image, artifacts, selection, index, node_cache),
         desired_shard_service(md, selection, index),
         desired_shard_pdb(md, selection, index),
     ]
@@ -121,9 +123,11 @@ def desired_shard_deployment(
     artifacts: ArtifactLocation,
     selection: ServingOption,
     index: int,
+    node_cache: bool = False,
 ) -> dict[str, Any]:
     """The shard's Deployment without spec.replicas: that field belongs to the autoscaler
-    (:func:`desired_replicas`, applied under its own field manager)."""
+    (:func:`desired_replicas`, applied under its own field manager). `node_cache`: its pods share
+    verified variants through the node's model cache (:mod:`frugal.operator.manifests.node_cache_volumes`)."""
     labels = shard_labels(md.owner, selection, index)
     command = container_commands.serve(
         md,
@@ -153,13 +157,18 @@ def desired_shard_deployment(
         lifecycle={"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
     )
     container["volumeMounts"].append(pod_specs.verify_cache_mount())
+    volumes = [*pod_specs.volumes(artifacts), pod_specs.verify_cache_volume()]
+    if node_cache:
+        container["volumeMounts"] += node_cache_pieces.mounts()
+        container["env"].append({"name": node_cache_pieces.ENV, "value": node_cache_pieces.MOUNT_PATH})
+        volumes.append(node_cache_pieces.pod_volume())
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": dict(pod_specs.POD_SECURITY),
         "containers": [container],
-        "volumes": [*pod_specs.volumes(artifacts), pod_specs.verify_cache_volume()],
+        "volumes": volumes,
         **pod_specs.scheduling(profile),
     }
     metadata = shard_metadata(md.owner, selection, index)

@@ -70,10 +70,21 @@ def resolve(config: ServeConfig) -> VariantFiles:
         raise StartupError(str(exc), "--artifacts") from None
     if cache is not None:
         offer = threading.Thread(
-            target=cache.offer, args=(files, directory), name="node-cache-offer", daemon=True
+            target=_offer, args=(cache, files, directory), name="node-cache-offer", daemon=True
         )
         offer.start()
     return VariantFiles(path, manifest, variant, "bucket" if remote else "directory")
+
+
+OFFER_RETRIES_S = (0.5, 1.0, 2.0, 4.0)  # a node's first pod may start before the agent has opened the inbox up
+
+
+def _offer(cache: NodeCache, files: list[CachedFile], directory: Path) -> None:
+    """Offer the verified files, again a few times if the inbox refuses (best effort)."""
+    for wait in (*OFFER_RETRIES_S, None):
+        if cache.offer(files, directory) or wait is None:
+            return
+        time.sleep(wait)
 
 
 def cache_files(manifest: Manifest, variant: Variant) -> list[CachedFile]:

@@ -37,8 +37,9 @@ def test_batch() -> None:
 
 def test_cold_start() -> None:
     """Waking 1 and 2 shards of digits (each with its own REST and gRPC port), verify cache cold and warm,
-    from the local directory; and 1 shard from a bucket (the S3 harness's server), as a new pod and as a
-    container restart that keeps its fetch directory."""
+    from the local directory; and 1 shard from a bucket (the S3 harness's server), as a new pod, as a
+    container restart that keeps its fetch directory, and as a new pod on a node whose model cache
+    holds the variant."""
     ran = run_smoke("cold_start.py")
     rows = ran.table("| model | variant (MB) | shards | verify cache |")
     found = {(row["shards"], row["verify cache"], row["source"]): row for row in rows}
@@ -49,12 +50,22 @@ def test_cold_start() -> None:
         ("2", "warm", "local"),
         ("1", "cold", "bucket"),
         ("1", "warm", "bucket-refetch"),
+        ("1", "cold", "node-cache"),
     }
     for (shards, cache, source), row in found.items():
         assert number(row["spawn → first answer s"]) >= number(row["spawn → ready s"]) > 0
+        if source == "node-cache":
+            # Nothing hashed or verified in the server, nothing but manifest.json fetched.
+            assert row["files hashed / trusted"] == "0 / 1 (node cache)"
+            assert row["files fetched / kept"] == "manifest.json only"
+            assert (row["fetch (s)"], row["verifying in the server ms"]) == ("-", "-")
+            assert number(row["from the node cache ms"]) > 0
+            assert number(row["vs local"]) > 0 and number(row["vs bucket"]) > 0
+            continue
         hashed, trusted = (int(n) for n in row["files hashed / trusted"].split(" / "))
         # Cold: every shard hashes its file; warm: every shard trusts its verify cache.
         assert (hashed, trusted) == ((int(shards), 0) if cache == "cold" else (0, int(shards)))
+        assert row["from the node cache ms"] == "-"
         if source == "local":
             assert number(row["vs local"]) == 1.0 and row["fetch (s)"] == "-"
             continue

@@ -116,6 +116,7 @@ OPERATOR_ACCESS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 # ... and what it must not be: least privilege is part of the chart's contract.
 OPERATOR_DENIED = (
     ("", "secrets", "", ("get", "list")),
+    ("", "persistentvolumes", "", ("create", "patch")),  # only with modelCache.enabled
     ("frugal.dev", "modeldeployments", "", ("delete", "create")),
     ("frugal.dev", "hardwareprofiles", "", ("patch",)),
     ("", "pods", "", ("create", "delete")),
@@ -162,6 +163,8 @@ def test_rbac_covers_every_kind_the_operator_talks_to() -> None:
     granted = {(group, resource) for group, resource, _, _ in OPERATOR_ACCESS}
     granted.add(("coordination.k8s.io", "leases"))  # a Role in the release namespace: test_leader_election
     granted.add(("", "secrets"))  # get by name, only objectStore.secretNames: test_bucket_artifacts
+    # get/create/patch, only with modelCache.enabled: test_node_cache_volumes
+    granted |= {("", "persistentvolumes"), ("", "persistentvolumeclaims")}
     used = {
         (api_version.rpartition("/")[0], plural) for (api_version, _), (_, plural, _) in RESOURCES.items()
     }

@@ -44,6 +44,8 @@ from frugal.schema.artifact_format import read_manifest
 
 PIPELINE_TIMEOUT_S = 1200.0
 RELEASE = "frugal"
+MODEL_CACHE_NAMESPACE = "frugal-node"
+FROM_NODE_CACHE = "from the node cache"  # what `frugal serve` logs when it loads the agent's copy
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout_s: float, on_timeout: Callable[[], str]) -> Any:
@@ -93,6 +95,10 @@ def installed(real_cluster: Any, built_images: BuiltImages, prometheus: Promethe
     cluster = real_cluster
     cluster.load_images([built_images.archive("full"), built_images.archive("serving")])
     restricted_namespace(cluster, JOURNEY_NAMESPACE)
+    # The node model cache's agent needs hostPath: a namespace of its own that admits it; the models'
+    # namespace stays restricted and reaches the cache through the claim the operator makes.
+    cluster.create_namespace(MODEL_CACHE_NAMESPACE, {"pod-security.kubernetes.io/enforce": "privileged"})
+    model_cache = cluster.volume_path("model-cache")
     cluster.host_path_volume("frugal-artifacts", "20Gi", ["ReadWriteMany"], owner_uid=65532)
     cluster.kubectl("label", "node", cluster.node_name, f"{POOL_LABEL}=cpu", "--overwrite")
     cluster.kubectl("taint", "node", cluster.node_name, f"{POOL_TAINT}=cpu:NoSchedule", "--overwrite")
@@ -106,9 +112,16 @@ def installed(real_cluster: Any, built_images: BuiltImages, prometheus: Promethe
         "--set-json", f"operator.tolerations={json.dumps(toleration)}",
         "--set-json", 'operator.extraEnv=[{"name": "FRUGAL_RATE_WINDOW", "value": "10s"}]',
         "--set", "artifacts.size=20Gi",
+        "--set", "modelCache.enabled=true", "--set", f"modelCache.namespace={MODEL_CACHE_NAMESPACE}",
+        "--set", f"modelCache.hostPath={model_cache}",
+        "--set-json", f"modelCache.tolerations={json.dumps(toleration)}",
         "--wait", "--timeout", "10m",
     )  # fmt: skip
     yield cluster
+
+
+def pod_log(cluster: Any, pod: dict[str, Any]) -> str:
+    return str(cluster.kubectl("logs", "-n", JOURNEY_NAMESPACE, pod["metadata"]["name"], check=False).stdout)
 
 
 def md_status(cluster: Any, name: str) -> dict[str, Any]:
@@ -197,6 +210,21 @@ def test_digits_is_compressed_profiled_and_served_by_containers(installed: Any, 
         for state in container_states(pod):
             assert state.ready and state.restarts == 0 and state.container_id.startswith("containerd://"), state
             assert state.last_terminated_reason != "OOMKilled"
+
+
+def test_the_nodes_cache_agent_publishes_the_served_variant_read_only(installed: Any, served: dict[str, Any]) -> None:
+    """The serving pod verified its variant and offered it through its namespace's claim; the agent of
+    the DaemonSet (in its own privileged namespace) published it, read-only, under that namespace."""
+    cluster = installed
+    [agent] = pods_of(cluster, MODEL_CACHE_NAMESPACE, "app.kubernetes.io/name=frugal-model-cache")
+    assert all(s.ready and s.container_id.startswith("containerd://") for s in container_states(agent))
+    variants = cluster.volume_path("model-cache") / JOURNEY_NAMESPACE / "variants"
+    entries = wait_until("the served variant in the node cache", lambda: variants.is_dir() and list(variants.iterdir()),
+                         60.0, lambda: operator_diagnostics(cluster))  # fmt: skip
+    files = [p for entry in entries for p in entry.rglob("*") if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o777 == 0o444 for p in files), files
+    claim = json.loads(cluster.kubectl("get", "pvc", "frugal-model-cache", "-n", JOURNEY_NAMESPACE, "-o", "json").stdout)
+    assert claim["status"]["phase"] == "Bound"
 
 
 def digits_on(name: str, profile: str) -> dict[str, Any]:
@@ -362,6 +390,9 @@ def test_load_adds_real_pods_and_the_scale_down_drains_without_a_failed_request(
     measured["serving pod created -> Ready, digits (s)"] = starts
     for pod in new:
         assert all(s.container_id.startswith("containerd://") and s.restarts == 0 for s in container_states(pod))
+        # The first replica verified the variant and offered it; the node's agent published it, so a
+        # replica added on this node loads it without reading the claim's copy or hashing it.
+        assert FROM_NODE_CACHE in pod_log(cluster, pod), pod_log(cluster, pod)[-3000:]
 
     with Load(url, ONE_ROW, clients=1, pause_s=0.05) as light:  # at most 20 requests a second
         wait_until(
@@ -453,7 +484,8 @@ def test_a_model_at_zero_wakes_on_a_request_to_its_front(
     assert one.failed() == 0, one.codes
     [pod] = ready_pods(shard_pods(cluster, AUTOSCALED))
     assert all(s.container_id.startswith("containerd://") for s in container_states(pod))
-    measured["wake from zero: request -> answer, digits (s)"] = round(woke, 2)
+    assert FROM_NODE_CACHE in pod_log(cluster, pod), pod_log(cluster, pod)[-3000:]
+    measured["wake from zero: request -> answer, digits, node cache warm (s)"] = round(woke, 2)
     cluster.kubectl("delete", "modeldeployment", AUTOSCALED, "-n", JOURNEY_NAMESPACE, "--wait=false")
 
 

@@ -268,6 +268,37 @@ def test_profiled_plans_and_deploys_the_cheapest_option() -> None:
     )
 
 
+def test_with_a_node_cache_the_namespace_gets_its_volume_and_claim_and_the_pods_mount_them() -> None:
+    state = ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE})
+    cached = dataclasses.replace(SETTINGS, node_cache_root="/var/lib/frugal/model-cache")
+    decision = decide(MD, PROFILES, state, PROFILED, cached)
+    assert kinds(decision)[:3] == [
+        ("PersistentVolume", "frugal-model-cache-ml"),
+        ("PersistentVolumeClaim", "frugal-model-cache"),
+        ("Deployment", "digits-g1-shard-0"),
+    ]
+    volume, claim, deployment = decision.apply[:3]
+    assert volume["spec"]["hostPath"]["path"] == "/var/lib/frugal/model-cache/ml"  # its namespace's only
+    assert volume["spec"]["claimRef"] == {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": "ml",
+                                          "name": "frugal-model-cache"}  # fmt: skip
+    assert claim["spec"]["volumeName"] == "frugal-model-cache-ml"
+    assert claim["spec"]["storageClassName"] == volume["spec"]["storageClassName"] == "frugal-model-cache"
+    assert "ownerReferences" not in claim["metadata"]  # shared by the namespace's ModelDeployments
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "node-cache", "persistentVolumeClaim": {"claimName": "frugal-model-cache"}} in pod["volumes"]
+    assert not [v for v in pod["volumes"] if v["name"] == "node-cache" and "hostPath" in v]  # restricted forbids it
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "node-cache"}
+    assert mounts["/var/cache/frugal/node/variants"]["readOnly"] is True
+    assert mounts["/var/cache/frugal/node/variants"]["subPath"] == "variants"
+    assert not mounts["/var/cache/frugal/node/inbox"].get("readOnly")
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["FRUGAL_NODE_CACHE"] == "/var/cache/frugal/node"
+    plain = decide(MD, PROFILES, state, PROFILED, SETTINGS)
+    assert not [k for k in kinds(plain) if k[0].startswith("Persistent")]
+    plain_pod = plain.apply[0]["spec"]["template"]["spec"]
+    assert "FRUGAL_NODE_CACHE" not in {e["name"] for e in plain_pod["containers"][0]["env"]}
+
+
 def test_a_pod_monitor_is_wanted_once_serving_is_planned_where_the_cluster_has_the_kind() -> None:
     monitors = ClusterState(compression=DONE, profiling={"cpu": DONE, "gpu": DONE}, pod_monitors=True)
     decision = decide(MD, PROFILES, monitors, PROFILED, SETTINGS)

@@ -523,6 +523,64 @@ def test_batch_jobs_end_at_the_authors_deadline_or_at_a_documented_default() -> 
     assert score["spec"]["activeDeadlineSeconds"] == batch_jobs.SCORE_DEADLINE_SECONDS
 
 
+def test_a_batch_in_a_bucket_mounts_no_volume_and_its_pods_get_the_store_and_references_to_its_keys() -> None:
+    from frugal.operator.decision.batch_inference import ResolvedModel, batch_store_access
+
+    store = {"secretName": "batch-keys", "endpoint": "http://s3.storage:8333", "addressingStyle": "path"}
+    job = batch(input={"uri": "s3://data/digits/"}, output={"uri": "s3://scores/digits"}, objectStore=store)
+    locations = {
+        batch_jobs.INPUT: batch_jobs.locate(job.input_uri, None),
+        batch_jobs.OUTPUT: batch_jobs.locate(job.output_uri, None),
+        batch_jobs.ARTIFACTS: batch_jobs.locate("s3://models/ml/digits/gen-1", None),
+    }
+    assert all(loc.in_object_store and loc.operator_path is None for loc in locations.values())
+    config = batch_jobs.worker_config(job, locations, "int8", GPU, 0.15)
+    assert (config["input"], config["output"], config["artifacts"]) == (
+        "s3://data/digits/", "s3://scores/digits", "s3://models/ml/digits/gen-1",
+    )  # fmt: skip
+    model_store = ObjectStore(secret_name="model-keys", addressing_style="auto")
+    model = ResolvedModel("int8", "s3://models/ml/digits/gen-1", object_store=model_store)
+    access = batch_store_access(job, model, locations, None)
+    assert access is not None and access.secret_name == "batch-keys"  # the batch's own store first
+    for made in (batch_jobs.desired_worker_job(job, GPU, IMAGE, locations, config, 2, access),
+                 batch_jobs.desired_aggregate_job(job, GPU, IMAGE, locations, config, access)):  # fmt: skip
+        pod = made["spec"]["template"]["spec"]
+        assert [v["name"] for v in pod["volumes"]] == [pod_specs.SCRATCH_VOLUME]
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert json.loads(env["FSSPEC_S3"]["value"])["endpoint_url"] == "http://s3.storage:8333"
+        refs = {name: e["valueFrom"]["secretKeyRef"] for name, e in env.items() if "valueFrom" in e}
+        assert {ref["name"] for ref in refs.values()} == {"batch-keys"}
+        assert set(refs) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+    unnamed = batch(input={"uri": "s3://data/digits/"}, output={"uri": "s3://scores/digits"})
+    inherited = batch_store_access(unnamed, model, locations, None)
+    assert inherited is not None and inherited.secret_name == "model-keys"  # then the ModelDeployment's
+    default = ObjectStore(secret_name="operator-keys", addressing_style="auto")
+    fallback = batch_store_access(unnamed, None, locations, default)
+    assert fallback is not None and fallback.secret_name == "operator-keys"  # then the operator's
+    on_claims = {role: batch_jobs.locate(uri, None) for role, uri in (
+        (batch_jobs.INPUT, "pvc://data/in.npz"), (batch_jobs.OUTPUT, "pvc://data/out"))}  # fmt: skip
+    assert batch_store_access(job, model, on_claims, default) is None  # no bucket, no keys in the pods
+    with pytest.raises(ValueError, match="s3://<bucket>"):
+        batch_jobs.locate("s3:///no-bucket", None)
+
+
+def test_a_batch_on_gcs_mounts_the_key_file_its_credentials_variable_names() -> None:
+    from frugal.operator.decision.batch_inference import batch_store_access
+
+    job = batch(input={"uri": "gs://data/digits/"}, output={"uri": "gs://scores/digits"},
+                objectStore={"secretName": "gcs-key", "project": "ml"})  # fmt: skip
+    locations = {role: batch_jobs.locate(uri, None) for role, uri in (
+        (batch_jobs.INPUT, job.input_uri), (batch_jobs.OUTPUT, job.output_uri),
+        (batch_jobs.ARTIFACTS, "gs://models/ml/digits/gen-1"))}  # fmt: skip
+    access = batch_store_access(job, None, locations, None)
+    pod = batch_jobs.desired_worker_job(job, GPU, IMAGE, locations, {}, 2, access)["spec"]["template"]["spec"]
+    [key] = [v for v in pod["volumes"] if "secret" in v]
+    assert key["secret"]["secretName"] == "gcs-key"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == key["name"])
+    assert mount["readOnly"] is True and env["GOOGLE_APPLICATION_CREDENTIALS"].startswith(mount["mountPath"])
+
+
 def every_pod_template() -> dict[str, dict[str, Any]]:
     """The pod template of every kind of workload the operator creates, by what it is."""
     selection = Option("int8", "gpu-t4", 1)
@@ -531,6 +589,7 @@ def every_pod_template() -> dict[str, dict[str, Any]]:
         "compress": jobs.desired_compression_job(md_with(compression__distillation={"workers": 2}), GPU, IMAGE, ARTIFACTS),
         "profile": jobs.desired_profiling_job(SPEC, GPU, IMAGE, ARTIFACTS),
         "shard": serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, selection, 0),
+        "shard-node-cache": serving_objects.desired_shard_deployment(SPEC, GPU, IMAGE, ARTIFACTS, selection, 0, True),
         "front": serving_objects.desired_front(SPEC, IMAGE, inputs=DIGITS_INPUTS),
         "batch-score": score,
         "batch-aggregate": aggregate,
@@ -608,9 +667,13 @@ def test_the_operators_object_store_applies_only_where_a_uri_is_in_a_bucket() ->
     assert own is not None and own.secret_name == "bucket-keys"  # the spec's objectStore wins
 
 
-def test_other_object_stores_are_not_artifact_locations_yet() -> None:
-    with pytest.raises(ValueError, match="use s3://<bucket>/<prefix>, pvc://<claim>/<path> or file:///<path>"):
-        locate("gs://bucket/x", SPEC.owner)
+def test_gcs_and_azure_are_artifact_locations_and_other_schemes_are_not() -> None:
+    for root in ("gs://bucket/x", "az://container/x"):
+        located = locate(root, SPEC.owner)
+        assert located.uri == located.pod_path == f"{root}/{SPEC.owner.namespace}/{SPEC.owner.name}/gen-{SPEC.owner.generation}"
+        assert located.in_object_store and located.volumes() == [] and located.mount(True) == []
+    with pytest.raises(ValueError, match="use s3://, gs:// or az://<bucket>/<prefix>, pvc://<claim>/<path>"):
+        locate("https://host/x", SPEC.owner)
 
 
 def test_pod_monitor_scrapes_every_serving_pod_of_the_model() -> None:

@@ -89,7 +89,7 @@ def test_every_flag_and_variable_of_frugal_serve_is_declared_once_on_serve_confi
         "--max-delay-ms", "--max-queue-size", "--request-timeout-ms", "--max-body-bytes",
         "--latency-target-ms", "--execution-provider", "--intra-op-threads", "--shard-index",
         "--shard-count", "--next-stage", "--idle-watts", "--max-watts", "--labels", "--inline-below-ms",
-        "--shutdown-grace-s", "--verify-cache-dir", "--fetch-dir", "--log-level",
+        "--shutdown-grace-s", "--verify-cache-dir", "--fetch-dir", "--node-cache", "--log-level",
     ]  # fmt: skip
     assert all(s.env == "FRUGAL_" + s.flag[2:].replace("-", "_").upper() for s in SETTINGS)
     assert [s.name for s in SETTINGS if s.required] == ["artifacts", "variant"]
@@ -101,7 +101,7 @@ def test_every_flag_and_variable_of_frugal_serve_is_declared_once_on_serve_confi
 def test_the_operators_serving_pod_parses_with_frugal_serve() -> None:
     for index in range(2):
         deployment = serving_objects.desired_shard_deployment(
-            SPEC, GPU, IMAGE, ARTIFACTS, Option("int8-dynamic", "gpu-t4", 2), index
+            SPEC, GPU, IMAGE, ARTIFACTS, Option("int8-dynamic", "gpu-t4", 2), index, node_cache=index == 1
         )
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         command = [*container.get("command", []), *container.get("args", [])]
@@ -110,6 +110,7 @@ def test_the_operators_serving_pod_parses_with_frugal_serve() -> None:
         config, _ = serve_command.parse_config(command[2:], env)
         assert config.shard_index == index and config.shard_count == 2 and config.labels["namespace"]
         assert config.verify_cache_dir is not None and config.idle_watts is not None
+        assert (config.node_cache is not None) == (index == 1)  # the node cache's root, when it has one
 
 
 def test_the_operators_front_parses_with_frugal_front() -> None:

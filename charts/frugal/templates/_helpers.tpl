@@ -90,3 +90,9 @@ artifacts it plans from. Fails when it names a claim other than artifacts.claimN
 {{- define "frugal.claimMountPath" -}}
 {{- printf "%s/%s" .Values.artifacts.pvcRoot .Values.artifacts.claimName }}
 {{- end }}
+
+{{/* The model cache's pods: labels of their own, so no selector of the operator's pods matches them. */}}
+{{- define "frugal.modelCacheSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "frugal.name" . }}-model-cache
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
