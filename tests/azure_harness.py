@@ -146,9 +146,5 @@ class AzuriteServer(EmulatorProcess):
 @contextlib.contextmanager
 def running_azurite(workdir: Path) -> Iterator[AzuriteServer]:
     """Install (or find) Azurite, start it in ``workdir``, yield the running server, stop it."""
-    server = AzuriteServer(installed(INSTALL_SCRIPT, "AZURITE_BLOB"), workdir)
-    server.start()
-    try:
+    with AzuriteServer(installed(INSTALL_SCRIPT, "AZURITE_BLOB"), workdir) as server:
         yield server
-    finally:
-        server.stop()

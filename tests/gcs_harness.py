@@ -73,9 +73,5 @@ class GcsServer(EmulatorProcess):
 @contextlib.contextmanager
 def running_gcs_server(workdir: Path) -> Iterator[GcsServer]:
     """Build (or find) fake-gcs-server, start it in ``workdir``, yield the running server, stop it."""
-    server = GcsServer(installed(BINARY_SCRIPT, "FAKE_GCS_SERVER"), workdir)
-    server.start()
-    try:
+    with GcsServer(installed(BINARY_SCRIPT, "FAKE_GCS_SERVER"), workdir) as server:
         yield server
-    finally:
-        server.stop()

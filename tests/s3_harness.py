@@ -3,7 +3,7 @@
 The ``weed`` binary comes from ``scripts/seaweedfs-binary.sh`` (built from the Go module proxy and cached
 outside the repository). One ``weed server`` process runs a master, a volume server, a filer and the S3
 gateway, all on 127.0.0.1 on free ports, with its data in a temporary directory, and is stopped by
-:meth:`S3Server.stop`. Two identities exist: ``admin`` (Admin, Read, Write, List, Tagging) and ``reader``
+:meth:`S3Server.stop` (``tests/emulator_process.py`` runs, probes and stops it). Two identities exist: ``admin`` (Admin, Read, Write, List, Tagging) and ``reader``
 (Read, List); their keys are random per server. If the server cannot be built or started,
 :class:`S3ServerError` is raised with an excerpt of its log: a tier that cannot start its real parts fails,
 it never skips.
@@ -16,19 +16,17 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import s3fs
+from emulator_process import EmulatorError, EmulatorProcess, free_ports, round_trip
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BINARY_SCRIPT = REPO_ROOT / "scripts" / "seaweedfs-binary.sh"
@@ -42,7 +40,7 @@ ADMIN_ACTIONS = ("Admin", "Read", "Write", "List", "Tagging")
 READ_ONLY_ACTIONS = ("Read", "List")
 
 
-class S3ServerError(RuntimeError):
+class S3ServerError(EmulatorError):
     """The S3 server could not be built or started."""
 
 
@@ -89,38 +87,37 @@ def ensure_weed_binary() -> Path:
     return weed
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports the kernel considers free right now (held open together so
-    they differ)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [
-            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)
-        ]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-
-
 @dataclass
-class S3Server:
-    """``weed server -s3`` in ``workdir``; use as a context manager or call :meth:`start` / :meth:`stop`."""
+class S3Server(EmulatorProcess):
+    """``weed server -s3`` in ``workdir`` (``binary``, also ``weed``: the weed executable); use as a context
+    manager or call :meth:`start` / :meth:`stop`. ``port``, also ``s3_port``, is the S3 gateway's."""
 
-    weed: Path
-    workdir: Path
     admin: S3Identity = field(default_factory=lambda: _random_identity("admin", ADMIN_ACTIONS))
     reader: S3Identity = field(default_factory=lambda: _random_identity("reader", READ_ONLY_ACTIONS))
-    host: str = "127.0.0.1"
-    s3_port: int = 0
-    startup_seconds: float = 0.0
     _ports: dict[str, int] = field(default_factory=dict)
-    _process: subprocess.Popen[bytes] | None = None
-    _log_file: IO[bytes] | None = None
     _socket_dir: Path | None = None
     _socket_dir_is_temporary: bool = False
 
+    name = "weed server"
+    error = S3ServerError
+    ready_timeout_s = READY_TIMEOUT_S
+    stop_grace_s = STOP_GRACE_S
+
+    @property
+    def weed(self) -> Path:
+        return self.binary
+
+    @property
+    def s3_port(self) -> int:
+        return self.port
+
     @property
     def endpoint_url(self) -> str:
-        return f"http://{self.host}:{self.s3_port}"
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def description(self) -> str:
+        return f"SeaweedFS's S3 gateway at {self.endpoint_url}"
 
     @property
     def log_path(self) -> Path:
@@ -152,61 +149,50 @@ class S3Server:
 
     def log_excerpt(self, head: int = 10, tail: int = 60) -> str:
         """The log's first and last lines: a bad flag's error comes first, before a long usage text."""
-        if self._log_file is not None:
-            self._log_file.flush()
-        if not self.log_path.exists():
-            return "(no log written)"
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        if len(lines) <= head + tail:
-            return "\n".join(lines)
-        return "\n".join([*lines[:head], f"[... {len(lines) - head - tail} lines ...]", *lines[-tail:]])
+        return super().log_excerpt(head, tail)
 
-    # ---- lifecycle ---------------------------------------------------------------------------------
+    # ---- lifecycle (EmulatorProcess's, with weed's ports, sockets and config) -------------------------
 
-    def start(self) -> None:
-        started = time.monotonic()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        data_dir = self.workdir / "data"
-        data_dir.mkdir(exist_ok=True)
-        config_path = self.workdir / "s3-identities.json"
-        config_path.write_text(
+    @property
+    def _data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def _config_path(self) -> Path:
+        return self.workdir / "s3-identities.json"
+
+    def allocate_ports(self) -> None:
+        names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
+        self._ports = dict(zip(names, free_ports(len(names)), strict=True))
+        self.port = self._ports["s3"]
+
+    def prepare(self) -> None:
+        self._data_dir.mkdir(exist_ok=True)
+        self._config_path.write_text(
             json.dumps({"identities": [self.admin.config_entry(), self.reader.config_entry()]}, indent=2)
         )
-        config_path.chmod(0o600)
+        self._config_path.chmod(0o600)
         self._socket_dir = self.workdir
         if len(str(self.workdir)) > MAX_SOCKET_DIR_LENGTH:
             self._socket_dir = Path(tempfile.mkdtemp(prefix="frugal-weed-"))
             self._socket_dir_is_temporary = True
-        names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
-        self._ports = dict(zip(names, free_ports(len(names)), strict=True))
-        self.s3_port = self._ports["s3"]
-        argv = [str(self.weed), "-logtostderr=true", "server", *self._server_flags(data_dir, config_path)]
+
+    def environment(self) -> dict[str, str]:
         # weed reads WEED_* variables as flags and ./, ~/.seaweedfs/ for its TOML configs: keep both out.
         env = {key: value for key, value in os.environ.items() if not key.startswith("WEED_")}
         env["HOME"] = str(self.workdir)
-        self._log_file = self.log_path.open("ab")
-        self._process = subprocess.Popen(
-            argv,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
-            env=env,
-        )
-        try:
-            self._wait_until_ready(time.monotonic() + READY_TIMEOUT_S)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - started
+        return env
 
-    def _server_flags(self, data_dir: Path, config_path: Path) -> list[str]:
+    def argv(self) -> list[str]:
         ports, sockets = self._ports, self._socket_dir
         assert sockets is not None
         return [
+            str(self.binary),
+            "-logtostderr=true",
+            "server",
             f"-ip={self.host}",
             f"-ip.bind={self.host}",
-            f"-dir={data_dir}",
+            f"-dir={self._data_dir}",
             "-master.peers=none",  # single master: no Raft quorum wait
             f"-master.port={ports['master']}",
             f"-master.port.grpc={ports['master_grpc']}",
@@ -226,34 +212,12 @@ class S3Server:
             f"-s3.localSocket={sockets / 's3.sock'}",
             "-s3.port.iceberg=0",  # default 8181: a fixed port, and a catalog nobody here uses
             "-s3.port.lance=0",  # default 9101: likewise
-            f"-s3.config={config_path}",
+            f"-s3.config={self._config_path}",
             "-s3.autoCreateBucket=false",  # as AWS: a write to a missing bucket fails, it does not create it
             "-s3.iam=false",  # no IAM API on the S3 port: the identities are the static file's, nothing else
         ]
 
-    def _wait_until_ready(self, deadline: float) -> None:
-        """Ready means an admin client can create a bucket, write, read and delete an object: the S3
-        port answering is not enough, the filer and a writable volume must be there too."""
-        last_error = "no attempt yet"
-        while time.monotonic() < deadline:
-            self._raise_if_exited()
-            if not self._s3_port_answers():
-                last_error = f"nothing answers on {self.endpoint_url}"
-                time.sleep(0.1)
-                continue
-            try:
-                self._round_trip_probe()
-                return
-            except Exception as error:  # any failure of the probe means "not yet"; the last one is reported
-                last_error = f"{type(error).__name__}: {error}"
-                time.sleep(0.25)
-        self._raise_if_exited()
-        raise S3ServerError(
-            f"SeaweedFS's S3 gateway at {self.endpoint_url} was not ready within {READY_TIMEOUT_S:.0f} s "
-            f"(last: {last_error}); log {self.log_path}:\n{self.log_excerpt()}"
-        )
-
-    def _s3_port_answers(self) -> bool:
+    def _port_open(self) -> bool:
         """Any HTTP answer (an anonymous request gets 403) means the gateway listens."""
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
@@ -264,7 +228,9 @@ class S3Server:
             return False
         return True
 
-    def _round_trip_probe(self) -> None:
+    def probe(self) -> None:
+        """Ready means an admin client can create a bucket, write, read and delete an object: the S3
+        port answering is not enough, the filer and a writable volume must be there too."""
         # Short timeouts and no retries: a probe that hangs would eat the start-up deadline.
         fs = self.filesystem(
             self.admin,
@@ -275,36 +241,11 @@ class S3Server:
                 "retries": {"max_attempts": 1},
             },
         )
-        if not fs.exists(READINESS_BUCKET):
-            fs.mkdir(READINESS_BUCKET)
-        probe = f"{READINESS_BUCKET}/probe"
-        fs.pipe_file(probe, b"ready")
-        if fs.cat_file(probe) != b"ready":
-            raise S3ServerError("the readiness probe read back something else")
-        fs.rm_file(probe)
-        fs.rmdir(READINESS_BUCKET)
-
-    def _raise_if_exited(self) -> None:
-        assert self._process is not None
-        code = self._process.poll()
-        if code is not None:
-            raise S3ServerError(
-                f"weed server exited with {code} while starting; log {self.log_path}:\n{self.log_excerpt()}"
-            )
+        round_trip(fs, READINESS_BUCKET)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after STOP_GRACE_S; removes the gRPC sockets weed leaves in /tmp."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        super().stop()
         # `weed server` puts its in-process gRPC sockets at fixed /tmp paths, whatever the flags say.
         for name in ("master", "volume", "filer", "s3"):
             port = self._ports.get(f"{name}_grpc")
@@ -313,13 +254,6 @@ class S3Server:
         if self._socket_dir_is_temporary and self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir_is_temporary = False
-
-    def __enter__(self) -> S3Server:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager

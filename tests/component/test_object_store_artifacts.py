@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import s3fs
-from compression_support import ROOT
+from object_store_support import assert_refused, compress, run, run_profiler
 from s3_harness import REGION, S3Server
 from serving_support import infer_json, running_server, serve_command
 
@@ -40,48 +39,6 @@ def environment(server: S3Server, identity: str = "admin", secret: str | None = 
         ACCESS_KEY_ID: keys.access_key,
         SECRET_ACCESS_KEY: keys.secret_key if secret is None else secret,
     }
-
-
-def run(env: dict[str, str], *command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", *command],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        timeout=600,
-        check=False,
-    )
-
-
-def compress(env: dict[str, str], out: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run(
-        env,
-        "frugal.compression.compress_command",
-        "--quiet",
-        "--model",
-        "zoo://digits-mlp",
-        "--quantization",
-        "dynamic-int8",
-        "--repeats",
-        "1",
-        "--out",
-        out,
-        *extra,
-    )
-
-
-def assert_refused(
-    done: subprocess.CompletedProcess[str], command: str, *mentions: str, secrets: tuple[str, ...]
-) -> None:
-    """One line `frugal COMMAND: error: ...` naming each of `mentions`, exit 2, no key anywhere."""
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"frugal {command}: error: "), done.stderr
-    for text in mentions:
-        assert text in lines[0], done.stderr
-    for secret in secrets:
-        assert secret not in done.stdout and secret not in done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -159,16 +116,7 @@ def test_compress_publishes_every_file_the_manifest_lists(s3_server: S3Server, p
 
 
 def test_profiling_reads_the_bucket_and_writes_the_profile_back(s3_server: S3Server, published: str) -> None:
-    done = run(
-        environment(s3_server),
-        "frugal.serving.profiling",
-        "--artifacts",
-        published,
-        "--hardware-profile",
-        HARDWARE,
-        "--repeats",
-        "2",
-    )
+    done = run_profiler(environment(s3_server), published, HARDWARE, repeats=2)
     assert done.returncode == 0, done.stderr
     assert "profiled 2 variant(s)" in done.stdout
     profile = json.loads(
@@ -181,16 +129,7 @@ def test_a_read_only_identity_profiles_but_cannot_write_the_profile(
     s3_server: S3Server, published: str, admin: s3fs.S3FileSystem
 ) -> None:
     reader = s3_server.identities["reader"]
-    done = run(
-        environment(s3_server, "reader"),
-        "frugal.serving.profiling",
-        "--artifacts",
-        published,
-        "--hardware-profile",
-        "read-only",
-        "--repeats",
-        "1",
-    )
+    done = run_profiler(environment(s3_server, "reader"), published, "read-only", repeats=1)
     assert done.returncode == 2, done.stderr
     assert f"error: {published}/profiles/read-only.json: PermissionError" in done.stderr
     assert "Traceback" not in done.stderr

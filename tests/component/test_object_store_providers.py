@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 from azure_harness import ACCOUNT, running_azurite
 from gcs_harness import PROJECT, running_gcs_server
+from object_store_support import assert_refused, compress, run_profiler
 from serving_support import infer_json, running_server, serve_command
-from test_object_store_artifacts import assert_refused, compress, run
 
 from frugal.operator.manifests.storage import StoreAccess
 from frugal.storage.object_store import AZURE_ACCOUNT_KEY, FSSPEC_ENV, ObjectStore
@@ -124,16 +124,7 @@ def modified(info: Mapping[str, Any]) -> str:
 
 
 def test_profiling_reads_the_store_and_writes_the_profile_back(store: Store, published: str) -> None:
-    done = run(
-        store.env,
-        "frugal.serving.profiling",
-        "--artifacts",
-        published,
-        "--hardware-profile",
-        HARDWARE,
-        "--repeats",
-        "2",
-    )
+    done = run_profiler(store.env, published, HARDWARE, repeats=2)
     assert done.returncode == 0, done.stderr
     assert "profiled 2 variant(s)" in done.stdout
     prefix = published.split("://", 1)[1]

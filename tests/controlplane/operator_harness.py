@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from controlplane_harness import REPO_ROOT, ControlPlane, free_port, kubeconfig_document
+from controlplane_harness import EXAMPLES_DIR, REPO_ROOT, ControlPlane, free_port, kubeconfig_document
 from prometheus_harness import Prometheus
 
 VENV_BIN = Path(sys.executable).parent
@@ -376,6 +376,39 @@ def events_for(cluster: ControlPlane, namespace: str, name: str) -> list[dict[st
 def create_namespace(cluster: ControlPlane, name: str) -> str:
     cluster.kubectl("create", "namespace", name)
     return name
+
+
+@contextmanager
+def chart_operator(
+    cluster: ControlPlane,
+    work: Path,
+    values: Sequence[str] = (),
+    extra_args: Sequence[str] = (),
+    host_path: bool = True,
+) -> Iterator[Operator]:
+    """The operator (`extra_args`: its flags; `host_path`: as :class:`Operator`'s) started as the chart's
+    ServiceAccount, whose RBAC is rendered with helm `values` (:func:`chart_identity`), its artifacts and
+    log in `work`; stopped afterwards."""
+    operator = Operator(cluster, work / "artifacts", work / "operator.log", extra_args, host_path,
+                        kubeconfig=chart_identity(cluster, work, values=values))  # fmt: skip
+    operator.start()
+    try:
+        yield operator
+    finally:
+        operator.stop()
+
+
+def digits_published(cluster: ControlPlane, operator: Operator, namespace: str, pods: Path) -> str:
+    """A new `namespace` with examples/digits.yaml applied and its compression and profiling Jobs run
+    to success as their pods would (in `pods`): the model is published and profiled. Returns the
+    namespace."""
+    ns = create_namespace(cluster, namespace)
+    pods.mkdir(parents=True, exist_ok=True)
+    cluster.kubectl("apply", "-n", ns, "-f", EXAMPLES_DIR / "digits.yaml")
+    for job in ("digits-g1-compress", "digits-g1-profile-local-cpu"):
+        proc = run_and_finish(cluster, wait_object(cluster, operator, "job", ns, job), pods)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return ns
 
 
 @contextmanager

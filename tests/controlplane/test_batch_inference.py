@@ -20,11 +20,11 @@ import numpy as np
 import yaml
 from controlplane_harness import EXAMPLES_DIR, ControlPlane
 from operator_harness import (
-    Operator,
-    chart_identity,
+    chart_operator,
     complete_job,
     condition,
     create_namespace,
+    digits_published,
     events_for,
     get,
     pod_env,
@@ -58,17 +58,9 @@ def test_the_operator_runs_a_batch_as_an_indexed_job_then_aggregates(
     from frugal.compression import zoo
 
     cluster = crds_installed
-    operator = Operator(cluster, tmp_path / "artifacts", tmp_path / "operator.log",
-                        kubeconfig=chart_identity(cluster, tmp_path))  # fmt: skip
-    operator.start()
-    try:
-        ns = create_namespace(cluster, "batch-journey")
+    with chart_operator(cluster, tmp_path) as operator:
         work = tmp_path / "pods"
-        work.mkdir()
-        cluster.kubectl("apply", "-n", ns, "-f", EXAMPLES_DIR / "digits.yaml")
-        for job in ("digits-g1-compress", "digits-g1-profile-local-cpu"):
-            proc = run_and_finish(cluster, wait_object(cluster, operator, "job", ns, job), work)
-            assert proc.returncode == 0, proc.stderr[-3000:]
+        ns = digits_published(cluster, operator, "batch-journey", work)
 
         data = tmp_path / "data" / "digits.npz"
         data.parent.mkdir()
@@ -127,18 +119,13 @@ def test_the_operator_runs_a_batch_as_an_indexed_job_then_aggregates(
         assert sorted(ours.files) == sorted(theirs.files)
         for name in ours.files:
             np.testing.assert_array_equal(ours[name], theirs[name])
-    finally:
-        operator.stop()
 
 
 def test_a_batch_whose_model_deployment_is_missing_waits_with_a_condition(
     crds_installed: ControlPlane, tmp_path: Path
 ) -> None:
     cluster = crds_installed
-    operator = Operator(cluster, tmp_path / "artifacts", tmp_path / "operator.log",
-                        kubeconfig=chart_identity(cluster, tmp_path))  # fmt: skip
-    operator.start()
-    try:
+    with chart_operator(cluster, tmp_path) as operator:
         ns = create_namespace(cluster, "batch-waits")
         document = yaml.safe_load((EXAMPLES_DIR / "digits-batch.yaml").read_text())
         document["spec"]["input"] = {"uri": f"file://{tmp_path}/in.npz"}
@@ -150,8 +137,6 @@ def test_a_batch_whose_model_deployment_is_missing_waits_with_a_condition(
         assert "ModelDeployment digits does not exist" in pending["message"]
         assert batch_status(cluster, ns)["phase"] == "Pending"
         assert get(cluster, "job", ns, f"{NAME}-g1-score") is None
-    finally:
-        operator.stop()
 
 
 def _config_env(job: Mapping[str, Any]) -> str:

@@ -27,7 +27,7 @@ import yaml
 from controlplane_harness import EXAMPLES_DIR, ControlPlane
 from operator_harness import (
     Operator,
-    chart_identity,
+    chart_operator,
     complete_job,
     condition,
     create_namespace,
@@ -64,17 +64,12 @@ def operator(
     and with no claim at all: its default storage is the bucket."""
     work = tmp_path_factory.mktemp("operator-bucket")
     names = json.dumps([SECRET, READ_ONLY_SECRET])
-    identity = chart_identity(crds_installed, work, values=("--set-json", f"objectStore.secretNames={names}"))
     default_store = {"secretName": SECRET, "endpoint": s3_server.endpoint_url, "addressingStyle": "path"}
-    running = Operator(
-        crds_installed, work / "unused", work / "operator.log", host_path=False, kubeconfig=identity,
+    with chart_operator(
+        crds_installed, work, values=("--set-json", f"objectStore.secretNames={names}"), host_path=False,
         extra_args=["--storage-uri", f"s3://{bucket}/{PREFIX}", "--object-store", json.dumps(default_store)],
-    )  # fmt: skip
-    running.start()
-    try:
+    ) as running:  # fmt: skip
         yield running
-    finally:
-        running.stop()
 
 
 def create_secret(cluster: ControlPlane, namespace: str, name: str, identity: S3Identity) -> None:

@@ -13,16 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from controlplane_harness import EXAMPLES_DIR, ControlPlane
-from operator_harness import (
-    Operator,
-    chart_identity,
-    create_namespace,
-    get,
-    run_and_finish,
-    wait_for,
-    wait_object,
-)
+from controlplane_harness import ControlPlane
+from operator_harness import chart_operator, digits_published, get, wait_for, wait_object
 
 ROOT = "/var/lib/frugal/model-cache"
 
@@ -31,18 +23,9 @@ def test_serving_a_model_makes_its_namespace_a_bound_claim_on_its_own_cache_dire
     crds_installed: ControlPlane, tmp_path: Path
 ) -> None:
     cluster = crds_installed
-    identity = chart_identity(cluster, tmp_path, values=("--set", "modelCache.enabled=true"))
-    operator = Operator(cluster, tmp_path / "artifacts", tmp_path / "operator.log", kubeconfig=identity,
-                        extra_args=["--node-cache-root", ROOT])  # fmt: skip
-    operator.start()
-    try:
-        ns = create_namespace(cluster, "node-cache")
-        work = tmp_path / "pods"
-        work.mkdir()
-        cluster.kubectl("apply", "-n", ns, "-f", EXAMPLES_DIR / "digits.yaml")
-        for job in ("digits-g1-compress", "digits-g1-profile-local-cpu"):
-            proc = run_and_finish(cluster, wait_object(cluster, operator, "job", ns, job), work)
-            assert proc.returncode == 0, proc.stderr[-3000:]
+    with chart_operator(cluster, tmp_path, values=("--set", "modelCache.enabled=true"),
+                        extra_args=["--node-cache-root", ROOT]) as operator:  # fmt: skip
+        ns = digits_published(cluster, operator, "node-cache", tmp_path / "pods")
         deployment = wait_object(cluster, operator, "deployment", ns, "digits-g1-shard-0")
 
         def bound() -> dict[str, Any] | None:
@@ -58,5 +41,3 @@ def test_serving_a_model_makes_its_namespace_a_bound_claim_on_its_own_cache_dire
         assert {"name": "node-cache", "persistentVolumeClaim": {"claimName": "frugal-model-cache"}} in pod["volumes"]
         mounts = {m["subPath"]: m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "node-cache"}
         assert mounts["variants"]["readOnly"] is True and not mounts["inbox"].get("readOnly")
-    finally:
-        operator.stop()
