@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controlplane"))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/: the S3 server's harness
 
 from node_harness import RealCluster
 

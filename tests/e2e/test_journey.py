@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from journey_support import (
     seconds_to_ready,
 )
 from prometheus_harness import Prometheus
+from s3_harness import S3Server, ensure_weed_binary
 
 from frugal.operator.manifests.container_commands import GRPC_PORT, SERVING_PORT
 from frugal.schema.artifact_format import read_manifest
@@ -45,6 +47,7 @@ from frugal.schema.artifact_format import read_manifest
 PIPELINE_TIMEOUT_S = 1200.0
 RELEASE = "frugal"
 MODEL_CACHE_NAMESPACE = "frugal-node"
+BUCKET_SECRET = "frugal-bucket"  # what examples/digits-bucket.yaml names
 FROM_NODE_CACHE = "from the node cache"  # what `frugal serve` logs when it loads the agent's copy
 
 
@@ -90,6 +93,15 @@ def prometheus(real_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.fixture(scope="module")
+def s3_store(real_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS) outside the cluster, on the pod network's gateway like Prometheus,
+    so the operator's and the model's pods reach it with the keys of a Secret."""
+    with S3Server(ensure_weed_binary(), tmp_path_factory.mktemp("s3"), host=real_cluster.pod_gateway_ip) as server:
+        server.make_bucket("frugal-models")
+        yield server
+
+
+@pytest.fixture(scope="module")
 def installed(real_cluster: Any, built_images: BuiltImages, prometheus: Prometheus) -> Iterator[Any]:
     """The chart installed as a user would, with the built images, on the pool's node."""
     cluster = real_cluster
@@ -115,6 +127,7 @@ def installed(real_cluster: Any, built_images: BuiltImages, prometheus: Promethe
         "--set", "modelCache.enabled=true", "--set", f"modelCache.namespace={MODEL_CACHE_NAMESPACE}",
         "--set", f"modelCache.hostPath={model_cache}",
         "--set-json", f"modelCache.tolerations={json.dumps(toleration)}",
+        "--set-json", f'objectStore.secretNames=["{BUCKET_SECRET}"]',  # the one Secret it may read
         "--wait", "--timeout", "10m",
     )  # fmt: skip
     yield cluster
@@ -265,6 +278,47 @@ def test_the_model_answers_over_its_cluster_ip_with_the_held_out_accuracy(
     tensor.set_data_from_numpy(np.zeros([1, *spec.shape[1:]], dtype=np.float32))
     answer = client.infer("digits", [tensor]).as_numpy(entry.outputs[0].name)
     assert answer is not None and answer.shape[0] == 1
+
+
+def test_a_model_in_a_bucket_is_compressed_profiled_and_served_by_pods_holding_only_a_secret(
+    installed: Any, served: dict[str, Any], s3_store: S3Server, measured: dict[str, Any]
+) -> None:
+    """examples/digits-bucket.yaml on the real node: the compression Job's container publishes to the
+    bucket, the profiling Job's and the serving pod's containers fetch from it, each with the keys of
+    the Secret as environment references, and no claim is mounted; the operator pod reads the manifest
+    and profiles with the same Secret (the chart lets it read that one name)."""
+    cluster, name = installed, "digits-bucket"
+    keys = s3_store.identities["admin"]
+    cluster.kubectl("create", "secret", "generic", BUCKET_SECRET, "-n", JOURNEY_NAMESPACE,
+                    f"--from-literal=AWS_ACCESS_KEY_ID={keys.access_key}",
+                    f"--from-literal=AWS_SECRET_ACCESS_KEY={keys.secret_key}")  # fmt: skip
+    [md] = [d for d in yaml.safe_load_all((EXAMPLES_DIR / "digits-bucket.yaml").read_text()) if d]
+    md["spec"]["objectStore"]["endpoint"] = s3_store.endpoint_url
+    started = time.monotonic()
+    cluster.kubectl("apply", "-n", JOURNEY_NAMESPACE, "-f", "-", input=yaml.safe_dump(md))
+    status = wait_serving(cluster, name)
+    measured["digits-bucket: apply -> Serving, artifacts in S3 (s)"] = round(time.monotonic() - started, 1)
+    generation = f"frugal-models/artifacts/{JOURNEY_NAMESPACE}/{name}/gen-1"
+    assert status["artifacts"]["uri"] == f"s3://{generation}"
+    stored = s3_store.filesystem("admin").find(generation)
+    assert f"{generation}/manifest.json" in stored and f"{generation}/profiles/local-cpu.json" in stored, stored
+    pods = [*pods_of(cluster, JOURNEY_NAMESPACE, f"batch.kubernetes.io/job-name={name}-g1-compress"),
+            *shard_pods(cluster, name)]  # fmt: skip
+    assert pods
+    for pod in pods:
+        volumes = pod["spec"]["volumes"]
+        assert not [v for v in volumes if v.get("persistentVolumeClaim", {}).get("claimName") == "frugal-artifacts"]
+        env = pod["spec"]["containers"][0]["env"]
+        assert {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "secretKeyRef" in e.get("valueFrom", {})} == {BUCKET_SECRET}
+        assert keys.secret_key not in json.dumps(pod)
+    cluster.wait_service_endpoints(JOURNEY_NAMESPACE, name)
+    url = f"http://{service_ip(cluster, name)}:{SERVING_PORT}/v2/models/{name}/infer"
+    request = urllib.request.Request(url, json.dumps(ONE_ROW).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        assert reply.status == 200 and json.loads(reply.read())["outputs"][0]["shape"] == [1, 10]
+    logs = cluster.kubectl("logs", "-n", JOURNEY_NAMESPACE, "-l", OPERATOR_PODS, "--tail=-1", check=False).stdout
+    assert keys.secret_key not in logs
+    cluster.kubectl("delete", "modeldeployment", name, "-n", JOURNEY_NAMESPACE, "--wait=true", "--timeout=120s")
 
 
 def wait_serving(cluster: Any, name: str) -> dict[str, Any]:
