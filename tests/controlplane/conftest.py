@@ -66,13 +66,16 @@ def crds_installed(cluster: ControlPlane) -> ControlPlane:
 
 
 @pytest.fixture
-def namespace(cluster: ControlPlane, request: pytest.FixtureRequest) -> str:
-    """A fresh namespace per test (named after the test, unique per test id)."""
+def namespace(cluster: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test (named after the test, unique per test id), deleted afterwards: every
+    later module's operator serves all namespaces, and what a test left there (an example's models and
+    batches) would cost its passes."""
     slug = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())
     digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
     name = f"t-{slug[:40].strip('-')}-{digest}"
     cluster.kubectl("create", "namespace", name)
-    return name
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.hookimpl(wrapper=True)

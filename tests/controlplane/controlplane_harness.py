@@ -222,7 +222,8 @@ class ControlPlane:
     apiserver_env: Mapping[str, str] = field(default_factory=dict)  # added to its environment
     controllers: str = (
         "garbage-collector-controller,namespace-controller,deployment-controller,"
-        "replicaset-controller,job-controller,persistentvolume-binder-controller"
+        "replicaset-controller,job-controller,persistentvolume-binder-controller,"
+        "persistentvolume-protection-controller,persistentvolumeclaim-protection-controller"
     )
     controller_manager_args: tuple[str, ...] = ()
     # Called with the certificate directory once the CA exists, before any server starts (to sign more).

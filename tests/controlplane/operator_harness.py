@@ -378,6 +378,16 @@ def create_namespace(cluster: ControlPlane, name: str) -> str:
     return name
 
 
+def delete_namespaces(cluster: ControlPlane, prefix: str, timeout_s: int = 180) -> None:
+    """Delete every namespace whose name starts with `prefix` and wait until they are gone. Call it while
+    the operator that serves them still runs (it removes its finalizers): every later module's operator
+    serves all namespaces, and a model left behind costs its passes API requests."""
+    names = [n.removeprefix("namespace/") for n in cluster.kubectl("get", "namespaces", "-o", "name").stdout.split()]
+    doomed = [n for n in names if n.startswith(prefix)]
+    if doomed:
+        cluster.kubectl("delete", "namespace", *doomed, "--wait=true", f"--timeout={timeout_s}s")
+
+
 @contextmanager
 def chart_operator(
     cluster: ControlPlane,

@@ -31,6 +31,7 @@ from operator_harness import (
     complete_job,
     condition,
     create_namespace,
+    delete_namespaces,
     events_for,
     http,
     kubectl_json,
@@ -70,6 +71,7 @@ def operator(
         extra_args=["--storage-uri", f"s3://{bucket}/{PREFIX}", "--object-store", json.dumps(default_store)],
     ) as running:  # fmt: skip
         yield running
+        delete_namespaces(crds_installed, "op-bucket")  # its models and batches, while it runs
 
 
 def create_secret(cluster: ControlPlane, namespace: str, name: str, identity: S3Identity) -> None:

@@ -154,8 +154,8 @@ def test_unknown_fields_are_rejected(crds_installed: ControlPlane, namespace: st
         ("spec.compression.distillation.student.depthFactor", "fraction of the teacher's hidden layers"),
         ("spec.compression.accuracyBudget.metric", "the minimum, over the validation rows"),
         ("spec.compression.accuracyBudget.metric", "f1 for classifiers (macro F1"),
-        ("spec.storage.uri", "s3://<bucket>/<prefix> (reached as spec.objectStore says)"),
-        ("spec.objectStore.secretName", "Its keys reach only the pods that read or write the store"),
+        ("spec.storage.uri", "s3://, gs:// or az://<bucket>/<prefix> (reached as spec.objectStore says)"),
+        ("spec.objectStore.secretName", "The keys reach only the pods that read or write the store"),
     ],
 )
 def test_explain_says_what_the_wired_fields_do(crds_installed: ControlPlane, path: str, says: str) -> None:

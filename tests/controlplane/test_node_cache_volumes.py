@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from controlplane_harness import ControlPlane
-from operator_harness import chart_operator, digits_published, get, wait_for, wait_object
+from operator_harness import chart_operator, delete_namespaces, digits_published, get, wait_for, wait_object
 
 ROOT = "/var/lib/frugal/model-cache"
 
@@ -41,3 +41,4 @@ def test_serving_a_model_makes_its_namespace_a_bound_claim_on_its_own_cache_dire
         assert {"name": "node-cache", "persistentVolumeClaim": {"claimName": "frugal-model-cache"}} in pod["volumes"]
         mounts = {m["subPath"]: m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "node-cache"}
         assert mounts["variants"]["readOnly"] is True and not mounts["inbox"].get("readOnly")
+        delete_namespaces(cluster, ns)  # while the operator runs: later modules' operators serve every namespace
