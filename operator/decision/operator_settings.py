@@ -1,6 +1,6 @@
 """The operator's own configuration: what its command-line flags (or their environment variables)
 set for every ModelDeployment it reconciles. `frugal operator` builds it from the flags
-(:func:`frugal.operator.cluster.operator_command.settings_from`); `frugal up` sets its own.
+(:func:`frugal.operator.cluster.operator_options.settings_from`); `frugal up` sets its own.
 """
 
 from __future__ import annotations
