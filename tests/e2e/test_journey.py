@@ -319,6 +319,10 @@ def test_a_model_in_a_bucket_is_compressed_profiled_and_served_by_pods_holding_o
     logs = cluster.kubectl("logs", "-n", JOURNEY_NAMESPACE, "-l", OPERATOR_PODS, "--tail=-1", check=False).stdout
     assert keys.secret_key not in logs
     cluster.kubectl("delete", "modeldeployment", name, "-n", JOURNEY_NAMESPACE, "--wait=true", "--timeout=120s")
+    # Its pods drain for their grace period after the model is gone: until then they hold the node's CPU
+    # requests, which the next test's Job pods need to be scheduled.
+    wait_until(f"{name}'s pods gone", lambda: not pods_of(cluster, JOURNEY_NAMESPACE, f"frugal.dev/model-deployment={name}"),
+               120.0, lambda: operator_diagnostics(cluster))  # fmt: skip
 
 
 def wait_serving(cluster: Any, name: str) -> dict[str, Any]:
