@@ -9,9 +9,8 @@ directory (as each pod has its own emptyDir): "cold" is an empty directory, "war
 again after the cold start filled it — a container restart in a pod.
 
 The request is the example's first two held-out inputs in one request (two rows, MiniLM's padded
-to the longer sentence). Two rows, not one: MiniLM cut in two stages forwards shape tensors of
-length 2 (``Shape`` outputs) beside the activations, and stage 1's request check refuses inputs whose
-dim 0 disagree, so through two shards only a batch of exactly 2 is answered today.
+to the longer sentence). A sharded start loads each stage's own file, which compression cut for the
+example with ``spec.serving.shards`` covering ``--shards`` (cached beside the example's own).
 
 The breakdown is what the servers expose: spawn → ready (every shard has printed
 ``frugal serve: ready on ...``, which follows verification, the ONNX Runtime session and warm-up),
@@ -61,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -376,6 +376,14 @@ def chosen_variant(model: str, directory: Path, override: str | None) -> str:
     return str(autoscaling.profile_and_plan(md, hp, directory)["variant"])
 
 
+def with_shard_counts(md: ModelDeploymentSpec, counts: Sequence[int]) -> ModelDeploymentSpec:
+    """The example with `spec.serving.shards` covering `counts`, so compression cuts their stage files."""
+    low, high = min(counts), max(counts)
+    serving = md.spec.serving.model_copy(update={"shards": low if low == high else f"{low}-{high}"})
+    spec = md.spec.model_copy(update={"serving": serving})
+    return dataclasses.replace(md, resource=md.resource.model_copy(update={"spec": spec}))
+
+
 def run_model(
     model: str,
     shard_counts: Sequence[int],
@@ -389,7 +397,9 @@ def run_model(
     """Every row of one model: per shard count, each source's verify cache states, `repeat` wakes each.
     The bucket sources run at `bucket_shard_counts` only (default: every shard count)."""
     md, _ = autoscaling.load_example(model)
-    directory = autoscaling.CACHE / model
+    md = with_shard_counts(md, shard_counts)
+    low, high = min(shard_counts), max(shard_counts)
+    directory = autoscaling.CACHE / (model if high == 1 else f"{model}-shards-{low}-{high}")
     directory.parent.mkdir(parents=True, exist_ok=True)
     autoscaling.compress(md, directory)
     name = chosen_variant(model, directory, variant)

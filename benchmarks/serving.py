@@ -162,7 +162,7 @@ def artifacts_for(workload: Workload) -> Path:
 
     initializers = {i.name for i in graph.initializer}
     manifest = {
-        "schemaVersion": 1,
+        "schemaVersion": 2,
         "model": workload.name,
         "generation": 1,
         "source": "benchmark",

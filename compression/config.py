@@ -167,6 +167,11 @@ class CompressionConfig(_Model):
     name: str = Field(default="model", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
     generation: int = Field(default=1, ge=0)
     serving_batch_size: int = Field(default=32, ge=1, le=4096)
+    shard_counts: list[int] = Field(
+        default_factory=lambda: [1],
+        description="The shard counts serving may use: every kept variant is cut into each count above 1, "
+        "one verified ONNX file per stage.",
+    )
     latency_repeats: int = Field(default=5, ge=1, le=100)
     latency_threads: int = Field(
         default=1,
@@ -182,6 +187,13 @@ class CompressionConfig(_Model):
         if value is None:
             return []
         return [value] if isinstance(value, dict | BaseModel) else value
+
+    @field_validator("shard_counts")
+    @classmethod
+    def _counts(cls, value: list[int]) -> list[int]:
+        if not value or min(value) < 1 or max(value) > 16:
+            raise ValueError("shard counts must be between 1 and 16")
+        return sorted(set(value))
 
     @model_validator(mode="after")
     def _unique_steps(self) -> CompressionConfig:

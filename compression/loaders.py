@@ -174,7 +174,7 @@ def _onnx_source(uri: str, path: Path, config: CompressionConfig) -> SourceModel
     validation, calibration = _held_out(config, "an ONNX model")
     initializers = {i.name for i in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in initializers]
-    inputs = [_spec(i) for i in graph_inputs]
+    inputs = [tensor_spec(i) for i in graph_inputs]
     for data, field in ((validation, "data.validation"), (calibration, "data.calibration")):
         check_inputs(inputs, data.inputs, field)
     return SourceModel(
@@ -182,14 +182,14 @@ def _onnx_source(uri: str, path: Path, config: CompressionConfig) -> SourceModel
         task=_task(validation),
         family="opaque",
         inputs=inputs,
-        outputs=[_spec(o) for o in model.graph.output],
+        outputs=[tensor_spec(o) for o in model.graph.output],
         validation=validation,
         calibration=calibration,
         onnx_path=path,
     )
 
 
-def _spec(value: object) -> TensorSpec:
+def tensor_spec(value: object) -> TensorSpec:
     from onnx import helper
 
     tensor = value.type.tensor_type  # type: ignore[attr-defined]

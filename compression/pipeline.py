@@ -4,6 +4,7 @@ survivors, rank them and write the artifact directory atomically."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from .latency import Latency, measure
 from .progress import Progress, Silent
 from .source import SourceModel, TensorSpec
 
+log = logging.getLogger("frugal.compression")
+
 
 @dataclass
 class VariantResult:
@@ -33,6 +36,7 @@ class VariantResult:
     status: str = "kept"
     reason: str | None = None
     chosen_as: list[str] = field(default_factory=list)
+    stage_sets: list[schema.StageSet] = field(default_factory=list)
 
     def to_json(self, fp32: VariantResult | None = None) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -85,6 +89,7 @@ def compress(config: CompressionConfig, progress: Progress | None = None) -> Com
     with artifact.staging(config.output) as root:
         variants = _build_and_score(config, source, metric, root, bar)
         _time_survivors(config, source, variants, root, bar)
+        _cut_stages(config, source, variants, root, bar)
         manifest, report_json = _write(config, source, metric, variants, root)
     return CompressionResult(config.output, manifest, report_json, variants)
 
@@ -264,6 +269,48 @@ def _time_survivors(
         next(v for v in kept if v.name == name).chosen_as.append(role)
 
 
+def _cut_stages(
+    config: CompressionConfig, source: SourceModel, variants: list[VariantResult], root: Path, bar: Progress
+) -> None:
+    """Every kept variant cut into each shard count above 1 that serving may use, one verified ONNX file
+    per stage under ``variants/<name>/stages-<count>/``. A count a graph cannot be cut into is left
+    out with a warning (the planner then rejects that count for the variant, saying so)."""
+    from .stages import write_stage_set
+
+    counts = [c for c in config.shard_counts if c > 1]
+    kept = [v for v in variants if v.status == "kept"]
+    if not counts or not kept:
+        return
+    bar.begin("cut into stages", len(counts) * len(kept))
+    batches = (1, config.serving_batch_size)
+    rows = source.validation.rows(max(batches))
+    for variant in kept:
+        for count in counts:
+            directory = root / "variants" / variant.name / f"stages-{count}"
+            try:
+                files = write_stage_set(root / variant.file, count, directory, rows, batches)
+            except (ValueError, CompressionError) as exc:
+                log.warning("%s is not served in %d shards: %s", variant.name, count, exc)
+                shutil.rmtree(directory, ignore_errors=True)
+            else:
+                variant.stage_sets.append(
+                    schema.StageSet(
+                        count=count,
+                        stages=tuple(
+                            schema.StageFile(
+                                index=f.index,
+                                file=f.path.relative_to(root).as_posix(),
+                                inputs=tuple(_tensor(t) for t in f.inputs),
+                                outputs=tuple(_tensor(t) for t in f.outputs),
+                            )
+                            for f in files
+                        ),
+                    )
+                )
+            bar.advance("cut into stages")
+    bar.end("cut into stages")
+
+
 def _write(
     config: CompressionConfig, source: SourceModel, metric: str, variants: list[VariantResult], root: Path
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -312,6 +359,7 @@ def _manifest_entry(variant: VariantResult, source: SourceModel) -> schema.Varia
         size_bytes=variant.size_bytes,
         metric=schema.Score.model_validate(variant.score.to_json()) if variant.score else None,
         latency=schema.Latency.model_validate(variant.latency.to_json()) if variant.latency else None,
+        stage_sets=tuple(variant.stage_sets),
     )
 
 

@@ -50,7 +50,7 @@ REPORT = "report.json"
 PROFILES = "profiles"
 
 # The version each reader reads (and each writer writes); the models' ``schemaVersion`` Literal follows.
-MANIFEST_VERSION: Final = 1
+MANIFEST_VERSION: Final = 2
 REPORT_VERSION: Final = 1
 PROFILE_VERSION: Final = 1
 
@@ -113,8 +113,34 @@ class FileEntry(_File):
     size_bytes: StrictInt = Field(ge=0)
 
 
+class StageFile(_File):
+    """One stage of a variant cut into contiguous pieces: its own ONNX file (listed under ``files``),
+    what it reads (stage 0: the model's inputs) and what it sends the next stage (the last: the model's
+    outputs)."""
+
+    index: StrictInt = Field(ge=0)
+    file: StrictStr = Field(min_length=1)
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+class StageSet(_File):
+    """A variant cut into ``count`` stages, verified by compression: the chain answers like the whole
+    model on held-out rows at batch 1 and at the serving batch."""
+
+    count: StrictInt = Field(ge=2)
+    stages: tuple[StageFile, ...]
+
+    @model_validator(mode="after")
+    def _one_file_per_stage(self) -> StageSet:
+        if [s.index for s in self.stages] != list(range(self.count)):
+            raise ValueError(f"stages: expected stages 0..{self.count - 1} in order")
+        return self
+
+
 class Variant(_File):
-    """A kept variant: its ONNX file (listed under ``files``) and signature, size, metric, latency."""
+    """A kept variant: its ONNX file (listed under ``files``) and signature, size, metric, latency, and
+    the stage files of every shard count compression cut it into (``stageSets``, none for 1 shard)."""
 
     name: StrictStr = Field(min_length=1)
     file: StrictStr = Field(min_length=1)
@@ -124,12 +150,23 @@ class Variant(_File):
     size_bytes: StrictInt = Field(ge=0)
     metric: Score | None
     latency: Latency | None
+    stage_sets: tuple[StageSet, ...] = ()
+
+    def stage_set(self, count: int) -> StageSet:
+        for stage_set in self.stage_sets:
+            if stage_set.count == count:
+                return stage_set
+        made = ", ".join(str(s.count) for s in self.stage_sets) or "none"
+        raise ArtifactError(
+            f"variant {self.name!r} has no {count}-shard stage files (shard counts cut: {made}); "
+            "compression cuts the counts spec.serving.shards allows"
+        )
 
 
 class Manifest(_File):
     """``manifest.json``: every file of the artifact (sha256, size) and every kept variant, best first."""
 
-    schema_version: Literal[1] = MANIFEST_VERSION
+    schema_version: Literal[2] = MANIFEST_VERSION
     model: StrictStr
     generation: StrictInt = Field(ge=0)
     source: StrictStr
@@ -148,6 +185,13 @@ class Manifest(_File):
             seen.add(variant.name)
             if variant.file not in self.files:
                 raise ValueError(f"variants[{index}].file: {variant.file!r} is not listed under files")
+            for set_index, stage_set in enumerate(variant.stage_sets):
+                for stage in stage_set.stages:
+                    if stage.file not in self.files:
+                        raise ValueError(
+                            f"variants[{index}].stageSets[{set_index}].stages[{stage.index}].file: "
+                            f"{stage.file!r} is not listed under files"
+                        )
         return self
 
     def variant(self, name: str) -> Variant:

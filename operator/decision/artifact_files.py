@@ -84,6 +84,13 @@ def planner_variants(artifacts: Artifacts) -> list[Variant]:
                 # all there is), and its rows per second for the throughput.
                 report_latency_p95_ms=latency.batch_ms if latency else None,
                 report_throughput_rps=latency.throughput_per_s if latency else None,
+                stage_bytes=tuple(
+                    (
+                        stage_set.count,
+                        max(artifacts.manifest.files[s.file].size_bytes for s in stage_set.stages),
+                    )
+                    for stage_set in entry.stage_sets
+                ),
             )
         )
     return result

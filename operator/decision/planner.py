@@ -94,6 +94,15 @@ class Variant:
     measurements: tuple[Measurement, ...] = ()
     report_latency_p95_ms: float | None = None
     report_throughput_rps: float | None = None
+    # (shard count, bytes of its largest stage file) for every count compression cut the variant into;
+    # None when not known (then a stage is assumed to hold size / shards, and any count is allowed)
+    stage_bytes: tuple[tuple[int, int], ...] | None = None
+
+    def bytes_per_pod(self, shards: int) -> float:
+        """What one pod of a `shards`-way cut loads: the largest stage's file, or size / shards."""
+        if shards <= 1:
+            return float(self.size_bytes)
+        return float(dict(self.stage_bytes or ()).get(shards, self.size_bytes / shards))
 
 
 @dataclass(frozen=True)
@@ -182,7 +191,9 @@ def plan(variants: Sequence[Variant], profiles: Sequence[Profile], objectives: O
         for profile in profiles
         for shards in sorted(set(objectives.shard_counts))
     )
-    feasible = _within_tolerance_first(sorted((row for row in table if row.feasible), key=_preference), objectives)
+    feasible = _within_tolerance_first(
+        sorted((row for row in table if row.feasible), key=_preference), objectives
+    )
     if not feasible:
         return Plan(None, table, _no_choice_reason(table, objectives), fallback, objectives)
     chosen = replace(feasible[0], reason="chosen: " + feasible[0].reason)
@@ -208,9 +219,7 @@ def why_not(row: Candidate, plan: Plan) -> str:
         return f"same cost; the choice draws less power ({chosen.watts:.3g} W vs {row.watts:.3g} W)"
     same_power_and_size = _near_tie_preference(row)[:2] == _near_tie_preference(chosen)[:2]
     won_on = "a lower cost" if same_power_and_size else _tie_breaker(chosen, row)
-    return (
-        f"within {tolerance:.0%} of the choice's cost (measurement noise); the choice has {won_on}"
-    )
+    return f"within {tolerance:.0%} of the choice's cost (measurement noise); the choice has {won_on}"
 
 
 def price(
@@ -316,9 +325,15 @@ def _rejections(row: Candidate, variant: Variant, profile: Profile, objectives: 
         yield f"p95 {row.latency_p95_ms:.3g} ms exceeds the SLO of {objectives.slo_p95_ms:.3g} ms"
     elif row.throughput_rps is None or row.throughput_rps <= 0:
         yield f"no throughput measured on {profile.name}"
-    if profile.memory_bytes is not None and variant.size_bytes / row.shards > profile.memory_bytes:
+    if row.shards > 1 and variant.stage_bytes is not None and row.shards not in dict(variant.stage_bytes):
         yield (
-            f"does not fit: {variant.size_bytes / row.shards / 1e6:.3g} MB per shard > "
+            f"compression made no {row.shards}-shard stage files (the graph has no such cut where only a "
+            "batch's rows cross; see the compression Job's log)"
+        )
+    elif profile.memory_bytes is not None and variant.bytes_per_pod(row.shards) > profile.memory_bytes:
+        which = "per shard (its largest stage file)" if row.shards > 1 else "per pod"
+        yield (
+            f"does not fit: {variant.bytes_per_pod(row.shards) / 1e6:.3g} MB {which} > "
             f"{profile.memory_bytes / 1e6:.3g} MB on {profile.name}"
         )
 
@@ -341,7 +356,15 @@ def _within_tolerance_first(feasible: list[Candidate], objectives: Objectives) -
 
 def _near_tie_preference(row: Candidate) -> tuple[float, int, float, float, str, str, int]:
     watts = float(f"{row.watts:.3g}")
-    return (watts, row.size_bytes, *_preference(row)[:1], row.latency_p95_ms or 0.0, row.variant, row.profile, row.shards)
+    return (
+        watts,
+        row.size_bytes,
+        *_preference(row)[:1],
+        row.latency_p95_ms or 0.0,
+        row.variant,
+        row.profile,
+        row.shards,
+    )
 
 
 def _same_option(a: Candidate, b: Candidate) -> bool:
@@ -420,4 +443,3 @@ def _no_choice_reason(table: Sequence[Candidate], objectives: Objectives) -> str
 
 def _money(value: float | None) -> str:
     return "?" if value is None else f"{value:.4g}"
-

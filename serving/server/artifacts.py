@@ -86,6 +86,21 @@ def variant_files(manifest: Manifest, variant: Variant) -> list[str]:
     return [variant.file, *sorted(beside)]
 
 
+def served_variant(variant: Variant, shard_index: int, shard_count: int) -> Variant:
+    """What one server of `variant` loads: the variant itself, or for stage `shard_index` of
+    `shard_count` a variant whose file and inputs are that stage's own (its ONNX file, compressed and
+    verified once by compression, in a folder of its own); the outputs stay the whole model's, which
+    is what the first stage answers its clients. Raises ArtifactError when the manifest has no stage
+    files for that count."""
+    if shard_count <= 1:
+        return variant
+    stage_set = variant.stage_set(shard_count)
+    if not 0 <= shard_index < shard_count:
+        raise ArtifactError(f"shard index {shard_index} is not one of 0..{shard_count - 1}")
+    stage = stage_set.stages[shard_index]
+    return variant.model_copy(update={"file": stage.file, "inputs": stage.inputs, "stage_sets": ()})
+
+
 # ------------------------------------------------------------------------------------ verify cache
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,16 +85,21 @@ def vouched_files(cache_dir: Path | None) -> dict[str, str]:
 
 
 def fetch_artifacts(
-    source: Location, target: Path, variants: Iterable[str] | None = None, verify_cache_dir: Path | None = None
+    source: Location,
+    target: Path,
+    variants: Iterable[str] | None = None,
+    verify_cache_dir: Path | None = None,
+    only: Sequence[str] | None = None,
 ) -> Fetched:
     """Copy `source`'s manifest.json and the files of `variants` (every variant when None) into
     `target`, keeping a copy already there that matches the manifest (trusted without hashing when the
     verify cache in `verify_cache_dir` vouches for it, as the server then does). Raises
     FileNotFoundError naming ``manifest.json`` when there is none, ObjectStoreError for a refusal,
-    ArtifactError for a manifest it cannot use or a variant it does not list."""
+    ArtifactError for a manifest it cannot use or a variant it does not list. `only`: exactly these of
+    the manifest's files instead (a stage server fetches its stage's file, not the whole variant)."""
     started = time.perf_counter()
     manifest = fetch_manifest(source, target)
-    files = wanted_files(manifest, variants)
+    files = wanted_files(manifest, variants) if only is None else [f for f in only if f in manifest.files]
     vouched = vouched_files(verify_cache_dir)
     kept = [
         f

@@ -30,11 +30,13 @@ log = logging.getLogger("frugal.serving")
 
 @dataclass(frozen=True)
 class VariantFiles:
-    """The ONNX file to load, its manifest and variant, and where it came from (for the log)."""
+    """The ONNX file to load, its manifest and variant, what this server serves of it (the variant, or
+    one stage's file: :func:`artifacts.served_variant`), and where it came from (for the log)."""
 
     path: Path
     manifest: Manifest
     variant: Variant
+    served: Variant
     origin: str  # "node cache", "bucket" or "directory"
 
 
@@ -53,19 +55,23 @@ def resolve(config: ServeConfig) -> VariantFiles:
         variant = manifest.variant(config.variant)
     except ArtifactError as exc:
         raise StartupError(str(exc), "--variant") from None
+    try:
+        served = artifacts.served_variant(variant, config.shard_index, config.shard_count)
+    except ArtifactError as exc:
+        raise StartupError(str(exc), "--shard-count") from None
     cache = NodeCache.at(config.node_cache) if config.node_cache is not None else None
-    files = cache_files(manifest, variant)
+    files = cache_files(manifest, served)
     found = cache.lookup(files) if cache is not None else None
     if cache is not None and found is not None:
         cache.mark_used(files)
         size = sum(f.size for f in files)
         log.info("variant %r: %d file(s), %d bytes from the node cache at %s in %.1f ms, nothing fetched or "
                  "hashed", variant.name, len(files), size, found, (time.perf_counter() - started) * 1000)  # fmt: skip
-        return VariantFiles(found / variant.file, manifest, variant, "node cache")
+        return VariantFiles(found / served.file, manifest, variant, served, "node cache")
     if remote:
-        _fetch(config, directory)
+        _fetch(config, directory, artifacts.variant_files(manifest, served))
     try:
-        path = artifacts.verify_variant(directory, manifest, variant, config.verify_cache_dir)
+        path = artifacts.verify_variant(directory, manifest, served, config.verify_cache_dir)
     except ArtifactError as exc:
         raise StartupError(str(exc), "--artifacts") from None
     if cache is not None:
@@ -73,7 +79,7 @@ def resolve(config: ServeConfig) -> VariantFiles:
             target=_offer, args=(cache, files, directory), name="node-cache-offer", daemon=True
         )
         offer.start()
-    return VariantFiles(path, manifest, variant, "bucket" if remote else "directory")
+    return VariantFiles(path, manifest, variant, served, "bucket" if remote else "directory")
 
 
 OFFER_RETRIES_S = (0.5, 1.0, 2.0, 4.0)  # a node's first pod may start before the agent has opened the inbox up
@@ -118,12 +124,14 @@ def _manifest(config: ServeConfig, directory: Path, remote: bool) -> Manifest:
     return manifest
 
 
-def _fetch(config: ServeConfig, directory: Path) -> None:
-    """The variant's files from the bucket into `directory` (kept where they already match; logged)."""
+def _fetch(config: ServeConfig, directory: Path, files: list[str]) -> None:
+    """The served files from the bucket into `directory` (kept where they already match; logged)."""
     from frugal.serving.server.fetch import fetch_artifacts
 
     with _store_errors(config, directory):
-        fetched = fetch_artifacts(config.artifacts, directory, [config.variant], config.verify_cache_dir)
+        fetched = fetch_artifacts(
+            config.artifacts, directory, [config.variant], config.verify_cache_dir, only=files
+        )
         log.info("%s", fetched.summary(str(config.artifacts)))
 
 

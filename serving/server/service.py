@@ -1,4 +1,4 @@
-"""The protocol-neutral data plane: load → verify → (cut a stage) → warm up → infer through the batcher."""
+"""The protocol-neutral data plane: load → verify → warm up → infer through the batcher."""
 
 from __future__ import annotations
 
@@ -43,21 +43,13 @@ def load_model(config: ServeConfig) -> LoadedModel:
     changed or not ONNX) raise `StartupError` naming the flag to change."""
     resolved = model_files.resolve(config)
     path, manifest, variant = resolved.path, resolved.manifest, resolved.variant
-    size = sum(path.parent.joinpath(f).stat().st_size for f in _basenames(manifest, variant))
+    size = sum(path.parent.joinpath(f).stat().st_size for f in _basenames(manifest, resolved.served))
     choice = runtime.provider_chain(config.execution_provider, runtime.ort.get_available_providers())
     if choice.fallback:
         log.warning("%s", choice.fallback)
     threads = config.intra_op_threads or runtime.read_cpu_limit()
     try:
-        source: str | bytes = str(path)
-        if config.shard_count > 1:
-            from frugal.serving import sharding
-
-            stage = sharding.load_stage(path, config.shard_index, config.shard_count)
-            source = stage.model.SerializeToString()
-        model = runtime.OnnxModel(source, choice.providers, threads)
-    except ValueError:
-        raise  # our own messages (e.g. more shards than nodes)
+        model = runtime.OnnxModel(str(path), choice.providers, threads)
     except Exception as exc:  # ONNX Runtime's and onnx's load errors have no common base class
         raise StartupError(f"cannot load {path} as an ONNX model: {one_line(exc)}", "--artifacts") from None
     if model.active_providers[0] != choice.providers[0]:
@@ -67,9 +59,8 @@ def load_model(config: ServeConfig) -> LoadedModel:
             ", ".join(model.active_providers),
         )
     log.info("session on %s with %d intra-op threads", ", ".join(model.active_providers), threads)
-    outputs = model.outputs
-    if config.shard_count > 1:
-        outputs = sharding.whole_model_outputs(path)
+    # a stage answers its clients with the whole model's outputs (the last stage's, forwarded back)
+    outputs = model.outputs if config.shard_count <= 1 else variant.outputs
     batches = (1, min(config.max_batch_size, 8)) if model.batchable() else (1,)
     try:
         warm = model.warm_up(batches)

@@ -111,9 +111,15 @@ def slow_model(iterations: int = 60, width: int = 256) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=OPSET)
 
 
-def write_artifacts(directory: Path, model_name: str, variants: Mapping[str, onnx.ModelProto]) -> Path:
+def write_artifacts(
+    directory: Path,
+    model_name: str,
+    variants: Mapping[str, onnx.ModelProto],
+    shard_counts: Sequence[int] = (),
+) -> Path:
     """An artifact directory per the contract: variants/<name>/model.onnx and manifest.json, written
-    by the schema's own writer (no metric or latency: nothing measured them)."""
+    by the schema's own writer (no metric or latency: nothing measured them), with each variant cut
+    into every count of `shard_counts` by compression's own cutter (verified on random rows)."""
     directory.mkdir(parents=True, exist_ok=True)
     files: dict[str, schema.FileEntry] = {}
     entries = []
@@ -123,6 +129,7 @@ def write_artifacts(directory: Path, model_name: str, variants: Mapping[str, onn
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(path))
         files[relative] = schema.file_entry(path)
+        stage_sets = tuple(_stage_set(directory, path, model, count, files) for count in shard_counts)
         entries.append(
             schema.Variant(
                 name=name,
@@ -133,6 +140,7 @@ def write_artifacts(directory: Path, model_name: str, variants: Mapping[str, onn
                 size_bytes=files[relative].size_bytes,
                 metric=None,
                 latency=None,
+                stage_sets=stage_sets,
             )
         )
     manifest = schema.Manifest(
@@ -145,6 +153,33 @@ def write_artifacts(directory: Path, model_name: str, variants: Mapping[str, onn
     )
     schema.write_manifest(directory, manifest)
     return directory
+
+
+def _stage_set(
+    directory: Path, path: Path, model: onnx.ModelProto, count: int, files: dict[str, schema.FileEntry]
+) -> schema.StageSet:
+    from frugal.compression.stages import write_stage_set
+    from frugal.serving.profiling import example_inputs
+
+    rows = example_inputs([_spec(v) for v in model.graph.input], 4)
+    written = write_stage_set(path, count, path.parent / f"stages-{count}", rows, (1, 3))
+    stages = []
+    for stage in written:
+        relative = stage.path.relative_to(directory).as_posix()
+        files[relative] = schema.file_entry(stage.path)
+        stages.append(
+            schema.StageFile(
+                index=stage.index,
+                file=relative,
+                inputs=tuple(
+                    schema.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in stage.inputs
+                ),
+                outputs=tuple(
+                    schema.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in stage.outputs
+                ),
+            )
+        )
+    return schema.StageSet(count=count, stages=tuple(stages))
 
 
 def _spec(value: onnx.ValueInfoProto) -> schema.TensorSpec:

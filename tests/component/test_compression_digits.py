@@ -37,6 +37,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> CompressionResult:
             "output": str(tmp_path_factory.mktemp("art") / "digits-1"),
             "name": "digits",
             "latencyRepeats": 1,
+            "shardCounts": [1, 2, 3],
         }
     )
     return compress(config)
@@ -129,3 +130,33 @@ def test_report_marks_chosen_variants_and_png_is_an_image(result: CompressionRes
     assert set(report["chosen"].values()) <= kept and report["ranking"][0] in kept
     assert all(r["latency"]["batchSize"] == 32 for r in report["variants"] if r["status"] == "kept")
     assert (result.output / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_kept_variant_is_cut_into_verified_stage_files(result: CompressionResult) -> None:
+    """Each shard count above 1 gets one ONNX file per stage, hashed in the manifest; the chain of
+    those files answers like the variant on held-out rows at batch 1 and at another size."""
+    root = result.output
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert artifact.verify(root) == []
+    x = digits.splits()["test"][0][:5]
+    for entry in manifest["variants"]:
+        assert [s["count"] for s in entry["stageSets"]] == [2, 3], entry["name"]
+        whole = ort.InferenceSession(str(root / entry["file"]), providers=["CPUExecutionProvider"])
+        for stage_set in entry["stageSets"]:
+            files = [stage["file"] for stage in stage_set["stages"]]
+            assert all(
+                f in manifest["files"] and f.startswith(f"variants/{entry['name']}/stages-") for f in files
+            )
+            for rows in (x[:1], x):
+                values = {whole.get_inputs()[0].name: rows}
+                for stage in stage_set["stages"]:
+                    session = ort.InferenceSession(
+                        str(root / stage["file"]), providers=["CPUExecutionProvider"]
+                    )
+                    assert [i.name for i in session.get_inputs()] == [t["name"] for t in stage["inputs"]]
+                    outputs = session.run(None, {t["name"]: values[t["name"]] for t in stage["inputs"]})
+                    values = dict(zip([t["name"] for t in stage["outputs"]], outputs, strict=True))
+                [expected] = whole.run(None, {whole.get_inputs()[0].name: rows})
+                np.testing.assert_allclose(
+                    values[whole.get_outputs()[0].name], expected, rtol=1e-4, atol=1e-4
+                )

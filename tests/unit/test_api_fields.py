@@ -87,7 +87,8 @@ def run_every_phase() -> None:
                 "steps": [],
                 "metric": {"name": "f1", "value": 0.97, "baseline": 0.97, "drop": 0.0},
             }
-        ]
+        ],
+        stage_counts=(2,),
     )
     measured = [{"name": "fp32", "latencyP95Ms": 3, "throughputRps": 1500}]
     artifacts = artifact_files.Artifacts(manifest, None, {name: profile_of(name, measured) for name in profiles})

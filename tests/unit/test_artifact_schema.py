@@ -177,6 +177,11 @@ def _drop(*keys: str | int) -> Edit:
     return edit
 
 
+def _stage(index: int, file: str) -> dict[str, object]:
+    tensor = {"name": "x", "datatype": "FP32", "shape": [-1, 4]}
+    return {"index": index, "file": file, "inputs": [tensor], "outputs": [tensor]}
+
+
 def _set(value: Any, *keys: str | int) -> Edit:
     def edit(doc: dict[str, Any]) -> None:
         target: Any = doc
@@ -201,10 +206,21 @@ REFUSALS: list[tuple[str, str, Edit, str]] = [
      "variants[0].quantized: unknown field"),
     (schema.MANIFEST, "a variant whose file is not listed", _set("variants/fp32/other.onnx", "variants", 0, "file"),
      "variants[0].file: 'variants/fp32/other.onnx' is not listed under files"),
-    (schema.MANIFEST, "an older version", _set(0, "schemaVersion"),
-     "schemaVersion: the file is version 0, written by an older frugal; this reader reads version 1 only"),
-    (schema.MANIFEST, "a newer version", _set(2, "schemaVersion"),
-     "schemaVersion: the file is version 2, written by a newer frugal"),
+    (schema.MANIFEST, "a stage file that is not listed",
+     _set([{"count": 2, "stages": [_stage(0, "variants/fp32/stages-2/stage-0/model.onnx"),
+                                   _stage(1, "variants/fp32/stages-2/stage-1/model.onnx")]}],
+          "variants", 0, "stageSets"),
+     "variants[0].stageSets[0].stages[0].file: 'variants/fp32/stages-2/stage-0/model.onnx' is not listed"),
+    (schema.MANIFEST, "a stage set missing a stage",
+     _set([{"count": 3, "stages": [_stage(0, "a.onnx"), _stage(2, "b.onnx")]}], "variants", 0, "stageSets"),
+     "variants[0].stageSets[0]: value error, stages: expected stages 0..2 in order"),
+    (schema.MANIFEST, "one shard is not a stage set",
+     _set([{"count": 1, "stages": [_stage(0, "a.onnx")]}], "variants", 0, "stageSets"),
+     "variants[0].stageSets[0].count: input should be greater than or equal to 2"),
+    (schema.MANIFEST, "an older version", _set(1, "schemaVersion"),
+     "schemaVersion: the file is version 1, written by an older frugal; this reader reads version 2 only"),
+    (schema.MANIFEST, "a newer version", _set(3, "schemaVersion"),
+     "schemaVersion: the file is version 3, written by a newer frugal"),
     (schema.MANIFEST, "no version", _drop("schemaVersion"), "schemaVersion: field required"),
     (schema.REPORT, "missing field", _drop("budget", "maxDrop"), "budget.maxDrop: field required"),
     (schema.REPORT, "wrong value", _set("maybe", "variants", 1, "status"),

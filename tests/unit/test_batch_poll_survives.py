@@ -32,7 +32,7 @@ def write_artifacts(root: Path) -> Path:
     (root / "variants/v").mkdir(parents=True)
     (root / "variants/v/model.onnx").write_bytes(b"graph")
     document = {
-        "schemaVersion": 1,
+        "schemaVersion": 2,
         "model": "m",
         "generation": 1,
         "source": "test://poll",

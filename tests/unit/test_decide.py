@@ -56,18 +56,37 @@ SETTINGS = Settings(image="img", storage_uri="file:///store", allow_host_path=Tr
 DONE = Job(JobState.SUCCEEDED, name="x")
 
 
-def manifest_of(variants: list[dict[str, Any]]) -> Manifest:
-    """manifest.json as compression writes it, around `variants` (name, sizeBytes, steps, metric)."""
+def manifest_of(variants: list[dict[str, Any]], stage_counts: tuple[int, ...] = ()) -> Manifest:
+    """manifest.json as compression writes it, around `variants` (name, sizeBytes, steps, metric), each
+    cut into every count of `stage_counts` (stage files of an equal share of the variant's bytes)."""
     files = {v["name"]: f"variants/{v['name']}/model.onnx" for v in variants}
+    listed = {files[v["name"]]: {"sha256": "0" * 64, "sizeBytes": v["sizeBytes"]} for v in variants}
+    stage_sets: dict[str, list[dict[str, Any]]] = {}
+    for v in variants:
+        for count in stage_counts:
+            stages = []
+            for index in range(count):
+                file = f"variants/{v['name']}/stages-{count}/stage-{index}/model.onnx"
+                listed[file] = {"sha256": "0" * 64, "sizeBytes": v["sizeBytes"] // count}
+                stages.append({"index": index, "file": file, "inputs": [], "outputs": []})
+            stage_sets.setdefault(v["name"], []).append({"count": count, "stages": stages})
     return Manifest.model_validate(
         {
             "model": "digits",
             "generation": 1,
             "source": "zoo://digits-mlp",
             "createdAt": "2026-01-01T00:00:00Z",
-            "files": {files[v["name"]]: {"sha256": "0" * 64, "sizeBytes": v["sizeBytes"]} for v in variants},
+            "files": listed,
             "variants": [
-                {"file": files[v["name"]], "inputs": [], "outputs": [], "latency": None, **v} for v in variants
+                {
+                    "file": files[v["name"]],
+                    "inputs": [],
+                    "outputs": [],
+                    "latency": None,
+                    "stageSets": stage_sets.get(v["name"], []),
+                    **v,
+                }
+                for v in variants
             ],
         }
     )

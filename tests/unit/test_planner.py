@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -184,6 +184,25 @@ def test_memory_forces_sharding_and_measured_shards_are_used_as_is() -> None:
     assert "does not fit" in one.reason
     assert result.chosen is not None and result.chosen.shards == 2
     assert result.chosen.source == "profiling" and result.chosen.throughput_rps == 180
+
+
+def test_the_memory_check_uses_the_largest_stage_file_and_uncut_counts_are_rejected() -> None:
+    """An embedding table is one indivisible block: two stages of a 1000-byte model may be 700 + 300,
+    and 700 does not fit where 500 (size / shards) would have."""
+    small = Profile("small", cost_per_hour=0.1, idle_watts=5, max_watts=20, memory_bytes=600)
+    measured = (
+        Measurement("small", 10, 100),
+        Measurement("small", 12, 90, shards=2),
+        Measurement("small", 14, 80, shards=3),
+    )
+    v = replace(variant("v", 0, *measured, size=1000), stage_bytes=((2, 700), (4, 260)))
+    result = plan([v], [small], Objectives(50, 0.01, 0.15, shard_counts=(1, 2, 3, 4)))
+    rows = {r.shards: r for r in result.table}
+    assert "does not fit: 0.001 MB per pod" in rows[1].reason
+    assert "does not fit: 0.0007 MB per shard (its largest stage file)" in rows[2].reason
+    assert "compression made no 3-shard stage files" in rows[3].reason
+    assert result.chosen is not None and result.chosen.shards == 4
+    assert v.bytes_per_pod(4) == 260 and replace(v, stage_bytes=None).bytes_per_pod(2) == 500
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ def write_variant(root: Path, payloads: dict[str, bytes]) -> Manifest:
         files[f"variants/v/{name}"] = {"sha256": hashlib.sha256(payload).hexdigest(), "sizeBytes": len(payload)}
     first = next(iter(payloads))
     doc = {
-        "schemaVersion": 1,
+        "schemaVersion": 2,
         "model": "m",
         "generation": 1,
         "source": "test://verify-cache",

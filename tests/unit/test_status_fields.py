@@ -248,7 +248,7 @@ def read_artifacts() -> artifact_files.Artifacts:
         variant_entry("int8", ["quantization:dynamic-int8"], 1000, 0.968),
     ]
     manifest = {
-        "schemaVersion": 1, "model": "digits", "generation": 1, "source": "zoo://digits-mlp", "createdAt": NOW,
+        "schemaVersion": 2, "model": "digits", "generation": 1, "source": "zoo://digits-mlp", "createdAt": NOW,
         "files": {v["file"]: {"sha256": "0" * 64, "sizeBytes": v["sizeBytes"]} for v in variants},
         "variants": variants,
     }  # fmt: skip
