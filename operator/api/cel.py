@@ -21,10 +21,23 @@ RULES = "x-kubernetes-validations"
 _FIELD_PATH_PART = re.compile(r"\.([A-Za-z_$][A-Za-z0-9_$-]*)|\['([^']*)'\]|\[(\d+)\]")
 
 
+def _split(text: Any, separator: Any) -> Any:
+    """Kubernetes' CEL strings library `<string>.split(<string>)` (cel-python has no such function)."""
+    if not isinstance(text, celtypes.StringType) or not isinstance(separator, celtypes.StringType):
+        return celpy.CELEvalError("no such overload: split", TypeError, (text, separator))
+    if not separator:
+        return celtypes.ListType([celtypes.StringType(character) for character in text])
+    return celtypes.ListType([celtypes.StringType(part) for part in text.split(separator)])
+
+
+# Functions of the API server's CEL libraries that the CRDs' rules use and cel-python lacks.
+KUBERNETES_FUNCTIONS = {"split": _split}
+
+
 @functools.cache
 def _program(expression: str) -> celpy.Runner:
     environment = celpy.Environment()
-    return environment.program(environment.compile(expression))
+    return environment.program(environment.compile(expression), functions=KUBERNETES_FUNCTIONS)
 
 
 def to_cel(value: Any, schema: Schema) -> Any:

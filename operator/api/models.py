@@ -6,11 +6,12 @@ defaults first: fields the schema defaults are required here, so defaults live o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, PlainValidator
 
 # The bases, and the names the status models are written in (re-exported: callers read them here).
 from frugal.operator.api.model_bases import (
@@ -117,9 +118,44 @@ class Batching(ApiModel):
     max_queue_size: int
 
 
+# spec.serving.shards: an integer fixes the shard count; "auto" or a range "N-M" lets the planner choose.
+MAX_SHARDS = 16
+AUTO_MAX_SHARDS = 4  # "auto": every count from 1 to this
+# The message of the CRD's rule on spec.serving.shards, word for word (tests/unit/test_shard_counts.py).
+SHARDS_USAGE = (
+    'spec.serving.shards: use an integer 1-16, "auto" (any count 1-4) '
+    'or a range "N-M" with 1 <= N <= M <= 16, such as "1-4"'
+)
+_SHARD_RANGE = re.compile(r"([1-9]|1[0-6])-([1-9]|1[0-6])")
+
+
+def shard_counts(shards: int | str) -> tuple[int, ...]:
+    """The shard counts `spec.serving.shards` allows, ascending: 2 -> (2,), "auto" -> (1, 2, 3, 4),
+    "2-4" -> (2, 3, 4). Raises ValueError (SHARDS_USAGE) for what the CRD's rule refuses."""
+    if isinstance(shards, bool):
+        raise ValueError(SHARDS_USAGE)
+    if isinstance(shards, int):
+        low = high = shards
+    elif shards == "auto":
+        low, high = 1, AUTO_MAX_SHARDS
+    elif isinstance(shards, str) and (written := _SHARD_RANGE.fullmatch(shards)):
+        low, high = int(written[1]), int(written[2])
+    else:
+        raise ValueError(SHARDS_USAGE)
+    if not 1 <= low <= high <= MAX_SHARDS:
+        raise ValueError(SHARDS_USAGE)
+    return tuple(range(low, high + 1))
+
+
+def _shards(shards: Any) -> int | str:
+    """spec.serving.shards as written, when `shard_counts` takes it (no bool, no float: an int-or-string)."""
+    shard_counts(shards)
+    return shards
+
+
 class Serving(ApiModel):
     hardware_profiles: tuple[str, ...]
-    shards: int
+    shards: Annotated[int | str, PlainValidator(_shards)]
     slo: Slo
     batching: Batching
 

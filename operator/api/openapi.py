@@ -76,7 +76,8 @@ def _explain(error: jsonschema.ValidationError) -> str:
         case "type":
             return f"must be of type {limit}, not {_json_type(value)}" + _quote_hint(limit, value)
         case "anyOf":
-            return "must be an integer or a string (a quantity such as 2, 500m or 4Gi)"
+            # Only int-or-string fields use anyOf; the field's description (added below) says which strings.
+            return "must be an integer or a string"
         case "enum":
             return "Unsupported value; supported values: " + ", ".join(json.dumps(v) for v in limit)
         case "minimum":

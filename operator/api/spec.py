@@ -134,8 +134,24 @@ class ModelDeploymentSpec:
         return self.spec.serving.hardware_profiles
 
     @property
+    def shard_counts(self) -> tuple[int, ...]:
+        """The shard counts the planner may choose among (`spec.serving.shards`), ascending."""
+        try:
+            return models.shard_counts(self.spec.serving.shards)
+        except ValueError as error:
+            raise SpecError(str(error)) from None
+
+    @property
     def shards(self) -> int:
-        return self.spec.serving.shards
+        """The one shard count of a spec that fixes it (`spec.serving.shards` an integer); a range or
+        "auto" leaves the count to the planner, whose choice is `status.selected.shards`."""
+        counts = self.shard_counts
+        if len(counts) != 1:
+            raise SpecError(
+                f"spec.serving.shards: {self.spec.serving.shards!r} leaves the count to the planner "
+                f"(any of {', '.join(map(str, counts))}): read the chosen option's shards instead"
+            )
+        return counts[0]
 
     @property
     def slo_p95_ms(self) -> float:

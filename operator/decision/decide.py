@@ -414,7 +414,7 @@ def objectives(md: ModelDeploymentSpec) -> planner.Objectives:
         slo_p95_ms=md.slo_p95_ms,
         max_accuracy_drop=md.max_drop,
         price_per_kwh=float(md.price_per_kwh),
-        shard_counts=(md.shards,),
+        shard_counts=md.shard_counts,
         cost_tolerance=COST_TOLERANCE,
     )
 

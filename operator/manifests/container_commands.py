@@ -49,6 +49,7 @@ def compression_config(md: ModelDeploymentSpec, output: str) -> dict[str, Any]:
         "name": md.model_name,
         "generation": md.owner.generation,
         "servingBatchSize": md.max_batch_size,
+        "shardCounts": list(md.shard_counts),
     }
     if (pruning := compression.pruning) is not None:
         config["pruning"] = _drop_none(

@@ -156,6 +156,8 @@ def test_unknown_fields_are_rejected(crds_installed: ControlPlane, namespace: st
         ("spec.compression.accuracyBudget.metric", "f1 for classifiers (macro F1"),
         ("spec.storage.uri", "s3://, gs:// or az://<bucket>/<prefix> (reached as spec.objectStore says)"),
         ("spec.objectStore.secretName", "The keys reach only the pods that read or write the store"),
+        ("spec.serving.shards", '"auto" any count from 1 to 4, and a range "N-M" (1 <= N <= M <= 16, e.g. "1-4")'),
+        ("spec.serving.shards", "the planner picks the cheapest (variant, hardware profile, shard count)"),
     ],
 )
 def test_explain_says_what_the_wired_fields_do(crds_installed: ControlPlane, path: str, says: str) -> None:

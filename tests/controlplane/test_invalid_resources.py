@@ -11,7 +11,7 @@ import pytest
 import yaml
 from controlplane_harness import REPO_ROOT, ControlPlane
 
-from frugal.operator.api import check
+from frugal.operator.api import check, models
 
 CASES: list[dict[str, Any]] = yaml.safe_load(
     (REPO_ROOT / "tests" / "cases" / "invalid_resources.yaml").read_text()
@@ -92,3 +92,70 @@ def test_a_corrected_case_is_accepted_by_both(crds_installed: ControlPlane, name
     fixed["spec"]["autoscaling"]["minReplicas"] = 1
     assert check(fixed).ok
     assert server_error_fields(crds_installed, namespace, fixed) == (201, set())
+
+
+# --- spec.serving.shards: an integer 1-16, "auto" or a range "N-M" (int-or-string with a CEL rule) ------
+
+SHARDS_ACCEPTED: list[Any] = [2, 16, "1-4", "auto", "16-16"]
+SHARDS_REFUSED: list[Any] = [0, 17, "0-2", "3-2", "1-17", "many", "2", True]
+
+
+def with_shards(shards: Any) -> dict[str, Any]:
+    fixed = next(case for case in CASES if case["name"] == "min-replicas-above-max")["document"]
+    document: dict[str, Any] = json.loads(json.dumps(fixed))
+    document["spec"]["autoscaling"]["minReplicas"] = 1
+    document["spec"]["serving"]["shards"] = shards
+    return document
+
+
+def server_causes(
+    cluster: ControlPlane, namespace: str, document: dict[str, Any]
+) -> tuple[int, list[dict[str, str]]]:
+    """Create the document as a dry run; the status code and the causes of a rejection."""
+    from kubernetes import client
+
+    with cluster.api_client() as api_client:
+        try:
+            client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+                "frugal.dev", "v1alpha1", namespace, "modeldeployments", document,
+                dry_run="All", field_validation="Strict",
+            )  # fmt: skip
+        except client.ApiException as rejected:
+            causes = json.loads(rejected.body or "{}").get("details", {}).get("causes", [])
+            return int(rejected.status), causes
+    return 201, []
+
+
+@pytest.mark.parametrize("shards", SHARDS_ACCEPTED, ids=repr)
+def test_shards_forms_are_accepted_by_both(crds_installed: ControlPlane, namespace: str, shards: Any) -> None:
+    assert server_causes(crds_installed, namespace, with_shards(shards)) == (201, [])
+    checked = check(with_shards(shards))
+    assert checked.ok, checked.errors
+    created = json.loads(
+        crds_installed.kubectl(
+            "create", "-n", namespace, "-o", "json", "-f", "-", input=json.dumps(with_shards(shards))
+        ).stdout
+    )
+    assert created["spec"]["serving"]["shards"] == shards  # stored as written: an int stays an int
+
+
+@pytest.mark.parametrize("shards", SHARDS_REFUSED, ids=repr)
+def test_bad_shards_are_refused_by_both_naming_the_field_and_what_to_write(
+    crds_installed: ControlPlane, namespace: str, shards: Any
+) -> None:
+    code, causes = server_causes(crds_installed, namespace, with_shards(shards))
+    local = [error for error in check(with_shards(shards)).errors if error.path]
+    assert code == 422, causes
+    named = [cause for cause in causes if cause.get("field") and cause["field"] != "<nil>"]
+    assert {c["field"] for c in named} == {"spec.serving.shards"} == {e.path for e in local}, causes
+    if isinstance(shards, bool):  # the schema's type check fails first; neither runs the CEL rules then
+        assert any("must be of type integer,string" in cause["message"] for cause in named), named
+        assert local[0].message.startswith("Invalid value: true: must be an integer or a string (The shard")
+        return
+    # The rule's message, word for word, from both.
+    assert named[0]["message"] == local[0].message == f"Invalid value: {models.SHARDS_USAGE}"
+    proc = crds_installed.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-",
+        input=json.dumps(with_shards(shards)), check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and models.SHARDS_USAGE in proc.stderr, proc.stderr

@@ -161,6 +161,7 @@ def test_compression_command_carries_the_spec_in_the_compression_components_shap
         "name": "digits",
         "generation": 3,
         "servingBatchSize": 16,
+        "shardCounts": [2],
     }
 
 
