@@ -52,7 +52,7 @@ PROFILES = "profiles"
 # The version each reader reads (and each writer writes); the models' ``schemaVersion`` Literal follows.
 MANIFEST_VERSION: Final = 2
 REPORT_VERSION: Final = 1
-PROFILE_VERSION: Final = 1
+PROFILE_VERSION: Final = 2
 
 Float = Annotated[float, Strict()]  # a JSON number (an integer is a number); never a string or a bool
 SHA256 = r"^[0-9a-f]{64}$"
@@ -267,19 +267,23 @@ class Report(_File):
 
 
 class ProfileRow(_File):
-    """One variant measured on the profile's hardware at the serving batch size."""
+    """One variant in one shard count measured on the profile's hardware at the serving batch size:
+    by timing the ONNX Runtime session alone (``session``), or through a chain of real servers, one
+    per stage (``servers``), which also gives the largest stage server's peak resident memory."""
 
     name: StrictStr
     shards: StrictInt = Field(ge=1)
     batch_size: StrictInt = Field(ge=1)
     latency_p95_ms: Float = Field(ge=0)
     throughput_rps: Float = Field(ge=0)
+    method: Literal["session", "servers"] = "session"
+    memory_bytes: StrictInt | None = Field(default=None, ge=0)
 
 
 class Profile(_File):
     """``profiles/<hardwareProfile>.json``: what the profiling Job measured on that HardwareProfile."""
 
-    schema_version: Literal[1] = PROFILE_VERSION
+    schema_version: Literal[2] = PROFILE_VERSION
     hardware_profile: StrictStr = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     provider: StrictStr
     variants: tuple[ProfileRow, ...]

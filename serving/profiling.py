@@ -12,10 +12,13 @@ checked against the manifest's sha256, and the profile is PUT back as one object
 bucket, policy) is one line naming the URI and the error's class, exit 2 (exit 1 for a store that
 failed otherwise: unreachable, a timeout).
 
-A request's p95 latency is the p95 of one batch's run time plus the batching delay. One replica's
-throughput is the batch size divided by the median batch time plus the server's own per-request
-cost (``--request-overhead-ms``, HTTP and JSON handling, 0.2 ms by default), so a tiny model is not
-credited with the raw runtime's millions of rows per second.
+A variant with no stage files is timed on its session alone: a request's p95 latency is the p95 of
+one batch's run time plus the batching delay, and one replica's throughput is the batch size divided
+by the median batch time plus the server's own per-request cost (``--request-overhead-ms``, HTTP and
+JSON handling, 0.2 ms by default), so a tiny model is not credited with the raw runtime's millions of
+rows per second. A variant compression cut into stages is measured at every shard count it may be
+served in (``--shard-counts``), the whole model included, through a chain of real servers
+(:mod:`frugal.serving.chain_profile`): p95, requests per second and each stage server's peak memory.
 """
 
 from __future__ import annotations
@@ -80,11 +83,56 @@ def measure(model: Path, inputs: dict[str, np.ndarray], provider: str, repeats: 
 
 
 def profile(
-    directory: Path, batch: int, max_delay_ms: float, provider: str, repeats: int, overhead_ms: float = 0.2
+    directory: Path,
+    batch: int,
+    max_delay_ms: float,
+    provider: str,
+    repeats: int,
+    overhead_ms: float = 0.2,
+    shard_counts: Sequence[int] | None = None,
+    chain_seconds: float = 2.0,
 ) -> list[ProfileRow]:
+    """One row per variant, or per (variant, shard count) for a variant compression cut into stages:
+    those are measured through a chain of real servers at every count (whole included), so the counts
+    compare on equal terms; a variant with no stages is timed on its session alone."""
+    from frugal.serving.chain_profile import chain_counts, measure_chain
+
     manifest = read_manifest(directory)
     rows = []
     for variant in manifest.variants:
+        if variant.stage_sets:
+            # one row of the inputs the session path times (free dimensions at `batch`, e.g. tokens)
+            row = {name: array[:1] for name, array in example_inputs(variant.inputs, batch).items()}
+            for count in chain_counts(variant, shard_counts):
+                measured = measure_chain(
+                    directory,
+                    manifest.model,
+                    variant,
+                    count,
+                    row,
+                    batch,
+                    max_delay_ms,
+                    provider,
+                    chain_seconds,
+                )
+                print(
+                    f"{variant.name} x{count}: p95 {measured.latency_p95_ms:.2f} ms, "
+                    f"{measured.throughput_rps:.0f} req/s, peak resident {measured.memory_bytes / 2**20:.0f} MiB "
+                    f"per stage server ({measured.requests} requests through servers)",
+                    file=sys.stderr,
+                )
+                rows.append(
+                    ProfileRow(
+                        name=variant.name,
+                        shards=count,
+                        batch_size=batch,
+                        latency_p95_ms=measured.latency_p95_ms,
+                        throughput_rps=measured.throughput_rps,
+                        method="servers",
+                        memory_bytes=measured.memory_bytes,
+                    )
+                )
+            continue
         timings = measure(directory / variant.file, example_inputs(variant.inputs, batch), provider, repeats)
         rows.append(
             ProfileRow(
@@ -109,6 +157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--provider", default="CPUExecutionProvider")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--request-overhead-ms", type=float, default=0.2, help="server cost per request")
+    parser.add_argument(
+        "--shard-counts",
+        type=int,
+        nargs="+",
+        default=None,
+        help="the shard counts the model may be served in (default: every count compression cut)",
+    )
+    parser.add_argument(
+        "--chain-seconds", type=float, default=2.0, help="seconds of load per count measured through servers"
+    )
     args = parser.parse_args(argv)
     try:
         source = object_store.location(args.artifacts)
@@ -131,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.provider,
                 args.repeats,
                 args.request_overhead_ms,
+                args.shard_counts,
+                args.chain_seconds,
             )
         result = Profile(hardware_profile=args.hardware_profile, provider=args.provider, variants=tuple(rows))
         _write_profile(source, result)
@@ -140,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArtifactError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # a chain of servers that did not start or answer (its log's tail)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"profiled {len(rows)} variant(s) on {args.hardware_profile}")
     return 0
 

@@ -110,6 +110,8 @@ def _measurements(profiles: Mapping[str, Profile]) -> dict[str, list[Measurement
                     latency_p95_ms=row.latency_p95_ms,
                     throughput_rps=row.throughput_rps,
                     shards=row.shards,
+                    memory_bytes=row.memory_bytes,
+                    method=row.method,
                 )
             )
     return result

@@ -80,6 +80,8 @@ class Measurement:
     latency_p95_ms: float
     throughput_rps: float
     shards: int = 1
+    memory_bytes: int | None = None  # the largest stage server's peak resident memory, when measured
+    method: Literal["session", "servers"] = "session"  # timed on the runtime alone, or through servers
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ class Candidate:
     energy_per_request_joules: float | None = None
     rejections: tuple[str, ...] = ()
     reason: str = ""
+    # how the numbers were had: "servers" or "session" (profiling), else the source ("estimated", ...)
+    measured_by: str = ""
 
     @property
     def feasible(self) -> bool:
@@ -260,11 +264,13 @@ def _evaluate(
     variant: Variant, profile: Profile, shards: int, objectives: Objectives, fallback: bool
 ) -> Candidate:
     source, latency, throughput = _performance(variant, profile.name, shards, objectives, fallback)
+    exact = next((m for m in variant.measurements if (m.profile, m.shards) == (profile.name, shards)), None)
     row = Candidate(
         variant=variant.name,
         profile=profile.name,
         shards=shards,
         source=source,
+        measured_by=exact.method if source == "profiling" and exact is not None else source,
         latency_p95_ms=latency,
         throughput_rps=throughput,
         accuracy_drop=variant.accuracy_drop,
@@ -330,12 +336,28 @@ def _rejections(row: Candidate, variant: Variant, profile: Profile, objectives: 
             f"compression made no {row.shards}-shard stage files (the graph has no such cut where only a "
             "batch's rows cross; see the compression Job's log)"
         )
-    elif profile.memory_bytes is not None and variant.bytes_per_pod(row.shards) > profile.memory_bytes:
-        which = "per shard (its largest stage file)" if row.shards > 1 else "per pod"
-        yield (
-            f"does not fit: {variant.bytes_per_pod(row.shards) / 1e6:.3g} MB {which} > "
-            f"{profile.memory_bytes / 1e6:.3g} MB on {profile.name}"
-        )
+    elif profile.memory_bytes is not None:
+        measured = _measured_memory(variant, profile.name, row.shards)
+        need = measured if measured is not None else variant.bytes_per_pod(row.shards)
+        if measured is not None:
+            which = (
+                "measured peak resident memory of a server"
+                if row.shards == 1
+                else ("measured peak resident memory of its largest stage server")
+            )
+        else:
+            which = "per shard (its largest stage file)" if row.shards > 1 else "per pod"
+        if need > profile.memory_bytes:
+            yield (
+                f"does not fit: {need / 1e6:.3g} MB {which} > {profile.memory_bytes / 1e6:.3g} MB on "
+                f"{profile.name}"
+            )
+
+
+def _measured_memory(variant: Variant, profile: str, shards: int) -> int | None:
+    return next(
+        (m.memory_bytes for m in variant.measurements if (m.profile, m.shards) == (profile, shards)), None
+    )
 
 
 def _preference(row: Candidate) -> tuple[float, float, float, str, str, int]:

@@ -254,8 +254,9 @@ def plan_table(plan: planner.Plan) -> Table:
         else ""
     )
     table = Table(title=title, title_justify="left")
-    for column in ("variant", "hardware", "shards", "p95 ms", "replicas", "$/1k req", "J/req"):
-        table.add_column(column, justify="left" if column in ("variant", "hardware") else "right", no_wrap=True)
+    for column in ("variant", "hardware", "shards", "measured", "p95 ms", "replicas", "$/1k req", "J/req"):
+        left = column in ("variant", "hardware", "measured")
+        table.add_column(column, justify="left" if left else "right", no_wrap=True)
     table.add_column("verdict", min_width=24)
 
     def order(row: planner.Candidate) -> tuple[int, float]:
@@ -266,6 +267,7 @@ def plan_table(plan: planner.Plan) -> Table:
             row.variant,
             row.profile,
             str(row.shards),
+            row.measured_by,
             "-" if row.latency_p95_ms is None else f"{row.latency_p95_ms:.3g}",
             str(row.replicas) if row.cost_per_request is not None else "-",
             "-" if row.cost_per_1k_requests is None else f"{row.cost_per_1k_requests:.3g}",

@@ -97,6 +97,8 @@ def profile(artifacts: str, profile_name: str, md: ModelDeploymentSpec, provider
         str(md.max_delay_ms),
         "--provider",
         provider,
+        "--shard-counts",
+        *map(str, md.shard_counts),
     ]
 
 

@@ -133,6 +133,26 @@ def test_up_serves_a_two_stage_pipeline_that_answers_like_the_whole_model(tmp_pa
     assert logs == ["digits-sharded-g1-shard-0-0.log", "digits-sharded-g1-shard-1-0.log"]
 
 
+def test_up_serves_minilm_in_two_stages_where_the_whole_model_does_not_fit(tmp_path: Path) -> None:
+    """examples/minilm-sharded.yaml allows one or two shards on a profile with less memory per pod than
+    a server of the whole FP32 model reaches: both counts are measured through real servers (their peak
+    resident memory with them), one shard is rejected for memory, and two stages serve it exactly."""
+    result = frugal("up", "examples/minilm-sharded.yaml", "--for", "2", "--workdir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = summary_of(result)
+    assert summary["shards"] == 2 and summary["variant"] == "fp32"
+    assert summary["requestsFailed"] == 0 and int(summary["requestsServed"]) > 0  # type: ignore[call-overload]
+    assert float(summary["heldOutValue"]) >= 0.999  # type: ignore[arg-type]
+    [path] = (tmp_path / "artifacts").rglob("profiles/cpu-small-memory.json")
+    rows = {row["shards"]: row for row in json.loads(path.read_text())["variants"]}
+    assert sorted(rows) == [1, 2] and all(row["method"] == "servers" for row in rows.values())
+    limit = 0.22 * 2**30
+    assert rows[1]["memoryBytes"] > limit >= rows[2]["memoryBytes"], rows
+    table = result.stderr[result.stderr.index("plan: p95") :]
+    assert "does not fit" in table and "chosen" in table
+    assert table.count("servers") >= 2  # the measured column of both rows
+
+
 def test_up_names_a_missing_hardware_profile(tmp_path: Path) -> None:
     text = (ROOT / "examples" / "digits.yaml").read_text().split("\n---\n")[0]
     lonely = tmp_path / "lonely.yaml"

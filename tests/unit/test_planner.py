@@ -205,6 +205,21 @@ def test_the_memory_check_uses_the_largest_stage_file_and_uncut_counts_are_rejec
     assert v.bytes_per_pod(4) == 260 and replace(v, stage_bytes=None).bytes_per_pod(2) == 500
 
 
+def test_measured_server_memory_overrides_the_file_sizes() -> None:
+    """A server holds the runtime and the interpreter besides the weights: what profiling measured
+    (each count's largest stage server) decides whether a count fits, not the file bytes."""
+    small = Profile("small", cost_per_hour=0.1, idle_watts=5, max_watts=20, memory_bytes=200_000_000)
+    measured = (
+        Measurement("small", 10, 100, memory_bytes=250_000_000),
+        Measurement("small", 12, 90, shards=2, memory_bytes=190_000_000),
+    )
+    v = replace(variant("v", 0, *measured, size=90_000_000), stage_bytes=((2, 47_000_000),))
+    result = plan([v], [small], Objectives(50, 0.01, 0.15, shard_counts=(1, 2)))
+    rows = {r.shards: r for r in result.table}
+    assert "does not fit: 250 MB measured peak resident memory of a server > 200 MB" in rows[1].reason
+    assert result.chosen is not None and result.chosen.shards == 2
+
+
 @pytest.mark.parametrize(
     ("objectives", "profiles", "needle"),
     [

@@ -231,7 +231,7 @@ def profile_file(name: str) -> dict[str, Any]:
     """profiles/<name>.json as the profiling Job writes it: fp32 over the SLO, int8 within it."""
     row = {"shards": 1, "batchSize": 8}
     return {
-        "schemaVersion": 1,
+        "schemaVersion": 2,
         "hardwareProfile": name,
         "provider": "CPUExecutionProvider",
         "variants": [
