@@ -81,6 +81,7 @@ from autoscaling_bench.measure import (
     load_example,
     machine,
     profile_and_plan,
+    with_shard_counts,
 )
 
 # What other benchmarks use of it (cold_start.py: the examples, their cached compression, the machine).
@@ -93,6 +94,7 @@ __all__ = [
     "machine",
     "main",
     "profile_and_plan",
+    "with_shard_counts",
 ]
 
 if __name__ == "__main__":

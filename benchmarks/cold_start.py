@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import json
 import os
@@ -376,14 +375,6 @@ def chosen_variant(model: str, directory: Path, override: str | None) -> str:
     return str(autoscaling.profile_and_plan(md, hp, directory)["variant"])
 
 
-def with_shard_counts(md: ModelDeploymentSpec, counts: Sequence[int]) -> ModelDeploymentSpec:
-    """The example with `spec.serving.shards` covering `counts`, so compression cuts their stage files."""
-    low, high = min(counts), max(counts)
-    serving = md.spec.serving.model_copy(update={"shards": low if low == high else f"{low}-{high}"})
-    spec = md.spec.model_copy(update={"serving": serving})
-    return dataclasses.replace(md, resource=md.resource.model_copy(update={"spec": spec}))
-
-
 def run_model(
     model: str,
     shard_counts: Sequence[int],
@@ -397,7 +388,7 @@ def run_model(
     """Every row of one model: per shard count, each source's verify cache states, `repeat` wakes each.
     The bucket sources run at `bucket_shard_counts` only (default: every shard count)."""
     md, _ = autoscaling.load_example(model)
-    md = with_shard_counts(md, shard_counts)
+    md = autoscaling.with_shard_counts(md, shard_counts)
     low, high = min(shard_counts), max(shard_counts)
     directory = autoscaling.CACHE / (model if high == 1 else f"{model}-shards-{low}-{high}")
     directory.parent.mkdir(parents=True, exist_ok=True)

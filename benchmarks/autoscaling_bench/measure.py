@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -110,6 +111,14 @@ def load_example(model: str) -> tuple[ModelDeploymentSpec, HardwareProfileSpec]:
         if d.get("kind") == "HardwareProfile" and d["metadata"]["name"] == example.hardware_profile
     )
     return md, profile
+
+
+def with_shard_counts(md: ModelDeploymentSpec, counts: Sequence[int]) -> ModelDeploymentSpec:
+    """The example with `spec.serving.shards` covering `counts`, so compression cuts their stage files."""
+    low, high = min(counts), max(counts)
+    serving = md.spec.serving.model_copy(update={"shards": low if low == high else f"{low}-{high}"})
+    spec = md.spec.model_copy(update={"serving": serving})
+    return dataclasses.replace(md, resource=md.resource.model_copy(update={"spec": spec}))
 
 
 def machine() -> dict[str, Any]:

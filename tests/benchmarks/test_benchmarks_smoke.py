@@ -165,3 +165,17 @@ def test_serving() -> None:
         assert number(row["p50 ms one client"]) > 0 and number(row["CPU ms/req"]) > 0
     summary = ran.table("| model | protocol | frugal req/s |")
     assert all(number(row["÷ kserve"]) > 0 for row in summary)
+
+
+def test_sharding() -> None:
+    """Digits whole and in two stages, each measured through a chain of real servers: throughput, p95,
+    each count's largest stage server's memory against the whole model's, and the planner's price."""
+    ran = run_smoke("sharding.py")
+    rows = ran.table("| model | variant | shards |")
+    assert {(row["variant"], row["shards"]) for row in rows} >= {("fp32", "1"), ("fp32", "2")}
+    for row in rows:
+        assert row["model"] == "digits"
+        assert number(row["req/s (1 replica)"]) > 0 and number(row["p95 ms"]) > 0
+        assert number(row["peak MiB per stage server"]) > 0 and number(row["$ per 1k requests"]) > 0
+        if row["shards"] == "1":
+            assert row["vs whole"] == "1.00x"
