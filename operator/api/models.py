@@ -237,6 +237,8 @@ class VariantProfile(StatusModel):
     replicas: int | None = None
     joules_per_request: float | None = None
     verdict: str | None = None
+    measured_by: Literal["servers", "session", "estimated", "compression-report", "none"] | None = None
+    memory_bytes: int | None = None
 
 
 class Variant(StatusModel):

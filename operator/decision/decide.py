@@ -461,6 +461,10 @@ def _profile_row(row: planner.Candidate, md: ModelDeploymentSpec, plan: planner.
         result["replicas"] = row.replicas
     if row.energy_per_request_joules is not None:
         result["joulesPerRequest"] = round(row.energy_per_request_joules, 6)
+    if row.measured_by:
+        result["measuredBy"] = row.measured_by
+    if row.memory_bytes is not None:
+        result["memoryBytes"] = row.memory_bytes
     return result
 
 

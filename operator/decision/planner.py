@@ -154,6 +154,7 @@ class Candidate:
     reason: str = ""
     # how the numbers were had: "servers" or "session" (profiling), else the source ("estimated", ...)
     measured_by: str = ""
+    memory_bytes: int | None = None  # the largest stage server's peak resident memory, when measured
 
     @property
     def feasible(self) -> bool:
@@ -271,6 +272,7 @@ def _evaluate(
         shards=shards,
         source=source,
         measured_by=exact.method if source == "profiling" and exact is not None else source,
+        memory_bytes=exact.memory_bytes if exact is not None else None,
         latency_p95_ms=latency,
         throughput_rps=throughput,
         accuracy_drop=variant.accuracy_drop,
