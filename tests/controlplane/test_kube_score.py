@@ -26,7 +26,16 @@ from frugal.operator.decision.batch_inference import BatchObserved, Progress, Re
 from frugal.operator.decision.conditions import Job, JobState
 from frugal.operator.decision.decide import ClusterState, Settings, decide
 from frugal.operator.manifests import batch_jobs
-from frugal.schema.artifact_format import FileEntry, Manifest, Profile, ProfileRow, Score, Variant
+from frugal.schema.artifact_format import (
+    FileEntry,
+    Manifest,
+    Profile,
+    ProfileRow,
+    Score,
+    StageFile,
+    StageSet,
+    Variant,
+)
 
 # Findings accepted, by kube-score test name, and why.
 ACCEPTED = {
@@ -47,6 +56,16 @@ BATCH_ACCEPTED = "The pod does not have a matching NetworkPolicy"
 # DAC_OVERRIDE only, a read-only root filesystem, no service account token and no network.
 MODEL_CACHE_ACCEPTED = {"(model-cache) The container is running with a low user ID",
                         "(model-cache) The container running with a low group ID"}  # fmt: skip
+
+
+def two_stages(variant: str) -> StageSet:
+    return StageSet(
+        count=2,
+        stages=tuple(
+            StageFile(index=i, file=f"variants/{variant}/stages-2/stage-{i}/model.onnx", inputs=(), outputs=())
+            for i in range(2)
+        ),
+    )
 
 
 def kube_score() -> Path:
@@ -84,14 +103,17 @@ def children() -> list[dict[str, Any]]:
     })  # fmt: skip
     variants = [
         Variant(name="fp32", file="variants/fp32/model.onnx", steps=(), inputs=(), outputs=(), size_bytes=4000,
-                metric=Score(name="accuracy", value=0.97, baseline=0.97, drop=0.0), latency=None),
+                metric=Score(name="accuracy", value=0.97, baseline=0.97, drop=0.0), latency=None,
+                stage_sets=(two_stages("fp32"),)),
         Variant(name="int8", file="variants/int8/model.onnx", steps=("quantization:dynamic-int8",), inputs=(),
                 outputs=(), size_bytes=1000, metric=Score(name="accuracy", value=0.968, baseline=0.97, drop=0.002),
-                latency=None),
+                latency=None, stage_sets=(two_stages("int8"),)),
     ]  # fmt: skip
+    files = {v.file: FileEntry(sha256="0" * 64, size_bytes=v.size_bytes) for v in variants}
+    for v in variants:  # the stage files compression cut for spec.serving.shards: 2
+        files |= {s.file: FileEntry(sha256="0" * 64, size_bytes=v.size_bytes // 2) for s in v.stage_sets[0].stages}
     manifest = Manifest(model="digits", generation=1, source="zoo://digits-mlp", created_at="2026-01-01T00:00:00Z",
-                        files={v.file: FileEntry(sha256="0" * 64, size_bytes=v.size_bytes) for v in variants},
-                        variants=tuple(variants))  # fmt: skip
+                        files=files, variants=tuple(variants))  # fmt: skip
     rows = (ProfileRow(name="fp32", shards=1, batch_size=32, latency_p95_ms=5, throughput_rps=500),
             ProfileRow(name="int8", shards=1, batch_size=32, latency_p95_ms=4, throughput_rps=900))  # fmt: skip
     measured = {
