@@ -38,7 +38,7 @@ import autoscaling  # the examples, their cached compression and the machine des
 from frugal.operator.decision import decide, planner
 from frugal.schema.artifact_format import Manifest, Variant, read_manifest
 from frugal.serving.chain_profile import measure_chain
-from frugal.serving.profiling import example_inputs
+from frugal.serving.profiling import one_row
 
 
 def measure_model(model: str, max_shards: int, seconds: float, repeats: int) -> list[dict[str, Any]]:
@@ -54,7 +54,7 @@ def measure_model(model: str, max_shards: int, seconds: float, repeats: int) -> 
     results: dict[tuple[str, int], list[Any]] = {}
     for round_ in range(repeats):
         for variant in chosen:
-            row = {name: array[:1] for name, array in example_inputs(variant.inputs, batch).items()}
+            row = one_row(variant, batch)
             for count in counts[variant.name]:
                 measured = measure_chain(
                     directory,

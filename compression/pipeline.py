@@ -275,7 +275,7 @@ def _cut_stages(
     """Every kept variant cut into each shard count above 1 that serving may use, one verified ONNX file
     per stage under ``variants/<name>/stages-<count>/``. A count a graph cannot be cut into is left
     out with a warning (the planner then rejects that count for the variant, saying so)."""
-    from .stages import write_stage_set
+    from .stages import stage_set_entry, write_stage_set
 
     counts = [c for c in config.shard_counts if c > 1]
     kept = [v for v in variants if v.status == "kept"]
@@ -293,20 +293,7 @@ def _cut_stages(
                 log.warning("%s is not served in %d shards: %s", variant.name, count, exc)
                 shutil.rmtree(directory, ignore_errors=True)
             else:
-                variant.stage_sets.append(
-                    schema.StageSet(
-                        count=count,
-                        stages=tuple(
-                            schema.StageFile(
-                                index=f.index,
-                                file=f.path.relative_to(root).as_posix(),
-                                inputs=tuple(_tensor(t) for t in f.inputs),
-                                outputs=tuple(_tensor(t) for t in f.outputs),
-                            )
-                            for f in files
-                        ),
-                    )
-                )
+                variant.stage_sets.append(stage_set_entry(count, files, root))
             bar.advance("cut into stages")
     bar.end("cut into stages")
 

@@ -29,6 +29,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from frugal.schema import artifact_format as schema
+
 from .errors import CompressionError
 from .loaders import tensor_spec
 from .source import Arrays, TensorSpec
@@ -320,8 +322,10 @@ def write_stage_set(
             )
         )
     try:
+        whole = _reference_session(model_path)
+        sessions = [_reference_session(stage.path) for stage in written]
         for batch in sorted(set(batch_sizes)):
-            _verify_chain(model_path, written, _repeat_rows(rows, batch), batch)
+            _verify_chain(whole, list(zip(written, sessions, strict=True)), _repeat_rows(rows, batch), batch)
     except CompressionError:
         for stage_file in written:
             stage_file.path.unlink(missing_ok=True)
@@ -345,15 +349,17 @@ def _reference_session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _verify_chain(model_path: Path, stages: Sequence[StageFile], rows: Arrays, batch: int) -> None:
-    session = _reference_session
-    whole = session(model_path)
+def _verify_chain(
+    whole: ort.InferenceSession,
+    stages: Sequence[tuple[StageFile, ort.InferenceSession]],
+    rows: Arrays,
+    batch: int,
+) -> None:
     names = [i.name for i in whole.get_inputs()]
     feeds = {name: rows[name] for name in names}
     expected = dict(zip([o.name for o in whole.get_outputs()], whole.run(None, feeds), strict=True))
     values: dict[str, np.ndarray] = dict(feeds)
-    for stage in stages:
-        runner = session(stage.path)
+    for stage, runner in stages:
         outputs = runner.run(None, {spec.name: values[spec.name] for spec in stage.inputs})
         values = dict(zip([spec.name for spec in stage.outputs], outputs, strict=True))
         if stage.index < len(stages) - 1:
@@ -371,3 +377,25 @@ def _verify_chain(model_path: Path, stages: Sequence[StageFile], rows: Arrays, b
                 f"the {len(stages)} stages do not answer like the whole model on '{name}' at batch {batch} "
                 f"(shape {list(got.shape)} vs {list(want.shape)}, largest difference {worst:.3g})"
             )
+
+
+def stage_set_entry(count: int, files: Sequence[StageFile], root: Path) -> schema.StageSet:
+    """The manifest's record of `files` (written under `root`): paths relative to it, tensor specs."""
+
+    def specs(tensors: Sequence[TensorSpec]) -> tuple[schema.TensorSpec, ...]:
+        return tuple(
+            schema.TensorSpec(name=t.name, datatype=t.datatype, shape=tuple(t.shape)) for t in tensors
+        )
+
+    return schema.StageSet(
+        count=count,
+        stages=tuple(
+            schema.StageFile(
+                index=f.index,
+                file=f.path.relative_to(root).as_posix(),
+                inputs=specs(f.inputs),
+                outputs=specs(f.outputs),
+            )
+            for f in files
+        ),
+    )

@@ -37,6 +37,7 @@ from frugal.schema.artifact_format import (
     Profile,
     ProfileRow,
     TensorSpec,
+    Variant,
     read_manifest,
     write_profile,
 )
@@ -65,6 +66,11 @@ def example_inputs(inputs: Sequence[TensorSpec], batch: int, seed: int = 0) -> d
         else:
             result[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
     return result
+
+
+def one_row(variant: Variant, batch: int) -> dict[str, np.ndarray]:
+    """One request's row of the inputs the session path times (free dimensions at `batch`, e.g. tokens)."""
+    return {name: array[:1] for name, array in example_inputs(variant.inputs, batch).items()}
 
 
 def measure(model: Path, inputs: dict[str, np.ndarray], provider: str, repeats: int) -> list[float]:
@@ -101,8 +107,7 @@ def profile(
     rows = []
     for variant in manifest.variants:
         if variant.stage_sets:
-            # one row of the inputs the session path times (free dimensions at `batch`, e.g. tokens)
-            row = {name: array[:1] for name, array in example_inputs(variant.inputs, batch).items()}
+            row = one_row(variant, batch)
             for count in chain_counts(variant, shard_counts):
                 measured = measure_chain(
                     directory,

@@ -158,28 +158,14 @@ def write_artifacts(
 def _stage_set(
     directory: Path, path: Path, model: onnx.ModelProto, count: int, files: dict[str, schema.FileEntry]
 ) -> schema.StageSet:
-    from frugal.compression.stages import write_stage_set
+    from frugal.compression.stages import stage_set_entry, write_stage_set
     from frugal.serving.profiling import example_inputs
 
     rows = example_inputs([_spec(v) for v in model.graph.input], 4)
     written = write_stage_set(path, count, path.parent / f"stages-{count}", rows, (1, 3))
-    stages = []
     for stage in written:
-        relative = stage.path.relative_to(directory).as_posix()
-        files[relative] = schema.file_entry(stage.path)
-        stages.append(
-            schema.StageFile(
-                index=stage.index,
-                file=relative,
-                inputs=tuple(
-                    schema.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in stage.inputs
-                ),
-                outputs=tuple(
-                    schema.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in stage.outputs
-                ),
-            )
-        )
-    return schema.StageSet(count=count, stages=tuple(stages))
+        files[stage.path.relative_to(directory).as_posix()] = schema.file_entry(stage.path)
+    return stage_set_entry(count, written, directory)
 
 
 def _spec(value: onnx.ValueInfoProto) -> schema.TensorSpec:
